@@ -1,0 +1,65 @@
+"""scikit-learn's bundled 8x8 handwritten digits: a labelled image data set that needs no download."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from sklearn.datasets import load_digits
+
+from diffusion.data.base import BaseData, DataSplits
+from diffusion.data.split import train_val_indices
+from diffusion.validation import ConfigError, check_float, check_int
+
+# load_digits() stores ink intensity as integers 0..16 (4x4 blocks of a 32x32 bitmap counted).
+_MAX_INTENSITY = 16.0
+
+
+class DigitsData(BaseData):
+    """1,797 grayscale digits (UCI optdigits), labels 0..9, scaled to ``[-1, 1]``.
+
+    Args:
+        image_size: side of the square images; 8 keeps the originals, any other size is reached by
+            antialiased bilinear interpolation.
+        val_fraction: share of the images held out for validation, in ``(0, 1)``.
+        split_seed: seed of the train/validation split (see :func:`train_val_indices`).
+        channels: must be 1 (the digits are grayscale); accepted so that a config can state ``data.channels``
+            once for the model to read.
+
+    Raises:
+        ConfigError: when an argument is out of range; the message names ``data.<argument>``.
+    """
+
+    kind = "image"
+
+    def __init__(
+        self, image_size: int = 8, val_fraction: float = 0.1, split_seed: int = 0, channels: int = 1
+    ) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or channels != 1:
+            raise ConfigError(f"data.channels must be 1 for the digits (they are grayscale), got {channels!r}")
+        self.channels = 1
+        self.image_size = check_int(image_size, "data.image_size", minimum=1)
+        self.val_fraction = check_float(val_fraction, "data.val_fraction", 0.0, 1.0, inclusive=False)
+        self.split_seed = check_int(split_seed, "data.split_seed")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def _load(self) -> DataSplits:
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float()  # (N, 8, 8), values 0..16
+        x = rearrange(images / _MAX_INTENSITY * 2 - 1, "n h w -> n 1 h w")  # (N, 1, 8, 8) in [-1, 1]
+        if self.image_size != x.shape[-1]:
+            # Antialiased bilinear weights sum to one, yet float rounding can land just past +-1: clamp back.
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            ).clamp(-1.0, 1.0)
+        labels = torch.from_numpy(digits.target).long()  # (N,)
+        train_idx, val_idx = train_val_indices(len(x), self.val_fraction, self.split_seed)
+        return DataSplits.from_indices(x.contiguous(), labels, train_idx, val_idx)

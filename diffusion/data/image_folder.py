@@ -1,0 +1,149 @@
+"""Any folder of PNG/JPEG images, flat or with one level of class subfolders, held in memory as one tensor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from diffusion.data.base import BaseData, DataSplits
+from diffusion.data.split import train_val_indices
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
+
+# PIL mode for each supported channel count.
+_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageFolderData(BaseData):
+    """Images from ``root``: either all files directly in it (no labels) or one subfolder per class.
+
+    With subfolders, a file's label is the index of its folder among the sorted folder names, and
+    :attr:`class_names` are those names; deeper folders are not searched. Every image is converted to
+    grayscale or RGB, resized so its short side is ``image_size`` (antialiased bicubic), center-cropped to
+    a square and scaled to ``[-1, 1]``.
+
+    The constructor only lists files; decoding happens once, in :meth:`load`.
+
+    Args:
+        root: the folder to read.
+        image_size: side of the square images the data set yields.
+        channels: 1 (grayscale) or 3 (RGB).
+        val_fraction: share of the images held out for validation, in ``(0, 1)``.
+        split_seed: seed of the train/validation split (see :func:`train_val_indices`).
+        extensions: file name endings to read, compared case-insensitively.
+
+    Raises:
+        ConfigError: when ``root`` is missing or holds no images, when it mixes loose images with class
+            subfolders, when an argument is out of range, or (from :meth:`load`) when a file cannot be decoded.
+    """
+
+    kind = "image"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        image_size: int,
+        channels: int = 3,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg"),
+    ) -> None:
+        super().__init__()
+        self.image_size = check_int(image_size, "data.image_size", minimum=1)
+        self.channels = check_choice(check_int(channels, "data.channels"), "data.channels", _MODES)
+        self.val_fraction = check_float(val_fraction, "data.val_fraction", 0.0, 1.0, inclusive=False)
+        self.split_seed = check_int(split_seed, "data.split_seed")
+        self.extensions = _normalise_extensions(extensions)
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise ConfigError(f"data.root: directory '{root}' does not exist")
+        self.files, self.labels, self._class_names = _scan(self.root, self.extensions)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def _load(self) -> DataSplits:
+        mode = _MODES[self.channels]
+        pixels = np.stack([_read_square(path, self.image_size, mode) for path in self.files])  # (N, S, S, C)
+        x = rearrange(torch.from_numpy(pixels), "n h w c -> n c h w").float() / 255.0 * 2 - 1  # [-1, 1]
+        labels = None if self.labels is None else torch.tensor(self.labels, dtype=torch.long)  # (N,)
+        train_idx, val_idx = train_val_indices(len(x), self.val_fraction, self.split_seed)
+        return DataSplits.from_indices(x.contiguous(), labels, train_idx, val_idx)
+
+
+def _normalise_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Lower-case endings with a leading dot: ``("PNG", ".jpg") -> (".png", ".jpg")``."""
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    normalised = []
+    for ext in extensions:
+        if not isinstance(ext, str) or not ext.strip("."):
+            raise ConfigError(f"data.extensions must be file endings such as '.png', got {ext!r}")
+        normalised.append("." + ext.lower().lstrip("."))
+    if not normalised:
+        raise ConfigError("data.extensions must name at least one file ending such as '.png', got none")
+    return tuple(normalised)
+
+
+def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Sorted image files directly inside ``folder`` (hidden files skipped)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
+    )
+
+
+def _scan(root: Path, extensions: tuple[str, ...]) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Decide between the flat and the class-subfolder layout and list ``(files, labels, class_names)``."""
+    loose = _image_files(root, extensions)
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = {folder.name: _image_files(folder, extensions) for folder in subfolders}
+    classes = {name: files for name, files in classes.items() if files}
+    if loose and classes:
+        raise ConfigError(
+            f"data.root: '{root}' holds both images ({loose[0].name}, ...) and class subfolders with images "
+            f"({', '.join(classes)}); move the loose images into a class subfolder or point data.root elsewhere"
+        )
+    if loose:
+        return loose, None, []
+    if not classes:
+        raise ConfigError(
+            f"data.root: no files ending in {', '.join(extensions)} in '{root}' or its subfolders "
+            "(set data.extensions to read other types)"
+        )
+    # Folders without images are skipped, so class indices count only folders that contribute data.
+    names = sorted(classes)
+    files = [path for name in names for path in classes[name]]
+    labels = [index for index, name in enumerate(names) for _ in classes[name]]
+    return files, labels, names
+
+
+def _read_square(path: Path, size: int, mode: str) -> np.ndarray:
+    """Decode ``path``, resize its short side to ``size``, center-crop: uint8 ``(size, size, C)``."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert(mode)  # decodes the whole file, so truncated data fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ConfigError(f"data.root: cannot read image file '{path}': {err}") from err
+    width, height = image.size
+    scale = size / min(width, height)
+    # max(size, ...) keeps rounding from leaving the long side a pixel short of the crop.
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    # PIL widens the bicubic kernel when shrinking, so downscaling is antialiased.
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image, dtype=np.uint8)  # (S, S) for "L", (S, S, 3) for "RGB"
+    return pixels.reshape(size, size, -1)

@@ -1,0 +1,54 @@
+"""Exponential moving average of model weights; the sampler uses the averaged copy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffusion.validation import ConfigError, check_float
+
+
+class EMA(nn.Module):
+    """Keeps ``shadow = decay_k * shadow + (1 - decay_k) * weights`` after each optimizer step.
+
+    With ``warmup`` the effective decay is ``min(decay, (1 + k) / (10 + k))`` at update k, so short runs are
+    not dominated by the random initialisation (the averaged weights otherwise lag ~1 / (1 - decay) steps).
+    Buffers (e.g. normalisation statistics) are copied, not averaged. ``decay = 0`` tracks the weights exactly.
+
+    Raises:
+        ConfigError: if ``decay`` is outside [0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        super().__init__()
+        self.decay = check_float(decay, "trainer.ema_decay", 0.0, 1.0)
+        if self.decay == 1.0:
+            raise ConfigError("trainer.ema_decay must be < 1 (1 would never move the averaged weights), got 1.0")
+        self.warmup = warmup
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        shadow_params = list(self.shadow.parameters())
+        model_params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(shadow_params, model_params, 1.0 - decay)
+        for shadow_buffer, buffer in zip(self.shadow.buffers(), model.buffers()):
+            shadow_buffer.copy_(buffer)
+        self.num_updates += 1
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {"shadow": self.shadow.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
+        self.num_updates = int(state["num_updates"])
+        return self.shadow.load_state_dict(state["shadow"], strict=strict)

@@ -1,0 +1,205 @@
+"""Checkpoints of a run: full training state in one dict, ``last`` and ``best``, periodic copies, cleanup.
+
+Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (every save), ``best.pt`` (lowest monitored metric),
+``epoch_0010.pt`` (every ``save_every_n_epochs``, the newest ``keep_last_k`` kept). Files are written to a
+temporary name, fsynced and renamed, so a kill mid-write leaves the previous file intact. They are read with
+``torch.load(weights_only=True)``: a checkpoint cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from diffusion.validation import ConfigError, check_int
+
+CHECKPOINT_KEYS = (
+    "epoch",
+    "global_step",
+    "model_state_dict",
+    "ema_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "metrics",
+    "best_val_loss",
+    "training_loss_history",
+    "val_loss_history",
+    "config",
+    "rng_state",
+)
+_PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be used (missing, damaged, unsafe); the message names the file."""
+
+
+class FileManager:
+    """Saves and finds the checkpoints of one run directory.
+
+    Args:
+        run_dir: the run directory; checkpoints go to ``run_dir/checkpoints``.
+        save_every_n_epochs: also keep ``epoch_NNNN.pt`` every N epochs (None: only last and best).
+        keep_last_k: keep only the newest K periodic checkpoints (None: keep all).
+
+    Raises:
+        ConfigError: for a non-positive ``save_every_n_epochs`` or ``keep_last_k``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        save_every_n_epochs: int | None = None,
+        keep_last_k: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        if save_every_n_epochs is not None:
+            check_int(save_every_n_epochs, "checkpoint.save_every_n_epochs", minimum=1)
+        if keep_last_k is not None:
+            check_int(keep_last_k, "checkpoint.keep_last_k", minimum=1)
+        self.save_every_n_epochs = save_every_n_epochs
+        self.keep_last_k = keep_last_k
+
+    # ----------------------------------------------------------------------------------------------------
+    # Saving
+    # ----------------------------------------------------------------------------------------------------
+    def save(self, state: dict[str, Any], *, is_best: bool, periodic: bool | None = None) -> Path:
+        """Write ``last.pt``, plus ``best.pt`` when ``is_best`` and a periodic copy when due.
+
+        ``periodic=None`` decides from ``state["epoch"]`` and ``save_every_n_epochs``. Returns the path of
+        ``last.pt``.
+        """
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        assert not missing, f"checkpoint state lacks {missing}"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        last = self.checkpoint_dir / "last.pt"
+        _atomic_save(state, last)
+        if is_best:
+            _atomic_save(state, self.checkpoint_dir / "best.pt")
+        if periodic is None:
+            periodic = bool(self.save_every_n_epochs) and state["epoch"] % self.save_every_n_epochs == 0
+        if periodic:
+            _atomic_save(state, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
+            self._cleanup()
+        return last
+
+    def _cleanup(self) -> None:
+        if self.keep_last_k is None:
+            return
+        for old in self.periodic_checkpoints()[: -self.keep_last_k]:
+            old.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Finding and loading
+    # ----------------------------------------------------------------------------------------------------
+    def periodic_checkpoints(self) -> list[Path]:
+        """``epoch_NNNN.pt`` files, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoint_dir.iterdir() if _PERIODIC.search(p.name)]
+        return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))  # type: ignore[union-attr]
+
+    def checkpoint_path(self, which: Literal["best", "last"]) -> Path | None:
+        path = self.checkpoint_dir / f"{which}.pt"
+        return path if path.is_file() else None
+
+    def load(
+        self, which: Literal["best", "last"] | str | Path = "best", map_location: str | torch.device = "cpu"
+    ) -> dict[str, Any]:
+        """Load ``best``/``last`` of this run, or a checkpoint file by path.
+
+        ``best`` falls back to ``last`` when no validation has marked a best one yet.
+
+        Raises:
+            CheckpointError: when there is no such checkpoint, or it is damaged or unsafe.
+        """
+        if which in ("best", "last"):
+            path = self.checkpoint_path(which) or (self.checkpoint_path("last") if which == "best" else None)
+            if path is None:
+                raise CheckpointError(f"no {which} checkpoint in {self.checkpoint_dir}: has this run trained?")
+        else:
+            path = Path(which)
+        return load_checkpoint(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely: only tensors and plain containers, never pickled code.
+
+    Raises:
+        CheckpointError: missing file, truncated or corrupted file, or one that carries pickled objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data and was refused "
+            f"(weights_only load: {first_line})"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__})") from error
+    if not isinstance(state, dict) or "model_state_dict" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
+    return state
+
+
+def find_run_checkpoint(resume: str | Path) -> Path:
+    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its ``checkpoints/last.pt``).
+
+    Raises:
+        CheckpointError: when the path holds no checkpoint.
+    """
+    path = Path(resume)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"resume={resume}: no checkpoints/last.pt in that run directory")
+        return candidate
+    if path.is_file():
+        return path
+    raise CheckpointError(f"resume={resume}: no such run directory or checkpoint file")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            torch.save(state, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is durable only once the directory entry is flushed (POSIX).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

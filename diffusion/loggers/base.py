@@ -1,0 +1,71 @@
+"""The logging interface every logger implements, and a fan-out to several loggers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class BaseLogger(ABC):
+    """Receives metrics, messages, hyperparameters and pictures; ``close()`` always runs (use as a context).
+
+    ``info`` is either a dict of scalar metrics or a human-readable message; ``step`` is the global
+    optimizer step when known.
+    """
+
+    @abstractmethod
+    def log(self, info: dict[str, Any] | str, step: int | None = None) -> None: ...
+
+    @abstractmethod
+    def log_hyperparams(self, params: dict[str, Any]) -> None: ...
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        """A picture the run wrote (sample grid, loss curve); file loggers already have it on disk."""
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        """Final metrics of the run."""
+
+    def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
+        """Called once at the end of training with the full per-epoch histories."""
+
+    def close(self) -> None:
+        """Flush and release resources; idempotent."""
+
+    def __enter__(self) -> BaseLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LoggerCollection(BaseLogger):
+    """Forwards every call to each logger (``logger=[file,wandb]``)."""
+
+    def __init__(self, loggers: Sequence[BaseLogger]) -> None:
+        self.loggers = list(loggers)
+
+    def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
+        for logger in self.loggers:
+            logger.log(info, step)
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        for logger in self.loggers:
+            logger.log_image(key, path, step)
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_summary(metrics)
+
+    def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
+        for logger in self.loggers:
+            logger.log_loss_curve(train, val)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()

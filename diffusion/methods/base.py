@@ -1,0 +1,274 @@
+"""The Gaussian diffusion both DDPM and DDIM share: forward process, parameterisations, loss, reverse steps.
+
+Notation (0-based step index t in [0, T), as in the schedule functions):
+
+    betas[t]                         = beta_t
+    alphas_cumprod[t]                = abar_t = prod_{s <= t} (1 - beta_s)
+    alphas_cumprod_prev[t]           = abar_{t-1}, with abar_{-1} = 1
+    sqrt_one_minus_alphas_cumprod[t] = sqrt(1 - abar_t)
+    posterior_variance[t]            = beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t   (Ho et al. eq. 7)
+
+Buffers are float64 and gathered per sample, then cast to the sample's dtype, so coefficient round-off does not
+depend on the training precision. Subclasses choose the sampling trajectory (:meth:`timesteps`) and the update
+(:meth:`step`); the :class:`~diffusion.sampler.Sampler` owns the loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.schedules import Schedule
+from diffusion.validation import check_choice, check_int
+
+Prediction = Literal["epsilon", "x0", "v"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
+
+
+def extract(coefficients: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gather ``coefficients[t]`` for a batch and shape it to broadcast against ``like``: (B,) -> (B, 1, ..., 1)."""
+    values = coefficients.to(like.device)[t.to(like.device)]
+    return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class BaseMethod(nn.Module, ABC):
+    """A discrete-time Gaussian diffusion with a noise schedule and a prediction target.
+
+    Args:
+        schedule: ``num_timesteps -> betas`` (see :mod:`diffusion.schedules`).
+        num_timesteps: T, the number of diffusion steps.
+        prediction: what the network predicts: the noise ``epsilon``, the clean sample ``x0``, or the velocity
+            ``v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0`` (Salimans & Ho 2022, Sec. 4).
+        clip_denoised: clamp the predicted x0 to [-1, 1] when sampling (right for images scaled to [-1, 1]).
+
+    Raises:
+        ConfigError: for an unknown ``prediction`` or ``num_timesteps < 1``.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        num_timesteps: int = 1000,
+        prediction: Prediction = "epsilon",
+        clip_denoised: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
+        self.prediction: Prediction = check_choice(prediction, "method.prediction", PREDICTIONS)
+        self.clip_denoised = bool(clip_denoised)
+
+        betas = schedule(self.num_timesteps).to(torch.float64)
+        assert betas.shape == (self.num_timesteps,), f"schedule returned shape {tuple(betas.shape)}"
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+
+        self._buffer("betas", betas)
+        self._buffer("alphas_cumprod", alphas_cumprod)
+        self._buffer("alphas_cumprod_prev", alphas_cumprod_prev)
+        self._buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
+        self._buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt())
+        self._buffer("posterior_variance", posterior_variance)
+        # Posterior mean mu_tilde = coef1 * x0 + coef2 * x_t (Ho et al. eq. 7).
+        self._buffer("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod))
+        self._buffer(
+            "posterior_mean_coef2", (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod)
+        )
+
+    def _buffer(self, name: str, value: torch.Tensor) -> None:
+        # Not persistent: the schedule is rebuilt from the config, so checkpoints hold only learned state.
+        self.register_buffer(name, value, persistent=False)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Forward process and parameterisations
+    # ----------------------------------------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al. eq. 4); t is (B,) long."""
+        return extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x0
+        ) * noise
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network should output for (x0, t, noise) under ``self.prediction``."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return extract(self.sqrt_alphas_cumprod, t, x0) * noise - extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x0
+        ) * x0
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        """x0 implied by the network output (unclipped)."""
+        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if self.prediction == "epsilon":
+            return (x_t - sqrt_one_minus_abar * model_output) / sqrt_abar
+        if self.prediction == "x0":
+            return model_output
+        return sqrt_abar * x_t - sqrt_one_minus_abar * model_output
+
+    def predict_epsilon(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        """epsilon implied by the network output."""
+        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if self.prediction == "epsilon":
+            return model_output
+        if self.prediction == "x0":
+            return (x_t - sqrt_abar * model_output) / sqrt_one_minus_abar
+        return sqrt_one_minus_abar * x_t + sqrt_abar * model_output
+
+    def _denoised(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        x0 = self.predict_x0(x_t, t, model_output)
+        return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
+
+    # ----------------------------------------------------------------------------------------------------
+    # Training
+    # ----------------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        **model_kwargs: Any,
+    ) -> torch.Tensor:
+        """Simple loss (Ho et al. eq. 14): MSE between the network output and the prediction target.
+
+        ``t`` defaults to uniform over [0, T) and ``noise`` to standard normal, both drawn from the global RNG;
+        validation passes fixed ones so that epochs compare. ``model_kwargs`` (e.g. class labels ``y``) go to
+        the model.
+        """
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        model_output = model(x_t, t, **model_kwargs)
+        target = self.training_target(x0, t, noise)
+        return F.mse_loss(model_output.float(), target.float())
+
+    # ----------------------------------------------------------------------------------------------------
+    # Reverse steps
+    # ----------------------------------------------------------------------------------------------------
+    def p_sample(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_output: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Ancestral step x_t -> x_{t-1} ~ N(mu_tilde(x_t, x0_hat), beta_tilde_t I) (Ho et al. eqs. 6-7).
+
+        No noise is added where ``t == 0``: the last step returns the posterior mean.
+        """
+        t = self._as_batch(t, x_t)
+        x0 = self._denoised(x_t, t, model_output)
+        mean = extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        return mean + nonzero * extract(self.posterior_variance, t, x_t).sqrt() * noise
+
+    def ddim_step(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        t_prev: torch.Tensor | int,
+        model_output: torch.Tensor,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generalised step x_t -> x_{t_prev} (Song et al. 2021, eq. 12).
+
+        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, with
+        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) (eq. 16); ``t_prev < 0``
+        means abar_prev = 1 (the step to clean data). eta = 0 is deterministic DDIM; eta = 1 with
+        ``t_prev = t - 1`` is DDPM's ancestral step. x0_hat is clipped when ``clip_denoised``; eps_hat is
+        taken from the unclipped prediction, as in the reference schedulers.
+        """
+        t = self._as_batch(t, x_t)
+        t_prev = self._as_batch(t_prev, x_t)
+        abar_t = extract(self.alphas_cumprod, t, x_t)
+        alphas_cumprod = self.alphas_cumprod.to(x_t.device)
+        abar_prev = torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], alphas_cumprod.new_ones(()))
+        abar_prev = abar_prev.to(x_t.dtype).reshape_as(abar_t)
+        eps = self.predict_epsilon(x_t, t, model_output)
+        x0 = self._denoised(x_t, t, model_output)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
+        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            if noise is None:
+                noise = torch.randn_like(x_t)
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
+    @staticmethod
+    def _as_batch(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+        """An int or 0-d tensor becomes a (B,) LongTensor on x's device."""
+        t = torch.as_tensor(t, device=x.device, dtype=torch.long)
+        return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+    # ----------------------------------------------------------------------------------------------------
+    # Sampling strategy (what DDPM and DDIM differ in)
+    # ----------------------------------------------------------------------------------------------------
+    def timestep_pairs(
+        self, steps: int | None, spacing: TimestepSpacing = "leading"
+    ) -> list[tuple[int, int]]:
+        """``(t, t_prev)`` for every step of the trajectory, from noise to data; the last ``t_prev`` is -1.
+
+        t_prev always comes from the actual sequence, never from ``t - T // steps``.
+        """
+        sequence = self.timesteps(steps, spacing)
+        return list(zip(sequence, sequence[1:] + [-1]))
+
+    @abstractmethod
+    def timesteps(self, steps: int | None, spacing: TimestepSpacing = "leading") -> list[int]:
+        """Descending timesteps the sampler visits."""
+
+    @abstractmethod
+    def step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        model_output: torch.Tensor,
+        *,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One reverse update x_t -> x_{t_prev}."""
+
+    def needs_noise(self, eta: float) -> bool:
+        """Whether :meth:`step` consumes fresh noise (the sampler skips drawing it otherwise)."""
+        return True
+
+    def extra_repr(self) -> str:
+        return f"num_timesteps={self.num_timesteps}, prediction={self.prediction!r}, clip={self.clip_denoised}"
+
+
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: TimestepSpacing) -> list[int]:
+    """A descending subsequence of [0, T) with ``steps`` entries (Lin et al. 2024, Table 2 spacings).
+
+    ``leading``: 0, k, 2k, ... with k = T // steps (never reaches T - 1);
+    ``trailing``: round(T - i * T / steps) - 1, so it always starts at T - 1;
+    ``linspace``: round(linspace(0, T - 1, steps)).
+    """
+    check_int(steps, "sampler.steps", minimum=1, maximum=num_timesteps)
+    check_choice(spacing, "sampler.timestep_spacing", SPACINGS)
+    if spacing == "leading":
+        ratio = num_timesteps // steps
+        sequence = [i * ratio for i in range(steps)]
+    elif spacing == "trailing":
+        ratio = num_timesteps / steps
+        sequence = [round(num_timesteps - i * ratio) - 1 for i in range(steps)][::-1]
+    else:
+        sequence = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().tolist()
+    return sorted(set(sequence), reverse=True)

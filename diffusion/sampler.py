@@ -1,0 +1,156 @@
+"""The sampler owns the model and the reverse loop; the method supplies the trajectory and each update."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffusion.file_manager import FileManager
+from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
+from diffusion.trainer import Precision, autocast, resolve_device
+from diffusion.validation import check_choice, check_float, check_int
+
+
+@dataclass
+class SampleResult:
+    """Generated samples ``(N, *sample_shape)`` on the CPU, float32, in the data's range.
+
+    ``trajectory`` maps a recorded timestep t to x_t of the first ``trajectory_samples`` samples.
+    """
+
+    samples: torch.Tensor
+    steps: int
+    labels: torch.Tensor | None = None
+    trajectory: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class Sampler:
+    """Batched, seeded sampling from a trained model.
+
+    Args:
+        model: the denoising network (its weights are replaced by :meth:`load_checkpoint`).
+        method: DDPM or DDIM; decides the timesteps and the update.
+        sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
+        num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
+        steps: DDIM steps (None: all T; DDPM always uses all T).
+        eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
+        timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
+        seed: seeds the initial noise and every step's noise; same seed, same samples.
+        device: ``auto``, ``cpu`` or ``cuda``. precision: autocast for the network (``fp32`` default).
+
+    Raises:
+        ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: BaseMethod,
+        sample_shape: Sequence[int],
+        *,
+        num_samples: int = 64,
+        batch_size: int = 256,
+        steps: int | None = None,
+        eta: float = 0.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        seed: int = 0,
+        device: str = "auto",
+        precision: Precision = "fp32",
+    ) -> None:
+        self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
+        self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
+        if steps is not None:
+            check_int(steps, "sampler.steps", minimum=1, maximum=method.num_timesteps)
+        self.steps = steps
+        self.eta = check_float(eta, "sampler.eta", minimum=0.0)
+        self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
+        self.seed = check_int(seed, "sampler.seed")
+        self.precision: Precision = check_choice(precision, "sampler.precision", ("fp32", "bf16", "fp16"))
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.method = method.to(self.device)
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+
+    def load_checkpoint(
+        self, file_manager: FileManager, which: Literal["best", "last"] | str | Path = "best", use_ema: bool = True
+    ) -> dict[str, Any]:
+        """Load the (EMA) weights of a run's best checkpoint into the model; returns the checkpoint dict."""
+        ckpt = file_manager.load(which, map_location=self.device)
+        weights = ckpt["ema_state_dict"]["shadow"] if use_ema else ckpt["model_state_dict"]
+        self.model.load_state_dict(weights)
+        return ckpt
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        num_samples: int | None = None,
+        record_timesteps: Sequence[int] = (),
+        trajectory_samples: int = 8,
+    ) -> SampleResult:
+        """Draw samples batch by batch; optionally record x_t at ``record_timesteps`` for a trajectory strip."""
+        total = self.num_samples if num_samples is None else num_samples
+        generator = torch.Generator().manual_seed(self.seed)
+        pairs = self.method.timestep_pairs(self.steps, self.timestep_spacing)
+        chunks: list[torch.Tensor] = []
+        trajectory: dict[int, list[torch.Tensor]] = {}
+        for start in range(0, total, self.batch_size):
+            size = min(self.batch_size, total - start)
+            record = record_timesteps if start < trajectory_samples else ()
+            x = self._denoise(self._noise((size, *self.sample_shape), generator), pairs, generator, record, trajectory)
+            chunks.append(x.float().cpu())
+        frames = {t: torch.cat(xs)[:trajectory_samples] for t, xs in trajectory.items()}
+        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), trajectory=frames)
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        pairs: list[tuple[int, int]],
+        generator: torch.Generator,
+        record: Sequence[int],
+        trajectory: dict[int, list[torch.Tensor]],
+    ) -> torch.Tensor:
+        needs_noise = self.method.needs_noise(self.eta)
+        t_batch = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
+        for t, t_prev in pairs:
+            if t in record:
+                trajectory.setdefault(t, []).append(x.float().cpu())
+            with autocast(self.device, self.precision):
+                model_output = self.model(x, t_batch.fill_(t))
+            noise = self._noise(x.shape, generator) if needs_noise else None
+            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=noise)
+        if -1 in record:
+            trajectory.setdefault(-1, []).append(x.float().cpu())
+        return x
+
+    def _noise(self, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+        # Drawn on the CPU from one generator so samples are identical on every device.
+        return torch.randn(tuple(shape), generator=generator).to(self.device)
+
+
+def save_samples(result: SampleResult, directory: str | Path, reference: torch.Tensor | None = None) -> list[Path]:
+    """Write ``samples.npz`` (``samples`` float32, plus ``labels`` when conditional) and a picture: an image
+    grid for ``(N, C, H, W)`` samples, a scatter plot (over ``reference`` points if given) for ``(N, 2)``."""
+    from diffusion.images import save_image_grid, save_scatter, save_trajectory_strip
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {"samples": result.samples.numpy().astype(np.float32)}
+    if result.labels is not None:
+        arrays["labels"] = result.labels.numpy()
+    npz = directory / "samples.npz"
+    np.savez(npz, **arrays)
+    if result.samples.dim() == 4:
+        written = [save_image_grid(result.samples, directory / "samples.png")]
+        if result.trajectory:
+            timesteps = sorted(result.trajectory, reverse=True)
+            frames = [result.trajectory[t] for t in timesteps]
+            written.append(save_trajectory_strip(frames, timesteps, directory / "trajectory.png"))
+    else:
+        written = [save_scatter(result.samples, directory / "samples.png", reference=reference)]
+    return [npz, *written]

@@ -1,0 +1,65 @@
+"""Argument checks at component boundaries.
+
+Every check raises :class:`ConfigError` with one line that names the config key the user must change, so that
+``run.py`` can print it and exit with status 2 instead of a traceback. Components pass the dotted key they are
+configured under (``"trainer.lr"``); library users who build components by hand read the same key in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from numbers import Integral, Real
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message is one line naming the key to fix."""
+
+
+def check_choice(value: Any, key: str, choices: Collection[Any]) -> Any:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (bools refused) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    _check_range(value, key, minimum, maximum, inclusive=True)
+    return int(value)
+
+
+def check_float(
+    value: Any,
+    key: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    inclusive: bool = True,
+) -> float:
+    """A finite real number within the bounds; ``inclusive=False`` makes both bounds strict."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    _check_range(value, key, minimum, maximum, inclusive=inclusive)
+    return float(value)
+
+
+def check_positive(value: Any, key: str) -> float:
+    return check_float(value, key, minimum=0.0, inclusive=False)
+
+
+def _check_range(value: Any, key: str, minimum: Any, maximum: Any, *, inclusive: bool) -> None:
+    if inclusive:
+        low_ok = minimum is None or value >= minimum
+        high_ok = maximum is None or value <= maximum
+    else:
+        low_ok = minimum is None or value > minimum
+        high_ok = maximum is None or value < maximum
+    if low_ok and high_ok:
+        return
+    low = "-inf" if minimum is None else minimum
+    high = "inf" if maximum is None else maximum
+    brackets = "[]" if inclusive else "()"
+    raise ConfigError(f"{key} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value!r}")
