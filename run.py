@@ -15,7 +15,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.cli import Components, check_compatible, guard_user_errors, print_run_files, save_run_config
@@ -28,7 +28,10 @@ TASKS = ("train", "sample")
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with guard_user_errors(created_dir=output_dir):
@@ -44,15 +47,18 @@ def main(cfg: DictConfig) -> float | None:
 def build(cfg: DictConfig, run_dir: Path) -> Components:
     """Instantiate data, model and method; validates each before anything is written."""
     data = instantiate(cfg.data, _convert_="all")
+    data_choice = HydraConfig.get().runtime.choices.get("data") or cfg.data._target_
+    check_compatible(data, get_class(cfg.model._target_), data_choice)
     model = instantiate(cfg.model, _convert_="all")
     method = instantiate(cfg.method, _convert_="all")
-    check_compatible(data, model, cfg.data._target_, cfg.model._target_)
     return Components(data=data, model=model, method=method, run_dir=run_dir)
 
 
 def train(cfg: DictConfig, output_dir: Path) -> float:
     resume_from, run_dir = resolve_resume(cfg.resume, output_dir)
     parts = build(cfg, run_dir)
+    if run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()  # Hydra made it for this job; the resumed run writes into its own directory
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
     logger = instantiate(cfg.logger)(run_dir=run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)

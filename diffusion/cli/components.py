@@ -20,15 +20,15 @@ class Components:
     run_dir: Path
 
 
-def check_compatible(data: BaseData, model: nn.Module, data_target: str, model_target: str) -> None:
-    """An image network needs image data and a point network point data.
+def check_compatible(data: BaseData, model_class: type, data_choice: str) -> None:
+    """An image network needs image data and a point network point data; checked before the model is built.
 
     Raises:
         ConfigError: naming the ``model`` option to choose instead.
     """
     from diffusion.models import MLP, UNet
 
-    if data.kind == "points" and isinstance(model, UNet):
-        raise ConfigError(f"model=unet needs image data but data is {data_target}; use model=mlp")
-    if data.kind == "image" and isinstance(model, MLP):
-        raise ConfigError(f"model=mlp takes 2-D points but data is {data_target}; use model=unet")
+    if data.kind == "points" and issubclass(model_class, UNet):
+        raise ConfigError(f"model=unet needs image data but data={data_choice}; use model=mlp")
+    if data.kind == "image" and issubclass(model_class, MLP):
+        raise ConfigError(f"model=mlp takes 2-D points but data={data_choice}; use model=unet")

@@ -1,0 +1,121 @@
+"""Every option of every config group composes and instantiates through the compose API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from diffusion.data import BaseData
+from diffusion.file_manager import FileManager
+from diffusion.loggers import BaseLogger
+from diffusion.methods import BaseMethod
+from diffusion.sampler import Sampler
+from diffusion.trainer import Trainer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY_UNET = ["model.base_channels=16", "model.num_res_blocks=1", "model.num_groups=4"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    return root
+
+
+def test_every_group_has_its_options():
+    assert set(options("method")) >= {"ddpm", "ddim"}
+    assert set(options("schedule")) >= {"linear", "cosine", "sigmoid"}
+    assert set(options("data")) >= {"digits", "moons", "swissroll", "image_folder"}
+    assert set(options("model")) >= {"unet", "mlp"}
+    assert set(options("trainer")) >= {"default", "fast"}
+    assert set(options("logger")) >= {"file"}
+    assert set(options("experiment")) >= {"moons_mlp", "digits_ddim_cosine"}
+
+
+@pytest.mark.parametrize("method", options("method"))
+@pytest.mark.parametrize("schedule", options("schedule"))
+def test_method_alone_instantiates_ready(method, schedule):
+    cfg = compose_config([f"method={method}", f"schedule={schedule}"])
+    built = instantiate(cfg.method)
+    assert isinstance(built, BaseMethod)
+    assert built.num_timesteps == 1000
+    assert built.betas.shape == built.alphas_cumprod.shape == (1000,)
+    x0 = torch.zeros(2, 1, 8, 8)
+    x_t = built.q_sample(x0, torch.tensor([0, 999]), torch.ones_like(x0))
+    assert x_t.shape == x0.shape
+
+
+def test_schedule_choice_reaches_the_method():
+    linear = instantiate(compose_config(["schedule=linear"]).method)
+    cosine = instantiate(compose_config(["schedule=cosine"]).method)
+    assert not torch.allclose(linear.alphas_cumprod, cosine.alphas_cumprod)
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_option_builds_with_its_model(data, image_root):
+    model = "mlp" if data in ("moons", "swissroll") else "unet"
+    overrides = [f"data={data}", f"model={model}", *(TINY_UNET if model == "unet" else [])]
+    if data == "image_folder":
+        overrides += [f"data.root={image_root}", "data.image_size=16"]
+    cfg = compose_config(overrides)
+    dataset = instantiate(cfg.data, _convert_="all")
+    assert isinstance(dataset, BaseData)
+    splits = dataset.load()
+    assert splits.train.shape[1:] == dataset.sample_shape
+    net = instantiate(cfg.model, _convert_="all")
+    x = splits.train[:3]
+    assert net(x, torch.tensor([0, 5, 9])).shape == x.shape
+    # Points are standardised, not confined to [-1, 1]: their data option turns clipping off.
+    assert cfg.method.clip_denoised == (dataset.kind == "image")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    assert isinstance(instantiate(cfg.method), BaseMethod)
+    assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
+
+
+def test_experiment_presets_hold_their_choices():
+    moons = compose_config(["experiment=moons_mlp"])
+    assert moons.data._target_.endswith("MoonsData") and moons.model._target_.endswith("MLP")
+    ddim = compose_config(["experiment=digits_ddim_cosine"])
+    assert ddim.method._target_.endswith("DDIM") and ddim.schedule._target_.endswith("cosine_betas")
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+@pytest.mark.parametrize("logger", options("logger"))
+def test_trainer_sampler_logger_checkpoint_build(trainer, logger, tmp_path):
+    cfg = compose_config([f"trainer={trainer}", f"logger={logger}", *TINY_UNET])
+    data = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    method = instantiate(cfg.method)
+    file_manager = instantiate(cfg.checkpoint)(run_dir=tmp_path)
+    run_logger = instantiate(cfg.logger)(run_dir=tmp_path)
+    built = instantiate(cfg.trainer, _convert_="all")(
+        model=model, method=method, data=data, file_manager=file_manager, logger=run_logger
+    )
+    sampler = instantiate(cfg.sampler, _convert_="all")(model=model, method=method, sample_shape=data.sample_shape)
+    assert isinstance(file_manager, FileManager) and isinstance(run_logger, BaseLogger)
+    assert isinstance(built, Trainer) and isinstance(sampler, Sampler)
+    assert built.epochs == cfg.trainer.epochs
+    assert not any(tmp_path.iterdir()), "building components must not write anything"
+    run_logger.close()

@@ -1,0 +1,208 @@
+"""End-to-end: ``run.py`` in a temporary directory, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffusion.file_manager import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DIGITS = [
+    "trainer=fast",
+    "trainer.precision=fp32",
+    "model.base_channels=16",
+    "model.num_res_blocks=1",
+    "model.num_groups=4",
+    "method.num_timesteps=50",
+    "sampler.num_samples=8",
+]
+TINY_MOONS = [
+    "experiment=moons_mlp",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+    "data.num_samples=600",
+    "model.hidden_dim=32",
+    "model.num_layers=2",
+    "method.num_timesteps=50",
+    "sampler.num_samples=64",
+]
+
+
+def run_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFUSION_DEBUG": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"run.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """One tiny digits run shared by the tests that inspect its outputs."""
+    cwd = tmp_path_factory.mktemp("digits")
+    run_dir = cwd / "run"
+    ok(run_py(cwd, f"hydra.run.dir={run_dir}", *TINY_DIGITS))
+    return run_dir
+
+
+def test_digits_run_writes_everything(digits_run):
+    for name in ("config.yaml", "overrides.yaml", "train.log", "metrics.jsonl", "loss_curve.png",
+                 "samples.png", "samples.npz", "trajectory.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (digits_run / name).is_file(), name
+    samples = np.load(digits_run / "samples.npz")["samples"]
+    assert samples.shape == (8, 1, 8, 8) and samples.dtype == np.float32
+    assert samples.min() >= -1.0 and samples.max() <= 1.0  # clip_denoised keeps the data range
+    ckpt = load_checkpoint(digits_run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 2 and len(ckpt["training_loss_history"]) == 2 == len(ckpt["val_loss_history"])
+    assert ckpt["config"]["trainer"]["epochs"] == 2
+    epochs = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if "epoch" in r] == [1, 2]
+
+
+def test_default_outputs_layout(tmp_path):
+    """Without hydra.run.dir, runs land in outputs/<date>/<time>/ of the working directory."""
+    ok(run_py(tmp_path, *TINY_MOONS, "trainer.epochs=1"))
+    runs = list((tmp_path / "outputs").glob("*/*/checkpoints/last.pt"))
+    assert len(runs) == 1
+
+
+def test_moons_run_samples_points(tmp_path):
+    run_dir = tmp_path / "run"
+    result = ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS))
+    assert "run directory" in result.stdout
+    samples = np.load(run_dir / "samples.npz")["samples"]
+    assert samples.shape == (64, 2) and np.isfinite(samples).all()
+    assert (run_dir / "samples.png").is_file()
+
+
+def test_resume_continues_step_count_and_histories(tmp_path):
+    run_dir = tmp_path / "run"
+    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS))
+    first = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    result = ok(run_py(tmp_path, f"hydra.run.dir={tmp_path / 'other'}", *TINY_MOONS, "trainer.epochs=3",
+                       f"resume={run_dir}"))
+    assert "resumed from" in result.stdout
+    second = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert second["epoch"] == 3
+    assert second["global_step"] == first["global_step"] * 3 // 2
+    assert second["training_loss_history"][:2] == first["training_loss_history"]
+    assert second["val_loss_history"][:2] == first["val_loss_history"]
+    assert len(second["val_loss_history"]) == 3
+    assert not (tmp_path / "other").exists(), "a resumed run writes into its own directory"
+    # resume=auto on the same run directory continues it too.
+    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=4", "resume=auto"))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 4
+
+
+def test_new_run_refuses_to_overwrite(digits_run):
+    before = (digits_run / "checkpoints" / "last.pt").read_bytes()
+    result = run_py(digits_run.parent, f"hydra.run.dir={digits_run}", *TINY_DIGITS)
+    assert result.returncode == 2 and "resume=auto" in result.stderr
+    assert (digits_run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
+    # Make best and last differ: last gets perturbed weights, so samples reveal which one was loaded.
+    ckpt_dir = digits_run / "checkpoints"
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    last = load_checkpoint(ckpt_dir / "last.pt")
+    for tensor in last["ema_state_dict"]["shadow"].values():
+        if tensor.is_floating_point():
+            tensor.add_(0.5)
+    backup = (ckpt_dir / "last.pt").read_bytes()
+    torch.save(last, ckpt_dir / "last.pt")
+    try:
+        out = tmp_path / "sample"
+        args = ["task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8"]
+        ok(run_py(tmp_path, *args))
+        sampled = np.load(out / "samples.npz")["samples"]
+        from_train = np.load(digits_run / "samples.npz")["samples"]
+        # Same seed, same best checkpoint: the samples the training run wrote.
+        np.testing.assert_allclose(sampled, from_train, atol=1e-5)
+        assert (out / "samples.png").is_file() and yaml.safe_load((out / "config.yaml").read_text())["task"] == "sample"
+        assert best["epoch"] >= 1
+        # A sampling method chosen on the command line replaces the run's, keeping its trained schedule.
+        ddim = tmp_path / "ddim"
+        ok(run_py(tmp_path, *args[:2], f"hydra.run.dir={ddim}", "sampler.num_samples=8", "method=ddim",
+                  "sampler.steps=10"))
+        assert np.load(ddim / "samples.npz")["samples"].shape == (8, 1, 8, 8)
+    finally:
+        (ckpt_dir / "last.pt").write_bytes(backup)
+
+
+BAD_INPUTS = [
+    (["trainer.lr=0"], "trainer.lr"),
+    (["trainer.lr=abc"], "trainer.lr"),
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["method.num_timesteps=0"], "method.num_timesteps"),
+    (["method.prediction=score"], "method.prediction"),
+    (["data=image_folder"], "data.root"),
+    (["data=image_folder", "data.root=/no/such/dir"], "data.root"),
+    (["data.image_size=10"], "data.image_size"),
+    (["data=moons"], "model=mlp"),
+    (["task=sample"], "run_dir"),
+    (["task=sample", "run_dir=/no/such/run"], "run_dir"),
+    (["resume=/no/such/run"], "resume"),
+    (["task=paint"], "task"),
+]
+
+
+def run_in_process(monkeypatch, *overrides: str) -> int:
+    """Call run.py's main as the command line would, in this process (no interpreter start-up per case)."""
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    monkeypatch.setattr(sys, "argv", ["run.py", *overrides])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize(("overrides", "key"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, overrides, key):
+    run_dir = tmp_path / "run"
+    assert run_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *overrides) == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], stderr
+    assert not run_dir.exists(), "nothing may be written for a bad input"
+
+
+def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
+    result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "trainer.lr=-1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.lr must be in (0.0, inf), got -1"
+    ], result.stderr
+
+
+def test_empty_image_folder_is_reported(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "data=image_folder",
+                    f"data.root={tmp_path / 'empty'}")
+    assert result.returncode == 2 and "data.root" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_group_option_lists_the_options(tmp_path):
+    result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "method=ddpx")
+    assert result.returncode != 0
+    assert "ddim" in result.stderr and "ddpm" in result.stderr  # Hydra's message lists the available options
