@@ -1,0 +1,89 @@
+"""Conditioning embeddings shared by every denoising network: the timestep and, optionally, the class label.
+
+Both :class:`~diffusion.models.UNet` and :class:`~diffusion.models.MLP` build one :class:`TimeEmbedding`, so the
+sinusoid and the "null label" convention for classifier-free guidance live here only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps, as in the Transformer (Vaswani et al. 2017, Sec. 3.5) and DDPM.
+
+    Args:
+        t: ``(B,)`` timesteps, integer or float, in timestep units (``0 .. num_timesteps - 1``); fractional values
+            are fine (the embedding is smooth in ``t``).
+        dim: width of the embedding; an odd ``dim`` gets a zero last column.
+        max_period: the longest wavelength, in timesteps.
+
+    Returns:
+        ``(B, dim)`` float32 tensor ``[cos(t * f_0), .., cos(t * f_{k-1}), sin(t * f_0), .., sin(t * f_{k-1})]``
+        with ``k = dim // 2`` frequencies ``f_i = max_period ** (-i / k)`` spaced geometrically from 1 to
+        ``1 / max_period``.
+
+    Raises:
+        ValueError: if ``t`` is not one-dimensional or ``dim < 2``.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"timestep_embedding expects t of shape (B,), got {tuple(t.shape)}")
+    if dim < 2:
+        raise ValueError(f"timestep_embedding needs dim >= 2, got {dim}")
+    half = dim // 2
+    # Kept in float32 even under autocast: bf16 has 8 mantissa bits, so t * f for t ~ 1000 would lose the phase.
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """Timestep (plus optional class) -> conditioning vector: sinusoid -> Linear -> SiLU -> Linear.
+
+    With ``num_classes > 0`` a learned class embedding is added to the time embedding (as in ADM, Dhariwal &
+    Nichol 2021). The table has ``num_classes + 1`` rows: row ``num_classes`` (:attr:`null_label`) is the
+    "no label" token that classifier-free guidance (Ho & Salimans 2022) trains by dropping labels and samples
+    from as the unconditional model. ``y=None`` means every sample is unconditional.
+
+    Args:
+        sinusoid_dim: width of the sinusoidal timestep features.
+        out_dim: width of the returned embedding.
+        num_classes: number of real classes; 0 builds no class embedding.
+    """
+
+    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.sinusoid_dim = sinusoid_dim
+        self.num_classes = num_classes
+        self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
+
+    @property
+    def null_label(self) -> int:
+        """The label index meaning "unconditional" (only meaningful when ``num_classes > 0``)."""
+        return self.num_classes
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed ``t`` ``(B,)`` and labels ``y`` ``(B,)`` (long, in ``[0, num_classes]``) into ``(B, out_dim)``.
+
+        Raises:
+            ValueError: if labels are given to a model built with ``num_classes=0``, or ``y`` is not ``(B,)``.
+        """
+        emb = self.mlp(timestep_embedding(t, self.sinusoid_dim))  # (B, out_dim)
+        if self.class_embed is None:
+            if y is not None:
+                raise ValueError("class labels y were given to a model built with num_classes=0; pass y=None "
+                                 "or set model.num_classes to the data set's number of classes")
+            return emb
+        if y is None:
+            y = torch.full_like(t, self.null_label, dtype=torch.long)
+        elif y.shape != t.shape:
+            raise ValueError(f"class labels y must have shape {tuple(t.shape)} like t, got {tuple(y.shape)}")
+        return emb + self.class_embed(y)  # (B, out_dim)
