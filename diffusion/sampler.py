@@ -116,6 +116,7 @@ class Sampler:
         trajectory: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor:
         needs_noise = self.method.needs_noise(self.eta)
+        state: dict[str, Any] = {}  # per-trajectory scratch for multistep methods
         t_batch = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
         for t, t_prev in pairs:
             if t in record:
@@ -123,7 +124,7 @@ class Sampler:
             with autocast(self.device, self.precision):
                 model_output = self.model(x, t_batch.fill_(t))
             noise = self._noise(x.shape, generator) if needs_noise else None
-            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=noise)
+            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=noise, state=state)
         if -1 in record:
             trajectory.setdefault(-1, []).append(x.float().cpu())
         return x

@@ -243,8 +243,13 @@ class BaseMethod(nn.Module, ABC):
         *,
         eta: float = 0.0,
         noise: torch.Tensor | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """One reverse update x_t -> x_{t_prev}."""
+        """One reverse update x_t -> x_{t_prev}.
+
+        ``state`` is a dict the sampler creates empty for each trajectory (each batch) and passes to every
+        step, for multistep solvers that reuse earlier model outputs; single-step methods ignore it.
+        """
 
     def needs_noise(self, eta: float) -> bool:
         """Whether :meth:`step` consumes fresh noise (the sampler skips drawing it otherwise)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from diffusion.methods.base import BaseMethod, TimestepSpacing, spaced_timesteps
@@ -26,6 +28,7 @@ class DDIM(BaseMethod):
         *,
         eta: float = 0.0,
         noise: torch.Tensor | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         return self.ddim_step(x_t, t, t_prev, model_output, eta=eta, noise=noise)
 

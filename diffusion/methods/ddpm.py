@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from diffusion.methods.base import BaseMethod, TimestepSpacing
@@ -27,6 +29,7 @@ class DDPM(BaseMethod):
         *,
         eta: float = 0.0,
         noise: torch.Tensor | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         assert t_prev == t - 1, "DDPM steps through consecutive timesteps"
         return self.p_sample(x_t, self._as_batch(t, x_t), model_output, noise)

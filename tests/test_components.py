@@ -1,0 +1,149 @@
+"""Trainer, FileManager, Sampler and FileLogger as library components (no Hydra)."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from diffusion.data import MoonsData
+from diffusion.ema import EMA
+from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
+from diffusion.loggers import FileLogger
+from diffusion.methods import DDIM, DDPM
+from diffusion.models import MLP
+from diffusion.sampler import Sampler
+from diffusion.schedules import cosine_betas
+from diffusion.trainer import Trainer
+from diffusion.validation import ConfigError
+
+
+def small_parts(tmp_path, epochs=2, **trainer_kwargs):
+    torch.manual_seed(0)
+    data = MoonsData(num_samples=400, noise=0.05)
+    model = MLP(hidden_dim=32, num_layers=2, time_embed_dim=16)
+    method = DDIM(partial(cosine_betas), num_timesteps=50, clip_denoised=False)
+    file_manager = FileManager(tmp_path)
+    logger = FileLogger(tmp_path, console=False)
+    trainer = Trainer(
+        model, method, data, file_manager, logger,
+        epochs=epochs, lr=1e-3, batch_size=64, device="cpu", progress=False, **trainer_kwargs,
+    )
+    return trainer, file_manager, logger
+
+
+def test_train_records_histories_and_checkpoints(tmp_path):
+    trainer, file_manager, logger = small_parts(tmp_path, epochs=3)
+    summary = trainer.train()
+    logger.close()
+    train, val = trainer.get_loss_histories()
+    assert len(train) == len(val) == 3 and all(math.isfinite(v) for v in train + val)
+    assert summary["global_step"] == 3 * math.ceil(360 / 64)
+    assert summary["best_val_loss"] == min(val)
+    ckpt = file_manager.load("best")
+    assert ckpt["val_loss_history"][: ckpt["epoch"]] == val[: ckpt["epoch"]]
+    assert ckpt["best_val_loss"] == min(val[: ckpt["epoch"]])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "epoch" in r] == [1, 2, 3]
+    assert (tmp_path / "loss_curve.png").is_file()
+
+
+def test_validation_loss_is_fixed_across_calls(tmp_path):
+    trainer, _, logger = small_parts(tmp_path)
+    assert trainer.validate() == trainer.validate()  # fixed timesteps and noise: no sampling variance
+    logger.close()
+
+
+def test_lr_warmup_then_cosine(tmp_path):
+    trainer, _, logger = small_parts(tmp_path, epochs=10, warmup_steps=5, lr_schedule="cosine", min_lr_ratio=0.1)
+    factors = [trainer._lr_factor(step) for step in range(trainer.total_steps + 1)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
+    assert factors[5] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[5:], factors[6:]))
+    logger.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"lr": 0.0}, "trainer.lr"), ({"epochs": 0}, "trainer.epochs"), ({"precision": "fp8"}, "trainer.precision"),
+     ({"ema_decay": 1.0}, "trainer.ema_decay"), ({"lr_schedule": "step"}, "trainer.lr_schedule")],
+)
+def test_trainer_rejects_bad_arguments(tmp_path, kwargs, key):
+    base = {"epochs": 1, "lr": 1e-3, "batch_size": 8, "device": "cpu"}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Trainer(MLP(hidden_dim=8, num_layers=1), DDPM(cosine_betas, 10), MoonsData(num_samples=50),
+                FileManager(tmp_path), FileLogger(tmp_path), **{**base, **kwargs})
+
+
+def test_ema_tracks_and_warms_up():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.99)
+    assert ema.current_decay() == pytest.approx(0.1)  # warm-up: early updates follow the weights closely
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(2000):
+        ema.update(model)
+    assert torch.allclose(ema.shadow.weight, model.weight, atol=1e-6)
+
+
+def test_file_manager_keeps_last_k_and_refuses_code(tmp_path):
+    manager = FileManager(tmp_path, save_every_n_epochs=1, keep_last_k=2)
+    trainer, _, logger = small_parts(tmp_path / "t")
+    state = trainer.checkpoint_state()
+    for epoch in range(1, 5):
+        manager.save({**state, "epoch": epoch}, is_best=epoch == 2)
+    assert [p.name for p in manager.periodic_checkpoints()] == ["epoch_0003.pt", "epoch_0004.pt"]
+    assert manager.load("best")["epoch"] == 2 and manager.load("last")["epoch"] == 4
+    assert not list(manager.checkpoint_dir.glob("*.tmp")), "no temporary files left behind"
+
+    marker = tmp_path / "code-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": {}, "payload": Exploit()}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(evil)
+    assert not marker.exists(), "loading must not execute pickled code"
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((manager.checkpoint_dir / "last.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(damaged)
+    logger.close()
+
+
+def test_sampler_is_seeded_and_batch_independent_of_device(tmp_path):
+    trainer, file_manager, logger = small_parts(tmp_path, epochs=1)
+    trainer.train()
+    logger.close()
+    model = MLP(hidden_dim=32, num_layers=2, time_embed_dim=16)
+    method = DDIM(partial(cosine_betas), num_timesteps=50, clip_denoised=False)
+    sampler = Sampler(model, method, (2,), num_samples=10, batch_size=4, steps=5, eta=1.0, seed=3, device="cpu")
+    ckpt = sampler.load_checkpoint(file_manager, "best")
+    assert ckpt["epoch"] == 1
+    first, second = sampler.sample(), sampler.sample()
+    assert first.samples.shape == (10, 2) and first.steps == 5
+    assert torch.equal(first.samples, second.samples)
+    other = Sampler(model, method, (2,), num_samples=10, batch_size=4, steps=5, eta=1.0, seed=4, device="cpu")
+    assert not torch.equal(other.sample().samples, first.samples)
+
+
+def test_sampler_records_a_trajectory():
+    model = MLP(hidden_dim=8, num_layers=1, time_embed_dim=8)
+    method = DDPM(cosine_betas, num_timesteps=20, clip_denoised=False)
+    result = Sampler(model, method, (2,), num_samples=5, device="cpu").sample(record_timesteps=[19, 10, -1],
+                                                                               trajectory_samples=3)
+    assert sorted(result.trajectory) == [-1, 10, 19]
+    assert result.trajectory[-1].shape == (3, 2)
+    assert torch.equal(result.trajectory[-1], result.samples[:3])
+
+
+def test_sampler_rejects_more_steps_than_timesteps():
+    method = DDIM(cosine_betas, num_timesteps=20)
+    with pytest.raises(ConfigError, match="sampler.steps"):
+        Sampler(MLP(hidden_dim=8, num_layers=1), method, (2,), steps=50, device="cpu")
