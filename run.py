@@ -1,15 +1,18 @@
 """Entry point: compose the experiment with Hydra, build every component through `_target_`, run the task.
 
-    python run.py                                   # train on bundled digits, then sample a grid
-    python run.py method=ddim schedule=cosine       # switch components
-    python run.py -m trainer.lr=1e-4,3e-4           # a sweep: one run directory per job
-    python run.py task=sample run_dir=outputs/...   # sample from an earlier run's best checkpoint
+    python run.py                                     # train on bundled digits, sample, score
+    python run.py method=ddim schedule=cosine         # switch components
+    python run.py -m trainer.lr=1e-4,3e-4             # a sweep: one run directory per job
+    python run.py task=sample run_dir=outputs/...     # sample from an earlier run's best checkpoint
+    python run.py task=evaluate run_dir=outputs/...   # score an earlier run
+    torchrun --nproc_per_node=2 run.py                # data-parallel training
 
 This is the only module that calls `hydra.utils.instantiate`; the `diffusion` package never sees a config.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,18 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.cli import Components, check_compatible, guard_user_errors, print_run_files, save_run_config
+from diffusion.distributed import DistributedContext
+from diffusion.evaluation.scoring import epoch_evaluation, evaluate_samples, timed_sample
 from diffusion.file_manager import find_run_checkpoint, run_dir_of
-from diffusion.sampler import SampleResult, save_samples
+from diffusion.loggers import FileLogger, NullLogger
+from diffusion.sampler import Sampler, save_samples
 from diffusion.seeding import seed_everything
 from diffusion.validation import ConfigError, check_choice, check_int
 
-TASKS = ("train", "sample")
+TASKS = ("train", "sample", "evaluate")
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip
-
-
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+_NONE = "diffusion.evaluation.NoneEvaluator"  # task=sample scores nothing
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -37,30 +42,39 @@ def main(cfg: DictConfig) -> float | None:
     with guard_user_errors(created_dir=output_dir):
         check_choice(cfg.task, "task", TASKS)
         check_int(cfg.seed, "seed")
+        if cfg.task == "train":
+            return train(cfg, output_dir)
         seed_everything(cfg.seed)
-        if cfg.task == "sample":
-            return sample(cfg, output_dir)
-        return train(cfg, output_dir)
+        return generate(cfg, output_dir)
     return None
 
 
 def build(cfg: DictConfig, run_dir: Path) -> Components:
-    """Instantiate data, model and method; validates each before anything is written."""
+    """Instantiate data, model and method; each validates its arguments before anything is written."""
     data = instantiate(cfg.data, _convert_="all")
-    data_choice = HydraConfig.get().runtime.choices.get("data") or cfg.data._target_
-    check_compatible(data, get_class(cfg.model._target_), data_choice)
+    choices = HydraConfig.get().runtime.choices
+    check_compatible(data, get_class(cfg.model._target_), choices.get("data") or cfg.data._target_)
     model = instantiate(cfg.model, _convert_="all")
     method = instantiate(cfg.method, _convert_="all")
     return Components(data=data, model=model, method=method, run_dir=run_dir)
 
 
+def make_sampler(cfg: DictConfig, model: Any, parts: Components) -> Sampler:
+    return instantiate(cfg.sampler, _convert_="all")(
+        model=model, method=parts.method, sample_shape=parts.data.sample_shape
+    )
+
+
 def train(cfg: DictConfig, output_dir: Path) -> float:
-    resume_from, run_dir = resolve_resume(cfg.resume, output_dir)
-    parts = build(cfg, run_dir)
+    dist = DistributedContext.from_environment(cfg.trainer.device)
+    seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
+    resume_from, run_dir = dist.broadcast_object(resolve_resume(cfg.resume, output_dir) if dist.is_main else None)
     if run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
-        output_dir.rmdir()  # Hydra made it for this job; the resumed run writes into its own directory
+        output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
+    parts = build(cfg, run_dir)
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
-    logger = instantiate(cfg.logger)(run_dir=run_dir)
+    logger = instantiate(cfg.logger)(run_dir=run_dir) if dist.is_main else NullLogger()
+    evaluator = instantiate(cfg.evaluator, _convert_="all")
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = instantiate(cfg.trainer, _convert_="all")(
         model=parts.model,
@@ -68,49 +82,82 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         data=parts.data,
         file_manager=file_manager,
         logger=logger,
+        seed=cfg.seed,
         run_config=config,
+        distributed=dist,
     )
-    sampler = instantiate(cfg.sampler, _convert_="all")(
-        model=parts.model, method=parts.method, sample_shape=parts.data.sample_shape
-    )
-    save_run_config(cfg, run_dir, HydraConfig.get().overrides.task)
+    sampler = make_sampler(cfg, parts.model, parts)
+    if evaluator.every_n_epochs:
+        trainer.epoch_hooks.append(epoch_evaluation(evaluator, make_sampler(cfg, trainer.ema.shadow, parts)))
+    if dist.is_main:
+        save_run_config(cfg, run_dir, HydraConfig.get().overrides.task)
     with logger:
-        logger.log_hyperparams(config)
+        if dist.is_main:
+            logger.log_hyperparams(config)
+            prepare_evaluator(evaluator, parts, logger)
         summary = trainer.train(resume_from=resume_from)
-        ckpt = sampler.load_checkpoint(file_manager, "best")
-        logger.log(f"sampling {sampler.num_samples} from the best EMA checkpoint (epoch {ckpt['epoch']})")
-        written = write_samples(sampler, parts, run_dir)
-        logger.log_image("samples", written[1], step=trainer.state.global_step)
-        logger.log_summary(summary)
-    print_run_files(run_dir)
-    return float(summary["best_" + trainer.monitor.replace("/", "_")])
+        if dist.is_main:
+            ckpt = sampler.load_checkpoint(file_manager, "best")
+            logger.log(f"sampling from the best EMA checkpoint (epoch {ckpt['epoch']})")
+            summary.update(sample_and_score(cfg, sampler, evaluator, parts, run_dir, logger) or {})
+            logger.log_summary(summary)
+    dist.close()
+    if dist.is_main:
+        print_run_files(run_dir)
+    return objective(summary, trainer.monitor)
 
 
-def sample(cfg: DictConfig, output_dir: Path) -> None:
-    """Sample from ``run_dir``'s best checkpoint with the sampler (and method, if given) of this command."""
+def generate(cfg: DictConfig, output_dir: Path) -> float | None:
+    """``task=sample`` / ``task=evaluate``: load ``run_dir``'s best checkpoint, sample (and score) with the
+    sampler, evaluator and (if chosen on this command line) method of this command."""
     if cfg.run_dir is None:
-        raise ConfigError("task=sample needs run_dir=<a run directory holding checkpoints/>")
+        raise ConfigError(f"task={cfg.task} needs run_dir=<a run directory holding checkpoints/>")
     source = Path(cfg.run_dir)
     run_cfg = load_run_config(source)
     run_cfg.method = sampling_method_config(cfg, run_cfg)
     parts = build(run_cfg, output_dir)
     file_manager = instantiate(run_cfg.checkpoint)(run_dir=source)
-    sampler = instantiate(cfg.sampler, _convert_="all")(
-        model=parts.model, method=parts.method, sample_shape=parts.data.sample_shape
-    )
+    sampler = make_sampler(cfg, parts.model, parts)
+    evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else {"_target_": _NONE}, _convert_="all")
     ckpt = sampler.load_checkpoint(file_manager, "best")
-    print(f"sampling {sampler.num_samples} from {source} (best checkpoint, epoch {ckpt['epoch']})")
     save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
-    write_samples(sampler, parts, output_dir)
+    with FileLogger(output_dir) as logger:
+        logger.log(f"{cfg.task}: {source} (best checkpoint, epoch {ckpt['epoch']})")
+        prepare_evaluator(evaluator, parts, logger)
+        scores = sample_and_score(cfg, sampler, evaluator, parts, output_dir, logger)
     print_run_files(output_dir)
-    return None
+    return None if not scores else next(iter(scores.values()))
 
 
-def write_samples(sampler: Any, parts: Components, directory: Path) -> list[Path]:
+def prepare_evaluator(evaluator: Any, parts: Components, logger: Any) -> None:
+    if evaluator.enabled:
+        evaluator.prepare(parts.data)
+        if evaluator.unavailable_reason:
+            logger.log(f"warning: {evaluator.unavailable_reason}")
+
+
+def sample_and_score(
+    cfg: DictConfig, sampler: Sampler, evaluator: Any, parts: Components, directory: Path, logger: Any
+) -> dict[str, float] | None:
+    """One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the counts)."""
+    count = sampler.num_samples
+    if evaluator.enabled and not evaluator.unavailable_reason:
+        count = max(count, evaluator.num_samples)
     record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
-    result: SampleResult = sampler.sample(record_timesteps=record)
+    result, seconds_per_sample = timed_sample(sampler, count, record)
     reference = None if parts.data.kind == "image" else parts.data.load().val
-    return save_samples(result, directory, reference=reference)
+    written = save_samples(result, directory, reference=reference, grid_samples=sampler.num_samples)
+    logger.log_image("samples", written[1])
+    logger.log(f"sampled {count} in {seconds_per_sample * count:.1f} s ({seconds_per_sample * 1e3:.2f} ms/sample)")
+    payload = evaluate_samples(evaluator, sampler, result, seconds_per_sample, directory, logger)
+    if payload is None:
+        return None
+    return {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
+
+
+def objective(summary: dict[str, Any], monitor: str) -> float:
+    """What a sweeper minimises: the monitored metric's best value (validation loss unless ``trainer.monitor``)."""
+    return float(summary["best_" + monitor.replace("/", "_")])
 
 
 def trajectory_timesteps(sequence: list[int]) -> list[int]:
@@ -122,19 +169,23 @@ def trajectory_timesteps(sequence: list[int]) -> list[int]:
 def resolve_resume(resume: str | None, output_dir: Path) -> tuple[Path | None, Path]:
     """Where training continues from, and the run directory it writes to.
 
-    ``auto`` continues ``output_dir`` when it holds ``checkpoints/last.pt`` (a requeued job with a fixed
+    ``auto`` continues ``output_dir`` from its newest intact checkpoint (a requeued job with a fixed
     ``hydra.run.dir``), else starts fresh there; a path continues that run in its own directory.
     """
-    last = output_dir / "checkpoints" / "last.pt"
+    has_run = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").glob("*.pt"))
     if resume is None:
-        if last.exists():
+        if has_run:
             raise ConfigError(
                 f"{output_dir} already holds a run; pass resume=auto to continue it or choose another hydra.run.dir"
             )
         return None, output_dir
-    if resume == "auto":
-        return (last if last.exists() else None), output_dir
-    checkpoint = find_run_checkpoint(resume)
+    if resume == "auto" and not has_run:
+        return None, output_dir
+    checkpoint, skipped = find_run_checkpoint(output_dir if resume == "auto" else resume)
+    for line in skipped:
+        print(f"warning: {line}; falling back to an older checkpoint", file=sys.stderr)
+    if skipped:
+        print(f"resuming from {checkpoint}", file=sys.stderr)
     return checkpoint, run_dir_of(checkpoint)
 
 

@@ -1,13 +1,17 @@
 """Checkpoints of a run: full training state in one dict, ``last`` and ``best``, periodic copies, cleanup.
 
-Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (every save), ``best.pt`` (lowest monitored metric),
-``epoch_0010.pt`` (every ``save_every_n_epochs``, the newest ``keep_last_k`` kept). Files are written to a
-temporary name, fsynced and renamed, so a kill mid-write leaves the previous file intact. They are read with
-``torch.load(weights_only=True)``: a checkpoint cannot run code on load.
+Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (every save; the one before it is kept as
+``last.prev.pt``), ``best.pt`` (lowest monitored metric), ``epoch_0010.pt`` (every ``save_every_n_epochs``, the
+newest ``keep_last_k`` kept). Each file is written to a temporary name, fsynced and renamed, so a kill mid-write
+leaves the previous file intact, and gets a ``.sha256`` sidecar that loading verifies, so a truncated or
+bit-flipped file is detected. Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run
+code on load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import re
@@ -79,14 +83,15 @@ class FileManager:
         missing = [key for key in CHECKPOINT_KEYS if key not in state]
         assert not missing, f"checkpoint state lacks {missing}"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        payload = _serialize(state)
         last = self.checkpoint_dir / "last.pt"
-        _atomic_save(state, last)
+        _atomic_write(payload, last, keep_previous=True)
         if is_best:
-            _atomic_save(state, self.checkpoint_dir / "best.pt")
+            _atomic_write(payload, self.checkpoint_dir / "best.pt")
         if periodic is None:
             periodic = bool(self.save_every_n_epochs) and state["epoch"] % self.save_every_n_epochs == 0
         if periodic:
-            _atomic_save(state, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
+            _atomic_write(payload, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
             self._cleanup()
         return last
 
@@ -95,6 +100,7 @@ class FileManager:
             return
         for old in self.periodic_checkpoints()[: -self.keep_last_k]:
             old.unlink(missing_ok=True)
+            _sidecar(old).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------------------------------
     # Finding and loading
@@ -105,6 +111,25 @@ class FileManager:
             return []
         found = [p for p in self.checkpoint_dir.iterdir() if _PERIODIC.search(p.name)]
         return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))  # type: ignore[union-attr]
+
+    def latest_intact(self) -> tuple[Path | None, list[str]]:
+        """The newest checkpoint that loads and verifies: ``last``, then ``last.prev``, then periodic ones.
+
+        Returns the path (None if there is none) and one line per damaged file that was passed over.
+        """
+        candidates = [self.checkpoint_dir / "last.pt", self.checkpoint_dir / "last.prev.pt"]
+        candidates += self.periodic_checkpoints()[::-1]
+        skipped: list[str] = []
+        for path in candidates:
+            if not path.is_file():
+                continue
+            try:
+                load_checkpoint(path)
+            except CheckpointError as error:
+                skipped.append(str(error))
+                continue
+            return path, skipped
+        return None, skipped
 
     def checkpoint_path(self, which: Literal["best", "last"]) -> Path | None:
         path = self.checkpoint_dir / f"{which}.pt"
@@ -138,8 +163,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    payload = path.read_bytes()
+    sidecar = _sidecar(path)
+    if sidecar.is_file() and sidecar.read_text().strip() != hashlib.sha256(payload).hexdigest():
+        raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match {sidecar.name})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
@@ -153,20 +182,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_run_checkpoint(resume: str | Path) -> Path:
-    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its ``checkpoints/last.pt``).
+def find_run_checkpoint(resume: str | Path) -> tuple[Path, list[str]]:
+    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its newest intact checkpoint).
+
+    Returns the checkpoint and one line per damaged checkpoint passed over.
 
     Raises:
-        CheckpointError: when the path holds no checkpoint.
+        CheckpointError: when the path holds no usable checkpoint.
     """
     path = Path(resume)
     if path.is_dir():
-        candidate = path / "checkpoints" / "last.pt"
-        if not candidate.is_file():
-            raise CheckpointError(f"resume={resume}: no checkpoints/last.pt in that run directory")
-        return candidate
+        found, skipped = FileManager(path).latest_intact()
+        if found is None:
+            damaged = f"; damaged: {' | '.join(skipped)}" if skipped else ""
+            raise CheckpointError(f"resume={resume}: no intact checkpoint in {path / 'checkpoints'}{damaged}")
+        return found, skipped
     if path.is_file():
-        return path
+        load_checkpoint(path)
+        return path, []
     raise CheckpointError(f"resume={resume}: no such run directory or checkpoint file")
 
 
@@ -176,19 +209,46 @@ def run_dir_of(checkpoint: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
+def _serialize(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
+    """Write ``payload`` and its sha256 sidecar, each via a temporary file, fsync and rename.
+
+    With ``keep_previous`` the file being replaced is renamed to ``<stem>.prev.pt`` first, so that a
+    damaged newest checkpoint still has an intact predecessor.
+    """
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    tmp_payload = _write_temporary(payload, path)
+    tmp_digest = _write_temporary(digest, _sidecar(path))
+    if keep_previous and path.exists():
+        previous = path.with_name(path.stem + ".prev" + path.suffix)
+        os.replace(path, previous)
+        if _sidecar(path).exists():
+            os.replace(_sidecar(path), _sidecar(previous))
+    os.replace(tmp_payload, path)
+    os.replace(tmp_digest, _sidecar(path))
+    _fsync_dir(path.parent)
+
+
+def _write_temporary(data: bytes, path: Path) -> Path:
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as tmp:
-            torch.save(state, tmp)
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    return Path(tmp_name)
 
 
 def _fsync_dir(directory: Path) -> None:

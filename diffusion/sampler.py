@@ -134,9 +134,15 @@ class Sampler:
         return torch.randn(tuple(shape), generator=generator).to(self.device)
 
 
-def save_samples(result: SampleResult, directory: str | Path, reference: torch.Tensor | None = None) -> list[Path]:
-    """Write ``samples.npz`` (``samples`` float32, plus ``labels`` when conditional) and a picture: an image
-    grid for ``(N, C, H, W)`` samples, a scatter plot (over ``reference`` points if given) for ``(N, 2)``."""
+def save_samples(
+    result: SampleResult,
+    directory: str | Path,
+    reference: torch.Tensor | None = None,
+    grid_samples: int | None = None,
+) -> list[Path]:
+    """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of the first
+    ``grid_samples``: an image grid for ``(N, C, H, W)`` samples, a scatter plot (over ``reference`` points if
+    given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
     from diffusion.images import save_image_grid, save_scatter, save_trajectory_strip
 
     directory = Path(directory)
@@ -146,12 +152,13 @@ def save_samples(result: SampleResult, directory: str | Path, reference: torch.T
         arrays["labels"] = result.labels.numpy()
     npz = directory / "samples.npz"
     np.savez(npz, **arrays)
+    shown = result.samples[:grid_samples]
     if result.samples.dim() == 4:
-        written = [save_image_grid(result.samples, directory / "samples.png")]
+        written = [save_image_grid(shown, directory / "samples.png")]
         if result.trajectory:
             timesteps = sorted(result.trajectory, reverse=True)
             frames = [result.trajectory[t] for t in timesteps]
             written.append(save_trajectory_strip(frames, timesteps, directory / "trajectory.png"))
     else:
-        written = [save_scatter(result.samples, directory / "samples.png", reference=reference)]
+        written = [save_scatter(shown, directory / "samples.png", reference=reference)]
     return [npz, *written]

@@ -1,12 +1,19 @@
-"""The training loop: batches, optimizer step, EMA, validation, checkpoint, log — one call each per epoch."""
+"""The training loop: batches, optimizer step, EMA, validate, checkpoint, log — one call each per epoch.
+
+Resume is exact: an epoch's data order is a pure function of ``(seed, epoch)``, the position inside the epoch
+follows from the step counter, and checkpoints carry the RNG states, optimizer, LR schedule, EMA and the
+partial epoch's loss sum. A run killed at any step and resumed ends bit for bit where the uninterrupted run
+ends (CPU, same thread count).
+"""
 
 from __future__ import annotations
 
 import math
+import signal
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Literal, NamedTuple
 
@@ -15,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.data.base import BaseData, DataSplits
+from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
 from diffusion.file_manager import FileManager, load_checkpoint
 from diffusion.loggers.base import BaseLogger
@@ -26,6 +34,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine"]
 # Extra per-epoch work (evaluation, sample grids): called after validation, returns metrics to log and monitor.
 EpochHook = Callable[["Trainer", int], dict[str, float] | None]
+EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, the shell convention
 
 
 class LossHistories(NamedTuple):
@@ -33,6 +42,18 @@ class LossHistories(NamedTuple):
 
     train: list[float]
     val: list[float]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved. ``exit_code`` follows the 128 + signal convention."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -46,6 +67,10 @@ class TrainState:
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    epoch_loss_sum: float = 0.0  # of the epoch in progress, so a mid-epoch resume keeps its mean exact
+    epoch_samples: int = 0
+    skipped_steps: int = 0
+    logger_run_id: str | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,23 +96,31 @@ def autocast(device: torch.device, precision: Precision) -> ContextManager[Any]:
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` under ``method``'s loss with AdamW, warmup + constant/cosine LR, gradient
-    clipping, optional autocast and an EMA of the weights; validates every epoch with fixed timesteps and
-    noise; keeps ``last``/``best`` checkpoints through ``file_manager``; reports to ``logger``.
+    """Trains ``model`` on ``data`` under ``method``'s loss.
+
+    AdamW, linear warmup then constant or cosine LR, gradient clipping and accumulation, autocast, an EMA of
+    the weights (validation and sampling use it), validation every epoch at fixed timesteps and noise,
+    ``last``/``best`` checkpoints (and ``last`` every ``checkpoint_every_n_steps``), data-parallel under
+    ``torchrun``.
 
     Args:
         model, method, data, file_manager, logger: the components it drives.
         epochs: total epochs of the run (a resumed run continues up to this number).
-        lr: peak learning rate. batch_size: samples per optimizer step.
-        weight_decay: AdamW decoupled weight decay. betas: AdamW betas.
-        warmup_steps: linear LR warmup from 0. lr_schedule: ``constant`` or ``cosine`` (to ``min_lr_ratio * lr``).
+        lr: peak learning rate. batch_size: the global batch (all ranks, all accumulation steps).
+        weight_decay, betas: AdamW settings. warmup_steps: linear warmup from 0.
+        lr_schedule: ``constant`` or ``cosine`` (decays to ``min_lr_ratio * lr`` at the last step).
         grad_clip: max global gradient norm (0 disables).
-        precision: ``fp32``, ``bf16`` (autocast, any device) or ``fp16`` (CUDA only, with gradient scaling).
-        ema_decay: EMA decay; validation loss and sampling use the EMA weights.
+        accumulate_grad_batches: micro-batches per optimizer step.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA only, with gradient scaling).
+        ema_decay: EMA decay (warmed up, see :class:`~diffusion.ema.EMA`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        monitor: metric that picks ``best`` (``val_loss`` or one an epoch hook returns, lower is better).
-        run_config: the resolved run config, stored in every checkpoint.
+        monitor: metric that picks ``best`` (``val_loss`` or one an epoch hook returns; lower is better).
+        checkpoint_every_n_steps: also save ``last`` every N optimizer steps (0: at epoch ends only).
+        skip_nonfinite: skip batches whose loss is NaN/inf (counted) instead of stopping.
+        compile: wrap the model in ``torch.compile``. channels_last: NHWC memory format for images.
+        seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
         epoch_hooks: extra per-epoch work, see :data:`EpochHook`.
+        distributed: the torchrun context (default: single process).
         progress: show a progress bar. log_every_n_steps: step-level logging interval.
         val_seed: seed of the fixed validation timesteps and noise.
 
@@ -112,12 +145,19 @@ class Trainer:
         lr_schedule: LRSchedule = "constant",
         min_lr_ratio: float = 0.0,
         grad_clip: float = 1.0,
+        accumulate_grad_batches: int = 1,
         precision: Precision = "fp32",
         ema_decay: float = 0.999,
         device: str = "auto",
         monitor: str = "val_loss",
+        checkpoint_every_n_steps: int = 0,
+        skip_nonfinite: bool = False,
+        compile: bool = False,
+        channels_last: bool = False,
+        seed: int = 0,
         run_config: dict[str, Any] | None = None,
         epoch_hooks: Sequence[EpochHook] = (),
+        distributed: DistributedContext | None = None,
         progress: bool = True,
         log_every_n_steps: int = 50,
         val_seed: int = 1234,
@@ -129,21 +169,24 @@ class Trainer:
         self.lr_schedule = check_choice(lr_schedule, "trainer.lr_schedule", ("constant", "cosine"))
         self.min_lr_ratio = check_float(min_lr_ratio, "trainer.min_lr_ratio", 0.0, 1.0)
         self.grad_clip = check_float(grad_clip, "trainer.grad_clip", minimum=0.0)
+        self.accumulate = check_int(accumulate_grad_batches, "trainer.accumulate_grad_batches", minimum=1)
         self.precision = check_choice(precision, "trainer.precision", ("fp32", "bf16", "fp16"))
-        self.device = resolve_device(device)
+        self.checkpoint_every_n_steps = check_int(checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", 0)
+        self.log_every_n_steps = check_int(log_every_n_steps, "trainer.log_every_n_steps", minimum=1)
+        self.seed = check_int(seed, "seed")
+        self.dist = distributed or DistributedContext()
+        self._check_batch_split()
+        self.device = self.dist.device(resolve_device(device))
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs CUDA; on CPU use trainer.precision=bf16 or fp32")
-        self.monitor = monitor
+        self.monitor, self.skip_nonfinite, self.channels_last = monitor, bool(skip_nonfinite), bool(channels_last)
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
-        self.progress = progress
-        self.log_every_n_steps = check_int(log_every_n_steps, "trainer.log_every_n_steps", minimum=1)
+        self.progress = progress and self.dist.is_main
+        self.method, self.data, self.file_manager, self.logger = method.to(self.device), data, file_manager, logger
 
-        self.model = model.to(self.device)
-        self.method = method.to(self.device)
-        self.data = data
-        self.file_manager = file_manager
-        self.logger = logger
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
         self.ema = EMA(self.model, ema_decay).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -151,61 +194,102 @@ class Trainer:
             betas=tuple(betas),  # type: ignore[arg-type]
             weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
         )
+        self.train_model = self._wrap(self.model, compile)
         splits = data.load()
         self.splits = DataSplits(*(None if t is None else t.to(self.device) for t in _fields(splits)))
-        self.steps_per_epoch = math.ceil(len(self.splits.train) / self.batch_size)
+        self.conditional = getattr(model, "num_classes", 0) > 0 and self.splits.train_labels is not None
+        self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.state = TrainState()
         self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
+        self._stop_signal: int | None = None
+
+    def _check_batch_split(self) -> None:
+        parts = self.dist.world_size * self.accumulate
+        if self.batch_size % parts:
+            raise ConfigError(
+                f"trainer.batch_size={self.batch_size} (the global batch) must be divisible by world size "
+                f"{self.dist.world_size} x trainer.accumulate_grad_batches {self.accumulate} = {parts}"
+            )
+
+    def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if compile else model  # type: ignore[return-value]
+
+    def _steps_per_epoch(self) -> int:
+        num_train = len(self.splits.train)
+        if num_train < self.batch_size and self.dist.enabled:
+            raise ConfigError(f"trainer.batch_size={self.batch_size} exceeds the {num_train} training samples")
+        # Data-parallel runs drop the last incomplete batch so every rank gets an equal share.
+        return num_train // self.batch_size if self.dist.enabled else math.ceil(num_train / self.batch_size)
 
     # ----------------------------------------------------------------------------------------------------
     # The loop
     # ----------------------------------------------------------------------------------------------------
     def train(self, resume_from: str | Path | None = None) -> dict[str, float]:
-        """Train up to ``epochs`` (continuing from ``resume_from`` if given); returns the final metrics."""
+        """Train up to ``epochs`` (continuing from ``resume_from`` if given); returns the final metrics.
+
+        Raises:
+            TrainingDiverged: a non-finite loss without ``skip_nonfinite``.
+            TrainingInterrupted: SIGTERM/SIGINT (after saving ``last``).
+        """
         if resume_from is not None:
             self._resume_training(resume_from)
-        self.logger.log(
-            f"training {_count_parameters(self.model):,} parameters on {self.device} ({self.precision}); "
-            f"{len(self.splits.train)} train / {len(self.splits.val)} val samples, "
-            f"{self.steps_per_epoch} steps per epoch, epochs {self.state.epoch + 1}..{self.epochs}"
-        )
-        while self.state.epoch < self.epochs:
-            epoch = self.state.epoch + 1
-            start = time.perf_counter()
-            train_loss = self._train_epoch(epoch)
-            val_loss = self.validate()
-            extra = self._run_epoch_hooks(epoch)
-            self._record_epoch(train_loss, val_loss, extra, seconds=time.perf_counter() - start)
-            self._checkpoint()
-            self.logger.log(self.state.metrics, step=self.state.global_step)
+        self.logger.log(self._banner())
+        with self._signals_save_and_stop():
+            while self.state.epoch < self.epochs:
+                epoch = self.state.epoch + 1
+                start = time.perf_counter()
+                train_loss = self._train_epoch(epoch)
+                val_loss = self.validate()
+                extra = self._run_epoch_hooks(epoch)
+                self._record_epoch(train_loss, val_loss, extra, seconds=time.perf_counter() - start)
+                self._checkpoint()
+                self.logger.log(self.state.metrics, step=self.state.global_step)
         self.logger.log_loss_curve(*self.get_loss_histories())
         return self.summary()
 
     def _train_epoch(self, epoch: int) -> float:
-        self.model.train()
-        order = torch.randperm(len(self.splits.train), device=self.device)
-        batches = order.split(self.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}", disable=not self.progress, leave=False)
-        total = torch.zeros((), device=self.device)
-        for index in bar:
+        self.train_model.train()
+        batches = self._epoch_batches(epoch)
+        first = self.state.global_step - (epoch - 1) * self.steps_per_epoch  # > 0 after a mid-epoch resume
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.epochs}",
+                   disable=not self.progress, leave=False)
+        for index in batches[first:]:
             loss = self._train_step(index)
-            total += loss.detach() * len(index)
             self.ema.update(self.model)
-            if self.state.global_step % self.log_every_n_steps == 0:
-                step_loss = loss.item()
-                bar.set_postfix(loss=f"{step_loss:.4f}")
-                self.logger.log({"train/loss_step": step_loss, "lr": self.current_lr}, step=self.state.global_step)
-        return total.item() / len(self.splits.train)
+            bar.update(1)
+            self._log_step(loss, bar)
+            self._maybe_stop_or_checkpoint()
+        bar.close()
+        mean = self.state.epoch_loss_sum / max(1, self.state.epoch_samples)
+        self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
+        return mean
+
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's sample indices for every step of ``epoch``: a pure function of (seed, epoch, rank)."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.splits.train), generator=generator).to(self.device)
+        batches = list(order.split(self.batch_size))[: self.steps_per_epoch]
+        return [batch[self.dist.rank :: self.dist.world_size] for batch in batches]
 
     def _train_step(self, index: torch.Tensor) -> torch.Tensor:
-        x0 = self.splits.train[index]
-        with autocast(self.device, self.precision):
-            loss = self.method.compute_loss(self.model, x0)
+        """One optimizer step over ``index`` in ``accumulate`` micro-batches; returns the mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        micro_batches = index.chunk(self.accumulate)
+        total = torch.zeros((), device=self.device)
+        for i, micro in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with self._no_sync(not sync), autocast(self.device, self.precision):
+                loss = self.method.compute_loss(self.train_model, self._inputs(micro), **self._labels(micro))
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            total += loss.detach() / len(micro_batches)
+        if not self._finite(total):
+            return total
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -213,25 +297,82 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.state.global_step += 1
-        return loss
+        self.state.epoch_loss_sum += float(self.dist.mean(total)) * len(index) * self.dist.world_size
+        self.state.epoch_samples += len(index) * self.dist.world_size
+        return total
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        if bool(torch.isfinite(self.dist.mean(loss))):
+            return True
+        step = self.state.global_step + 1
+        if not self.skip_nonfinite:
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {step} (epoch {self.state.epoch + 1}); the last good "
+                f"checkpoint is kept in {self.file_manager.checkpoint_dir}; lower trainer.lr, or set "
+                "trainer.skip_nonfinite=true to skip such batches"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        self.state.global_step += 1  # the step is spent (keeps the data position and LR schedule aligned)
+        self.scheduler.step()
+        self.logger.log(f"skipped step {step}: non-finite loss ({self.state.skipped_steps} skipped so far)")
+        return False
+
+    def _inputs(self, index: torch.Tensor) -> torch.Tensor:
+        x0 = self.splits.train[index]
+        return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
+
+    def _labels(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.conditional:
+            return {}
+        return {"y": self.splits.train_labels[index]}  # type: ignore[index]
+
+    def _no_sync(self, skip: bool) -> ContextManager[Any]:
+        # Accumulation micro-batches before the last need no gradient all-reduce.
+        if skip and isinstance(self.train_model, nn.parallel.DistributedDataParallel):
+            return self.train_model.no_sync()
+        return nullcontext()
+
+    def _log_step(self, loss: torch.Tensor, bar: Any) -> None:
+        if self.state.global_step % self.log_every_n_steps:
+            return
+        step_loss = float(loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        self.logger.log({"train/loss_step": step_loss, "lr": self.current_lr}, step=self.state.global_step)
+
+    def _maybe_stop_or_checkpoint(self) -> None:
+        if self.dist.any(self._stop_signal is not None, self.device):
+            self._save_last()
+            code = EXIT_ON_SIGNAL.get(self._stop_signal or signal.SIGTERM, 143)
+            raise TrainingInterrupted(
+                f"stopped by signal at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir}"
+                f"/last.pt. Resume with: python run.py resume={self.file_manager.run_dir}",
+                code,
+            )
+        every = self.checkpoint_every_n_steps
+        if every and self.state.global_step % every == 0:
+            self._save_last()
 
     @torch.no_grad()
     def validate(self, batch_size: int = 512) -> float:
         """Mean loss of the EMA model on the validation split, at fixed timesteps and noise."""
-        model = self.ema.shadow
-        val = self.splits.val
+        model, val = self.ema.shadow, self.splits.val
         total = 0.0
         for start in range(0, len(val), batch_size):
             chunk = slice(start, start + batch_size)
+            kwargs = {"y": self.splits.val_labels[chunk]} if self.conditional else {}  # type: ignore[index]
             with autocast(self.device, self.precision):
-                loss = self.method.compute_loss(model, val[chunk], t=self._val_t[chunk], noise=self._val_noise[chunk])
+                loss = self.method.compute_loss(
+                    model, val[chunk], t=self._val_t[chunk], noise=self._val_noise[chunk], **kwargs
+                )
             total += loss.item() * len(val[chunk])
         return total / len(val)
 
     def _run_epoch_hooks(self, epoch: int) -> dict[str, float]:
         extra: dict[str, float] = {}
-        for hook in self.epoch_hooks:
-            extra.update(hook(self, epoch) or {})
+        if self.dist.is_main:
+            for hook in self.epoch_hooks:
+                extra.update(hook(self, epoch) or {})
         return extra
 
     def _record_epoch(self, train_loss: float, val_loss: float, extra: dict[str, float], seconds: float) -> None:
@@ -247,6 +388,7 @@ class Trainer:
             "lr": self.current_lr,
             "epoch_seconds": seconds,
             "samples_per_second": len(self.splits.train) / seconds,
+            **({"skipped_steps": state.skipped_steps} if state.skipped_steps else {}),
             **extra,
         }
 
@@ -256,15 +398,20 @@ class Trainer:
         if is_best:
             self.state.best_metric = value  # type: ignore[assignment]
         self.state.metrics["best/" + self.monitor] = self.state.best_metric
-        self.file_manager.save(self.checkpoint_state(), is_best=is_best)
+        if self.dist.is_main:
+            self.file_manager.save(self.checkpoint_state(), is_best=is_best)
+        self.dist.barrier()
+
+    def _save_last(self) -> None:
+        if self.dist.is_main:
+            self.file_manager.save(self.checkpoint_state(), is_best=False, periodic=False)
+        self.dist.barrier()
 
     def _monitored_value(self) -> float | None:
         if self.monitor in ("val_loss", "val/loss"):
             return self.state.val_losses[-1]
         value = self.state.metrics.get(self.monitor)
-        if value is None:
-            return None  # e.g. an evaluation metric computed every N epochs only
-        return float(value)
+        return None if value is None else float(value)  # e.g. a metric computed every N epochs only
 
     # ----------------------------------------------------------------------------------------------------
     # State
@@ -282,32 +429,23 @@ class Trainer:
             "scaler_state_dict": self.scaler.state_dict(),
             "metrics": dict(state.metrics),
             "best_val_loss": state.best_val_loss,
-            "best_metric": state.best_metric,
-            "monitor": self.monitor,
             "training_loss_history": list(state.train_losses),
             "val_loss_history": list(state.val_losses),
+            "train_state": asdict(state),
+            "monitor": self.monitor,
             "config": self.run_config,
             "rng_state": rng_state(),
         }
 
     def _resume_training(self, checkpoint: str | Path) -> None:
-        """Restore weights, EMA, optimizer, LR schedule, counters, histories and RNG states."""
+        """Restore weights, EMA, optimizer, LR schedule, counters, histories, epoch position and RNG states."""
         ckpt = load_checkpoint(checkpoint, map_location=self.device)
         self.model.load_state_dict(ckpt["model_state_dict"])
         self.ema.load_state_dict(ckpt["ema_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-        if "scaler_state_dict" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
-        self.state = TrainState(
-            epoch=int(ckpt["epoch"]),
-            global_step=int(ckpt["global_step"]),
-            best_val_loss=float(ckpt["best_val_loss"]),
-            best_metric=float(ckpt.get("best_metric", ckpt["best_val_loss"])),
-            train_losses=list(ckpt["training_loss_history"]),
-            val_losses=list(ckpt["val_loss_history"]),
-            metrics=dict(ckpt["metrics"]),
-        )
+        self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+        self.state = TrainState(**ckpt["train_state"])
         set_rng_state(ckpt["rng_state"])
         self.logger.log(f"resumed from {checkpoint} at epoch {self.state.epoch}, step {self.state.global_step}")
 
@@ -315,13 +453,15 @@ class Trainer:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))
 
     def summary(self) -> dict[str, float]:
+        state = self.state
         return {
-            "epochs": self.state.epoch,
-            "global_step": self.state.global_step,
-            "final_train_loss": self.state.train_losses[-1] if self.state.train_losses else math.nan,
-            "final_val_loss": self.state.val_losses[-1] if self.state.val_losses else math.nan,
-            "best_val_loss": self.state.best_val_loss,
-            "best_" + self.monitor.replace("/", "_"): self.state.best_metric,
+            "epochs": state.epoch,
+            "global_step": state.global_step,
+            "final_train_loss": state.train_losses[-1] if state.train_losses else math.nan,
+            "final_val_loss": state.val_losses[-1] if state.val_losses else math.nan,
+            "best_val_loss": state.best_val_loss,
+            "best_" + self.monitor.replace("/", "_"): state.best_metric,
+            "skipped_steps": state.skipped_steps,
         }
 
     @property
@@ -345,10 +485,34 @@ class Trainer:
         noise = torch.randn(val.shape, generator=generator, dtype=val.dtype)
         return t.to(self.device), noise.to(self.device)
 
+    def _banner(self) -> str:
+        parameters = sum(p.numel() for p in self.model.parameters())
+        ranks = f" x {self.dist.world_size} ranks" if self.dist.enabled else ""
+        return (
+            f"training {parameters:,} parameters on {self.device}{ranks} ({self.precision}); "
+            f"{len(self.splits.train)} train / {len(self.splits.val)} val samples, {self.steps_per_epoch} steps "
+            f"per epoch, epochs {self.state.epoch + 1}..{self.epochs}"
+        )
+
+    @contextmanager
+    def _signals_save_and_stop(self) -> Iterator[None]:
+        """While training, SIGTERM/SIGINT set a flag; the loop saves ``last`` at the next step and stops."""
+
+        def handle(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous: dict[int, Any] = {}
+        try:
+            for sig in EXIT_ON_SIGNAL:
+                previous[sig] = signal.signal(sig, handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
 
 def _fields(splits: DataSplits) -> tuple[torch.Tensor | None, ...]:
     return (splits.train, splits.val, splits.train_labels, splits.val_labels)
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -1,5 +1,11 @@
 """Sample-quality evaluation: a shipped digit classifier (predictions and features) and pure metric functions."""
 
+from diffusion.evaluation.digits import DigitsEvaluator
+from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue, NoneEvaluator
+from diffusion.evaluation.inception import InceptionEvaluator
+from diffusion.evaluation.points import PointsEvaluator
+from diffusion.evaluation.reports import format_metrics, metric_values, metrics_to_json
+from diffusion.evaluation.sampler_steps import evaluate_at_steps, format_steps_table
 from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
@@ -16,6 +22,17 @@ from diffusion.evaluation.metrics import (
 )
 
 __all__ = [
+    "BaseEvaluator",
+    "DigitsEvaluator",
+    "InceptionEvaluator",
+    "MetricValue",
+    "NoneEvaluator",
+    "PointsEvaluator",
+    "evaluate_at_steps",
+    "format_metrics",
+    "format_steps_table",
+    "metric_values",
+    "metrics_to_json",
     "DigitClassifier",
     "KernelInceptionDistance",
     "class_coverage",

@@ -33,11 +33,27 @@ class BaseLogger(ABC):
     def close(self) -> None:
         """Flush and release resources; idempotent."""
 
+    @property
+    def run_id(self) -> str | None:
+        """The id of the tracker run (W&B) that a resumed training continues; None for local-only loggers."""
+        return None
+
     def __enter__(self) -> BaseLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Closes; a logger that records failures (W&B) overrides this to read the exception."""
         self.close()
+
+
+class NullLogger(BaseLogger):
+    """Logs nothing (data-parallel ranks other than 0)."""
+
+    def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        pass
 
 
 class LoggerCollection(BaseLogger):
@@ -69,3 +85,12 @@ class LoggerCollection(BaseLogger):
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+
+    @property
+    def run_id(self) -> str | None:
+        return next((i for i in (logger.run_id for logger in self.loggers) if i is not None), None)
+
+    def __exit__(self, *exc: object) -> None:
+        """Each logger exits with the exception, so a W&B run of a failed job is marked failed."""
+        for logger in self.loggers:
+            logger.__exit__(*exc)

@@ -1,0 +1,82 @@
+"""Data-parallel context for ``torchrun``: which process this is, and the few collectives training needs.
+
+``torchrun --nproc_per_node=N run.py ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them the
+context is a single process and every collective is a no-op, so the trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, checkpoints, samples and evaluates."""
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str = "auto") -> DistributedContext:
+        """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); single process otherwise."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank)
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: ``cuda:<local_rank>`` for CUDA, unchanged otherwise."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (e.g. the run directory, so N ranks share one)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over ranks (for logging losses)."""
+        if not self.enabled:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world_size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if it is true on any (a stop signal seen by one rank stops all)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

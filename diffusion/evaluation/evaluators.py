@@ -1,0 +1,313 @@
+"""The evaluator interface and the scoring rule every evaluator shares: each score beside its real-data floor.
+
+An evaluator is prepared once on a data set (:meth:`BaseEvaluator.prepare`), then fed generated samples batch by
+batch (:meth:`~BaseEvaluator.update`) and asked for its scores (:meth:`~BaseEvaluator.compute`), as torchmetrics
+metrics are. Every score comes as a :class:`MetricValue` holding its *floor*: the same metric between the held-out
+(val) real data and the same training reference, at the same sample count. A model cannot be expected to beat
+real data, so ``fd: 1.9 (real-data floor 0.4)`` says how far from "perfect" the samples are.
+
+Sample count. Most of these metrics are biased by the number of samples n scored (FD, sliced Wasserstein, energy
+distance and the class-histogram scores all shrink as n grows), so a floor is only comparable at the same n. The
+validation split is small (180 digits), usually smaller than ``num_samples``. Rather than scoring the floor at a
+smaller n than the samples (a floor that is too high flatters the model), both sides are scored at
+``n = min(number of generated samples, len(val))``: the generated samples are cut into chunks of n (the last chunk
+ends at the last sample and may overlap the previous one, so all samples count and every chunk has n rows),
+the metric is computed per chunk against the training reference and averaged; ``std_error`` is the spread of the
+chunk values over sqrt(number of chunks), an approximation since chunks share the reference. The floor applies the
+same rule to the validation set (one chunk when it has n rows). Metrics whose expectation does not depend on n are
+scored on all samples at once: KID (unbiased; its subset size is capped at n on both sides) and mean confidence.
+
+Evaluators: :class:`~diffusion.evaluation.digits.DigitsEvaluator`,
+:class:`~diffusion.evaluation.points.PointsEvaluator`, :class:`~diffusion.evaluation.inception.InceptionEvaluator`
+and :class:`NoneEvaluator`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple
+
+import torch
+
+from diffusion.data.base import BaseData
+from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
+from diffusion.validation import ConfigError, check_int
+
+
+class MetricValue(NamedTuple):
+    """One score: its ``value``, the real-data ``floor`` at the same sample count (None when there is none), the
+    standard error of ``value`` when known, and whether larger is better (coverage, confidence)."""
+
+    value: float
+    floor: float | None = None
+    std_error: float | None = None
+    higher_is_better: bool = False
+
+
+class BaseEvaluator(ABC):
+    """Scores generated samples: ``prepare(data)`` once, then ``reset`` / ``update`` (repeatedly) / ``compute``.
+
+    Args:
+        num_samples: how many samples to generate for one evaluation.
+        every_n_epochs: also evaluate every this many epochs during training; ``None`` or 0: only at the end.
+        sampler_steps: step counts at which to score the same checkpoint (see
+            :func:`~diffusion.evaluation.sampler_steps.evaluate_at_steps`); ``None``: only the sampler's own.
+
+    Raises:
+        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    """
+
+    #: False for an evaluator that scores nothing (``evaluator=none``): callers then skip sampling for it.
+    enabled: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int | None = None,
+        sampler_steps: Sequence[int] | None = None,
+    ) -> None:
+        self.num_samples = check_int(num_samples, "evaluator.num_samples", minimum=2)
+        every = 0 if every_n_epochs is None else check_int(every_n_epochs, "evaluator.every_n_epochs", minimum=0)
+        self.every_n_epochs: int | None = every or None
+        self.sampler_steps = _check_steps(sampler_steps)
+        #: Set by :meth:`prepare` when this evaluator cannot score on this machine (one line saying how to fix it).
+        self.unavailable_reason: str | None = None
+
+    def is_due(self, epoch: int) -> bool:
+        """Whether to evaluate after ``epoch`` (1-based) during training; the end of training is always due."""
+        if not self.enabled or self.unavailable_reason is not None or self.every_n_epochs is None:
+            return False
+        return epoch % self.every_n_epochs == 0
+
+    @abstractmethod
+    def prepare(self, data: BaseData) -> None:
+        """Compute the training reference and the real-data floors once; later calls do nothing.
+
+        Raises:
+            ConfigError: if this evaluator does not fit ``data`` (for example ``evaluator=digits`` on 2-D points).
+        """
+
+    @abstractmethod
+    def update(self, samples: torch.Tensor) -> None:
+        """Add a batch of generated samples ``(B, *sample_shape)`` in the data's range."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, MetricValue]:
+        """Scores of all samples added since the last :meth:`reset`, each with its floor."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the generated samples (the training reference and floors are kept)."""
+
+    def evaluate(self, samples: torch.Tensor) -> dict[str, MetricValue]:
+        """``reset``, ``update(samples)``, ``compute`` in one call."""
+        self.reset()
+        self.update(samples)
+        return self.compute()
+
+
+def _check_steps(sampler_steps: Sequence[int] | None) -> list[int] | None:
+    if sampler_steps is None:
+        return None
+    if isinstance(sampler_steps, (str, bytes)) or not isinstance(sampler_steps, Sequence) or not sampler_steps:
+        raise ConfigError(f"evaluator.sampler_steps must be null or a list of step counts, got {sampler_steps!r}")
+    return [check_int(s, "evaluator.sampler_steps", minimum=1) for s in sampler_steps]
+
+
+class NoneEvaluator(BaseEvaluator):
+    """``evaluator=none``: scores nothing, so training and sampling run without any evaluation."""
+
+    enabled: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__(num_samples=2)
+
+    def prepare(self, data: BaseData) -> None:
+        pass
+
+    def update(self, samples: torch.Tensor) -> None:
+        pass
+
+    def compute(self) -> dict[str, MetricValue]:
+        return {}
+
+    def reset(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- chunked scoring
+
+
+def chunk_slices(total: int, size: int) -> list[slice]:
+    """Row ranges of ``size`` covering ``range(total)``: consecutive chunks, the last one ending at ``total``
+    (overlapping its predecessor when ``size`` does not divide ``total``), so every chunk holds ``size`` rows.
+
+    Raises:
+        ValueError: if ``size`` is not in ``[1, total]``.
+    """
+    if not 1 <= size <= total:
+        raise ValueError(f"chunk size must be in [1, {total}], got {size}")
+    slices = [slice(start, start + size) for start in range(0, total - size + 1, size)]
+    if total % size:
+        slices.append(slice(total - size, total))
+    return slices
+
+
+def chunk_mean(rows: torch.Tensor, size: int, metric: Callable[[torch.Tensor], float]) -> MetricValue:
+    """Mean of ``metric`` over the chunks of :func:`chunk_slices`; ``std_error`` is their std / sqrt(count)
+    (``None`` for a single chunk)."""
+    values = torch.tensor([metric(rows[part]) for part in chunk_slices(len(rows), size)], dtype=torch.float64)
+    std_error = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
+    return MetricValue(values.mean().item(), std_error=std_error)
+
+
+def _random_subset(x: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
+    """``size`` rows of ``x`` drawn without replacement (seeded); all of ``x`` when ``size`` is None or larger."""
+    if size is None or size >= len(x):
+        return x
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[order[:size]]
+
+
+class FeatureEvaluator(BaseEvaluator):
+    """An evaluator that embeds samples as float64 rows (:meth:`_embed`) and scores rows against the embedded
+    training reference (:meth:`_score`), with floors from the embedded validation split (see the module docstring
+    for the sample-count rule).
+
+    Args:
+        num_samples, every_n_epochs, sampler_steps: see :class:`BaseEvaluator`.
+        reference_size: score against this many training samples (a seeded subset) instead of all of them, to bound
+            the cost of pairwise metrics; ``None``: the whole training split.
+        seed: seeds the reference subset and every randomised metric, so scores are comparable across runs.
+
+    Raises:
+        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int | None = None,
+        sampler_steps: Sequence[int] | None = None,
+        reference_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_samples, every_n_epochs, sampler_steps)
+        if reference_size is not None:
+            check_int(reference_size, "evaluator.reference_size", minimum=2)
+        self.reference_size = reference_size
+        self.seed = check_int(seed, "evaluator.seed")
+        self._reference: torch.Tensor | None = None  # (R, F) float64, embedded training samples
+        self._val: torch.Tensor | None = None  # (V, F) float64, embedded validation samples
+        self._floors: dict[int, dict[str, MetricValue]] = {}  # by sample count n
+        self._rows: list[torch.Tensor] = []
+
+    @abstractmethod
+    def _check_data(self, data: BaseData) -> None:
+        """Raise :class:`ConfigError` if ``data`` is not the kind this evaluator scores."""
+
+    @abstractmethod
+    def _embed(self, samples: torch.Tensor) -> torch.Tensor:
+        """Rows ``(N, F)`` in float64 that the metrics look at (features, probabilities or the points)."""
+
+    @abstractmethod
+    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
+        """Scores (without floors) of embedded rows ``(N, F)`` against the reference, at sample count ``n``."""
+
+    def _prepare_reference(self, data: BaseData) -> None:
+        """Extra once-only state from the data (label histogram, kernel bandwidth); runs before any floor."""
+
+    def prepare(self, data: BaseData) -> None:
+        """Embed the training reference and the validation split, and score the floor at ``num_samples``.
+
+        Raises:
+            ConfigError: if the data does not fit this evaluator, or its validation split has under 2 samples.
+        """
+        if self._reference is not None:
+            return
+        self._check_data(data)
+        splits = data.load()
+        if len(splits.val) < 2:
+            raise ConfigError(
+                f"evaluator needs at least 2 validation samples, got {len(splits.val)}; raise data.val_fraction"
+            )
+        try:
+            self._reference = self._embed(_random_subset(splits.train, self.reference_size, self.seed))
+            self._val = self._embed(splits.val)
+            self._prepare_reference(data)
+            self.floor(self.num_samples)
+        except BaseException:  # half-prepared state would make the next prepare() a silent no-op
+            self._reference = self._val = None
+            self._floors = {}
+            raise
+
+    def floor(self, num_samples: int) -> dict[str, MetricValue]:
+        """Real-data floors for ``num_samples`` generated samples (scored at ``min(num_samples, len(val))``), computed
+        once per sample count.
+
+        Raises:
+            RuntimeError: if :meth:`prepare` has not run.
+        """
+        val = self._prepared_val()
+        n = min(num_samples, len(val))
+        if n not in self._floors:
+            self._floors[n] = self._score(val, n)
+        return self._floors[n]
+
+    def update(self, samples: torch.Tensor) -> None:
+        """Embed a batch of generated samples and keep the rows (float64).
+
+        Raises:
+            RuntimeError: if :meth:`prepare` has not run.
+        """
+        self._prepared_val()
+        self._rows.append(self._embed(samples))
+
+    def compute(self) -> dict[str, MetricValue]:
+        """Scores of the samples added since :meth:`reset`, each with its floor.
+
+        Raises:
+            RuntimeError: if :meth:`prepare` has not run.
+            ValueError: if fewer than 2 samples were added.
+        """
+        val = self._prepared_val()
+        total = sum(len(rows) for rows in self._rows)
+        if total < 2:
+            raise ValueError(f"evaluator needs at least 2 generated samples to score, got {total}")
+        rows = torch.cat(self._rows)
+        scores = self._score(rows, min(total, len(val)))
+        floors = self.floor(total)
+        return {name: score._replace(floor=floors[name].value) for name, score in scores.items()}
+
+    def reset(self) -> None:
+        """Forget the generated samples (the reference and floors are kept)."""
+        self._rows = []
+
+    def _prepared_val(self) -> torch.Tensor:
+        if self._val is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(data) must run before samples are scored")
+        return self._val
+
+    def _prepared_reference(self) -> torch.Tensor:
+        assert self._reference is not None, "prepare() sets the reference"
+        return self._reference
+
+
+def frechet_and_kid(
+    features: torch.Tensor, reference: torch.Tensor, n: int, kid_subsets: int, kid_subset_size: int, seed: int
+) -> dict[str, MetricValue]:
+    """``fd`` (chunk mean at sample count ``n``) and ``kid`` (all features; subsets of ``min(kid_subset_size, n)``)
+    of features ``(N, D)`` against reference features ``(R, D)``.
+
+    Raises:
+        ConfigError: if ``kid_subsets`` is out of range (see :func:`kernel_inception_distance`).
+        ValueError: if the features are not 2-D with a shared ``D`` or ``n`` is not in ``[2, N]``.
+    """
+    subset_size = min(kid_subset_size, n, len(reference))
+    kid = kernel_inception_distance(features, reference, num_subsets=kid_subsets, subset_size=subset_size, seed=seed)
+    return {
+        "fd": chunk_mean(features, n, lambda chunk: frechet_distance_from_features(chunk, reference)),
+        "kid": MetricValue(kid.mean, std_error=kid.std_error if kid_subsets > 1 else None),
+    }

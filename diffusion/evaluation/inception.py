@@ -1,0 +1,181 @@
+"""FID and KID on InceptionV3 features for image folders, only where the network's weights are already on disk.
+
+The features are those of the FID Inception network that torchmetrics' ``FrechetInceptionDistance`` wraps
+(``torchmetrics.image.fid.NoTrainInceptionV3``, torch-fidelity's port of the TensorFlow FID graph, 2048-d pool
+features), loaded from an explicit file so that nothing is ever downloaded. The distances are then computed by this
+package's float64 :func:`~diffusion.evaluation.metrics.frechet_distance_from_features` and KID, under the same
+sample-count rule and real-data floors as every other evaluator (see :mod:`diffusion.evaluation.evaluators`); each
+image goes through the network once.
+
+Where torchmetrics / torch-fidelity are not installed or the weights file is absent, :meth:`InceptionEvaluator.prepare`
+logs one line saying how to get them, sets ``unavailable_reason``, and the evaluator scores nothing: the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffusion.data.base import BaseData
+from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
+from diffusion.trainer import resolve_device
+from diffusion.validation import ConfigError, check_choice, check_int
+
+log = logging.getLogger(__name__)
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+INCEPTION_PACKAGES = {"torchmetrics": "torchmetrics>=1.0", "torch_fidelity": "torch-fidelity>=0.3"}
+
+
+def default_inception_weights_path() -> Path:
+    """Where torchmetrics (through torch-fidelity) looks for the FID Inception weights: the torch hub cache,
+    ``$TORCH_HOME/hub/checkpoints/`` (``~/.cache/torch/hub/checkpoints/`` by default)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def inception_unavailable_reason(weights_path: str | Path | None = None) -> str | None:
+    """``None`` when FID can be computed here without any download; otherwise one line saying what is missing
+    and how to get it. Only looks: imports nothing and reads no file.
+    """
+    path = Path(weights_path).expanduser() if weights_path is not None else default_inception_weights_path()
+    missing = [pip for module, pip in INCEPTION_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        what = f"{' and '.join(name.split('>')[0] for name in missing)} not installed"
+    elif not path.is_file():
+        what = f"weights file {path} not found"
+    else:
+        return None
+    install = " ".join(f"'{pip}'" for pip in INCEPTION_PACKAGES.values())
+    return (
+        f"evaluator=inception: no FID/KID ({what}). To enable them: pip install {install} "
+        f"(or pip install -e '.[inception]') and place {INCEPTION_WEIGHTS_FILE} (from {INCEPTION_WEIGHTS_URL}) "
+        f"at {path}, or point evaluator.weights_path at it. Nothing is downloaded at run time; the run goes on "
+        "without them."
+    )
+
+
+def load_inception(weights_path: str | Path) -> nn.Module:
+    """The FID InceptionV3 of torchmetrics, 2048-d features, weights read from ``weights_path`` (never fetched).
+
+    Raises:
+        ImportError: if torchmetrics or torch-fidelity (or a dependency of theirs) cannot be imported.
+    """
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    return NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights_path)
+    )
+
+
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in ``[-1, 1]`` with C = 1 or 3 as the ``uint8`` RGB ``(N, 3, H, W)`` Inception reads.
+
+    Raises:
+        ValueError: if ``images`` is not 4-D with 1 or 3 channels.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"inception features need images (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+
+
+class InceptionEvaluator(FeatureEvaluator):
+    """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
+
+    Args:
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed: see
+            :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
+        weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
+            :func:`default_inception_weights_path`).
+        kid_subsets, kid_subset_size: KID subset pairs and points per subset (capped at the scoring sample count).
+        batch_size: images per Inception forward pass.
+        device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
+
+    Raises:
+        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int | None = None,
+        sampler_steps: Sequence[int] | None = None,
+        reference_size: int | None = None,
+        seed: int = 0,
+        weights_path: str | None = None,
+        kid_subsets: int = 50,
+        kid_subset_size: int = 1000,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
+        self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
+        self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
+        self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
+        check_choice(device, "evaluator.device", ("auto", "cpu", "cuda"))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("evaluator.device=cuda but no CUDA device is available; use auto or cpu")
+        self.device = resolve_device(device)
+        self._network: nn.Module | None = None
+
+    def prepare(self, data: BaseData) -> None:
+        """Check for torchmetrics and the weights first; if present, embed the training reference and validation
+        split and score the floor, else log how to get them and score nothing from then on.
+
+        Raises:
+            ConfigError: if ``data`` is not image data.
+        """
+        self._check_data(data)
+        if self.unavailable_reason is None and self._network is None:
+            self.unavailable_reason = inception_unavailable_reason(self.weights_path)
+            if self.unavailable_reason is None:
+                try:
+                    self._network = load_inception(self.weights_path).to(self.device).eval()
+                except ImportError as error:  # e.g. torchvision missing under torch-fidelity
+                    self.unavailable_reason = f"evaluator=inception: no FID/KID (import failed: {error})"
+            if self.unavailable_reason is not None:
+                log.warning(self.unavailable_reason)
+        if self.unavailable_reason is None:
+            super().prepare(data)
+
+    def update(self, samples: torch.Tensor) -> None:
+        """Embed a batch of generated images (nothing when FID is unavailable).
+
+        Raises:
+            RuntimeError: if :meth:`prepare` has not run.
+        """
+        if self.unavailable_reason is None:
+            super().update(samples)
+
+    def compute(self) -> dict[str, MetricValue]:
+        """``fid`` and ``kid`` with floors; an empty dict when FID is unavailable (see ``unavailable_reason``).
+
+        Raises:
+            RuntimeError: if :meth:`prepare` has not run.
+            ValueError: if fewer than 2 samples were added.
+        """
+        if self.unavailable_reason is not None:
+            return {}
+        return super().compute()
+
+    def _check_data(self, data: BaseData) -> None:
+        if data.kind != "image":
+            raise ConfigError(f"evaluator=inception scores images, got {data.kind} data; use evaluator=points")
+
+    @torch.inference_mode()
+    def _embed(self, samples: torch.Tensor) -> torch.Tensor:
+        assert self._network is not None, "prepare() loads the network before embedding"
+        pixels = to_uint8_rgb(samples.detach().cpu())
+        features = [self._network(batch.to(self.device)).double().cpu() for batch in pixels.split(self.batch_size)]
+        return torch.cat(features)  # (N, 2048)
+
+    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
+        scores = frechet_and_kid(rows, self._prepared_reference(), n, self.kid_subsets, self.kid_subset_size, self.seed)
+        return {"fid": scores["fd"], "kid": scores["kid"]}

@@ -1,0 +1,50 @@
+"""Build loggers from factories (``_partial_: true`` configs) with the run-time context ``run.py`` knows.
+
+Every logger config is a factory still missing ``run_dir`` and, for W&B, the run's ``name``, ``group``,
+``config`` and ``run_id``. ``run.py`` calls each the same way::
+
+    logger = open_logger(instantiate(cfg.logger), run_dir=run_dir, name=..., group=..., config=..., run_id=...)
+
+and each factory receives the context arguments its target accepts and its config left unset or null: a
+``logger.group: my-group`` in the config wins over the sweep's group.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from diffusion.loggers.base import BaseLogger, LoggerCollection
+
+LoggerFactory = Callable[..., BaseLogger]
+
+
+def open_logger(factory: LoggerFactory, run_dir: str | Path, **context: Any) -> BaseLogger:
+    """Call ``factory`` with ``run_dir`` and those ``context`` keywords it accepts and does not already set."""
+    return factory(run_dir=run_dir, **accepted_context(factory, context))
+
+
+def collect_loggers(
+    run_dir: str | Path, loggers: Mapping[str, LoggerFactory] | Sequence[LoggerFactory], **context: Any
+) -> LoggerCollection:
+    """A :class:`LoggerCollection` of several logger factories, each opened with :func:`open_logger`
+    (the target of ``logger=both``)."""
+    factories = list(loggers.values()) if isinstance(loggers, Mapping) else list(loggers)
+    return LoggerCollection([open_logger(factory, run_dir, **context) for factory in factories])
+
+
+def accepted_context(factory: Callable[..., Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``context`` entries ``factory`` has a parameter for (all of them if it takes ``**kwargs``), minus
+    those a ``functools.partial`` already binds to something other than None."""
+    bound = factory.keywords if isinstance(factory, functools.partial) else {}
+    params = inspect.signature(factory).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = {p.name for p in params}
+    return {
+        key: value
+        for key, value in context.items()
+        if (takes_any or key in names) and bound.get(key) is None
+    }
