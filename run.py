@@ -18,14 +18,15 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.cli import Components, check_compatible, guard_user_errors, print_run_files, save_run_config
 from diffusion.distributed import DistributedContext
 from diffusion.evaluation.scoring import epoch_evaluation, evaluate_samples, timed_sample
-from diffusion.file_manager import find_run_checkpoint, run_dir_of
-from diffusion.loggers import FileLogger, NullLogger
+from diffusion.file_manager import find_run_checkpoint, load_checkpoint, run_dir_of
+from diffusion.loggers import FileLogger, NullLogger, open_logger, run_name_from_overrides, sweep_group
 from diffusion.sampler import Sampler, save_samples
 from diffusion.seeding import seed_everything
 from diffusion.validation import ConfigError, check_choice, check_int
@@ -73,7 +74,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
     parts = build(cfg, run_dir)
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
-    logger = instantiate(cfg.logger)(run_dir=run_dir) if dist.is_main else NullLogger()
+    logger = open_run_logger(cfg, run_dir, resume_from) if dist.is_main else NullLogger()
     evaluator = instantiate(cfg.evaluator, _convert_="all")
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = instantiate(cfg.trainer, _convert_="all")(
@@ -105,6 +106,22 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     if dist.is_main:
         print_run_files(run_dir)
     return objective(summary, trainer.monitor)
+
+
+def open_run_logger(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> Any:
+    """The configured logger, told the run's name (from the overrides), its sweep group, its config and, when
+    resuming, the logger run id kept in the checkpoint (so W&B continues the same run)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_id = load_checkpoint(resume_from)["train_state"].get("logger_run_id") if resume_from else None
+    return open_logger(
+        instantiate(cfg.logger),
+        run_dir=run_dir,
+        name=run_name_from_overrides(list(hydra_cfg.overrides.task)),
+        group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=run_id,
+    )
 
 
 def generate(cfg: DictConfig, output_dir: Path) -> float | None:

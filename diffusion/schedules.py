@@ -3,6 +3,9 @@
 Each returns ``betas`` of shape ``(num_timesteps,)`` with ``betas[i]`` the variance added going from step ``i``
 to ``i + 1`` (0-based: ``betas[0]`` is beta_1 of Ho et al. 2020). Everything derived from them (abar_t, the
 posterior coefficients) is computed once, in :class:`diffusion.methods.base.BaseMethod`.
+
+Every schedule takes ``zero_terminal_snr`` (config key ``schedule.zero_terminal_snr``): when true its betas go
+through :func:`rescale_zero_terminal_snr`, so abar_T = 0 exactly and the last step is pure noise.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from diffusion.validation import ConfigError, check_float, check_int
 Schedule = Callable[[int], torch.Tensor]
 
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_betas(
+    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, zero_terminal_snr: bool = False
+) -> torch.Tensor:
     """Linearly spaced betas (Ho et al. 2020, Sec. 4: 1e-4 to 0.02 over T = 1000).
 
     The endpoints are used as given for every T; with few steps raise ``beta_end`` so that abar_T stays near 0.
@@ -27,10 +32,13 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float =
     check_float(beta_end, "schedule.beta_end", 0.0, 1.0, inclusive=False)
     if beta_end < beta_start:
         raise ConfigError(f"schedule.beta_end ({beta_end}) must be >= schedule.beta_start ({beta_start})")
-    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
-def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(
+    num_timesteps: int, s: float = 0.008, max_beta: float = 0.999, zero_terminal_snr: bool = False
+) -> torch.Tensor:
     """Cosine schedule (Nichol & Dhariwal 2021, eq. 17).
 
     abar(u) = cos^2((u + s) / (1 + s) * pi / 2) for u = i / T, and beta_i = min(1 - abar((i+1)/T) / abar(i/T),
@@ -41,12 +49,17 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     check_float(max_beta, "schedule.max_beta", 0.0, 1.0, inclusive=False)
     u = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     alpha_bar = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
-    return betas.clamp(max=max_beta)
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
 def sigmoid_betas(
-    num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999
+    num_timesteps: int,
+    start: float = -3.0,
+    end: float = 3.0,
+    tau: float = 1.0,
+    max_beta: float = 0.999,
+    zero_terminal_snr: bool = False,
 ) -> torch.Tensor:
     """Sigmoid schedule (Jabri et al. 2022, "Scalable Adaptive Computation for Iterative Generation", Alg. 1).
 
@@ -62,5 +75,32 @@ def sigmoid_betas(
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
     alpha_bar = (v_end - torch.sigmoid((u * (end - start) + start) / tau)) / (v_end - v_start)
-    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
-    return betas.clamp(min=0.0, max=max_beta)
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(min=0.0, max=max_beta)
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(abar) so that the last step has zero SNR (Lin et al. 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Alg. 1).
+
+    sqrt(abar_t) -> (sqrt(abar_t) - sqrt(abar_T)) * sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T)) keeps the first
+    value and makes the last exactly 0, so beta_T = 1 and x_T carries no signal. The network must then predict
+    ``v`` or ``x0``: epsilon prediction cannot recover x0 at abar_T = 0 (see :class:`~diffusion.methods.BaseMethod`).
+
+    Args:
+        betas: ``(T,)`` betas of any schedule, T >= 2.
+
+    Returns:
+        ``(T,)`` float64 betas with ``cumprod(1 - betas)[-1] == 0`` exactly and ``betas[-1] == 1``.
+
+    Raises:
+        ConfigError: if T < 2 (one step cannot both keep abar_1 and reach abar_T = 0).
+    """
+    if betas.shape[0] < 2:
+        raise ConfigError(f"schedule.zero_terminal_snr needs method.num_timesteps >= 2, got {betas.shape[0]}")
+    sqrt_abar = torch.cumprod(1.0 - betas.to(torch.float64), dim=0).sqrt()  # (T,)
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])  # alpha_t = abar_t / abar_{t-1}; alpha_T = 0
+    return 1.0 - alphas

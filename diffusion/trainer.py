@@ -419,6 +419,7 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         """The one checkpoint dict (see :data:`diffusion.file_manager.CHECKPOINT_KEYS`)."""
         state = self.state
+        state.logger_run_id = self.logger.run_id or state.logger_run_id  # W&B continues the same run
         return {
             "epoch": state.epoch,
             "global_step": state.global_step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ TINY_DIGITS = [
     "model.num_groups=4",
     "method.num_timesteps=50",
     "sampler.num_samples=8",
+    "evaluator.num_samples=8",
 ]
 TINY_MOONS = [
     "experiment=moons_mlp",
@@ -34,6 +36,7 @@ TINY_MOONS = [
     "model.num_layers=2",
     "method.num_timesteps=50",
     "sampler.num_samples=64",
+    "evaluator.num_samples=64",
 ]
 
 
@@ -64,7 +67,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_digits_run_writes_everything(digits_run):
-    for name in ("config.yaml", "overrides.yaml", "train.log", "metrics.jsonl", "loss_curve.png",
+    for name in ("config.yaml", "overrides.yaml", "train.log", "metrics.jsonl", "loss_curve.png", "eval.json",
                  "samples.png", "samples.npz", "trajectory.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (digits_run / name).is_file(), name
     samples = np.load(digits_run / "samples.npz")["samples"]
@@ -131,7 +134,8 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
     torch.save(last, ckpt_dir / "last.pt")
     try:
         out = tmp_path / "sample"
-        args = ["task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8"]
+        args = ["task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8",
+                "evaluator.num_samples=8"]
         ok(run_py(tmp_path, *args))
         sampled = np.load(out / "samples.npz")["samples"]
         from_train = np.load(digits_run / "samples.npz")["samples"]
@@ -146,6 +150,20 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
         assert np.load(ddim / "samples.npz")["samples"].shape == (8, 1, 8, 8)
     finally:
         (ckpt_dir / "last.pt").write_bytes(backup)
+
+
+def test_evaluate_task_writes_eval_json(digits_run, tmp_path):
+    out = tmp_path / "evaluate"
+    ok(run_py(tmp_path, "task=evaluate", f"run_dir={digits_run}", f"hydra.run.dir={out}",
+              "evaluator.num_samples=16", "method=ddim", "sampler.steps=5", "evaluator.sampler_steps=[2,5]"))
+    report = json.loads((out / "eval.json").read_text())
+    for metric in ("fd", "kid", "class_coverage", "class_kl", "confidence"):
+        assert set(report[metric]) >= {"value", "floor"} and math.isfinite(report[metric]["value"])
+    assert report["num_samples"] == 16 and report["sampler"] == "ddim" and report["steps"] == 5
+    assert report["seconds_per_sample"] > 0
+    assert [row["steps"] for row in report["sampler_steps"]] == [2, 5]
+    assert (out / "eval_steps.md").read_text().count("| ddim |") == 2
+    assert not (digits_run / "eval_steps.md").exists(), "the earlier run is left untouched"
 
 
 BAD_INPUTS = [

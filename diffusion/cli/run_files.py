@@ -22,5 +22,8 @@ def save_run_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) ->
 def print_run_files(run_dir: Path) -> None:
     print(f"\nrun directory: {run_dir.resolve()}")
     for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if relative.parts[0] == "wandb":  # W&B's own files: `wandb sync <run dir>/wandb/offline-run-*`
+            continue
         if path.is_file() and not path.name.startswith("."):
-            print(f"  {path.relative_to(run_dir)}")
+            print(f"  {relative}")

@@ -1,5 +1,25 @@
-from diffusion.methods.base import PREDICTIONS, SPACINGS, BaseMethod, Prediction, TimestepSpacing
+from diffusion.methods.base import (
+    LOSS_WEIGHTINGS,
+    PREDICTIONS,
+    SPACINGS,
+    BaseMethod,
+    LossWeighting,
+    Prediction,
+    TimestepSpacing,
+)
 from diffusion.methods.ddim import DDIM
 from diffusion.methods.ddpm import DDPM
+from diffusion.methods.dpm_solver import DPMSolver
 
-__all__ = ["BaseMethod", "DDIM", "DDPM", "PREDICTIONS", "Prediction", "SPACINGS", "TimestepSpacing"]
+__all__ = [
+    "BaseMethod",
+    "DDIM",
+    "DDPM",
+    "DPMSolver",
+    "LOSS_WEIGHTINGS",
+    "LossWeighting",
+    "PREDICTIONS",
+    "Prediction",
+    "SPACINGS",
+    "TimestepSpacing",
+]

@@ -7,6 +7,10 @@ Notation (0-based step index t in [0, T), as in the schedule functions):
     alphas_cumprod_prev[t]           = abar_{t-1}, with abar_{-1} = 1
     sqrt_one_minus_alphas_cumprod[t] = sqrt(1 - abar_t)
     posterior_variance[t]            = beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t   (Ho et al. eq. 7)
+    snr[t]                           = SNR_t = abar_t / (1 - abar_t)                             (Kingma et al. 2021)
+
+With a zero-terminal-SNR schedule (abar_{T-1} = 0, Lin et al. 2024) every buffer stays finite: the only
+denominator that vanishes there is sqrt(abar_t), used by epsilon prediction alone, which is refused.
 
 Buffers are float64 and gathered per sample, then cast to the sample's dtype, so coefficient round-off does not
 depend on the training precision. Subclasses choose the sampling trajectory (:meth:`timesteps`) and the update
@@ -22,12 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.guidance import drop_labels
 from diffusion.schedules import Schedule
-from diffusion.validation import check_choice, check_int
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 Prediction = Literal["epsilon", "x0", "v"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
+LossWeighting = Literal["uniform", "min_snr"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
 SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
 
@@ -46,9 +53,15 @@ class BaseMethod(nn.Module, ABC):
         prediction: what the network predicts: the noise ``epsilon``, the clean sample ``x0``, or the velocity
             ``v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0`` (Salimans & Ho 2022, Sec. 4).
         clip_denoised: clamp the predicted x0 to [-1, 1] when sampling (right for images scaled to [-1, 1]).
+        loss_weighting: ``uniform`` (Ho et al. eq. 14) or ``min_snr`` (Hang et al. 2023), see :meth:`loss_weights`.
+        snr_gamma: the clip gamma of ``min_snr`` (5 in the paper).
+        cond_drop_prob: probability of replacing a class label by the null label in training, so that one
+            network learns both the conditional and the unconditional model (Ho & Salimans 2022, Alg. 1).
 
     Raises:
-        ConfigError: for an unknown ``prediction`` or ``num_timesteps < 1``.
+        ConfigError: for an unknown ``prediction`` or ``loss_weighting``, ``num_timesteps < 1``,
+            ``snr_gamma <= 0``, ``cond_drop_prob`` outside [0, 1], or epsilon prediction with a zero-terminal-SNR
+            schedule.
     """
 
     def __init__(
@@ -57,17 +70,28 @@ class BaseMethod(nn.Module, ABC):
         num_timesteps: int = 1000,
         prediction: Prediction = "epsilon",
         clip_denoised: bool = True,
+        loss_weighting: LossWeighting = "uniform",
+        snr_gamma: float = 5.0,
+        cond_drop_prob: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
         self.prediction: Prediction = check_choice(prediction, "method.prediction", PREDICTIONS)
         self.clip_denoised = bool(clip_denoised)
+        self.loss_weighting: LossWeighting = check_choice(loss_weighting, "method.loss_weighting", LOSS_WEIGHTINGS)
+        self.snr_gamma = check_float(snr_gamma, "method.snr_gamma", minimum=0.0, inclusive=False)
+        self.cond_drop_prob = check_float(cond_drop_prob, "method.cond_drop_prob", 0.0, 1.0)
 
         betas = schedule(self.num_timesteps).to(torch.float64)
         assert betas.shape == (self.num_timesteps,), f"schedule returned shape {tuple(betas.shape)}"
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        if self.prediction == "epsilon" and alphas_cumprod[-1] == 0:
+            raise ConfigError(
+                "method.prediction=epsilon cannot be used with schedule.zero_terminal_snr=true (abar_T = 0 makes "
+                "x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) divide by 0); use method.prediction=v"
+            )
 
         self._buffer("betas", betas)
         self._buffer("alphas_cumprod", alphas_cumprod)
@@ -75,6 +99,7 @@ class BaseMethod(nn.Module, ABC):
         self._buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt())
         self._buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt())
         self._buffer("posterior_variance", posterior_variance)
+        self._buffer("snr", alphas_cumprod / (1.0 - alphas_cumprod))
         # Posterior mean mu_tilde = coef1 * x0 + coef2 * x_t (Ho et al. eq. 7).
         self._buffer("posterior_mean_coef1", betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod))
         self._buffer(
@@ -144,16 +169,69 @@ class BaseMethod(nn.Module, ABC):
 
         ``t`` defaults to uniform over [0, T) and ``noise`` to standard normal, both drawn from the global RNG;
         validation passes fixed ones so that epochs compare. ``model_kwargs`` (e.g. class labels ``y``) go to
-        the model.
+        the model. ``uniform`` weighting is the plain mean over all elements; ``min_snr`` averages each sample's
+        squared error, weights it by :meth:`loss_weights` and averages over the batch.
+
+        With class labels ``y`` and ``cond_drop_prob > 0``, labels are replaced by the null label (see
+        :meth:`condition_kwargs`) while ``model.training`` is true, like ``nn.Dropout``: a validation pass in
+        eval mode measures the conditional loss.
         """
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        model_output = model(x_t, t, **model_kwargs)
+        model_output = model(x_t, t, **self.condition_kwargs(model, model_kwargs))
         target = self.training_target(x0, t, noise)
-        return F.mse_loss(model_output.float(), target.float())
+        if self.loss_weighting == "uniform":
+            return F.mse_loss(model_output.float(), target.float())
+        per_sample = F.mse_loss(model_output.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+        return (self.loss_weights(t).to(per_sample) * per_sample).mean()
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights ``(B,)`` (float64) for timesteps ``t`` ``(B,)``.
+
+        min-SNR-gamma (Hang et al. 2023) weights the loss *in x0 space* by min(SNR_t, gamma). The MSE of each
+        target is a multiple of the x0 MSE: ||eps_hat - eps||^2 = SNR_t ||x0_hat - x0||^2 and
+        ||v_hat - v||^2 = (SNR_t + 1) ||x0_hat - x0||^2, hence the weight on the target's own MSE:
+
+            epsilon: min(SNR_t, gamma) / SNR_t     (= min(1, gamma / SNR_t), written so SNR_t = 0 gives 1)
+            x0:      min(SNR_t, gamma)
+            v:       min(SNR_t, gamma) / (SNR_t + 1)
+
+        ``uniform`` gives ones.
+        """
+        snr = self.snr.to(t.device)[t]  # (B,)
+        if self.loss_weighting == "uniform":
+            return torch.ones_like(snr)
+        if self.prediction == "epsilon":
+            return (self.snr_gamma / snr).clamp(max=1.0)
+        clipped = snr.clamp(max=self.snr_gamma)
+        return clipped if self.prediction == "x0" else clipped / (snr + 1.0)
+
+    def condition_kwargs(self, model: nn.Module, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments for the network, with class labels dropped for classifier-free guidance.
+
+        A ``null_label`` entry is taken out (it is not for the network); without it the null label is the
+        network's ``num_classes`` (the label table's extra row, :class:`~diffusion.models.embeddings.TimeEmbedding`),
+        looked up through a DistributedDataParallel or compile wrapper. Labels are dropped only with
+        ``cond_drop_prob > 0`` and ``model.training``.
+
+        Raises:
+            ValueError: if labels must be dropped and neither ``null_label`` nor ``model.num_classes`` is known.
+        """
+        kwargs = dict(model_kwargs)
+        null_label = kwargs.pop("null_label", None)
+        y = kwargs.get("y")
+        if y is None or self.cond_drop_prob == 0 or not getattr(model, "training", True):
+            return kwargs
+        if null_label is None:
+            null_label = getattr(model, "num_classes", getattr(getattr(model, "module", None), "num_classes", None))
+        if null_label is None:
+            raise ValueError("method.cond_drop_prob > 0 needs the null label: pass null_label= to compute_loss or "
+                             "give the model a num_classes attribute")
+        kwargs["y"] = drop_labels(y, self.cond_drop_prob, int(null_label))
+        return kwargs
 
     # ----------------------------------------------------------------------------------------------------
     # Reverse steps
@@ -256,7 +334,10 @@ class BaseMethod(nn.Module, ABC):
         return True
 
     def extra_repr(self) -> str:
-        return f"num_timesteps={self.num_timesteps}, prediction={self.prediction!r}, clip={self.clip_denoised}"
+        return (
+            f"num_timesteps={self.num_timesteps}, prediction={self.prediction!r}, clip={self.clip_denoised}, "
+            f"loss_weighting={self.loss_weighting!r}, cond_drop_prob={self.cond_drop_prob}"
+        )
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, spacing: TimestepSpacing) -> list[int]:

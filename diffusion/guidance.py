@@ -1,0 +1,55 @@
+"""Classifier-free guidance (Ho & Salimans 2022): one network, trained with labels sometimes dropped, is both the
+conditional and the unconditional model; sampling extrapolates from the second towards the first.
+
+Scale convention: ``guided = uncond + w * (cond - uncond)``, so w = 0 is the unconditional model, w = 1 the
+conditional one and w > 1 guided. The paper's eq. 6, eps~ = (1 + w') eps(z, c) - w' eps(z), is the same with
+w' = w - 1 (its w' = 0 is the conditional model).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion.validation import check_float
+
+
+def guided_output(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)`` for network outputs of the same shape (any prediction target).
+
+    Exact at both ends: ``scale=0`` returns ``uncond`` and ``scale=1`` returns ``cond`` bit for bit
+    (``torch.lerp`` evaluates from the nearer end).
+
+    Raises:
+        ConfigError: if ``scale`` (``sampler.guidance_scale``) is not a finite number.
+        ValueError: if the two outputs differ in shape.
+    """
+    scale = check_float(scale, "sampler.guidance_scale")
+    if cond.shape != uncond.shape:
+        raise ValueError(f"guided_output needs outputs of one shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+    return torch.lerp(uncond, cond, scale)
+
+
+def drop_labels(
+    y: torch.Tensor, drop_prob: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Replace each label by ``null_label`` independently with probability ``drop_prob`` (Ho & Salimans 2022,
+    Alg. 1, p_uncond); returns a new tensor, ``y`` is not modified.
+
+    Args:
+        y: ``(B,)`` integer class labels.
+        drop_prob: p_uncond in [0, 1] (``method.cond_drop_prob``).
+        null_label: the label meaning "unconditional"; the networks here use ``num_classes``.
+        generator: draws the Bernoulli mask (on the generator's device); the global RNG of ``y``'s device if None.
+
+    Raises:
+        ConfigError: if ``drop_prob`` is outside [0, 1].
+        ValueError: if ``y`` is not an integer tensor.
+    """
+    drop_prob = check_float(drop_prob, "method.cond_drop_prob", 0.0, 1.0)
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"drop_labels needs integer class labels, got dtype {y.dtype}")
+    if drop_prob == 0.0:
+        return y.clone()
+    device = y.device if generator is None else generator.device
+    drop = torch.rand(y.shape, generator=generator, device=device).to(y.device) < drop_prob  # (B,) bool
+    return torch.where(drop, torch.full_like(y, null_label), y)

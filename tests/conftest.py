@@ -1,0 +1,14 @@
+"""Test-wide safety: W&B never goes online and writes only inside the test's temporary directory."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(tmp_path_factory, monkeypatch):
+    root = tmp_path_factory.mktemp("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(root / name.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")

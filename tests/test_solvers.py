@@ -1,0 +1,389 @@
+"""DPM-Solver++(2M), min-SNR loss weighting, zero-terminal-SNR schedules and classifier-free guidance.
+
+The solver tests use an analytic model: data x0 ~ N(mu, s^2 I), for which every prediction at (x_t, t) is known
+in closed form, and so is the probability-flow ODE solution: the ODE maps the marginal N(alpha_t mu, V_t I),
+V_t = alpha_t^2 s^2 + sigma_t^2, to the data monotonically per coordinate, so it keeps the standard score
+z = (x_t - alpha_t mu) / sqrt(V_t); from x at the first visited step it ends at x0 = mu + s z.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.guidance import drop_labels, guided_output
+from diffusion.methods import DDIM, DDPM, PREDICTIONS, BaseMethod, DPMSolver
+from diffusion.sampler import Sampler
+from diffusion.schedules import cosine_betas, linear_betas, rescale_zero_terminal_snr, sigmoid_betas
+from diffusion.validation import ConfigError
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
+MU, S = 0.5, 0.5
+
+
+class GaussianOracle(nn.Module):
+    """The exact network for data N(mu, s^2 I) under ``method``'s schedule and prediction target."""
+
+    def __init__(self, method: BaseMethod, mu: float = MU, s: float = S) -> None:
+        super().__init__()
+        self.method, self.mu, self.s = method, mu, s
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        t = torch.as_tensor(t).expand(x.shape[0])
+        abar = self.method.alphas_cumprod[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+        deviation = (x - alpha * self.mu) / (abar * self.s**2 + 1 - abar)  # (x_t - alpha mu) / V_t
+        eps = sigma * deviation
+        x0 = self.mu + alpha * self.s**2 * deviation  # posterior mean E[x0 | x_t]
+        return {"epsilon": eps, "x0": x0, "v": alpha * eps - sigma * x0}[self.method.prediction]
+
+
+def exact_ode_solution(method: BaseMethod, x_start: torch.Tensor, t_start: int) -> torch.Tensor:
+    abar = method.alphas_cumprod[t_start]
+    return MU + S * (x_start - abar.sqrt() * MU) / (abar * S**2 + 1 - abar).sqrt()
+
+
+def solve(method: BaseMethod, x: torch.Tensor, steps: int, spacing="trailing", eta=0.0, seed=0, keep=False):
+    """The sampler's loop, in the caller's dtype; ``keep`` returns every iterate."""
+    oracle, state, generator = GaussianOracle(method), {}, torch.Generator().manual_seed(seed)
+    iterates = [x]
+    for t, t_prev in method.timestep_pairs(steps, spacing):
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) if method.needs_noise(eta) else None
+        x = method.step(x, t, t_prev, oracle(x, t), eta=eta, noise=noise, state=state)
+        iterates.append(x)
+    return iterates if keep else x
+
+
+def rms(x: torch.Tensor) -> float:
+    return x.pow(2).mean().sqrt().item()
+
+
+def make(cls, schedule="linear", prediction="epsilon", ztsnr=False, **kwargs):
+    return cls(partial(SCHEDULES[schedule], zero_terminal_snr=ztsnr), num_timesteps=1000, prediction=prediction,
+               clip_denoised=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def x_T() -> torch.Tensor:
+    return torch.randn(512, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DPM-Solver++(2M)
+# ---------------------------------------------------------------------------------------------------------
+def test_dpm_solver_is_deterministic_and_first_order_is_ddim(x_T):
+    # Without a state dict every step is DPM-Solver++1, which is DDIM with eta = 0 (Lu et al. 2022b, Sec. 4.1).
+    dpm, ddim = make(DPMSolver, "cosine"), make(DDIM, "cosine")
+    assert not dpm.needs_noise(1.0)
+    oracle, x_dpm, x_ddim = GaussianOracle(dpm), x_T, x_T
+    for t, t_prev in dpm.timestep_pairs(20, "trailing"):
+        x_dpm = dpm.step(x_dpm, t, t_prev, oracle(x_dpm, t), state=None)
+        x_ddim = ddim.step(x_ddim, t, t_prev, oracle(x_ddim, t), eta=0.0)
+    assert (x_dpm - x_ddim).abs().max().item() < 1e-12
+    assert torch.equal(solve(dpm, x_T, 20), solve(dpm, x_T, 20))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_dpm_solver_converges_to_the_ode_solution_and_to_ddim(schedule, x_T):
+    # Measured RMS errors against the exact ODE solution (mu = s = 0.5, 512 samples, trailing spacing):
+    #   steps              10      20      50      200     1000
+    #   linear  DDIM       1.3e-1  6.9e-2  2.9e-2  7.4e-3  1.5e-3
+    #           DPM++(2M)  9.5e-2  2.2e-2  5.4e-4  2.1e-4  3.7e-5
+    #   cosine  DDIM       7.3e-2  3.8e-2  1.6e-2  4.0e-3  8.1e-4
+    #           DPM++(2M)  2.5e-2  1.5e-3  7.1e-4  8.3e-6  2.3e-5
+    # DDIM with all 1000 steps still carries its first-order error from the last, long steps in lambda (near
+    # t = 0 one step spans ~0.4 in lambda), so DPM++(200) agrees with DDIM(1000) to about DDIM's own error:
+    # 1.7e-3 (linear), 8.2e-4 (cosine).
+    ddim, dpm = make(DDIM, schedule), make(DPMSolver, schedule)
+    exact = exact_ode_solution(ddim, x_T, 999)
+    error = {(name, n): rms(solve(m, x_T, n) - exact) for name, m in (("ddim", ddim), ("dpm", dpm))
+             for n in (10, 20, 50, 200)}
+    ddim_full = solve(ddim, x_T, 1000)
+    assert rms(ddim_full - exact) < 2e-3
+    assert error["dpm", 200] < 5e-4
+    assert rms(solve(dpm, x_T, 200) - ddim_full) < 2.5e-3
+    assert error["dpm", 10] < error["ddim", 10] / 1.25
+    assert error["dpm", 20] < error["ddim", 20] / 2.5
+    assert error["dpm", 20] < error["ddim", 50]  # 20 DPM++ steps beat 50 DDIM steps
+    assert error["dpm", 10] > error["dpm", 20] > error["dpm", 50] > error["dpm", 200]
+
+
+def test_dpm_solver_keeps_the_previous_prediction_in_state(x_T):
+    dpm = make(DPMSolver)
+    oracle, state = GaussianOracle(dpm), {}
+    (t0, t1), (_, t2) = dpm.timestep_pairs(10, "trailing")[:2]
+    x1 = dpm.step(x_T, t0, t1, oracle(x_T, t0), state=state)
+    assert state["t_next"] == t1
+    assert torch.allclose(state["x0"], dpm.predict_x0(x_T, torch.tensor([t0]), oracle(x_T, t0)))
+    second = dpm.step(x1, t1, t2, oracle(x1, t1), state=dict(state))
+    first = dpm.step(x1, t1, t2, oracle(x1, t1), state={})
+    assert not torch.allclose(second, first), "the second step must use the stored prediction"
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm_solver_last_step_returns_the_denoised_prediction(prediction):
+    dpm = make(DPMSolver, prediction=prediction)
+    x, out = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    state = {"x0": torch.randn(3, 2, dtype=torch.float64), "lam": 2.0, "t_next": 4}
+    got = dpm.step(x, 4, -1, out, state=state)
+    assert torch.equal(got, dpm.predict_x0(x, torch.full((3,), 4), out))
+    clipped = DPMSolver(linear_betas, prediction="x0", clip_denoised=True)
+    assert torch.equal(clipped.step(torch.zeros(1, 2), 0, -1, torch.tensor([[3.0, -0.5]])), torch.tensor([[1.0, -0.5]]))
+
+
+def test_sampler_drives_dpm_solver_with_a_fresh_state_per_batch(x_T):
+    dpm = DPMSolver(cosine_betas, num_timesteps=1000, clip_denoised=False)
+    sampler = Sampler(GaussianOracle(dpm), dpm, (1,), num_samples=6, batch_size=3, steps=15,
+                      timestep_spacing="trailing", seed=3, device="cpu")
+    samples = sampler.sample().samples
+    x = torch.randn((3, 1), generator=torch.Generator().manual_seed(3))  # the sampler's first batch of noise
+    assert torch.allclose(samples[:3], solve(dpm, x, 15), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agreement with the reference DPMSolverMultistepScheduler
+# ---------------------------------------------------------------------------------------------------------
+diffusers = pytest.importorskip("diffusers")
+REFERENCE_PREDICTION = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}
+REFERENCE_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def reference_solver(schedule: str, prediction: str, steps: int):
+    # final_sigmas_type="zero": the last step goes to sigma = 0 with a first-order update, as ours does.
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_schedule=REFERENCE_SCHEDULE[schedule], algorithm_type="dpmsolver++",
+        solver_order=2, solver_type="midpoint", prediction_type=REFERENCE_PREDICTION[prediction],
+        timestep_spacing="trailing", final_sigmas_type="zero", lower_order_final=True,
+    )
+    ref.set_timesteps(steps)
+    return ref
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the reference's own NumPy 2 warning
+@pytest.mark.parametrize("schedule", REFERENCE_SCHEDULE)
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm_solver_steps_match_reference_float32(schedule, prediction):
+    # The reference runs its own step() (order switching included) in float32 from float32 sigmas; ours keeps
+    # float64 coefficients. Random outputs with epsilon prediction imply x0 ~ 1e4 at t = 999 (x0 = (x_t - sigma
+    # eps) / alpha), so the difference is measured relative to the sample's scale: at most 7e-6 (cosine, epsilon),
+    # 1e-6 otherwise.
+    steps = 8
+    ref, ours = reference_solver(schedule, prediction, steps), make(DPMSolver, schedule, prediction)
+    pairs = ours.timestep_pairs(steps, "trailing")
+    assert [t for t, _ in pairs] == ref.timesteps.tolist()
+    generator, state = torch.Generator().manual_seed(0), {}
+    x = torch.randn(2, 3, 4, 4, generator=generator)
+    for t, t_prev in pairs:
+        out = torch.randn(x.shape, generator=generator)
+        expected = ref.step(out, t, x).prev_sample
+        got = ours.step(x, t, t_prev, out, state=state)
+        difference = (got - expected).abs().max().item() / (1 + expected.abs().max().item())
+        assert difference < 3e-5, (t, difference)
+        x = expected
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm_solver_formulas_match_reference_float64(prediction):
+    # The reference's first- and second-order updates, called in float64 with sigmas from our schedule, with
+    # first order on the first and last steps as its step() does (lower_order_final and final sigma 0).
+    steps = 12
+    ref, ours = reference_solver("cosine", prediction, steps), make(DPMSolver, "cosine", prediction)
+    pairs = ours.timestep_pairs(steps, "trailing")
+    abar = ours.alphas_cumprod
+    ref.sigmas = torch.cat([((1 - abar) / abar).sqrt()[[t for t, _ in pairs]], abar.new_zeros(1)])
+    generator, state, outputs = torch.Generator().manual_seed(1), {}, []
+    x = torch.randn(2, 1, 8, 8, generator=generator, dtype=torch.float64)
+    for i, (t, t_prev) in enumerate(pairs):
+        out = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        ref._step_index = i
+        outputs.append(ref.convert_model_output(out, sample=x))
+        if i == 0 or t_prev < 0:
+            expected = ref.dpm_solver_first_order_update(outputs[-1], sample=x)
+        else:
+            expected = ref.multistep_dpm_solver_second_order_update(outputs[-2:], sample=x)
+        got = ours.step(x, t, t_prev, out, state=state)
+        difference = (got - expected).abs().max().item() / (1 + expected.abs().max().item())
+        assert difference < 1e-12, (t, difference)  # measured <= 5e-16
+        x = expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Zero-terminal SNR
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_rescaled_schedules_reach_zero_snr_and_keep_the_first_step(name):
+    plain, rescaled = SCHEDULES[name](1000), SCHEDULES[name](1000, zero_terminal_snr=True)
+    abar_plain, abar = torch.cumprod(1 - plain, 0), torch.cumprod(1 - rescaled, 0)
+    assert rescaled.dtype == torch.float64 and rescaled.shape == (1000,)
+    assert abar[-1].item() == 0.0 and rescaled[-1].item() == 1.0
+    assert abs(abar[0].item() - abar_plain[0].item()) < 1e-12
+    assert (abar[1:] < abar[:-1]).all() and (rescaled > 0).all()
+    assert make(DDIM, name, "v", ztsnr=True).alphas_cumprod[-1].item() == 0.0
+    assert torch.allclose(rescaled, rescale_zero_terminal_snr(plain)) and not torch.allclose(rescaled, plain)
+
+
+def test_rescale_matches_reference():
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as reference
+
+    betas = linear_betas(1000)
+    assert torch.allclose(rescale_zero_terminal_snr(betas), reference(betas.clone()), atol=1e-12, rtol=0)
+
+
+def test_epsilon_prediction_with_zero_terminal_snr_is_refused():
+    with pytest.raises(ConfigError, match="method.prediction=v"):
+        make(DDPM, "cosine", "epsilon", ztsnr=True)
+    with pytest.raises(ConfigError, match="method.num_timesteps"):
+        rescale_zero_terminal_snr(linear_betas(1))
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPMSolver])
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_zero_terminal_snr_samples_stay_finite(cls, prediction):
+    method = make(cls, "linear", prediction, ztsnr=True)
+    for name in ("posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2", "snr"):
+        assert torch.isfinite(getattr(method, name)).all(), name
+    x_T = torch.randn(256, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    steps = 1000 if cls is DDPM else 25
+    iterates = solve(method, x_T, steps, eta=1.0 if cls is DDPM else 0.0, keep=True)
+    assert all(torch.isfinite(x).all() for x in iterates)
+    if cls is not DDPM:
+        # abar_T = 0: x_T carries no signal, z = x_T, and the ODE ends at mu + s x_T.
+        assert rms(iterates[-1] - (MU + S * x_T)) < {DDIM: 0.1, DPMSolver: 0.03}[cls]
+    else:  # ancestral sampling: the right distribution
+        assert abs(iterates[-1].mean().item() - MU) < 0.15 and abs(iterates[-1].std().item() - S) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Min-SNR-gamma loss weighting
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weights_have_their_closed_form(prediction, gamma):
+    method = make(DDPM, "cosine", prediction, loss_weighting="min_snr", snr_gamma=gamma)
+    t = torch.tensor([0, 1, 50, 200, 500, 800, 999])
+    abar = torch.cumprod(1 - cosine_betas(1000), 0)[t]
+    snr = abar / (1 - abar)
+    expected = {
+        "epsilon": torch.minimum(snr, torch.tensor(gamma)) / snr,
+        "x0": torch.minimum(snr, torch.tensor(gamma)),
+        "v": torch.minimum(snr, torch.tensor(gamma)) / (snr + 1),
+    }[prediction]
+    assert torch.allclose(method.loss_weights(t), expected, rtol=1e-12, atol=0)
+    assert torch.equal(make(DDPM, "cosine", prediction).loss_weights(t), torch.ones(len(t), dtype=torch.float64))
+
+
+def test_min_snr_weights_are_one_weighting_in_x0_space():
+    # Each target's weighted MSE is min(SNR, gamma) times the x0 MSE of the same network (Hang et al. 2023).
+    x0, noise = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor([3, 100, 400, 700, 990])
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)
+    losses = []
+    for prediction in PREDICTIONS:
+        method = make(DDIM, "linear", prediction, loss_weighting="min_snr")
+        x_t = method.q_sample(x0, t, noise)
+        # The output that implies x0_hat at x_t: the target of the pair (x0_hat, eps_hat) that also gives x_t.
+        eps_hat = (x_t - method.sqrt_alphas_cumprod[t, None] * x0_hat) / method.sqrt_one_minus_alphas_cumprod[t, None]
+        output = method.training_target(x0_hat, t, eps_hat)
+        error = (output - method.training_target(x0, t, noise)).pow(2).mean(1)
+        losses.append(method.loss_weights(t) * error)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-8) and torch.allclose(losses[1], losses[2], rtol=1e-8)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_uniform_loss_is_unchanged_and_min_snr_weights_per_sample(prediction):
+    torch.manual_seed(0)
+    net = nn.Linear(4, 4)
+    model = lambda x, t: net(x)  # noqa: E731
+    x0, noise, t = torch.randn(16, 4), torch.randn(16, 4), torch.randint(0, 1000, (16,))
+    uniform = make(DDPM, "cosine", prediction)
+    target = uniform.training_target(x0, t, noise)
+    output = model(uniform.q_sample(x0, t, noise), t)
+    assert torch.equal(uniform.compute_loss(model, x0, t=t, noise=noise), F.mse_loss(output, target))
+    weighted = make(DDPM, "cosine", prediction, loss_weighting="min_snr", snr_gamma=5.0)
+    per_sample = (output - target).pow(2).mean(1)
+    expected = (weighted.loss_weights(t).float() * per_sample).mean()
+    assert torch.allclose(weighted.compute_loss(model, x0, t=t, noise=noise), expected, rtol=1e-6)
+
+
+def test_invalid_new_method_arguments():
+    with pytest.raises(ConfigError, match="method.loss_weighting"):
+        make(DDPM, loss_weighting="snr")
+    with pytest.raises(ConfigError, match="method.snr_gamma"):
+        make(DDPM, loss_weighting="min_snr", snr_gamma=0.0)
+    with pytest.raises(ConfigError, match="method.cond_drop_prob"):
+        make(DDPM, cond_drop_prob=1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# ---------------------------------------------------------------------------------------------------------
+def test_guidance_endpoints_are_exact():
+    cond, uncond = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    assert torch.equal(guided_output(cond, uncond, 1.0), cond)
+    assert torch.equal(guided_output(cond, uncond, 0.0), uncond)
+    assert torch.allclose(guided_output(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-6)
+    with pytest.raises(ConfigError, match="sampler.guidance_scale"):
+        guided_output(cond, uncond, float("nan"))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_label_dropout_rate(p):
+    n, null = 20000, 10
+    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(0))
+    dropped = drop_labels(y, p, null, generator=torch.Generator().manual_seed(1))
+    is_null = dropped == null
+    assert abs(is_null.sum().item() - n * p) < 4 * (n * p * (1 - p)) ** 0.5  # binomial, 4 sigma
+    assert torch.equal(dropped[~is_null], y[~is_null]) and dropped.dtype == y.dtype
+    assert torch.equal(drop_labels(y, 0.0, null), y) and (drop_labels(y, 1.0, null) == null).all()
+    with pytest.raises(ConfigError, match="method.cond_drop_prob"):
+        drop_labels(y, -0.1, null)
+
+
+class LabelRecorder(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes, self.seen = num_classes, []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(y)
+        return torch.zeros_like(x)
+
+
+def test_compute_loss_drops_labels_in_training_only():
+    method = make(DDPM, cond_drop_prob=0.3)
+    model = LabelRecorder(num_classes=7)
+    x0, y = torch.randn(4000, 2), torch.randint(0, 7, (4000,))
+    method.compute_loss(model.train(), x0, y=y)
+    fraction = (model.seen[-1] == 7).float().mean().item()
+    assert abs(fraction - 0.3) < 4 * (0.3 * 0.7 / 4000) ** 0.5
+    method.compute_loss(model.eval(), x0, y=y)
+    assert torch.equal(model.seen[-1], y)
+    method.compute_loss(model.train(), x0, y=y, null_label=99)  # an explicit null label, not passed on
+    assert set(model.seen[-1].unique().tolist()) - set(range(7)) == {99}
+    method.compute_loss(model.train(), x0)
+    assert model.seen[-1] is None
+    make(DDPM).compute_loss(model.train(), x0, y=y)  # cond_drop_prob = 0: labels untouched
+    assert torch.equal(model.seen[-1], y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config keys
+# ---------------------------------------------------------------------------------------------------------
+def test_new_keys_compose_and_reach_the_method():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    overrides = ["method=dpm_solver", "schedule=cosine", "schedule.zero_terminal_snr=true", "method.prediction=v",
+                 "method.loss_weighting=min_snr", "method.snr_gamma=3.0", "method.cond_drop_prob=0.2"]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    method = instantiate(cfg.method)
+    assert isinstance(method, DPMSolver) and method.alphas_cumprod[-1].item() == 0.0
+    assert (method.loss_weighting, method.snr_gamma, method.cond_drop_prob) == ("min_snr", 3.0, 0.2)

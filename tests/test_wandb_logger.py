@@ -1,0 +1,249 @@
+"""The W&B logger, run offline only, checked by reading what its ``run-<id>.wandb`` file holds."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffusion.loggers import FileLogger, LoggerCollection, WandbLogger, open_logger
+from diffusion.loggers.naming import flatten_config, run_name_from_overrides, sweep_group
+from diffusion.loggers.wandb_records import WandbFormatError, WandbRunRecords, read_wandb_file, wandb_files
+from diffusion.validation import ConfigError
+
+wandb = pytest.importorskip("wandb")
+ROOT = Path(__file__).resolve().parents[1]
+WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every W&B directory inside this module's temp dir, offline mode, no key: nothing can leave the machine."""
+    root = tmp_path_factory.mktemp("wandb_home")
+    saved = {k: os.environ.get(k) for k in (*WANDB_ENV, "WANDB_MODE", "WANDB_SILENT", "WANDB_API_KEY")}
+    for key in WANDB_ENV:
+        os.environ[key] = str(root / key.lower())
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    os.environ.pop("WANDB_API_KEY", None)
+    yield root
+    wandb.teardown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def only_run(run_dir: Path) -> WandbRunRecords:
+    files = wandb_files(run_dir)
+    assert len(files) == 1, files
+    return read_wandb_file(files[0])
+
+
+def user_rows(run: WandbRunRecords) -> list[dict]:
+    """History rows without W&B's own ``_runtime``/``_timestamp`` entries."""
+    return [{k: v for k, v in row.items() if k not in ("_runtime", "_timestamp")} for row in run.history]
+
+
+def test_offline_run_holds_config_metrics_image_and_summary(tmp_path: Path) -> None:
+    png = tmp_path / "samples.png"
+    Image.new("RGB", (8, 8), "white").save(png)
+    run_dir = tmp_path / "run"
+    logger = WandbLogger(run_dir, project="tests", name="method=ddim,schedule=cosine", group="sweep", tags=["a"])
+    assert not run_dir.exists()  # nothing is written before the first log
+    long_note = "x" * 40_000  # a record longer than a 32 KiB block: split into FIRST/MIDDLE/LAST chunks
+    logger.log_hyperparams({"trainer": {"lr": 1e-4, "epochs": 2}, "method": {"_target_": "m.DDIM"}, "note": long_note})
+    logger.log({"train/loss": 0.5, "val/loss": 0.4, "epoch": 1}, step=10)
+    logger.log("a message goes to the console only")
+    logger.log({"train/loss": 0.3, "val/loss": 0.2, "epoch": 2}, step=20)
+    logger.log_image("samples", png, step=20)
+    logger.log_summary({"best_val_loss": 0.2, "epochs": 2})
+    run_id = logger.run_id
+    logger.close()
+    logger.close()  # idempotent
+
+    run = only_run(run_dir)
+    assert wandb_files(run_dir)[0].is_relative_to(run_dir / "wandb")
+    assert (run.run_id, run.project, run.name, run.group, run.tags) == (
+        run_id, "tests", "method=ddim,schedule=cosine", "sweep", ["a"],
+    )  # fmt: skip
+    assert run.config == {"trainer.lr": 1e-4, "trainer.epochs": 2, "method._target_": "m.DDIM", "note": long_note}
+    rows = user_rows(run)
+    assert rows[0] == {"_step": 10, "train/loss": 0.5, "val/loss": 0.4, "epoch": 1}
+    assert {k: rows[1][k] for k in ("_step", "train/loss", "val/loss", "epoch")} == {
+        "_step": 20, "train/loss": 0.3, "val/loss": 0.2, "epoch": 2,
+    }  # fmt: skip
+    assert rows[1]["samples"]["_type"] == "image-file" and rows[1]["samples"]["path"].endswith(".png")
+    assert run.summary["best_val_loss"] == 0.2 and run.summary["epochs"] == 2
+    assert run.exit_code == 0
+
+
+def test_loggers_never_share_a_run(tmp_path: Path) -> None:
+    first = WandbLogger(tmp_path / "a", project="tests")
+    first.log({"a": 1.0}, step=1)
+    first.close()
+    second, third = WandbLogger(tmp_path / "b", project="tests"), WandbLogger(tmp_path / "c", project="tests")
+    second.log({"b": 2.0}, step=1)
+    third.log({"c": 3.0}, step=1)  # two open at once, as a buggy multirun would have
+    second.close()
+    third.close()
+    runs = [only_run(tmp_path / name) for name in "abc"]
+    assert len({run.run_id for run in runs}) == 3
+    assert [user_rows(run) for run in runs] == [[{"_step": 1, key: value}] for key, value in (("a", 1), ("b", 2), ("c", 3))]
+
+
+def test_failed_job_marks_the_run_failed(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with WandbLogger(tmp_path / "alone", project="tests") as logger:
+            logger.log({"loss": 1.0}, step=1)
+            raise RuntimeError("training diverged")
+    assert only_run(tmp_path / "alone").exit_code == 1
+    both_dir = tmp_path / "both"
+    with pytest.raises(RuntimeError):
+        with LoggerCollection([FileLogger(both_dir, console=False), WandbLogger(both_dir, project="tests")]) as both:
+            both.log({"loss": 1.0}, step=1)
+            raise RuntimeError("out of memory")
+    assert only_run(both_dir).exit_code == 1
+    assert (both_dir / "metrics.jsonl").is_file()
+
+
+def test_resumed_training_continues_the_same_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with WandbLogger(run_dir, project="tests") as first:
+        first.log({"loss": 1.0}, step=5)
+        run_id = first.run_id
+    with WandbLogger(run_dir, project="tests", run_id=run_id) as resumed:
+        resumed.log({"loss": 0.5}, step=9)
+        assert resumed.run_id == run_id
+    sessions = [read_wandb_file(path) for path in wandb_files(run_dir)]
+    assert [s.run_id for s in sessions] == [run_id, run_id]  # `wandb sync` uploads both into one run
+    assert [s.resumed for s in sessions] == [False, True]
+    assert [user_rows(s) for s in sessions] == [[{"_step": 5, "loss": 1}], [{"_step": 9, "loss": 0.5}]]
+
+
+def test_checkpoints_become_an_artifact(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"weights")
+    with WandbLogger(run_dir, project="tests", log_checkpoints=True) as logger:
+        logger.log({"loss": 1.0}, step=1)
+        run_id = logger.run_id
+    assert only_run(run_dir).artifacts == [f"model-{run_id}"]
+
+
+def test_missing_wandb_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    with pytest.raises(ConfigError, match=r"logger=wandb .*pip install wandb"):
+        WandbLogger(tmp_path, project="tests")
+    disabled = WandbLogger(tmp_path / "off", mode="disabled")  # needs no wandb and writes nothing
+    disabled.log({"loss": 1.0}, step=1)
+    disabled.close()
+    assert disabled.run_id is None and not (tmp_path / "off").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("mode", "cloud"), ("project", ""), ("tags", "a,b"), ("tags", ["x" * 65])])
+def test_bad_settings_name_the_key(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^logger\.{key} "):
+        WandbLogger(tmp_path, **{key: value})
+
+
+def test_online_without_credentials_falls_back_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.warns(UserWarning, match="no W&B API key.*logging offline"):
+        logger = WandbLogger(tmp_path, mode="online")
+    assert logger.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the environment may only make a run more local
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert WandbLogger(tmp_path, mode="online").mode == "offline"
+
+
+def test_reader_rejects_other_files_and_stops_at_a_truncated_tail(tmp_path: Path) -> None:
+    with WandbLogger(tmp_path / "run", project="tests") as logger:
+        logger.log({"loss": 1.0}, step=1)
+    path = wandb_files(tmp_path / "run")[0]
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wandb"
+    cut.write_bytes(data[:-3])  # the writer was killed mid-record
+    assert read_wandb_file(cut).exit_code is None
+    corrupt = bytearray(data)
+    corrupt[20] ^= 0xFF
+    (tmp_path / "corrupt.wandb").write_bytes(bytes(corrupt))
+    with pytest.raises(WandbFormatError, match="checksum"):
+        read_wandb_file(tmp_path / "corrupt.wandb")
+    (tmp_path / "other.wandb").write_bytes(b"not a wandb file")
+    with pytest.raises(WandbFormatError, match="not a W&B"):
+        read_wandb_file(tmp_path / "other.wandb")
+
+
+def test_logger_configs_compose_and_open_with_run_context(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        both = compose("config", overrides=["logger=both", "logger.loggers.wandb.group=mine"])
+        single = compose("config", overrides=["logger=wandb"])
+        plain = compose("config")
+    context = {"name": "method=ddim", "group": "2024-05-01_12-00-00", "config": {"a": {"b": 1}}, "run_id": None}
+    collection = open_logger(instantiate(both.logger), run_dir=tmp_path, **context)
+    assert isinstance(collection, LoggerCollection)
+    file_logger, wandb_logger = collection.loggers
+    assert isinstance(file_logger, FileLogger) and isinstance(wandb_logger, WandbLogger)
+    assert (wandb_logger.group, wandb_logger.name, wandb_logger.console) == ("mine", "method=ddim", False)
+    alone = open_logger(instantiate(single.logger), run_dir=tmp_path, **context)
+    assert isinstance(alone, WandbLogger) and alone.group == "2024-05-01_12-00-00" and alone.mode == "offline"
+    assert isinstance(open_logger(instantiate(plain.logger), run_dir=tmp_path, **context), FileLogger)
+    assert not list(tmp_path.iterdir())  # building loggers writes nothing
+
+
+def test_naming_helpers() -> None:
+    nested = {"trainer": {"lr": 1e-4, "betas": (0.9, 0.99)}, "empty": {}, "seed": 0}
+    assert flatten_config(nested) == {"trainer.lr": 1e-4, "trainer.betas": [0.9, 0.99], "empty": {}, "seed": 0}
+    assert flatten_config({"a": {"b": 1}}, sep="/") == {"a/b": 1}
+    overrides = ["method=ddim", "+schedule=cosine", "hydra.run.dir=x", "run_dir=y", "logger=wandb", "hydra/launcher=joblib"]
+    assert run_name_from_overrides(overrides) == "method=ddim,schedule=cosine"
+    assert run_name_from_overrides(["hydra.job.num=1", "resume=auto"]) is None
+    assert sweep_group("outputs/multirun/2024-05-01/12-00-00") == "2024-05-01_12-00-00"
+    long = [f"model.block_{i}.channels={i}" for i in range(8)] + ["trainer.lr=3e-4"]
+    assert run_name_from_overrides(long) == ",".join(f"channels={i}" for i in range(8)) + ",lr=3e-4"
+    very_long = run_name_from_overrides([f"k{i}=v{i}" for i in range(100)]) or ""
+    assert len(very_long) <= 128 and very_long.startswith("k0=v0,") and very_long.endswith(",k99=v99")
+
+
+def test_a_wandb_failure_is_a_warning_not_a_lost_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_init(**kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    logger = WandbLogger(tmp_path, project="tests")
+    with pytest.warns(UserWarning, match="starting the offline W&B run failed.*disk full"):
+        logger.log({"loss": 1.0}, step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; later calls are quiet no-ops
+        logger.log({"loss": 0.5}, step=2)
+        logger.log_summary({"best": 0.5})
+        assert logger.run_id is None
+        logger.close()
+
+
+def test_report_reads_a_job_logged_with_wandb_only(tmp_path: Path) -> None:
+    from diffusion.report import read_job
+
+    job = tmp_path / "sweep" / "0"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.pt").write_bytes(b"x")
+    (job / "config.yaml").write_text("trainer:\n  epochs: 2\n")
+    with WandbLogger(job, project="tests") as logger:
+        for epoch, val in ((1, 0.9), (2, 0.7)):
+            logger.log({"epoch": epoch, "train/loss": val + 0.1, "val/loss": val}, step=10 * epoch)
+    result = read_job(job)
+    assert (result.status, result.epochs, result.best_epoch, result.best_val_loss) == ("completed", 2, 2, 0.7)
+    assert result.val_curve == [0.9, 0.7] and result.wall_time_s >= 0
