@@ -29,6 +29,7 @@ from diffusion.file_manager import find_run_checkpoint, load_checkpoint, run_dir
 from diffusion.loggers import FileLogger, NullLogger, open_logger, run_name_from_overrides, sweep_group
 from diffusion.sampler import Sampler, save_samples
 from diffusion.seeding import seed_everything
+from diffusion.trainer import TrainingDiverged, TrainingInterrupted
 from diffusion.validation import ConfigError, check_choice, check_int
 
 TASKS = ("train", "sample", "evaluate")
@@ -96,7 +97,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         if dist.is_main:
             logger.log_hyperparams(config)
             prepare_evaluator(evaluator, parts, logger)
-        summary = trainer.train(resume_from=resume_from)
+        summary = train_or_stop(trainer, resume_from)
         if dist.is_main:
             ckpt = sampler.load_checkpoint(file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {ckpt['epoch']})")
@@ -106,6 +107,18 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     if dist.is_main:
         print_run_files(run_dir)
     return objective(summary, trainer.monitor)
+
+
+def train_or_stop(trainer: Any, resume_from: Path | None) -> dict[str, Any]:
+    """Train; a stop signal or a diverging loss ends the process with its message (checkpoint kept)."""
+    try:
+        return trainer.train(resume_from=resume_from)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def open_run_logger(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> Any:
