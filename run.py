@@ -176,7 +176,8 @@ def sample_and_score(
     record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
     result, seconds_per_sample = timed_sample(sampler, count, record)
     reference = None if parts.data.kind == "image" else parts.data.load().val
-    written = save_samples(result, directory, reference=reference, grid_samples=sampler.num_samples)
+    written = save_samples(result, directory, reference=reference, grid_samples=sampler.num_samples,
+                           nrow=sampler.grid_row_length(sampler.num_samples))
     logger.log_image("samples", written[1])
     logger.log(f"sampled {count} in {seconds_per_sample * count:.1f} s ({seconds_per_sample * 1e3:.2f} ms/sample)")
     payload = evaluate_samples(evaluator, sampler, result, seconds_per_sample, directory, logger)

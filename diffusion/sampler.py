@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from diffusion.file_manager import FileManager
+from diffusion.guidance import guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
 from diffusion.trainer import Precision, autocast, resolve_device
-from diffusion.validation import check_choice, check_float, check_int
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 
 @dataclass
@@ -43,6 +44,10 @@ class Sampler:
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise; same seed, same samples.
         device: ``auto``, ``cpu`` or ``cuda``. precision: autocast for the network (``fp32`` default).
+        guidance_scale: classifier-free guidance w for class-conditional models (Ho & Salimans 2022):
+            0 unconditional, 1 conditional, > 1 guided.
+        class_labels: classes to draw for a conditional model: a list (cycled over the samples), ``all`` (a
+            grid with one row per class), or None (all classes in turn). Must be None for an unconditional one.
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -62,6 +67,8 @@ class Sampler:
         seed: int = 0,
         device: str = "auto",
         precision: Precision = "fp32",
+        guidance_scale: float = 1.0,
+        class_labels: Sequence[int] | Literal["all"] | None = None,
     ) -> None:
         self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
         self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
@@ -76,6 +83,38 @@ class Sampler:
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_classes = int(getattr(model, "num_classes", 0))
+        self.guidance_scale = check_float(guidance_scale, "sampler.guidance_scale")
+        self.class_labels = self._check_labels(class_labels)
+
+    def _check_labels(self, labels: Sequence[int] | str | None) -> list[int] | str | None:
+        if labels is None:
+            return None
+        if self.num_classes == 0:
+            raise ConfigError("sampler.class_labels needs a class-conditional model (model.num_classes > 0)")
+        if labels == "all":
+            return "all"
+        if isinstance(labels, str) or not all(isinstance(c, int) and 0 <= c < self.num_classes for c in labels):
+            raise ConfigError(f"sampler.class_labels must be 'all' or a list of classes in [0, {self.num_classes}), "
+                              f"got {labels!r}")
+        return list(labels)
+
+    def grid_row_length(self, total: int) -> int | None:
+        """Images per grid row: one row per class for ``class_labels=all``, else square-ish (None)."""
+        return max(1, total // self.num_classes) if self.class_labels == "all" else None
+
+    def labels_for(self, total: int) -> torch.Tensor | None:
+        """The class of each of ``total`` samples (None for an unconditional model).
+
+        ``all`` gives ``total // num_classes`` samples of each class in class order (rows of the grid).
+        """
+        if self.num_classes == 0:
+            return None
+        if self.class_labels == "all":
+            per_class = max(1, total // self.num_classes)
+            return torch.arange(total) // per_class % self.num_classes
+        cycle = torch.tensor(self.class_labels or list(range(self.num_classes)))
+        return cycle[torch.arange(total) % len(cycle)]
 
     def load_checkpoint(
         self, file_manager: FileManager, which: Literal["best", "last"] | str | Path = "best", use_ema: bool = True
@@ -97,19 +136,22 @@ class Sampler:
         total = self.num_samples if num_samples is None else num_samples
         generator = torch.Generator().manual_seed(self.seed)
         pairs = self.method.timestep_pairs(self.steps, self.timestep_spacing)
+        labels = self.labels_for(total)
         chunks: list[torch.Tensor] = []
         trajectory: dict[int, list[torch.Tensor]] = {}
         for start in range(0, total, self.batch_size):
             size = min(self.batch_size, total - start)
             record = record_timesteps if start < trajectory_samples else ()
-            x = self._denoise(self._noise((size, *self.sample_shape), generator), pairs, generator, record, trajectory)
-            chunks.append(x.float().cpu())
+            y = None if labels is None else labels[start : start + size].to(self.device)
+            noise = self._noise((size, *self.sample_shape), generator)
+            chunks.append(self._denoise(noise, y, pairs, generator, record, trajectory).float().cpu())
         frames = {t: torch.cat(xs)[:trajectory_samples] for t, xs in trajectory.items()}
-        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), trajectory=frames)
+        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), labels=labels, trajectory=frames)
 
     def _denoise(
         self,
         x: torch.Tensor,
+        y: torch.Tensor | None,
         pairs: list[tuple[int, int]],
         generator: torch.Generator,
         record: Sequence[int],
@@ -122,12 +164,23 @@ class Sampler:
             if t in record:
                 trajectory.setdefault(t, []).append(x.float().cpu())
             with autocast(self.device, self.precision):
-                model_output = self.model(x, t_batch.fill_(t))
+                model_output = self._model_output(x, t_batch.fill_(t), y)
             noise = self._noise(x.shape, generator) if needs_noise else None
             x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=noise, state=state)
         if -1 in record:
             trajectory.setdefault(-1, []).append(x.float().cpu())
         return x
+
+    def _model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The network's output, guided for a conditional model: one forward pass on [cond; uncond] batches."""
+        w = self.guidance_scale
+        if y is None or w == 1.0:
+            return self.model(x, t, y) if y is not None else self.model(x, t)
+        null = torch.full_like(y, self.num_classes)
+        if w == 0.0:
+            return self.model(x, t, null)
+        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return guided_output(cond, uncond, w)
 
     def _noise(self, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
         # Drawn on the CPU from one generator so samples are identical on every device.
@@ -139,10 +192,11 @@ def save_samples(
     directory: str | Path,
     reference: torch.Tensor | None = None,
     grid_samples: int | None = None,
+    nrow: int | None = None,
 ) -> list[Path]:
     """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of the first
     ``grid_samples``: an image grid for ``(N, C, H, W)`` samples, a scatter plot (over ``reference`` points if
-    given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
+    given) for ``(N, 2)``, ``nrow`` images per grid row; plus ``trajectory.png`` when a trajectory was recorded."""
     from diffusion.images import save_image_grid, save_scatter, save_trajectory_strip
 
     directory = Path(directory)
@@ -154,7 +208,7 @@ def save_samples(
     np.savez(npz, **arrays)
     shown = result.samples[:grid_samples]
     if result.samples.dim() == 4:
-        written = [save_image_grid(shown, directory / "samples.png")]
+        written = [save_image_grid(shown, directory / "samples.png", nrow=nrow)]
         if result.trajectory:
             timesteps = sorted(result.trajectory, reverse=True)
             frames = [result.trajectory[t] for t in timesteps]

@@ -147,3 +147,39 @@ def test_sampler_rejects_more_steps_than_timesteps():
     method = DDIM(cosine_betas, num_timesteps=20)
     with pytest.raises(ConfigError, match="sampler.steps"):
         Sampler(MLP(hidden_dim=8, num_layers=1), method, (2,), steps=50, device="cpu")
+
+
+class LabelEcho(torch.nn.Module):
+    """A 'network' whose output is its class label (null label = num_classes): makes guidance visible."""
+
+    num_classes = 3
+
+    def forward(self, x, t, y=None):
+        y = torch.full((x.shape[0],), self.num_classes) if y is None else y
+        return y.to(x.dtype).reshape(-1, 1).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
+def test_guidance_combines_conditional_and_unconditional(scale):
+    method = DDIM(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False)
+    sampler = Sampler(LabelEcho(), method, (2,), num_samples=4, guidance_scale=scale, class_labels=[1, 2],
+                      device="cpu")
+    y = torch.tensor([1, 2, 1, 2])
+    out = sampler._model_output(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), y)
+    expected = 3 + scale * (y.float() - 3)  # uncond (null label 3) + w (cond - uncond)
+    assert torch.allclose(out[:, 0], expected)
+    assert sampler.sample().labels.tolist() == [1, 2, 1, 2]
+
+
+def test_class_labels_all_gives_one_row_per_class():
+    method = DDIM(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False)
+    sampler = Sampler(LabelEcho(), method, (2,), num_samples=6, class_labels="all", device="cpu")
+    assert sampler.labels_for(6).tolist() == [0, 0, 1, 1, 2, 2]
+    assert sampler.grid_row_length(6) == 2
+
+
+def test_class_labels_need_a_conditional_model():
+    with pytest.raises(ConfigError, match="sampler.class_labels"):
+        Sampler(MLP(hidden_dim=8, num_layers=1), DDIM(cosine_betas, 10), (2,), class_labels=[0], device="cpu")
+    with pytest.raises(ConfigError, match="sampler.class_labels"):
+        Sampler(LabelEcho(), DDIM(cosine_betas, 10), (2,), class_labels=[7], device="cpu")
