@@ -322,10 +322,11 @@ class Trainer:
         x0 = self.splits.train[index]
         return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
 
-    def _labels(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _labels(self, index: torch.Tensor) -> dict[str, Any]:
         if not self.conditional:
             return {}
-        return {"y": self.splits.train_labels[index]}  # type: ignore[index]
+        # The null label is passed explicitly: a DDP- or compile-wrapped model hides ``num_classes``.
+        return {"y": self.splits.train_labels[index], "null_label": self.model.num_classes}  # type: ignore[index]
 
     def _no_sync(self, skip: bool) -> ContextManager[Any]:
         # Accumulation micro-batches before the last need no gradient all-reduce.
