@@ -22,9 +22,16 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.cli import Components, check_compatible, guard_user_errors, print_run_files, save_run_config
+from diffusion.cli import (
+    Components,
+    check_compatible,
+    guard_user_errors,
+    print_config_tree,
+    print_run_files,
+    save_run_config,
+)
 from diffusion.distributed import DistributedContext
-from diffusion.evaluation.scoring import epoch_evaluation, evaluate_samples, timed_sample
+from diffusion.evaluation.scoring import epoch_evaluation, epoch_sample_grid, evaluate_samples, timed_sample
 from diffusion.file_manager import find_run_checkpoint, load_checkpoint, run_dir_of
 from diffusion.loggers import FileLogger, NullLogger, open_logger, run_name_from_overrides, sweep_group
 from diffusion.sampler import Sampler, save_samples
@@ -89,10 +96,15 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         distributed=dist,
     )
     sampler = make_sampler(cfg, parts.model, parts)
+    ema_sampler = make_sampler(cfg, trainer.ema.shadow, parts)
     if evaluator.every_n_epochs:
-        trainer.epoch_hooks.append(epoch_evaluation(evaluator, make_sampler(cfg, trainer.ema.shadow, parts)))
+        trainer.epoch_hooks.append(epoch_evaluation(evaluator, ema_sampler))
+    if cfg.sample_every_n_epochs:
+        every = check_int(cfg.sample_every_n_epochs, "sample_every_n_epochs", minimum=1)
+        trainer.epoch_hooks.append(epoch_sample_grid(ema_sampler, run_dir, every))
     if dist.is_main:
         save_run_config(cfg, run_dir, HydraConfig.get().overrides.task)
+        print_config_tree(cfg)
     with logger:
         if dist.is_main:
             logger.log_hyperparams(config)

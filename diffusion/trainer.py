@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
-from diffusion.file_manager import FileManager, load_checkpoint
+from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.seeding import rng_state, set_rng_state
@@ -179,7 +179,10 @@ class Trainer:
         self.device = self.dist.device(resolve_device(device))
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs CUDA; on CPU use trainer.precision=bf16 or fp32")
-        self.monitor, self.skip_nonfinite, self.channels_last = monitor, bool(skip_nonfinite), bool(channels_last)
+        self.monitor = monitor
+        self.skip_nonfinite = _check_bool(skip_nonfinite, "trainer.skip_nonfinite")
+        self.channels_last = _check_bool(channels_last, "trainer.channels_last")
+        progress = _check_bool(progress, "trainer.progress")
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
         self.progress = progress and self.dist.is_main
@@ -191,10 +194,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.lr,
-            betas=tuple(betas),  # type: ignore[arg-type]
+            betas=_check_betas(betas),
             weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
         )
-        self.train_model = self._wrap(self.model, compile)
+        self.train_model = self._wrap(self.model, _check_bool(compile, "trainer.compile"))
         splits = data.load()
         self.splits = DataSplits(*(None if t is None else t.to(self.device) for t in _fields(splits)))
         self.conditional = getattr(model, "num_classes", 0) > 0 and self.splits.train_labels is not None
@@ -205,6 +208,10 @@ class Trainer:
         self.state = TrainState()
         self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
         self._stop_signal: int | None = None
+        self._pending_rng_state: dict[str, Any] | None = None  # restored at the start of train(), see restore()
+        self._resumed_from: Path | None = None
+        self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
+        self._grad_norm: torch.Tensor | None = None
 
     def _check_batch_split(self) -> None:
         parts = self.dist.world_size * self.accumulate
@@ -238,8 +245,14 @@ class Trainer:
             TrainingInterrupted: SIGTERM/SIGINT (after saving ``last``).
         """
         if resume_from is not None:
-            self._resume_training(resume_from)
+            self.restore(resume_from)
         self.logger.log(self._banner())
+        if self._resumed_from is not None:
+            self.logger.log(f"resumed from {self._resumed_from} at epoch {self.state.epoch}, step {self.state.global_step}")
+        if self._pending_rng_state is not None:
+            # Last, so nothing between restore() and the first step draws from the restored streams.
+            set_rng_state(self._pending_rng_state)
+            self._pending_rng_state = None
         with self._signals_save_and_stop():
             while self.state.epoch < self.epochs:
                 epoch = self.state.epoch + 1
@@ -292,7 +305,7 @@ class Trainer:
             return total
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -307,9 +320,8 @@ class Trainer:
         step = self.state.global_step + 1
         if not self.skip_nonfinite:
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {step} (epoch {self.state.epoch + 1}); the last good "
-                f"checkpoint is kept in {self.file_manager.checkpoint_dir}; lower trainer.lr, or set "
-                "trainer.skip_nonfinite=true to skip such batches"
+                f"loss became {loss.item()} at step {step} (epoch {self.state.epoch + 1}); {self._kept()}; "
+                "lower trainer.lr, or set trainer.skip_nonfinite=true to skip such batches"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
@@ -339,16 +351,20 @@ class Trainer:
             return
         step_loss = float(loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
-        self.logger.log({"train/loss_step": step_loss, "lr": self.current_lr}, step=self.state.global_step)
+        metrics = {"train/loss_step": step_loss, "lr": self.current_lr}
+        if self._grad_norm is not None:
+            metrics["grad_norm"] = float(self._grad_norm)  # before clipping
+        self.logger.log(metrics, step=self.state.global_step)
 
     def _maybe_stop_or_checkpoint(self) -> None:
         if self.dist.any(self._stop_signal is not None, self.device):
             self._save_last()
-            code = EXIT_ON_SIGNAL.get(self._stop_signal or signal.SIGTERM, 143)
+            stop = signal.Signals(self._stop_signal or signal.SIGTERM)
             raise TrainingInterrupted(
-                f"stopped by signal at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir}"
-                f"/last.pt. Resume with: python run.py resume={self.file_manager.run_dir}",
-                code,
+                f"stopped by {stop.name} at step {self.state.global_step}; saved "
+                f"{self.file_manager.checkpoint_dir / 'last.pt'}. To resume, run the same command with "
+                f"resume=auto (same hydra.run.dir) or resume={self.file_manager.run_dir}",
+                EXIT_ON_SIGNAL.get(stop, 143),
             )
         every = self.checkpoint_every_n_steps
         if every and self.state.global_step % every == 0:
@@ -400,13 +416,21 @@ class Trainer:
             self.state.best_metric = value  # type: ignore[assignment]
         self.state.metrics["best/" + self.monitor] = self.state.best_metric
         if self.dist.is_main:
-            self.file_manager.save(self.checkpoint_state(), is_best=is_best)
+            self._saved = (self.file_manager.save(self.checkpoint_state(), is_best=is_best), self.state.global_step)
         self.dist.barrier()
 
     def _save_last(self) -> None:
         if self.dist.is_main:
-            self.file_manager.save(self.checkpoint_state(), is_best=False, periodic=False)
+            path = self.file_manager.save(self.checkpoint_state(), is_best=False, periodic=False)
+            self._saved = (path, self.state.global_step)
         self.dist.barrier()
+
+    def _kept(self) -> str:
+        if self._saved is not None:
+            return f"the last good checkpoint is {self._saved[0]} (step {self._saved[1]})"
+        if self._resumed_from is not None:
+            return f"the last good checkpoint is {self._resumed_from}"
+        return "no checkpoint was saved yet (set trainer.checkpoint_every_n_steps to save within an epoch)"
 
     def _monitored_value(self) -> float | None:
         if self.monitor in ("val_loss", "val/loss"):
@@ -439,17 +463,31 @@ class Trainer:
             "rng_state": rng_state(),
         }
 
-    def _resume_training(self, checkpoint: str | Path) -> None:
-        """Restore weights, EMA, optimizer, LR schedule, counters, histories, epoch position and RNG states."""
+    def restore(self, checkpoint: str | Path) -> None:
+        """Load weights, EMA, optimizer, LR schedule, counters, histories and epoch position to resume from
+        ``checkpoint``; the RNG states follow at the start of :meth:`train`. Writes nothing, so a caller can
+        restore before writing any file into the run directory.
+
+        Raises:
+            CheckpointError: the file is missing, damaged or unsafe, or was trained with another model or
+                optimizer configuration.
+        """
         ckpt = load_checkpoint(checkpoint, map_location=self.device)
-        self.model.load_state_dict(ckpt["model_state_dict"])
-        self.ema.load_state_dict(ckpt["ema_state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-        self.scaler.load_state_dict(ckpt["scaler_state_dict"])
-        self.state = TrainState(**ckpt["train_state"])
-        set_rng_state(ckpt["rng_state"])
-        self.logger.log(f"resumed from {checkpoint} at epoch {self.state.epoch}, step {self.state.global_step}")
+        try:
+            self.model.load_state_dict(ckpt["model_state_dict"])
+            self.ema.load_state_dict(ckpt["ema_state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+            self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+            self.state = TrainState(**ckpt["train_state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(
+                f"resume: checkpoint {checkpoint} does not fit this configuration ({first_line[:200]}); resume "
+                "with the options the run was trained with (its overrides.yaml)"
+            ) from error
+        self._pending_rng_state = ckpt["rng_state"]
+        self._resumed_from = Path(checkpoint)
 
     def get_loss_histories(self) -> LossHistories:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))
@@ -514,6 +552,20 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _check_bool(value: Any, key: str) -> bool:
+    return bool(check_choice(value, key, (True, False)))
+
+
+def _check_betas(betas: Any) -> tuple[float, float]:
+    """AdamW's (beta1, beta2), each in [0, 1)."""
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
+        raise ConfigError(f"trainer.betas must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
+    for beta in betas:
+        if check_float(beta, "trainer.betas", 0.0, 1.0) == 1.0:
+            raise ConfigError(f"trainer.betas must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
+    return float(betas[0]), float(betas[1])
 
 
 def _fields(splits: DataSplits) -> tuple[torch.Tensor | None, ...]:

@@ -1,19 +1,28 @@
-"""User mistakes become one line on stderr and exit status 2; bugs keep their traceback."""
+"""User mistakes become one line on stderr and exit status 2; bugs keep their traceback.
+
+Two layers: :func:`guard_user_errors` around ``run.py``'s task (component checks, missing keys, files that
+cannot be written), and :func:`guard_command_line` around the Hydra entry point, for what Hydra reports before
+the task starts (an unknown group option or key, an unparsable override, an output directory it cannot make).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf.errors import InterpolationKeyError, MissingMandatoryValue
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
 from diffusion.validation import ConfigError
 
 EXIT_USER_ERROR = 2
-DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error
+DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
 
 
 @contextmanager
@@ -33,6 +42,26 @@ def guard_user_errors(created_dir: Path | None = None) -> Iterator[None]:
         sys.exit(EXIT_USER_ERROR)
 
 
+@contextmanager
+def guard_command_line() -> Iterator[None]:
+    """Around the Hydra-decorated entry point: Hydra prints its own errors over several lines and exits 1,
+    unless ``HYDRA_FULL_ERROR=1``, which lets them through to here to become one line and exit 2 like any user
+    error. A user who sets ``HYDRA_FULL_ERROR=1`` (or ``DIFFUSION_DEBUG=1``) still gets full tracebacks."""
+    saved = {name: os.environ.get(name) for name in (HYDRA_FULL_ERROR, DEBUG_ENV)}
+    if saved[HYDRA_FULL_ERROR] == "1":
+        os.environ[DEBUG_ENV] = "1"
+    os.environ[HYDRA_FULL_ERROR] = "1"
+    try:
+        with guard_user_errors():
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one-line message of a user error found in ``error``'s cause chain, else None."""
     seen: BaseException | None = error
@@ -45,5 +74,31 @@ def user_error_message(error: BaseException) -> str | None:
         if isinstance(seen, InterpolationKeyError):
             key = getattr(seen, "full_key", "") or "a key"
             return f"{key} refers to a key the chosen options do not define ({str(seen).splitlines()[0]})"
+        if isinstance(seen, ConfigCompositionException | OverrideParseException):
+            return _composition_message(seen)
+        if isinstance(seen, OSError) and seen.filename and seen.errno == errno.ENOSPC:
+            return f"no space left on the device writing {seen.filename}; free space, then rerun with resume=auto"
+        if isinstance(seen, OSError) and seen.filename and seen.errno in _UNWRITABLE:
+            return f"cannot write {seen.filename} ({seen.strerror}); choose a writable hydra.run.dir"
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _composition_message(error: Exception) -> str:
+    """One line for Hydra's composition errors, naming the group or key and what it accepts."""
+    if isinstance(error, MissingConfigException) and error.options:
+        group, _, option = (error.missing_cfg_file or "").rpartition("/")
+        return f"{group}={option} is not an option of {group}; choose one of: {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the override {error.override!r}: {str(error).splitlines()[0]}"
+    cause = error.__cause__
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key:
+        parent, _, _ = cause.full_key.rpartition(".")
+        known = [] if cause.parent_node is None else [str(k) for k in cause.parent_node.keys()]
+        known = sorted(k for k in known if k != "hydra" and not k.startswith("_"))
+        return (
+            f"{cause.full_key} is not a key of {parent or 'the config'} (its keys: {', '.join(known)}); "
+            f"to add a new key use +{cause.full_key}=..."
+        )
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))

@@ -27,3 +27,10 @@ def print_run_files(run_dir: Path) -> None:
             continue
         if path.is_file() and not path.name.startswith("."):
             print(f"  {relative}")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The resolved config as an indented tree, groups first, so a run's log starts with what it ran."""
+    print("config (saved as config.yaml):")
+    for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines():
+        print(f"  {line}")

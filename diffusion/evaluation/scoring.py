@@ -73,3 +73,21 @@ def timed_sample(sampler: Sampler, num_samples: int, record_timesteps: list[int]
     if sampler.device.type == "cuda":
         torch.cuda.synchronize()
     return result, (time.perf_counter() - start) / num_samples
+
+
+def epoch_sample_grid(sampler: Sampler, directory: Path, every_n_epochs: int) -> EpochHook:
+    """A trainer hook that saves ``samples/epoch_NNNN.png`` (EMA weights) every ``every_n_epochs`` and hands it
+    to the logger (W&B shows it as an image)."""
+    from diffusion.images import save_image_grid
+
+    def hook(trainer: Trainer, epoch: int) -> None:
+        if epoch % every_n_epochs:
+            return None
+        samples = sampler.sample().samples
+        if samples.dim() == 4:
+            path = save_image_grid(samples, directory / "samples" / f"epoch_{epoch:04d}.png",
+                                   nrow=sampler.grid_row_length(len(samples)))
+            trainer.logger.log_image("samples", path, step=trainer.state.global_step)
+        return None
+
+    return hook
