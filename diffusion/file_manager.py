@@ -38,6 +38,7 @@ CHECKPOINT_KEYS = (
     "rng_state",
 )
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
+_SAFE_TARGET_PREFIX = "diffusion."
 
 
 class CheckpointError(ConfigError):
@@ -83,16 +84,19 @@ class FileManager:
         missing = [key for key in CHECKPOINT_KEYS if key not in state]
         assert not missing, f"checkpoint state lacks {missing}"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.checkpoint_dir)
         payload = _serialize(state)
-        last = self.checkpoint_dir / "last.pt"
-        _atomic_write(payload, last, keep_previous=True)
+        # ``last`` goes last: a kill before it is replaced resumes from the previous ``last`` and redoes this
+        # save, so ``best`` and the periodic copies never miss the state that ``last`` has moved past.
         if is_best:
-            _atomic_write(payload, self.checkpoint_dir / "best.pt")
+            atomic_write(payload, self.checkpoint_dir / "best.pt")
         if periodic is None:
             periodic = bool(self.save_every_n_epochs) and state["epoch"] % self.save_every_n_epochs == 0
         if periodic:
-            _atomic_write(payload, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
+            atomic_write(payload, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
             self._cleanup()
+        last = self.checkpoint_dir / "last.pt"
+        atomic_write(payload, last, keep_previous=True)
         return last
 
     def _cleanup(self) -> None:
@@ -163,10 +167,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    payload = path.read_bytes()
-    sidecar = _sidecar(path)
-    if sidecar.is_file() and sidecar.read_text().strip() != hashlib.sha256(payload).hexdigest():
-        raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match {sidecar.name})")
+    payload = read_verified(path)
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -180,6 +181,44 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model_state_dict" not in state:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
     return state
+
+
+def read_verified(path: Path) -> bytes:
+    """The bytes of ``path``, checked against its ``.sha256`` sidecar when it has one.
+
+    Raises:
+        CheckpointError: the contents do not match the sidecar (truncated or corrupted file).
+    """
+    payload = path.read_bytes()
+    sidecar = _sidecar(path)
+    if sidecar.is_file() and sidecar.read_text().strip() != hashlib.sha256(payload).hexdigest():
+        raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match {sidecar.name})")
+    return payload
+
+
+def check_safe_targets(config: Any, source: str | Path) -> None:
+    """Refuse a config read from a file (a run's ``config.yaml``, exported metadata) whose ``_target_`` would
+    make ``instantiate`` call anything outside this package (``_target_: os.system`` runs code).
+
+    Raises:
+        CheckpointError: naming the file and the offending key.
+    """
+
+    def visit(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not (isinstance(target, str) and target.startswith(_SAFE_TARGET_PREFIX)):
+                raise CheckpointError(
+                    f"{source}: {key + '.' if key else ''}_target_={target!r} is outside the "
+                    f"'{_SAFE_TARGET_PREFIX}' package and was refused (it could run code)"
+                )
+            for name, value in node.items():
+                visit(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                visit(value, f"{key}[{index}]")
+
+    visit(config, "")
 
 
 def find_run_checkpoint(resume: str | Path) -> tuple[Path, list[str]]:
@@ -198,7 +237,10 @@ def find_run_checkpoint(resume: str | Path) -> tuple[Path, list[str]]:
             raise CheckpointError(f"resume={resume}: no intact checkpoint in {path / 'checkpoints'}{damaged}")
         return found, skipped
     if path.is_file():
-        load_checkpoint(path)
+        try:
+            load_checkpoint(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"resume={resume}: {error}") from error
         return path, []
     raise CheckpointError(f"resume={resume}: no such run directory or checkpoint file")
 
@@ -219,23 +261,40 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
+def atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
     """Write ``payload`` and its sha256 sidecar, each via a temporary file, fsync and rename.
 
     With ``keep_previous`` the file being replaced is renamed to ``<stem>.prev.pt`` first, so that a
-    damaged newest checkpoint still has an intact predecessor.
+    damaged newest checkpoint still has an intact predecessor. A kill between any two renames leaves every
+    file either with its own sidecar or with none (then it loads unverified; it was complete before its
+    rename), never with another file's sidecar, which would make an intact file look damaged.
     """
     digest = hashlib.sha256(payload).hexdigest().encode()
     tmp_payload = _write_temporary(payload, path)
     tmp_digest = _write_temporary(digest, _sidecar(path))
     if keep_previous and path.exists():
         previous = path.with_name(path.stem + ".prev" + path.suffix)
+        _remove(_sidecar(previous))
         os.replace(path, previous)
         if _sidecar(path).exists():
             os.replace(_sidecar(path), _sidecar(previous))
+    _remove(_sidecar(path))
     os.replace(tmp_payload, path)
     os.replace(tmp_digest, _sidecar(path))
     _fsync_dir(path.parent)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    # Temporary files of a write that was killed; one process writes a run's checkpoints at a time.
+    for stale in directory.glob(".*.tmp"):
+        _remove(stale)
 
 
 def _write_temporary(data: bytes, path: Path) -> Path:

@@ -135,7 +135,7 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
     try:
         out = tmp_path / "sample"
         args = ["task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8",
-                "evaluator.num_samples=8"]
+                "evaluator.num_samples=8", "sampler.precision=fp32"]
         ok(run_py(tmp_path, *args))
         sampled = np.load(out / "samples.npz")["samples"]
         from_train = np.load(digits_run / "samples.npz")["samples"]
