@@ -77,7 +77,7 @@ def make_sampler(cfg: DictConfig, model: Any, parts: Components) -> Sampler:
 def train(cfg: DictConfig, output_dir: Path) -> float:
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
-    resume_from, run_dir = dist.broadcast_object(resolve_resume(cfg.resume, output_dir) if dist.is_main else None)
+    resume_from, run_dir = shared_resume(dist, cfg.resume, output_dir)
     if run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
     parts = build(cfg, run_dir)
@@ -207,6 +207,20 @@ def trajectory_timesteps(sequence: list[int]) -> list[int]:
     """About ``TRAJECTORY_POINTS`` evenly spread timesteps of the sampling sequence, plus the final sample."""
     stride = max(1, len(sequence) // (TRAJECTORY_POINTS - 1))
     return sequence[::stride][: TRAJECTORY_POINTS - 1] + [-1]
+
+
+def shared_resume(dist: DistributedContext, resume: str | None, output_dir: Path) -> tuple[Path | None, Path]:
+    """Rank 0 resolves the run directory and checkpoint; every rank gets the same answer (or the same error)."""
+    answer: Any = None
+    if dist.is_main:
+        try:
+            answer = resolve_resume(resume, output_dir)
+        except ConfigError as error:
+            answer = error
+    answer = dist.broadcast_object(answer)
+    if isinstance(answer, ConfigError):
+        raise answer
+    return answer
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> tuple[Path | None, Path]:
