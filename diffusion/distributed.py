@@ -14,6 +14,19 @@ import torch
 import torch.distributed as dist
 
 
+def export_submitit_task_environment() -> None:
+    """Under a submitit launcher with several tasks (``hydra/launcher=slurm``), export torchrun's RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from SLURM's variables. No-op under torchrun or outside
+    submitit."""
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment  # present whenever a submitit launcher runs us
+
+    environment = TorchDistributedEnvironment()
+    if environment.world_size > 1:
+        environment.export(set_cuda_visible_devices=False)  # every GPU stays visible: rank picks cuda:<LOCAL_RANK>
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int = 0
@@ -31,7 +44,9 @@ class DistributedContext:
 
     @classmethod
     def from_environment(cls, device: str = "auto") -> DistributedContext:
-        """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); single process otherwise."""
+        """Join the process group torchrun (or a multi-task submitit/SLURM job) describes (nccl on GPUs, gloo on
+        CPU); single process otherwise."""
+        export_submitit_task_environment()
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()

@@ -41,7 +41,8 @@ TINY_MOONS = [
 
 
 def run_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFUSION_DEBUG": "0"}
+    # One thread per process: the tests' runs are tiny, and busy cores make multi-threaded torch crawl.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFUSION_DEBUG": "0", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *overrides],
         cwd=cwd,

@@ -2,9 +2,10 @@
 
 Hydra composes a sweep's jobs one at a time, so a sweep over a key the config lacks fails only when its job
 starts: after the jobs before it have trained, and for Optuna after the study has recorded a trial that never
-ends. Checking the search space against the composed config at the start turns that into one line and exit 2.
-It also makes the folder an Optuna SQLite storage points into (``sqlite:///<sweep dir>/optuna.db``), which
-Optuna opens before any launcher has created the sweep directory.
+ends. Checking the search space against the composed config at the start turns that into one line and exit 2;
+so do a requeuing launcher without ``resume=auto`` and a sweep into an earlier sweep's directory. It also makes
+the folder an Optuna SQLite storage points into (``sqlite:///<sweep dir>/optuna.db``), which Optuna opens
+before any launcher has created the sweep directory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from diffusion.cli.errors import guard_user_errors
 from diffusion.validation import ConfigError
@@ -30,12 +32,14 @@ _ABSENT = object()
 
 
 class SweepChecks(Callback):
-    """``on_multirun_start``: the swept keys exist, a requeuing launcher resumes, the study's folder exists."""
+    """``on_multirun_start``: the swept keys exist, a requeuing launcher resumes, the sweep directory holds no
+    earlier sweep's runs, and the Optuna study's folder exists."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with guard_user_errors():
             check_swept_keys(config)
             check_requeue_resumes(config)
+            check_sweep_dir_is_new(config)
         prepare_study_storage(config)
 
 
@@ -52,7 +56,7 @@ def check_swept_keys(config: DictConfig) -> None:
         key = override.key_or_group
         if key in config.hydra.runtime.choices:
             _check_group_options(source, key, override)
-        elif OmegaConf.select(config, key, default=_ABSENT) is _ABSENT:
+        elif not _has_key(config, key):
             raise ConfigError(f"{source} sweeps {key}, which the config does not have{_nearest(config, key)}")
 
 
@@ -68,6 +72,25 @@ def check_requeue_resumes(config: DictConfig) -> None:
         raise ConfigError(
             f"hydra.launcher.max_num_timeout={requeues} requeues a timed-out job into its own run directory: "
             "pass resume=auto so it continues from its checkpoint, or set hydra.launcher.max_num_timeout=0"
+        )
+
+
+def check_sweep_dir_is_new(config: DictConfig) -> None:
+    """Job numbers restart at 0 in every multirun, so a sweep into an earlier sweep's directory meets that
+    sweep's runs; without ``resume=auto`` (continue each of them) its first job would stop there, and an Optuna
+    study would keep a trial that never finishes.
+
+    Raises:
+        ConfigError: a job directory of ``hydra.sweep.dir`` already holds checkpoints and ``resume`` is unset.
+    """
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if config.get("resume") is not None or not sweep_dir.is_dir():
+        return
+    runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and any(p.glob("checkpoints/*.pt")))
+    if runs:
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} already holds the runs of an earlier sweep ({', '.join(runs[:5])}"
+            f"{', ...' if len(runs) > 5 else ''}): choose a new hydra.sweep.dir, or pass resume=auto to continue them"
         )
 
 
@@ -124,6 +147,13 @@ def _check_group_options(source: str, group: str, override: Override) -> None:
     for value in values:
         if value not in options and value != "null":
             raise ConfigError(f"{source} sweeps {group}={value}, but {group} has only the options {options}")
+
+
+def _has_key(config: DictConfig, key: str) -> bool:
+    try:
+        return OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=True) is not _ABSENT
+    except OmegaConfBaseException:  # the key is there; its value is ??? (required) or does not resolve
+        return True
 
 
 def _nearest(config: DictConfig, key: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from sklearn.datasets import load_digits
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
@@ -52,6 +51,8 @@ class DigitsData(BaseData):
         return 10
 
     def _load(self) -> DataSplits:
+        from sklearn.datasets import load_digits  # imported here: scikit-learn adds ~1 s to start-up
+
         digits = load_digits()
         images = torch.from_numpy(digits.images).float()  # (N, 8, 8), values 0..16
         x = rearrange(images / _MAX_INTENSITY * 2 - 1, "n h w -> n 1 h w")  # (N, 1, 8, 8) in [-1, 1]

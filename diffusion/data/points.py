@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.datasets import make_moons, make_swiss_roll
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
@@ -84,6 +83,8 @@ class MoonsData(PointsData):
         return 2
 
     def _generate(self) -> tuple[np.ndarray, np.ndarray | None]:
+        from sklearn.datasets import make_moons  # imported here: scikit-learn adds ~1 s to start-up
+
         points, labels = make_moons(n_samples=self.num_samples, noise=self.noise, random_state=self.seed)
         return points, labels
 
@@ -94,5 +95,7 @@ class SwissRollData(PointsData):
     default_noise = 0.25
 
     def _generate(self) -> tuple[np.ndarray, np.ndarray | None]:
+        from sklearn.datasets import make_swiss_roll
+
         points, _ = make_swiss_roll(n_samples=self.num_samples, noise=self.noise, random_state=self.seed)
         return points[:, [0, 2]], None  # (N, 3) -> (N, 2): the spiral lies in the x-z plane
