@@ -84,10 +84,11 @@ def test_held_out_digits_score_near_their_floor_and_noise_far_above(
 
 def test_floor_uses_the_same_sample_count_as_the_samples(digits: DigitsData, digits_evaluator: DigitsEvaluator) -> None:
     val = digits.load().val
-    # Scoring the whole validation set reproduces the floor exactly: same rows, same n, same reference.
+    # Scoring the whole validation set reproduces the floor: same rows, same n, same reference (up to float32
+    # round-off of the classifier features, which differ in the last bits between batchings and thread counts).
     scores = digits_evaluator.evaluate(val)
     for name, metric in scores.items():
-        assert metric.value == pytest.approx(metric.floor, rel=1e-12, abs=1e-12), name
+        assert metric.value == pytest.approx(metric.floor, rel=1e-6, abs=1e-9), name
     # More samples than val: scored in chunks of len(val), against the floor at len(val).
     assert digits_evaluator.floor(1000) is digits_evaluator.floor(len(val))
 
