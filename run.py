@@ -30,29 +30,47 @@ from diffusion.cli import (
     print_run_files,
     save_run_config,
 )
+from diffusion.cli.errors import guard_command_line
 from diffusion.distributed import DistributedContext
 from diffusion.evaluation.scoring import epoch_evaluation, epoch_sample_grid, evaluate_samples, timed_sample
-from diffusion.file_manager import find_run_checkpoint, load_checkpoint, run_dir_of
+from diffusion.export import export_weights, load_exported
+from diffusion.file_manager import (
+    CheckpointError,
+    FileManager,
+    check_safe_targets,
+    find_run_checkpoint,
+    load_checkpoint,
+    run_dir_of,
+)
 from diffusion.loggers import FileLogger, NullLogger, open_logger, run_name_from_overrides, sweep_group
 from diffusion.sampler import Sampler, save_samples
 from diffusion.seeding import seed_everything
 from diffusion.trainer import TrainingDiverged, TrainingInterrupted
 from diffusion.validation import ConfigError, check_choice, check_int
 
-TASKS = ("train", "sample", "evaluate")
+TASKS = ("train", "sample", "evaluate", "export")
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 _NONE = "diffusion.evaluation.NoneEvaluator"  # task=sample scores nothing
 
 
+def main() -> None:
+    """The command line. Hydra's own errors (an unknown option or key, an unparsable override, an output
+    directory it cannot create) become one line and exit 2 like every other user error."""
+    with guard_command_line():
+        run_task()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run_task(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with guard_user_errors(created_dir=output_dir):
         check_choice(cfg.task, "task", TASKS)
         check_int(cfg.seed, "seed")
         if cfg.task == "train":
             return train(cfg, output_dir)
+        if cfg.task == "export":
+            return export(cfg, output_dir)
         seed_everything(cfg.seed)
         return generate(cfg, output_dir)
     return None
@@ -95,6 +113,10 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         run_config=config,
         distributed=dist,
     )
+    if resume_from is not None:
+        trainer.restore(resume_from)  # a checkpoint that does not fit this config fails before any write
+    if dist.is_main:
+        prepare_evaluator(evaluator, parts)  # an evaluator that does not fit the data fails before any write
     sampler = make_sampler(cfg, parts.model, parts)
     ema_sampler = make_sampler(cfg, trainer.ema.shadow, parts)
     if evaluator.every_n_epochs:
@@ -108,8 +130,8 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     with logger:
         if dist.is_main:
             logger.log_hyperparams(config)
-            prepare_evaluator(evaluator, parts, logger)
-        summary = train_or_stop(trainer, resume_from)
+            warn_if_unavailable(evaluator, logger)
+        summary = train_or_stop(trainer)
         if dist.is_main:
             ckpt = sampler.load_checkpoint(file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {ckpt['epoch']})")
@@ -121,10 +143,10 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     return objective(summary, trainer.monitor)
 
 
-def train_or_stop(trainer: Any, resume_from: Path | None) -> dict[str, Any]:
+def train_or_stop(trainer: Any) -> dict[str, Any]:
     """Train; a stop signal or a diverging loss ends the process with its message (checkpoint kept)."""
     try:
-        return trainer.train(resume_from=resume_from)
+        return trainer.train()
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
@@ -150,32 +172,60 @@ def open_run_logger(cfg: DictConfig, run_dir: Path, resume_from: Path | None) ->
 
 
 def generate(cfg: DictConfig, output_dir: Path) -> float | None:
-    """``task=sample`` / ``task=evaluate``: load ``run_dir``'s best checkpoint, sample (and score) with the
-    sampler, evaluator and (if chosen on this command line) method of this command."""
+    """``task=sample`` / ``task=evaluate``: load ``run_dir``'s best checkpoint (or ``run_dir=<file>.safetensors``
+    from ``task=export``), sample (and score) with the sampler, evaluator and (if chosen on this command line)
+    method of this command."""
     if cfg.run_dir is None:
-        raise ConfigError(f"task={cfg.task} needs run_dir=<a run directory holding checkpoints/>")
+        raise ConfigError(f"task={cfg.task} needs run_dir=<a run directory holding checkpoints/, or a .safetensors>")
     source = Path(cfg.run_dir)
-    run_cfg = load_run_config(source)
+    exported = source.suffix == ".safetensors"  # weights written by task=export
+    run_cfg = OmegaConf.create(load_exported(source)[1]) if exported else load_run_config(source)
     run_cfg.method = sampling_method_config(cfg, run_cfg)
     parts = build(run_cfg, output_dir)
-    file_manager = instantiate(run_cfg.checkpoint)(run_dir=source)
     sampler = make_sampler(cfg, parts.model, parts)
     evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else {"_target_": _NONE}, _convert_="all")
-    ckpt = sampler.load_checkpoint(file_manager, "best")
+    if exported:
+        sampler.load_weights(source)
+        loaded = "exported weights"
+    else:
+        ckpt = sampler.load_checkpoint(instantiate(run_cfg.checkpoint)(run_dir=source), "best")
+        loaded = f"best checkpoint, epoch {ckpt['epoch']}"
+    prepare_evaluator(evaluator, parts)
     save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
     with FileLogger(output_dir) as logger:
-        logger.log(f"{cfg.task}: {source} (best checkpoint, epoch {ckpt['epoch']})")
-        prepare_evaluator(evaluator, parts, logger)
+        logger.log(f"{cfg.task}: {source} ({loaded})")
+        warn_if_unavailable(evaluator, logger)
         scores = sample_and_score(cfg, sampler, evaluator, parts, output_dir, logger)
     print_run_files(output_dir)
     return None if not scores else next(iter(scores.values()))
 
 
-def prepare_evaluator(evaluator: Any, parts: Components, logger: Any) -> None:
+def export(cfg: DictConfig, output_dir: Path) -> None:
+    """``task=export run_dir=<run dir or checkpoint .pt>``: the best checkpoint's EMA weights and the run's
+    config as ``<hydra.run.dir>/weights.safetensors``, to share and to sample from."""
+    if cfg.run_dir is None:
+        raise ConfigError("task=export needs run_dir=<a run directory holding checkpoints/, or a checkpoint .pt>")
+    checkpoint = Path(cfg.run_dir)
+    if checkpoint.is_dir():
+        manager = FileManager(checkpoint)
+        found = manager.checkpoint_path("best") or manager.checkpoint_path("last")
+        if found is None:
+            raise CheckpointError(f"run_dir={checkpoint}: no checkpoint in {manager.checkpoint_dir}")
+        checkpoint = found
+    path = export_weights(checkpoint, output_dir / "weights.safetensors")
+    print(f"exported the EMA weights of {checkpoint} and its run config to {path}")
+    print(f"sample from them with: python run.py task=sample run_dir={path}")
+
+
+def prepare_evaluator(evaluator: Any, parts: Components) -> None:
+    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing."""
     if evaluator.enabled:
         evaluator.prepare(parts.data)
-        if evaluator.unavailable_reason:
-            logger.log(f"warning: {evaluator.unavailable_reason}")
+
+
+def warn_if_unavailable(evaluator: Any, logger: Any) -> None:
+    if evaluator.enabled and evaluator.unavailable_reason:
+        logger.log(f"warning: {evaluator.unavailable_reason}")
 
 
 def sample_and_score(
@@ -250,7 +300,9 @@ def load_run_config(run_dir: Path) -> DictConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={run_dir}: no config.yaml there; is it a run directory made by run.py?")
-    return OmegaConf.load(path)  # type: ignore[return-value]
+    cfg = OmegaConf.load(path)
+    check_safe_targets(OmegaConf.to_container(cfg, resolve=False), path)  # instantiating it must not run foreign code
+    return cfg  # type: ignore[return-value]
 
 
 def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:

@@ -176,7 +176,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} holds objects other than tensors and plain data and was refused "
             f"(weights_only load: {first_line})"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - the restricted unpickler raises anything on foreign bytes
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__})") from error
     if not isinstance(state, dict) or "model_state_dict" not in state:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")

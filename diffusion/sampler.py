@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffusion.export import load_exported
 from diffusion.file_manager import FileManager
 from diffusion.guidance import guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
@@ -124,6 +125,17 @@ class Sampler:
         weights = ckpt["ema_state_dict"]["shadow"] if use_ema else ckpt["model_state_dict"]
         self.model.load_state_dict(weights)
         return ckpt
+
+    def load_weights(self, path: str | Path) -> dict[str, Any]:
+        """Load weights exported by ``task=export`` (a ``.safetensors`` file) into the model; returns the run
+        config stored with them.
+
+        Raises:
+            CheckpointError: the file is missing, damaged or not an export of this project.
+        """
+        weights, config = load_exported(path)
+        self.model.load_state_dict(weights)
+        return config
 
     @torch.inference_mode()
     def sample(

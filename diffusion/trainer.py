@@ -247,12 +247,7 @@ class Trainer:
         if resume_from is not None:
             self.restore(resume_from)
         self.logger.log(self._banner())
-        if self._resumed_from is not None:
-            self.logger.log(f"resumed from {self._resumed_from} at epoch {self.state.epoch}, step {self.state.global_step}")
-        if self._pending_rng_state is not None:
-            # Last, so nothing between restore() and the first step draws from the restored streams.
-            set_rng_state(self._pending_rng_state)
-            self._pending_rng_state = None
+        self._continue_restored_run()
         with self._signals_save_and_stop():
             while self.state.epoch < self.epochs:
                 epoch = self.state.epoch + 1
@@ -488,6 +483,16 @@ class Trainer:
             ) from error
         self._pending_rng_state = ckpt["rng_state"]
         self._resumed_from = Path(checkpoint)
+
+    def _continue_restored_run(self) -> None:
+        # The RNG states go back right before the first step, so nothing run between restore() and train()
+        # (evaluator preparation, logger start-up) draws from the restored streams.
+        if self._resumed_from is not None:
+            state = self.state
+            self.logger.log(f"resumed from {self._resumed_from} at epoch {state.epoch}, step {state.global_step}")
+        if self._pending_rng_state is not None:
+            set_rng_state(self._pending_rng_state)
+            self._pending_rng_state = None
 
     def get_loss_histories(self) -> LossHistories:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))

@@ -23,6 +23,7 @@ EXIT_USER_ERROR = 2
 DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+_guarding = False  # guard_command_line is active
 
 
 @contextmanager
@@ -47,14 +48,20 @@ def guard_command_line() -> Iterator[None]:
     """Around the Hydra-decorated entry point: Hydra prints its own errors over several lines and exits 1,
     unless ``HYDRA_FULL_ERROR=1``, which lets them through to here to become one line and exit 2 like any user
     error. A user who sets ``HYDRA_FULL_ERROR=1`` (or ``DIFFUSION_DEBUG=1``) still gets full tracebacks."""
+    global _guarding
+    if _guarding:  # nested: the outer guard already read the user's settings
+        yield
+        return
     saved = {name: os.environ.get(name) for name in (HYDRA_FULL_ERROR, DEBUG_ENV)}
     if saved[HYDRA_FULL_ERROR] == "1":
         os.environ[DEBUG_ENV] = "1"
     os.environ[HYDRA_FULL_ERROR] = "1"
+    _guarding = True
     try:
         with guard_user_errors():
             yield
     finally:
+        _guarding = False
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

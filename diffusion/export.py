@@ -1,0 +1,80 @@
+"""Weights for sharing: a checkpoint's (EMA) weights as safetensors, with the run's resolved config inside.
+
+A ``.safetensors`` file holds tensors and a str -> str header only, so loading one cannot run code (unlike a
+pickle). The header carries the config as JSON under ``config`` and says which weights these are::
+
+    path = export_weights(Path("outputs/run/checkpoints/best.pt"), Path("moons.safetensors"))
+    weights, config = load_exported(path)     # state dict for config["model"], and the whole config
+
+``run.py task=export`` writes one; ``Sampler.load_weights`` and ``task=sample run_dir=<file>.safetensors`` read it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from diffusion.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
+
+FORMAT = "diffusion-weights/1"
+_HEADER_BYTES = 8  # a safetensors file starts with its JSON header's length, u64 little-endian
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write ``checkpoint``'s EMA (or, with ``use_ema=False``, raw) weights and its config to ``out``.
+
+    The file is written atomically with a ``.sha256`` sidecar, like checkpoints. Returns ``out``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, damaged or unsafe.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    weights = ckpt["ema_state_dict"]["shadow"] if use_ema else ckpt["model_state_dict"]
+    # safetensors refuses tensors that share storage; clones own theirs.
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in weights.items()}
+    metadata = {
+        "format": FORMAT,
+        "weights": "ema" if use_ema else "raw",
+        "epoch": str(ckpt.get("epoch", "")),
+        "global_step": str(ckpt.get("global_step", "")),
+        "config": json.dumps(ckpt.get("config") or {}, sort_keys=True),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(save_safetensors(tensors, metadata=metadata), out)
+    return out
+
+
+def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and the run config of an exported file.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, not an export of this project, or its config names a
+            ``_target_`` outside the ``diffusion`` package.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"exported weights {path} do not exist")
+    payload = read_verified(path)
+    try:
+        weights = load_safetensors(payload)
+        metadata = _metadata(payload)
+        config = json.loads(metadata["config"])
+    except (SafetensorError, ValueError, KeyError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged or not weights exported by task=export ({error})") from error
+    if metadata.get("format") != FORMAT or not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not weights exported by task=export (format {metadata.get('format')!r})")
+    check_safe_targets(config, path)
+    return weights, config
+
+
+def _metadata(payload: bytes) -> dict[str, str]:
+    size = int.from_bytes(payload[:_HEADER_BYTES], "little")
+    header = json.loads(payload[_HEADER_BYTES : _HEADER_BYTES + size])
+    return header.get("__metadata__") or {}
