@@ -228,3 +228,13 @@ def test_output_directory_under_a_read_only_directory(tmp_path):
         f"error: cannot write {target} (Permission denied); choose a writable hydra.run.dir"
     ]
     assert not target.exists()
+
+
+def test_missing_plugin_option_names_the_install_command():
+    from hydra.errors import MissingConfigException
+
+    from diffusion.cli.errors import _composition_message
+
+    error = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    message = _composition_message(error)
+    assert "hydra-optuna-sweeper" in message and "pip install" in message and "\n" not in message

@@ -91,11 +91,22 @@ def user_error_message(error: BaseException) -> str | None:
     return None
 
 
+# Options that Hydra plugins provide: their absence means a missing optional dependency, not a typo.
+PLUGIN_OPTIONS = {
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+}
+
+
 def _composition_message(error: Exception) -> str:
     """One line for Hydra's composition errors, naming the group or key and what it accepts."""
     if isinstance(error, MissingConfigException) and error.options:
         group, _, option = (error.missing_cfg_file or "").rpartition("/")
-        return f"{group}={option} is not an option of {group}; choose one of: {', '.join(error.options)}"
+        package = PLUGIN_OPTIONS.get(f"{group}/{option}")
+        install = f" ({package} is not installed: pip install -e '.[sweeps]')" if package else ""
+        return f"{group}={option} is not an option of {group}{install}; choose one of: {', '.join(error.options)}"
     if isinstance(error, OverrideParseException):
         return f"cannot parse the override {error.override!r}: {str(error).splitlines()[0]}"
     cause = error.__cause__
