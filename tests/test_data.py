@@ -267,3 +267,15 @@ def test_custom_extensions(tmp_path: Path) -> None:
     data = ImageFolderData(tmp_path, image_size=4, extensions=("BMP",), val_fraction=0.5)
     assert [p.name for p in data.files] == ["a.bmp", "b.bmp"]
     assert data.load().train.shape == (1, 3, 4, 4)
+
+
+def test_image_folder_decodes_with_worker_processes(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    serial = ImageFolderData(tmp_path, image_size=8, num_workers=0).load()
+    parallel = ImageFolderData(tmp_path, image_size=8, num_workers=2).load()
+    assert torch.equal(serial.train, parallel.train) and torch.equal(serial.val, parallel.val)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match="broken.png"):
+        ImageFolderData(tmp_path, image_size=8, num_workers=2).load()

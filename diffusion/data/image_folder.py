@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
@@ -35,6 +36,8 @@ class ImageFolderData(BaseData):
         val_fraction: share of the images held out for validation, in ``(0, 1)``.
         split_seed: seed of the train/validation split (see :func:`train_val_indices`).
         extensions: file name endings to read, compared case-insensitively.
+        num_workers: processes that decode and resize the images (a DataLoader with workers; 0 decodes in
+            this process). Decoding is the slow part of a large folder; training then batches from one tensor.
 
     Raises:
         ConfigError: when ``root`` is missing or holds no images, when it mixes loose images with class
@@ -51,8 +54,10 @@ class ImageFolderData(BaseData):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg"),
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
+        self.num_workers = check_int(num_workers, "data.num_workers", minimum=0)
         self.image_size = check_int(image_size, "data.image_size", minimum=1)
         self.channels = check_choice(check_int(channels, "data.channels"), "data.channels", _MODES)
         self.val_fraction = check_float(val_fraction, "data.val_fraction", 0.0, 1.0, inclusive=False)
@@ -76,12 +81,45 @@ class ImageFolderData(BaseData):
         return list(self._class_names)
 
     def _load(self) -> DataSplits:
-        mode = _MODES[self.channels]
-        pixels = np.stack([_read_square(path, self.image_size, mode) for path in self.files])  # (N, S, S, C)
+        pixels = self._decode_all()  # (N, S, S, C) uint8
         x = rearrange(torch.from_numpy(pixels), "n h w c -> n c h w").float() / 255.0 * 2 - 1  # [-1, 1]
         labels = None if self.labels is None else torch.tensor(self.labels, dtype=torch.long)  # (N,)
         train_idx, val_idx = train_val_indices(len(x), self.val_fraction, self.split_seed)
         return DataSplits.from_indices(x.contiguous(), labels, train_idx, val_idx)
+
+
+    def _decode_all(self) -> np.ndarray:
+        files = _DecodedFiles(self.files, self.image_size, _MODES[self.channels])
+        if self.num_workers == 0:
+            results = [files[i] for i in range(len(files))]
+        else:
+            loader = DataLoader(files, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is)
+            results = list(loader)
+        errors = [error for _, error in results if error is not None]
+        if errors:
+            raise ConfigError(errors[0])
+        return np.stack([pixels for pixels, _ in results])
+
+
+def _as_is(item: object) -> object:
+    return item  # one decoded file per step, no batching (a module-level function pickles for spawn workers)
+
+
+class _DecodedFiles(Dataset):
+    """Image files decoded to uint8 squares; a failure travels back as its message (a worker's exception
+    would reach the main process wrapped in a multi-line traceback)."""
+
+    def __init__(self, files: list[Path], size: int, mode: str) -> None:
+        self.files, self.size, self.mode = files, size, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return _read_square(self.files[index], self.size, self.mode), None
+        except ConfigError as error:
+            return None, str(error)
 
 
 def _normalise_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
