@@ -125,9 +125,11 @@ def test_ddim_eta_zero_is_deterministic_and_exact_for_a_point_mass():
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_ddim_eta_one_equals_ddpm_step(prediction):
-    # eta = 1 on consecutive steps: sigma_t^2 = beta_tilde_t and the mean is the DDPM posterior mean.
-    method = make(schedule="linear", prediction=prediction)
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_eta_one_equals_ddpm_step(prediction, clip):
+    # eta = 1 on consecutive steps: sigma_t^2 = beta_tilde_t and the mean is the DDPM posterior mean, with or
+    # without clipping (both steps are functions of the same clipped x0_hat and x_t).
+    method = make(schedule="linear", prediction=prediction, clip=clip)
     x_t, out, noise = (torch.randn(3, 1, 4, 4, dtype=torch.float64) for _ in range(3))
     for t in (999, 500, 10, 1):
         tt = torch.full((3,), t)
@@ -257,7 +259,7 @@ def test_ddim_step_matches_reference(prediction, eta):
         x = torch.randn(2, 3, 4, 4, dtype=dtype)
         for t, t_prev in pairs:
             out, noise = torch.randn_like(x), torch.randn_like(x)
-            expected = ref.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+            expected = ref.step(out, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=True).prev_sample
             got = ours.ddim_step(x, t, t_prev, out, eta=eta, noise=noise)
             assert torch.allclose(got, expected, atol=atol, rtol=0), (dtype, t, (got - expected).abs().max())
             x = expected

@@ -19,6 +19,7 @@ depend on the training precision. Subclasses choose the sampling trajectory (:me
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Literal, get_args
 
@@ -30,6 +31,7 @@ from diffusion.guidance import drop_labels
 from diffusion.schedules import Schedule
 from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
+Timestep = torch.Tensor | int  # (B,) per-sample timesteps, or one int the whole batch shares (a sampling step)
 Prediction = Literal["epsilon", "x0", "v"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
 LossWeighting = Literal["uniform", "min_snr"]
@@ -106,9 +108,25 @@ class BaseMethod(nn.Module, ABC):
             "posterior_mean_coef2", (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod)
         )
 
+        self._tables: dict[str, list[float]] = {}  # buffers as Python floats, filled by coefficient()
+
     def _buffer(self, name: str, value: torch.Tensor) -> None:
         # Not persistent: the schedule is rebuilt from the config, so checkpoints hold only learned state.
         self.register_buffer(name, value, persistent=False)
+
+    def coefficient(self, name: str, t: Timestep, like: torch.Tensor) -> torch.Tensor | float:
+        """Buffer ``name`` at ``t``: a float (float64) for an int ``t``, else :func:`extract`'s ``(B, 1, ...)``.
+
+        Sampling steps share one t across the batch, and a float scales a tensor inside one kernel, whereas
+        ``extract`` costs a gather, a cast and a reshape per coefficient: with a cheap network that was most
+        of a sampling step (experiments/benchmark.py, row 5).
+        """
+        if isinstance(t, torch.Tensor):
+            return extract(getattr(self, name), t, like)
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = getattr(self, name).tolist()
+        return table[t]
 
     # ----------------------------------------------------------------------------------------------------
     # Forward process and parameterisations
@@ -129,27 +147,27 @@ class BaseMethod(nn.Module, ABC):
             self.sqrt_one_minus_alphas_cumprod, t, x0
         ) * x0
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    def predict_x0(self, x_t: torch.Tensor, t: Timestep, model_output: torch.Tensor) -> torch.Tensor:
         """x0 implied by the network output (unclipped)."""
-        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t)
-        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        sqrt_abar = self.coefficient("sqrt_alphas_cumprod", t, x_t)
+        sqrt_one_minus_abar = self.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
         if self.prediction == "epsilon":
             return (x_t - sqrt_one_minus_abar * model_output) / sqrt_abar
         if self.prediction == "x0":
             return model_output
         return sqrt_abar * x_t - sqrt_one_minus_abar * model_output
 
-    def predict_epsilon(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    def predict_epsilon(self, x_t: torch.Tensor, t: Timestep, model_output: torch.Tensor) -> torch.Tensor:
         """epsilon implied by the network output."""
-        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t)
-        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        sqrt_abar = self.coefficient("sqrt_alphas_cumprod", t, x_t)
+        sqrt_one_minus_abar = self.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
         if self.prediction == "epsilon":
             return model_output
         if self.prediction == "x0":
             return (x_t - sqrt_abar * model_output) / sqrt_one_minus_abar
         return sqrt_one_minus_abar * x_t + sqrt_abar * model_output
 
-    def _denoised(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    def _denoised(self, x_t: torch.Tensor, t: Timestep, model_output: torch.Tensor) -> torch.Tensor:
         x0 = self.predict_x0(x_t, t, model_output)
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
 
@@ -239,27 +257,34 @@ class BaseMethod(nn.Module, ABC):
     def p_sample(
         self,
         x_t: torch.Tensor,
-        t: torch.Tensor,
+        t: Timestep,
         model_output: torch.Tensor,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Ancestral step x_t -> x_{t-1} ~ N(mu_tilde(x_t, x0_hat), beta_tilde_t I) (Ho et al. eqs. 6-7).
 
-        No noise is added where ``t == 0``: the last step returns the posterior mean.
+        ``t`` is ``(B,)`` or one int for the whole batch. No noise is added where ``t == 0``: the last step
+        returns the posterior mean.
         """
-        t = self._as_batch(t, x_t)
+        if isinstance(t, torch.Tensor):
+            t = self._as_batch(t, x_t)
         x0 = self._denoised(x_t, t, model_output)
-        mean = extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
+        coef1 = self.coefficient("posterior_mean_coef1", t, x_t)
+        coef2 = self.coefficient("posterior_mean_coef2", t, x_t)
+        mean = coef1 * x0 + coef2 * x_t  # mu_tilde (Ho et al. eq. 7)
         if noise is None:
             noise = torch.randn_like(x_t)
+        std = self.coefficient("posterior_variance", t, x_t) ** 0.5  # sqrt(beta_tilde_t)
+        if not isinstance(t, torch.Tensor):
+            return mean + std * noise if t != 0 else mean
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
-        return mean + nonzero * extract(self.posterior_variance, t, x_t).sqrt() * noise
+        return mean + nonzero * std * noise
 
     def ddim_step(
         self,
         x_t: torch.Tensor,
-        t: torch.Tensor | int,
-        t_prev: torch.Tensor | int,
+        t: Timestep,
+        t_prev: Timestep,
         model_output: torch.Tensor,
         eta: float = 0.0,
         noise: torch.Tensor | None = None,
@@ -269,24 +294,40 @@ class BaseMethod(nn.Module, ABC):
         x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, with
         sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) (eq. 16); ``t_prev < 0``
         means abar_prev = 1 (the step to clean data). eta = 0 is deterministic DDIM; eta = 1 with
-        ``t_prev = t - 1`` is DDPM's ancestral step. x0_hat is clipped when ``clip_denoised``; eps_hat is
-        taken from the unclipped prediction, as in the reference schedulers.
+        ``t_prev = t - 1`` is DDPM's ancestral step. With ``clip_denoised``, x0_hat is clipped and eps_hat is
+        re-derived from the clipped x0_hat, eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t), so the
+        two stay one consistent point of the trajectory (guided-diffusion's DDIM; diffusers'
+        ``use_clipped_model_output=True``). Keeping the unclipped eps_hat instead makes deterministic DDIM get
+        worse as steps increase (measured in experiments/sampling_steps). ``t`` and ``t_prev`` are ``(B,)``
+        tensors or ints shared by the batch.
         """
-        t = self._as_batch(t, x_t)
-        t_prev = self._as_batch(t_prev, x_t)
-        abar_t = extract(self.alphas_cumprod, t, x_t)
-        alphas_cumprod = self.alphas_cumprod.to(x_t.device)
-        abar_prev = torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], alphas_cumprod.new_ones(()))
-        abar_prev = abar_prev.to(x_t.dtype).reshape_as(abar_t)
-        eps = self.predict_epsilon(x_t, t, model_output)
+        if isinstance(t, torch.Tensor):
+            t = self._as_batch(t, x_t)
+        abar_t = self.coefficient("alphas_cumprod", t, x_t)
+        abar_prev = self._abar_prev(t_prev, x_t)
         x0 = self._denoised(x_t, t, model_output)
-        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
-        x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if self.clip_denoised:
+            eps = (x_t - self.coefficient("sqrt_alphas_cumprod", t, x_t) * x0) / self.coefficient(
+                "sqrt_one_minus_alphas_cumprod", t, x_t
+            )
+        else:
+            eps = self.predict_epsilon(x_t, t, model_output)
+        sigma = eta * _sqrt_clamped((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+        x_prev = _sqrt_clamped(abar_prev) * x0 + _sqrt_clamped(1 - abar_prev - sigma**2) * eps
         if eta > 0:
             if noise is None:
                 noise = torch.randn_like(x_t)
             x_prev = x_prev + sigma * noise
         return x_prev
+
+    def _abar_prev(self, t_prev: Timestep, like: torch.Tensor) -> torch.Tensor | float:
+        """abar at ``t_prev``, with abar = 1 where ``t_prev < 0`` (before the first diffusion step)."""
+        if not isinstance(t_prev, torch.Tensor):
+            return self.coefficient("alphas_cumprod", t_prev, like) if t_prev >= 0 else 1.0
+        t_prev = self._as_batch(t_prev, like)
+        alphas_cumprod = self.alphas_cumprod.to(like.device)
+        abar_prev = torch.where(t_prev >= 0, alphas_cumprod[t_prev.clamp(min=0)], alphas_cumprod.new_ones(()))
+        return abar_prev.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     @staticmethod
     def _as_batch(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
@@ -338,6 +379,13 @@ class BaseMethod(nn.Module, ABC):
             f"num_timesteps={self.num_timesteps}, prediction={self.prediction!r}, clip={self.clip_denoised}, "
             f"loss_weighting={self.loss_weighting!r}, cond_drop_prob={self.cond_drop_prob}"
         )
+
+
+def _sqrt_clamped(value: torch.Tensor | float) -> torch.Tensor | float:
+    """sqrt(max(value, 0)) of a tensor or a float (round-off can make a variance slightly negative)."""
+    if isinstance(value, torch.Tensor):
+        return value.clamp(min=0).sqrt()
+    return math.sqrt(max(value, 0.0))
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, spacing: TimestepSpacing) -> list[int]:

@@ -32,4 +32,4 @@ class DDPM(BaseMethod):
         state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         assert t_prev == t - 1, "DDPM steps through consecutive timesteps"
-        return self.p_sample(x_t, self._as_batch(t, x_t), model_output, noise)
+        return self.p_sample(x_t, t, model_output, noise)
