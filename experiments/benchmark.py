@@ -1,0 +1,161 @@
+"""Speed and memory benchmark of the default run; prints a markdown table (issue 5, "Benchmark suite").
+
+    python experiments/benchmark.py                      # full run, ~10 minutes on 2 CPU cores
+    python experiments/benchmark.py --quick              # every section at toy size, seconds: proves it works
+    python experiments/benchmark.py --only sampling      # one section: training | sampling | memory
+    python experiments/benchmark.py --out experiments/results/benchmark_cpu.md
+    python experiments/benchmark.py trainer.batch_size=64   # any run.py override applies to every section
+
+Figures, each on the default run's components (``conf/config.yaml``: the U-Net of ``conf/model/unet.yaml`` on
+8x8 digits, AdamW, bf16 autocast, batch 128):
+
+1. ``Trainer.train()`` steps/s against the same step written as a bare PyTorch loop (bar: >= 0.95);
+2. bf16 against fp32 steps/s; 3. ``torch.compile`` against eager steps/s, and the compile time;
+4. DDIM-50 against DDPM-1000 seconds per sample (``Sampler.sample``, one batch);
+5. the Sampler against an inline loop of the same update, per step, with a trivial network (bar: <= 1.1);
+6. model FLOP/s in training as a fraction of the measured bf16 / fp32 matmul peak;
+7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch.
+
+The machine is shared: variants of a comparison run interleaved, one measurement each per round, and the
+table gives medians and the median of per-round ratios. Absolute figures move with the load; ratios less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: ``diffusion`` and ``experiments`` importable
+
+import torch  # noqa: E402
+
+from experiments.benchmark_memory import measure_default_run  # noqa: E402
+from experiments.benchmark_report import Report, Row, memory_rows, sampling_rows, training_rows  # noqa: E402
+from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_overhead  # noqa: E402
+from experiments.benchmark_timing import describe_machine, load_average  # noqa: E402
+from experiments.benchmark_training import compose_config, measure_training  # noqa: E402
+
+SECTIONS = ("training", "sampling", "memory")
+_START = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long each section measures; ``--quick`` shrinks the model and every count."""
+
+    overrides: tuple[str, ...]
+    training_rounds: int
+    with_compile: bool
+    matmul_size: int
+    sample_batch: int  # samples per Sampler.sample call (one batch), records 4 and 5
+    sampling_rounds: int
+    ddim_steps: int
+    overhead_rounds: int
+    memory_epochs: int
+    memory_overrides: tuple[str, ...] = ()
+
+
+FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size=2048, sample_batch=100,
+                sampling_rounds=2, ddim_steps=50, overhead_rounds=31, memory_epochs=8)
+_TINY = ("model.base_channels=8", "model.num_res_blocks=1", "method.num_timesteps=50")
+QUICK = Settings(overrides=_TINY, training_rounds=1, with_compile=False, matmul_size=256, sample_batch=8,
+                 sampling_rounds=1, ddim_steps=5, overhead_rounds=2, memory_epochs=3,
+                 memory_overrides=(*_TINY, "trainer.progress=false"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes: proves the script works, in seconds")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
+    parser.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice); 1 "
+                        "keeps OpenMP threads from spin-waiting on cores that other jobs keep busy")
+    parser.add_argument("overrides", nargs="*", help="run.py config overrides applied to every section")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def reproduce_command(args: argparse.Namespace, section: str) -> str:
+    """The command line that measures ``section`` again with this run's options."""
+    parts = ["python", "experiments/benchmark.py", "--only", section]
+    parts += ["--quick"] if args.quick else []
+    parts += ["--device", args.device] if args.device != "cpu" else []
+    parts += ["--threads", str(args.threads)] if args.threads else []
+    return shlex.join([*parts, *args.overrides])
+
+
+def run(args: argparse.Namespace) -> Report:
+    settings = QUICK if args.quick else FULL
+    device = torch.device(args.device)
+    overrides = [*settings.overrides, f"trainer.device={args.device}", *args.overrides]
+    report = Report(machine=describe_machine(device), command=shlex.join(["python", *sys.argv]),
+                    load_before=load_average())
+    sections = args.only or list(SECTIONS)
+    if "training" in sections:
+        report.rows += training_section(settings, overrides, device, reproduce_command(args, "training"))
+    if "sampling" in sections:
+        report.rows += sampling_section(settings, overrides, device, reproduce_command(args, "sampling"))
+    if "memory" in sections:
+        _progress(f"memory: python run.py for {settings.memory_epochs} epochs")
+        memory_overrides = [*settings.memory_overrides, f"trainer.device={args.device}", *args.overrides]
+        report.rows += memory_rows(measure_default_run(settings.memory_epochs, memory_overrides, args.threads))
+    report.load_after = load_average()
+    _progress("done")
+    return report
+
+
+def training_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str) -> list[Row]:
+    """Rows 1, 2, 3 and 6."""
+    _progress("training: Trainer vs bare loop, bf16 vs fp32" + (", compile" if settings.with_compile else ""))
+    with tempfile.TemporaryDirectory(prefix="benchmark_runs_") as tmp:
+        figures = measure_training(compose_config(overrides), device, Path(tmp), settings.training_rounds,
+                                   settings.with_compile, settings.matmul_size)
+    return training_rows(figures, settings.training_rounds, reproduce)
+
+
+def sampling_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str) -> list[Row]:
+    """Rows 4 and 5 (DDPM through all T steps, DDIM with ``settings.ddim_steps``)."""
+    _progress("sampling: DDIM vs DDPM, Sampler overhead")
+    ddpm_cfg, ddim_cfg = compose_config([*overrides, "method=ddpm"]), compose_config([*overrides, "method=ddim"])
+    batch, steps = settings.sample_batch, settings.ddim_steps
+    per_sample = measure_ddim_vs_ddpm(ddpm_cfg, ddim_cfg, steps, batch, device, settings.sampling_rounds)
+    overhead = [
+        measure_overhead(ddpm_cfg, "ddpm", None, batch, device, settings.overhead_rounds),
+        measure_overhead(ddim_cfg, "ddim", steps, batch, device, settings.overhead_rounds),
+    ]
+    return sampling_rows(per_sample, overhead, reproduce)
+
+
+def _progress(message: str) -> None:
+    print(f"[benchmark {time.perf_counter() - _START:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = run(args).markdown()
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

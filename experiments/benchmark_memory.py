@@ -1,0 +1,109 @@
+"""Record 7: peak resident memory of the default run, and whether it grows from epoch to epoch.
+
+Runs ``python run.py`` in a child process and, while it runs, reads the child's resident set size
+(``VmRSS`` in ``/proc/<pid>/status``) each time a new epoch record appears in its ``metrics.jsonl``, and its
+high-water mark (``VmHWM``) every poll, which covers the sampling at the end of the run.
+
+Not ``ru_maxrss``: the kernel carries the parent's high-water mark into a spawned child (the child starts as
+a copy of the benchmark process, which by then holds several models), so that figure would be the benchmark's
+own peak. ``VmHWM`` belongs to the address space ``run.py`` got at ``exec``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class MemoryFigures:
+    command: str
+    peak_mib: float
+    rss_after_epoch_mib: list[float]  # index k: after epoch k + 1
+    seconds: float
+
+    @property
+    def growth(self) -> float:
+        """Relative RSS change from after epoch 2 to after the last epoch."""
+        after_second, after_last = self.rss_after_epoch_mib[1], self.rss_after_epoch_mib[-1]
+        return after_last / after_second - 1.0
+
+
+def default_run_command(epochs: int, overrides: Sequence[str]) -> list[str]:
+    return [sys.executable, "run.py", f"trainer.epochs={epochs}", "evaluator=none", "sampler.num_samples=16",
+            *overrides]
+
+
+def measure_default_run(epochs: int, overrides: Sequence[str] = (), threads: int | None = None) -> MemoryFigures:
+    """Run the default training in a child process; RSS after every epoch and the child's peak RSS.
+
+    Raises:
+        RuntimeError: the run failed (its stderr is in the message) or logged too few epochs.
+    """
+    if epochs < 3:
+        raise ValueError(f"need at least 3 epochs to compare epoch 2 with a later one, got {epochs}")
+    command = default_run_command(epochs, overrides)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    with tempfile.TemporaryDirectory(prefix="benchmark_memory_") as tmp:
+        run_dir, stderr_path = Path(tmp) / "run", Path(tmp) / "stderr.txt"
+        start = time.perf_counter()
+        with open(stderr_path, "wb") as stderr:
+            child = subprocess.Popen([*command, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=stderr)
+            rss, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped by _watch's waitpid
+        seconds = time.perf_counter() - start
+        if child.returncode != 0 or len(rss) < epochs:
+            tail = stderr_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{shlex.join(command)} exited {child.returncode} after {len(rss)} epochs:\n{tail}")
+    shown = (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(["python", *command[1:]])
+    return MemoryFigures(shown, peak, rss[:epochs], seconds)
+
+
+def _watch(pid: int, metrics: Path) -> tuple[list[float], float, int]:
+    """Until ``pid`` exits: its VmRSS (MiB) each time ``metrics`` gains an epoch record, its last VmHWM (MiB)
+    and its wait status."""
+    rss_after_epoch: list[float] = []
+    peak = math.nan
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return rss_after_epoch, peak, status
+        peak = _proc_status_mib(pid, "VmHWM", default=peak)
+        logged = _epochs_logged(metrics)
+        if logged > len(rss_after_epoch):
+            reading = _proc_status_mib(pid, "VmRSS")
+            rss_after_epoch.extend([reading] * (logged - len(rss_after_epoch)))  # > 1 only if a poll was missed
+        time.sleep(POLL_SECONDS)
+
+
+def _epochs_logged(metrics: Path) -> int:
+    """Epoch records (those with an ``epoch`` key) among the complete lines of ``metrics.jsonl``."""
+    if not metrics.is_file():
+        return 0
+    complete_lines = metrics.read_text().split("\n")[:-1]  # the last piece may still be being written
+    return sum(1 for line in complete_lines if line.strip() and "epoch" in json.loads(line))
+
+
+def _proc_status_mib(pid: int, field: str, default: float = math.nan) -> float:
+    """``field`` (``VmRSS``, ``VmHWM``) of ``pid`` in MiB; ``default`` once the process has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return default
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return default  # a zombie has no memory lines

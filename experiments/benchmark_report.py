@@ -1,0 +1,163 @@
+"""The benchmark's markdown table: one row per figure, each with its bar, verdict and the command that
+measures it again."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from experiments.benchmark_memory import MemoryFigures
+from experiments.benchmark_sampling import OverheadFigures, SamplingFigures
+from experiments.benchmark_timing import Machine, median, paired_ratio
+from experiments.benchmark_training import TrainingFigures
+
+TRAINER_BAR = 0.95  # bar 1: Trainer steps/s >= 0.95 x the bare loop's
+SAMPLER_BAR = 1.1  # bar 5: Sampler seconds per step <= 1.1 x the bare loop's
+MEMORY_GROWTH_LIMIT = 0.05  # record 7: RSS after the last epoch within 5 % of RSS after epoch 2
+NOTES = {
+    "1": "the Trainer runs its real `train()` one epoch per round (NullLogger, FileManager in a temporary "
+         "directory, no progress bar); the timer wraps the epoch's training loop, so validation and checkpoints "
+         "are excluded. The bare loop does the same work inline: index the data tensor, q_sample with the "
+         "method's coefficients, forward under autocast, MSE, backward, clip, AdamW step, EMA lerp.",
+    "2": "the Trainer with `trainer.precision=fp32`, interleaved with the row-1 runs.",
+    "3": "the Trainer with `compile=True`; its first epoch compiles (twice: the epoch's last batch is smaller), "
+         "and a cold inductor cache makes that minutes instead of seconds.",
+    "4": "`Sampler.sample` on the default U-Net (untrained: speed does not depend on the weights), bf16 "
+         "autocast as `conf/sampler` inherits it from the trainer.",
+    "5": "the network is `0.1 * x_t`, so a step costs only the loop; the inline loop takes the coefficients "
+         "as Python floats and draws the same noise from the same generator, and both loops' samples are "
+         "checked equal before timing.",
+    "6": "FLOPs of one training step (forward + backward of matmuls, convolutions, attention) from "
+         "`torch.utils.flop_counter.FlopCounterMode`, times the measured steps/s, over the FLOP/s of "
+         "2048x2048 `torch.matmul` in the same precision measured in the same rounds. fp32 matmuls and the "
+         "model's convolutions run in different libraries (BLAS vs oneDNN), so the fp32 fraction can exceed "
+         "100% where the convolution kernels are the faster ones.",
+    "7": "`python run.py` in a child process; its RSS (`VmRSS`) is read as each epoch's record appears in "
+         "`metrics.jsonl`, its peak is its high-water mark `VmHWM`, read every 20 ms until it exits (covers the "
+         "final sampling too; `ru_maxrss` would include the benchmark process it was spawned from).",
+}
+
+
+@dataclass
+class Row:
+    number: str
+    measurement: str
+    figure: str
+    bar: str = "record"
+    verdict: str = ""
+    reproduce: str = ""
+
+    def markdown(self) -> str:
+        cells = [self.number, self.measurement, self.figure, self.bar, self.verdict, f"`{self.reproduce}`"]
+        return "| " + " | ".join(cells) + " |"
+
+
+@dataclass
+class Report:
+    machine: Machine
+    command: str
+    load_before: float
+    load_after: float = math.nan
+    rows: list[Row] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [
+            f"## Benchmark ({self.machine.device})",
+            "",
+            self.machine.markdown(),
+            f"- command: `{self.command}`",
+            f"- 1-minute load average at start / end: {self.load_before:.1f} / {self.load_after:.1f} (shared "
+            "cores: variants run interleaved, one measurement each per round; figures are medians, ratios are "
+            "medians of per-round ratios)",
+            "",
+            "| # | measurement | figure | bar | verdict | reproduce |",
+            "|---|---|---|---|---|---|",
+            *(row.markdown() for row in sorted(self.rows, key=lambda row: (int(row.number[0]), row.number))),
+        ]
+        verdicts = [f"bar {row.number}: {row.verdict}" for row in self.rows if row.verdict in ("PASS", "FAIL")]
+        if verdicts:
+            lines += ["", "Bars: " + "; ".join(verdicts)]
+        shown = {row.number.rstrip("abcdefgh") for row in self.rows}
+        lines += ["", "How each figure is measured:", ""]
+        lines += [f"- {number}: {note}" for number, note in NOTES.items() if number in shown]
+        return "\n".join(lines)
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def training_rows(f: TrainingFigures, rounds: int, reproduce: str) -> list[Row]:
+    """Rows 1, 2, 3 and 6 from the interleaved training rounds."""
+    ratio = paired_ratio(f.trainer, f.bare)
+    rows = [
+        Row("1", f"`Trainer.train()` vs bare PyTorch loop, steps/s ({f.precision}, batch {f.batch_size}, "
+                 f"{rounds} rounds of one epoch)",
+            f"{ratio:.3f}x ({median(f.trainer):.2f} vs {median(f.bare):.2f} steps/s)",
+            f">= {TRAINER_BAR}", verdict(ratio >= TRAINER_BAR), reproduce),
+        Row("2", f"{f.precision} vs fp32 steps/s (Trainer)",
+            f"{paired_ratio(f.trainer, f.trainer_fp32):.2f}x ({median(f.trainer):.2f} vs "
+            f"{median(f.trainer_fp32):.2f} steps/s)", reproduce=reproduce),
+        _compile_row(f, reproduce),
+        _flops_row(f, reproduce),
+    ]
+    return rows
+
+
+def _compile_row(f: TrainingFigures, reproduce: str) -> Row:
+    measurement = f"`trainer.compile=true` vs eager steps/s ({f.precision}, after warm-up)"
+    if f.compiled is None:
+        return Row("3", measurement, "skipped (--quick: compiling takes minutes)", reproduce=reproduce)
+    return Row("3", measurement,
+               f"{paired_ratio(f.compiled, f.trainer):.2f}x ({median(f.compiled):.2f} vs {median(f.trainer):.2f} "
+               f"steps/s); compile time {f.compile_seconds:.0f} s (first epoch beyond a steady one; "
+               f"{f.compile_cache})",
+               reproduce=reproduce)
+
+
+def _flops_row(f: TrainingFigures, reproduce: str) -> Row:
+    step_flops = f.flops_per_sample * f.samples_per_step
+
+    def achieved(steps: list[float], peak: list[float]) -> str:
+        flops = [step_flops * s for s in steps]
+        return (f"{median(flops) / 1e9:.1f} of {median(peak) / 1e9:.0f} GFLOP/s "
+                f"({paired_ratio(flops, peak):.1%})")
+
+    main_peak = f.peak_bf16 if f.precision == "bf16" else f.peak_fp32
+    return Row("6", "model FLOP/s in training (FlopCounterMode, forward + backward) / square-matmul peak",
+               f"{f.precision}: {achieved(f.trainer, main_peak)}; fp32: {achieved(f.trainer_fp32, f.peak_fp32)}; "
+               f"{f.flops_per_sample * f.batch_size / 1e9:.2f} GFLOP per batch-{f.batch_size} step",
+               reproduce=reproduce)
+
+
+def sampling_rows(per_sample: SamplingFigures, overhead: list[OverheadFigures], reproduce: str) -> list[Row]:
+    """Row 4 and one bar-5 row per sampling method."""
+    p = per_sample
+    rows = [Row(
+        "4", f"DDIM-{p.ddim_steps} vs DDPM-{p.ddpm_steps}, seconds per sample (`Sampler.sample`, default U-Net, "
+             f"one batch of {p.num_samples})",
+        f"{paired_ratio(p.ddpm, p.ddim):.1f}x faster ({median(p.ddim) * 1e3:.2f} vs {median(p.ddpm) * 1e3:.1f} "
+        "ms/sample)", reproduce=reproduce,
+    )]
+    for o, letter in zip(overhead, "abcdefgh"):
+        ratio = paired_ratio(o.sampler, o.bare)
+        rows.append(Row(
+            f"5{letter}", f"`Sampler` vs inline loop of the same update, per step, trivial network, "
+                          f"{o.method.upper()}-{o.steps} (batch {o.num_samples})",
+            f"{ratio:.2f}x ({median(o.sampler) * 1e6:.0f} vs {median(o.bare) * 1e6:.0f} us/step; samples "
+            f"agree to {o.max_difference:.0e})",
+            f"<= {SAMPLER_BAR}", verdict(ratio <= SAMPLER_BAR), reproduce,
+        ))
+    return rows
+
+
+def memory_rows(m: MemoryFigures) -> list[Row]:
+    """Row 7: the default run's peak RSS and its RSS after epoch 2 against after the last epoch."""
+    last = len(m.rss_after_epoch_mib)
+    flat = abs(m.growth) <= MEMORY_GROWTH_LIMIT
+    return [Row(
+        "7", "peak resident memory of the default run; RSS after epoch 2 vs after the last epoch",
+        f"{m.peak_mib:.0f} MiB peak; {m.rss_after_epoch_mib[1]:.0f} -> {m.rss_after_epoch_mib[-1]:.0f} MiB after "
+        f"epochs 2 -> {last} ({m.growth:+.1%}); run took {m.seconds:.0f} s",
+        f"growth within {MEMORY_GROWTH_LIMIT:.0%}", "flat" if flat else "GROWS", m.command,
+    )]

@@ -1,0 +1,214 @@
+"""Training figures: the Trainer against a bare PyTorch loop (bar 1), bf16 against fp32, compile on against off,
+and the model FLOP/s reached as a fraction of the machine's matmul peak.
+
+All variants train the default run's components (composed from ``conf/`` exactly as ``run.py`` composes them)
+on the same data, batch and optimizer settings, and are interleaved epoch by epoch (see
+:func:`~experiments.benchmark_timing.interleave`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion.data.base import BaseData
+from diffusion.file_manager import FileManager
+from diffusion.loggers import NullLogger
+from diffusion.methods.base import BaseMethod
+from diffusion.trainer import Precision, Trainer, autocast
+from experiments.benchmark_timing import interleave, matmul_flops_per_second, median, synchronize
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The default run's config (``python run.py`` with ``overrides``), without an evaluator."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=["evaluator=none", *overrides])
+
+
+@dataclass
+class Parts:
+    data: BaseData
+    model: torch.nn.Module
+    method: BaseMethod
+
+
+def build_parts(cfg: DictConfig, seed: int = 0) -> Parts:
+    """Data, model and method of ``cfg``; the seed gives every variant the same initial weights."""
+    torch.manual_seed(seed)
+    return Parts(
+        data=instantiate(cfg.data, _convert_="all"),
+        model=instantiate(cfg.model, _convert_="all"),
+        method=instantiate(cfg.method, _convert_="all"),
+    )
+
+
+class TimedTrainer:
+    """Drives the real :meth:`Trainer.train`, one more epoch per call, and times the training part of it.
+
+    ``train()`` also validates and checkpoints after every epoch; steps/s is about the loop of batches, steps,
+    EMA updates, logging and stop checks, so the timer wraps this instance's ``_train_epoch`` (that loop, as
+    ``train()`` calls it) instead of the whole ``train()``.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, **trainer_kwargs: Any) -> None:
+        parts = build_parts(cfg)
+        self.trainer: Trainer = instantiate(cfg.trainer, _convert_="all")(
+            model=parts.model, method=parts.method, data=parts.data, file_manager=FileManager(run_dir),
+            logger=NullLogger(), epochs=1, device=str(device), progress=False, **trainer_kwargs,
+        )
+        self.epoch_seconds = 0.0
+        train_epoch = self.trainer._train_epoch
+
+        def timed_train_epoch(epoch: int) -> float:
+            start = time.perf_counter()
+            mean_loss = train_epoch(epoch)
+            synchronize(self.trainer.device)
+            self.epoch_seconds = time.perf_counter() - start
+            return mean_loss
+
+        self.trainer._train_epoch = timed_train_epoch  # type: ignore[method-assign]
+
+    def epoch(self) -> float:
+        """Train one more epoch through ``train()``; returns its optimizer steps per second."""
+        first_step = self.trainer.state.global_step
+        self.trainer.epochs = self.trainer.state.epoch + 1
+        self.trainer.train()
+        return (self.trainer.state.global_step - first_step) / self.epoch_seconds
+
+
+class BareLoop:
+    """The work of one Trainer step written inline in plain PyTorch: the baseline of bar 1.
+
+    Same model (same initial weights), data, batches, AdamW settings, autocast precision, gradient clipping and
+    EMA lerp as the Trainer; no LR schedule, logging, loss bookkeeping, checkpoints or stop checks.
+    """
+
+    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+        parts = build_parts(cfg)
+        trainer_cfg = cfg.trainer
+        self.device = device
+        self.model = parts.model.to(device).train()
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=trainer_cfg.lr, betas=tuple(trainer_cfg.betas),
+            weight_decay=trainer_cfg.weight_decay,
+        )
+        self.x = parts.data.load().train.to(device)  # (N, C, H, W)
+        self.num_timesteps = parts.method.num_timesteps
+        # q(x_t | x_0) coefficients (Ho et al. eq. 4), float32 on the device once.
+        self.sqrt_abar = parts.method.sqrt_alphas_cumprod.float().to(device)
+        self.sqrt_one_minus_abar = parts.method.sqrt_one_minus_alphas_cumprod.float().to(device)
+        self.batch_size, self.grad_clip = int(trainer_cfg.batch_size), float(trainer_cfg.grad_clip)
+        self.ema_decay, self.precision = float(trainer_cfg.ema_decay), trainer_cfg.precision
+        self.epochs_done = 0
+
+    def epoch(self) -> float:
+        """One epoch over a fresh random order; returns optimizer steps per second."""
+        self.epochs_done += 1
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.epochs_done)
+        batches = torch.randperm(len(self.x), generator=generator).to(self.device).split(self.batch_size)
+        for index in batches:
+            self.step(index)
+        synchronize(self.device)
+        return len(batches) / (time.perf_counter() - start)
+
+    def step(self, index: torch.Tensor) -> None:
+        x0 = self.x[index]  # (B, C, H, W)
+        t = torch.randint(0, self.num_timesteps, (len(index),), device=self.device)
+        noise = torch.randn_like(x0)
+        x_t = self.sqrt_abar[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus_abar[t].view(-1, 1, 1, 1) * noise
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            prediction = self.model(x_t, t)
+        loss = F.mse_loss(prediction.float(), noise)  # epsilon prediction, Ho et al. eq. 14
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema_model.parameters()), list(self.model.parameters()), 1 - self.ema_decay)
+
+
+def training_flops_per_sample(cfg: DictConfig, device: torch.device, precision: Precision) -> float:
+    """Model FLOPs (matmuls, convolutions, attention) of one training step, forward and backward, per sample."""
+    parts = build_parts(cfg)
+    model, method = parts.model.to(device).train(), parts.method.to(device)
+    x0 = parts.data.load().train[: int(cfg.trainer.batch_size)].to(device)
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device, precision):
+            loss = method.compute_loss(model, x0)
+        loss.backward()
+    return counter.get_total_flops() / len(x0)
+
+
+@dataclass
+class TrainingFigures:
+    """Per-round steps/s of each variant (same rounds, same order), and what derives from them."""
+
+    trainer: list[float]
+    bare: list[float]
+    trainer_fp32: list[float]
+    compiled: list[float] | None
+    compile_seconds: float | None
+    compile_cache: str | None  # inductor's FX-graph cache hits and misses while compiling: cold or warm
+    peak_bf16: list[float]
+    peak_fp32: list[float]
+    flops_per_sample: float
+    samples_per_step: float
+    precision: str
+    batch_size: int
+
+
+def measure_training(
+    cfg: DictConfig, device: torch.device, run_dir: Path, rounds: int, with_compile: bool, matmul_size: int
+) -> TrainingFigures:
+    """Bars and records 1, 2, 3 and 6, all interleaved in one loop (after one warm-up epoch each)."""
+    precision = cfg.trainer.precision
+    trainer = TimedTrainer(cfg, run_dir / "trainer", device)
+    fp32 = TimedTrainer(cfg, run_dir / "fp32", device, precision="fp32")
+    bare = BareLoop(cfg, device)
+    variants = {"trainer": trainer.epoch, "bare": bare.epoch, "fp32": fp32.epoch}
+    compile_seconds, compile_cache = None, None
+    if with_compile:
+        compiled = TimedTrainer(cfg, run_dir / "compiled", device, compile=True)
+        compiled.epoch()  # compiles (twice when the epoch's last batch is smaller)
+        compile_seconds, compile_cache = compiled.epoch_seconds, _inductor_cache_use()
+        variants["compiled"] = compiled.epoch
+    for warm_up in variants.values():
+        warm_up()
+    variants["peak_bf16"] = lambda: matmul_flops_per_second(matmul_size, torch.bfloat16, device)
+    variants["peak_fp32"] = lambda: matmul_flops_per_second(matmul_size, torch.float32, device)
+    runs = interleave(variants, rounds)
+    if with_compile:  # the compile epoch's time beyond a steady compiled epoch is the compile cost
+        steady = trainer.trainer.steps_per_epoch / median(runs["compiled"])
+        compile_seconds = max(0.0, (compile_seconds or 0.0) - steady)
+    return TrainingFigures(
+        trainer=runs["trainer"], bare=runs["bare"], trainer_fp32=runs["fp32"], compiled=runs.get("compiled"),
+        compile_seconds=compile_seconds, compile_cache=compile_cache,
+        peak_bf16=runs["peak_bf16"], peak_fp32=runs["peak_fp32"],
+        flops_per_sample=training_flops_per_sample(cfg, device, precision),
+        samples_per_step=len(trainer.trainer.splits.train) / trainer.trainer.steps_per_epoch,
+        precision=precision, batch_size=int(cfg.trainer.batch_size),
+    )
+
+
+def _inductor_cache_use() -> str:
+    """How many compiled graphs came from inductor's on-disk cache: a cold compile takes minutes, a warm one
+    seconds, so the compile time means little without it."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return f"inductor cache {inductor['fxgraph_cache_hit']} hits / {inductor['fxgraph_cache_miss']} misses"

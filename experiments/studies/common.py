@@ -1,0 +1,332 @@
+"""What the studies in ``experiments/studies/`` share: the two budgets, launching ``run.py`` (single runs and ``-m``
+sweeps) in subprocesses, reading what the runs wrote, and the pieces of a report (header, tables, figures).
+
+Every study is one command::
+
+    python experiments/studies/<study>.py [--budget small|full] [--out experiments/<study>] [--work-dir DIR]
+
+It launches ``run.py`` exactly as a user would (each command is printed and written into the report), keeps the
+runs under ``outputs/studies/<study>-<time>/`` (git-ignored) and writes ``report.md`` and PNG figures into
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run from anywhere without installing the package
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from diffusion.report import JobResult, find_jobs, read_job  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------------
+# Budgets
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """How much each training run of a study gets, and how its samples are scored.
+
+    ``eval_steps`` is the DDIM step count of the end-of-training scoring (None: DDPM through all T steps, the
+    default run's sampler). Training itself never depends on the sampler: the DDPM loss is the same for both.
+    """
+
+    name: str
+    epochs: int
+    num_samples: int  # evaluator.num_samples; the digits evaluator scores in chunks of min(this, 180)
+    eval_steps: int | None
+    n_trials: int  # Optuna trials
+
+    def train_overrides(self) -> list[str]:
+        overrides = [f"trainer.epochs={self.epochs}", f"evaluator.num_samples={self.num_samples}",
+                     "trainer.progress=false"]
+        if self.eval_steps is not None:
+            overrides += ["method=ddim", f"sampler.steps={self.eval_steps}"]
+        return overrides
+
+    def sampler_note(self) -> str:
+        """How the study's training runs are scored, and the caveat that goes with it."""
+        if self.eval_steps is None:
+            return "Samples are drawn with DDPM through all 1000 steps."
+        return (f"Samples are drawn with DDIM-{self.eval_steps} (eta 0, x0 clipped to [-1, 1]); the sampling-steps "
+                "study shows that deterministic DDIM's FD on a short-trained model depends on that clipping, so "
+                "this ranking is one of (setting, sampler) pairs.")
+
+    def describe(self) -> str:
+        sampler = "DDPM, all 1000 steps" if self.eval_steps is None else f"DDIM-{self.eval_steps} (eta 0, leading)"
+        return (f"`--budget {self.name}`: {self.epochs} epochs of the default U-Net (0.9M parameters, T = 1000), "
+                f"{self.num_samples} samples scored per run with {sampler}")
+
+
+BUDGETS = {
+    # fits a busy 2-core CPU: each training run about a minute
+    "small": Budget("small", epochs=15, num_samples=180, eval_steps=50, n_trials=4),
+    # the default run's settings (python run.py); meant for a GPU
+    "full": Budget("full", epochs=100, num_samples=500, eval_steps=None, n_trials=30),
+}
+
+
+def parse_args(description: str | None, study: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small",
+                        help="small: a busy 2-core CPU (default); full: the default run's settings, for a GPU")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / study,
+                        help=f"where report.md and the figures go (default: experiments/{study})")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the runs go (default: outputs/studies/<study>-<time>/, git-ignored)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS of each run.py (default 1: fastest on a CPU shared with other jobs; "
+                             "0 leaves torch's default)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip the runs already finished in --work-dir (rewrite the report without retraining)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launching run.py
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Study:
+    """One study's bookkeeping: its work directory and every ``run.py`` command it ran, in order."""
+
+    name: str
+    budget: Budget
+    out: Path
+    work_dir: Path
+    threads: int
+    reuse: bool
+    commands: list[str] = field(default_factory=list)
+    ran_any: bool = False  # False when --reuse found every run finished
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def from_args(cls, name: str, args: argparse.Namespace) -> Study:
+        work = args.work_dir or ROOT / "outputs" / "studies" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+        return cls(name, BUDGETS[args.budget], args.out, work.resolve(), args.threads, args.reuse)
+
+    def run(self, overrides: Sequence[str], name: str) -> Path:
+        """``python run.py <overrides>`` into ``<work dir>/<name>``; returns that run directory."""
+        directory = self.work_dir / name
+        finished = self.reuse and (directory / "eval.json").is_file()
+        self._launch([*overrides, f"hydra.run.dir={shown_path(directory)}"], directory.with_suffix(".log"), finished)
+        return directory
+
+    def sweep(self, overrides: Sequence[str], name: str) -> tuple[Path, list[JobResult]]:
+        """``python run.py -m <overrides>`` into the sweep directory ``<work dir>/<name>``; returns it and every
+        job's results (read by ``diffusion.report``), in job order."""
+        directory = self.work_dir / name
+        finished = self.reuse and directory.is_dir() and all((j / "eval.json").is_file() for j in find_jobs(directory))
+        self._launch(["-m", *overrides, f"hydra.sweep.dir={shown_path(directory)}"], directory.with_suffix(".log"),
+                     finished)
+        return directory, [read_job(job) for job in find_jobs(directory)]
+
+    def _launch(self, arguments: list[str], log_path: Path, finished: bool = False) -> None:
+        """Run ``run.py`` from the repository root, its output into ``log_path`` (only record the command when
+        ``finished``: ``--reuse`` found its results).
+
+        Raises:
+            RuntimeError: if run.py fails; the message holds the command and the end of its log.
+        """
+        shown = shlex.join(["python", "run.py", *arguments])
+        self.commands.append(shown)
+        print(f"$ {shown}" + ("  (reused)" if finished else ""), flush=True)
+        if finished:
+            return
+        self.ran_any = True
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self.threads > 0:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        start = time.perf_counter()
+        with log_path.open("w") as log:
+            result = subprocess.run([sys.executable, "run.py", *arguments], cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"run.py exited with {result.returncode}: {shown}\n{tail}")
+        print(f"  done in {time.perf_counter() - start:.0f} s (log: {shown_path(log_path)})", flush=True)
+
+    def header(self, title: str, question: str) -> list[str]:
+        """The report's opening: title, the question, when and where it was measured, how to reproduce it."""
+        minutes = (time.perf_counter() - self.started) / 60
+        threads = f"OMP_NUM_THREADS={self.threads} per run" if self.threads > 0 else "torch's default threads"
+        record = self.work_dir / "study_minutes.txt"  # summed over sessions, so a --reuse report still states it
+        if self.ran_any:
+            earlier = float(record.read_text()) if record.is_file() else 0.0
+            record.write_text(f"{earlier + minutes:.1f}\n")
+        took = f"the whole study took {float(record.read_text()):.0f} min" if record.is_file() else ""
+        return [
+            f"# {title}", "", question, "",
+            f"- **Measured**: {machine_line()}",
+            f"- **Budget**: {self.budget.describe()}; {threads}" + (f"; {took}" if took else ""),
+            f"- **Reproduce**: `python experiments/studies/{self.name}.py --budget {self.budget.name}`",
+            f"- **Runs**: `{shown_path(self.work_dir)}` (git-ignored; every run keeps its config.yaml, "
+            "metrics.jsonl, samples and eval.json)", "",
+        ]
+
+    def commands_section(self) -> list[str]:
+        return ["## Commands run", "", "```bash", *self.commands, "```", ""]
+
+    def write(self, lines: Sequence[str]) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "report.md"
+        path.write_text("\n".join(lines).rstrip() + "\n")
+        print(f"wrote {shown_path(path)}")
+        return path
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository root where it lies inside it (what a reader can paste)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def machine_line() -> str:
+    """Date, CPU (and GPU), cores, torch version, load average and commit: what the timings depend on."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return (f"{datetime.now():%Y-%m-%d %H:%M} · {cpu}, {os.cpu_count()} cores{gpu} · torch {torch.__version__} · "
+            f"load average {load} (shared machine) · commit {commit.stdout.strip() or 'n/a'} plus working tree")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading runs
+# ----------------------------------------------------------------------------------------------------
+class Score(NamedTuple):
+    """One metric of ``eval.json``: value, standard error (None if unknown) and real-data floor."""
+
+    value: float
+    std_error: float | None
+    floor: float | None
+
+
+def scores_of(record: dict[str, Any]) -> dict[str, Score]:
+    """The metrics of one ``eval.json`` record (its top level, or an entry of its ``sampler_steps`` list)."""
+    return {
+        name: Score(_nan_if_none(entry["value"]), entry.get("std_error"), entry.get("floor"))
+        for name, entry in record.items()
+        if isinstance(entry, dict) and "value" in entry
+    }
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: did the run finish its evaluation? See its log")
+    return json.loads(path.read_text())
+
+
+def override_value(job: JobResult, key: str) -> str:
+    """The value a job's ``key=value`` command-line override gave (e.g. ``schedule`` -> ``cosine``)."""
+    for override in job.overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == key:
+            return value
+    raise KeyError(f"job {job.job} has no override for {key!r} (overrides: {job.overrides})")
+
+
+def _nan_if_none(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report pieces
+# ----------------------------------------------------------------------------------------------------
+def fmt(x: float | None, spec: str = ".3g") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def fmt_score(score: Score | None, spec: str = ".3g") -> str:
+    """``1.63 ± 0.29``; ``n/a`` when missing."""
+    if score is None:
+        return "n/a"
+    spread = f" ± {fmt(score.std_error, '.2g')}" if score.std_error is not None else ""
+    return fmt(score.value, spec) + spread
+
+
+def still_improving(jobs: Sequence[JobResult], epochs: int) -> list[str]:
+    """A caveat when runs reached their best validation loss at their last epoch: the budget, not the setting,
+    limits them, so the ranking holds for this budget only."""
+    late = [job.job for job in jobs if job.best_epoch is not None and job.best_epoch >= epochs]
+    if not late:
+        return []
+    share = "every run" if len(late) == len(jobs) else f"{len(late)} of {len(jobs)} runs"
+    return [f"Validation loss was still falling at the last epoch ({epochs}) in {share}: the comparison is "
+            "between under-trained models, and the ranking may change with longer training (`--budget full`).", ""]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def new_axes(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
+    """A figure with one axes, drawn by the Agg backend (no pyplot, no display)."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def save_figure(figure: Figure, study: Study, name: str) -> str:
+    """Write ``<out>/<name>`` (PNG, 120 dpi) and return the markdown that shows it."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(study.out / name, dpi=120)
+    print(f"wrote {shown_path(study.out / name)}")
+    return f"![{Path(name).stem}]({name})"
+
+
+def plot_val_curves(study: Study, jobs: Sequence[JobResult], labels: Sequence[str], name: str, title: str) -> str:
+    """Validation loss (EMA weights, fixed t and noise) against epoch, one line per job."""
+    figure, axes = new_axes()
+    for job, label in zip(jobs, labels, strict=True):
+        axes.plot(range(1, len(job.val_curve) + 1), job.val_curve, marker=".", label=label)
+    axes.set(xlabel="epoch", ylabel="validation loss", yscale="log", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save_figure(figure, study, name)
+
+
+def plot_scores(study: Study, labels: Sequence[str], scores: Sequence[Score | None], name: str, title: str,
+                metric: str = "FD") -> str:
+    """One bar per setting with its standard error, and the real-data floor as a dashed line."""
+    figure, axes = new_axes(max(5.0, 0.9 * len(labels) + 2), 4.0)
+    values = [s.value if s else math.nan for s in scores]
+    known = any(s is not None and s.std_error is not None for s in scores)
+    errors = [(s.std_error or 0.0) if s else 0.0 for s in scores] if known else None
+    best = min(range(len(values)), key=lambda i: values[i] if math.isfinite(values[i]) else math.inf)
+    colors = ["tab:green" if i == best else "tab:blue" for i in range(len(values))]
+    bars = axes.bar(range(len(values)), values, yerr=errors, capsize=4, color=colors)
+    axes.bar_label(bars, fmt="%.3g", fontsize=8)
+    floors = [s.floor for s in scores if s and s.floor is not None]
+    if floors:
+        axes.axhline(floors[0], color="gray", linestyle="--", label=f"real-data floor {floors[0]:.3g}")
+        axes.legend()
+    axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0)
+    axes.set(ylabel=f"{metric} (lower is better)", title=title)
+    axes.grid(axis="y", alpha=0.3)
+    return save_figure(figure, study, name)

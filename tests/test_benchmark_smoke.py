@@ -1,0 +1,91 @@
+"""``experiments/benchmark.py --quick`` runs every section and prints the full table.
+
+Structure only: on shared CPUs the figures themselves say nothing in a test, so no speed is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("1", "2", "3", "4", "5a", "5b", "6", "7")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One ``--quick`` run for the whole module, single-threaded (OpenMP threads on busy cores spin-wait)."""
+    out = tmp_path_factory.mktemp("benchmark") / "results" / "benchmark.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "experiments/benchmark.py", "--quick", "--threads", "1", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """Cells of each table row, keyed by the row's number."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ROWS:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_quick_run_writes_the_printed_table(quick_run):
+    result, out = quick_run
+    assert out.is_file()
+    assert out.read_text().strip() == result.stdout.strip()
+
+
+def test_header_names_the_machine_and_the_date(quick_run):
+    text = quick_run[0].stdout
+    assert re.search(r"- machine: .+, \d+ cores", text)
+    assert re.search(r"- torch \S+, intra-op threads: \d+", text)
+    assert re.search(r"- date: \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", text)
+    assert "| # | measurement | figure | bar | verdict | reproduce |" in text
+
+
+def test_every_figure_has_a_row_and_a_reproduce_command(quick_run):
+    rows = table_rows(quick_run[0].stdout)
+    assert sorted(rows) == sorted(ROWS)
+    for number, cells in rows.items():
+        assert len(cells) == 6, number
+        assert re.match(r"`(OMP_NUM_THREADS=\d+ )?python ", cells[5]) and cells[5].endswith("`"), number
+    assert "--only training" in rows["1"][5] and "--only sampling" in rows["5a"][5]
+    assert "run.py" in rows["7"][5] and "evaluator=none" in rows["7"][5]
+
+
+def test_the_two_bars_have_verdicts(quick_run):
+    text = quick_run[0].stdout
+    rows = table_rows(text)
+    for number in ("1", "5a", "5b"):
+        assert rows[number][4] in ("PASS", "FAIL"), number
+    assert re.search(r"^Bars: bar 1: (PASS|FAIL); bar 5a: (PASS|FAIL); bar 5b: (PASS|FAIL)$", text, re.M)
+
+
+def test_figures_are_numbers_where_measured(quick_run):
+    rows = table_rows(quick_run[0].stdout)
+    assert re.match(r"\d+\.\d+x \(\d+\.\d+ vs \d+\.\d+ steps/s\)", rows["1"][2])
+    assert "skipped" in rows["3"][2]  # --quick does not compile
+    assert re.search(r"samples agree to", rows["5a"][2])
+    assert re.search(r"\d+ MiB peak; \d+ -> \d+ MiB after epochs 2 -> 3", rows["7"][2])
+    assert rows["7"][4] in ("flat", "GROWS")
+
+
+def test_cuda_without_a_gpu_is_one_clear_line():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run([sys.executable, "experiments/benchmark.py", "--device", "cuda", "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --device cuda but no CUDA device is available; "
+                                                  "use --device cpu"]
