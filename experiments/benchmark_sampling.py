@@ -74,6 +74,7 @@ def bare_ddim(sampler: Sampler, num_samples: int) -> torch.Tensor:
             eps = model(x, t_batch.fill_(t))
         eps = eps.to(x.dtype)
         x0 = ((x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1.0, 1.0)
+        eps = (x - math.sqrt(abar_t) * x0) / math.sqrt(1 - abar_t)  # eps consistent with the clipped x0
         x = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * eps
     return x.float().cpu()
 
