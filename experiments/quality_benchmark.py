@@ -161,12 +161,14 @@ def machine_line() -> str:
 
 
 def git_revision() -> str:
-    """``commit abc1234``, plus a note when tracked files differ from it (read-only: no index refresh)."""
+    """``commit abc1234``, plus a note when the code (``run.py``, ``diffusion/``, ``conf/``) differs from it; results
+    files do not count. Read-only: no index refresh."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, env=env)
     if head.returncode != 0:
         return "commit n/a"
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT, capture_output=True, env=env)
+    code = ["run.py", "diffusion", "conf"]
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT, capture_output=True, env=env)
     return f"commit {head.stdout.strip()}" + (" + uncommitted changes" if dirty.returncode == 1 else "")
 
 
