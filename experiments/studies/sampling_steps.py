@@ -55,8 +55,8 @@ SAMPLERS = (
 
 
 # Not a sampler of the paper's table: deterministic DDIM on the same weights without clipping x0 to [-1, 1]. The
-# library's DDIM step clips x0_hat but keeps the unclipped eps_hat (the diffusers convention); this row shows what
-# that clipping does to deterministic sampling at each step count.
+# library's DDIM step clips x0_hat and re-derives eps_hat from it; this row shows what clipping adds at each step
+# count. (An earlier version kept the unclipped eps_hat; this study is where that made DDIM worse with more steps.)
 UNCLIPPED = Sampler("DDIM, eta = 0, no x0 clipping", "ddim_eta0_noclip", ("method=ddim", "sampler.eta=0"), DDIM_STEPS)
 
 
@@ -155,8 +155,8 @@ def findings(curves: dict[str, list[Point]]) -> list[str]:
         f"{a.steps} steps {fmt(a.fd.value)} / {fmt(a.kid.value if a.kid else None, '.2g')} -> "
         f"{fmt(b.fd.value)} / {fmt(b.kid.value if b.kid else None, '.2g')}"
         for a, b in zip(clipped, unclipped, strict=True)) + ". `method.clip_denoised` (on for digits) clamps "
-        "x0_hat but the DDIM step keeps the unclipped eps_hat; with eta = 0 nothing corrects the mismatch, and "
-        "the unclipped row shows how much of the trend over step counts it accounts for on this checkpoint."]
+        "x0_hat to [-1, 1] and the DDIM step re-derives eps_hat from the clamped x0_hat, so the two stay one "
+        "consistent point; the unclipped row shows what the clamp is worth at each step count on this checkpoint."]
     return [*lines, ""]
 
 
