@@ -15,7 +15,7 @@ from diffusion.export import load_exported
 from diffusion.file_manager import FileManager
 from diffusion.guidance import guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
-from diffusion.trainer import Precision, autocast, resolve_device
+from diffusion.devices import Precision, autocast, resolve_device
 from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.data.base import BaseData, DataSplits
+from diffusion.devices import Precision, autocast, resolve_device, to_device
 from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
 from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
@@ -30,7 +31,6 @@ from diffusion.methods.base import BaseMethod
 from diffusion.seeding import rng_state, set_rng_state
 from diffusion.validation import ConfigError, check_choice, check_float, check_int, check_positive
 
-Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine"]
 # Extra per-epoch work (evaluation, sample grids): called after validation, returns metrics to log and monitor.
 EpochHook = Callable[["Trainer", int], dict[str, float] | None]
@@ -71,28 +71,6 @@ class TrainState:
     epoch_samples: int = 0
     skipped_steps: int = 0
     logger_run_id: str | None = None
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU.
-
-    Raises:
-        ConfigError: ``cuda`` requested on a machine without CUDA.
-    """
-    check_choice(device, "trainer.device", ("auto", "cpu", "cuda"))
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
-    return torch.device(device)
-
-
-def autocast(device: torch.device, precision: Precision) -> ContextManager[Any]:
-    """Mixed-precision context for forward passes (fp32: none)."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Trainer:
@@ -199,7 +177,7 @@ class Trainer:
         )
         self.train_model = self._wrap(self.model, _check_bool(compile, "trainer.compile"))
         splits = data.load()
-        self.splits = DataSplits(*(None if t is None else _to_device(t, self.device) for t in _fields(splits)))
+        self.splits = DataSplits(*(None if t is None else to_device(t, self.device) for t in _fields(splits)))
         self.conditional = getattr(model, "num_classes", 0) > 0 and self.splits.train_labels is not None
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -571,13 +549,6 @@ def _check_betas(betas: Any) -> tuple[float, float]:
         if check_float(beta, "trainer.betas", 0.0, 1.0) == 1.0:
             raise ConfigError(f"trainer.betas must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
     return float(betas[0]), float(betas[1])
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy to the device once; through pinned memory for CUDA, so the host-to-device copy runs at full speed."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def _fields(splits: DataSplits) -> tuple[torch.Tensor | None, ...]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from diffusion.methods.base import BaseMethod
 from diffusion.sampler import Sampler
-from diffusion.trainer import autocast
+from diffusion.devices import autocast
 from experiments.benchmark_timing import interleave, timed
 from experiments.benchmark_training import build_parts
 

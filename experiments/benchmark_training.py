@@ -26,7 +26,8 @@ from diffusion.data.base import BaseData
 from diffusion.file_manager import FileManager
 from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
-from diffusion.trainer import Precision, Trainer, autocast
+from diffusion.devices import Precision, autocast
+from diffusion.trainer import Trainer
 from experiments.benchmark_timing import interleave, matmul_flops_per_second, median, synchronize
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -23,7 +23,7 @@ from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
-from diffusion.trainer import resolve_device
+from diffusion.devices import resolve_device
 from diffusion.validation import ConfigError, check_choice, check_int
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ __all__ = [
     "BaseLogger",
     "FileLogger",
     "LoggerCollection",
+    "NullLogger",
     "WandbLogger",
     "collect_loggers",
     "flatten_config",

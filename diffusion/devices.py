@@ -1,0 +1,41 @@
+"""Where tensors live and in which precision the networks run: shared by the trainer, sampler and evaluators."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, ContextManager, Literal
+
+import torch
+
+from diffusion.validation import ConfigError, check_choice
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU.
+
+    Raises:
+        ConfigError: ``cuda`` requested on a machine without CUDA.
+    """
+    check_choice(device, "trainer.device", ("auto", "cpu", "cuda"))
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: Precision) -> ContextManager[Any]:
+    """Mixed-precision context for forward passes (fp32: none)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to the device once; through pinned memory for CUDA, so the host-to-device copy runs at full speed."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
