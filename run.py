@@ -118,6 +118,11 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     if dist.is_main:
         prepare_evaluator(evaluator, parts)  # an evaluator that does not fit the data fails before any write
     sampler = make_sampler(cfg, parts.model, parts)
+    if trainer.monitor not in ("val_loss", "val/loss") and not evaluator.every_n_epochs:
+        raise ConfigError(
+            f"trainer.monitor={trainer.monitor} is computed only by evaluations during training: set "
+            "evaluator.every_n_epochs=N, or trainer.monitor=val_loss"
+        )
     ema_sampler = make_sampler(cfg, trainer.ema.shadow, parts)
     if evaluator.every_n_epochs:
         trainer.epoch_hooks.append(epoch_evaluation(evaluator, ema_sampler))

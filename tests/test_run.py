@@ -181,6 +181,7 @@ BAD_INPUTS = [
     (["task=sample", "run_dir=/no/such/run"], "run_dir"),
     (["resume=/no/such/run"], "resume"),
     (["task=paint"], "task"),
+    (["trainer.monitor=fd"], "evaluator.every_n_epochs"),
 ]
 
 
@@ -225,3 +226,15 @@ def test_unknown_group_option_lists_the_options(tmp_path):
     result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "method=ddpx")
     assert result.returncode != 0
     assert "ddim" in result.stderr and "ddpm" in result.stderr  # Hydra's message lists the available options
+
+
+def test_monitor_an_evaluation_metric(tmp_path):
+    """trainer.monitor=<metric> with evaluations during training: best.pt is the epoch with the lowest value."""
+    run_dir = tmp_path / "run"
+    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=3", "evaluator.every_n_epochs=1",
+              "trainer.monitor=sliced_wasserstein"))
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    values = {r["epoch"]: r["sliced_wasserstein"] for r in epochs if "sliced_wasserstein" in r and "epoch" in r}
+    assert sorted(values) == [1, 2, 3]
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["epoch"] == min(values, key=values.get)
