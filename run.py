@@ -310,13 +310,19 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return cfg  # type: ignore[return-value]
 
 
+SAMPLING_METHOD_KEYS = ("clip_denoised",)  # method keys that change sampling, not what the network learned
+
+
 def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     """The run's trained diffusion (schedule, T, prediction) with the sampling method chosen on this command
-    line (``method=ddim``), if one was chosen."""
+    line (``method=ddim``), if one was chosen, and ``method.clip_denoised`` if given on this command line."""
     method = run_cfg.method.copy()
-    chosen = any(o.split("=")[0].lstrip("+~") == "method" for o in HydraConfig.get().overrides.task)
-    if chosen:
+    keys = {o.split("=")[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    if "method" in keys:
         method._target_ = cfg.method._target_
+    for key in SAMPLING_METHOD_KEYS:
+        if f"method.{key}" in keys:
+            method[key] = cfg.method[key]
     return method
 
 

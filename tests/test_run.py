@@ -238,3 +238,14 @@ def test_monitor_an_evaluation_metric(tmp_path):
     assert sorted(values) == [1, 2, 3]
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["epoch"] == min(values, key=values.get)
+
+
+def test_sampling_takes_clip_denoised_from_the_command_line(digits_run, tmp_path):
+    out = tmp_path / "noclip"
+    ok(run_py(tmp_path, "task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8",
+              "evaluator.num_samples=8", "sampler.precision=fp32", "method.clip_denoised=false"))
+    samples = np.load(out / "samples.npz")["samples"]
+    # Same weights, seed and precision as the run's own (clipped) samples: only the clipping differs.
+    clipped = np.load(digits_run / "samples.npz")["samples"]
+    assert not np.allclose(samples, clipped, atol=1e-5)
+    assert np.abs(samples).max() > 1.0, "without clipping a tiny model's samples leave [-1, 1]"
