@@ -274,7 +274,8 @@ class Trainer:
                 loss = self.method.compute_loss(self.train_model, self._inputs(micro), **self._labels(micro))
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
-        if not self._finite(total):
+        mean_loss = float(self.dist.mean(total))  # one all-reduce and one host sync per step
+        if not self._finite(mean_loss):
             return total
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -283,17 +284,18 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.state.global_step += 1
-        self.state.epoch_loss_sum += float(self.dist.mean(total)) * len(index) * self.dist.world_size
+        self.state.epoch_loss_sum += mean_loss * len(index) * self.dist.world_size
         self.state.epoch_samples += len(index) * self.dist.world_size
         return total
 
-    def _finite(self, loss: torch.Tensor) -> bool:
-        if bool(torch.isfinite(self.dist.mean(loss))):
+    def _finite(self, loss: float) -> bool:
+        """True for a finite loss (the mean over ranks); otherwise stop, or skip the step when configured."""
+        if math.isfinite(loss):
             return True
         step = self.state.global_step + 1
         if not self.skip_nonfinite:
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {step} (epoch {self.state.epoch + 1}); {self._kept()}; "
+                f"loss became {loss} at step {step} (epoch {self.state.epoch + 1}); {self._kept()}; "
                 "lower trainer.lr, or set trainer.skip_nonfinite=true to skip such batches"
             )
         self.optimizer.zero_grad(set_to_none=True)
