@@ -238,7 +238,7 @@ def sample_and_score(
 ) -> dict[str, float] | None:
     """One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the counts)."""
     count = sampler.num_samples
-    if evaluator.enabled and not evaluator.unavailable_reason:
+    if evaluator.available:
         count = max(count, evaluator.num_samples)
     record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
     result, seconds_per_sample = timed_sample(sampler, count, record)

@@ -78,9 +78,14 @@ class BaseEvaluator(ABC):
         #: Set by :meth:`prepare` when this evaluator cannot score on this machine (one line saying how to fix it).
         self.unavailable_reason: str | None = None
 
+    @property
+    def available(self) -> bool:
+        """Whether this evaluator scores anything here (enabled, and nothing it needs is missing)."""
+        return self.enabled and self.unavailable_reason is None
+
     def is_due(self, epoch: int) -> bool:
         """Whether to evaluate after ``epoch`` (1-based) during training; the end of training is always due."""
-        if not self.enabled or self.unavailable_reason is not None or self.every_n_epochs is None:
+        if not self.available or self.every_n_epochs is None:
             return False
         return epoch % self.every_n_epochs == 0
 

@@ -42,7 +42,7 @@ def evaluate_samples(
 ) -> dict[str, Any] | None:
     """Score ``result`` (and, with ``evaluator.sampler_steps``, the same weights at each step count), write
     ``eval.json`` (and ``eval_steps.md``) into ``directory``, log and print the scores. None when disabled."""
-    if not evaluator.enabled or evaluator.unavailable_reason is not None:
+    if not evaluator.available:
         return None
     samples = result.samples[: evaluator.num_samples]
     metrics = evaluator.evaluate(samples)
