@@ -7,7 +7,8 @@
     python run.py task=evaluate run_dir=outputs/...   # score an earlier run
     torchrun --nproc_per_node=2 run.py                # data-parallel training
 
-This is the only module that calls `hydra.utils.instantiate`; the `diffusion` package never sees a config.
+This is the only module that calls `hydra.utils.instantiate`; policy (resume, sample-save-score, checkpoints)
+lives in the `diffusion` package, which never sees a config.
 """
 
 from __future__ import annotations
@@ -18,40 +19,44 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion import checkpoint
 from diffusion.cli import (
     Components,
     check_compatible,
+    check_monitor,
+    guard_command_line,
     guard_user_errors,
+    load_source_config,
+    open_run_logger,
     print_config_tree,
     print_run_files,
+    require_run_dir,
+    sampling_method_config,
     save_run_config,
 )
-from diffusion.cli.errors import guard_command_line
 from diffusion.distributed import DistributedContext
-from diffusion.evaluation.scoring import epoch_evaluation, epoch_sample_grid, evaluate_samples, timed_sample
-from diffusion.export import export_weights, load_exported
-from diffusion.file_manager import (
-    CheckpointError,
-    FileManager,
-    check_safe_targets,
-    find_run_checkpoint,
-    load_checkpoint,
-    run_dir_of,
+from diffusion.export import export_weights
+from diffusion.file_manager import FileManager
+from diffusion.loggers import FileLogger, NullLogger
+from diffusion.resume import shared_resume
+from diffusion.sample_and_score import (
+    epoch_evaluation,
+    epoch_sample_grid,
+    log_unavailable,
+    prepare_evaluator,
+    sample_save_score,
 )
-from diffusion.loggers import FileLogger, NullLogger, open_logger, run_name_from_overrides, sweep_group
-from diffusion.sampler import Sampler, save_samples
+from diffusion.sampler import Sampler
 from diffusion.seeding import seed_everything
-from diffusion.trainer import TrainingDiverged, TrainingInterrupted
-from diffusion.validation import ConfigError, check_choice, check_int
+from diffusion.signals import Interrupted
+from diffusion.trainer import TrainingDiverged
+from diffusion.validation import check_choice, check_int
 
-TASKS = ("train", "sample", "evaluate", "export")
-TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
-_NONE = "diffusion.evaluation.NoneEvaluator"  # task=sample scores nothing
+NO_EVALUATOR = {"_target_": "diffusion.evaluation.NoneEvaluator"}  # task=sample scores nothing
 
 
 def main() -> None:
@@ -65,25 +70,19 @@ def main() -> None:
 def run_task(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with guard_user_errors(created_dir=output_dir):
-        check_choice(cfg.task, "task", TASKS)
+        tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export}
+        check_choice(cfg.task, "task", tuple(tasks))
         check_int(cfg.seed, "seed")
-        if cfg.task == "train":
-            return train(cfg, output_dir)
-        if cfg.task == "export":
-            return export(cfg, output_dir)
-        seed_everything(cfg.seed)
-        return generate(cfg, output_dir)
+        return tasks[cfg.task](cfg, output_dir)
     return None
 
 
-def build(cfg: DictConfig, run_dir: Path) -> Components:
+def build(cfg: DictConfig) -> Components:
     """Instantiate data, model and method; each validates its arguments before anything is written."""
     data = instantiate(cfg.data, _convert_="all")
     choices = HydraConfig.get().runtime.choices
     check_compatible(data, get_class(cfg.model._target_), choices.get("data") or cfg.data._target_)
-    model = instantiate(cfg.model, _convert_="all")
-    method = instantiate(cfg.method, _convert_="all")
-    return Components(data=data, model=model, method=method, run_dir=run_dir)
+    return Components(data, instantiate(cfg.model, _convert_="all"), instantiate(cfg.method, _convert_="all"))
 
 
 def make_sampler(cfg: DictConfig, model: Any, parts: Components) -> Sampler:
@@ -93,66 +92,58 @@ def make_sampler(cfg: DictConfig, model: Any, parts: Components) -> Sampler:
 
 
 def train(cfg: DictConfig, output_dir: Path) -> float:
+    """``task=train``: train (or resume), then sample from the best EMA checkpoint and score."""
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
-    resume_from, run_dir = shared_resume(dist, cfg.resume, output_dir)
+    resume = shared_resume(dist, cfg.resume, output_dir)
+    run_dir = resume.run_dir
     if run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
-    parts = build(cfg, run_dir)
+    parts = build(cfg)
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
-    logger = open_run_logger(cfg, run_dir, resume_from) if dist.is_main else NullLogger()
+    run_id = checkpoint.logger_run_id(resume.state) if resume.state else None
+    logger = open_run_logger(cfg, run_dir, run_id) if dist.is_main else NullLogger()
     evaluator = instantiate(cfg.evaluator, _convert_="all")
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = instantiate(cfg.trainer, _convert_="all")(
-        model=parts.model,
-        method=parts.method,
-        data=parts.data,
-        file_manager=file_manager,
-        logger=logger,
-        seed=cfg.seed,
-        run_config=config,
-        distributed=dist,
+        model=parts.model, method=parts.method, data=parts.data, file_manager=file_manager, logger=logger,
+        seed=cfg.seed, run_config=config, distributed=dist,
     )
-    if resume_from is not None:
-        trainer.restore(resume_from)  # a checkpoint that does not fit this config fails before any write
+    if resume.state is not None:
+        trainer.restore(resume.state, resume.checkpoint)  # a checkpoint that does not fit fails before any write
+    check_monitor(trainer.monitor, evaluator)
     if dist.is_main:
-        prepare_evaluator(evaluator, parts)  # an evaluator that does not fit the data fails before any write
-    sampler = make_sampler(cfg, parts.model, parts)
-    if trainer.monitor not in ("val_loss", "val/loss") and not evaluator.every_n_epochs:
-        raise ConfigError(
-            f"trainer.monitor={trainer.monitor} is computed only by evaluations during training: set "
-            "evaluator.every_n_epochs=N, or trainer.monitor=val_loss"
-        )
+        prepare_evaluator(evaluator, parts.data)  # an evaluator that does not fit the data fails before any write
     ema_sampler = make_sampler(cfg, trainer.ema.shadow, parts)
     if evaluator.every_n_epochs:
-        trainer.epoch_hooks.append(epoch_evaluation(evaluator, ema_sampler))
-    if cfg.sample_every_n_epochs:
-        every = check_int(cfg.sample_every_n_epochs, "sample_every_n_epochs", minimum=1)
-        trainer.epoch_hooks.append(epoch_sample_grid(ema_sampler, run_dir, every))
+        trainer.epoch_hooks.append(epoch_evaluation(evaluator, ema_sampler, logger))
+    if ema_sampler.grid_every_n_epochs:
+        trainer.epoch_hooks.append(epoch_sample_grid(ema_sampler, run_dir, ema_sampler.grid_every_n_epochs, logger))
     if dist.is_main:
         save_run_config(cfg, run_dir, HydraConfig.get().overrides.task)
         print_config_tree(cfg)
     with logger:
         if dist.is_main:
             logger.log_hyperparams(config)
-            warn_if_unavailable(evaluator, logger)
+            log_unavailable(evaluator, logger)
         summary = train_or_stop(trainer)
         if dist.is_main:
-            ckpt = sampler.load_checkpoint(file_manager, "best")
-            logger.log(f"sampling from the best EMA checkpoint (epoch {ckpt['epoch']})")
-            summary.update(sample_and_score(cfg, sampler, evaluator, parts, run_dir, logger) or {})
+            sampler = make_sampler(cfg, parts.model, parts)
+            best = sampler.load_checkpoint(file_manager, "best")
+            logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
+            summary.update(sample_save_score(sampler, evaluator, parts.data, run_dir, logger) or {})
             logger.log_summary(summary)
     dist.close()
     if dist.is_main:
         print_run_files(run_dir)
-    return objective(summary, trainer.monitor)
+    return float(summary["best_" + trainer.monitor.replace("/", "_")])  # what a sweeper minimises
 
 
 def train_or_stop(trainer: Any) -> dict[str, Any]:
     """Train; a stop signal or a diverging loss ends the process with its message (checkpoint kept)."""
     try:
         return trainer.train()
-    except TrainingInterrupted as stop:
+    except Interrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
     except TrainingDiverged as error:
@@ -160,47 +151,29 @@ def train_or_stop(trainer: Any) -> dict[str, Any]:
         sys.exit(1)
 
 
-def open_run_logger(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> Any:
-    """The configured logger, told the run's name (from the overrides), its sweep group, its config and, when
-    resuming, the logger run id kept in the checkpoint (so W&B continues the same run)."""
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    run_id = load_checkpoint(resume_from)["train_state"].get("logger_run_id") if resume_from else None
-    return open_logger(
-        instantiate(cfg.logger),
-        run_dir=run_dir,
-        name=run_name_from_overrides(list(hydra_cfg.overrides.task)),
-        group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        run_id=run_id,
-    )
-
-
-def generate(cfg: DictConfig, output_dir: Path) -> float | None:
+def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
     """``task=sample`` / ``task=evaluate``: load ``run_dir``'s best checkpoint (or ``run_dir=<file>.safetensors``
     from ``task=export``), sample (and score) with the sampler, evaluator and (if chosen on this command line)
-    method of this command."""
-    if cfg.run_dir is None:
-        raise ConfigError(f"task={cfg.task} needs run_dir=<a run directory holding checkpoints/, or a .safetensors>")
-    source = Path(cfg.run_dir)
-    exported = source.suffix == ".safetensors"  # weights written by task=export
-    run_cfg = OmegaConf.create(load_exported(source)[1]) if exported else load_run_config(source)
+    method of this command. Returns the first score, if any."""
+    seed_everything(cfg.seed)
+    source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
+    run_cfg = load_source_config(source)
     run_cfg.method = sampling_method_config(cfg, run_cfg)
-    parts = build(run_cfg, output_dir)
+    parts = build(run_cfg)
     sampler = make_sampler(cfg, parts.model, parts)
-    evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else {"_target_": _NONE}, _convert_="all")
-    if exported:
+    evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else NO_EVALUATOR, _convert_="all")
+    if source.suffix == ".safetensors":
         sampler.load_weights(source)
         loaded = "exported weights"
     else:
-        ckpt = sampler.load_checkpoint(instantiate(run_cfg.checkpoint)(run_dir=source), "best")
-        loaded = f"best checkpoint, epoch {ckpt['epoch']}"
-    prepare_evaluator(evaluator, parts)
+        best = sampler.load_checkpoint(instantiate(run_cfg.checkpoint)(run_dir=source), "best")
+        loaded = f"best checkpoint, epoch {checkpoint.epoch(best)}"
+    prepare_evaluator(evaluator, parts.data)
     save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
     with FileLogger(output_dir) as logger:
         logger.log(f"{cfg.task}: {source} ({loaded})")
-        warn_if_unavailable(evaluator, logger)
-        scores = sample_and_score(cfg, sampler, evaluator, parts, output_dir, logger)
+        log_unavailable(evaluator, logger)
+        scores = sample_save_score(sampler, evaluator, parts.data, output_dir, logger)
     print_run_files(output_dir)
     return None if not scores else next(iter(scores.values()))
 
@@ -208,122 +181,11 @@ def generate(cfg: DictConfig, output_dir: Path) -> float | None:
 def export(cfg: DictConfig, output_dir: Path) -> None:
     """``task=export run_dir=<run dir or checkpoint .pt>``: the best checkpoint's EMA weights and the run's
     config as ``<hydra.run.dir>/weights.safetensors``, to share and to sample from."""
-    if cfg.run_dir is None:
-        raise ConfigError("task=export needs run_dir=<a run directory holding checkpoints/, or a checkpoint .pt>")
-    checkpoint = Path(cfg.run_dir)
-    if checkpoint.is_dir():
-        manager = FileManager(checkpoint)
-        found = manager.checkpoint_path("best") or manager.checkpoint_path("last")
-        if found is None:
-            raise CheckpointError(f"run_dir={checkpoint}: no checkpoint in {manager.checkpoint_dir}")
-        checkpoint = found
-    path = export_weights(checkpoint, output_dir / "weights.safetensors")
-    print(f"exported the EMA weights of {checkpoint} and its run config to {path}")
+    source = require_run_dir(cfg, "a run directory holding checkpoints/, or a checkpoint .pt")
+    found = FileManager(source).best_or_last() if source.is_dir() else source
+    path = export_weights(found, output_dir / "weights.safetensors")
+    print(f"exported the EMA weights of {found} and its run config to {path}")
     print(f"sample from them with: python run.py task=sample run_dir={path}")
-
-
-def prepare_evaluator(evaluator: Any, parts: Components) -> None:
-    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing."""
-    if evaluator.enabled:
-        evaluator.prepare(parts.data)
-
-
-def warn_if_unavailable(evaluator: Any, logger: Any) -> None:
-    if evaluator.enabled and evaluator.unavailable_reason:
-        logger.log(f"warning: {evaluator.unavailable_reason}")
-
-
-def sample_and_score(
-    cfg: DictConfig, sampler: Sampler, evaluator: Any, parts: Components, directory: Path, logger: Any
-) -> dict[str, float] | None:
-    """One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the counts)."""
-    count = sampler.num_samples
-    if evaluator.available:
-        count = max(count, evaluator.num_samples)
-    record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
-    result, seconds_per_sample = timed_sample(sampler, count, record)
-    reference = None if parts.data.kind == "image" else parts.data.load().val
-    written = save_samples(result, directory, reference=reference, grid_samples=sampler.num_samples,
-                           nrow=sampler.grid_row_length(sampler.num_samples))
-    logger.log_image("samples", written[1])
-    logger.log(f"sampled {count} in {seconds_per_sample * count:.1f} s ({seconds_per_sample * 1e3:.2f} ms/sample)")
-    payload = evaluate_samples(evaluator, sampler, result, seconds_per_sample, directory, logger)
-    if payload is None:
-        return None
-    return {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
-
-
-def objective(summary: dict[str, Any], monitor: str) -> float:
-    """What a sweeper minimises: the monitored metric's best value (validation loss unless ``trainer.monitor``)."""
-    return float(summary["best_" + monitor.replace("/", "_")])
-
-
-def trajectory_timesteps(sequence: list[int]) -> list[int]:
-    """About ``TRAJECTORY_POINTS`` evenly spread timesteps of the sampling sequence, plus the final sample."""
-    stride = max(1, len(sequence) // (TRAJECTORY_POINTS - 1))
-    return sequence[::stride][: TRAJECTORY_POINTS - 1] + [-1]
-
-
-def shared_resume(dist: DistributedContext, resume: str | None, output_dir: Path) -> tuple[Path | None, Path]:
-    """Rank 0 resolves the run directory and checkpoint; every rank gets the same answer (or the same error)."""
-    answer: Any = None
-    if dist.is_main:
-        try:
-            answer = resolve_resume(resume, output_dir)
-        except ConfigError as error:
-            answer = error
-    answer = dist.broadcast_object(answer)
-    if isinstance(answer, ConfigError):
-        raise answer
-    return answer
-
-
-def resolve_resume(resume: str | None, output_dir: Path) -> tuple[Path | None, Path]:
-    """Where training continues from, and the run directory it writes to.
-
-    ``auto`` continues ``output_dir`` from its newest intact checkpoint (a requeued job with a fixed
-    ``hydra.run.dir``), else starts fresh there; a path continues that run in its own directory.
-    """
-    has_run = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").glob("*.pt"))
-    if resume is None:
-        if has_run:
-            raise ConfigError(
-                f"{output_dir} already holds a run; pass resume=auto to continue it or choose another hydra.run.dir"
-            )
-        return None, output_dir
-    if resume == "auto" and not has_run:
-        return None, output_dir
-    checkpoint, skipped = find_run_checkpoint(output_dir if resume == "auto" else resume)
-    for line in skipped:
-        print(f"warning: {line}; falling back to an older checkpoint", file=sys.stderr)
-    if skipped:
-        print(f"resuming from {checkpoint}", file=sys.stderr)
-    return checkpoint, run_dir_of(checkpoint)
-
-
-def load_run_config(run_dir: Path) -> DictConfig:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"run_dir={run_dir}: no config.yaml there; is it a run directory made by run.py?")
-    cfg = OmegaConf.load(path)
-    check_safe_targets(OmegaConf.to_container(cfg, resolve=False), path)  # instantiating it must not run foreign code
-    return cfg  # type: ignore[return-value]
-
-
-SAMPLING_METHOD_KEYS = ("clip_denoised",)  # method keys that change sampling, not what the network learned
-
-
-def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
-    """The run's trained diffusion (schedule, T, prediction) with the sampling method chosen on this command
-    line (``method=ddim``), if one was chosen, and ``method.clip_denoised`` if given on this command line."""
-    method = run_cfg.method.copy()
-    keys = {o.split("=")[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-    if "method" in keys:
-        method._target_ = cfg.method._target_
-    for key in SAMPLING_METHOD_KEYS:
-        if f"method.{key}" in keys:
-            method[key] = cfg.method[key]
-    return method
 
 
 if __name__ == "__main__":

@@ -12,17 +12,17 @@ from diffusion.validation import ConfigError, check_choice
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU.
+def resolve_device(device: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU. ``key`` is the config key the device came from.
 
     Raises:
         ConfigError: ``cuda`` requested on a machine without CUDA.
     """
-    check_choice(device, "trainer.device", ("auto", "cpu", "cuda"))
+    check_choice(device, key, ("auto", "cpu", "cuda"))
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
+        raise ConfigError(f"{key}=cuda but no CUDA device is available; use {key}=auto or cpu")
     return torch.device(device)
 
 

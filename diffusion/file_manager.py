@@ -1,4 +1,6 @@
-"""Checkpoints of a run: full training state in one dict, ``last`` and ``best``, periodic copies, cleanup.
+"""The files of a run's checkpoints: ``last`` and ``best``, periodic copies, cleanup, safe loading.
+
+What a checkpoint holds is :mod:`diffusion.checkpoint`'s business; this module writes, finds and reads the files.
 
 Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (every save; the one before it is kept as
 ``last.prev.pt``), ``best.pt`` (lowest monitored metric), ``epoch_0010.pt`` (every ``save_every_n_epochs``, the
@@ -17,32 +19,25 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
-from diffusion.validation import ConfigError, check_int
+from diffusion import checkpoint
+from diffusion.checkpoint import CheckpointError
+from diffusion.validation import check_int
 
-CHECKPOINT_KEYS = (
-    "epoch",
-    "global_step",
-    "model_state_dict",
-    "ema_state_dict",
-    "optimizer_state_dict",
-    "scheduler_state_dict",
-    "metrics",
-    "best_val_loss",
-    "training_loss_history",
-    "val_loss_history",
-    "config",
-    "rng_state",
-)
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
 _SAFE_TARGET_PREFIX = "diffusion."
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint file that cannot be used (missing, damaged, unsafe); the message names the file."""
+class Found(NamedTuple):
+    """The newest intact checkpoint of a run (None if there is none), its loaded dict, and one line per damaged
+    file passed over."""
+
+    path: Path | None
+    state: dict[str, Any] | None
+    skipped: list[str]
 
 
 class FileManager:
@@ -78,10 +73,10 @@ class FileManager:
     def save(self, state: dict[str, Any], *, is_best: bool, periodic: bool | None = None) -> Path:
         """Write ``last.pt``, plus ``best.pt`` when ``is_best`` and a periodic copy when due.
 
-        ``periodic=None`` decides from ``state["epoch"]`` and ``save_every_n_epochs``. Returns the path of
+        ``periodic=None`` decides from the state's epoch and ``save_every_n_epochs``. Returns the path of
         ``last.pt``.
         """
-        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        missing = [key for key in checkpoint.CHECKPOINT_KEYS if key not in state]
         assert not missing, f"checkpoint state lacks {missing}"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(self.checkpoint_dir)
@@ -91,9 +86,9 @@ class FileManager:
         if is_best:
             atomic_write(payload, self.checkpoint_dir / "best.pt")
         if periodic is None:
-            periodic = bool(self.save_every_n_epochs) and state["epoch"] % self.save_every_n_epochs == 0
+            periodic = bool(self.save_every_n_epochs) and checkpoint.epoch(state) % self.save_every_n_epochs == 0
         if periodic:
-            atomic_write(payload, self.checkpoint_dir / f"epoch_{state['epoch']:04d}.pt")
+            atomic_write(payload, self.checkpoint_dir / f"epoch_{checkpoint.epoch(state):04d}.pt")
             self._cleanup()
         last = self.checkpoint_dir / "last.pt"
         atomic_write(payload, last, keep_previous=True)
@@ -116,10 +111,10 @@ class FileManager:
         found = [p for p in self.checkpoint_dir.iterdir() if _PERIODIC.search(p.name)]
         return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))  # type: ignore[union-attr]
 
-    def latest_intact(self) -> tuple[Path | None, list[str]]:
+    def latest_intact(self, map_location: str | torch.device = "cpu") -> Found:
         """The newest checkpoint that loads and verifies: ``last``, then ``last.prev``, then periodic ones.
 
-        Returns the path (None if there is none) and one line per damaged file that was passed over.
+        Each candidate is read once; the winner's dict comes back with it, so a resume reads it only once.
         """
         candidates = [self.checkpoint_dir / "last.pt", self.checkpoint_dir / "last.prev.pt"]
         candidates += self.periodic_checkpoints()[::-1]
@@ -128,16 +123,27 @@ class FileManager:
             if not path.is_file():
                 continue
             try:
-                load_checkpoint(path)
+                state = load_checkpoint(path, map_location)
             except CheckpointError as error:
                 skipped.append(str(error))
                 continue
-            return path, skipped
-        return None, skipped
+            return Found(path, state, skipped)
+        return Found(None, None, skipped)
 
     def checkpoint_path(self, which: Literal["best", "last"]) -> Path | None:
         path = self.checkpoint_dir / f"{which}.pt"
         return path if path.is_file() else None
+
+    def best_or_last(self) -> Path:
+        """``best.pt``, or ``last.pt`` when no validation has marked a best one yet.
+
+        Raises:
+            CheckpointError: the run has no checkpoint.
+        """
+        path = self.checkpoint_path("best") or self.checkpoint_path("last")
+        if path is None:
+            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir}: has this run trained?")
+        return path
 
     def load(
         self, which: Literal["best", "last"] | str | Path = "best", map_location: str | torch.device = "cpu"
@@ -149,10 +155,12 @@ class FileManager:
         Raises:
             CheckpointError: when there is no such checkpoint, or it is damaged or unsafe.
         """
-        if which in ("best", "last"):
-            path = self.checkpoint_path(which) or (self.checkpoint_path("last") if which == "best" else None)
+        if which == "best":
+            path = self.best_or_last()
+        elif which == "last":
+            path = self.checkpoint_path("last")
             if path is None:
-                raise CheckpointError(f"no {which} checkpoint in {self.checkpoint_dir}: has this run trained?")
+                raise CheckpointError(f"no last checkpoint in {self.checkpoint_dir}: has this run trained?")
         else:
             path = Path(which)
         return load_checkpoint(path, map_location)
@@ -178,8 +186,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from error
     except Exception as error:  # noqa: BLE001 - the restricted unpickler raises anything on foreign bytes
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__})") from error
-    if not isinstance(state, dict) or "model_state_dict" not in state:
+    if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
+    checkpoint.check_format(state, path)
     return state
 
 
@@ -219,36 +228,6 @@ def check_safe_targets(config: Any, source: str | Path) -> None:
                 visit(value, f"{key}[{index}]")
 
     visit(config, "")
-
-
-def find_run_checkpoint(resume: str | Path) -> tuple[Path, list[str]]:
-    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its newest intact checkpoint).
-
-    Returns the checkpoint and one line per damaged checkpoint passed over.
-
-    Raises:
-        CheckpointError: when the path holds no usable checkpoint.
-    """
-    path = Path(resume)
-    if path.is_dir():
-        found, skipped = FileManager(path).latest_intact()
-        if found is None:
-            damaged = f"; damaged: {' | '.join(skipped)}" if skipped else ""
-            raise CheckpointError(f"resume={resume}: no intact checkpoint in {path / 'checkpoints'}{damaged}")
-        return found, skipped
-    if path.is_file():
-        try:
-            load_checkpoint(path)
-        except CheckpointError as error:
-            raise CheckpointError(f"resume={resume}: {error}") from error
-        return path, []
-    raise CheckpointError(f"resume={resume}: no such run directory or checkpoint file")
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
-    parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def _serialize(state: dict[str, Any]) -> bytes:

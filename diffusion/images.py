@@ -60,7 +60,8 @@ def save_trajectory_strip(
 ) -> Path:
     """One row per sample, one column per frame: ``frames[j]`` is ``x_t`` ``(N, C, H, W)`` at ``t = timesteps[j]``.
 
-    With ``label_columns`` a white strip above the grid names each column's ``t``.
+    With ``label_columns`` a white strip above the grid names each column's ``t``; a negative ``t`` (the state
+    after the last step) is labelled ``x0``, the sample.
     """
     if len(frames) != len(timesteps) or not frames:
         raise ValueError(f"need one timestep per frame, got {len(frames)} frames and {len(timesteps)} timesteps")
@@ -71,7 +72,7 @@ def save_trajectory_strip(
     grid = _grid_pixels(rearrange(stacked, "t n c h w -> (n t) c h w"), len(frames), scale, padding=1)
     if label_columns:
         # Tile j spans one padding pixel then W image pixels, all upscaled: centre labels on the image part.
-        labels = [str(t) for t in timesteps]
+        labels = ["x0" if t < 0 else str(t) for t in timesteps]
         grid = _label_columns(grid, labels, tile_width=scale * (width + 1), first_center=scale * (1 + width / 2))
     return _write_png(grid, path)
 

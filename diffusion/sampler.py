@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffusion import checkpoint
 from diffusion.export import load_exported
 from diffusion.file_manager import FileManager
 from diffusion.guidance import guided_output
@@ -40,7 +41,7 @@ class Sampler:
         method: DDPM or DDIM; decides the timesteps and the update.
         sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
         num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        steps: DDIM steps (None: all T; DDPM always uses all T).
+        steps: sampling steps (None: the method's ``default_steps``, e.g. 50 for DDIM; DDPM always uses all T).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise; same seed, same samples.
@@ -49,6 +50,7 @@ class Sampler:
             0 unconditional, 1 conditional, > 1 guided.
         class_labels: classes to draw for a conditional model: a list (cycled over the samples), ``all`` (a
             grid with one row per class), or None (all classes in turn). Must be None for an unconditional one.
+        grid_every_n_epochs: during training, also save ``samples/epoch_NNNN.png`` every N epochs (None: never).
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -70,6 +72,7 @@ class Sampler:
         precision: Precision = "fp32",
         guidance_scale: float = 1.0,
         class_labels: Sequence[int] | Literal["all"] | None = None,
+        grid_every_n_epochs: int | None = None,
     ) -> None:
         self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
         self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
@@ -80,13 +83,15 @@ class Sampler:
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
         self.precision: Precision = check_choice(precision, "sampler.precision", ("fp32", "bf16", "fp16"))
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "sampler.device")
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = int(getattr(model, "num_classes", 0))
         self.guidance_scale = check_float(guidance_scale, "sampler.guidance_scale")
         self.class_labels = self._check_labels(class_labels)
+        every = grid_every_n_epochs
+        self.grid_every_n_epochs = None if every is None else check_int(every, "sampler.grid_every_n_epochs", 1)
 
     def _check_labels(self, labels: Sequence[int] | str | None) -> list[int] | str | None:
         if labels is None:
@@ -122,8 +127,7 @@ class Sampler:
     ) -> dict[str, Any]:
         """Load the (EMA) weights of a run's best checkpoint into the model; returns the checkpoint dict."""
         ckpt = file_manager.load(which, map_location=self.device)
-        weights = ckpt["ema_state_dict"]["shadow"] if use_ema else ckpt["model_state_dict"]
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(checkpoint.weights(ckpt, use_ema))
         return ckpt
 
     def load_weights(self, path: str | Path) -> dict[str, Any]:
@@ -203,12 +207,12 @@ def save_samples(
     result: SampleResult,
     directory: str | Path,
     reference: torch.Tensor | None = None,
-    grid_samples: int | None = None,
+    grid: torch.Tensor | None = None,
     nrow: int | None = None,
 ) -> list[Path]:
-    """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of the first
-    ``grid_samples``: an image grid for ``(N, C, H, W)`` samples, a scatter plot (over ``reference`` points if
-    given) for ``(N, 2)``, ``nrow`` images per grid row; plus ``trajectory.png`` when a trajectory was recorded."""
+    """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of ``grid``
+    (default: all samples): an image grid for ``(N, C, H, W)`` samples with ``nrow`` images per row, a scatter plot
+    (over ``reference`` points if given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
     from diffusion.images import save_image_grid, save_scatter, save_trajectory_strip
 
     directory = Path(directory)
@@ -218,11 +222,12 @@ def save_samples(
         arrays["labels"] = result.labels.numpy()
     npz = directory / "samples.npz"
     np.savez(npz, **arrays)
-    shown = result.samples[:grid_samples]
+    shown = result.samples if grid is None else grid
     if result.samples.dim() == 4:
         written = [save_image_grid(shown, directory / "samples.png", nrow=nrow)]
         if result.trajectory:
-            timesteps = sorted(result.trajectory, reverse=True)
+            # Noise first, the sample (t = -1, after the last step) last.
+            timesteps = sorted(result.trajectory, key=lambda t: (t < 0, -t))
             frames = [result.trajectory[t] for t in timesteps]
             written.append(save_trajectory_strip(frames, timesteps, directory / "trajectory.png"))
     else:

@@ -9,11 +9,9 @@ ends (CPU, same thread count).
 from __future__ import annotations
 
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Literal, NamedTuple
 
@@ -21,20 +19,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffusion import checkpoint
+from diffusion.checkpoint import TrainState
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.devices import Precision, autocast, resolve_device, to_device
 from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
-from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
+from diffusion.file_manager import FileManager
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.seeding import rng_state, set_rng_state
-from diffusion.validation import ConfigError, check_choice, check_float, check_int, check_positive
+from diffusion.signals import StopSignals
+from diffusion.validation import ConfigError, check_bool, check_choice, check_float, check_int, check_positive
 
 LRSchedule = Literal["constant", "cosine"]
-# Extra per-epoch work (evaluation, sample grids): called after validation, returns metrics to log and monitor.
-EpochHook = Callable[["Trainer", int], dict[str, float] | None]
-EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, the shell convention
+# Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
+# rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
+EpochHook = Callable[[int, int], dict[str, float] | None]
 
 
 class LossHistories(NamedTuple):
@@ -48,31 +49,6 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss; the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved. ``exit_code`` follows the 128 + signal convention."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training and must survive a resume."""
-
-    epoch: int = 0  # completed epochs
-    global_step: int = 0
-    best_val_loss: float = math.inf
-    best_metric: float = math.inf
-    train_losses: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    epoch_loss_sum: float = 0.0  # of the epoch in progress, so a mid-epoch resume keeps its mean exact
-    epoch_samples: int = 0
-    skipped_steps: int = 0
-    logger_run_id: str | None = None
-
-
 class Trainer:
     """Trains ``model`` on ``data`` under ``method``'s loss.
 
@@ -84,6 +60,8 @@ class Trainer:
     Args:
         model, method, data, file_manager, logger: the components it drives.
         epochs: total epochs of the run (a resumed run continues up to this number).
+        max_steps: total optimizer steps of the run, as papers count them; when set it replaces ``epochs`` (the
+            last epoch ends early at that step).
         lr: peak learning rate. batch_size: the global batch (all ranks, all accumulation steps).
         weight_decay, betas: AdamW settings. warmup_steps: linear warmup from 0.
         lr_schedule: ``constant`` or ``cosine`` (decays to ``min_lr_ratio * lr`` at the last step).
@@ -117,6 +95,7 @@ class Trainer:
         epochs: int,
         lr: float,
         batch_size: int,
+        max_steps: int | None = None,
         weight_decay: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
         warmup_steps: int = 0,
@@ -141,6 +120,7 @@ class Trainer:
         val_seed: int = 1234,
     ) -> None:
         self.epochs = check_int(epochs, "trainer.epochs", minimum=1)
+        self.max_steps = None if max_steps is None else check_int(max_steps, "trainer.max_steps", minimum=1)
         self.lr = check_positive(lr, "trainer.lr")
         self.batch_size = check_int(batch_size, "trainer.batch_size", minimum=1)
         self.warmup_steps = check_int(warmup_steps, "trainer.warmup_steps", minimum=0)
@@ -158,9 +138,9 @@ class Trainer:
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs CUDA; on CPU use trainer.precision=bf16 or fp32")
         self.monitor = monitor
-        self.skip_nonfinite = _check_bool(skip_nonfinite, "trainer.skip_nonfinite")
-        self.channels_last = _check_bool(channels_last, "trainer.channels_last")
-        progress = _check_bool(progress, "trainer.progress")
+        self.skip_nonfinite = check_bool(skip_nonfinite, "trainer.skip_nonfinite")
+        self.channels_last = check_bool(channels_last, "trainer.channels_last")
+        progress = check_bool(progress, "trainer.progress")
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
         self.progress = progress and self.dist.is_main
@@ -175,17 +155,19 @@ class Trainer:
             betas=_check_betas(betas),
             weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
         )
-        self.train_model = self._wrap(self.model, _check_bool(compile, "trainer.compile"))
+        self.train_model = self._wrap(self.model, check_bool(compile, "trainer.compile"))
         splits = data.load()
         self.splits = DataSplits(*(None if t is None else to_device(t, self.device) for t in _fields(splits)))
         self.conditional = getattr(model, "num_classes", 0) > 0 and self.splits.train_labels is not None
         self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = self.epochs * self.steps_per_epoch
+        if self.max_steps is not None:
+            self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.state = TrainState()
         self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
-        self._stop_signal: int | None = None
+        self._signals = StopSignals()
         self._pending_rng_state: dict[str, Any] | None = None  # restored at the start of train(), see restore()
         self._resumed_from: Path | None = None
         self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
@@ -215,19 +197,18 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------
     # The loop
     # ----------------------------------------------------------------------------------------------------
-    def train(self, resume_from: str | Path | None = None) -> dict[str, float]:
-        """Train up to ``epochs`` (continuing from ``resume_from`` if given); returns the final metrics.
+    def train(self) -> dict[str, float]:
+        """Train up to ``epochs`` (or ``max_steps``), continuing a state put back by :meth:`restore`; returns the final
+        metrics.
 
         Raises:
             TrainingDiverged: a non-finite loss without ``skip_nonfinite``.
-            TrainingInterrupted: SIGTERM/SIGINT (after saving ``last``).
+            diffusion.signals.Interrupted: SIGTERM/SIGINT (after saving ``last``).
         """
-        if resume_from is not None:
-            self.restore(resume_from)
         self.logger.log(self._banner())
         self._continue_restored_run()
-        with self._signals_save_and_stop():
-            while self.state.epoch < self.epochs:
+        with self._signals:
+            while self.state.epoch < self.epochs and not self._reached_max_steps():
                 epoch = self.state.epoch + 1
                 start = time.perf_counter()
                 train_loss = self._train_epoch(epoch)
@@ -246,6 +227,8 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.epochs}",
                    disable=not self.progress, leave=False)
         for index in batches[first:]:
+            if self._reached_max_steps():
+                break
             loss = self._train_step(index)
             self.ema.update(self.model)
             bar.update(1)
@@ -331,15 +314,16 @@ class Trainer:
             metrics["grad_norm"] = float(self._grad_norm)  # before clipping
         self.logger.log(metrics, step=self.state.global_step)
 
+    def _reached_max_steps(self) -> bool:
+        return self.max_steps is not None and self.state.global_step >= self.max_steps
+
     def _maybe_stop_or_checkpoint(self) -> None:
-        if self.dist.any(self._stop_signal is not None, self.device):
+        if self.dist.any(self._signals.received is not None, self.device):
             self._save_last()
-            stop = signal.Signals(self._stop_signal or signal.SIGTERM)
-            raise TrainingInterrupted(
-                f"stopped by {stop.name} at step {self.state.global_step}; saved "
-                f"{self.file_manager.checkpoint_dir / 'last.pt'}. To resume, run the same command with "
-                f"resume=auto (same hydra.run.dir) or resume={self.file_manager.run_dir}",
-                EXIT_ON_SIGNAL.get(stop, 143),
+            raise self._signals.interrupted(
+                f"at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir / 'last.pt'}. To "
+                f"resume, run the same command with resume=auto (same hydra.run.dir) or "
+                f"resume={self.file_manager.run_dir}"
             )
         every = self.checkpoint_every_n_steps
         if every and self.state.global_step % every == 0:
@@ -364,7 +348,7 @@ class Trainer:
         extra: dict[str, float] = {}
         if self.dist.is_main:
             for hook in self.epoch_hooks:
-                extra.update(hook(self, epoch) or {})
+                extra.update(hook(epoch, self.state.global_step) or {})
         return extra
 
     def _record_epoch(self, train_loss: float, val_loss: float, extra: dict[str, float], seconds: float) -> None:
@@ -391,12 +375,12 @@ class Trainer:
             self.state.best_metric = value  # type: ignore[assignment]
         self.state.metrics["best/" + self.monitor] = self.state.best_metric
         if self.dist.is_main:
-            self._saved = (self.file_manager.save(self.checkpoint_state(), is_best=is_best), self.state.global_step)
+            self._saved = (self.file_manager.save(self.checkpoint_dict(), is_best=is_best), self.state.global_step)
         self.dist.barrier()
 
     def _save_last(self) -> None:
         if self.dist.is_main:
-            path = self.file_manager.save(self.checkpoint_state(), is_best=False, periodic=False)
+            path = self.file_manager.save(self.checkpoint_dict(), is_best=False, periodic=False)
             self._saved = (path, self.state.global_step)
         self.dist.barrier()
 
@@ -416,53 +400,25 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------
     # State
     # ----------------------------------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
-        """The one checkpoint dict (see :data:`diffusion.file_manager.CHECKPOINT_KEYS`)."""
-        state = self.state
-        state.logger_run_id = self.logger.run_id or state.logger_run_id  # W&B continues the same run
-        return {
-            "epoch": state.epoch,
-            "global_step": state.global_step,
-            "model_state_dict": self.model.state_dict(),
-            "ema_state_dict": self.ema.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
-            "scaler_state_dict": self.scaler.state_dict(),
-            "metrics": dict(state.metrics),
-            "best_val_loss": state.best_val_loss,
-            "training_loss_history": list(state.train_losses),
-            "val_loss_history": list(state.val_losses),
-            "train_state": asdict(state),
-            "monitor": self.monitor,
-            "config": self.run_config,
-            "rng_state": rng_state(),
-        }
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """The checkpoint of this moment (its layout: :mod:`diffusion.checkpoint`)."""
+        self.state.logger_run_id = self.logger.run_id or self.state.logger_run_id  # W&B continues the same run
+        return checkpoint.build(self._parts(), self.state, self.monitor, self.run_config, rng_state())
 
-    def restore(self, checkpoint: str | Path) -> None:
-        """Load weights, EMA, optimizer, LR schedule, counters, histories and epoch position to resume from
-        ``checkpoint``; the RNG states follow at the start of :meth:`train`. Writes nothing, so a caller can
-        restore before writing any file into the run directory.
+    def restore(self, ckpt: dict[str, Any], source: str | Path) -> None:
+        """Put back weights, EMA, optimizer, LR schedule, counters, histories and epoch position from the loaded
+        checkpoint ``ckpt`` (read from ``source``); the RNG states follow at the start of :meth:`train`. Writes
+        nothing, so a caller can restore before writing any file into the run directory.
 
         Raises:
-            CheckpointError: the file is missing, damaged or unsafe, or was trained with another model or
-                optimizer configuration.
+            CheckpointError: the checkpoint was trained with another model or optimizer configuration.
         """
-        ckpt = load_checkpoint(checkpoint, map_location=self.device)
-        try:
-            self.model.load_state_dict(ckpt["model_state_dict"])
-            self.ema.load_state_dict(ckpt["ema_state_dict"])
-            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-            self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
-            self.state = TrainState(**ckpt["train_state"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(
-                f"resume: checkpoint {checkpoint} does not fit this configuration ({first_line[:200]}); resume "
-                "with the options the run was trained with (its overrides.yaml)"
-            ) from error
+        self.state = checkpoint.restore(ckpt, self._parts(), source)
         self._pending_rng_state = ckpt["rng_state"]
-        self._resumed_from = Path(checkpoint)
+        self._resumed_from = Path(source)
+
+    def _parts(self) -> checkpoint.TrainingParts:
+        return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler)
 
     def _continue_restored_run(self) -> None:
         # The RNG states go back right before the first step, so nothing run between restore() and train()
@@ -510,37 +466,21 @@ class Trainer:
         noise = torch.randn(val.shape, generator=generator, dtype=val.dtype)
         return t.to(self.device), noise.to(self.device)
 
+    def _remaining(self) -> str:
+        if self.state.epoch >= self.epochs or self._reached_max_steps():
+            return f"training already complete ({self.state.epoch} epochs, {self.state.global_step} steps)"
+        if self.max_steps is not None:
+            return f"steps {self.state.global_step + 1}..{self.max_steps}"
+        return f"epochs {self.state.epoch + 1}..{self.epochs}"
+
     def _banner(self) -> str:
         parameters = sum(p.numel() for p in self.model.parameters())
         ranks = f" x {self.dist.world_size} ranks" if self.dist.enabled else ""
         return (
             f"training {parameters:,} parameters on {self.device}{ranks} ({self.precision}); "
             f"{len(self.splits.train)} train / {len(self.splits.val)} val samples, {self.steps_per_epoch} steps "
-            f"per epoch, epochs {self.state.epoch + 1}..{self.epochs}"
+            f"per epoch, {self._remaining()}"
         )
-
-    @contextmanager
-    def _signals_save_and_stop(self) -> Iterator[None]:
-        """While training, SIGTERM/SIGINT set a flag; the loop saves ``last`` at the next step and stops."""
-
-        def handle(signum: int, frame: Any) -> None:
-            self._stop_signal = signum
-
-        previous: dict[int, Any] = {}
-        try:
-            for sig in EXIT_ON_SIGNAL:
-                previous[sig] = signal.signal(sig, handle)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-def _check_bool(value: Any, key: str) -> bool:
-    return bool(check_choice(value, key, (True, False)))
 
 
 def _check_betas(betas: Any) -> tuple[float, float]:

@@ -13,6 +13,9 @@ from numbers import Integral, Real
 from typing import Any
 
 
+EXIT_USER_ERROR = 2  # the exit status of a user mistake (a bad key, value or file), as Hydra's own errors
+
+
 class ConfigError(ValueError):
     """A user-facing configuration mistake; the message is one line naming the key to fix."""
 
@@ -21,6 +24,11 @@ def check_choice(value: Any, key: str, choices: Collection[Any]) -> Any:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_bool(value: Any, key: str) -> bool:
+    """``true`` or ``false`` (YAML booleans), not a truthy string or number."""
+    return bool(check_choice(value, key, (True, False)))
 
 
 def check_int(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> int:

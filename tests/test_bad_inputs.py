@@ -10,17 +10,13 @@ costs seconds), except the ones that need a real command line.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_run import ROOT, run_py
-
-from diffusion.cli.errors import guard_command_line
+from runs import ROOT, main_in_process, run_py, tree_digest
 
 EARLIER_RUN = [
     "experiment=moons_mlp",
@@ -34,34 +30,6 @@ EARLIER_RUN = [
     "evaluator=none",
 ]
 OTHER_DATA = ["trainer.epochs=1", "trainer.progress=false", "evaluator=none"]  # for cases that switch data=
-
-
-def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> int:
-    """``python run.py <overrides>`` in this process, on one thread (two threads on two busy cores run a tiny
-    model several times slower); returns the exit status (0 when main returns)."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    import run
-
-    monkeypatch.setattr(sys, "argv", ["run.py", *overrides])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with guard_command_line():  # what run.py's command line wraps around the Hydra entry point
-            run.main()
-    except SystemExit as stop:
-        return 0 if stop.code is None else int(stop.code)
-    finally:
-        torch.set_num_threads(threads)
-    return 0
-
-
-def tree_digest(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``directory``, by relative path (a new or removed file shows too)."""
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

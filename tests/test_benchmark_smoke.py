@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from runs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("1", "2", "3", "4", "5a", "5b", "6", "7")
 
 

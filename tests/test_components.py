@@ -44,8 +44,8 @@ def test_train_records_histories_and_checkpoints(tmp_path):
     assert summary["global_step"] == 3 * math.ceil(360 / 64)
     assert summary["best_val_loss"] == min(val)
     ckpt = file_manager.load("best")
-    assert ckpt["val_loss_history"][: ckpt["epoch"]] == val[: ckpt["epoch"]]
-    assert ckpt["best_val_loss"] == min(val[: ckpt["epoch"]])
+    assert ckpt["train_state"]["val_losses"][: ckpt["train_state"]["epoch"]] == val[: ckpt["train_state"]["epoch"]]
+    assert ckpt["train_state"]["best_val_loss"] == min(val[: ckpt["train_state"]["epoch"]])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "epoch" in r] == [1, 2, 3]
     assert (tmp_path / "loss_curve.png").is_file()
@@ -92,11 +92,11 @@ def test_ema_tracks_and_warms_up():
 def test_file_manager_keeps_last_k_and_refuses_code(tmp_path):
     manager = FileManager(tmp_path, save_every_n_epochs=1, keep_last_k=2)
     trainer, _, logger = small_parts(tmp_path / "t")
-    state = trainer.checkpoint_state()
+    state = trainer.checkpoint_dict()
     for epoch in range(1, 5):
-        manager.save({**state, "epoch": epoch}, is_best=epoch == 2)
+        manager.save({**state, "train_state": {**state["train_state"], "epoch": epoch}}, is_best=epoch == 2)
     assert [p.name for p in manager.periodic_checkpoints()] == ["epoch_0003.pt", "epoch_0004.pt"]
-    assert manager.load("best")["epoch"] == 2 and manager.load("last")["epoch"] == 4
+    assert manager.load("best")["train_state"]["epoch"] == 2 and manager.load("last")["train_state"]["epoch"] == 4
     assert not list(manager.checkpoint_dir.glob("*.tmp")), "no temporary files left behind"
 
     marker = tmp_path / "code-ran"
@@ -125,7 +125,7 @@ def test_sampler_is_seeded_and_batch_independent_of_device(tmp_path):
     method = DDIM(partial(cosine_betas), num_timesteps=50, clip_denoised=False)
     sampler = Sampler(model, method, (2,), num_samples=10, batch_size=4, steps=5, eta=1.0, seed=3, device="cpu")
     ckpt = sampler.load_checkpoint(file_manager, "best")
-    assert ckpt["epoch"] == 1
+    assert ckpt["train_state"]["epoch"] == 1
     first, second = sampler.sample(), sampler.sample()
     assert first.samples.shape == (10, 2) and first.steps == 5
     assert torch.equal(first.samples, second.samples)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT
 
 # Trains a small MLP on moons with the library's Trainer; every rank saves its final parameters.
 WORKER = textwrap.dedent(

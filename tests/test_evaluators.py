@@ -13,22 +13,31 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from runs import ROOT
 from torch import nn
 
 from diffusion.data import DigitsData, MoonsData
 from diffusion.evaluation import inception
 from diffusion.evaluation.digits import DigitsEvaluator
-from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue, NoneEvaluator, chunk_slices
+from diffusion.evaluation.evaluators import (
+    BaseEvaluator,
+    MetricValue,
+    NoneEvaluator,
+    chunk_slices,
+)
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.points import PointsEvaluator
-from diffusion.evaluation.reports import format_metrics, metrics_to_json
-from diffusion.evaluation.sampler_steps import evaluate_at_steps, format_steps_table
+from diffusion.evaluation.results import (
+    format_metrics,
+    format_steps_table,
+    metrics_to_json,
+)
 from diffusion.methods import DDIM, DDPM
+from diffusion.sample_and_score import evaluate_at_steps
 from diffusion.sampler import Sampler
 from diffusion.schedules import linear_betas
 from diffusion.validation import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 DIGIT_METRICS = {"fd", "kid", "class_coverage", "class_kl", "confidence"}
 POINT_METRICS = {"sliced_wasserstein", "mmd", "energy"}
 
@@ -244,7 +253,7 @@ def test_evaluate_at_steps_scores_each_step_count_with_its_time(
     torch.manual_seed(0)
     method = method_class(linear_betas, num_timesteps=20, clip_denoised=False)
     sampler = Sampler(_TinyDenoiser(), method, (2,), num_samples=8, steps=None, device="cpu")
-    rows = evaluate_at_steps(sampler, points_evaluator, [2, 5])
+    rows, _, _ = evaluate_at_steps(sampler, points_evaluator, [2, 5])
     assert [row.steps for row in rows] == expected_steps
     assert all(row.seconds_per_sample > 0 and set(row.metrics) == POINT_METRICS for row in rows)
     assert sampler.steps is None

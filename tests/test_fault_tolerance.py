@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from runs import ROOT, child_env, main_in_process, tree_digest
 from safetensors.torch import save as save_safetensors
-from test_bad_inputs import main_in_process, tree_digest
-from test_run import ROOT
 
+from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT
 from diffusion.data import MoonsData
 from diffusion.data.base import DataSplits
 from diffusion.export import export_weights, load_exported
-from diffusion.file_manager import CHECKPOINT_KEYS, CheckpointError, FileManager, load_checkpoint
+from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
 
 STEPS_PER_EPOCH = 17  # 540 training points in batches of 32
 EPOCHS = 3
@@ -69,12 +69,6 @@ def one_thread():
 # --------------------------------------------------------------------------------------------------------
 # Running and interrupting run.py
 # --------------------------------------------------------------------------------------------------------
-def child_env() -> dict[str, str]:
-    # One thread: the same float reductions in every process, so resumed runs can match bit for bit.
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "DIFFUSION_DEBUG": "0"}
-
-
 class Session:
     """One ``python run.py`` process in the background, its output in files (a full pipe would block it)."""
 
@@ -115,8 +109,8 @@ class Session:
 
 
 def saved_step(run_dir: Path) -> int:
-    path, _ = FileManager(run_dir).latest_intact()
-    return -1 if path is None else load_checkpoint(path)["global_step"]
+    path = FileManager(run_dir).latest_intact().path
+    return -1 if path is None else load_checkpoint(path)["train_state"]["global_step"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -166,7 +160,7 @@ def reference(tmp_path_factory) -> Path:
     session = Session(cwd, cwd / "run")
     assert session.process.wait(timeout=300) == 0, session.stderr()
     last = load_checkpoint(cwd / "run" / "checkpoints" / "last.pt")
-    assert last["global_step"] == EPOCHS * STEPS_PER_EPOCH and len(last["training_loss_history"]) == EPOCHS
+    assert last["train_state"]["global_step"] == EPOCHS * STEPS_PER_EPOCH and len(last["train_state"]["train_losses"]) == EPOCHS
     return cwd / "run"
 
 
@@ -203,7 +197,7 @@ def test_sigterm_and_sigint_save_exit_with_their_codes_and_resume_exactly(refere
         stopped = int(re.search(rf"stopped by {sig.name} at step (\d+)", message).group(1))
         assert "resume=auto" in message and str(run_dir) in message, message
         assert "Traceback" not in session.stderr()
-        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == stopped, "saved on the signal"
+        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["global_step"] == stopped, "saved on the signal"
         stops.append((sig.name, stopped))
     finish_in_process(monkeypatch, run_dir)
     assert_same_run(run_dir, reference, f"stopped at {stops}")
@@ -211,14 +205,15 @@ def test_sigterm_and_sigint_save_exit_with_their_codes_and_resume_exactly(refere
 
 WRITER = """
 import sys, torch
-from diffusion.file_manager import CHECKPOINT_KEYS, FileManager
+from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT
+from diffusion.file_manager import FileManager
 manager, step = FileManager(sys.argv[1]), int(sys.argv[2])
 weights = torch.empty(4_000_000)  # 16 MB: a write takes a while, so kills land inside one
 print("ready", flush=True)
 while True:
     step += 1
     state = {key: 0 for key in CHECKPOINT_KEYS}
-    state.update(global_step=step, model_state_dict={"w": weights.fill_(step)})
+    state.update(format=FORMAT, train_state={"epoch": 0, "global_step": step}, model_state_dict={"w": weights.fill_(step)})
     manager.save(state, is_best=step % 3 == 0)
     print(step, flush=True)
 """
@@ -234,10 +229,10 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
         time.sleep(CHAOS.uniform(0.0, 0.4))
         writer.kill()
         finished = [first, *(int(line) for line in writer.communicate()[0].split())]
-        path, damaged = manager.latest_intact()
+        path, _, damaged = manager.latest_intact()
         assert path is not None and damaged == [], f"kill {kill}: {damaged}"
         state = load_checkpoint(path)
-        step = state["global_step"]
+        step = state["train_state"]["global_step"]
         assert torch.all(state["model_state_dict"]["w"] == step), "a checkpoint holds one save's data"
         assert step >= max(finished), "a completed save is never lost"
         for other in manager.checkpoint_dir.glob("*.pt"):
@@ -274,30 +269,30 @@ class CrashingOS:
 def test_a_kill_between_any_two_file_operations_of_a_save_keeps_a_consistent_checkpoint(tmp_path, monkeypatch):
     import diffusion.file_manager as file_manager
 
-    base = {**{key: 0 for key in CHECKPOINT_KEYS}, "model_state_dict": {"w": torch.zeros(8)}}
+    base = {**{key: 0 for key in CHECKPOINT_KEYS}, "format": FORMAT, "model_state_dict": {"w": torch.zeros(8)}}
     at = 0
     while True:
         at += 1
         manager = FileManager(tmp_path / str(at), save_every_n_epochs=1)
         for step in (1, 2):
-            manager.save({**base, "epoch": step, "global_step": step}, is_best=step == 1)
+            manager.save({**base, "train_state": {"epoch": step, "global_step": step}}, is_best=step == 1)
         crashing = CrashingOS(at)
         monkeypatch.setattr(file_manager, "os", crashing)
         try:
-            manager.save({**base, "epoch": 3, "global_step": 3}, is_best=True)
+            manager.save({**base, "train_state": {"epoch": 3, "global_step": 3}}, is_best=True)
             completed = True
         except Crash:
             completed = False
         monkeypatch.setattr(file_manager, "os", os)
-        path, damaged = manager.latest_intact()
+        path, _, damaged = manager.latest_intact()
         assert damaged == [], f"crash at operation {at}: an intact file looks damaged: {damaged}"
-        last = load_checkpoint(path)["global_step"]
+        last = load_checkpoint(path)["train_state"]["global_step"]
         assert last in (2, 3), f"crash at operation {at}: resumed from step {last}"
         for other in manager.checkpoint_dir.glob("*.pt"):
             load_checkpoint(other)  # no file is left with another file's sidecar
         if last == 3:  # `last` moved on only after `best` and the periodic copy were written
-            assert load_checkpoint(manager.checkpoint_dir / "best.pt")["global_step"] == 3
-            assert load_checkpoint(manager.checkpoint_dir / "epoch_0003.pt")["global_step"] == 3
+            assert load_checkpoint(manager.checkpoint_dir / "best.pt")["train_state"]["global_step"] == 3
+            assert load_checkpoint(manager.checkpoint_dir / "epoch_0003.pt")["train_state"]["global_step"] == 3
         if completed:
             assert crashing.calls >= 6 and last == 3
             break
@@ -347,8 +342,8 @@ def test_damaged_checkpoints_are_named_and_resume_falls_back_to_the_newest_intac
     assert f"resuming from {checkpoints / f'epoch_{EPOCHS:04d}.pt'}" in err, err
     resumed = load_checkpoint(last)
     expected = load_checkpoint(reference / "checkpoints" / "last.pt")
-    assert resumed["epoch"] == EPOCHS + 1
-    assert resumed["training_loss_history"][:EPOCHS] == expected["training_loss_history"]
+    assert resumed["train_state"]["epoch"] == EPOCHS + 1
+    assert resumed["train_state"]["train_losses"][:EPOCHS] == expected["train_state"]["train_losses"]
 
 
 def test_resume_with_no_intact_checkpoint_is_refused_and_changes_nothing(reference, tmp_path, monkeypatch, capsys):
@@ -441,7 +436,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     step = int(re.fullmatch(r"error: loss became (nan|inf|-inf) at step (\d+) \(epoch 1\); .*", err.strip()).group(2))
     assert "trainer.skip_nonfinite=true" in err and str(run_dir / "checkpoints" / "last.pt") in err
     kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert kept["global_step"] == step - 1, "the checkpoint of the step before the bad one is kept"
+    assert kept["train_state"]["global_step"] == step - 1, "the checkpoint of the step before the bad one is kept"
     assert all(torch.isfinite(w).all() for w in kept["model_state_dict"].values())
 
 
@@ -452,8 +447,8 @@ def test_skip_nonfinite_skips_and_counts_bad_batches(tmp_path, monkeypatch, caps
     assert code == 0, capsys.readouterr().err
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["train_state"]["skipped_steps"] == EPOCHS, "one poisoned batch per epoch"
-    assert last["global_step"] == EPOCHS * STEPS_PER_EPOCH, "a skipped step keeps the data order and LR aligned"
-    assert all(np.isfinite(last["training_loss_history"])), "skipped batches stay out of the epoch mean"
+    assert last["train_state"]["global_step"] == EPOCHS * STEPS_PER_EPOCH, "a skipped step keeps the data order and LR aligned"
+    assert all(np.isfinite(last["train_state"]["train_losses"])), "skipped batches stay out of the epoch mean"
     assert len(re.findall(r"skipped step \d+: non-finite loss", (run_dir / "train.log").read_text())) == EPOCHS
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in epochs if "epoch" in r] == [1, 2, 3]

@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.images import save_image_grid, save_loss_curve, save_scatter, save_trajectory_strip, to_uint8
+from diffusion.images import (
+    save_image_grid,
+    save_loss_curve,
+    save_scatter,
+    save_trajectory_strip,
+    to_uint8,
+)
 
 
 def test_to_uint8_maps_range_and_clips() -> None:

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import ROOT
 
 from diffusion.report import job_status, main, read_job, wall_time, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
 HOUR_AGO = time.time() - 3600
 
 

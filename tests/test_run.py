@@ -4,58 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from runs import TINY_DIGITS, TINY_MOONS, main_in_process, ok, run_py
 
 from diffusion.file_manager import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_DIGITS = [
-    "trainer=fast",
-    "trainer.precision=fp32",
-    "model.base_channels=16",
-    "model.num_res_blocks=1",
-    "model.num_groups=4",
-    "method.num_timesteps=50",
-    "sampler.num_samples=8",
-    "evaluator.num_samples=8",
-]
-TINY_MOONS = [
-    "experiment=moons_mlp",
-    "trainer.epochs=2",
-    "trainer.progress=false",
-    "data.num_samples=600",
-    "model.hidden_dim=32",
-    "model.num_layers=2",
-    "method.num_timesteps=50",
-    "sampler.num_samples=64",
-    "evaluator.num_samples=64",
-]
-
-
-def run_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    # One thread per process: the tests' runs are tiny, and busy cores make multi-threaded torch crawl.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFUSION_DEBUG": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"run.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +32,7 @@ def test_digits_run_writes_everything(digits_run):
     assert samples.shape == (8, 1, 8, 8) and samples.dtype == np.float32
     assert samples.min() >= -1.0 and samples.max() <= 1.0  # clip_denoised keeps the data range
     ckpt = load_checkpoint(digits_run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 2 and len(ckpt["training_loss_history"]) == 2 == len(ckpt["val_loss_history"])
+    assert ckpt["train_state"]["epoch"] == 2 and len(ckpt["train_state"]["train_losses"]) == 2 == len(ckpt["train_state"]["val_losses"])
     assert ckpt["config"]["trainer"]["epochs"] == 2
     epochs = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if "epoch" in r] == [1, 2]
@@ -105,15 +62,15 @@ def test_resume_continues_step_count_and_histories(tmp_path):
                        f"resume={run_dir}"))
     assert "resumed from" in result.stdout
     second = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert second["epoch"] == 3
-    assert second["global_step"] == first["global_step"] * 3 // 2
-    assert second["training_loss_history"][:2] == first["training_loss_history"]
-    assert second["val_loss_history"][:2] == first["val_loss_history"]
-    assert len(second["val_loss_history"]) == 3
+    assert second["train_state"]["epoch"] == 3
+    assert second["train_state"]["global_step"] == first["train_state"]["global_step"] * 3 // 2
+    assert second["train_state"]["train_losses"][:2] == first["train_state"]["train_losses"]
+    assert second["train_state"]["val_losses"][:2] == first["train_state"]["val_losses"]
+    assert len(second["train_state"]["val_losses"]) == 3
     assert not (tmp_path / "other").exists(), "a resumed run writes into its own directory"
     # resume=auto on the same run directory continues it too.
     ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=4", "resume=auto"))
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 4
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] == 4
 
 
 def test_new_run_refuses_to_overwrite(digits_run):
@@ -143,7 +100,7 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
         # Same seed, same best checkpoint: the samples the training run wrote.
         np.testing.assert_allclose(sampled, from_train, atol=1e-5)
         assert (out / "samples.png").is_file() and yaml.safe_load((out / "config.yaml").read_text())["task"] == "sample"
-        assert best["epoch"] >= 1
+        assert best["train_state"]["epoch"] >= 1
         # A sampling method chosen on the command line replaces the run's, keeping its trained schedule.
         ddim = tmp_path / "ddim"
         ok(run_py(tmp_path, *args[:2], f"hydra.run.dir={ddim}", "sampler.num_samples=8", "method=ddim",
@@ -185,21 +142,10 @@ BAD_INPUTS = [
 ]
 
 
-def run_in_process(monkeypatch, *overrides: str) -> int:
-    """Call run.py's main as the command line would, in this process (no interpreter start-up per case)."""
-    sys.path.insert(0, str(ROOT))
-    import run
-
-    monkeypatch.setattr(sys, "argv", ["run.py", *overrides])
-    with pytest.raises(SystemExit) as exit_info:
-        run.main()
-    return exit_info.value.code
-
-
 @pytest.mark.parametrize(("overrides", "key"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, overrides, key):
     run_dir = tmp_path / "run"
-    assert run_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *overrides) == 2
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *overrides) == 2
     stderr = capsys.readouterr().err
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], stderr
@@ -237,7 +183,7 @@ def test_monitor_an_evaluation_metric(tmp_path):
     values = {r["epoch"]: r["sliced_wasserstein"] for r in epochs if "sliced_wasserstein" in r and "epoch" in r}
     assert sorted(values) == [1, 2, 3]
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    assert best["epoch"] == min(values, key=values.get)
+    assert best["train_state"]["epoch"] == min(values, key=values.get)
 
 
 def test_sampling_takes_clip_denoised_from_the_command_line(digits_run, tmp_path):

@@ -18,7 +18,12 @@ from torch import nn
 from diffusion.guidance import drop_labels, guided_output
 from diffusion.methods import DDIM, DDPM, PREDICTIONS, BaseMethod, DPMSolver
 from diffusion.sampler import Sampler
-from diffusion.schedules import cosine_betas, linear_betas, rescale_zero_terminal_snr, sigmoid_betas
+from diffusion.schedules import (
+    cosine_betas,
+    linear_betas,
+    rescale_zero_terminal_snr,
+    sigmoid_betas,
+)
 from diffusion.validation import ConfigError
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
@@ -228,7 +233,9 @@ def test_rescaled_schedules_reach_zero_snr_and_keep_the_first_step(name):
 
 
 def test_rescale_matches_reference():
-    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as reference
+    from diffusers.schedulers.scheduling_ddim import (
+        rescale_zero_terminal_snr as reference,
+    )
 
     betas = linear_betas(1000)
     assert torch.allclose(rescale_zero_terminal_snr(betas), reference(betas.clone()), atol=1e-12, rtol=0)
@@ -367,7 +374,7 @@ def test_compute_loss_drops_labels_in_training_only():
     assert set(model.seen[-1].unique().tolist()) - set(range(7)) == {99}
     method.compute_loss(model.train(), x0)
     assert model.seen[-1] is None
-    make(DDPM).compute_loss(model.train(), x0, y=y)  # cond_drop_prob = 0: labels untouched
+    make(DDPM, cond_drop_prob=0.0).compute_loss(model.train(), x0, y=y)  # labels untouched
     assert torch.equal(model.seen[-1], y)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_run import TINY_MOONS, ok, run_in_process, run_py
+from runs import ROOT, TINY_MOONS, main_in_process, ok, run_py
 
 from diffusion.report import main as report_main
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [*TINY_MOONS, "trainer.epochs=1"]
 LR_SWEEP = "trainer.lr=1e-4,3e-4"
 
@@ -121,7 +120,7 @@ def test_optuna_search_stores_its_study_and_continues_it(tmp_path):
      ("hydra/sweeper=optunaa", ["basic", "optuna"])],
 )
 def test_unknown_launcher_or_sweeper_lists_the_available_ones(tmp_path, monkeypatch, capsys, choice, options):
-    code = run_in_process(monkeypatch, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", choice, LR_SWEEP)
+    code = main_in_process(monkeypatch, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", choice, LR_SWEEP)
     message = capsys.readouterr().err
     assert code != 0 and choice.split("=")[1] in message, message
     assert all(re.search(rf"\b{option}\b", message) for option in options), message
@@ -152,7 +151,7 @@ def test_bad_sweep_is_one_line_before_any_job(tmp_path, monkeypatch, capsys, ove
     (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
     (tmp_path / "conf" / "hparams_search" / "typo.yaml").write_text(TYPO_SEARCH_SPACE)
     sweep = tmp_path / "sweep"
-    code = run_in_process(monkeypatch, "-m", "--config-dir", str(tmp_path / "conf"), f"hydra.sweep.dir={sweep}",
+    code = main_in_process(monkeypatch, "-m", "--config-dir", str(tmp_path / "conf"), f"hydra.sweep.dir={sweep}",
                           *overrides)
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -164,7 +163,7 @@ def test_sweep_into_an_earlier_sweeps_directory_is_refused(tmp_path, monkeypatch
     sweep = tmp_path / "sweep"
     (sweep / "0" / "checkpoints").mkdir(parents=True)
     (sweep / "0" / "checkpoints" / "last.pt").write_bytes(b"earlier run")
-    code = run_in_process(monkeypatch, "-m", f"hydra.sweep.dir={sweep}", "hparams_search=optuna")
+    code = main_in_process(monkeypatch, "-m", f"hydra.sweep.dir={sweep}", "hparams_search=optuna")
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and f"hydra.sweep.dir={sweep} already holds" in lines[0], lines
     assert not (sweep / "optuna.db").exists()

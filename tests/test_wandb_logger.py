@@ -10,14 +10,23 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from runs import ROOT
 
 from diffusion.loggers import FileLogger, LoggerCollection, WandbLogger, open_logger
-from diffusion.loggers.naming import flatten_config, run_name_from_overrides, sweep_group
-from diffusion.loggers.wandb_records import WandbFormatError, WandbRunRecords, read_wandb_file, wandb_files
+from diffusion.loggers.naming import (
+    flatten_config,
+    run_name_from_overrides,
+    sweep_group,
+)
+from diffusion.loggers.wandb_records import (
+    WandbFormatError,
+    WandbRunRecords,
+    read_wandb_file,
+    wandb_files,
+)
 from diffusion.validation import ConfigError
 
 wandb = pytest.importorskip("wandb")
-ROOT = Path(__file__).resolve().parents[1]
 WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 

@@ -1,10 +1,30 @@
-"""What ``run.py`` needs besides instantiation: user-error reporting and the run directory's files.
+"""What ``run.py`` needs besides instantiation: user-error reporting, reading Hydra's view of the command line and
+of earlier runs, cross-component checks, and the run directory's description files.
 
 The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects.
 """
 
-from diffusion.cli.components import Components, check_compatible
-from diffusion.cli.errors import guard_user_errors
+from diffusion.cli.components import Components, check_compatible, check_monitor
+from diffusion.cli.errors import guard_command_line, guard_user_errors
+from diffusion.cli.run_config import (
+    load_source_config,
+    open_run_logger,
+    require_run_dir,
+    sampling_method_config,
+)
 from diffusion.cli.run_files import print_config_tree, print_run_files, save_run_config
 
-__all__ = ["Components", "check_compatible", "guard_user_errors", "print_config_tree", "print_run_files", "save_run_config"]
+__all__ = [
+    "Components",
+    "check_compatible",
+    "check_monitor",
+    "guard_command_line",
+    "guard_user_errors",
+    "load_source_config",
+    "open_run_logger",
+    "print_config_tree",
+    "print_run_files",
+    "require_run_dir",
+    "sampling_method_config",
+    "save_run_config",
+]

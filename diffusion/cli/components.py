@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
 from diffusion.data.base import BaseData
+from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.methods.base import BaseMethod
 from diffusion.validation import ConfigError
 
 
 @dataclass
 class Components:
+    """What every task builds from the config: the data set, the network and the diffusion method."""
+
     data: BaseData
     model: nn.Module
     method: BaseMethod
-    run_dir: Path
+
+
+def check_monitor(monitor: str, evaluator: BaseEvaluator) -> None:
+    """``trainer.monitor`` other than the validation loss is computed by evaluations during training only.
+
+    Raises:
+        ConfigError: naming ``evaluator.every_n_epochs`` and ``trainer.monitor``.
+    """
+    if monitor not in ("val_loss", "val/loss") and not evaluator.every_n_epochs:
+        raise ConfigError(
+            f"trainer.monitor={monitor} is computed only by evaluations during training: set "
+            "evaluator.every_n_epochs=N, or trainer.monitor=val_loss"
+        )
 
 
 def check_compatible(data: BaseData, model_class: type, data_choice: str) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
-from diffusion.validation import ConfigError
+from diffusion.validation import EXIT_USER_ERROR, ConfigError
 
-EXIT_USER_ERROR = 2
 DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)

@@ -1,11 +1,11 @@
-"""Sample-quality evaluation: a shipped digit classifier (predictions and features) and pure metric functions."""
+"""Sample-quality evaluation: evaluators with real-data floors, a shipped digit classifier, pure metric functions and
+the formatting of results. Nothing here knows the Trainer or the Sampler: evaluators score the tensors they get."""
 
 from diffusion.evaluation.digits import DigitsEvaluator
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue, NoneEvaluator
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.points import PointsEvaluator
-from diffusion.evaluation.reports import format_metrics, metric_values, metrics_to_json
-from diffusion.evaluation.sampler_steps import evaluate_at_steps, format_steps_table
+from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
 from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
@@ -28,7 +28,7 @@ __all__ = [
     "MetricValue",
     "NoneEvaluator",
     "PointsEvaluator",
-    "evaluate_at_steps",
+    "StepsRow",
     "format_metrics",
     "format_steps_table",
     "metric_values",

@@ -247,10 +247,6 @@ class WandbLogger(BaseLogger):
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Nothing to do: W&B plots ``train/loss`` and ``val/loss`` from the history."""
 
-    def log_artifact(self, path: str | Path, name: str, type: str = "model", aliases: Sequence[str] = ()) -> None:
-        """Store a file as an artifact (offline: staged under ``WANDB_DATA_DIR`` until ``wandb sync``)."""
-        self.log_artifact_files({Path(path).name: Path(path)}, name, type, aliases)
-
     def log_artifact_files(
         self, files: dict[str, Path], name: str, type: str = "model", aliases: Sequence[str] = ()
     ) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +58,17 @@ class BaseMethod(nn.Module, ABC):
         loss_weighting: ``uniform`` (Ho et al. eq. 14) or ``min_snr`` (Hang et al. 2023), see :meth:`loss_weights`.
         snr_gamma: the clip gamma of ``min_snr`` (5 in the paper).
         cond_drop_prob: probability of replacing a class label by the null label in training, so that one
-            network learns both the conditional and the unconditional model (Ho & Salimans 2022, Alg. 1).
+            network learns both the conditional and the unconditional model (Ho & Salimans 2022, Alg. 1; 0.1 as
+            in their experiments). Only class-conditional training uses it.
 
     Raises:
         ConfigError: for an unknown ``prediction`` or ``loss_weighting``, ``num_timesteps < 1``,
             ``snr_gamma <= 0``, ``cond_drop_prob`` outside [0, 1], or epsilon prediction with a zero-terminal-SNR
             schedule.
     """
+
+    #: The method's config option (``method=<name>``), as eval.json and the step tables report it.
+    name: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class BaseMethod(nn.Module, ABC):
         clip_denoised: bool = True,
         loss_weighting: LossWeighting = "uniform",
         snr_gamma: float = 5.0,
-        cond_drop_prob: float = 0.0,
+        cond_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
         self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
@@ -373,6 +377,10 @@ class BaseMethod(nn.Module, ABC):
     def needs_noise(self, eta: float) -> bool:
         """Whether :meth:`step` consumes fresh noise (the sampler skips drawing it otherwise)."""
         return True
+
+    def network_evaluations(self, steps: int) -> int:
+        """Network evaluations (NFE) of a ``steps``-step trajectory: one per step for these methods."""
+        return steps
 
     def extra_repr(self) -> str:
         return (

@@ -13,11 +13,14 @@ class DDIM(BaseMethod):
     """Samples with :meth:`ddim_step` on ``steps`` timesteps chosen by ``spacing``.
 
     ``eta`` (from ``sampler.eta``) interpolates between deterministic DDIM (0) and DDPM-like ancestral noise (1).
-    ``steps=None`` visits all T timesteps.
+    ``steps=None`` takes :attr:`default_steps` (50, the middle of the DDIM paper's Table 1; capped at T).
     """
 
+    name = "ddim"
+    default_steps = 50  # sampler.steps=null
+
     def timesteps(self, steps: int | None, spacing: TimestepSpacing = "leading") -> list[int]:
-        return spaced_timesteps(self.num_timesteps, steps or self.num_timesteps, spacing)
+        return spaced_timesteps(self.num_timesteps, steps or min(self.default_steps, self.num_timesteps), spacing)
 
     def step(
         self,

@@ -17,6 +17,8 @@ class DDPM(BaseMethod):
     strided stochastic sampler).
     """
 
+    name = "ddpm"
+
     def timesteps(self, steps: int | None, spacing: TimestepSpacing = "leading") -> list[int]:
         return list(range(self.num_timesteps - 1, -1, -1))
 

@@ -34,7 +34,8 @@ class DPMSolver(BaseMethod):
     with it. The trajectory is ``spaced_timesteps(T, steps, spacing)`` with the spacing the sampler passes;
     ``sampler.timestep_spacing=trailing`` (or ``linspace``) is recommended, because ``leading`` never visits
     t = T - 1 and so starts from pure noise at a timestep whose marginal is not pure noise (Lin et al. 2024).
-    ``sampler.eta`` is ignored: the solver integrates the probability-flow ODE.
+    ``sampler.eta`` is ignored: the solver integrates the probability-flow ODE. ``steps=None`` takes
+    :attr:`default_steps` (20; 10-20 suffice, Lu et al. 2022).
 
     Steps (Alg. 2): the first step is first order (no earlier prediction yet); every later step is second order,
     reading the previous data prediction from the per-trajectory ``state``; the final step, to t_prev = -1
@@ -43,8 +44,11 @@ class DPMSolver(BaseMethod):
     last step. Without a ``state`` dict every step is first order, i.e. DDIM.
     """
 
+    name = "dpm_solver"
+    default_steps = 20  # sampler.steps=null
+
     def timesteps(self, steps: int | None, spacing: TimestepSpacing = "leading") -> list[int]:
-        return spaced_timesteps(self.num_timesteps, steps or self.num_timesteps, spacing)
+        return spaced_timesteps(self.num_timesteps, steps or min(self.default_steps, self.num_timesteps), spacing)
 
     def step(
         self,

@@ -1,15 +1,16 @@
-"""Evaluator scores as text (``fd: 1.9 (real-data floor 0.4)``) and as the ``eval.json`` layout of a run."""
+"""Evaluation results as text (``fd: 1.9 (real-data floor 0.4)``), as a table per sampler step count, and as
+the ``eval.json`` layout of a run."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from diffusion.evaluation.evaluators import MetricValue
 
 # Top-level eval.json keys that are not metrics; no metric may take one of these names.
-EVAL_JSON_KEYS = ("num_samples", "sampler", "steps", "seconds_per_sample")
+EVAL_JSON_KEYS = ("num_samples", "sampler", "steps", "nfe", "seconds_per_sample")
 
 
 def format_number(x: float | None) -> str:
@@ -55,6 +56,37 @@ def metric_values(metrics: Mapping[str, MetricValue]) -> dict[str, float]:
     return {name: metric.value for name, metric in metrics.items()}
 
 
+class StepsRow(NamedTuple):
+    """One row of a step-count table (``evaluator.sampler_steps``): the method's name, the steps it actually ran,
+    the network evaluations they cost, its scores, and sampling wall seconds per sample (evaluation excluded)."""
+
+    sampler: str
+    steps: int
+    metrics: dict[str, MetricValue]
+    seconds_per_sample: float
+    nfe: int | None = None
+
+
+def format_steps_table(rows: Sequence[StepsRow]) -> str:
+    """A markdown table: one row per step count, one column per metric (``value ± se (floor f)``), and
+    ``s/sample``. Metric columns appear in the order they are first met."""
+    names: list[str] = []
+    for row in rows:
+        names += [name for name in row.metrics if name not in names]
+    header = ["sampler", "steps", "NFE", *names, "s/sample"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.sampler, str(row.steps), str(row.nfe if row.nfe is not None else row.steps)]
+        for name in names:
+            metric = row.metrics.get(name)
+            floor = format_floor(metric, short=True) if metric is not None else ""
+            cell = "" if metric is None else format_value(metric) + (f" ({floor})" if floor else "")
+            cells.append(cell)
+        cells.append(format_number(row.seconds_per_sample))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _json_float(x: float | None) -> float | None:
     # JSON has no NaN or infinity: a missing or undefined number is null.
     return None if x is None or not math.isfinite(x) else float(x)
@@ -66,9 +98,11 @@ def metrics_to_json(
     sampler: str,
     steps: int,
     seconds_per_sample: float | None,
+    nfe: int | None = None,
 ) -> dict[str, Any]:
     """The ``eval.json`` layout: each metric name maps to ``{"value", "floor"}`` (plus ``"std_error"`` when known),
-    next to ``num_samples``, ``sampler`` (``ddpm``/``ddim``), ``steps`` (the steps the sampler actually ran) and
+    next to ``num_samples``, ``sampler`` (the method option, ``ddpm``/``ddim``/...), ``steps`` (the steps the
+    sampler actually ran), ``nfe`` (the network evaluations they cost; ``steps`` when not given) and
     ``seconds_per_sample`` (wall time of sampling divided by the number of samples). Non-finite numbers become null.
 
     Raises:
@@ -87,6 +121,7 @@ def metrics_to_json(
         num_samples=int(num_samples),
         sampler=str(sampler),
         steps=int(steps),
+        nfe=int(steps if nfe is None else nfe),
         seconds_per_sample=_json_float(seconds_per_sample),
     )
     return record

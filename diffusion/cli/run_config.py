@@ -1,0 +1,77 @@
+"""What ``run.py`` reads from Hydra besides the config: an earlier run's config, the sampling method chosen on
+this command line, and the logger's run context (name from the overrides, sweep group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion.export import load_exported
+from diffusion.file_manager import check_safe_targets
+from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
+from diffusion.validation import ConfigError
+
+# Method keys that change sampling, not what the network learned: taken from the command line when given there.
+SAMPLING_METHOD_KEYS = ("clip_denoised",)
+
+
+def command_line_keys() -> set[str]:
+    """The keys and groups this command line overrides (``method=ddim`` -> ``method``)."""
+    return {override.split("=")[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
+
+
+def load_source_config(source: Path) -> DictConfig:
+    """The config of a run directory (its ``config.yaml``) or of exported weights (``.safetensors``).
+
+    Raises:
+        ConfigError: no ``config.yaml`` there; CheckpointError: a config whose ``_target_`` leaves this package.
+    """
+    if source.suffix == ".safetensors":
+        return OmegaConf.create(load_exported(source)[1])
+    path = source / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run_dir={source}: no config.yaml there; is it a run directory made by run.py?")
+    cfg = OmegaConf.load(path)
+    check_safe_targets(OmegaConf.to_container(cfg, resolve=False), path)  # instantiating it must not run foreign code
+    return cfg  # type: ignore[return-value]
+
+
+def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
+    """The run's trained diffusion (schedule, T, prediction) with the sampling method chosen on this command
+    line (``method=ddim``), if one was chosen, and the :data:`SAMPLING_METHOD_KEYS` given on this command line."""
+    method = run_cfg.method.copy()
+    keys = command_line_keys()
+    if "method" in keys:
+        method._target_ = cfg.method._target_
+    for key in SAMPLING_METHOD_KEYS:
+        if f"method.{key}" in keys:
+            method[key] = cfg.method[key]
+    return method
+
+
+def open_run_logger(cfg: DictConfig, run_dir: Path, run_id: str | None) -> Any:
+    """The configured logger, told the run's name (from the overrides), its sweep group, its config and, when
+    resuming, the logger run id kept in the checkpoint (so W&B continues the same run)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return open_logger(
+        instantiate(cfg.logger),
+        run_dir=run_dir,
+        name=run_name_from_overrides(list(hydra_cfg.overrides.task)),
+        group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=run_id,
+    )
+
+
+def require_run_dir(cfg: DictConfig, what: str) -> Path:
+    """``run_dir`` of ``task=sample|evaluate|export``, which must be given."""
+    if cfg.run_dir is None:
+        raise ConfigError(f"task={cfg.task} needs run_dir=<{what}>")
+    return Path(cfg.run_dir)
+

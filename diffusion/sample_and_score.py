@@ -1,0 +1,201 @@
+"""Sample, save, score: what happens after training, for ``task=sample`` / ``task=evaluate``, and every N epochs.
+
+This room sits above the Sampler and the evaluators and below ``run.py``: it draws samples, writes
+``samples.npz`` with its picture and trajectory strip, scores them into ``eval.json`` (and, with
+``evaluator.sampler_steps``, the DDIM paper's table of quality against steps: Song et al. 2021, Table 1), and
+makes the per-epoch hooks the Trainer calls (:data:`~diffusion.trainer.EpochHook`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusion.data.base import BaseData
+from diffusion.evaluation.evaluators import BaseEvaluator
+from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
+from diffusion.loggers.base import BaseLogger
+from diffusion.sampler import Sampler, SampleResult, save_samples
+from diffusion.trainer import EpochHook
+from diffusion.validation import ConfigError, check_int
+
+TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip, the final sample included
+FINAL = -1  # the trajectory key of the final sample (``t_prev`` of the last step)
+
+
+def prepare_evaluator(evaluator: BaseEvaluator, data: BaseData) -> None:
+    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing."""
+    if evaluator.enabled:
+        evaluator.prepare(data)
+
+
+def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
+    """Say once when the chosen evaluator cannot score on this machine (and how to fix that)."""
+    if evaluator.enabled and evaluator.unavailable_reason:
+        logger.log(f"warning: {evaluator.unavailable_reason}")
+
+
+def sample_save_score(
+    sampler: Sampler, evaluator: BaseEvaluator, data: BaseData, directory: Path, logger: BaseLogger
+) -> dict[str, float] | None:
+    """Sample, write ``samples.npz`` and its pictures into ``directory``, and score (``eval.json``).
+
+    One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the two counts).
+    With ``evaluator.sampler_steps`` only those step counts are sampled and scored; the samples of the last one
+    are the ones saved. Returns ``{metric: value}`` (None when nothing was scored).
+    """
+    scoring = evaluator.available
+    if scoring and evaluator.sampler_steps:
+        rows, result, seconds = evaluate_at_steps(sampler, evaluator, evaluator.sampler_steps, logger)
+    else:
+        count = max(sampler.num_samples, evaluator.num_samples) if scoring else sampler.num_samples
+        record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
+        result, seconds = timed_sample(sampler, count, record)
+        rows = []
+    reference = None if data.kind == "image" else data.load().val
+    images, nrow = grid_selection(sampler, result)
+    written = save_samples(result, directory, reference=reference, grid=images, nrow=nrow)
+    logger.log_image("samples", written[1])
+    count = len(result.samples)
+    logger.log(f"sampled {count} in {seconds * count:.1f} s ({seconds * 1e3:.2f} ms/sample)")
+    if not scoring:
+        return None
+    payload = score(evaluator, sampler, result, seconds, logger)
+    if rows:
+        table = format_steps_table(rows)
+        (directory / "eval_steps.md").write_text(table + "\n")
+        logger.log("scores per sampler step count:\n" + table)
+        payload["sampler_steps"] = [
+            metrics_to_json(row.metrics, evaluator.num_samples, row.sampler, row.steps, row.seconds_per_sample,
+                            nfe=row.nfe)
+            for row in rows
+        ]
+    (directory / "eval.json").write_text(json.dumps(payload, indent=2) + "\n")
+    values = {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
+    logger.log_summary(values)
+    return values
+
+
+def score(
+    evaluator: BaseEvaluator, sampler: Sampler, result: SampleResult, seconds_per_sample: float, logger: BaseLogger
+) -> dict[str, Any]:
+    """Score the first ``evaluator.num_samples`` of ``result``; log and print the scores; the eval.json dict."""
+    samples = result.samples[: evaluator.num_samples]
+    metrics = evaluator.evaluate(samples)
+    nfe = sampler.method.network_evaluations(result.steps)
+    payload = metrics_to_json(metrics, len(samples), sampler.method.name, result.steps, seconds_per_sample, nfe=nfe)
+    logger.log(f"evaluation of {len(samples)} samples ({sampler.method.name}, {result.steps} steps, {nfe} NFE):\n"
+               f"{format_metrics(metrics)}")
+    logger.log(metric_values(metrics))
+    return payload
+
+
+def evaluate_at_steps(
+    sampler: Sampler, evaluator: BaseEvaluator, steps_list: Sequence[int], logger: BaseLogger | None = None
+) -> tuple[list[StepsRow], SampleResult, float]:
+    """Sample ``evaluator.num_samples`` with each step count in ``steps_list`` and score them.
+
+    The sampler's weights, seed and other settings are kept; only ``sampler.steps`` changes, and it is restored
+    afterwards. A row reports the number of steps the method really ran: DDPM always runs all T, so for DDPM the
+    step counts collapse into one row (a step count whose trajectory was already scored is skipped).
+    ``evaluator.prepare(data)`` must have run. Returns the rows, and the last row's samples and seconds per sample.
+
+    Raises:
+        ConfigError: if a step count is not in ``[1, method.num_timesteps]``, or the evaluator is ``none``.
+    """
+    if not evaluator.enabled:
+        raise ConfigError("evaluator.sampler_steps needs an evaluator that scores; evaluator=none scores nothing")
+    num_timesteps = sampler.method.num_timesteps
+    checked = [check_int(s, "evaluator.sampler_steps", minimum=1, maximum=num_timesteps) for s in steps_list]
+    rows: list[StepsRow] = []
+    seen: set[int] = set()
+    original_steps = sampler.steps
+    last: tuple[SampleResult, float] | None = None
+    try:
+        for steps in checked:
+            sequence = sampler.method.timesteps(steps, sampler.timestep_spacing)
+            if len(sequence) in seen:
+                continue
+            seen.add(len(sequence))
+            sampler.steps = steps
+            if logger is not None:
+                logger.log(f"sampling {evaluator.num_samples} with {sampler.method.name} at {len(sequence)} steps")
+            result, seconds = timed_sample(sampler, evaluator.num_samples, trajectory_timesteps(sequence))
+            metrics = evaluator.evaluate(result.samples)
+            nfe = sampler.method.network_evaluations(result.steps)
+            rows.append(StepsRow(sampler.method.name, result.steps, metrics, seconds, nfe))
+            last = (result, seconds)
+    finally:
+        sampler.steps = original_steps
+    assert last is not None, "at least one step count"
+    return rows, *last
+
+
+def timed_sample(sampler: Sampler, num_samples: int, record_timesteps: Sequence[int]) -> tuple[SampleResult, float]:
+    """Sample and measure wall seconds per sample (synchronising CUDA so the time is real)."""
+    if sampler.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = sampler.sample(num_samples=num_samples, record_timesteps=record_timesteps)
+    if sampler.device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, (time.perf_counter() - start) / num_samples
+
+
+def trajectory_timesteps(sequence: Sequence[int]) -> list[int]:
+    """Up to ``TRAJECTORY_POINTS - 1`` timesteps spread evenly over the whole sampling sequence (its first, from
+    pure noise, and its last, where the image forms, included), plus :data:`FINAL`, the sample."""
+    picks = TRAJECTORY_POINTS - 1
+    if len(sequence) <= picks:
+        return [*sequence, FINAL]
+    positions = [round(i * (len(sequence) - 1) / (picks - 1)) for i in range(picks)]
+    return [sequence[p] for p in positions] + [FINAL]
+
+
+def grid_selection(sampler: Sampler, result: SampleResult) -> tuple[torch.Tensor, int | None]:
+    """The images of ``samples.png`` and its row length: the first ``sampler.num_samples``, or, for
+    ``sampler.class_labels=all``, the same number of each class, one row per class, whatever the number drawn."""
+    shown = result.samples[: sampler.num_samples]
+    if sampler.class_labels != "all" or result.labels is None:
+        return shown, None
+    per_class = max(1, sampler.num_samples // sampler.num_classes)
+    rows = [result.samples[result.labels == c][:per_class] for c in range(sampler.num_classes)]
+    return torch.cat(rows), per_class
+
+
+def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLogger) -> EpochHook:
+    """A trainer hook that scores ``evaluator.num_samples`` samples of ``sampler`` (built on the EMA weights)
+    every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``."""
+
+    def hook(epoch: int, global_step: int) -> dict[str, float] | None:
+        if not evaluator.is_due(epoch):
+            return None
+        samples = sampler.sample(num_samples=evaluator.num_samples).samples
+        metrics = evaluator.evaluate(samples)
+        logger.log(f"epoch {epoch} evaluation ({len(samples)} samples):\n{format_metrics(metrics)}")
+        return metric_values(metrics)
+
+    return hook
+
+
+def epoch_sample_grid(sampler: Sampler, directory: Path, every_n_epochs: int, logger: BaseLogger) -> EpochHook:
+    """A trainer hook that saves ``samples/epoch_NNNN.png`` (EMA weights) every ``every_n_epochs`` and hands it
+    to the logger (W&B shows it as an image)."""
+    from diffusion.images import save_image_grid
+
+    def hook(epoch: int, global_step: int) -> None:
+        if epoch % every_n_epochs:
+            return None
+        result = sampler.sample()
+        if result.samples.dim() == 4:
+            images, nrow = grid_selection(sampler, result)
+            path = save_image_grid(images, directory / "samples" / f"epoch_{epoch:04d}.png", nrow=nrow)
+            logger.log_image("samples", path, step=global_step)
+        return None
+
+    return hook

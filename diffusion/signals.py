@@ -1,0 +1,56 @@
+"""Stop requests from the outside (SIGTERM from a scheduler, Ctrl-C) turned into a flag a loop checks.
+
+A long loop should not die mid-write: inside :class:`StopSignals` the two signals only record themselves, and
+the loop (training: the next step; sampling: the next batch) saves what it must and raises
+:class:`Interrupted` with the exit status the shell convention gives (128 + signal number).
+"""
+
+from __future__ import annotations
+
+import signal
+from types import TracebackType
+from typing import Any
+
+EXIT_ON_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, the shell convention
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived and the work stopped cleanly. ``exit_code`` follows the 128 + signal convention."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """While entered, SIGTERM and SIGINT set :attr:`received` instead of ending the process.
+
+    Outside the main thread signals cannot be handled and are left alone. Handlers in place before are put back
+    on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        def handle(signum: int, frame: Any) -> None:
+            self.received = signum
+
+        try:
+            for sig in EXIT_ON_SIGNAL:
+                self._previous[sig] = signal.signal(sig, handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def interrupted(self, where_and_what_was_kept: str) -> Interrupted:
+        """The exception to raise for the received signal: ``stopped by SIGTERM <where; what was kept, how to
+        continue>``."""
+        stop = signal.Signals(self.received or signal.SIGTERM)
+        return Interrupted(f"stopped by {stop.name} {where_and_what_was_kept}", EXIT_ON_SIGNAL.get(stop, 143))
