@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, Literal, NamedTuple
+from typing import Any, ContextManager, NamedTuple
 
 import torch
 from torch import nn
@@ -27,12 +27,12 @@ from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
 from diffusion.file_manager import FileManager
 from diffusion.loggers.base import BaseLogger
+from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
 from diffusion.seeding import rng_state, set_rng_state
 from diffusion.signals import StopSignals
-from diffusion.validation import ConfigError, check_bool, check_choice, check_float, check_int, check_positive
+from diffusion.validation import ConfigError, check_betas, check_bool, check_choice, check_float, check_int, check_positive
 
-LRSchedule = Literal["constant", "cosine"]
 # Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
 # rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
 EpochHook = Callable[[int, int], dict[str, float] | None]
@@ -123,9 +123,6 @@ class Trainer:
         self.max_steps = None if max_steps is None else check_int(max_steps, "trainer.max_steps", minimum=1)
         self.lr = check_positive(lr, "trainer.lr")
         self.batch_size = check_int(batch_size, "trainer.batch_size", minimum=1)
-        self.warmup_steps = check_int(warmup_steps, "trainer.warmup_steps", minimum=0)
-        self.lr_schedule = check_choice(lr_schedule, "trainer.lr_schedule", ("constant", "cosine"))
-        self.min_lr_ratio = check_float(min_lr_ratio, "trainer.min_lr_ratio", 0.0, 1.0)
         self.grad_clip = check_float(grad_clip, "trainer.grad_clip", minimum=0.0)
         self.accumulate = check_int(accumulate_grad_batches, "trainer.accumulate_grad_batches", minimum=1)
         self.precision = check_choice(precision, "trainer.precision", ("fp32", "bf16", "fp16"))
@@ -152,7 +149,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.lr,
-            betas=_check_betas(betas),
+            betas=check_betas(betas, "trainer.betas"),
             weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
         )
         self.train_model = self._wrap(self.model, check_bool(compile, "trainer.compile"))
@@ -163,7 +160,8 @@ class Trainer:
         if self.max_steps is not None:
             self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.lr_factor = WarmupThenDecay(warmup_steps, self.total_steps, lr_schedule, min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.state = TrainState()
         self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
@@ -449,15 +447,6 @@ class Trainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _lr_factor(self, step: int) -> float:
-        """Linear warmup to 1, then constant or cosine decay to ``min_lr_ratio``."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
     def _fixed_validation_draws(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps and noise for validation, drawn once from their own generator so that epochs compare."""
         generator = torch.Generator().manual_seed(seed)
@@ -481,16 +470,6 @@ class Trainer:
             f"{len(self.splits.train)} train / {len(self.splits.val)} val samples, {self.steps_per_epoch} steps "
             f"per epoch, {self._remaining()}"
         )
-
-
-def _check_betas(betas: Any) -> tuple[float, float]:
-    """AdamW's (beta1, beta2), each in [0, 1)."""
-    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
-        raise ConfigError(f"trainer.betas must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
-    for beta in betas:
-        if check_float(beta, "trainer.betas", 0.0, 1.0) == 1.0:
-            raise ConfigError(f"trainer.betas must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
-    return float(betas[0]), float(betas[1])
 
 
 def _fields(splits: DataSplits) -> tuple[torch.Tensor | None, ...]:

@@ -8,7 +8,7 @@ configured under (``"trainer.lr"``); library users who build components by hand 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -52,6 +52,16 @@ def check_float(
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     _check_range(value, key, minimum, maximum, inclusive=inclusive)
     return float(value)
+
+
+def check_betas(betas: Any, key: str) -> tuple[float, float]:
+    """Adam's (beta1, beta2), each in [0, 1)."""
+    message = f"{key} must be two numbers [beta1, beta2] in [0, 1), got {betas!r}"
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
+        raise ConfigError(message)
+    if any(check_float(beta, key, 0.0, 1.0) == 1.0 for beta in betas):
+        raise ConfigError(message)
+    return float(betas[0]), float(betas[1])
 
 
 def check_positive(value: Any, key: str) -> float:

@@ -59,7 +59,7 @@ def test_validation_loss_is_fixed_across_calls(tmp_path):
 
 def test_lr_warmup_then_cosine(tmp_path):
     trainer, _, logger = small_parts(tmp_path, epochs=10, warmup_steps=5, lr_schedule="cosine", min_lr_ratio=0.1)
-    factors = [trainer._lr_factor(step) for step in range(trainer.total_steps + 1)]
+    factors = [trainer.lr_factor(step) for step in range(trainer.total_steps + 1)]
     assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
     assert factors[5] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[5:], factors[6:]))
