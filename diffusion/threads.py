@@ -124,6 +124,6 @@ def busy_warning(cpus: float, threads: int, loadavg: str | None = None) -> str |
         return None
     return (
         f"the machine is busy before this run starts (load {load:.1f}, {others} other runnable processes, "
-        f"{cpus:g} CPUs) and this run adds {threads} threads; expect slow steps, or set trainer.num_threads "
-        f"(or run fewer jobs at once: hydra.launcher.n_jobs)"
+        f"{cpus:g} CPUs) and this run adds {threads} threads; expect slow steps, or set "
+        f"trainer.num_threads={max(1, math.floor(cpus - busy))} (or run fewer jobs at once: hydra.launcher.n_jobs)"
     )

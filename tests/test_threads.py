@@ -70,5 +70,5 @@ def test_explicit_setting_wins_and_is_checked(sixteen_cpus):
 def test_busy_machine_warning_names_the_setting():
     assert busy_warning(16, 4, "0.50 0.40 0.30 2/300 1234") is None
     line = busy_warning(2, 2, "1.89 0.91 0.39 4/99 4420")
-    assert line is not None and "trainer.num_threads" in line and "3 other runnable" in line and "\n" not in line
+    assert line is not None and "trainer.num_threads=1" in line and "3 other runnable" in line and "\n" not in line
     assert busy_warning(2, 1, "0.9 0.9 0.9 1/99 1") is None
