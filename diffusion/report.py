@@ -42,6 +42,7 @@ STATUSES = ("completed", "pruned", "running", "failed")
 RUNNING_WINDOW_S = 600.0  # an unfinished job whose logs changed this recently is still running
 OBJECTIVE_PREFERENCE = ("fd", "fid")  # evaluation metrics that, when present, rank jobs before val loss
 BEST_VAL_LOSS = "best_val_loss"
+_BOOKKEEPING = ("hydra", "optuna_trial.")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
 
 
@@ -151,7 +152,8 @@ def read_wandb_history(job_dir: Path) -> list[dict[str, Any]]:
 def read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / "overrides.yaml"
     loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return [str(o) for o in loaded if not str(o).startswith("hydra")] if isinstance(loaded, list) else []
+    # hydra.* and the sweeper's ++optuna_trial.* (trial number, storage) say how the job ran, not what it ran.
+    return [str(o) for o in loaded if not str(o).lstrip("+").startswith(_BOOKKEEPING)] if isinstance(loaded, list) else []
 
 
 def read_eval(job_dir: Path) -> dict[str, float]:

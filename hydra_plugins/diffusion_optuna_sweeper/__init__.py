@@ -1,0 +1,1 @@
+"""Hydra plugin: the diffusion_optuna sweeper (see optuna_sweeper.py)."""
