@@ -1,4 +1,4 @@
-"""Pruning Optuna search on current Optuna: the per-epoch hook against a stored study, and the diffusion_optuna
+"""Pruning Optuna search on current Optuna: the per-epoch hook against a stored study, and the optuna
 sweeper driving jobs (fake training curves, no model) through Hydra's launcher and the report."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ main()
 
 FAKE_CONFIG = """
 defaults:
-  - override hydra/sweeper: diffusion_optuna
+  - override hydra/sweeper: optuna
 lr: 0.001
 optuna_trial: {number: null, storage: null, study_name: null,
                pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}}

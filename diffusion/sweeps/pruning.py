@@ -1,6 +1,6 @@
 """The training side of a pruning Optuna search: report each epoch's objective to the trial, stop when pruned.
 
-The search (``hparams_search=optuna``, the ``diffusion_optuna`` sweeper in ``hydra_plugins/``) asks the study
+The search (``hparams_search=optuna``, the sweeper in ``hydra_plugins/diffusion_optuna_sweeper``) asks the study
 for a trial, and passes its job the trial's number, the storage URL and the study name. The job builds
 :func:`pruning_hook` from them and calls it after each epoch's checkpoint: it reports the monitored value
 (``trainer.monitor``, validation loss by default) as the intermediate value of step ``epoch``; when the pruner

@@ -1,1 +1,1 @@
-"""Hydra plugin: the diffusion_optuna sweeper (see optuna_sweeper.py)."""
+"""Hydra plugin: this repository's ``hydra/sweeper=optuna`` (see optuna_sweeper.py)."""

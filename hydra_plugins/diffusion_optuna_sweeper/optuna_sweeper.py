@@ -1,5 +1,6 @@
-"""Hydra sweeper ``hydra/sweeper=diffusion_optuna``: an Optuna search on current Optuna (3 and later) whose jobs
-report per-epoch values and can be pruned.
+"""Hydra sweeper ``hydra/sweeper=optuna`` (this repository's; it replaces hydra-optuna-sweeper, which must not be
+installed beside it): an Optuna search on current Optuna (3 and later) whose jobs report per-epoch values and can
+be pruned.
 
 Why a sweeper of our own: the Hydra Optuna sweeper plugin (hydra-optuna-sweeper 1.3) requires optuna<3 and
 SQLAlchemy<2 and runs each trial as a function call that returns one value at the end, so no job can report an
@@ -51,7 +52,7 @@ class DiffusionOptunaSweeperConf:
 
 
 ConfigStore.instance().store(
-    group="hydra/sweeper", name="diffusion_optuna", node=DiffusionOptunaSweeperConf, provider="diffusion"
+    group="hydra/sweeper", name="optuna", node=DiffusionOptunaSweeperConf, provider="diffusion"
 )
 
 
@@ -102,7 +103,8 @@ class DiffusionOptunaSweeper(Sweeper):
         job_index, asked = 0, 0
         while asked < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - asked))]
-            batch = [fixed + trial_overrides(trial.params) + self.job_overrides(study, trial.number) for trial in trials]
+            # The trial's parameters first, as the Hydra Optuna sweeper orders them; then the fixed overrides.
+            batch = [trial_overrides(trial.params) + fixed + self.job_overrides(study, trial.number) for trial in trials]
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=job_index)
             for trial, job in zip(trials, returns):
