@@ -5,7 +5,8 @@
 writes ``report.md``, ``report.csv``, ``report_curves.png`` (validation loss of every job) and
 ``report_objective.png`` (the objective per job) into the sweep directory. Jobs that differ only in ``seed`` form
 one row of ``report.md`` (mean ± std over the seeds, and their number; also in ``report_seeds.csv``) and one
-mean curve with a ±std band; ``report.csv`` keeps a row per job. A job an Optuna search pruned is ``pruned``. It reads only the files each job
+mean curve with a ±std band; ``report.csv`` keeps a row per job. A job an Optuna search pruned is ``pruned``.
+It reads only the files each job
 wrote (``overrides.yaml``, ``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``checkpoints/``); a job logged with
 W&B only is read from its offline ``run-<id>.wandb`` file instead of ``metrics.jsonl``.
 """
@@ -153,7 +154,9 @@ def read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / "overrides.yaml"
     loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     # hydra.* and the sweeper's ++optuna_trial.* (trial number, storage) say how the job ran, not what it ran.
-    return [str(o) for o in loaded if not str(o).lstrip("+").startswith(_BOOKKEEPING)] if isinstance(loaded, list) else []
+    if not isinstance(loaded, list):
+        return []
+    return [str(o) for o in loaded if not str(o).lstrip("+").startswith(_BOOKKEEPING)]
 
 
 def read_eval(job_dir: Path) -> dict[str, float]:
@@ -328,7 +331,8 @@ def group_rows(
         row += [group.status(), " ".join(o for o in group.overrides if o not in common)]
         for _, value in values:
             mean, std = group.mean_std(value)
-            row += [_fmt(mean), _fmt(std)] if split else [_fmt(mean) + (f" ± {_fmt(std, '.3g')}" if math.isfinite(std) else "")]
+            spread = f" ± {_fmt(std, '.3g')}" if math.isfinite(std) else ""
+            row += [_fmt(mean), _fmt(std)] if split else [_fmt(mean) + spread]
         rows.append(row)
     return header, rows
 
@@ -424,7 +428,9 @@ def write_report(sweep_dir: str | Path, objective: str | None = None, now: float
     groups = group_by_seed(jobs)
     if all(group.seeds == 1 for group in groups):
         return [
-            write_markdown(sweep / "report.md", sweep, chosen, common, *table_rows(ranked, chosen, all_overrides=False)),
+            write_markdown(
+                sweep / "report.md", sweep, chosen, common, *table_rows(ranked, chosen, all_overrides=False)
+            ),
             write_csv(sweep / "report.csv", *table_rows(ranked, chosen)),
             plot_val_curves(jobs, sweep / "report_curves.png"),
             plot_objective(ranked, chosen, sweep / "report_objective.png"),

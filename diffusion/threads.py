@@ -66,7 +66,9 @@ def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
-def jobs_per_node(launcher: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+def jobs_per_node(
+    launcher: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[int, str]:
     """How many processes run at once on this node: torchrun ranks times the launcher's parallel jobs.
 
     ``launcher`` is the job's ``hydra.launcher`` config as a plain dict (its ``n_jobs`` for joblib; -1 means one

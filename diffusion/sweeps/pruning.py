@@ -89,7 +89,9 @@ def pruning_hook(
     try:
         trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), trial_number)
     except KeyError as error:
-        raise ConfigError(f"optuna_trial.number={trial_number}: no such trial in study {study_name} ({storage})") from error
+        raise ConfigError(
+            f"optuna_trial.number={trial_number}: no such trial in study {study_name} ({storage})"
+        ) from error
     state = store.get_trial(trial_id).state
     if state != TrialState.RUNNING:
         raise ConfigError(f"optuna_trial.number={trial_number} of study {study_name} is {state.name}, not running")

@@ -104,7 +104,7 @@ class DiffusionOptunaSweeper(Sweeper):
         while asked < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - asked))]
             # The trial's parameters first, as the Hydra Optuna sweeper orders them; then the fixed overrides.
-            batch = [trial_overrides(trial.params) + fixed + self.job_overrides(study, trial.number) for trial in trials]
+            batch = [trial_overrides(t.params) + fixed + self.job_overrides(study, t.number) for t in trials]
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=job_index)
             for trial, job in zip(trials, returns):
