@@ -9,7 +9,7 @@ How the lock is taken (atomic on a local disk and on NFS):
   * the record is written to a temporary file and hard-linked to ``run.lock``: ``link`` fails with EEXIST when the
     name exists, so exactly one process creates the lock, and it never appears half written;
   * deciding that an existing lock is stale and replacing it happens under ``fcntl.flock`` of
-    ``run.lock.guard``, so two processes of one host never both take over the same stale lock.
+    ``.run.lock.guard`` (kept, hidden), so two processes of one host never both take over the same stale lock.
 
 When a lock is stale:
   * same host: its pid no longer runs, or runs but started at another time (the pid was reused), or the host
@@ -121,7 +121,7 @@ class RunLock:
         temporary = self.path.with_name(f".{LOCK_NAME}.{socket.gethostname()}.{os.getpid()}.tmp")
         temporary.write_bytes(record)
         try:
-            with _guard(self.path.with_name(LOCK_NAME + ".guard")):
+            with _guard(self.path.with_name(f".{LOCK_NAME}.guard")):
                 while True:
                     try:
                         os.link(temporary, self.path)
