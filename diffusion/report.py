@@ -269,11 +269,12 @@ def table_rows(
     ranked: Sequence[JobResult], objective: str, all_overrides: bool = True
 ) -> tuple[list[str], list[list[str]]]:
     """Header and cells of ``report.csv`` (every override) and ``report.md`` (``all_overrides=False``: the
-    overrides that differ between jobs); the first row with a finite objective is marked best."""
+    overrides that differ between jobs); the first row with a finite objective, not pruned, is marked best."""
     metric_names = sorted({name for job in ranked for name in job.metrics})
     header = ["rank", "best", "job", "status", "overrides", "epochs", "final_train_loss", "final_val_loss"]
     header += ["best_epoch", "best_val_loss", *metric_names, "wall_time_s"]
-    best = next((job for job in ranked if math.isfinite(job.value(objective))), None)
+    # A pruned job's value is from before it was stopped: never the best, even when it happens to be lowest.
+    best = next((job for job in ranked if math.isfinite(job.value(objective)) and job.status != "pruned"), None)
     rows = [_row(rank, job, job is best, metric_names, all_overrides) for rank, job in enumerate(ranked, start=1)]
     return header, rows
 

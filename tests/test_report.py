@@ -192,9 +192,12 @@ def test_seed_group_mean_curve_band_and_partial_seeds(tmp_path: Path) -> None:
     assert groups[2].mean_curve() == ([3.0], [0.0])  # one seed: no band
 
 
-def test_pruned_job_is_reported_as_pruned(sweep: Path) -> None:
+def test_pruned_job_is_reported_as_pruned_and_never_best(sweep: Path) -> None:
     (sweep / "2" / "pruned.json").write_text('{"trial": 2, "epoch": 1}')
+    write_job(sweep, "3", ["trainer.lr=1e-5", "method=ddim"], [0.1], checkpoint=False)  # lowest, then pruned
+    (sweep / "3" / "pruned.json").write_text('{"trial": 3, "epoch": 1}')
     write_report(sweep)
     rows = read_csv(sweep / "report.csv")
     assert [r["status"] for r in rows if r["job"] == "2"] == ["pruned"]
-    assert "1 pruned" in (sweep / "report.md").read_text()
+    assert (rows[0]["job"], rows[0]["best"]) == ("3", "") and rows[1]["best"] == "best"
+    assert "2 pruned" in (sweep / "report.md").read_text()
