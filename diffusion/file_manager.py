@@ -12,11 +12,13 @@ code on load.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import pickle
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -75,10 +77,17 @@ class FileManager:
 
         ``periodic=None`` decides from the state's epoch and ``save_every_n_epochs``. Returns the path of
         ``last.pt``.
+
+        Raises:
+            SaveError: a write failed (full disk, quota, I/O error); the checkpoints saved before stay intact and
+                loadable and no temporary file is left.
         """
         missing = [key for key in checkpoint.CHECKPOINT_KEYS if key not in state]
         assert not missing, f"checkpoint state lacks {missing}"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SaveError.of(self.checkpoint_dir, error) from error
         _remove_stale_temporaries(self.checkpoint_dir)
         payload = _serialize(state)
         # ``last`` goes last: a kill before it is replaced resumes from the previous ``last`` and redoes this
@@ -243,24 +252,104 @@ def _sidecar(path: Path) -> Path:
 def atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
     """Write ``payload`` and its sha256 sidecar, each via a temporary file, fsync and rename.
 
-    With ``keep_previous`` the file being replaced is renamed to ``<stem>.prev.pt`` first, so that a
-    damaged newest checkpoint still has an intact predecessor. A kill between any two renames leaves every
-    file either with its own sidecar or with none (then it loads unverified; it was complete before its
-    rename), never with another file's sidecar, which would make an intact file look damaged.
+    With ``keep_previous`` the file being replaced is first hard-linked to ``<stem>.prev.pt``, so that a damaged
+    newest checkpoint still has an intact predecessor and the old file stays in place until the new one replaces
+    it. A kill between any two renames leaves every file either with its own sidecar or with none (then it
+    loads unverified; it was complete before its rename), never with another file's sidecar, which would make
+    an intact file look damaged.
+
+    Raises:
+        SaveError: an operation failed (full disk, quota, I/O error); every file written before is intact, no
+            temporary file is left, and the line names ``path`` and the error.
     """
     digest = hashlib.sha256(payload).hexdigest().encode()
-    tmp_payload = _write_temporary(payload, path)
-    tmp_digest = _write_temporary(digest, _sidecar(path))
-    if keep_previous and path.exists():
-        previous = path.with_name(path.stem + ".prev" + path.suffix)
-        _remove(_sidecar(previous))
-        os.replace(path, previous)
-        if _sidecar(path).exists():
-            os.replace(_sidecar(path), _sidecar(previous))
-    _remove(_sidecar(path))
-    os.replace(tmp_payload, path)
-    os.replace(tmp_digest, _sidecar(path))
-    _fsync_dir(path.parent)
+    temporaries: list[Path] = []
+    try:
+        temporaries.append(_write_temporary(payload, path))
+        temporaries.append(_write_temporary(digest, _sidecar(path)))
+        if keep_previous and path.exists():
+            _copy_to_previous(path, temporaries)
+        _remove(_sidecar(path))
+        os.replace(temporaries[0], path)
+        os.replace(temporaries[1], _sidecar(path))
+        _fsync_dir(path.parent)
+    except OSError as error:
+        for temporary in temporaries:
+            _remove_quietly(temporary)
+        raise SaveError.of(path, error) from error
+
+
+def _copy_to_previous(path: Path, temporaries: list[Path]) -> None:
+    """``path`` and its sidecar to ``<stem>.prev<suffix>`` while ``path`` stays: a failure after this leaves the
+    old file in place, so no state is lost until the new file has replaced it."""
+    previous = path.with_name(path.stem + ".prev" + path.suffix)
+    linked = _link_temporary(path, previous)
+    temporaries.append(linked)
+    old_digest = _sidecar(path).read_bytes() if _sidecar(path).exists() else None
+    if old_digest is not None:
+        temporaries.append(_write_temporary(old_digest, _sidecar(previous)))
+    _remove(_sidecar(previous))
+    os.replace(linked, previous)
+    if old_digest is not None:
+        os.replace(temporaries[-1], _sidecar(previous))
+
+
+def _link_temporary(source: Path, target: Path) -> Path:
+    """A temporary name beside ``target`` for the contents of ``source``: a hard link (no bytes written), or a
+    copy where the file system has no hard links."""
+    name = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(source, name)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        return _write_temporary(source.read_bytes(), target)
+    return name
+
+
+class SaveError(OSError):
+    """A file could not be written (full disk, quota, I/O error); one line naming the file and the error.
+
+    Files written before are intact and no temporary file is left behind. An ``OSError``: the trainer reports it
+    and exits with status 1 (not a configuration mistake).
+    """
+
+    @classmethod
+    def of(cls, path: Path, error: OSError) -> SaveError:
+        reason = error.strerror or str(error) or type(error).__name__
+        code = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+        saved = cls(f"could not write {path}: {reason}{f' ({code})' if code else ''}")
+        saved.errno, saved.filename = error.errno, str(path)
+        return saved
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` all at once: a temporary file, fsync, rename, fsync of the directory.
+
+    Readers see the old contents or the new ones, never a part; a kill or a full disk keeps the old file.
+
+    Raises:
+        SaveError: naming ``path`` and the error; the old file is intact and no temporary file is left.
+    """
+    path = Path(path)
+    temporary: Path | None = None
+    try:
+        temporary = _write_temporary(data, path)
+        os.replace(temporary, path)
+        _fsync_dir(path.parent)
+    except OSError as error:
+        if temporary is not None:
+            _remove_quietly(temporary)
+        raise SaveError.of(path, error) from error
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` for text."""
+    return atomic_write_bytes(path, text.encode(encoding))
 
 
 def _remove(path: Path) -> None:
@@ -276,28 +365,45 @@ def _remove_stale_temporaries(directory: Path) -> None:
         _remove(stale)
 
 
+def _remove_quietly(path: Path) -> None:
+    # Cleanup after a failed write: the first error is the one to report.
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def _write_temporary(data: bytes, path: Path) -> Path:
+    """``data`` in a new hidden file beside ``path``, flushed to disk; removed again if anything fails."""
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(handle, view):]  # os.write may write less than asked
+        os.fsync(handle)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        os.close(handle)
+        _remove_quietly(Path(tmp_name))
         raise
+    os.close(handle)
     return Path(tmp_name)
 
 
 def _fsync_dir(directory: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed (POSIX).
+    """Make the renames in ``directory`` durable (POSIX: only once the directory entry is flushed).
+
+    Raises:
+        OSError: the flush failed with an I/O error, full disk or quota; file systems that cannot fsync a
+            directory (EINVAL and the like) are passed over.
+    """
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES):
+            raise
     finally:
         os.close(fd)

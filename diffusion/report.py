@@ -3,7 +3,10 @@
     python -m diffusion.report outputs/multirun/2024-05-01/12-00-00 [--objective fd]
 
 writes ``report.md``, ``report.csv``, ``report_curves.png`` (validation loss of every job) and
-``report_objective.png`` (the objective per job) into the sweep directory. It reads only the files each job
+``report_objective.png`` (the objective per job) into the sweep directory. Jobs that differ only in ``seed`` form
+one row of ``report.md`` (mean ± std over the seeds, and their number; also in ``report_seeds.csv``) and one
+mean curve with a ±std band; ``report.csv`` keeps a row per job. A job an Optuna search pruned is ``pruned``.
+It reads only the files each job
 wrote (``overrides.yaml``, ``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``checkpoints/``); a job logged with
 W&B only is read from its offline ``run-<id>.wandb`` file instead of ``metrics.jsonl``.
 """
@@ -29,14 +32,18 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from diffusion.loggers.wandb_records import read_wandb_file, wandb_files
+from diffusion.sweeps.seed_groups import SeedGroup, group_by_seed, rank_groups
 from diffusion.validation import ConfigError
 
 EXIT_USER_ERROR = 2
 RUN_FILES = ("config.yaml", "overrides.yaml", "metrics.jsonl", "train.log")
 FAILED_MARKERS = ("error.txt", "FAILED")  # a job that wrote one of these failed, whatever else it left
+PRUNED_MARKER = "pruned.json"  # written by diffusion.sweeps.pruning when the search stopped the job early
+STATUSES = ("completed", "pruned", "running", "failed")
 RUNNING_WINDOW_S = 600.0  # an unfinished job whose logs changed this recently is still running
 OBJECTIVE_PREFERENCE = ("fd", "fid")  # evaluation metrics that, when present, rank jobs before val loss
 BEST_VAL_LOSS = "best_val_loss"
+_BOOKKEEPING = ("hydra", "optuna_trial.")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
 
 
@@ -46,7 +53,7 @@ class JobResult:
 
     job: str
     overrides: list[str]
-    status: str  # completed | failed | running
+    status: str  # completed | pruned | failed | running
     epochs: int = 0
     final_train_loss: float = math.nan
     final_val_loss: float = math.nan
@@ -146,7 +153,10 @@ def read_wandb_history(job_dir: Path) -> list[dict[str, Any]]:
 def read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / "overrides.yaml"
     loaded = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return [str(o) for o in loaded if not str(o).startswith("hydra")] if isinstance(loaded, list) else []
+    # hydra.* and the sweeper's ++optuna_trial.* (trial number, storage) say how the job ran, not what it ran.
+    if not isinstance(loaded, list):
+        return []
+    return [str(o) for o in loaded if not str(o).lstrip("+").startswith(_BOOKKEEPING)]
 
 
 def read_eval(job_dir: Path) -> dict[str, float]:
@@ -188,9 +198,11 @@ def log_wall_time(path: Path) -> float:
 
 
 def job_status(job_dir: Path, epochs_done: int, now: float | None = None) -> str:
-    """``failed`` when the job wrote an error marker or stopped before finishing, ``running`` when unfinished
-    but its logs changed in the last :data:`RUNNING_WINDOW_S`, else ``completed`` (last checkpoint present and,
-    when the config says how many, all epochs done)."""
+    """``pruned`` when an Optuna search stopped it early, ``failed`` when the job wrote an error marker or stopped
+    before finishing, ``running`` when unfinished but its logs changed in the last :data:`RUNNING_WINDOW_S`, else
+    ``completed`` (last checkpoint present and, when the config says how many, all epochs done)."""
+    if (job_dir / PRUNED_MARKER).exists():
+        return "pruned"
     if any((job_dir / marker).exists() for marker in FAILED_MARKERS):
         return "failed"
     planned = planned_epochs(job_dir)
@@ -257,11 +269,12 @@ def table_rows(
     ranked: Sequence[JobResult], objective: str, all_overrides: bool = True
 ) -> tuple[list[str], list[list[str]]]:
     """Header and cells of ``report.csv`` (every override) and ``report.md`` (``all_overrides=False``: the
-    overrides that differ between jobs); the first row with a finite objective is marked best."""
+    overrides that differ between jobs); the first row with a finite objective, not pruned, is marked best."""
     metric_names = sorted({name for job in ranked for name in job.metrics})
     header = ["rank", "best", "job", "status", "overrides", "epochs", "final_train_loss", "final_val_loss"]
     header += ["best_epoch", "best_val_loss", *metric_names, "wall_time_s"]
-    best = next((job for job in ranked if math.isfinite(job.value(objective))), None)
+    # A pruned job's value is from before it was stopped: never the best, even when it happens to be lowest.
+    best = next((job for job in ranked if math.isfinite(job.value(objective)) and job.status != "pruned"), None)
     rows = [_row(rank, job, job is best, metric_names, all_overrides) for rank, job in enumerate(ranked, start=1)]
     return header, rows
 
@@ -296,15 +309,51 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
+def group_rows(
+    ranked: Sequence[SeedGroup], objective: str, common: Sequence[str], split: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of a row per seed group: ``mean ± std`` of each value over the seeds (``split``: separate
+    ``_mean`` and ``_std`` columns, for ``report_seeds.csv``); the first group with a finite mean is best."""
+    metric_names = sorted({name for group in ranked for job in group.jobs for name in job.metrics})
+    values: list[tuple[str, Any]] = [
+        ("epochs", lambda job: float(job.epochs)),
+        ("final_train_loss", lambda job: job.final_train_loss),
+        ("final_val_loss", lambda job: job.final_val_loss),
+        ("best_val_loss", lambda job: job.best_val_loss),
+        *((name, lambda job, name=name: job.metrics.get(name, math.nan)) for name in metric_names),
+        ("wall_time_s", lambda job: job.wall_time_s),
+    ]
+    header = ["rank", "best", "jobs", "seeds", "status", "overrides"]
+    header += [f"{name}_{part}" for name, _ in values for part in ("mean", "std")] if split else [n for n, _ in values]
+    best = next((g for g in ranked if math.isfinite(g.mean_std(lambda job: job.value(objective))[0])), None)
+    rows = []
+    for rank, group in enumerate(ranked, start=1):
+        row = [str(rank), "best" if group is best else "", ",".join(job.job for job in group.jobs), str(group.seeds)]
+        row += [group.status(), " ".join(o for o in group.overrides if o not in common)]
+        for _, value in values:
+            mean, std = group.mean_std(value)
+            spread = f" ± {_fmt(std, '.3g')}" if math.isfinite(std) else ""
+            row += [_fmt(mean), _fmt(std)] if split else [_fmt(mean) + spread]
+        rows.append(row)
+    return header, rows
+
+
 def write_markdown(
-    path: Path, sweep_dir: Path, objective: str, common: Sequence[str], header: list[str], rows: list[list[str]]
+    path: Path, sweep_dir: Path, objective: str, common: Sequence[str], header: list[str], rows: list[list[str]],
+    groups: Sequence[SeedGroup] = (),
 ) -> Path:
-    counts = {s: sum(r[3] == s for r in rows) for s in ("completed", "running", "failed")}
+    if groups:
+        counts = {s: sum(job.status == s for g in groups for job in g.jobs) for s in STATUSES}
+        jobs, unit = sum(g.seeds for g in groups), f"{len(groups)} groups of jobs that differ only in `seed`"
+        what = f"{unit}, each as mean ± std over its seeds"
+    else:
+        counts = {s: sum(r[3] == s for r in rows) for s in STATUSES}
+        jobs, what = len(rows), ""
     lines = [
         f"# Sweep report: {sweep_dir}",
         "",
-        f"{len(rows)} jobs ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), "
-        f"sorted by `{objective}` (lower is better); the best job is marked **best**.",
+        f"{jobs} jobs ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}){f' in {what}' if what else ''}, "
+        f"sorted by `{objective}` (lower is better); the best {'group' if groups else 'job'} is marked **best**.",
         "",
         f"Overrides of every job: `{' '.join(common)}`" if common else "No override is shared by every job.",
         "",
@@ -319,11 +368,20 @@ def write_markdown(
     return path
 
 
-def plot_val_curves(jobs: Sequence[JobResult], path: Path) -> Path:
+def plot_val_curves(jobs: Sequence[JobResult], path: Path, groups: Sequence[SeedGroup] = ()) -> Path:
+    """A validation-loss curve per job; with seed ``groups``, per group the mean over its seeds and a ±std band."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for job in jobs:
+    for group in groups:
+        mean, std = group.mean_curve()
+        if mean:
+            epochs = range(1, len(mean) + 1)
+            label = f"{_label(group.jobs[0], ' '.join(group.overrides) or group.jobs[0].job)} ({group.seeds} seeds)"
+            (line,) = axes.plot(epochs, mean, marker=".", label=label)
+            low, high = [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)]
+            axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for job in () if groups else jobs:
         if job.val_curve:
             axes.plot(range(1, len(job.val_curve) + 1), job.val_curve, marker=".", label=_label(job))
     axes.set_xlabel("epoch")
@@ -351,8 +409,9 @@ def plot_objective(ranked: Sequence[JobResult], objective: str, path: Path) -> P
     return path
 
 
-def _label(job: JobResult) -> str:
-    text = f"{job.job}: {' '.join(job.varying)}" if job.varying else job.job
+def _label(job: JobResult, text: str | None = None) -> str:
+    if text is None:
+        text = f"{job.job}: {' '.join(job.varying)}" if job.varying else job.job
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -367,10 +426,23 @@ def write_report(sweep_dir: str | Path, objective: str | None = None, now: float
     chosen = choose_objective(jobs, objective)
     ranked = rank_jobs(jobs, chosen)
     common = split_overrides(jobs)
+    groups = group_by_seed(jobs)
+    if all(group.seeds == 1 for group in groups):
+        return [
+            write_markdown(
+                sweep / "report.md", sweep, chosen, common, *table_rows(ranked, chosen, all_overrides=False)
+            ),
+            write_csv(sweep / "report.csv", *table_rows(ranked, chosen)),
+            plot_val_curves(jobs, sweep / "report_curves.png"),
+            plot_objective(ranked, chosen, sweep / "report_objective.png"),
+        ]
+    ranked_groups = rank_groups(groups, lambda job: job.value(chosen))
+    markdown_cells = group_rows(ranked_groups, chosen, common)
     return [
-        write_markdown(sweep / "report.md", sweep, chosen, common, *table_rows(ranked, chosen, all_overrides=False)),
+        write_markdown(sweep / "report.md", sweep, chosen, common, *markdown_cells, groups=ranked_groups),
         write_csv(sweep / "report.csv", *table_rows(ranked, chosen)),
-        plot_val_curves(jobs, sweep / "report_curves.png"),
+        write_csv(sweep / "report_seeds.csv", *group_rows(ranked_groups, chosen, common, split=True)),
+        plot_val_curves(jobs, sweep / "report_curves.png", ranked_groups),
         plot_objective(ranked, chosen, sweep / "report_objective.png"),
     ]
 

@@ -144,3 +144,60 @@ def test_module_entry_point(sweep: Path) -> None:
     assert "report.md" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "diffusion.report", str(sweep / "x")], env=env, capture_output=True)
     assert bad.returncode == 2
+
+
+def seed_sweep(root: Path) -> Path:
+    """Two learning rates, three seeds each (seed is not the last override, as on a command line)."""
+    curves = {"1e-4": [[1.0, 0.8], [0.9, 0.6], [0.95, 0.7]], "3e-4": [[0.7, 0.5], [0.6, 0.4], [0.8, 0.6]]}
+    number = 0
+    for seed in range(3):
+        for lr, per_seed in curves.items():
+            write_job(root, str(number), [f"seed={seed}", f"trainer.lr={lr}", "method=ddim"], per_seed[seed],
+                      epochs_planned=2, eval_metrics={"kid": 0.01 * (seed + 1)})
+            number += 1
+    return root
+
+
+def test_jobs_that_differ_only_in_seed_are_one_row_with_mean_std_and_count(tmp_path: Path) -> None:
+    sweep = seed_sweep(tmp_path / "sweep")
+    written = write_report(sweep)
+    assert {p.name for p in written} >= {"report.md", "report.csv", "report_seeds.csv", "report_curves.png"}
+    assert len(read_csv(sweep / "report.csv")) == 6  # per-seed rows stay
+    groups = read_csv(sweep / "report_seeds.csv")
+    assert [(g["overrides"], g["jobs"], g["seeds"], g["best"]) for g in groups] == [
+        ("trainer.lr=3e-4", "1,3,5", "3", "best"), ("trainer.lr=1e-4", "0,2,4", "3", "")]
+    assert float(groups[0]["best_val_loss_mean"]) == pytest.approx(0.5)
+    assert float(groups[0]["best_val_loss_std"]) == pytest.approx(0.1)
+    assert float(groups[1]["best_val_loss_mean"]) == pytest.approx(0.7)
+    assert float(groups[0]["kid_mean"]) == pytest.approx(0.02) and groups[0]["status"] == "3 completed"
+    markdown = (sweep / "report.md").read_text()
+    assert "6 jobs (6 completed) in 2 groups of jobs that differ only in `seed`" in markdown
+    row = "| 1 | **best** | 1,3,5 | 3 | 3 completed | trainer.lr=3e-4 | 2 ± 0 | 0.6 ± 0.1 | 0.5 ± 0.1 | 0.5 ± 0.1 |"
+    assert row in markdown
+    assert "0.5 ± 0.1 |" in markdown
+    assert (sweep / "report_curves.png").stat().st_size > 1000
+
+
+def test_seed_group_mean_curve_band_and_partial_seeds(tmp_path: Path) -> None:
+    from diffusion.sweeps.seed_groups import group_by_seed
+
+    sweep = seed_sweep(tmp_path / "sweep")
+    write_job(sweep, "6", ["trainer.lr=1e-2", "method=ddim"], [3.0])  # no seed override: its own group
+    write_job(sweep, "7", ["trainer.lr=1e-2", "method=ddim"], [2.0])
+    jobs = [read_job(job) for job in sorted(sweep.iterdir(), key=lambda p: int(p.name))]
+    groups = group_by_seed(jobs)
+    assert [g.seeds for g in groups] == [3, 3, 1, 1]
+    mean, std = groups[1].mean_curve()
+    assert mean == pytest.approx([0.7, 0.5]) and std == pytest.approx([0.1, 0.1])
+    assert groups[2].mean_curve() == ([3.0], [0.0])  # one seed: no band
+
+
+def test_pruned_job_is_reported_as_pruned_and_never_best(sweep: Path) -> None:
+    (sweep / "2" / "pruned.json").write_text('{"trial": 2, "epoch": 1}')
+    write_job(sweep, "3", ["trainer.lr=1e-5", "method=ddim"], [0.1], checkpoint=False)  # lowest, then pruned
+    (sweep / "3" / "pruned.json").write_text('{"trial": 3, "epoch": 1}')
+    write_report(sweep)
+    rows = read_csv(sweep / "report.csv")
+    assert [r["status"] for r in rows if r["job"] == "2"] == ["pruned"]
+    assert (rows[0]["job"], rows[0]["best"]) == ("3", "") and rows[1]["best"] == "best"
+    assert "2 pruned" in (sweep / "report.md").read_text()

@@ -1,4 +1,9 @@
-"""Logs to files in the run directory and to the console."""
+"""Logs to files in the run directory and to the console.
+
+``train.log`` and ``metrics.jsonl`` grow by appended lines: a failed write (full disk, quota, I/O error) can cut
+at most the line being written (readers skip a cut line) and raises :class:`~diffusion.file_manager.SaveError`
+naming the file; whole files (``loss_curve.png``) are replaced at once.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from diffusion.file_manager import SaveError
 from diffusion.loggers.base import BaseLogger
 
 
@@ -36,9 +43,12 @@ class FileLogger(BaseLogger):
 
     def _open(self) -> None:
         if self._text is None and not self._closed:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._text = open(self.run_dir / "train.log", self._mode, encoding="utf-8")
-            self._metrics = open(self.run_dir / "metrics.jsonl", self._mode, encoding="utf-8")
+            with _naming(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            with _naming(self.run_dir / "train.log"):
+                self._text = open(self.run_dir / "train.log", self._mode, encoding="utf-8")
+            with _naming(self.run_dir / "metrics.jsonl"):
+                self._metrics = open(self.run_dir / "metrics.jsonl", self._mode, encoding="utf-8")
 
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
         if isinstance(info, str):
@@ -47,22 +57,25 @@ class FileLogger(BaseLogger):
         self._open()
         record = {"step": step, "time": round(time.time() - self._start, 3), **_plain(info)}
         if self._metrics is not None:
-            self._metrics.write(json.dumps(record) + "\n")
-            self._metrics.flush()
+            with _naming(self.run_dir / "metrics.jsonl"):
+                self._metrics.write(json.dumps(record) + "\n")
+                self._metrics.flush()
         prefix = f"step {step}: " if step is not None else ""
         self._write_line(prefix + "  ".join(f"{k}={_format(v)}" for k, v in info.items()))
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         self._open()
         if self._text is not None:
-            self._text.write(f"[{_now()}] hyperparameters: {json.dumps(_plain(params), default=str)}\n")
-            self._text.flush()
+            with _naming(self.run_dir / "train.log"):
+                self._text.write(f"[{_now()}] hyperparameters: {json.dumps(_plain(params), default=str)}\n")
+                self._text.flush()
 
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         from diffusion.images import save_loss_curve
 
         if train:
-            path = save_loss_curve(list(train), list(val), self.run_dir / "loss_curve.png")
+            with _naming(self.run_dir / "loss_curve.png"):
+                path = save_loss_curve(list(train), list(val), self.run_dir / "loss_curve.png")
             self._write_line(f"loss curve: {path}")
 
     def close(self) -> None:
@@ -75,10 +88,22 @@ class FileLogger(BaseLogger):
     def _write_line(self, line: str) -> None:
         self._open()
         if self._text is not None:
-            self._text.write(f"[{_now()}] {line}\n")
-            self._text.flush()
+            with _naming(self.run_dir / "train.log"):
+                self._text.write(f"[{_now()}] {line}\n")
+                self._text.flush()
         if self.console:
             print(line, file=sys.stdout, flush=True)
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn a failed write into one line naming the file (a bare ``OSError`` from ``write`` names none)."""
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as error:
+        raise SaveError.of(path, error) from error
 
 
 def _now() -> str:

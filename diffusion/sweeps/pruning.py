@@ -1,0 +1,114 @@
+"""The training side of a pruning Optuna search: report each epoch's objective to the trial, stop when pruned.
+
+The search (``hparams_search=optuna``, the sweeper in ``hydra_plugins/diffusion_optuna_sweeper``) asks the study
+for a trial, and passes its job the trial's number, the storage URL and the study name. The job builds
+:func:`pruning_hook` from them and calls it after each epoch's checkpoint: it reports the monitored value
+(``trainer.monitor``, validation loss by default) as the intermediate value of step ``epoch``; when the pruner
+(median of the other trials at the same epoch, by default) says the trial is hopeless, the hook
+
+1. writes ``pruned.json`` into the run directory (``python -m diffusion.report`` shows the job as ``pruned``),
+2. marks the trial PRUNED in the study itself, so the study is right whatever the launcher and the entry point
+   make of the exception (a job whose exit turned into an error, a SLURM job), and
+3. raises :class:`TrialPruned`; the checkpoint of that epoch is already written and stays.
+
+The pruner is a Python object that Optuna does not store with the study, so the job builds it from plain
+settings (:func:`make_pruner`: a name and its arguments, no ``_target_``, so a run's saved config stays safe to
+load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from diffusion.file_manager import atomic_write_text
+from diffusion.validation import ConfigError, check_choice
+
+PRUNED_MARKER = "pruned.json"  # diffusion.report.PRUNED_MARKER
+PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+EpochEndHook = Callable[[int, Mapping[str, float]], None]
+
+
+class TrialPruned(optuna.TrialPruned):
+    """The search stopped this job early: its objective so far is worse than the pruner allows.
+
+    A subclass of ``optuna.TrialPruned``, so Optuna's own loops (``study.optimize``) also count it as pruned.
+    """
+
+
+def make_pruner(name: PrunerName = "median", **kwargs: Any) -> optuna.pruners.BasePruner:
+    """An Optuna pruner from its short name and keyword arguments (``n_startup_trials``, ``n_warmup_steps``, ...).
+
+    Raises:
+        ConfigError: an unknown name or argument, naming ``optuna_trial.pruner``.
+    """
+    check_choice(name, "optuna_trial.pruner.name", PRUNERS)
+    try:
+        return PRUNERS[name](**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"optuna_trial.pruner: {name} pruner refused {kwargs}: {error}") from error
+
+
+def pruning_hook(
+    storage: str,
+    study_name: str,
+    trial_number: int,
+    pruner: optuna.pruners.BasePruner | None = None,
+    monitor: str = "val/loss",
+    run_dir: str | Path | None = None,
+) -> EpochEndHook:
+    """A per-epoch callable ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` to trial ``trial_number``
+    of the stored study and raises :class:`TrialPruned` when the pruner stops the trial.
+
+    Args:
+        storage: the study's storage URL (``sqlite:///<sweep dir>/optuna.db``).
+        study_name: the study in that storage.
+        trial_number: the trial this job runs (asked by the sweeper, still RUNNING).
+        pruner: decides from the intermediate values of all trials (default: :func:`make_pruner` ``"median"``).
+        monitor: the key of ``metrics`` to report; a missing or non-finite value is not reported.
+        run_dir: where to write ``pruned.json`` (None: nowhere).
+
+    Raises:
+        ConfigError: no such study or trial, or the trial has already finished.
+    """
+    store = optuna.storages.get_storage(storage)
+    study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner or make_pruner())
+    try:
+        trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), trial_number)
+    except KeyError as error:
+        raise ConfigError(
+            f"optuna_trial.number={trial_number}: no such trial in study {study_name} ({storage})"
+        ) from error
+    state = store.get_trial(trial_id).state
+    if state != TrialState.RUNNING:
+        raise ConfigError(f"optuna_trial.number={trial_number} of study {study_name} is {state.name}, not running")
+    trial = optuna.trial.Trial(study, trial_id)
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        value = metrics.get(monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        trial.report(float(value), step=epoch)
+        if not trial.should_prune():
+            return
+        line = f"pruned by the Optuna search at epoch {epoch}: {monitor}={float(value):.6g} (trial {trial_number})"
+        if run_dir is not None:
+            marker = {"trial": trial_number, "study": study_name, "epoch": epoch, monitor: float(value)}
+            atomic_write_text(Path(run_dir, PRUNED_MARKER), json.dumps(marker) + "\n")
+        study.tell(trial_number, state=TrialState.PRUNED, skip_if_finished=True)
+        raise TrialPruned(line)
+
+    return report
