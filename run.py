@@ -48,6 +48,7 @@ from diffusion.sample_and_score import (
     log_unavailable,
     prepare_evaluator,
     sample_save_score,
+    stop_sampling_on_signal,
 )
 from diffusion.sampler import Sampler
 from diffusion.seeding import seed_everything
@@ -131,7 +132,7 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
             sampler = make_sampler(cfg, parts.model, parts)
             best = sampler.load_checkpoint(file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
-            summary.update(sample_save_score(sampler, evaluator, parts.data, run_dir, logger) or {})
+            summary.update(sample_or_stop(run_dir, sampler, evaluator, parts.data, run_dir, logger) or {})
             logger.log_summary(summary)
     dist.close()
     if dist.is_main:
@@ -149,6 +150,16 @@ def train_or_stop(trainer: Any) -> dict[str, Any]:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def sample_or_stop(source: Path, *args: Any) -> dict[str, float] | None:
+    """``sample_save_score(*args)``; a stop signal ends the process with one line naming what was kept."""
+    try:
+        with stop_sampling_on_signal(source):
+            return sample_save_score(*args)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
@@ -173,7 +184,7 @@ def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
     with FileLogger(output_dir) as logger:
         logger.log(f"{cfg.task}: {source} ({loaded})")
         log_unavailable(evaluator, logger)
-        scores = sample_save_score(sampler, evaluator, parts.data, output_dir, logger)
+        scores = sample_or_stop(source, sampler, evaluator, parts.data, output_dir, logger)
     print_run_files(output_dir)
     return None if not scores else next(iter(scores.values()))
 

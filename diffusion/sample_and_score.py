@@ -9,8 +9,11 @@ makes the per-epoch hooks the Trainer calls (:data:`~diffusion.trainer.EpochHook
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
 from diffusion.loggers.base import BaseLogger
 from diffusion.sampler import Sampler, SampleResult, save_samples
+from diffusion.signals import EXIT_ON_SIGNAL, StopSignals
 from diffusion.trainer import EpochHook
 from diffusion.validation import ConfigError, check_int
 
@@ -29,15 +33,58 @@ FINAL = -1  # the trajectory key of the final sample (``t_prev`` of the last ste
 
 
 def prepare_evaluator(evaluator: BaseEvaluator, data: BaseData) -> None:
-    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing."""
-    if evaluator.enabled:
+    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing.
+
+    An evaluator that cannot score here also logs why (``unavailable_reason``) through its module's Python
+    logger; :func:`log_unavailable` says it in the run's log, so that record is held back here: said once.
+    """
+    if not evaluator.enabled:
+        return
+    module_log = logging.getLogger(type(evaluator).__module__)
+
+    def not_the_reason(record: logging.LogRecord) -> bool:
+        return record.getMessage() != evaluator.unavailable_reason
+
+    module_log.addFilter(not_the_reason)
+    try:
         evaluator.prepare(data)
+    finally:
+        module_log.removeFilter(not_the_reason)
 
 
 def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
     """Say once when the chosen evaluator cannot score on this machine (and how to fix that)."""
     if evaluator.enabled and evaluator.unavailable_reason:
         logger.log(f"warning: {evaluator.unavailable_reason}")
+
+
+@contextmanager
+def stop_sampling_on_signal(source: Path) -> Iterator[None]:
+    """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.signals.Interrupted`, whose message says what was
+    kept (``source``: a run directory's checkpoints, or exported weights) and how to sample again.
+
+    Unlike training, which finishes its step and saves, sampling has nothing to save: its samples and scores
+    are written only at its end and are drawn again, the same, from the same checkpoint and seed.
+    """
+    stop = StopSignals()
+    kept = f"the checkpoints in {source / 'checkpoints'} are" if source.is_dir() else f"{source} is"
+
+    def raise_now(signum: int, frame: object) -> None:
+        stop.received = signum
+        raise stop.interrupted(f"while sampling; {kept} kept: sample again with "
+                               f"python run.py task=sample run_dir={source}")
+
+    previous: dict[int, object] = {}
+    try:
+        for sig in EXIT_ON_SIGNAL:
+            previous[sig] = signal.signal(sig, raise_now)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def sample_save_score(

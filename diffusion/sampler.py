@@ -89,6 +89,9 @@ class Sampler:
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = int(getattr(model, "num_classes", 0))
         self.guidance_scale = check_float(guidance_scale, "sampler.guidance_scale")
+        if self.num_classes == 0 and self.guidance_scale != 1.0:
+            raise ConfigError(f"sampler.guidance_scale={guidance_scale} needs a class-conditional model "
+                              "(model.num_classes > 0); leave it at 1 for an unconditional one")
         self.class_labels = self._check_labels(class_labels)
         every = grid_every_n_epochs
         self.grid_every_n_epochs = None if every is None else check_int(every, "sampler.grid_every_n_epochs", 1)

@@ -7,10 +7,11 @@ the task starts (an unknown group option or key, an unparsable override, an outp
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,15 +108,50 @@ def _composition_message(error: Exception) -> str:
         install = f" ({package} is not installed: pip install -e '.[sweeps]')" if package else ""
         return f"{group}={option} is not an option of {group}{install}; choose one of: {', '.join(error.options)}"
     if isinstance(error, OverrideParseException):
+        if error.override and "=" not in error.override:  # `trainer.epochs 3`: the shell split key and value
+            return f"cannot parse the override {error.override!r}: use key=value, e.g. {_with_value(error.override)}"
         return f"cannot parse the override {error.override!r}: {str(error).splitlines()[0]}"
     cause = error.__cause__
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key:
-        parent, _, _ = cause.full_key.rpartition(".")
-        known = [] if cause.parent_node is None else [str(k) for k in cause.parent_node.keys()]
-        known = sorted(k for k in known if k != "hydra" and not k.startswith("_"))
-        return (
-            f"{cause.full_key} is not a key of {parent or 'the config'} (its keys: {', '.join(known)}); "
-            f"to add a new key use +{cause.full_key}=..."
-        )
+        return _unknown_key_message(cause)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))
+
+
+def _with_value(key: str) -> str:
+    """``key=<the next command-line word>`` when the user typed ``key value``, else ``key=...``."""
+    words = sys.argv[1:]
+    index = words.index(key) if key in words else -1
+    value = words[index + 1] if 0 <= index < len(words) - 1 and "=" not in words[index + 1] else "..."
+    return f"{key}={value}"
+
+
+def _unknown_key_message(error: ConfigKeyError | ConfigAttributeError) -> str:
+    """A key the config lacks: the near key if there is one, else the keys there are (or that there are none)."""
+    parent, _, name = error.full_key.rpartition(".")
+    known = [] if error.parent_node is None else [str(k) for k in error.parent_node.keys()]
+    known = sorted(k for k in known if k != "hydra" and not k.startswith("_"))
+    where = parent or "the config"
+    near = near_key(name, known)
+    if near is not None:
+        return f"{error.full_key} is not a key of {where}; did you mean {parent + '.' if parent else ''}{near}?"
+    if not known:
+        return (f"{error.full_key}: {parent}={_chosen_option(parent)} has no keys to set; "
+                f"choose another {parent} option or drop {error.full_key}")
+    return (f"{error.full_key} is not a key of {where} (its keys: {', '.join(known)}); "
+            f"to add a new key use +{error.full_key}=...")
+
+
+def _chosen_option(group: str) -> str:
+    """The option of ``group`` chosen on the command line (``none`` for ``evaluator=none``), else ``its option``."""
+    chosen = [w.partition("=")[2] for w in sys.argv[1:] if w.partition("=")[0].lstrip("+~") == group]
+    return chosen[-1] if chosen else "its option"
+
+
+def near_key(key: str, keys: Iterable[str]) -> str | None:
+    """The key of ``keys`` the user probably meant by ``key``: one it truncates (``trainer.ema`` for
+    ``trainer.ema_decay``), else the closest spelling (difflib), else None."""
+    keys = list(keys)
+    extended = [k for k in keys if k.startswith(key)]
+    match = extended[:1] or difflib.get_close_matches(key, keys, n=1)
+    return match[0] if match else None

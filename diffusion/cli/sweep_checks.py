@@ -10,7 +10,6 @@ before any launcher has created the sweep directory.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion.cli.errors import guard_user_errors
+from diffusion.cli.errors import guard_user_errors, near_key
 from diffusion.validation import ConfigError
 
 SQLITE_PREFIX = "sqlite:///"
@@ -160,9 +159,8 @@ def _nearest(config: DictConfig, key: str) -> str:
     tree = OmegaConf.to_container(config, resolve=False)
     tree.pop("hydra", None)  # type: ignore[union-attr]
     keys = list(_dotted_keys(tree)) + list(config.hydra.runtime.choices)
-    extended = [k for k in keys if k.startswith(key)]  # a truncated key (trainer.ema -> trainer.ema_decay)
-    match = extended[:1] or difflib.get_close_matches(key, keys, n=1)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = near_key(key, keys)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def _dotted_keys(tree: Any, prefix: str = "") -> Iterator[str]:

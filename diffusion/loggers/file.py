@@ -60,8 +60,7 @@ class FileLogger(BaseLogger):
             with _naming(self.run_dir / "metrics.jsonl"):
                 self._metrics.write(json.dumps(record) + "\n")
                 self._metrics.flush()
-        prefix = f"step {step}: " if step is not None else ""
-        self._write_line(prefix + "  ".join(f"{k}={_format(v)}" for k, v in info.items()))
+        self._write_line(metrics_line(info, step))
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         self._open()
@@ -108,6 +107,12 @@ def _naming(path: Path) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def metrics_line(info: dict[str, Any], step: int | None = None) -> str:
+    """The console line of a dict of metrics: ``step 40: train/loss=0.1234  lr=0.0003``."""
+    prefix = f"step {step}: " if step is not None else ""
+    return prefix + "  ".join(f"{k}={_format(v)}" for k, v in info.items())
 
 
 def _format(value: Any) -> str:

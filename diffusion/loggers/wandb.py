@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from diffusion.loggers.base import BaseLogger
-from diffusion.loggers.file import _plain  # one home for "metrics as Python numbers"
+from diffusion.loggers.file import _plain, metrics_line  # one home for metrics as numbers and as a line
 from diffusion.loggers.naming import flatten_config
 from diffusion.loggers.wandb_records import wait_until_finished
 from diffusion.validation import ConfigError, check_choice
@@ -120,7 +120,9 @@ class WandbLogger(BaseLogger):
         log_checkpoints: on close, store ``checkpoints/last.pt`` and ``best.pt`` as a ``model`` artifact.
         run_id: continue this W&B run (a resumed training passes the id kept in its checkpoint).
         config: logged as the run's config at start (flattened to dotted keys).
-        console: print string messages to stdout (turn off when a file logger already prints them).
+        console: print messages and metrics to stdout, as the file logger does (turn off when a file logger
+            already prints them). The offline run's folder and how to upload and browse it are printed on close
+            either way.
 
     Raises:
         ConfigError: an invalid setting, or ``wandb`` not installed (mode other than ``disabled``).
@@ -217,9 +219,9 @@ class WandbLogger(BaseLogger):
     # BaseLogger
     # ------------------------------------------------------------------------------------------------
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
+        if self.console:
+            print(info if isinstance(info, str) else metrics_line(info, step), file=sys.stdout, flush=True)
         if isinstance(info, str):
-            if self.console:
-                print(info, file=sys.stdout, flush=True)
             return
         run = self._active_run()
         if run is not None:
@@ -280,6 +282,14 @@ class WandbLogger(BaseLogger):
             # report or `wandb sync` that comes next in this process sees the whole run.
             if not wait_until_finished(sync_file, FINISH_TIMEOUT_S):
                 warnings.warn(f"W&B logger: {sync_file} incomplete after {FINISH_TIMEOUT_S:.0f} s")
+            if self.mode == "offline":
+                self._print_where(Path(sync_file).parent)
+
+    def _print_where(self, offline_dir: Path) -> None:
+        """Where the offline run is, and the commands that upload it and browse it in the terminal."""
+        print(f"W&B offline run: {offline_dir}\n"
+              f"upload it with: wandb sync {offline_dir}\n"
+              f"browse it with: wandb leet {self.run_dir / 'wandb'}", file=sys.stdout, flush=True)
 
     def _store_checkpoints(self, run: Any) -> None:
         directory = self.run_dir / "checkpoints"
