@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -36,12 +37,14 @@ from diffusion.cli import (
     require_run_dir,
     sampling_method_config,
     save_run_config,
+    search_hooks,
 )
 from diffusion.distributed import DistributedContext
 from diffusion.export import export_weights
-from diffusion.file_manager import FileManager
+from diffusion.file_manager import FileManager, SaveError
 from diffusion.loggers import FileLogger, NullLogger
-from diffusion.resume import shared_resume
+from diffusion.resume import ResumePoint, shared_resume
+from diffusion.run_lock import RunLock
 from diffusion.sample_and_score import (
     epoch_evaluation,
     epoch_sample_grid,
@@ -52,7 +55,8 @@ from diffusion.sample_and_score import (
 )
 from diffusion.sampler import Sampler
 from diffusion.seeding import seed_everything
-from diffusion.signals import Interrupted
+from diffusion.signals import Interrupted, Pruned
+from diffusion.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.trainer import TrainingDiverged
 from diffusion.validation import check_choice, check_int
 
@@ -74,8 +78,21 @@ def run_task(cfg: DictConfig) -> float | None:
         tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export}
         check_choice(cfg.task, "task", tuple(tasks))
         check_int(cfg.seed, "seed")
+        apply_thread_budget(cfg)
         return tasks[cfg.task](cfg, output_dir)
     return None
+
+
+def apply_thread_budget(cfg: DictConfig) -> None:
+    """One intra-op thread count for the process (training, sampling, scoring): the CPUs it may use divided
+    among the jobs a launcher runs at once on this node; said on the console, with a warning on a busy machine."""
+    launcher = OmegaConf.to_container(HydraConfig.get().launcher, resolve=True)
+    budget = thread_budget(cfg.trainer.get("num_threads", "auto"), launcher=launcher)  # type: ignore[arg-type]
+    torch.set_num_threads(budget.threads)
+    print(budget.reason)
+    warning = busy_warning(cpu_limit()[0], budget.threads)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def build(cfg: DictConfig) -> Components:
@@ -97,9 +114,14 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
     resume = shared_resume(dist, cfg.resume, output_dir)
-    run_dir = resume.run_dir
-    if run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
+    if resume.run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
+    with RunLock(resume.run_dir, rank=dist.rank):  # one writer per run directory (a requeued twin is refused)
+        return train_run(cfg, dist, resume)
+
+
+def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint) -> float:
+    run_dir = resume.run_dir
     parts = build(cfg)
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
     run_id = checkpoint.logger_run_id(resume.state) if resume.state else None
@@ -114,6 +136,8 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         trainer.restore(resume.state, resume.checkpoint)  # a checkpoint that does not fit fails before any write
     check_monitor(trainer.monitor, evaluator)
     if dist.is_main:
+        trainer.epoch_end_hooks += search_hooks(cfg, trainer.monitor, run_dir)  # an Optuna trial reports, may prune
+    if dist.is_main:
         prepare_evaluator(evaluator, parts.data)  # an evaluator that does not fit the data fails before any write
     ema_sampler = make_sampler(cfg, trainer.ema.shadow, parts)
     if evaluator.every_n_epochs:
@@ -127,8 +151,8 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
         if dist.is_main:
             logger.log_hyperparams(config)
             log_unavailable(evaluator, logger)
-        summary = train_or_stop(trainer)
-        if dist.is_main:
+        summary, finished = train_or_stop(trainer)
+        if dist.is_main and finished:
             sampler = make_sampler(cfg, parts.model, parts)
             best = sampler.load_checkpoint(file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
@@ -140,14 +164,19 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     return float(summary["best_" + trainer.monitor.replace("/", "_")])  # what a sweeper minimises
 
 
-def train_or_stop(trainer: Any) -> dict[str, Any]:
-    """Train; a stop signal or a diverging loss ends the process with its message (checkpoint kept)."""
+def train_or_stop(trainer: Any) -> tuple[dict[str, Any], bool]:
+    """Train; returns the summary and whether training ran to its end. A stop signal, a diverging loss or a failed
+    save ends the process with its message (checkpoints kept); a trial pruned by the search returns early (a
+    ``sys.exit`` would end every job of the sweep)."""
     try:
-        return trainer.train()
+        return trainer.train(), True
+    except Pruned as pruned:
+        print(pruned, file=sys.stderr)
+        return trainer.summary(), False
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, SaveError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 
@@ -160,6 +189,9 @@ def sample_or_stop(source: Path, *args: Any) -> dict[str, float] | None:
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
+    except SaveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:

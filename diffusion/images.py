@@ -6,6 +6,7 @@ saving a picture neither needs a display nor touches global plotting state (safe
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
+
+from diffusion.file_manager import atomic_write_bytes
 
 # Grid padding is white, so tiles stay apart even when their background is black (digits are white-on-black).
 _PAD_VALUE = 1.0
@@ -160,14 +163,16 @@ def _write_png(pixels: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Save uint8 ``(H, W, 1 or 3)`` pixels as a grayscale or RGB PNG, creating parent folders."""
     path = _prepared(path)
     # fromarray reads (H, W) uint8 as mode "L" and (H, W, 3) as "RGB".
-    Image.fromarray(np.ascontiguousarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)).save(path)
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)).save(buffer, "png")
+    return atomic_write_bytes(path, buffer.getvalue())  # a failed write (full disk) keeps the previous picture
 
 
 def _write_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:
     path = _prepared(path)
-    figure.savefig(path, dpi=_FIGURE_DPI)
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=_FIGURE_DPI, format=path.suffix.lstrip(".") or "png")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _prepared(path: str | os.PathLike[str]) -> Path:

@@ -22,6 +22,7 @@ import torch
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
+from diffusion.file_manager import atomic_write_text
 from diffusion.loggers.base import BaseLogger
 from diffusion.sampler import Sampler, SampleResult, save_samples
 from diffusion.signals import EXIT_ON_SIGNAL, StopSignals
@@ -115,14 +116,14 @@ def sample_save_score(
     payload = score(evaluator, sampler, result, seconds, logger)
     if rows:
         table = format_steps_table(rows)
-        (directory / "eval_steps.md").write_text(table + "\n")
+        atomic_write_text(directory / "eval_steps.md", table + "\n")
         logger.log("scores per sampler step count:\n" + table)
         payload["sampler_steps"] = [
             metrics_to_json(row.metrics, evaluator.num_samples, row.sampler, row.steps, row.seconds_per_sample,
                             nfe=row.nfe)
             for row in rows
         ]
-    (directory / "eval.json").write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(directory / "eval.json", json.dumps(payload, indent=2) + "\n")  # a failed write keeps the old
     values = {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
     logger.log_summary(values)
     return values

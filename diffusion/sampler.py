@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 
 from diffusion import checkpoint
 from diffusion.export import load_exported
-from diffusion.file_manager import FileManager
+from diffusion.file_manager import FileManager, atomic_write_bytes
 from diffusion.guidance import guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
 from diffusion.devices import Precision, autocast, resolve_device
@@ -224,7 +225,9 @@ def save_samples(
     if result.labels is not None:
         arrays["labels"] = result.labels.numpy()
     npz = directory / "samples.npz"
-    np.savez(npz, **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(npz, buffer.getvalue())  # a failed write (full disk) keeps the previous file
     shown = result.samples if grid is None else grid
     if result.samples.dim() == 4:
         written = [save_image_grid(shown, directory / "samples.png", nrow=nrow)]

@@ -22,6 +22,11 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
+class Pruned(Exception):
+    """A hyperparameter search stopped this run early (its checkpoints are kept); see
+    :class:`diffusion.sweeps.pruning.TrialPruned`. Defined here so that catching it needs no optional package."""
+
+
 class StopSignals:
     """While entered, SIGTERM and SIGINT set :attr:`received` instead of ending the process.
 

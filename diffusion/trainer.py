@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, NamedTuple
@@ -36,6 +36,9 @@ from diffusion.validation import ConfigError, check_betas, check_bool, check_cho
 # Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
 # rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
 EpochHook = Callable[[int, int], dict[str, float] | None]
+# Called as ``hook(epoch, metrics)`` on rank 0 after the epoch's checkpoint is written (e.g. a pruning search
+# reporting the epoch's value; it may raise to stop a hopeless run, which keeps its checkpoint).
+EpochEndHook = Callable[[int, Mapping[str, float]], None]
 
 
 class LossHistories(NamedTuple):
@@ -75,7 +78,9 @@ class Trainer:
         skip_nonfinite: skip batches whose loss is NaN/inf (counted) instead of stopping.
         compile: wrap the model in ``torch.compile``. channels_last: NHWC memory format for images.
         seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
-        epoch_hooks: extra per-epoch work, see :data:`EpochHook`.
+        epoch_hooks: extra per-epoch work, see :data:`EpochHook`; epoch_end_hooks: see :data:`EpochEndHook`.
+        num_threads: the intra-op thread budget (``auto`` or N), applied to the whole process by ``run.py``
+            (:func:`diffusion.threads.thread_budget`); shown in the banner.
         distributed: the torchrun context (default: single process).
         progress: show a progress bar. log_every_n_steps: step-level logging interval.
         val_seed: seed of the fixed validation timesteps and noise.
@@ -114,6 +119,8 @@ class Trainer:
         seed: int = 0,
         run_config: dict[str, Any] | None = None,
         epoch_hooks: Sequence[EpochHook] = (),
+        epoch_end_hooks: Sequence[EpochEndHook] = (),
+        num_threads: int | str = "auto",
         distributed: DistributedContext | None = None,
         progress: bool = True,
         log_every_n_steps: int = 50,
@@ -140,6 +147,8 @@ class Trainer:
         progress = check_bool(progress, "trainer.progress")
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
+        self.epoch_end_hooks = list(epoch_end_hooks)
+        self.num_threads = num_threads
         self.progress = progress and self.dist.is_main
         self.method, self.data, self.file_manager, self.logger = method.to(self.device), data, file_manager, logger
 
@@ -215,6 +224,8 @@ class Trainer:
                 self._record_epoch(train_loss, val_loss, extra, seconds=time.perf_counter() - start)
                 self._checkpoint()
                 self.logger.log(self.state.metrics, step=self.state.global_step)
+                for hook in self.epoch_end_hooks if self.dist.is_main else ():
+                    hook(epoch, self.state.metrics)
         self.logger.log_loss_curve(*self.get_loss_histories())
         return self.summary()
 
@@ -466,7 +477,8 @@ class Trainer:
         parameters = sum(p.numel() for p in self.model.parameters())
         ranks = f" x {self.dist.world_size} ranks" if self.dist.enabled else ""
         return (
-            f"training {parameters:,} parameters on {self.device}{ranks} ({self.precision}); "
+            f"training {parameters:,} parameters on {self.device}{ranks} ({self.precision}, "
+            f"{torch.get_num_threads()} threads); "
             f"{len(self.splits.train)} train / {len(self.splits.val)} val samples, {self.steps_per_epoch} steps "
             f"per epoch, {self._remaining()}"
         )

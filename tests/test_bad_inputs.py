@@ -205,4 +205,4 @@ def test_missing_plugin_option_names_the_install_command():
 
     error = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = _composition_message(error)
-    assert "hydra-optuna-sweeper" in message and "pip install" in message and "\n" not in message
+    assert "optuna" in message and "pip install" in message and "\n" not in message

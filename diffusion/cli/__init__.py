@@ -11,6 +11,7 @@ from diffusion.cli.run_config import (
     open_run_logger,
     require_run_dir,
     sampling_method_config,
+    search_hooks,
 )
 from diffusion.cli.run_files import print_config_tree, print_run_files, save_run_config
 
@@ -27,4 +28,5 @@ __all__ = [
     "require_run_dir",
     "sampling_method_config",
     "save_run_config",
+    "search_hooks",
 ]

@@ -96,7 +96,7 @@ PLUGIN_OPTIONS = {
     "hydra/launcher/joblib": "hydra-joblib-launcher",
     "hydra/launcher/submitit_local": "hydra-submitit-launcher",
     "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
-    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+    "hydra/sweeper/optuna": "optuna (this repository's sweeper in hydra_plugins/ needs it)",
 }
 
 

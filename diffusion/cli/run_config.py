@@ -69,6 +69,20 @@ def open_run_logger(cfg: DictConfig, run_dir: Path, run_id: str | None) -> Any:
     )
 
 
+def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
+    """The per-epoch reporting hook of an Optuna trial (``optuna_trial.number`` set by the pruning sweeper of
+    ``hparams_search=optuna``): it reports the monitored value to the study and stops a pruned trial. Empty
+    outside such a search."""
+    trial = cfg.get("optuna_trial")
+    if not trial or trial.get("number") is None:
+        return []
+    from diffusion.sweeps.pruning import make_pruner, pruning_hook  # optuna: the sweeps extra
+
+    pruner = make_pruner(**OmegaConf.to_container(trial.pruner, resolve=True))  # type: ignore[arg-type]
+    reported = "val/loss" if monitor in ("val_loss", "val/loss") else monitor
+    return [pruning_hook(trial.storage, trial.study_name, int(trial.number), pruner, reported, run_dir)]
+
+
 def require_run_dir(cfg: DictConfig, what: str) -> Path:
     """``run_dir`` of ``task=sample|evaluate|export``, which must be given."""
     if cfg.run_dir is None:

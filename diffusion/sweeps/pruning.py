@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from diffusion.file_manager import atomic_write_text
+from diffusion.signals import Pruned
 from diffusion.validation import ConfigError, check_choice
 
 PRUNED_MARKER = "pruned.json"  # diffusion.report.PRUNED_MARKER
@@ -42,7 +43,7 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 EpochEndHook = Callable[[int, Mapping[str, float]], None]
 
 
-class TrialPruned(optuna.TrialPruned):
+class TrialPruned(optuna.TrialPruned, Pruned):
     """The search stopped this job early: its objective so far is worse than the pruner allows.
 
     A subclass of ``optuna.TrialPruned``, so Optuna's own loops (``study.optimize``) also count it as pruned.
