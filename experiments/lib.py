@@ -9,8 +9,8 @@ checkout, without touching ``sys.path``::
     python -m experiments.studies.schedules --budget small
 
 Every script takes ``--out`` (where its results land), ``--threads`` (CPU threads of the script and of every
-``run.py`` it launches) and ``--quick`` (toy sizes that run in seconds: proves the script works, the figures mean
-nothing); see :func:`add_common_flags`.
+``run.py`` it launches) and ``--quick`` (toy sizes: proves the script works in seconds per ``run.py`` launch, most
+of it start-up; the figures mean nothing); see :func:`add_common_flags`.
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ def add_common_flags(parser: argparse.ArgumentParser, out_help: str, out: Path |
                      threads: int | None = None) -> argparse.ArgumentParser:
     """``--out``, ``--threads`` and ``--quick``, with the script's own defaults for the first two."""
     parser.add_argument("--out", type=Path, default=out, help=out_help)
+    default = threads or "torch's"
     parser.add_argument(
         "--threads", type=non_negative_int, default=threads,
-        help=f"CPU threads of this script and of every run.py it launches (OMP_NUM_THREADS; default {threads}; "
+        help=f"CPU threads of this script and of every run.py it launches (OMP_NUM_THREADS; default: {default}; "
              "0: torch's default, one per core). 1 is fastest on cores other jobs keep busy: there, OpenMP threads "
              "spin-wait on one another at every operation")
     parser.add_argument("--quick", action="store_true",
-                        help="toy sizes, seconds: proves the script works; its figures mean nothing")
+                        help="toy sizes: proves the script works in seconds per run.py it launches; its figures mean "
+                             "nothing, and it writes over no committed result")
     return parser
 
 
