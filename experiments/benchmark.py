@@ -1,10 +1,10 @@
 """Speed and memory benchmark of the default run; prints a markdown table (issue 5, "Benchmark suite").
 
-    python experiments/benchmark.py                      # full run, ~10 minutes on 2 CPU cores
-    python experiments/benchmark.py --quick              # every section at toy size, seconds: proves it works
-    python experiments/benchmark.py --only sampling      # one section: training | sampling | memory
-    python experiments/benchmark.py --out experiments/results/benchmark_cpu.md
-    python experiments/benchmark.py trainer.batch_size=64   # any run.py override applies to every section
+    python -m experiments.benchmark                      # full run, ~10 minutes on 2 CPU cores
+    python -m experiments.benchmark --quick              # every section at toy size, seconds: proves it works
+    python -m experiments.benchmark --only sampling      # one section: training | sampling | memory
+    python -m experiments.benchmark --threads 1 --out experiments/results/benchmark_cpu.md
+    python -m experiments.benchmark trainer.batch_size=64   # any run.py override applies to every section
 
 Figures, each on the default run's components (``conf/config.yaml``: the U-Net of ``conf/model/unet.yaml`` on
 8x8 digits, AdamW, bf16 autocast, batch 128):
@@ -23,23 +23,20 @@ table gives medians and the median of per-round ratios. Absolute figures move wi
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: ``diffusion`` and ``experiments`` importable
+import torch
 
-import torch  # noqa: E402
-
-from experiments.benchmark_memory import measure_default_run  # noqa: E402
-from experiments.benchmark_report import Report, Row, memory_rows, sampling_rows, training_rows  # noqa: E402
-from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_overhead  # noqa: E402
-from experiments.benchmark_timing import describe_machine, load_average  # noqa: E402
-from experiments.benchmark_training import compose_config, measure_training  # noqa: E402
+from experiments.benchmark_memory import measure_default_run
+from experiments.benchmark_report import Report, Row, memory_rows, sampling_rows, training_rows
+from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_overhead
+from experiments.benchmark_training import compose_config, measure_training
+from experiments.lib import add_common_flags, describe_machine, load_average, reproduce_command, set_threads, \
+    write_results
 
 SECTIONS = ("training", "sampling", "memory")
 _START = time.perf_counter()
@@ -71,42 +68,33 @@ QUICK = Settings(overrides=_TINY, training_rounds=1, with_compile=False, matmul_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="toy sizes: proves the script works, in seconds")
+    add_common_flags(parser, out_help="also write the table to this markdown file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
-    parser.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice); 1 "
-                        "keeps OpenMP threads from spin-waiting on cores that other jobs keep busy")
     parser.add_argument("overrides", nargs="*", help="run.py config overrides applied to every section")
     return parser.parse_args(argv)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def reproduce_command(args: argparse.Namespace, section: str) -> str:
+def section_command(args: argparse.Namespace, section: str) -> str:
     """The command line that measures ``section`` again with this run's options."""
-    parts = ["python", "experiments/benchmark.py", "--only", section]
-    parts += ["--quick"] if args.quick else []
-    parts += ["--device", args.device] if args.device != "cpu" else []
-    parts += ["--threads", str(args.threads)] if args.threads else []
-    return shlex.join([*parts, *args.overrides])
+    options = ["--only", section]
+    options += ["--quick"] if args.quick else []
+    options += ["--device", args.device] if args.device != "cpu" else []
+    options += ["--threads", str(args.threads)] if args.threads else []
+    return reproduce_command("experiments.benchmark", [*options, *args.overrides])
 
 
 def run(args: argparse.Namespace) -> Report:
     settings = QUICK if args.quick else FULL
     device = torch.device(args.device)
     overrides = [*settings.overrides, f"trainer.device={args.device}", *args.overrides]
-    report = Report(machine=describe_machine(device), command=shlex.join(["python", *sys.argv]),
+    report = Report(machine=describe_machine(device), command=reproduce_command("experiments.benchmark"),
                     load_before=load_average())
     sections = args.only or list(SECTIONS)
     if "training" in sections:
-        report.rows += training_section(settings, overrides, device, reproduce_command(args, "training"))
+        report.rows += training_section(settings, overrides, device, section_command(args, "training"))
     if "sampling" in sections:
-        report.rows += sampling_section(settings, overrides, device, reproduce_command(args, "sampling"))
+        report.rows += sampling_section(settings, overrides, device, section_command(args, "sampling"))
     if "memory" in sections:
         _progress(f"memory: python run.py for {settings.memory_epochs} epochs")
         memory_overrides = [*settings.memory_overrides, f"trainer.device={args.device}", *args.overrides]
@@ -147,13 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available; use --device cpu", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     text = run(args).markdown()
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_results(args.out, text)
     return 0
 
 

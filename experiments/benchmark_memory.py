@@ -14,16 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.lib import ROOT, LOG_TAIL_CHARS, run_py_command, run_py_env, shown_command
+
 POLL_SECONDS = 0.02
 
 
@@ -41,9 +40,8 @@ class MemoryFigures:
         return after_last / after_second - 1.0
 
 
-def default_run_command(epochs: int, overrides: Sequence[str]) -> list[str]:
-    return [sys.executable, "run.py", f"trainer.epochs={epochs}", "evaluator=none", "sampler.num_samples=16",
-            *overrides]
+def default_run_arguments(epochs: int, overrides: Sequence[str]) -> list[str]:
+    return [f"trainer.epochs={epochs}", "evaluator=none", "sampler.num_samples=16", *overrides]
 
 
 def measure_default_run(epochs: int, overrides: Sequence[str] = (), threads: int | None = None) -> MemoryFigures:
@@ -54,21 +52,21 @@ def measure_default_run(epochs: int, overrides: Sequence[str] = (), threads: int
     """
     if epochs < 3:
         raise ValueError(f"need at least 3 epochs to compare epoch 2 with a later one, got {epochs}")
-    command = default_run_command(epochs, overrides)
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    arguments = default_run_arguments(epochs, overrides)
+    env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with tempfile.TemporaryDirectory(prefix="benchmark_memory_") as tmp:
         run_dir, stderr_path = Path(tmp) / "run", Path(tmp) / "stderr.txt"
         start = time.perf_counter()
         with open(stderr_path, "wb") as stderr:
-            child = subprocess.Popen([*command, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+            child = subprocess.Popen(run_py_command([*arguments, f"hydra.run.dir={run_dir}"]), cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=stderr)
             rss, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped by _watch's waitpid
         seconds = time.perf_counter() - start
         if child.returncode != 0 or len(rss) < epochs:
-            tail = stderr_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{shlex.join(command)} exited {child.returncode} after {len(rss)} epochs:\n{tail}")
-    shown = (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(["python", *command[1:]])
+            tail = stderr_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+            raise RuntimeError(f"{shown_command(arguments)} exited {child.returncode} after {len(rss)} epochs:\n{tail}")
+    shown = (f"OMP_NUM_THREADS={threads} " if threads else "") + shown_command(arguments)
     return MemoryFigures(shown, peak, rss[:epochs], seconds)
 
 

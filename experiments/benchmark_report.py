@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from experiments.benchmark_memory import MemoryFigures
 from experiments.benchmark_sampling import OverheadFigures, SamplingFigures
-from experiments.benchmark_timing import Machine, median, paired_ratio
+from experiments.benchmark_timing import median, paired_ratio
 from experiments.benchmark_training import TrainingFigures
+from experiments.lib import Machine, pass_fail
 
 TRAINER_BAR = 0.95  # bar 1: Trainer steps/s >= 0.95 x the bare loop's
 SAMPLER_BAR = 1.1  # bar 5: Sampler seconds per step <= 1.1 x the bare loop's
@@ -83,10 +84,6 @@ class Report:
         return "\n".join(lines)
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
 def training_rows(f: TrainingFigures, rounds: int, reproduce: str) -> list[Row]:
     """Rows 1, 2, 3 and 6 from the interleaved training rounds."""
     ratio = paired_ratio(f.trainer, f.bare)
@@ -94,7 +91,7 @@ def training_rows(f: TrainingFigures, rounds: int, reproduce: str) -> list[Row]:
         Row("1", f"`Trainer.train()` vs bare PyTorch loop, steps/s ({f.precision}, batch {f.batch_size}, "
                  f"{rounds} rounds of one epoch)",
             f"{ratio:.3f}x ({median(f.trainer):.2f} vs {median(f.bare):.2f} steps/s)",
-            f">= {TRAINER_BAR}", verdict(ratio >= TRAINER_BAR), reproduce),
+            f">= {TRAINER_BAR}", pass_fail(ratio >= TRAINER_BAR), reproduce),
         Row("2", f"{f.precision} vs fp32 steps/s (Trainer)",
             f"{paired_ratio(f.trainer, f.trainer_fp32):.2f}x ({median(f.trainer):.2f} vs "
             f"{median(f.trainer_fp32):.2f} steps/s)", reproduce=reproduce),
@@ -146,7 +143,7 @@ def sampling_rows(per_sample: SamplingFigures, overhead: list[OverheadFigures], 
                           f"{o.method.upper()}-{o.steps} (batch {o.num_samples})",
             f"{ratio:.2f}x ({median(o.sampler) * 1e6:.0f} vs {median(o.bare) * 1e6:.0f} us/step; samples "
             f"agree to {o.max_difference:.0e})",
-            f"<= {SAMPLER_BAR}", verdict(ratio <= SAMPLER_BAR), reproduce,
+            f"<= {SAMPLER_BAR}", pass_fail(ratio <= SAMPLER_BAR), reproduce,
         ))
     return rows
 

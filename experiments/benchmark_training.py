@@ -29,8 +29,9 @@ from diffusion.methods.base import BaseMethod
 from diffusion.devices import Precision, autocast
 from diffusion.trainer import Trainer
 from experiments.benchmark_timing import interleave, matmul_flops_per_second, median, synchronize
+from experiments.lib import ROOT
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = ROOT / "conf"
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -13,54 +13,53 @@ digit classifier (``diffusion.evaluation.load_digit_classifier``) labels as the 
 targets (issue 7): with w = 3 that share is at least 95% while the FD stays within 2x of the unguided (w = 0) FD;
 DPM-Solver++ with 10 steps reaches an FD no worse than DDIM with 50 steps, on the same checkpoint and guidance.
 
-    python experiments/guidance_benchmark.py --output experiments/results/guidance_cpu.md
-    python experiments/guidance_benchmark.py --run-dir outputs/2024-05-01/12-00-00    # an earlier guided run
+    python -m experiments.guidance_benchmark --threads 1 --out experiments/results/guidance_cpu.md
+    python -m experiments.guidance_benchmark --run-dir outputs/2024-05-01/12-00-00    # an earlier guided run
+    python -m experiments.guidance_benchmark --quick --out /tmp/guidance.md    # toy run, seconds: proves it works
 
 Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the run helpers of the sibling benchmark
-from quality_benchmark import (  # noqa: E402
-    Row,
-    best_epoch,
-    default_work_dir,
-    evaluate_rows,
-    fmt,
-    fmt_score,
-    limit_threads,
-    machine_line,
-    read_eval,
-    reproduce_command,
-    run_py,
-    scores_of,
-    verdict,
-    write_report,
-)
-
-from diffusion.evaluation import load_digit_classifier  # noqa: E402
+from diffusion.evaluation import load_digit_classifier
+from experiments.lib import QUICK_RUN, QUICK_SAMPLES, Machine, SamplerRow, best_epoch, checks_report, \
+    describe_machine, evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, \
+    parse_checkpoint_benchmark_args, reproduce_command, sampler_rows, set_threads, shown_command, trained_run
 
 GUIDANCE_SCALE = 3.0
 MIN_ACCURACY = 0.95  # share of guided samples classified as their requested class
 MAX_FD_RATIO = 2.0  # guided FD at most this multiple of the unguided FD
-DDIM_STEPS = 50
-DPM_SOLVER_STEPS = 10
 GRID = ["sampler.class_labels=all"]  # equal numbers of every class, as the experiment samples them
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What is trained and which step counts are scored; ``--quick`` shrinks both."""
+
+    train_overrides: tuple[str, ...]
+    ddim_steps: int
+    dpm_solver_steps: int
+    num_samples: int | None  # per row (None: evaluator.num_samples)
+
+
+FULL = Settings(("experiment=digits_guided",), ddim_steps=50, dpm_solver_steps=10, num_samples=None)
+QUICK = Settings(("experiment=digits_guided", *QUICK_RUN), ddim_steps=10, dpm_solver_steps=5,
+                 num_samples=QUICK_SAMPLES)
+
+
 class GuidedRow(NamedTuple):
-    row: Row
+    row: SamplerRow
     guidance_scale: float
     accuracy: float  # share of samples classified as their requested class
     worst_class_accuracy: float
@@ -77,30 +76,27 @@ def class_accuracy(directory: Path) -> tuple[float, float]:
     return correct.mean().item(), min(per_class)
 
 
-def guided(row: Row, scale: float) -> GuidedRow:
+def guided(row: SamplerRow, scale: float) -> GuidedRow:
     return GuidedRow(row, scale, *class_accuracy(row.directory))
 
 
-def run_own_row(run_dir: Path) -> Row:
-    """The run's final evaluation (DDPM-1000 at the experiment's w = 3), read from its ``eval.json``."""
-    payload = read_eval(run_dir)
-    return Row("DDPM", payload["steps"], "all", payload["num_samples"], scores_of(payload),
-               payload["seconds_per_sample"], run_dir)
-
-
-def score_guided_run(run_dir: Path, work: Path, reuse_own_row: bool, num_samples: int | None) -> list[GuidedRow]:
+def score_guided_run(run_dir: Path, work: Path, settings: Settings, reuse_own_row: bool,
+                     num_samples: int | None) -> list[GuidedRow]:
     w = GUIDANCE_SCALE
     ddpm = ["method=ddpm", *GRID]
-    ddim = ["method=ddim", f"sampler.steps={DDIM_STEPS}", *GRID]
-    dpm = ["method=dpm_solver", f"sampler.steps={DPM_SOLVER_STEPS}", "sampler.timestep_spacing=trailing", *GRID]
+    ddim = ["method=ddim", f"sampler.steps={settings.ddim_steps}", *GRID]
+    dpm = ["method=dpm_solver", f"sampler.steps={settings.dpm_solver_steps}", "sampler.timestep_spacing=trailing",
+           *GRID]
 
     def one(name: str, label: str, overrides: list[str], scale: float, spacing: str = "leading") -> GuidedRow:
         overrides = [*overrides, f"sampler.guidance_scale={scale}"]
-        rows = evaluate_rows(run_dir, work / name, label, overrides, spacing, num_samples)
+        rows = evaluate_checkpoint(run_dir, work / name, label, overrides, spacing, num_samples)
         return guided(rows[0], scale)
 
-    # A run trained by this script already scored DDPM-1000 at w = 3 with these very settings (same seed).
-    ddpm_guided = guided(run_own_row(run_dir), w) if reuse_own_row else one("ddpm_w3", "DDPM", ddpm, w, "all")
+    # A run trained by this script already scored DDPM at w = 3 with these very settings (same seed): the run's
+    # final evaluation, in its own eval.json.
+    own_row = sampler_rows(run_dir, "DDPM", "all")[0] if reuse_own_row else None
+    ddpm_guided = guided(own_row, w) if own_row else one("ddpm_w3", "DDPM", ddpm, w, "all")
     return [
         one("ddpm_w0", "DDPM", ddpm, 0.0, "all"),
         ddpm_guided,
@@ -110,19 +106,18 @@ def score_guided_run(run_dir: Path, work: Path, reuse_own_row: bool, num_samples
     ]
 
 
-def rows_table(rows: Sequence[GuidedRow]) -> str:
+def rows_table(rows: Sequence[GuidedRow]) -> list[str]:
     header = ["sampler", "steps", "spacing", "w", "class accuracy", "worst class", "FD", "FD floor", "KID",
               "KID floor", "ms / sample"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for g in rows:
         fd, kid = g.row.scores.get("fd"), g.row.scores.get("kid")
-        cells = [
+        cells.append([
             g.row.label, str(g.row.steps), g.row.spacing, f"{g.guidance_scale:g}", f"{g.accuracy:.1%}",
             f"{g.worst_class_accuracy:.0%}", fmt_score(fd), fmt(fd.floor if fd else None), fmt_score(kid),
             fmt(kid.floor if kid else None), fmt(g.row.seconds_per_sample * 1e3, ".3g"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ])
+    return markdown_table(header, cells)
 
 
 def find(rows: Sequence[GuidedRow], label: str, scale: float) -> GuidedRow:
@@ -137,65 +132,41 @@ def verdicts(rows: Sequence[GuidedRow]) -> list[tuple[bool, str]]:
     fd_ddim, fd_dpm = ddim.row.scores["fd"].value, dpm.row.scores["fd"].value
     return [
         (guided_.accuracy >= MIN_ACCURACY,
-         f"guided (w = {w:g}, DDPM-1000) samples classified as requested at least {MIN_ACCURACY:.0%}: "
+         f"guided (w = {w:g}, DDPM-{guided_.row.steps}) samples classified as requested at least {MIN_ACCURACY:.0%}: "
          f"{guided_.accuracy:.1%} (worst class {guided_.worst_class_accuracy:.0%})"),
         (fd_ratio <= MAX_FD_RATIO,
-         f"guided FD within {MAX_FD_RATIO:g}x of unguided (w = 0), DDPM-1000: {fd_ratio:.2f}x "
+         f"guided FD within {MAX_FD_RATIO:g}x of unguided (w = 0), DDPM-{guided_.row.steps}: {fd_ratio:.2f}x "
          f"({guided_.row.scores['fd'].value:.3g} vs {unguided.row.scores['fd'].value:.3g})"),
         (fd_dpm <= fd_ddim,
-         f"DPM-Solver++ {DPM_SOLVER_STEPS} steps FD no worse than DDIM {DDIM_STEPS} steps (w = {w:g}): "
+         f"DPM-Solver++ {dpm.row.steps} steps FD no worse than DDIM {ddim.row.steps} steps (w = {w:g}): "
          f"{fd_dpm:.3g} vs {fd_ddim:.3g}"),
     ]
 
 
-def report(rows: Sequence[GuidedRow], run_dir: Path, train_seconds: float | None, total_seconds: float,
-           machine: str, command: str) -> tuple[str, bool]:
-    checks = verdicts(rows)
-    trained = f"trained in {train_seconds / 60:.1f} min" if train_seconds is not None else "reused (--run-dir)"
-    lines = [
-        "# Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)",
-        "",
-        machine,
-        "",
-        f"Run: `python run.py experiment=digits_guided`, {trained}; scored: best EMA checkpoint (epoch "
+def report(rows: Sequence[GuidedRow], settings: Settings, run_dir: Path, trained: str, seconds: float,
+           machine: Machine, command: str) -> tuple[str, bool]:
+    method = (
+        f"Run: `{shown_command(settings.train_overrides)}`, {trained}; scored: best EMA checkpoint (epoch "
         f"{best_epoch(run_dir)}), {rows[0].row.num_samples} samples per row (`sampler.class_labels=all`: equal "
         "numbers of each class) from sampler seed 0. Class accuracy: share of samples the shipped digit classifier "
         "labels as the requested class (worst class beside it). FD and KID on the classifier's features against "
-        "the training split, floors from held-out real digits at the same sample count; ± is the standard error.",
-        "",
-        rows_table(rows),
-        "",
-        *(verdict(passed, text) for passed, text in checks),
-        "",
-        f"Benchmark wall time {total_seconds / 60:.1f} min. Reproduce: `{command}`",
-        "",
-    ]
-    return "\n".join(lines), all(passed for passed, _ in checks)
+        "the training split, floors from held-out real digits at the same sample count; ± is the standard error."
+    )
+    return checks_report("Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)", machine,
+                         method, rows_table(rows), verdicts(rows), seconds, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", type=Path, help="score this digits_guided run instead of training one")
-    parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
-    parser.add_argument("--output", type=Path, help="also write the markdown report here")
-    parser.add_argument("--num-samples", type=int, help="samples per row (default: evaluator.num_samples, 500)")
-    parser.add_argument("--threads", type=int, help="CPU threads per run (default: torch's; 1 on a busy machine)")
-    args = parser.parse_args(argv)
-
-    limit_threads(args.threads)
-    start = time.perf_counter()
-    machine = machine_line()
-    work = (args.work_dir or default_work_dir("guidance")).resolve()
-    train_seconds = None
-    run_dir = args.run_dir.resolve() if args.run_dir else work / "train"
-    if args.run_dir is None:
-        train_seconds = run_py(["experiment=digits_guided"], run_dir)
-    reuse = args.run_dir is None and args.num_samples is None  # its own evaluation used the default count
-    rows = score_guided_run(run_dir, work, reuse, args.num_samples)
-    text, passed = report(rows, run_dir, train_seconds, time.perf_counter() - start, machine,
-                           reproduce_command(argv))
-    write_report(text, args.output)
-    return 0 if passed else 1
+    args = parse_checkpoint_benchmark_args(__doc__.split("\n\n")[0], "a digits_guided run", argv)
+    set_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    start, machine = time.perf_counter(), describe_machine()
+    run_dir, work, trained = trained_run(args, settings.train_overrides, "guidance")
+    reuse = args.run_dir is None and args.num_samples is None  # its own evaluation used the same count
+    rows = score_guided_run(run_dir, work, settings, reuse, args.num_samples or settings.num_samples)
+    text, passed = report(rows, settings, run_dir, trained, time.perf_counter() - start, machine,
+                          reproduce_command("experiments.guidance_benchmark", argv))
+    return finish_report(text, passed, args)
 
 
 if __name__ == "__main__":

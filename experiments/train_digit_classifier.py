@@ -4,25 +4,30 @@ Trains :class:`~diffusion.evaluation.classifier.DigitClassifier` on the training
 by :class:`~diffusion.data.digits.DigitsData` with the split every part of the project shares
 (``train_val_indices(1797, 0.1, 0)``), with random one-pixel shifts as augmentation, for a fixed number of epochs
 (no model selection on the validation split, so the reported held-out accuracy is honest). Seeded and
-single-threaded by default, so reruns on one machine give identical weights. Run from the repository root with the
-package importable (``pip install -e .`` or ``PYTHONPATH=.``):
+single-threaded by default, so reruns on one machine give identical weights. Run from the repository root:
 
-    python experiments/train_digit_classifier.py [--epochs 60] [--seed 0] [--out PATH]
+    python -m experiments.train_digit_classifier [--epochs 60] [--seed 0] [--out PATH] [--threads 1]
+    python -m experiments.train_digit_classifier --quick    # one epoch into outputs/, seconds: proves it works
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
+if __package__ in (None, ""):  # run by path, as diffusion.evaluation.classifier.RETRAIN_COMMAND prints it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.data.digits import DigitsData
-from diffusion.evaluation.classifier import WEIGHTS_PATH, DigitClassifier
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from diffusion.data.digits import DigitsData  # noqa: E402
+from diffusion.evaluation.classifier import WEIGHTS_PATH, DigitClassifier  # noqa: E402
+from experiments.lib import add_common_flags, set_threads, shown_path, work_dir  # noqa: E402
 
 NUM_DIGITS = 1797
 VAL_FRACTION = 0.1
@@ -78,23 +83,27 @@ def train(args: argparse.Namespace) -> tuple[DigitClassifier, float]:
     return model.eval(), accuracy(model, x_val, y_val)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=60)
+    add_common_flags(parser, threads=1, out_help=f"where the weights go (default: {shown_path(WEIGHTS_PATH)}, the "
+                     "shipped ones; with --quick, outputs/classifier/); threads fixed so reruns match bit for bit")
+    parser.add_argument("--epochs", type=int, help="default 60; with --quick 1")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.05)
     parser.add_argument("--max-shift", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; fixed so reruns match bit for bit")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 60)
+    if args.out is None:  # --quick never overwrites the shipped weights
+        args.out = work_dir("classifier", "quick") / WEIGHTS_PATH.name if args.quick else WEIGHTS_PATH
+    return args
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    set_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     model, val_accuracy = train(args)

@@ -1,41 +1,33 @@
-"""What the studies in ``experiments/studies/`` share: the two budgets, launching ``run.py`` (single runs and ``-m``
-sweeps) in subprocesses, reading what the runs wrote, and the pieces of a report (header, tables, figures).
+"""What the studies in ``experiments/studies/`` share: the budgets, running ``run.py`` (single runs and ``-m``
+sweeps) with ``--reuse``, and the pieces of a report (header, caveats, figures). Launching, reading ``eval.json``,
+formatting and the machine line come from :mod:`experiments.lib`.
 
-Every study is one command::
+Every study is one command, run from the repository root::
 
-    python experiments/studies/<study>.py [--budget small|full] [--out experiments/<study>] [--work-dir DIR]
+    python -m experiments.studies.<study> [--budget small|full] [--quick] [--out experiments/<study>]
+        [--threads 1] [--work-dir DIR] [--reuse]
 
 It launches ``run.py`` exactly as a user would (each command is printed and written into the report), keeps the
 runs under ``outputs/studies/<study>-<time>/`` (git-ignored) and writes ``report.md`` and PNG figures into
-``--out``.
+``--out`` (``--quick``: into the work directory, so the committed reports stay as they are).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run from anywhere without installing the package
-    sys.path.insert(0, str(ROOT))
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-import torch  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from diffusion.report import JobResult, find_jobs, read_job  # noqa: E402
+from diffusion.report import JobResult, find_jobs, read_job
+from experiments.lib import QUICK_MODEL, QUICK_NUM_TIMESTEPS, QUICK_SAMPLES, ROOT, Score, add_common_flags, \
+    describe_machine, run_py, set_threads, shown_command, shown_path, work_dir, write_results
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -54,9 +46,17 @@ class Budget:
     num_samples: int  # evaluator.num_samples; the digits evaluator scores in chunks of min(this, 180)
     eval_steps: int | None
     n_trials: int  # Optuna trials
+    model: tuple[str, ...] = ()  # overrides of the default U-Net and its training (--quick shrinks them)
+    num_timesteps: int = 1000
+    model_text: str = "the default U-Net (0.9M parameters, T = 1000)"
+
+    @property
+    def flag(self) -> str:
+        """The command-line option that selects this budget."""
+        return "--quick" if self.name == "quick" else f"--budget {self.name}"
 
     def train_overrides(self) -> list[str]:
-        overrides = [f"trainer.epochs={self.epochs}", f"evaluator.num_samples={self.num_samples}",
+        overrides = [*self.model, f"trainer.epochs={self.epochs}", f"evaluator.num_samples={self.num_samples}",
                      "trainer.progress=false"]
         if self.eval_steps is not None:
             overrides += ["method=ddim", f"sampler.steps={self.eval_steps}"]
@@ -65,15 +65,16 @@ class Budget:
     def sampler_note(self) -> str:
         """How the study's training runs are scored, and the caveat that goes with it."""
         if self.eval_steps is None:
-            return "Samples are drawn with DDPM through all 1000 steps."
+            return f"Samples are drawn with DDPM through all {self.num_timesteps} steps."
         return (f"Samples are drawn with DDIM-{self.eval_steps} (eta 0, x0 clipped to [-1, 1]); the sampling-steps "
                 "study shows that deterministic DDIM's FD on a short-trained model depends on that clipping, so "
                 "this ranking is one of (setting, sampler) pairs.")
 
     def describe(self) -> str:
-        sampler = "DDPM, all 1000 steps" if self.eval_steps is None else f"DDIM-{self.eval_steps} (eta 0, leading)"
-        return (f"`--budget {self.name}`: {self.epochs} epochs of the default U-Net (0.9M parameters, T = 1000), "
-                f"{self.num_samples} samples scored per run with {sampler}")
+        sampler = (f"DDPM, all {self.num_timesteps} steps" if self.eval_steps is None
+                   else f"DDIM-{self.eval_steps} (eta 0, leading)")
+        return (f"`{self.flag}`: {self.epochs} epochs of {self.model_text}, {self.num_samples} samples scored per "
+                f"run with {sampler}")
 
 
 BUDGETS = {
@@ -82,19 +83,20 @@ BUDGETS = {
     # the default run's settings (python run.py); meant for a GPU
     "full": Budget("full", epochs=100, num_samples=500, eval_steps=None, n_trials=30),
 }
+# --quick: proves a study works in seconds; its numbers mean nothing
+QUICK = Budget("quick", epochs=1, num_samples=QUICK_SAMPLES, eval_steps=5, n_trials=2, model=QUICK_MODEL,
+               num_timesteps=QUICK_NUM_TIMESTEPS, model_text=f"a 37k-parameter U-Net (T = {QUICK_NUM_TIMESTEPS})")
 
 
 def parse_args(description: str | None, study: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser, threads=1,
+                     out_help=f"where report.md and the figures go (default: experiments/{study}; with --quick, "
+                              "the work directory)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small",
                         help="small: a busy 2-core CPU (default); full: the default run's settings, for a GPU")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / study,
-                        help=f"where report.md and the figures go (default: experiments/{study})")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the runs go (default: outputs/studies/<study>-<time>/, git-ignored)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of each run.py (default 1: fastest on a CPU shared with other jobs; "
-                             "0 leaves torch's default)")
     parser.add_argument("--reuse", action="store_true",
                         help="skip the runs already finished in --work-dir (rewrite the report without retraining)")
     return parser.parse_args(argv)
@@ -119,8 +121,11 @@ class Study:
 
     @classmethod
     def from_args(cls, name: str, args: argparse.Namespace) -> Study:
-        work = args.work_dir or ROOT / "outputs" / "studies" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-        return cls(name, BUDGETS[args.budget], args.out, work.resolve(), args.threads, args.reuse)
+        """The study ``args`` ask for; sets this process's and every run's threads (``--threads``)."""
+        set_threads(args.threads)
+        work = (args.work_dir or work_dir("studies", name)).resolve()
+        out = args.out or (work / "report" if args.quick else ROOT / "experiments" / name)
+        return cls(name, QUICK if args.quick else BUDGETS[args.budget], out, work, args.threads, args.reuse)
 
     def run(self, overrides: Sequence[str], name: str) -> Path:
         """``python run.py <overrides>`` into ``<work dir>/<name>``; returns that run directory."""
@@ -139,30 +144,14 @@ class Study:
         return directory, [read_job(job) for job in find_jobs(directory)]
 
     def _launch(self, arguments: list[str], log_path: Path, finished: bool = False) -> None:
-        """Run ``run.py`` from the repository root, its output into ``log_path`` (only record the command when
-        ``finished``: ``--reuse`` found its results).
-
-        Raises:
-            RuntimeError: if run.py fails; the message holds the command and the end of its log.
-        """
-        shown = shlex.join(["python", "run.py", *arguments])
-        self.commands.append(shown)
-        print(f"$ {shown}" + ("  (reused)" if finished else ""), flush=True)
+        """Run ``run.py`` (:func:`experiments.lib.run_py`), or only record the command when ``finished``
+        (``--reuse`` found its results)."""
+        self.commands.append(shown_command(arguments))
         if finished:
+            print(f"$ {shown_command(arguments)}  (reused)", flush=True)
             return
         self.ran_any = True
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        if self.threads > 0:
-            env["OMP_NUM_THREADS"] = str(self.threads)
-        start = time.perf_counter()
-        with log_path.open("w") as log:
-            result = subprocess.run([sys.executable, "run.py", *arguments], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-        if result.returncode != 0:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"run.py exited with {result.returncode}: {shown}\n{tail}")
-        print(f"  done in {time.perf_counter() - start:.0f} s (log: {shown_path(log_path)})", flush=True)
+        run_py(arguments, log_path)
 
     def header(self, title: str, question: str) -> list[str]:
         """The report's opening: title, the question, when and where it was measured, how to reproduce it."""
@@ -175,9 +164,9 @@ class Study:
         took = f"the whole study took {float(record.read_text()):.0f} min" if record.is_file() else ""
         return [
             f"# {title}", "", question, "",
-            f"- **Measured**: {machine_line()}",
+            f"- **Measured**: {describe_machine().line()}",
             f"- **Budget**: {self.budget.describe()}; {threads}" + (f"; {took}" if took else ""),
-            f"- **Reproduce**: `python experiments/studies/{self.name}.py --budget {self.budget.name}`",
+            f"- **Reproduce**: `python -m experiments.studies.{self.name} {self.budget.flag}`",
             f"- **Runs**: `{shown_path(self.work_dir)}` (git-ignored; every run keeps its config.yaml, "
             "metrics.jsonl, samples and eval.json)", "",
         ]
@@ -186,59 +175,7 @@ class Study:
         return ["## Commands run", "", "```bash", *self.commands, "```", ""]
 
     def write(self, lines: Sequence[str]) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "report.md"
-        path.write_text("\n".join(lines).rstrip() + "\n")
-        print(f"wrote {shown_path(path)}")
-        return path
-
-
-def shown_path(path: Path) -> str:
-    """``path`` relative to the repository root where it lies inside it (what a reader can paste)."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def machine_line() -> str:
-    """Date, CPU (and GPU), cores, torch version, load average and commit: what the timings depend on."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")]
-        cpu = models[0] if models else cpu
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return (f"{datetime.now():%Y-%m-%d %H:%M} · {cpu}, {os.cpu_count()} cores{gpu} · torch {torch.__version__} · "
-            f"load average {load} (shared machine) · commit {commit.stdout.strip() or 'n/a'} plus working tree")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading runs
-# ----------------------------------------------------------------------------------------------------
-class Score(NamedTuple):
-    """One metric of ``eval.json``: value, standard error (None if unknown) and real-data floor."""
-
-    value: float
-    std_error: float | None
-    floor: float | None
-
-
-def scores_of(record: dict[str, Any]) -> dict[str, Score]:
-    """The metrics of one ``eval.json`` record (its top level, or an entry of its ``sampler_steps`` list)."""
-    return {
-        name: Score(_nan_if_none(entry["value"]), entry.get("std_error"), entry.get("floor"))
-        for name, entry in record.items()
-        if isinstance(entry, dict) and "value" in entry
-    }
-
-
-def read_eval(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "eval.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: did the run finish its evaluation? See its log")
-    return json.loads(path.read_text())
+        return write_results(self.out / "report.md", "\n".join(lines))
 
 
 def override_value(job: JobResult, key: str) -> str:
@@ -250,25 +187,9 @@ def override_value(job: JobResult, key: str) -> str:
     raise KeyError(f"job {job.job} has no override for {key!r} (overrides: {job.overrides})")
 
 
-def _nan_if_none(x: float | None) -> float:
-    return math.nan if x is None else float(x)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Report pieces
 # ----------------------------------------------------------------------------------------------------
-def fmt(x: float | None, spec: str = ".3g") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def fmt_score(score: Score | None, spec: str = ".3g") -> str:
-    """``1.63 ± 0.29``; ``n/a`` when missing."""
-    if score is None:
-        return "n/a"
-    spread = f" ± {fmt(score.std_error, '.2g')}" if score.std_error is not None else ""
-    return fmt(score.value, spec) + spread
-
-
 def still_improving(jobs: Sequence[JobResult], epochs: int) -> list[str]:
     """A caveat when runs reached their best validation loss at their last epoch: the budget, not the setting,
     limits them, so the ranking holds for this budget only."""
@@ -278,11 +199,6 @@ def still_improving(jobs: Sequence[JobResult], epochs: int) -> list[str]:
     share = "every run" if len(late) == len(jobs) else f"{len(late)} of {len(jobs)} runs"
     return [f"Validation loss was still falling at the last epoch ({epochs}) in {share}: the comparison is "
             "between under-trained models, and the ranking may change with longer training (`--budget full`).", ""]
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
 def new_axes(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
@@ -296,7 +212,7 @@ def save_figure(figure: Figure, study: Study, name: str) -> str:
     """Write ``<out>/<name>`` (PNG, 120 dpi) and return the markdown that shows it."""
     study.out.mkdir(parents=True, exist_ok=True)
     figure.savefig(study.out / name, dpi=120)
-    print(f"wrote {shown_path(study.out / name)}")
+    print(f"wrote {shown_path(study.out / name)}", flush=True)
     return f"![{Path(name).stem}]({name})"
 
 

@@ -6,7 +6,7 @@ what ``run.py`` returns: the best validation loss of the EMA weights (each trial
 
     python run.py -m hparams_search=optuna '~hydra.sweeper.params.schedule' hydra.sweeper.n_trials=4 ...
 
-    python experiments/studies/optuna_ema_lr.py [--budget small|full] [--out experiments/optuna_ema_lr]
+    python -m experiments.studies.optuna_ema_lr [--budget small|full] [--quick] [--out experiments/optuna_ema_lr]
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import Any
 
 import yaml
 
-from common import Score, Study, fmt, fmt_score, markdown_table, new_axes, override_value, parse_args, read_eval, \
-    save_figure, scores_of
-
 from diffusion.report import JobResult, read_job
+from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
+from experiments.studies.common import Study, new_axes, override_value, parse_args, save_figure
 
 QUESTION = (
     "Which learning rate and EMA decay train the default U-Net best at this budget? Optuna's TPE sampler "
@@ -78,8 +77,8 @@ def trials_table(names: Sequence[str], jobs: Sequence[JobResult], settings: Sequ
              fmt(s["fd"].value if "fd" in s else None), fmt_score(s.get("kid"), ".2g"),
              fmt(job.wall_time_s / 60, ".1f")]
             for name, job, (lr, decay), s in zip(names, jobs, settings, scores, strict=True)]
-    return markdown_table(["trial", "trainer.lr", "trainer.ema_decay", "best val loss (objective)", "best epoch", "FD",
-                           "KID ± se", "minutes"], rows)
+    return [*markdown_table(["trial", "trainer.lr", "trainer.ema_decay", "best val loss (objective)", "best epoch",
+                             "FD", "KID ± se", "minutes"], rows), ""]
 
 
 def compare_to_defaults(best_value: float, default_value: float) -> list[str]:

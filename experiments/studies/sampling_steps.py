@@ -7,7 +7,7 @@ Trains one run, then scores its best EMA checkpoint once per sampler with ``task
 
     python run.py task=evaluate run_dir=<run> method=ddim sampler.eta=0 'evaluator.sampler_steps=[10,20,50,100,1000]'
 
-    python experiments/studies/sampling_steps.py [--budget small|full] [--out experiments/sampling_steps]
+    python -m experiments.studies.sampling_steps [--budget small|full] [--quick] [--out experiments/sampling_steps]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import NamedTuple
 import yaml
 from matplotlib.ticker import ScalarFormatter
 
-from common import Score, Study, fmt, fmt_score, markdown_table, new_axes, parse_args, read_eval, save_figure, \
-    scores_of, shown_path
+from experiments.lib import Score, fmt, fmt_score, markdown_table, sampler_rows, shown_path
+from experiments.studies.common import Study, new_axes, parse_args, save_figure
 
 DDIM_STEPS = (10, 20, 50, 100, 1000)  # the DDIM paper's S
 SOLVER_STEPS = (5, 10, 20, 50, 100)  # DPM-Solver++ is meant for 10-20 steps; 5 shows where it breaks
@@ -80,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "above; every number below comes from these same weights.", "", "## FD by sampler and steps", ""]
     lines += table1(curves, floor)
     lines += ["## Every row", ""]
-    lines += markdown_table(
+    lines += [*markdown_table(
         ["sampler", "steps", "FD", "KID ± se", "ms / sample"],
         [[label, str(p.steps), fmt(p.fd.value), fmt_score(p.kid, ".2g"), fmt(p.seconds_per_sample * 1e3, ".2f")]
-         for label, points in curves.items() for p in points])
+         for label, points in curves.items() for p in points]), ""]
     lines += findings(curves)
     lines += [plot_fd_vs_steps(study, curves, floor), "", plot_fd_vs_time(study, curves, floor), ""]
     lines += ["Times are wall seconds of sampling per sample on the machine above, under load; they rank the "
@@ -97,13 +97,12 @@ def evaluate(study: Study, run_dir: Path, sampler: Sampler) -> list[Point]:
     """Score ``run_dir`` with ``sampler`` at each of its step counts (one ``task=evaluate``)."""
     overrides = ["task=evaluate", f"run_dir={shown_path(run_dir)}", *sampler.overrides,
                  f"evaluator.num_samples={study.budget.num_samples}"]
-    if len(sampler.steps) > 1:
+    steps = [s for s in sampler.steps if s <= study.budget.num_timesteps]  # --quick trains with T = 20
+    if len(steps) > 1:
         # the sampler's own pass draws the grid; keep it at the cheapest step count, the list scores them all
-        overrides += [f"sampler.steps={sampler.steps[0]}",
-                      f"evaluator.sampler_steps=[{','.join(map(str, sampler.steps))}]"]
-    payload = read_eval(study.run(overrides, f"evaluate_{sampler.key}"))
-    records = payload.get("sampler_steps") or [payload]
-    return [Point(r["steps"], scores_of(r)["fd"], scores_of(r).get("kid"), r["seconds_per_sample"]) for r in records]
+        overrides += [f"sampler.steps={steps[0]}", f"evaluator.sampler_steps=[{','.join(map(str, steps))}]"]
+    rows = sampler_rows(study.run(overrides, f"evaluate_{sampler.key}"), sampler.label)
+    return [Point(r.steps, r.scores["fd"], r.scores.get("kid"), r.seconds_per_sample) for r in rows]
 
 
 def unclipped_copy(run_dir: Path) -> Path:
@@ -130,7 +129,7 @@ def table1(curves: dict[str, list[Point]], floor: float | None) -> list[str]:
         by_steps = {p.steps: p.fd.value for p in points}
         best = min(by_steps.values())
         rows.append([label, *(_bold_if(by_steps.get(s), best) for s in columns)])
-    return [*markdown_table(["sampler \\ steps", *map(str, columns)], rows),
+    return [*markdown_table(["sampler \\ steps", *map(str, columns)], rows), "",
             f"FD, lower is better (bold: the sampler's best); real-data floor {fmt(floor)}. DDPM always runs all "
             "1000 steps.", ""]
 

@@ -6,7 +6,7 @@ One sweep, three jobs that differ only in ``schedule``:
     python run.py -m schedule=linear,cosine,sigmoid trainer.epochs=15 evaluator.num_samples=180 \\
         method=ddim sampler.steps=50 ...
 
-    python experiments/studies/schedules.py [--budget small|full] [--out experiments/schedules]
+    python -m experiments.studies.schedules [--budget small|full] [--quick] [--out experiments/schedules]
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from common import Score, Study, fmt, fmt_score, markdown_table, override_value, parse_args, plot_scores, \
-    plot_val_curves, read_eval, scores_of, still_improving
+from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
+from experiments.studies.common import Study, override_value, parse_args, plot_scores, plot_val_curves, \
+    still_improving
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 QUESTION = (
@@ -43,9 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = min(range(len(jobs)), key=lambda i: fd[i].value if fd[i] else float("inf"))
     lines = study.header("Noise schedules: linear vs cosine vs sigmoid", QUESTION)
     lines += ["## Results", ""]
-    lines += markdown_table(
+    lines += [*markdown_table(
         ["schedule", "best val loss", "best epoch", "final val loss", "FD", "FD floor", "KID ± se",
-         "class coverage", "train min"], rows)
+         "class coverage", "train min"], rows), ""]
     lines += [f"Lowest FD: **{labels[best]}** ({fmt_score(fd[best])}).", ""]
     lines += findings(labels, fd)
     lines += still_improving(jobs, study.budget.epochs)

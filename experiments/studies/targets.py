@@ -5,7 +5,7 @@ One sweep of six jobs:
 
     python run.py -m method.prediction=epsilon,x0,v method.loss_weighting=uniform,min_snr trainer.epochs=15 ...
 
-    python experiments/studies/targets.py [--budget small|full] [--out experiments/targets]
+    python -m experiments.studies.targets [--budget small|full] [--quick] [--out experiments/targets]
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from common import Score, Study, fmt, fmt_score, markdown_table, new_axes, override_value, parse_args, \
-    plot_val_curves, read_eval, save_figure, scores_of, still_improving
+from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
+from experiments.studies.common import Study, new_axes, override_value, parse_args, plot_val_curves, save_figure, \
+    still_improving
 
 PREDICTIONS = ("epsilon", "x0", "v")
 WEIGHTINGS = ("uniform", "min_snr")
@@ -40,13 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lines = study.header("Prediction targets: epsilon vs x0 vs v, with and without min-SNR weighting", QUESTION)
     lines += ["## Results", ""]
-    lines += markdown_table(
+    lines += [*markdown_table(
         ["prediction", "weighting", "FD", "FD floor", "KID ± se", "class coverage", "best val loss *",
          "best epoch", "train min"],
         [[p, w, fmt(s["fd"].value), fmt(s["fd"].floor), fmt_score(s.get("kid"), ".2g"),
           fmt(s["class_coverage"].value if "class_coverage" in s else None, ".0%"), fmt(job.best_val_loss, ".4f"),
           str(job.best_epoch), fmt(job.wall_time_s / 60, ".1f")]
-         for (p, w), s, job in zip(settings, scores, jobs, strict=True)])
+         for (p, w), s, job in zip(settings, scores, jobs, strict=True)]), ""]
     lines += ["\\* Validation loss is each run's own training objective (its target's MSE, weighted by its "
               "weighting) at fixed timesteps and noise: it compares epochs of one run, not runs with different "
               "targets or weightings, with one exception: under `min_snr` every target's loss is the same x0-space "

@@ -1,0 +1,130 @@
+"""Every experiments script in ``--quick`` mode, as a user runs it (``python -m experiments.<script>``), into a
+temporary directory: it exits 0 and writes its results file with the parts a reader looks for.
+
+Structure only: a one-epoch toy model's scores say nothing, so no figure is checked against a bar. Each script
+but the classifier's launches ``run.py`` one to six times, and most of a launch is start-up (importing torch and
+sklearn: about 9 s on a busy core), so those six are marked ``slow`` (``pytest -m "not slow"`` leaves them out):
+19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8). ``experiments.benchmark`` has its
+own, ``test_benchmark_smoke.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC · .+, \d+ cores \(AVX-512 BF16: (yes|no), AMX: (yes|no).*"
+                     r"torch \S+ \(1 threads\).* · commit ")
+
+
+def run_quick(module: str, *options: str) -> subprocess.CompletedProcess:
+    """``python -m <module> --quick --threads 1 <options>`` from the repository root; asserts it exits 0."""
+    command = [sys.executable, "-m", module, "--quick", "--threads", "1", *options]
+    result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def table(text: str) -> list[list[str]]:
+    """Cells of every markdown table row of ``text`` (headers and separators left out)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ")]
+    return [row for row in rows[1:] if row != rows[0]]
+
+
+def assert_checks_report(text: str, title: str, module: str, checks: int) -> None:
+    """The shape every checks report shares (``experiments.lib.checks_report``)."""
+    lines = text.splitlines()
+    assert lines[0] == f"# {title}"
+    assert MACHINE.match(lines[2]), lines[2]
+    assert len(re.findall(r"^- \*\*(PASS|FAIL)\*\* ", text, re.M)) == checks
+    assert re.search(rf"^Benchmark wall time \d+\.\d min\. Reproduce: `python -m {module} --quick ", text, re.M)
+
+
+@pytest.mark.slow
+def test_quality_benchmark(tmp_path: Path):
+    out = tmp_path / "results" / "quality.md"
+    result = run_quick("experiments.quality_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, "Sample quality against sampling cost: default run (issue 3)",
+                         "experiments.quality_benchmark", checks=3)
+    rows = table(text)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("DDPM", "20", "all"), ("DDIM", "5", "leading"),
+                                                  ("DDIM", "10", "leading"), ("DPM-Solver++(2M)", "5", "trailing")]
+    for row in rows:
+        assert len(row) == 10 and re.fullmatch(r"\d+(\.\d+)?", row[3].split(" ± ")[0]), row  # FD is a number
+        assert re.fullmatch(r"\d+\.\dx", row[9]), row  # speed-up
+    assert "fp32 network" in text and "trainer.epochs=1" in text
+
+
+@pytest.mark.slow
+def test_guidance_benchmark(tmp_path: Path):
+    out = tmp_path / "guidance.md"
+    run_quick("experiments.guidance_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert_checks_report(text, "Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)",
+                         "experiments.guidance_benchmark", checks=3)
+    rows = table(text)
+    assert [(r[0], r[1], r[3]) for r in rows] == [("DDPM", "20", "0"), ("DDPM", "20", "3"), ("DDIM", "10", "0"),
+                                                  ("DDIM", "10", "3"), ("DPM-Solver++(2M)", "5", "3")]
+    for row in rows:
+        assert re.fullmatch(r"\d+\.\d%", row[4]) and re.fullmatch(r"\d+%", row[5]), row  # class accuracy, worst
+
+
+def test_train_digit_classifier(tmp_path: Path):
+    out = tmp_path / "classifier.safetensors"
+    result = run_quick("experiments.train_digit_classifier", "--out", str(out))
+    assert re.search(r"held-out accuracy \d\.\d{4} +trained in", result.stdout)
+    with safe_open(str(out), framework="pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["epochs"] == "1" and 0.0 <= float(metadata["val_accuracy"]) <= 1.0
+
+
+def run_study(study: str, tmp_path: Path) -> tuple[str, Path]:
+    """A study's ``--quick`` run; its report.md and the folder the report and figures went to."""
+    out = tmp_path / "report"
+    run_quick(f"experiments.studies.{study}", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = (out / "report.md").read_text()
+    assert MACHINE.match(re.search(r"^- \*\*Measured\*\*: (.+)$", text, re.M).group(1))
+    assert re.search(r"^- \*\*Budget\*\*: `--quick`: 1 epochs of a 37k-parameter U-Net \(T = 20\)", text, re.M)
+    assert f"- **Reproduce**: `python -m experiments.studies.{study} --quick`" in text
+    assert re.search(r"## Commands run\n\n```bash\npython run.py ", text)
+    for figure in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+        assert (out / figure).is_file(), figure
+    return text, out
+
+
+@pytest.mark.slow
+def test_study_schedules(tmp_path: Path):
+    text, _ = run_study("schedules", tmp_path)
+    assert [row[0] for row in table(text)] == ["linear", "cosine", "sigmoid"]
+    assert re.search(r"Lowest FD: \*\*(linear|cosine|sigmoid)\*\*", text)
+
+
+@pytest.mark.slow
+def test_study_targets(tmp_path: Path):
+    text, out = run_study("targets", tmp_path)
+    assert len(table(text)) == 6 and (out / "fd.png").is_file()
+
+
+@pytest.mark.slow
+def test_study_sampling_steps(tmp_path: Path):
+    text, _ = run_study("sampling_steps", tmp_path)
+    assert "| sampler \\ steps |" in text
+    assert re.search(r"^\| DDIM, eta = 0, no x0 clipping \| 10 \| \d", text, re.M)
+
+
+@pytest.mark.slow
+def test_study_optuna_ema_lr(tmp_path: Path):
+    text, _ = run_study("optuna_ema_lr", tmp_path)
+    assert re.search(r"`trainer\.lr=\S+ trainer\.ema_decay=\S+`: best validation loss \d", text)
+    assert [row[0] for row in table(text)] == ["0", "1", "defaults (not a trial)"]
