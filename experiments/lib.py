@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from diffusion import checkpoint
 from diffusion.file_manager import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def trained_run(args: argparse.Namespace, train_overrides: Sequence[str], name: 
 
 def best_epoch(run_dir: Path) -> int:
     """The epoch of ``run_dir``'s best checkpoint (the one ``task=evaluate`` scores)."""
-    return int(load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"])
+    return checkpoint.epoch(load_checkpoint(run_dir / "checkpoints" / "best.pt"))
 
 
 def shown_path(path: Path) -> str:
