@@ -33,9 +33,8 @@ from matplotlib.ticker import MaxNLocator
 
 from diffusion.loggers.wandb_records import read_wandb_file, wandb_files
 from diffusion.sweeps.seed_groups import SeedGroup, group_by_seed, rank_groups
-from diffusion.validation import ConfigError
+from diffusion.validation import EXIT_USER_ERROR, ConfigError
 
-EXIT_USER_ERROR = 2
 RUN_FILES = ("config.yaml", "overrides.yaml", "metrics.jsonl", "train.log")
 FAILED_MARKERS = ("error.txt", "FAILED")  # a job that wrote one of these failed, whatever else it left
 PRUNED_MARKER = "pruned.json"  # written by diffusion.sweeps.pruning when the search stopped the job early

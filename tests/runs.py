@@ -37,6 +37,18 @@ TINY_MOONS = [
     "evaluator.num_samples=64",
 ]
 
+# A run of a second or two: one epoch of moons on a one-layer MLP with 20 noise levels (add the evaluator choice).
+ONE_EPOCH_MOONS = [
+    "experiment=moons_mlp",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+    "data.num_samples=200",
+    "model.hidden_dim=16",
+    "model.num_layers=1",
+    "method.num_timesteps=20",
+    "sampler.num_samples=16",
+]
+
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a ``run.py`` child: this checkout first on the path, one thread (the tests' runs are

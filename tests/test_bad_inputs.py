@@ -16,19 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import ROOT, main_in_process, run_py, tree_digest
+from runs import ONE_EPOCH_MOONS, ROOT, main_in_process, run_py, tree_digest
 
-EARLIER_RUN = [
-    "experiment=moons_mlp",
-    "trainer.epochs=1",
-    "trainer.progress=false",
-    "data.num_samples=200",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "method.num_timesteps=20",
-    "sampler.num_samples=16",
-    "evaluator=none",
-]
+EARLIER_RUN = [*ONE_EPOCH_MOONS, "evaluator=none"]
 OTHER_DATA = ["trainer.epochs=1", "trainer.progress=false", "evaluator=none"]  # for cases that switch data=
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from runs import ROOT, child_env, main_in_process
+from runs import ONE_EPOCH_MOONS, ROOT, child_env, main_in_process
 
 from diffusion import images
 from diffusion.data import DigitsData
@@ -33,17 +33,7 @@ from diffusion.sample_and_score import FINAL, grid_selection, log_unavailable, p
 from diffusion.sampler import Sampler, SampleResult, save_samples
 from diffusion.schedules import linear_betas
 
-TINY = [
-    "experiment=moons_mlp",
-    "trainer.epochs=1",
-    "trainer.progress=false",
-    "data.num_samples=200",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "method.num_timesteps=20",
-    "sampler.num_samples=16",
-    "evaluator.num_samples=16",
-]
+TINY = [*ONE_EPOCH_MOONS, "evaluator.num_samples=16"]
 
 
 @pytest.fixture(scope="module")
