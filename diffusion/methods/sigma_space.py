@@ -135,7 +135,7 @@ class DPMpp2MKarras(SigmaSpaceDDPM):
 _DDPM_VIEWS: dict[str, type[SigmaSpaceDDPM]] = {"euler": Euler, "heun": Heun, "dpmpp_2m": DPMpp2MKarras}
 
 
-def sigma_space_method(solver: SolverName, **trained: Any) -> SigmaSpaceMethod:
+def sigma_space_method(solver: SolverName, /, **trained: Any) -> SigmaSpaceMethod:
     """The run's trained diffusion, sampled by ``solver``: EDM keys (``sigma_data``) give
     :class:`~diffusion.methods.edm.EDM` with that solver, DDPM keys (``schedule``) the matching
     :class:`SigmaSpaceDDPM`. ``method=euler|heun|dpmpp_2m_karras`` point here, because ``task=sample`` keeps the
