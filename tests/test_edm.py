@@ -105,6 +105,8 @@ def test_invalid_arguments_name_their_key():
                         ({"num_timesteps": 0}, "method.num_timesteps"), ({"solver": "ddim"}, "method.solver")]:
         with pytest.raises(ConfigError, match=key):
             EDM(**kwargs)
+    with pytest.raises(ConfigError, match="method=heun"):
+        EDM(schedule=None, prediction="epsilon")  # task=sample run_dir=<ddpm run> method=edm
 
 
 @functools.cache

@@ -46,7 +46,8 @@ class EDM(SigmaSpaceMethod, nn.Module):
         solver: ``heun`` (EDM Alg. 1/2), ``euler`` or ``dpmpp_2m`` (see :mod:`diffusion.methods.karras`).
 
     Raises:
-        ConfigError: naming the ``method.*`` key of an out-of-range argument.
+        ConfigError: naming the ``method.*`` key of an out-of-range argument, or for DDPM's keys (``schedule``,
+            ``prediction``...), which mean a DDPM-trained run.
     """
 
     def __init__(
@@ -60,8 +61,14 @@ class EDM(SigmaSpaceMethod, nn.Module):
         clip_denoised: bool = True,
         cond_drop_prob: float = 0.0,
         solver: SolverName = "heun",
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:  # e.g. task=sample run_dir=<ddpm run> method=edm keeps the run's schedule and prediction keys
+            raise ConfigError(
+                f"method=edm does not take {sorted(unknown)}: a DDPM-trained run samples in sigma space with "
+                "method=euler, method=heun or method=dpmpp_2m_karras"
+            )
         self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
         self.sigma_data = check_float(sigma_data, "method.sigma_data", minimum=0.0, inclusive=False)
         self.p_mean = check_float(p_mean, "method.p_mean")
