@@ -112,7 +112,11 @@ class PosthocEMA(nn.Module):
         return {"step": self.num_updates, "stds": list(self.stds), "averages": averages}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        return {"averages": [a.state_dict() for a in self.averages], "stds": list(self.stds),
+        """``averages`` (one state dict per std) and ``shadow``, the last of them under the key the checkpoint
+        readers use for :class:`~diffusion.ema.EMA` (``ckpt["ema_state_dict"]["shadow"]``); its tensors are the
+        same objects, which ``torch.save`` stores once."""
+        averages = [a.state_dict() for a in self.averages]
+        return {"shadow": averages[-1], "averages": averages, "stds": list(self.stds),
                 "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:  # type: ignore[override]
