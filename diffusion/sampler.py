@@ -43,10 +43,11 @@ class Sampler:
 
     Args:
         model: the denoising network (its weights are replaced by :meth:`load_checkpoint`).
-        method: DDPM or DDIM; decides the timesteps and the update.
+        method: DDPM, DDIM, DPM-Solver (timesteps and update), or a :class:`SigmaSpaceMethod` (EDM, Euler, Heun,
+            DPM++(2M) over Karras sigmas: the denoiser and the solver).
         sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
         num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        steps: DDIM steps (None: all T; DDPM always uses all T).
+        steps: DDIM steps (None: all T; DDPM always uses all T); Karras steps of a sigma-space method (None: 18).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise; same seed, same samples.
@@ -69,7 +70,7 @@ class Sampler:
     def __init__(
         self,
         model: nn.Module,
-        method: BaseMethod,
+        method: BaseMethod | SigmaSpaceMethod,
         sample_shape: Sequence[int],
         *,
         num_samples: int = 64,
