@@ -94,6 +94,7 @@ def test_edm_euler_sampling_matches_diffusers():
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' np.array(tensor)
 @pytest.mark.parametrize("schedule", [linear_betas, cosine_betas])
 def test_ddpm_view_karras_sigmas_timesteps_and_euler_match_diffusers(schedule):
     """A DDPM-trained epsilon model sampled by Euler over Karras sigmas: the sigmas, the fractional timesteps (log-sigma
