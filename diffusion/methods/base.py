@@ -151,6 +151,17 @@ class BaseMethod(nn.Module, ABC):
         """x0 implied by the network output (unclipped)."""
         sqrt_abar = self.coefficient("sqrt_alphas_cumprod", t, x_t)
         sqrt_one_minus_abar = self.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return self.x0_from_output(x_t, sqrt_abar, sqrt_one_minus_abar, model_output)
+
+    def x0_from_output(
+        self,
+        x_t: torch.Tensor,
+        sqrt_abar: torch.Tensor | float,
+        sqrt_one_minus_abar: torch.Tensor | float,
+        model_output: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0 implied by the network output at the noise level (sqrt(abar), sqrt(1 - abar)), which need not be
+        one of the schedule's (the sigma-space samplers evaluate between timesteps)."""
         if self.prediction == "epsilon":
             return (x_t - sqrt_one_minus_abar * model_output) / sqrt_abar
         if self.prediction == "x0":

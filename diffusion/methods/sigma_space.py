@@ -99,15 +99,10 @@ class SigmaSpaceDDPM(SigmaSpaceMethod, BaseMethod):
         return low + min(max(weight, 0.0), 1.0)
 
     def denoise(self, network: Network, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        scale = 1 / math.sqrt(1 + sigma**2)  # sqrt(abar): x_t = sqrt(abar) x
+        sqrt_abar = 1 / math.sqrt(1 + sigma**2)  # abar = 1 / (1 + sigma^2)
+        x_t = x * sqrt_abar  # (B, ...)
         t = torch.full((x.shape[0],), self.sigma_to_t(sigma), device=x.device)  # (B,) float
-        output = network(x * scale, t)
-        if self.prediction == "epsilon":
-            x0 = x - sigma * output  # (x_t - sqrt(1 - abar) eps) / sqrt(abar)
-        elif self.prediction == "x0":
-            x0 = output
-        else:
-            x0 = scale**2 * x - sigma * scale * output  # sqrt(abar) x_t - sqrt(1 - abar) v
+        x0 = self.x0_from_output(x_t, sqrt_abar, sigma * sqrt_abar, network(x_t, t))
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
 
     def step(self, x_t: torch.Tensor, t: int, t_prev: int, model_output: torch.Tensor, **kwargs: Any) -> torch.Tensor:
