@@ -5,8 +5,8 @@ Scale convention: ``guided = uncond + w * (cond - uncond)``, so w = 0 is the unc
 conditional one and w > 1 guided. The paper's eq. 6, eps~ = (1 + w') eps(z, c) - w' eps(z), is the same with
 w' = w - 1 (its w' = 0 is the conditional model).
 
-Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", eq. 1) extrapolates
-from a weaker guide model (smaller or less trained, same conditioning) towards the main one instead:
+Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", eq. 1 with D_0 the
+guide) extrapolates from a weaker guide model (smaller or less trained, same conditioning) towards the main one:
 ``D_w = D_guide + w (D_main - D_guide)``. Both are applied to raw network outputs: the map from output to
 denoised sample (epsilon, x0 or v prediction at fixed x_t and t; EDM's c_skip x + c_out F) is affine, so
 extrapolating outputs is extrapolating denoisers, provided the guide has the main model's prediction target.

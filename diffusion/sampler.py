@@ -47,7 +47,8 @@ class Sampler:
             DPM++(2M) over Karras sigmas: the denoiser and the solver).
         sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
         num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        steps: DDIM steps (None: all T; DDPM always uses all T); Karras steps of a sigma-space method (None: 18).
+        steps: DDIM steps (None: all T; DDPM always uses all T); Karras steps of a sigma-space method
+            (None: 18).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise; same seed, same samples.

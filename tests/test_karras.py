@@ -24,7 +24,8 @@ MU, STD = 0.5, 0.3  # the Gaussian data set N(MU, STD^2) per coordinate
 
 
 def gaussian_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The optimal D(x; sigma) = E[y | y + sigma n = x] for y ~ N(MU, STD^2): MU + STD^2 / (STD^2 + sigma^2) (x - MU)."""
+    """The optimal D(x; sigma) = E[y | y + sigma n = x] for y ~ N(MU, STD^2):
+    MU + STD^2 / (STD^2 + sigma^2) (x - MU)."""
     return MU + STD**2 / (STD**2 + sigma**2) * (x - MU)
 
 
