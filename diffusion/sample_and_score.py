@@ -135,7 +135,7 @@ def score(
     """Score the first ``evaluator.num_samples`` of ``result``; log and print the scores; the eval.json dict."""
     samples = result.samples[: evaluator.num_samples]
     metrics = evaluator.evaluate(samples)
-    nfe = sampler.method.network_evaluations(result.steps)
+    nfe = result.nfe
     payload = metrics_to_json(metrics, len(samples), sampler.method.name, result.steps, seconds_per_sample, nfe=nfe)
     logger.log(f"evaluation of {len(samples)} samples ({sampler.method.name}, {result.steps} steps, {nfe} NFE):\n"
                f"{format_metrics(metrics)}")
@@ -175,8 +175,7 @@ def evaluate_at_steps(
                 logger.log(f"sampling {evaluator.num_samples} with {sampler.method.name} at {len(sequence)} steps")
             result, seconds = timed_sample(sampler, evaluator.num_samples, trajectory_timesteps(sequence))
             metrics = evaluator.evaluate(result.samples)
-            nfe = sampler.method.network_evaluations(result.steps)
-            rows.append(StepsRow(sampler.method.name, result.steps, metrics, seconds, nfe))
+            rows.append(StepsRow(sampler.method.name, result.steps, metrics, seconds, result.nfe))
             last = (result, seconds)
     finally:
         sampler.steps = original_steps

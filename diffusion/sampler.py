@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from torch import nn
 from diffusion import checkpoint
 from diffusion.export import load_exported
 from diffusion.file_manager import FileManager, atomic_write_bytes
-from diffusion.guidance import guided_output
+from diffusion.guidance import autoguided_output, guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
+from diffusion.methods.karras import SOLVERS
+from diffusion.methods.sigma_space import SigmaSpaceMethod
 from diffusion.devices import Precision, autocast, resolve_device
 from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
@@ -25,13 +28,16 @@ from diffusion.validation import ConfigError, check_choice, check_float, check_i
 class SampleResult:
     """Generated samples ``(N, *sample_shape)`` on the CPU, float32, in the data's range.
 
-    ``trajectory`` maps a recorded timestep t to x_t of the first ``trajectory_samples`` samples.
+    ``trajectory`` maps a recorded timestep t to x_t of the first ``trajectory_samples`` samples (for a
+    sigma-space method, step index t to x / sqrt(1 + sigma^2), on the data's scale). ``nfe``: network evaluations
+    per sample (a guided evaluation counted once; Heun's 18 steps are 35).
     """
 
     samples: torch.Tensor
     steps: int
     labels: torch.Tensor | None = None
     trajectory: dict[int, torch.Tensor] = field(default_factory=dict)
+    nfe: int = 0
 
 
 class Sampler:
@@ -39,10 +45,12 @@ class Sampler:
 
     Args:
         model: the denoising network (its weights are replaced by :meth:`load_checkpoint`).
-        method: DDPM or DDIM; decides the timesteps and the update.
+        method: DDPM, DDIM, DPM-Solver (timesteps and update), or a :class:`SigmaSpaceMethod` (EDM, Euler, Heun,
+            DPM++(2M) over Karras sigmas: the denoiser and the solver).
         sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
         num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        steps: sampling steps (None: the method's ``default_steps``, e.g. 50 for DDIM; DDPM always uses all T).
+        steps: sampling steps (None: the method's ``default_steps``: 50 for DDIM, 20 for DPM-Solver, 18 Karras
+            steps for a sigma-space method; DDPM always uses all T).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise; same seed, same samples.
@@ -52,6 +60,12 @@ class Sampler:
         class_labels: classes to draw for a conditional model: a list (cycled over the samples), ``all`` (a
             grid with one row per class), or None (all classes in turn). Must be None for an unconditional one.
         grid_every_n_epochs: during training, also save ``samples/epoch_NNNN.png`` every N epochs (None: never).
+        rho, s_churn, s_tmin, s_tmax, s_noise: sigma-space methods (``method=edm``, ``euler``, ``heun``,
+            ``dpmpp_2m_karras``): the Karras schedule's rho (EDM eq. 5) and Heun's churn (EDM Alg. 2; ``s_churn=0``
+            is deterministic, ``s_tmax=None`` is infinity). Ignored by DDPM, DDIM and DPM-Solver.
+        guide: autoguidance (Karras et al. 2024): the guide run or checkpoint, loaded by the entry point into
+            ``guide_model``. guide_model: a weaker version of ``model`` (smaller or less trained, same inputs and
+            prediction target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -60,7 +74,7 @@ class Sampler:
     def __init__(
         self,
         model: nn.Module,
-        method: BaseMethod,
+        method: BaseMethod | SigmaSpaceMethod,
         sample_shape: Sequence[int],
         *,
         num_samples: int = 64,
@@ -74,6 +88,14 @@ class Sampler:
         guidance_scale: float = 1.0,
         class_labels: Sequence[int] | Literal["all"] | None = None,
         grid_every_n_epochs: int | None = None,
+        rho: float = 7.0,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float | None = None,
+        s_noise: float = 1.0,
+        guide: str | None = None,
+        guide_model: nn.Module | None = None,
+        guide_scale: float = 1.0,
     ) -> None:
         self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
         self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
@@ -96,6 +118,18 @@ class Sampler:
         self.class_labels = self._check_labels(class_labels)
         every = grid_every_n_epochs
         self.grid_every_n_epochs = None if every is None else check_int(every, "sampler.grid_every_n_epochs", 1)
+        self.rho = check_float(rho, "sampler.rho", minimum=0.0, inclusive=False)
+        self.churn = {
+            "s_churn": check_float(s_churn, "sampler.s_churn", minimum=0.0),
+            "s_tmin": check_float(s_tmin, "sampler.s_tmin", minimum=0.0),
+            "s_tmax": math.inf if s_tmax is None else check_float(s_tmax, "sampler.s_tmax", minimum=0.0),
+            "s_noise": check_float(s_noise, "sampler.s_noise", minimum=0.0),
+        }
+        if guide is not None and guide_model is None:
+            raise ConfigError(f"sampler.guide={guide!r}: the guide model was not loaded (pass guide_model=)")
+        self.guide = guide
+        self.guide_model = None if guide_model is None else guide_model.to(self.device).eval()
+        self.guide_scale = check_float(guide_scale, "sampler.guide_scale")
 
     def _check_labels(self, labels: Sequence[int] | str | None) -> list[int] | str | None:
         if labels is None:
@@ -164,9 +198,14 @@ class Sampler:
             record = record_timesteps if start < trajectory_samples else ()
             y = None if labels is None else labels[start : start + size].to(self.device)
             noise = self._noise((size, *self.sample_shape), generator)
-            chunks.append(self._denoise(noise, y, pairs, generator, record, trajectory).float().cpu())
+            if isinstance(self.method, SigmaSpaceMethod):
+                x = self._solve_sigma_space(noise, y, generator, record, trajectory)
+            else:
+                x = self._denoise(noise, y, pairs, generator, record, trajectory)
+            chunks.append(x.float().cpu())
         frames = {t: torch.cat(xs)[:trajectory_samples] for t, xs in trajectory.items()}
-        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), labels=labels, trajectory=frames)
+        nfe = self.method.nfe(self.steps, self.timestep_spacing)
+        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), labels=labels, trajectory=frames, nfe=nfe)
 
     def _denoise(
         self,
@@ -177,6 +216,7 @@ class Sampler:
         record: Sequence[int],
         trajectory: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor:
+        """The discrete-time loop (DDPM, DDIM, DPM-Solver): one network call and one ``method.step`` per pair."""
         needs_noise = self.method.needs_noise(self.eta)
         state: dict[str, Any] = {}  # per-trajectory scratch for multistep methods
         t_batch = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
@@ -191,7 +231,51 @@ class Sampler:
             trajectory.setdefault(-1, []).append(x.float().cpu())
         return x
 
+    def _solve_sigma_space(
+        self,
+        noise: torch.Tensor,
+        y: torch.Tensor | None,
+        generator: torch.Generator,
+        record: Sequence[int],
+        trajectory: dict[int, list[torch.Tensor]],
+    ) -> torch.Tensor:
+        """A Karras solver from x = sigma_max * noise to sigma = 0, with guidance inside the denoiser D(x; sigma).
+
+        Trajectory frames are labelled by the step index counted down to 0 (as :meth:`SigmaSpaceMethod.timesteps`)
+        and scaled by 1 / sqrt(1 + sigma^2), the variance-preserving scale of DDPM's frames.
+        """
+        method: Any = self.method
+        sigmas = method.sigmas(self.steps, self.rho)
+        last = len(sigmas) - 2  # the label of the first step
+
+        def network(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.precision):
+                return self._model_output(x_in, t, y).to(x_in.dtype)
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            return method.denoise(network, x, sigma)
+
+        def callback(i: int, x: torch.Tensor) -> None:
+            if last - i in record:
+                trajectory.setdefault(last - i, []).append((x / math.sqrt(1 + sigmas[i] ** 2)).float().cpu())
+
+        options: dict[str, Any] = {}
+        if method.solver == "heun":
+            options = {"noise": lambda: self._noise(noise.shape, generator), **self.churn}
+        x = SOLVERS[method.solver](denoise, noise * sigmas[0], sigmas, callback, **options)
+        if -1 in record:
+            trajectory.setdefault(-1, []).append(x.float().cpu())
+        return x
+
     def _model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The network's output with classifier-free guidance, then autoguidance when a guide model is set."""
+        output = self._classifier_free_output(x, t, y)
+        if self.guide_model is None or self.guide_scale == 1.0:
+            return output
+        guide = self.guide_model(x, t, y) if y is not None else self.guide_model(x, t)
+        return autoguided_output(output, guide, self.guide_scale)
+
+    def _classifier_free_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The network's output, guided for a conditional model: one forward pass on [cond; uncond] batches."""
         w = self.guidance_scale
         if y is None or w == 1.0:

@@ -155,6 +155,17 @@ class BaseMethod(nn.Module, ABC):
         """x0 implied by the network output (unclipped)."""
         sqrt_abar = self.coefficient("sqrt_alphas_cumprod", t, x_t)
         sqrt_one_minus_abar = self.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return self.x0_from_output(x_t, sqrt_abar, sqrt_one_minus_abar, model_output)
+
+    def x0_from_output(
+        self,
+        x_t: torch.Tensor,
+        sqrt_abar: torch.Tensor | float,
+        sqrt_one_minus_abar: torch.Tensor | float,
+        model_output: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0 implied by the network output at the noise level (sqrt(abar), sqrt(1 - abar)), which need not be
+        one of the schedule's (the sigma-space samplers evaluate between timesteps)."""
         if self.prediction == "epsilon":
             return (x_t - sqrt_one_minus_abar * model_output) / sqrt_abar
         if self.prediction == "x0":
@@ -232,28 +243,8 @@ class BaseMethod(nn.Module, ABC):
         return clipped if self.prediction == "x0" else clipped / (snr + 1.0)
 
     def condition_kwargs(self, model: nn.Module, model_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments for the network, with class labels dropped for classifier-free guidance.
-
-        A ``null_label`` entry is taken out (it is not for the network); without it the null label is the
-        network's ``num_classes`` (the label table's extra row, :class:`~diffusion.models.embeddings.TimeEmbedding`),
-        looked up through a DistributedDataParallel or compile wrapper. Labels are dropped only with
-        ``cond_drop_prob > 0`` and ``model.training``.
-
-        Raises:
-            ValueError: if labels must be dropped and neither ``null_label`` nor ``model.num_classes`` is known.
-        """
-        kwargs = dict(model_kwargs)
-        null_label = kwargs.pop("null_label", None)
-        y = kwargs.get("y")
-        if y is None or self.cond_drop_prob == 0 or not getattr(model, "training", True):
-            return kwargs
-        if null_label is None:
-            null_label = getattr(model, "num_classes", getattr(getattr(model, "module", None), "num_classes", None))
-        if null_label is None:
-            raise ValueError("method.cond_drop_prob > 0 needs the null label: pass null_label= to compute_loss or "
-                             "give the model a num_classes attribute")
-        kwargs["y"] = drop_labels(y, self.cond_drop_prob, int(null_label))
-        return kwargs
+        """:func:`condition_kwargs` with this method's ``cond_drop_prob``."""
+        return condition_kwargs(model, model_kwargs, self.cond_drop_prob)
 
     # ----------------------------------------------------------------------------------------------------
     # Reverse steps
@@ -374,19 +365,44 @@ class BaseMethod(nn.Module, ABC):
         step, for multistep solvers that reuse earlier model outputs; single-step methods ignore it.
         """
 
+    def nfe(self, steps: int | None, spacing: TimestepSpacing = "leading") -> int:
+        """Network evaluations per sample for ``steps`` (one per visited timestep; a guided one counted once)."""
+        return len(self.timesteps(steps, spacing))
+
     def needs_noise(self, eta: float) -> bool:
         """Whether :meth:`step` consumes fresh noise (the sampler skips drawing it otherwise)."""
         return True
-
-    def network_evaluations(self, steps: int) -> int:
-        """Network evaluations (NFE) of a ``steps``-step trajectory: one per step for these methods."""
-        return steps
 
     def extra_repr(self) -> str:
         return (
             f"num_timesteps={self.num_timesteps}, prediction={self.prediction!r}, clip={self.clip_denoised}, "
             f"loss_weighting={self.loss_weighting!r}, cond_drop_prob={self.cond_drop_prob}"
         )
+
+
+def condition_kwargs(model: nn.Module, model_kwargs: dict[str, Any], cond_drop_prob: float) -> dict[str, Any]:
+    """The keyword arguments for the network, with class labels dropped for classifier-free guidance.
+
+    A ``null_label`` entry is taken out (it is not for the network); without it the null label is the
+    network's ``num_classes`` (the label table's extra row, :class:`~diffusion.models.embeddings.TimeEmbedding`),
+    looked up through a DistributedDataParallel or compile wrapper. Labels are dropped only with
+    ``cond_drop_prob > 0`` and ``model.training``.
+
+    Raises:
+        ValueError: if labels must be dropped and neither ``null_label`` nor ``model.num_classes`` is known.
+    """
+    kwargs = dict(model_kwargs)
+    null_label = kwargs.pop("null_label", None)
+    y = kwargs.get("y")
+    if y is None or cond_drop_prob == 0 or not getattr(model, "training", True):
+        return kwargs
+    if null_label is None:
+        null_label = getattr(model, "num_classes", getattr(getattr(model, "module", None), "num_classes", None))
+    if null_label is None:
+        raise ValueError("method.cond_drop_prob > 0 needs the null label: pass null_label= to compute_loss or "
+                         "give the model a num_classes attribute")
+    kwargs["y"] = drop_labels(y, cond_drop_prob, int(null_label))
+    return kwargs
 
 
 def _sqrt_clamped(value: torch.Tensor | float) -> torch.Tensor | float:
