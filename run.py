@@ -30,6 +30,7 @@ from diffusion.cli import (
     check_monitor,
     guard_command_line,
     guard_user_errors,
+    load_guide_model,
     load_source_config,
     open_run_logger,
     print_config_tree,
@@ -40,7 +41,8 @@ from diffusion.cli import (
     search_hooks,
 )
 from diffusion.distributed import DistributedContext
-from diffusion.export import export_weights
+from diffusion.export import export_weights, write_weights
+from diffusion.posthoc_ema import reconstruct
 from diffusion.file_manager import FileManager, SaveError
 from diffusion.loggers import FileLogger, NullLogger
 from diffusion.resume import ResumePoint, shared_resume
@@ -52,6 +54,7 @@ from diffusion.sample_and_score import (
     prepare_evaluator,
     sample_save_score,
     stop_sampling_on_signal,
+    write_posthoc_table,
 )
 from diffusion.sampler import Sampler
 from diffusion.seeding import seed_everything
@@ -75,7 +78,8 @@ def main() -> None:
 def run_task(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with guard_user_errors(created_dir=output_dir):
-        tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export}
+        tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export,
+                 "posthoc_ema": posthoc_ema}
         check_choice(cfg.task, "task", tuple(tasks))
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg)
@@ -91,8 +95,8 @@ def apply_thread_budget(cfg: DictConfig) -> None:
     torch.set_num_threads(budget.threads)
     print(budget.reason)
     warning = busy_warning(cpu_limit()[0], budget.threads)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    if warning:  # on stdout with the run's log, so that stderr keeps one line per error
+        print(f"warning: {warning}")
 
 
 def build(cfg: DictConfig) -> Components:
@@ -103,9 +107,13 @@ def build(cfg: DictConfig) -> Components:
     return Components(data, instantiate(cfg.model, _convert_="all"), instantiate(cfg.method, _convert_="all"))
 
 
-def make_sampler(cfg: DictConfig, model: Any, parts: Components) -> Sampler:
+def make_sampler(cfg: DictConfig, model: Any, parts: Components, run_dir: Path | None = None) -> Sampler:
+    """The configured sampler for ``model``; with ``sampler.guide`` its autoguidance guide is loaded too (a
+    checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
+    guide = cfg.sampler.get("guide")
+    guide_model = None if guide is None else load_guide_model(str(guide), run_dir, cfg.method)
     return instantiate(cfg.sampler, _convert_="all")(
-        model=model, method=parts.method, sample_shape=parts.data.sample_shape
+        model=model, method=parts.method, sample_shape=parts.data.sample_shape, guide_model=guide_model
     )
 
 
@@ -153,7 +161,7 @@ def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint) ->
             log_unavailable(evaluator, logger)
         summary, finished = train_or_stop(trainer)
         if dist.is_main and finished:
-            sampler = make_sampler(cfg, parts.model, parts)
+            sampler = make_sampler(cfg, parts.model, parts, run_dir)
             best = sampler.load_checkpoint(file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
             summary.update(sample_or_stop(run_dir, sampler, evaluator, parts.data, run_dir, logger) or {})
@@ -203,7 +211,7 @@ def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
     run_cfg = load_source_config(source)
     run_cfg.method = sampling_method_config(cfg, run_cfg)
     parts = build(run_cfg)
-    sampler = make_sampler(cfg, parts.model, parts)
+    sampler = make_sampler(cfg, parts.model, parts, source if source.is_dir() else None)
     evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else NO_EVALUATOR, _convert_="all")
     if source.suffix == ".safetensors":
         sampler.load_weights(source)
@@ -229,6 +237,39 @@ def export(cfg: DictConfig, output_dir: Path) -> None:
     path = export_weights(found, output_dir / "weights.safetensors")
     print(f"exported the EMA weights of {found} and its run config to {path}")
     print(f"sample from them with: python run.py task=sample run_dir={path}")
+
+
+def posthoc_ema(cfg: DictConfig, output_dir: Path) -> float | None:
+    """``task=posthoc_ema run_dir=<run trained with trainer.ema=posthoc> 'ema.std=[...]'``: reconstruct the EMA
+    of each std from the run's snapshots (EDM2 Sec. 3), export each (``ema_std_<s>.safetensors``, samplable with
+    ``task=sample run_dir=<file>``), and with an evaluator score each (``std_<s>/eval.json``) into one table and
+    plot. Returns the best first score, if scored."""
+    seed_everything(cfg.seed)
+    source = require_run_dir(cfg, "a run directory trained with trainer.ema=posthoc")
+    stds = [float(s) for s in cfg.ema.std]
+    snapshots = FileManager(source).ema_snapshots()
+    weights = reconstruct(snapshots, stds)  # refuses a std outside (0, 0.28), naming ema.std
+    run_cfg = load_source_config(source)
+    run_cfg.method = sampling_method_config(cfg, run_cfg)
+    parts = build(run_cfg)
+    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    prepare_evaluator(evaluator, parts.data)
+    save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
+    config, rows = OmegaConf.to_container(run_cfg, resolve=True), []
+    with FileLogger(output_dir) as logger:
+        log_unavailable(evaluator, logger)
+        for std, state in zip(stds, weights):
+            write_weights(state, config, output_dir / f"ema_std_{std:g}.safetensors",  # type: ignore[arg-type]
+                          kind=f"posthoc std={std:g}", step=int(snapshots[-1]["step"]))
+            sampler = make_sampler(cfg, parts.model, parts, source)
+            sampler.model.load_state_dict(state)
+            logger.log(f"post-hoc EMA std={std:g} (from {len(snapshots)} snapshots)")
+            rows.append((std, sample_or_stop(source, sampler, evaluator, parts.data, output_dir / f"std_{std:g}",
+                                             logger)))
+        write_posthoc_table(rows, output_dir)
+    print_run_files(output_dir)
+    scored = [next(iter(scores.values())) for _, scores in rows if scores]
+    return min(scored) if scored else None
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ class EMA(nn.Module):
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        """Fold in the weights after an optimizer step (``step`` is accepted for the post-hoc EMA's interface; this
+        EMA counts its own updates for the warmup)."""
         decay = self.current_decay()
         shadow_params = list(self.shadow.parameters())
         model_params = [p.detach() for p in model.parameters()]

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from diffusion import checkpoint as checkpoint_lib
 from diffusion.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
 
 FORMAT = "diffusion-weights/1"
@@ -35,15 +36,23 @@ def export_weights(checkpoint: str | Path, out: str | Path, use_ema: bool = True
         CheckpointError: the checkpoint is missing, damaged or unsafe.
     """
     ckpt = load_checkpoint(checkpoint)
-    weights = ckpt["ema_state_dict"]["shadow"] if use_ema else ckpt["model_state_dict"]
+    state = ckpt["train_state"]
+    return write_weights(checkpoint_lib.weights(ckpt, use_ema), ckpt.get("config") or {}, out,
+                         kind="ema" if use_ema else "raw", epoch=state.get("epoch"), step=state.get("global_step"))
+
+
+def write_weights(weights: dict[str, torch.Tensor], config: dict[str, Any], out: str | Path, kind: str,
+                  epoch: int | None = None, step: int | None = None) -> Path:
+    """Write ``weights`` (a state dict for ``config["model"]``) with the run ``config`` as an export; ``kind``
+    says which weights they are (``ema``, ``raw``, ``posthoc std=0.05``). Atomic, with a ``.sha256`` sidecar."""
     # safetensors refuses tensors that share storage; clones own theirs.
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in weights.items()}
     metadata = {
         "format": FORMAT,
-        "weights": "ema" if use_ema else "raw",
-        "epoch": str(ckpt.get("epoch", "")),
-        "global_step": str(ckpt.get("global_step", "")),
-        "config": json.dumps(ckpt.get("config") or {}, sort_keys=True),
+        "weights": kind,
+        "epoch": "" if epoch is None else str(epoch),
+        "global_step": "" if step is None else str(step),
+        "config": json.dumps(config, sort_keys=True),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,35 @@ class FileManager:
     # ----------------------------------------------------------------------------------------------------
     # Finding and loading
     # ----------------------------------------------------------------------------------------------------
+    def save_ema_snapshot(self, snapshot: dict[str, Any]) -> Path:
+        """Write a post-hoc EMA snapshot (:meth:`diffusion.posthoc_ema.PosthocEMA.snapshot`) atomically as
+        ``checkpoints/posthoc_ema/step_NNNNNNNN.pt``; a resumed run rewrites the same step with the same data."""
+        directory = self.checkpoint_dir / "posthoc_ema"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"step_{int(snapshot['step']):08d}.pt"
+        atomic_write(_serialize(snapshot), path)
+        return path
+
+    def ema_snapshots(self) -> list[dict[str, Any]]:
+        """Every post-hoc EMA snapshot of the run, oldest first, each read safely and verified.
+
+        Raises:
+            CheckpointError: a damaged snapshot, or none (the run was not trained with ``trainer.ema=posthoc``).
+        """
+        paths = sorted((self.checkpoint_dir / "posthoc_ema").glob("step_*.pt"))
+        if not paths:
+            raise CheckpointError(f"no post-hoc EMA snapshots in {self.checkpoint_dir / 'posthoc_ema'}: train with "
+                                  "trainer.ema=posthoc trainer.ema_snapshot_every=N")
+        snapshots = []
+        for path in paths:
+            try:
+                snapshots.append(torch.load(io.BytesIO(read_verified(path)), map_location="cpu", weights_only=True))
+            except CheckpointError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the restricted unpickler raises anything on foreign bytes
+                raise CheckpointError(f"post-hoc EMA snapshot {path} is damaged ({type(error).__name__})") from error
+        return snapshots
+
     def periodic_checkpoints(self) -> list[Path]:
         """``epoch_NNNN.pt`` files, oldest first."""
         if not self.checkpoint_dir.is_dir():

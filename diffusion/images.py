@@ -129,6 +129,19 @@ def save_loss_curve(
     return _write_figure(figure, path)
 
 
+def save_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | os.PathLike[str],
+                xlabel: str) -> Path:
+    """One panel per named curve of ``(x, y)`` points (e.g. a score against the EMA length)."""
+    figure = Figure(figsize=(4 * max(1, len(curves)), 3.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, (name, points) in enumerate(curves.items()):
+        axes = figure.add_subplot(1, max(1, len(curves)), index + 1)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(name)
+    return _write_figure(figure, path)
+
+
 def _grid_pixels(images: torch.Tensor, nrow: int | None, scale: int, padding: int) -> np.ndarray:
     """Tiled, padded, upscaled uint8 pixels ``(rows * (H + p) + p) * scale, (nrow * (W + p) + p) * scale, C)``."""
     if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:

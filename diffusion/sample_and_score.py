@@ -215,6 +215,23 @@ def grid_selection(sampler: Sampler, result: SampleResult) -> tuple[torch.Tensor
     return torch.cat(rows), per_class
 
 
+def write_posthoc_table(rows: Sequence[tuple[float, dict[str, float] | None]], directory: Path) -> list[Path]:
+    """``posthoc_ema.md`` (one row per reconstructed EMA std, one column per score) and, with scores,
+    ``posthoc_ema.png`` (each score against the std): EDM2's EMA-length sweep without retraining."""
+    from diffusion.images import save_curves
+
+    names = [name for name in (rows[0][1] or {})] if rows else []
+    lines = ["| ema std | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for std, scores in rows:
+        lines.append(f"| {std:g} | " + " | ".join(f"{(scores or {}).get(n, float('nan')):.4g}" for n in names) + " |")
+    written = [directory / "posthoc_ema.md"]
+    atomic_write_text(written[0], "\n".join(lines) + "\n")
+    if names:
+        curves = {name: [(std, (scores or {}).get(name, float("nan"))) for std, scores in rows] for name in names}
+        written.append(save_curves(curves, directory / "posthoc_ema.png", xlabel="EMA relative std (sigma_rel)"))
+    return written
+
+
 def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLogger) -> EpochHook:
     """A trainer hook that scores ``evaluator.num_samples`` samples of ``sampler`` (built on the EMA weights)
     every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``."""

@@ -100,6 +100,10 @@ def thread_budget(
     if setting != "auto":
         threads = check_int(setting, "trainer.num_threads", minimum=1)
         return ThreadBudget(threads, f"trainer.num_threads={threads}")
+    if environ.get("OMP_NUM_THREADS", "").isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
+        # The user's (or the launcher's) explicit OpenMP setting, which torch itself follows.
+        threads = int(environ["OMP_NUM_THREADS"])
+        return ThreadBudget(threads, f"trainer.num_threads=auto: {threads} threads from $OMP_NUM_THREADS")
     cpus, cpu_source = cpu_limit(cgroup_root)
     jobs, job_source = jobs_per_node(launcher, environ)
     threads = max(1, math.floor(cpus / jobs))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, NamedTuple
+from typing import Any, ContextManager, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from diffusion.data.base import BaseData, DataSplits
 from diffusion.devices import Precision, autocast, resolve_device, to_device
 from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
+from diffusion.posthoc_ema import PosthocEMA
 from diffusion.file_manager import FileManager
 from diffusion.loggers.base import BaseLogger
 from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
@@ -71,7 +72,9 @@ class Trainer:
         grad_clip: max global gradient norm (0 disables).
         accumulate_grad_batches: micro-batches per optimizer step.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA only, with gradient scaling).
-        ema_decay: EMA decay (warmed up, see :class:`~diffusion.ema.EMA`).
+        ema: ``ema`` (one EMA with ``ema_decay``, warmed up, see :class:`~diffusion.ema.EMA`) or ``posthoc``
+            (EDM2's power-function EMAs with relative stds ``ema_stds``, see :mod:`diffusion.posthoc_ema`, whose
+            snapshots are saved every ``ema_snapshot_every`` steps for ``task=posthoc_ema``).
         device: ``auto``, ``cpu`` or ``cuda``.
         monitor: metric that picks ``best`` (``val_loss`` or one an epoch hook returns; lower is better).
         checkpoint_every_n_steps: also save ``last`` every N optimizer steps (0: at epoch ends only).
@@ -110,6 +113,9 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         precision: Precision = "fp32",
         ema_decay: float = 0.999,
+        ema: Literal["ema", "posthoc"] = "ema",
+        ema_stds: Sequence[float] = (0.05, 0.10),
+        ema_snapshot_every: int | None = None,
         device: str = "auto",
         monitor: str = "val_loss",
         checkpoint_every_n_steps: int = 0,
@@ -154,7 +160,7 @@ class Trainer:
 
         memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
-        self.ema = EMA(self.model, ema_decay).to(self.device)
+        self.ema = self._make_ema(ema, ema_decay, ema_stds, ema_snapshot_every)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.lr,
@@ -179,6 +185,23 @@ class Trainer:
         self._resumed_from: Path | None = None
         self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
         self._grad_norm: torch.Tensor | None = None
+
+    def _make_ema(self, kind: str, decay: float, stds: Sequence[float], snapshot_every: int | None) -> nn.Module:
+        check_choice(kind, "trainer.ema", ("ema", "posthoc"))
+        every = None if snapshot_every is None else check_int(snapshot_every, "trainer.ema_snapshot_every", 1)
+        if kind == "ema":
+            self.ema_snapshot_every = None
+            return EMA(self.model, decay).to(self.device)
+        if every is None:
+            raise ConfigError("trainer.ema=posthoc needs trainer.ema_snapshot_every=N (steps between the snapshots "
+                              "task=posthoc_ema reconstructs from)")
+        self.ema_snapshot_every = every
+        return PosthocEMA(self.model, stds).to(self.device)
+
+    def _maybe_snapshot_ema(self) -> None:
+        every = self.ema_snapshot_every
+        if every and self.state.global_step % every == 0 and self.dist.is_main:
+            self.file_manager.save_ema_snapshot(self.ema.snapshot())  # type: ignore[operator]
 
     def _check_batch_split(self) -> None:
         parts = self.dist.world_size * self.accumulate
@@ -239,7 +262,8 @@ class Trainer:
             if self._reached_max_steps():
                 break
             loss = self._train_step(index)
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.state.global_step)
+            self._maybe_snapshot_ema()
             bar.update(1)
             self._log_step(loss, bar)
             self._maybe_stop_or_checkpoint()

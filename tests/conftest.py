@@ -12,3 +12,5 @@ def offline_wandb(tmp_path_factory, monkeypatch):
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(root / name.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # run.py's thread budget follows $OMP_NUM_THREADS: in-process runs stay on one thread like the child processes
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")

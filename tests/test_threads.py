@@ -72,3 +72,9 @@ def test_busy_machine_warning_names_the_setting():
     line = busy_warning(2, 2, "1.89 0.91 0.39 4/99 4420")
     assert line is not None and "trainer.num_threads=1" in line and "3 other runnable" in line and "\n" not in line
     assert busy_warning(2, 1, "0.9 0.9 0.9 1/99 1") is None
+
+
+def test_auto_follows_an_explicit_omp_num_threads(tmp_path):
+    budget = thread_budget("auto", launcher=JOBLIB, environ={"OMP_NUM_THREADS": "3"}, cgroup_root=tmp_path)
+    assert budget.threads == 3 and "OMP_NUM_THREADS" in budget.reason
+    assert thread_budget(2, environ={"OMP_NUM_THREADS": "3"}, cgroup_root=tmp_path).threads == 2  # a setting wins

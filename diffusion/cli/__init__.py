@@ -7,6 +7,7 @@ The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects
 from diffusion.cli.components import Components, check_compatible, check_monitor
 from diffusion.cli.errors import guard_command_line, guard_user_errors
 from diffusion.cli.run_config import (
+    load_guide_model,
     load_source_config,
     open_run_logger,
     require_run_dir,
@@ -21,6 +22,7 @@ __all__ = [
     "check_monitor",
     "guard_command_line",
     "guard_user_errors",
+    "load_guide_model",
     "load_source_config",
     "open_run_logger",
     "print_config_tree",

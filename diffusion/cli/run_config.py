@@ -83,6 +83,42 @@ def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
     return [pruning_hook(trial.storage, trial.study_name, int(trial.number), pruner, reported, run_dir)]
 
 
+def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) -> Any:
+    """The autoguidance guide (``sampler.guide``): a checkpoint name of the sampled run (``epoch_0010``), a
+    checkpoint file, another run's directory (its best EMA weights) or exported weights; its network built from its
+    own config and loaded with its EMA weights.
+
+    Raises:
+        ConfigError: no such guide, or a guide trained to predict something else than the main model.
+    """
+    from diffusion import checkpoint
+    from diffusion.file_manager import FileManager, load_checkpoint
+
+    source = Path(guide)
+    if not source.exists() and run_dir is not None:
+        source = Path(run_dir) / "checkpoints" / (guide if guide.endswith(".pt") else f"{guide}.pt")
+    if source.suffix == ".safetensors":
+        weights, config = load_exported(source)
+    elif source.is_dir() or source.is_file():
+        ckpt = load_checkpoint(FileManager(source).best_or_last() if source.is_dir() else source)
+        weights, config = checkpoint.ema_weights(ckpt), ckpt.get("config") or {}
+    else:
+        raise ConfigError(f"sampler.guide={guide}: no such checkpoint, run directory or exported weights")
+    check_safe_targets(config, source)
+    guide_cfg = OmegaConf.create(config)
+    trained, main = guide_cfg.method.get("prediction", "edm"), main_method.get("prediction", "edm")
+    if "sigma_data" in guide_cfg.method:
+        trained = "edm"
+    if "sigma_data" in main_method:
+        main = "edm"
+    if trained != main:
+        raise ConfigError(f"sampler.guide={guide} predicts {trained} but the main model predicts {main}; "
+                          "a guide must share the main model's prediction target")
+    model = instantiate(guide_cfg.model, _convert_="all")
+    model.load_state_dict(weights)
+    return model
+
+
 def require_run_dir(cfg: DictConfig, what: str) -> Path:
     """``run_dir`` of ``task=sample|evaluate|export``, which must be given."""
     if cfg.run_dir is None:

@@ -25,7 +25,7 @@ def print_run_files(run_dir: Path) -> None:
         relative = path.relative_to(run_dir)
         if relative.parts[0] == "wandb":  # W&B's own files: `wandb sync <run dir>/wandb/offline-run-*`
             continue
-        if path.is_file() and not path.name.startswith("."):
+        if path.is_file() and not path.name.startswith(".") and path.name != "run.lock":  # the lock leaves at exit
             print(f"  {relative}")
 
 
