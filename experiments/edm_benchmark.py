@@ -1,0 +1,169 @@
+"""Issue 13's bars on digits: EDM against DDPM, sigma-space samplers on a DDPM checkpoint, post-hoc EMA, autoguidance.
+
+Trains three default-length digits runs (``python run.py`` with each change) and scores each checkpoint with
+``task=evaluate`` / ``task=posthoc_ema``, as a user would:
+
+    DDPM        the default run (also keeps checkpoints/epoch_0010.pt, the autoguidance guide)
+    EDM         the same network, epochs and trainer with method=edm: the same steps at the same cost per step,
+                so the same wall-clock budget up to noise (both times are reported)
+    post-hoc    the default run with trainer.ema=posthoc (snapshots every 50 steps), swept over EMA lengths
+
+The bars (issue 13): EDM with Heun-18 (35 NFE) reaches FD no worse than 1.1x the DDPM run's DDPM-1000 FD; the DDPM
+checkpoint sampled with Heun-18 is within 1.25x of its DDPM-1000 FD. Reported beside them: FD against NFE for EDM
+(Heun, DPM++(2M) Karras) and the DDPM checkpoint (DDIM, DPM-Solver++, Heun), the best reconstructed EMA std against
+the trained EMA, and autoguidance (guide: the DDPM run's epoch-10 checkpoint) against none at each w.
+
+    python -m experiments.edm_benchmark --threads 1 --out experiments/results/edm_cpu.md
+    python -m experiments.edm_benchmark --quick --out /tmp/edm.md    # toy runs, seconds each: proves it works
+
+Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, checks_report, describe_machine, \
+    evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, run_into, \
+    sampler_rows, set_threads, shown_command, work_dir
+
+HEUN_BAR = 1.10  # EDM Heun-18 FD at most this multiple of the DDPM run's DDPM-1000 FD
+DDPM_HEUN_BAR = 1.25  # the DDPM checkpoint's Heun-18 FD at most this multiple of its DDPM-1000 FD
+
+
+@dataclass(frozen=True)
+class Settings:
+    train: tuple[str, ...]  # what every run shares
+    heun_steps: tuple[int, ...]
+    ddim_steps: tuple[int, ...]
+    dpm_steps: tuple[int, ...]
+    ema_stds: tuple[float, ...]
+    guide_scales: tuple[float, ...]
+    snapshot_every: int
+
+
+FULL = Settings(("checkpoint.save_every_n_epochs=10",), heun_steps=(5, 9, 18), ddim_steps=(10, 20, 50),
+                dpm_steps=(5, 10, 20), ema_stds=(0.02, 0.05, 0.10, 0.15, 0.2), guide_scales=(1.5, 2.0, 3.0),
+                snapshot_every=50)
+QUICK = Settings((*QUICK_RUN, "trainer.epochs=2", "checkpoint.save_every_n_epochs=1"), heun_steps=(3, 5),
+                 ddim_steps=(5,), dpm_steps=(5,), ema_stds=(0.05, 0.10), guide_scales=(2.0,), snapshot_every=1)
+
+
+def steps_list(steps: Sequence[int]) -> str:
+    return f"evaluator.sampler_steps=[{','.join(map(str, steps))}]"
+
+
+def train_runs(work: Path, settings: Settings) -> dict[str, tuple[Path, float]]:
+    """The three runs and their wall seconds."""
+    runs = {
+        "ddpm": list(settings.train),
+        "edm": [*settings.train, "method=edm"],
+        "posthoc": [*settings.train, "trainer.ema=posthoc", f"trainer.ema_snapshot_every={settings.snapshot_every}"],
+    }
+    return {name: (work / name, run_into(overrides, work / name)) for name, overrides in runs.items()}
+
+
+def score(runs: dict[str, tuple[Path, float]], work: Path, settings: Settings) -> dict[str, list[SamplerRow]]:
+    ddpm, edm = runs["ddpm"][0], runs["edm"][0]
+    rows = {
+        "ddpm-1000": sampler_rows(ddpm, "DDPM"),  # the run's own final evaluation
+        "edm-heun": evaluate_checkpoint(edm, work / "edm_heun", "EDM Heun", [steps_list(settings.heun_steps)]),
+        "edm-dpm": evaluate_checkpoint(edm, work / "edm_dpm", "EDM DPM++(2M)",
+                                       ["method=dpmpp_2m_karras", steps_list(settings.dpm_steps)]),
+        "ddpm-heun": evaluate_checkpoint(ddpm, work / "ddpm_heun", "DDPM ckpt, Heun",
+                                         ["method=heun", steps_list(settings.heun_steps)]),
+        "ddpm-ddim": evaluate_checkpoint(ddpm, work / "ddpm_ddim", "DDPM ckpt, DDIM",
+                                         ["method=ddim", steps_list(settings.ddim_steps)]),
+        "ddpm-dpm": evaluate_checkpoint(ddpm, work / "ddpm_dpm", "DDPM ckpt, DPM-Solver++", [
+            "method=dpm_solver", "sampler.timestep_spacing=trailing", steps_list(settings.dpm_steps)], "trailing"),
+    }
+    guide = "epoch_0010" if "checkpoint.save_every_n_epochs=10" in settings.train else "epoch_0001"
+    for w in settings.guide_scales:
+        rows[f"guide-{w:g}"] = evaluate_checkpoint(ddpm, work / f"guide_{w:g}", f"DDIM-50, guide w={w:g}", [
+            "method=ddim", f"sampler.steps={max(settings.ddim_steps)}", f"sampler.guide={guide}",
+            f"sampler.guide_scale={w}"])
+    return rows
+
+
+def posthoc_rows(runs: dict[str, tuple[Path, float]], work: Path, settings: Settings) -> list[tuple[str, SamplerRow]]:
+    """The post-hoc run's own (tracked, std 0.10) EMA and each reconstructed std, all with DDPM-1000."""
+    run_dir, out = runs["posthoc"][0], work / "posthoc_sweep"
+    stds = ",".join(f"{s:g}" for s in settings.ema_stds)
+    run_into(["task=posthoc_ema", f"run_dir={run_dir}", f"ema.std=[{stds}]"], out)
+    rows = [("trained EMA (std 0.10, last)", sampler_rows(run_dir, "DDPM")[0])]
+    rows += [(f"reconstructed std {s:g}", sampler_rows(out / f"std_{s:g}", "DDPM")[0]) for s in settings.ema_stds]
+    return rows
+
+
+def nfe_of(row: SamplerRow) -> int:
+    record = next(r for r in [read_eval(row.directory), *read_eval(row.directory).get("sampler_steps", [])]
+                  if r.get("steps") == row.steps)
+    return int(record.get("nfe", row.steps))
+
+
+def fd(row: SamplerRow) -> float:
+    return row.scores["fd"].value
+
+
+def tables(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRow]]) -> list[str]:
+    header = ["checkpoint, sampler", "steps", "NFE", "FD", "FD floor", "ms / sample"]
+    cells = [[r.label, str(r.steps), str(nfe_of(r)), fmt_score(r.scores.get("fd")),
+              fmt(r.scores["fd"].floor), fmt(r.seconds_per_sample * 1e3)] for group in rows.values() for r in group]
+    ema = [[name, fmt_score(r.scores.get("fd")), fmt(r.scores["fd"].floor)] for name, r in posthoc]
+    return [*markdown_table(header, cells), "", "Post-hoc EMA (DDPM-1000 on each):", "",
+            *markdown_table(["EMA", "FD", "FD floor"], ema)]
+
+
+def verdicts(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRow]],
+             settings: Settings) -> list[tuple[bool, str]]:
+    reference = fd(rows["ddpm-1000"][0])
+    edm_heun = next(r for r in rows["edm-heun"] if r.steps == max(settings.heun_steps))
+    ddpm_heun = next(r for r in rows["ddpm-heun"] if r.steps == max(settings.heun_steps))
+    best_std = min(posthoc[1:], key=lambda item: fd(item[1]))
+    guided = {w: fd(rows[f"guide-{w:g}"][0]) for w in settings.guide_scales}
+    best_w = min(guided, key=guided.get)
+    unguided = next(r for r in rows["ddpm-ddim"] if r.steps == max(settings.ddim_steps))
+    return [
+        (fd(edm_heun) <= HEUN_BAR * reference,
+         f"EDM Heun-{edm_heun.steps} ({nfe_of(edm_heun)} NFE) FD within {HEUN_BAR:g}x of the DDPM run's "
+         f"DDPM-1000 FD: {fd(edm_heun):.3g} vs {reference:.3g} ({fd(edm_heun) / reference:.2f}x)"),
+        (fd(ddpm_heun) <= DDPM_HEUN_BAR * reference,
+         f"the DDPM checkpoint with Heun-{ddpm_heun.steps} ({nfe_of(ddpm_heun)} NFE) within {DDPM_HEUN_BAR:g}x of its "
+         f"DDPM-1000 FD: {fd(ddpm_heun):.3g} vs {reference:.3g} ({fd(ddpm_heun) / reference:.2f}x)"),
+        (True, f"post-hoc EMA: best {best_std[0]} FD {fd(best_std[1]):.3g} against the trained EMA's "
+               f"{fd(posthoc[0][1]):.3g} (reported, no bar)"),
+        (True, f"autoguidance: best w = {best_w:g} FD {guided[best_w]:.3g} against unguided DDIM-"
+               f"{unguided.steps} {fd(unguided):.3g} ({'better' if guided[best_w] < fd(unguided) else 'not better'};"
+               " reported, no bar)"),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_flags(parser, out_help="also write the markdown report here")
+    parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    start, machine = time.perf_counter(), describe_machine()
+    work = (args.work_dir or work_dir("benchmarks", "edm")).resolve()
+    runs = train_runs(work, settings)
+    rows, posthoc = score(runs, work, settings), posthoc_rows(runs, work, settings)
+    times = ", ".join(f"{name} {seconds / 60:.1f} min" for name, (_, seconds) in runs.items())
+    method = (f"Runs: `{shown_command(settings.train)}` (+ `method=edm`; + `trainer.ema=posthoc "
+              f"trainer.ema_snapshot_every={settings.snapshot_every}`), trained in {times} (same epochs and network: "
+              "the same budget). Scored: each run's best EMA checkpoint, the evaluator's samples per row from sampler "
+              "seed 0; FD on the digit classifier's features, floors from held-out real digits; ± standard error.")
+    text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
+                                 machine, method, tables(rows, posthoc), verdicts(rows, posthoc, settings),
+                                 time.perf_counter() - start, reproduce_command("experiments.edm_benchmark", argv))
+    return finish_report(text, passed, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
