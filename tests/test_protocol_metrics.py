@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -97,3 +99,68 @@ def test_statistics_round_trip(tmp_path):
     save_feature_statistics(tmp_path / "s.npz", stats)
     loaded = load_feature_statistics(tmp_path / "s.npz")
     assert np.array_equal(loaded.mu, stats.mu) and np.array_equal(loaded.sigma, stats.sigma)
+
+
+# ---------------------------------------------------------------------------------- wired into the evaluators
+
+
+def _tiny_cifar(root) -> None:
+    """CIFAR-10 binary batches of 8 smooth random images each (uint8 data for the evaluators)."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        pixels = np.repeat(np.repeat(rng.integers(0, 256, (8, 3, 4, 4)), 8, axis=2), 8, axis=3)
+        records = np.concatenate([rng.integers(0, 10, (8, 1)), pixels.reshape(8, -1)], axis=1).astype(np.uint8)
+        (folder / f"{name}.bin").write_bytes(records.tobytes())
+
+
+class _PooledPixels(torch.nn.Module):
+    """Stands in for the Inception network: uint8 (N, 3, H, W) -> (N, 12) pooled pixel features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 2).flatten(1)
+
+
+def test_inception_on_uint8_data_with_reference_stats_and_neighbour_metrics(tmp_path, monkeypatch):
+    from diffusion.data import CIFAR10Data
+    from diffusion.evaluation import InceptionEvaluator, inception
+
+    _tiny_cifar(tmp_path)
+    data = CIFAR10Data(root=tmp_path, random_flip=True)
+    monkeypatch.setattr(inception, "inception_unavailable_reason", lambda path: None)
+    monkeypatch.setattr(inception, "load_inception", lambda path: _PooledPixels())
+    train_features = _PooledPixels()(data.load().train)  # what the evaluator's reference features will be
+    save_feature_statistics(tmp_path / "ref.npz", feature_statistics(train_features))
+    evaluator = InceptionEvaluator(num_samples=8, reference_stats=str(tmp_path / "ref.npz"), neighbour_metrics=True)
+    evaluator.prepare(data)
+    real = evaluator.evaluate(data.prepare_batch(data.load().train[:8]))
+    noise = evaluator.evaluate(torch.full((8, 3, 32, 32), -1.0))  # black: far from every training image
+    assert set(real) == {"fid", "kid", "precision", "recall", "memorization"}
+    assert all(metric.floor is not None for metric in real.values())
+    assert real["memorization"].value == 1.0 and noise["memorization"].value == 0.0  # training items are copies
+    assert noise["fid"].value > real["fid"].value and real["precision"].higher_is_better
+    with pytest.raises(ConfigError, match=r"evaluator\.reference_stats: .*missing\.npz"):
+        InceptionEvaluator(reference_stats=str(tmp_path / "missing.npz"))
+
+
+def test_mnist_evaluator_scores_neighbour_metrics_on_uint8_digits(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from diffusion.data import MNISTData
+
+    rng = np.random.default_rng(0)
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (64, 28, 28))
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + rng.integers(0, 256, 64 * 784).astype(np.uint8).tobytes())
+    labels = bytes([0, 0, 8, 1]) + (64).to_bytes(4, "big") + bytes(rng.integers(0, 10, 64).astype(np.uint8))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
+    data = MNISTData(root=tmp_path, test_set="train", val_fraction=0.25)
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        cfg = compose("config", overrides=["data=mnist", "evaluator.num_samples=16"])
+    evaluator = instantiate(cfg.evaluator)
+    evaluator.prepare(data)
+    scores = evaluator.evaluate(data.prepare_batch(data.load().val))
+    assert {"precision", "recall", "memorization"} <= set(scores)
+    assert scores["memorization"].value < 0.1 and scores["recall"].floor is not None

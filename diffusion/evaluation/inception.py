@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
+from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
+from diffusion.evaluation.feature_stats import load_feature_statistics
+from diffusion.evaluation.metrics import frechet_distance
 from diffusion.devices import resolve_device
 from diffusion.validation import ConfigError, check_choice, check_int
 
@@ -96,6 +98,11 @@ class InceptionEvaluator(FeatureEvaluator):
         kid_subsets, kid_subset_size: KID subset pairs and points per subset (capped at the scoring sample count).
         batch_size: images per Inception forward pass.
         device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
+        reference_stats: an ``.npz`` with ``mu`` and ``sigma`` of reference Inception features (the layout
+            pytorch-fid and torch-fidelity write; see :mod:`~diffusion.evaluation.feature_stats`): ``fid`` is then
+            measured against it (as published CIFAR-10 FIDs are, against the 50,000 training images' statistics)
+            instead of the training reference's features; KID and its floor still use the training reference.
+        neighbour_metrics: see :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
 
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
@@ -113,8 +120,12 @@ class InceptionEvaluator(FeatureEvaluator):
         kid_subset_size: int = 1000,
         batch_size: int = 64,
         device: str = "cpu",
+        reference_stats: str | None = None,
+        neighbour_metrics: bool = False,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
+        # Read now: a wrong path fails at start-up, not after training.
+        self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
@@ -177,5 +188,10 @@ class InceptionEvaluator(FeatureEvaluator):
         return torch.cat(features)  # (N, 2048)
 
     def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        scores = frechet_and_kid(rows, self._prepared_reference(), n, self.kid_subsets, self.kid_subset_size, self.seed)
-        return {"fid": scores["fd"], "kid": scores["kid"]}
+        reference = self._prepared_reference()
+        scores = frechet_and_kid(rows, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        fid = scores["fd"]
+        if self.reference_stats is not None:
+            mu, sigma = self.reference_stats
+            fid = chunk_mean(rows, n, lambda chunk: frechet_distance(chunk.mean(0), torch.cov(chunk.T), mu, sigma))
+        return {"fid": fid, "kid": scores["kid"]} | self._neighbour_scores(rows, reference, self._prepared_val(), n)
