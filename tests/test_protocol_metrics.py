@@ -152,7 +152,8 @@ def test_mnist_evaluator_scores_neighbour_metrics_on_uint8_digits(tmp_path):
 
     rng = np.random.default_rng(0)
     header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (64, 28, 28))
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + rng.integers(0, 256, 64 * 784).astype(np.uint8).tobytes())
+    pixels = rng.integers(0, 256, 64 * 784).astype(np.uint8).tobytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header + pixels)
     labels = bytes([0, 0, 8, 1]) + (64).to_bytes(4, "big") + bytes(rng.integers(0, 10, 64).astype(np.uint8))
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
     data = MNISTData(root=tmp_path, test_set="train", val_fraction=0.25)

@@ -183,7 +183,7 @@ def test_cifar10_reads_both_formats_archived_or_extracted(tmp_path, fmt, archive
     assert splits.train.dtype == torch.uint8
     first = batches["data_batch_1"][0][0]  # channel-major rows: 1,024 red, 1,024 green, 1,024 blue
     assert torch.equal(splits.train[0, 1].flatten(), torch.from_numpy(first[1024:2048]))
-    assert splits.train_labels.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    assert splits.train_labels.tolist() == [y for i in range(1, 6) for y in batches[f"data_batch_{i}"][1]]
     assert splits.val_labels.tolist() == batches["test_batch"][1]
     joined = CIFAR10Data(root=tmp_path, test_set="train", val_fraction=0.25).load()
     assert (len(joined.train), len(joined.val)) == (18, 6)

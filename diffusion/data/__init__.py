@@ -1,6 +1,11 @@
 """Data sets: each yields a fixed, seeded train/validation split of whole tensors (see :class:`BaseData`)."""
 
-from diffusion.data.base import BaseData, DataSplits, batch_generator_seed, random_horizontal_flip
+from diffusion.data.base import (
+    BaseData,
+    DataSplits,
+    batch_generator_seed,
+    random_horizontal_flip,
+)
 from diffusion.data.cifar10 import CIFAR10Data
 from diffusion.data.digits import DigitsData
 from diffusion.data.image_folder import ImageFolderData

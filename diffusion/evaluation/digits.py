@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.classifier import NUM_DIGIT_CLASSES, DigitClassifier, load_digit_classifier
+from diffusion.evaluation.classifier import (
+    MNIST_WEIGHTS_PATH,
+    NUM_DIGIT_CLASSES,
+    WEIGHTS_PATH,
+    DigitClassifier,
+    load_digit_classifier,
+)
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
 from diffusion.evaluation.metrics import class_coverage, class_histogram, class_kl
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 
 class DigitsEvaluator(FeatureEvaluator):
@@ -49,13 +56,16 @@ class DigitsEvaluator(FeatureEvaluator):
         classifier_path: str | None = None,
         batch_size: int = 1024,
         neighbour_metrics: bool = False,
+        classifier: Literal["digits", "mnist"] = "digits",
     ) -> None:
         super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.coverage_min_fraction = check_float(coverage_min_fraction, "evaluator.coverage_min_fraction", 0.0, 1.0)
         self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
-        self.classifier_path = classifier_path
+        check_choice(classifier, "evaluator.classifier", ("digits", "mnist"))
+        shipped = MNIST_WEIGHTS_PATH if classifier == "mnist" else WEIGHTS_PATH
+        self.classifier_path = classifier_path if classifier_path is not None else str(shipped)
         self._classifier: DigitClassifier | None = None
         self._label_histogram: torch.Tensor | None = None  # (10,) float64, training labels
 
