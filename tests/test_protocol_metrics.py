@@ -136,10 +136,13 @@ def test_inception_on_uint8_data_with_reference_stats_and_neighbour_metrics(tmp_
     evaluator.prepare(data)
     real = evaluator.evaluate(data.prepare_batch(data.load().train[:8]))
     noise = evaluator.evaluate(torch.full((8, 3, 32, 32), -1.0))  # black: far from every training image
-    assert set(real) == {"fid", "kid", "precision", "recall", "memorization"}
-    assert all(metric.floor is not None for metric in real.values())
+    assert set(real) == {"fid", "kid", "precision", "recall", "memorization", "fid_reference"}
+    assert all(metric.floor is not None for name, metric in real.items() if name != "fid_reference")
+    samples = _PooledPixels()(data.load().train[:8]).double()  # what fid_reference compares: all 8 at once
+    expected = _scipy_frechet(*feature_statistics(samples), *feature_statistics(train_features))
+    assert real["fid_reference"].value == pytest.approx(expected, abs=1e-6)
     assert real["memorization"].value == 1.0 and noise["memorization"].value == 0.0  # training items are copies
-    assert noise["fid"].value > real["fid"].value and real["precision"].higher_is_better
+    assert noise["fid_reference"].value > real["fid_reference"].value and real["precision"].higher_is_better
     with pytest.raises(ConfigError, match=r"evaluator\.reference_stats: .*missing\.npz"):
         InceptionEvaluator(reference_stats=str(tmp_path / "missing.npz"))
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
+from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.metrics import frechet_distance
 from diffusion.devices import resolve_device
@@ -99,9 +99,10 @@ class InceptionEvaluator(FeatureEvaluator):
         batch_size: images per Inception forward pass.
         device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
         reference_stats: an ``.npz`` with ``mu`` and ``sigma`` of reference Inception features (the layout
-            pytorch-fid and torch-fidelity write; see :mod:`~diffusion.evaluation.feature_stats`): ``fid`` is then
-            measured against it (as published CIFAR-10 FIDs are, against the 50,000 training images' statistics)
-            instead of the training reference's features; KID and its floor still use the training reference.
+            pytorch-fid and torch-fidelity write; see :mod:`~diffusion.evaluation.feature_stats`): adds
+            ``fid_reference``, the FD of *all* generated samples at once against it, the protocol of published
+            numbers (CIFAR-10: 50,000 samples against the training set's statistics). It has no floor: the
+            validation split is smaller than the sample count, and FD is biased by the count.
         neighbour_metrics: see :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
 
     Raises:
@@ -174,7 +175,12 @@ class InceptionEvaluator(FeatureEvaluator):
         """
         if self.unavailable_reason is not None:
             return {}
-        return super().compute()
+        scores = super().compute()
+        if self.reference_stats is not None:
+            rows = torch.cat(self._rows)  # (N, 2048): every sample, one Gaussian
+            mu, sigma = self.reference_stats
+            scores["fid_reference"] = MetricValue(frechet_distance(rows.mean(0), torch.cov(rows.T), mu, sigma))
+        return scores
 
     def _check_data(self, data: BaseData) -> None:
         if data.kind != "image":
@@ -190,8 +196,5 @@ class InceptionEvaluator(FeatureEvaluator):
     def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
         reference = self._prepared_reference()
         scores = frechet_and_kid(rows, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
-        fid = scores["fd"]
-        if self.reference_stats is not None:
-            mu, sigma = self.reference_stats
-            fid = chunk_mean(rows, n, lambda chunk: frechet_distance(chunk.mean(0), torch.cov(chunk.T), mu, sigma))
-        return {"fid": fid, "kid": scores["kid"]} | self._neighbour_scores(rows, reference, self._prepared_val(), n)
+        neighbours = self._neighbour_scores(rows, reference, self._prepared_val(), n)
+        return {"fid": scores["fd"], "kid": scores["kid"]} | neighbours
