@@ -34,24 +34,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.models.embeddings import TimeEmbedding
-from diffusion.models.unet import Downsample, SelfAttention, Upsample, _check_arguments
+from diffusion.models.unet import Downsample, ResidualBlock, SelfAttention, Upsample, _check_arguments
 
 
-class DDPMResidualBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv -> ``+ Linear(emb)`` -> GroupNorm -> SiLU -> dropout -> conv, plus the input
-    (through a 1x1 conv when the width changes). The last conv starts at zero, so the block starts as its skip."""
+class DDPMResidualBlock(ResidualBlock):
+    """:class:`~diffusion.models.unet.ResidualBlock` with DDPM's conditioning: GroupNorm -> SiLU -> conv ->
+    ``+ Linear(emb)`` -> GroupNorm -> SiLU -> dropout -> conv, plus the input (a 1x1 conv when the width changes).
+    The embedding is added to the activations instead of scaling and shifting the second GroupNorm."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, num_groups: int) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_channels)
-        self.norm2 = nn.GroupNorm(num_groups, out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        super().__init__(in_channels, out_channels, emb_dim, dropout, num_groups)
+        self.emb_proj = nn.Linear(emb_dim, out_channels)  # one vector to add, not a (scale, shift) pair
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, emb_dim)`` already through SiLU -> ``(B, C_out, H, W)``."""
