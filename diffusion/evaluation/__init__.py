@@ -7,8 +7,17 @@ from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.points import PointsEvaluator
 from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
 from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
+from diffusion.evaluation.feature_stats import (
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance_between_files,
+    load_feature_statistics,
+    save_feature_statistics,
+)
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
+    Memorization,
+    PrecisionRecall,
     class_coverage,
     class_histogram,
     class_kl,
@@ -17,7 +26,9 @@ from diffusion.evaluation.metrics import (
     frechet_distance_from_features,
     kernel_inception_distance,
     median_heuristic_bandwidth,
+    memorization_score,
     mmd_rbf,
+    precision_recall,
     sliced_wasserstein,
 )
 
@@ -34,17 +45,26 @@ __all__ = [
     "metric_values",
     "metrics_to_json",
     "DigitClassifier",
+    "FeatureStatistics",
     "KernelInceptionDistance",
+    "Memorization",
+    "PrecisionRecall",
     "class_coverage",
     "class_histogram",
     "class_kl",
     "energy_distance",
+    "feature_statistics",
     "frechet_distance",
+    "frechet_distance_between_files",
     "frechet_distance_from_features",
     "kernel_inception_distance",
     "load_digit_classifier",
+    "load_feature_statistics",
     "median_heuristic_bandwidth",
+    "memorization_score",
     "mmd_rbf",
+    "precision_recall",
     "resize_to_digits",
+    "save_feature_statistics",
     "sliced_wasserstein",
 ]

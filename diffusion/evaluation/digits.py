@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.classifier import NUM_DIGIT_CLASSES, DigitClassifier, load_digit_classifier
+from diffusion.evaluation.classifier import (
+    MNIST_WEIGHTS_PATH,
+    NUM_DIGIT_CLASSES,
+    WEIGHTS_PATH,
+    DigitClassifier,
+    load_digit_classifier,
+)
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
 from diffusion.evaluation.metrics import class_coverage, class_histogram, class_kl
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 
 class DigitsEvaluator(FeatureEvaluator):
@@ -24,7 +31,8 @@ class DigitsEvaluator(FeatureEvaluator):
     "floor" is the value real held-out digits reach.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed: see :class:`FeatureEvaluator`.
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics: see
+            :class:`FeatureEvaluator` (the neighbour metrics use the classifier's penultimate features).
         kid_subsets: KID subset pairs (50 keeps one evaluation of 1,000 samples well under a second on 2 cores).
         kid_subset_size: KID points per subset, capped at the scoring sample count.
         coverage_min_fraction: share of the samples a class needs to count as covered.
@@ -47,13 +55,17 @@ class DigitsEvaluator(FeatureEvaluator):
         coverage_min_fraction: float = 0.01,
         classifier_path: str | None = None,
         batch_size: int = 1024,
+        neighbour_metrics: bool = False,
+        classifier: Literal["digits", "mnist"] = "digits",
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.coverage_min_fraction = check_float(coverage_min_fraction, "evaluator.coverage_min_fraction", 0.0, 1.0)
         self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
-        self.classifier_path = classifier_path
+        check_choice(classifier, "evaluator.classifier", ("digits", "mnist"))
+        shipped = MNIST_WEIGHTS_PATH if classifier == "mnist" else WEIGHTS_PATH
+        self.classifier_path = classifier_path if classifier_path is not None else str(shipped)
         self._classifier: DigitClassifier | None = None
         self._label_histogram: torch.Tensor | None = None  # (10,) float64, training labels
 
@@ -88,6 +100,7 @@ class DigitsEvaluator(FeatureEvaluator):
         predicted = probs.argmax(dim=1)  # (N,)
         confidence = probs.max(dim=1).values  # (N,)
         scores = frechet_and_kid(features, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        scores |= self._neighbour_scores(features, reference, self._prepared_val()[:, :-NUM_DIGIT_CLASSES], n)
         coverage = chunk_mean(
             predicted, n, lambda part: class_coverage(part, NUM_DIGIT_CLASSES, self.coverage_min_fraction)
         )

@@ -35,7 +35,12 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
+from diffusion.evaluation.metrics import (
+    frechet_distance_from_features,
+    kernel_inception_distance,
+    memorization_score,
+    precision_recall,
+)
 from diffusion.validation import ConfigError, check_int
 
 
@@ -166,9 +171,14 @@ def chunk_slices(total: int, size: int) -> list[slice]:
 def chunk_mean(rows: torch.Tensor, size: int, metric: Callable[[torch.Tensor], float]) -> MetricValue:
     """Mean of ``metric`` over the chunks of :func:`chunk_slices`; ``std_error`` is their std / sqrt(count)
     (``None`` for a single chunk)."""
-    values = torch.tensor([metric(rows[part]) for part in chunk_slices(len(rows), size)], dtype=torch.float64)
-    std_error = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
-    return MetricValue(values.mean().item(), std_error=std_error)
+    return mean_of_chunks([metric(rows[part]) for part in chunk_slices(len(rows), size)])
+
+
+def mean_of_chunks(values: Sequence[float], higher_is_better: bool = False) -> MetricValue:
+    """The mean of per-chunk values with ``std_error`` = std / sqrt(count) (``None`` for a single chunk)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    std_error = (tensor.std() / math.sqrt(len(tensor))).item() if len(tensor) > 1 else None
+    return MetricValue(tensor.mean().item(), std_error=std_error, higher_is_better=higher_is_better)
 
 
 def _random_subset(x: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
@@ -189,6 +199,10 @@ class FeatureEvaluator(BaseEvaluator):
         reference_size: score against this many training samples (a seeded subset) instead of all of them, to bound
             the cost of pairwise metrics; ``None``: the whole training split.
         seed: seeds the reference subset and every randomised metric, so scores are comparable across runs.
+        neighbour_metrics: also score ``precision`` and ``recall`` (Kynkaanniemi et al. 2019, k = 3; chunk means at
+            the scoring sample count, higher is better) and ``memorization`` (share of samples nearer a reference
+            item than the 1% quantile of validation items' nearest-reference distances; over all samples) in the
+            evaluator's feature space, each with its real-data floor. Costs O(N x reference) distances.
 
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
@@ -201,12 +215,16 @@ class FeatureEvaluator(BaseEvaluator):
         sampler_steps: Sequence[int] | None = None,
         reference_size: int | None = None,
         seed: int = 0,
+        neighbour_metrics: bool = False,
     ) -> None:
         super().__init__(num_samples, every_n_epochs, sampler_steps)
         if reference_size is not None:
             check_int(reference_size, "evaluator.reference_size", minimum=2)
         self.reference_size = reference_size
         self.seed = check_int(seed, "evaluator.seed")
+        if not isinstance(neighbour_metrics, bool):
+            raise ConfigError(f"evaluator.neighbour_metrics must be true or false, got {neighbour_metrics!r}")
+        self.neighbour_metrics = neighbour_metrics
         self._reference: torch.Tensor | None = None  # (R, F) float64, embedded training samples
         self._val: torch.Tensor | None = None  # (V, F) float64, embedded validation samples
         self._floors: dict[int, dict[str, MetricValue]] = {}  # by sample count n
@@ -242,8 +260,10 @@ class FeatureEvaluator(BaseEvaluator):
                 f"evaluator needs at least 2 validation samples, got {len(splits.val)}; raise data.val_fraction"
             )
         try:
-            self._reference = self._embed(_random_subset(splits.train, self.reference_size, self.seed))
-            self._val = self._embed(splits.val)
+            # prepare_batch: uint8 splits (MNIST, CIFAR-10) become [-1, 1] floats; no flips without a seed.
+            reference = _random_subset(splits.train, self.reference_size, self.seed)
+            self._reference = self._embed(data.prepare_batch(reference))
+            self._val = self._embed(data.prepare_batch(splits.val))
             self._prepare_reference(data)
             self.floor(self.num_samples)
         except BaseException:  # half-prepared state would make the next prepare() a silent no-op
@@ -302,6 +322,22 @@ class FeatureEvaluator(BaseEvaluator):
     def _prepared_reference(self) -> torch.Tensor:
         assert self._reference is not None, "prepare() sets the reference"
         return self._reference
+
+    def _neighbour_scores(
+        self, features: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, n: int
+    ) -> dict[str, MetricValue]:
+        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` (all rows) of ``features`` ``(N, F)``
+        against ``reference`` ``(R, F)``, ``heldout`` ``(V, F)`` setting the memorization threshold; ``{}`` unless
+        ``neighbour_metrics``. Subclasses pass the feature columns of their rows."""
+        if not self.neighbour_metrics:
+            return {}
+        pairs = [precision_recall(reference, features[part]) for part in chunk_slices(len(features), n)]
+        copies = memorization_score(features, reference, heldout)
+        return {
+            "precision": mean_of_chunks([pair.precision for pair in pairs], higher_is_better=True),
+            "recall": mean_of_chunks([pair.recall for pair in pairs], higher_is_better=True),
+            "memorization": MetricValue(copies.score),
+        }
 
 
 def frechet_and_kid(

@@ -23,6 +23,8 @@ from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
+from diffusion.evaluation.feature_stats import load_feature_statistics
+from diffusion.evaluation.metrics import frechet_distance
 from diffusion.devices import resolve_device
 from diffusion.validation import ConfigError, check_choice, check_int
 
@@ -96,6 +98,12 @@ class InceptionEvaluator(FeatureEvaluator):
         kid_subsets, kid_subset_size: KID subset pairs and points per subset (capped at the scoring sample count).
         batch_size: images per Inception forward pass.
         device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
+        reference_stats: an ``.npz`` with ``mu`` and ``sigma`` of reference Inception features (the layout
+            pytorch-fid and torch-fidelity write; see :mod:`~diffusion.evaluation.feature_stats`): adds
+            ``fid_reference``, the FD of *all* generated samples at once against it, the protocol of published
+            numbers (CIFAR-10: 50,000 samples against the training set's statistics). It has no floor: the
+            validation split is smaller than the sample count, and FD is biased by the count.
+        neighbour_metrics: see :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
 
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
@@ -113,8 +121,12 @@ class InceptionEvaluator(FeatureEvaluator):
         kid_subset_size: int = 1000,
         batch_size: int = 64,
         device: str = "cpu",
+        reference_stats: str | None = None,
+        neighbour_metrics: bool = False,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
+        # Read now: a wrong path fails at start-up, not after training.
+        self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
@@ -163,7 +175,12 @@ class InceptionEvaluator(FeatureEvaluator):
         """
         if self.unavailable_reason is not None:
             return {}
-        return super().compute()
+        scores = super().compute()
+        if self.reference_stats is not None:
+            rows = torch.cat(self._rows)  # (N, 2048): every sample, one Gaussian
+            mu, sigma = self.reference_stats
+            scores["fid_reference"] = MetricValue(frechet_distance(rows.mean(0), torch.cov(rows.T), mu, sigma))
+        return scores
 
     def _check_data(self, data: BaseData) -> None:
         if data.kind != "image":
@@ -177,5 +194,7 @@ class InceptionEvaluator(FeatureEvaluator):
         return torch.cat(features)  # (N, 2048)
 
     def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        scores = frechet_and_kid(rows, self._prepared_reference(), n, self.kid_subsets, self.kid_subset_size, self.seed)
-        return {"fid": scores["fd"], "kid": scores["kid"]}
+        reference = self._prepared_reference()
+        scores = frechet_and_kid(rows, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        neighbours = self._neighbour_scores(rows, reference, self._prepared_val(), n)
+        return {"fid": scores["fd"], "kid": scores["kid"]} | neighbours

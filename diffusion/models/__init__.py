@@ -1,7 +1,9 @@
-"""Denoising networks: a U-Net for images and a residual MLP for points, sharing one time/class embedding."""
+"""Denoising networks: U-Nets for images (ours and DDPM's) and a residual MLP for points, sharing one time/class
+embedding."""
 
+from diffusion.models.ddpm_unet import DDPMUNet
 from diffusion.models.embeddings import TimeEmbedding, timestep_embedding
 from diffusion.models.mlp import MLP
 from diffusion.models.unet import UNet
 
-__all__ = ["MLP", "TimeEmbedding", "UNet", "timestep_embedding"]
+__all__ = ["DDPMUNet", "MLP", "TimeEmbedding", "UNet", "timestep_embedding"]
