@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from diffusion import checkpoint
 from diffusion.checkpoint import TrainState
-from diffusion.data.base import BaseData, DataSplits
+from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
 from diffusion.devices import Precision, autocast, resolve_device, to_device
 from diffusion.distributed import DistributedContext
 from diffusion.ema import EMA
@@ -287,7 +287,7 @@ class Trainer:
         for i, micro in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
             with self._no_sync(not sync), autocast(self.device, self.precision):
-                loss = self.method.compute_loss(self.train_model, self._inputs(micro), **self._labels(micro))
+                loss = self.method.compute_loss(self.train_model, self._inputs(micro, i), **self._labels(micro))
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
         mean_loss = float(self.dist.mean(total))  # one all-reduce and one host sync per step
@@ -321,8 +321,11 @@ class Trainer:
         self.logger.log(f"skipped step {step}: non-finite loss ({self.state.skipped_steps} skipped so far)")
         return False
 
-    def _inputs(self, index: torch.Tensor) -> torch.Tensor:
-        x0 = self.splits.train[index]
+    def _inputs(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
+        # uint8 data sets convert here, per batch; random flips are seeded by (seed, step, micro-batch, rank), so a
+        # resumed run draws the same ones. Read before the step counter moves on.
+        seed = batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
+        x0 = self.data.prepare_batch(self.splits.train[index], seed)
         return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
 
     def _labels(self, index: torch.Tensor) -> dict[str, Any]:
@@ -372,7 +375,8 @@ class Trainer:
             kwargs = {"y": self.splits.val_labels[chunk]} if self.conditional else {}  # type: ignore[index]
             with autocast(self.device, self.precision):
                 loss = self.method.compute_loss(
-                    model, val[chunk], t=self._val_t[chunk], noise=self._val_noise[chunk], **kwargs
+                    model, self.data.prepare_batch(val[chunk]), t=self._val_t[chunk], noise=self._val_noise[chunk],
+                    **kwargs
                 )
             total += loss.item() * len(val[chunk])
         return total / len(val)
@@ -487,7 +491,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         val = self.splits.val
         t = torch.randint(0, self.method.num_timesteps, (len(val),), generator=generator)
-        noise = torch.randn(val.shape, generator=generator, dtype=val.dtype)
+        noise = torch.randn(val.shape, generator=generator)  # float32 also for uint8 data
         return t.to(self.device), noise.to(self.device)
 
     def _remaining(self) -> str:

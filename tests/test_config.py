@@ -32,6 +32,17 @@ def compose_config(overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory) -> Path:
+    """CIFAR-10 in its binary layout, two random records per batch file."""
+    root = tmp_path_factory.mktemp("cifar")
+    (root / "cifar-10-batches-bin").mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / "cifar-10-batches-bin" / f"{name}.bin").write_bytes(rng.integers(0, 10, (2, 3073), dtype=np.uint8).tobytes())
+    return root
+
+
+@pytest.fixture(scope="module")
 def image_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
@@ -74,26 +85,28 @@ def test_schedule_choice_reaches_the_method():
 
 
 @pytest.mark.parametrize("data", options("data"))
-def test_every_data_option_builds_with_its_model(data, image_root):
+def test_every_data_option_builds_with_its_model(data, image_root, cifar_root):
     model = "mlp" if data in ("moons", "swissroll") else "unet"
     overrides = [f"data={data}", f"model={model}", *(TINY_UNET if model == "unet" else [])]
     if data == "image_folder":
         overrides += [f"data.root={image_root}", "data.image_size=16"]
+    if data == "cifar10":
+        overrides += [f"data.root={cifar_root}"]
     cfg = compose_config(overrides)
     dataset = instantiate(cfg.data, _convert_="all")
     assert isinstance(dataset, BaseData)
     splits = dataset.load()
     assert splits.train.shape[1:] == dataset.sample_shape
     net = instantiate(cfg.model, _convert_="all")
-    x = splits.train[:3]
+    x = dataset.prepare_batch(splits.train[:3])  # uint8 data sets (mnist, cifar10) convert per batch
     assert net(x, torch.tensor([0, 5, 9])).shape == x.shape
     # Points are standardised, not confined to [-1, 1]: their data option turns clipping off.
     assert cfg.method.clip_denoised == (dataset.kind == "image")
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes(experiment):
-    cfg = compose_config([f"experiment={experiment}"])
+def test_every_experiment_composes(experiment, cifar_root):
+    cfg = compose_config([f"experiment={experiment}", *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
     assert isinstance(instantiate(cfg.method), BaseMethod)
     assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
 

@@ -262,3 +262,27 @@ def test_bad_options_name_their_key(tmp_path):
         MNISTData(root=None, image_size=30)
     with pytest.raises(ConfigError, match="data.random_flip"):
         MNISTData(root=None, random_flip="yes")
+
+
+def test_flipped_cifar_run_resumed_ends_bit_for_bit_like_the_uninterrupted_run(tmp_path, monkeypatch):
+    """uint8 CIFAR-10 with random flips through the Trainer: one epoch, then resume=auto to two, equals two epochs
+    straight (constant LR, so the schedule does not depend on the total)."""
+    from runs import main_in_process
+
+    from diffusion.file_manager import load_checkpoint
+
+    _write_cifar(tmp_path / "cifar", "binary", archived=False, n=40)
+    common = [f"data.root={tmp_path / 'cifar'}", "data=cifar10", "data.random_flip=true", "evaluator=none",
+              "model.base_channels=8", "model.num_res_blocks=1", "model.channel_mults=[1,2]",
+              "model.attention_resolutions=[]", "model.num_groups=4", "method.num_timesteps=20", "trainer=fast",
+              "trainer.precision=fp32", "trainer.batch_size=40", "trainer.lr_schedule=constant",
+              "trainer.warmup_steps=0", "trainer.progress=false", "sampler.num_samples=2", "sampler.steps=2",
+              "method=ddim"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main_in_process(monkeypatch, *common, "trainer.epochs=2", f"hydra.run.dir={straight}") == 0
+    assert main_in_process(monkeypatch, *common, "trainer.epochs=1", f"hydra.run.dir={resumed}") == 0
+    assert main_in_process(monkeypatch, *common, "trainer.epochs=2", "resume=auto", f"hydra.run.dir={resumed}") == 0
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (straight, resumed))
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] > 0
+    for name, weight in a["model_state_dict"].items():
+        assert torch.equal(weight, b["model_state_dict"][name]), name

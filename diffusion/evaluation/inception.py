@@ -134,7 +134,7 @@ class InceptionEvaluator(FeatureEvaluator):
         check_choice(device, "evaluator.device", ("auto", "cpu", "cuda"))
         if device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("evaluator.device=cuda but no CUDA device is available; use auto or cpu")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "evaluator.device")
         self._network: nn.Module | None = None
 
     def prepare(self, data: BaseData) -> None:
