@@ -5,6 +5,7 @@ The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects
 """
 
 from diffusion.cli.components import Components, check_compatible, check_monitor
+from diffusion.cli.distill_config import DistillRun, distill_run_config
 from diffusion.cli.errors import guard_command_line, guard_user_errors
 from diffusion.cli.run_config import (
     load_source_config,
@@ -19,6 +20,8 @@ __all__ = [
     "Components",
     "check_compatible",
     "check_monitor",
+    "DistillRun",
+    "distill_run_config",
     "guard_command_line",
     "guard_user_errors",
     "load_source_config",

@@ -7,12 +7,14 @@ from diffusion.methods.base import (
     Prediction,
     TimestepSpacing,
 )
+from diffusion.methods.consistency import Consistency
 from diffusion.methods.ddim import DDIM
 from diffusion.methods.ddpm import DDPM
 from diffusion.methods.dpm_solver import DPMSolver
 
 __all__ = [
     "BaseMethod",
+    "Consistency",
     "DDIM",
     "DDPM",
     "DPMSolver",
