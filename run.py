@@ -29,6 +29,7 @@ from diffusion.cli import (
     Components,
     DistillRun,
     check_compatible,
+    check_distill_option,
     check_monitor,
     distill_run_config,
     guard_command_line,
@@ -83,6 +84,7 @@ def run_task(cfg: DictConfig) -> float | None:
         tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export,
                  "distill": distill}
         check_choice(cfg.task, "task", tuple(tasks))
+        check_distill_option(cfg)
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg)
         return tasks[cfg.task](cfg, output_dir)

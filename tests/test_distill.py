@@ -109,6 +109,22 @@ def test_consistency_loss_follows_the_target_network_once_per_step():
         torch.testing.assert_close(new, 0.5 * old + 0.5 * theta.detach())
 
 
+@pytest.mark.parametrize("option", ["progressive", "consistency"])
+def test_every_distill_option_composes_and_builds_on_a_teacher_method(option):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=distill", f"distill={option}", "method=ddim",
+                                                       "method.num_timesteps=64", "method.prediction=v"])
+    teacher_method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))  # as a config.yaml holds it
+    student_method = instantiate(OmegaConf.merge(teacher_method, OmegaConf.to_container(cfg.student, resolve=True)), _convert_="all")
+    distillation = instantiate(cfg.distill, _convert_="all")(method=student_method, teacher=tiny_network())
+    assert distillation.total_steps >= 1 and student_method.default_steps == cfg.student.distilled_steps
+    assert cfg.trainer.precision == "fp32"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Through run.py
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,6 +180,7 @@ def test_consistency_distillation_runs_and_samples_in_one_and_two_steps(teacher_
     (["run_dir={teacher}", "distill=progressive", "distill.start_steps=12", "distill.end_steps=4"],
      "distill.start_steps"),
     (["run_dir={empty}", "distill=progressive"], "no checkpoint"),
+    (["task=train", "distill=consistency"], "task=distill"),
 ])
 def test_bad_distill_options_give_one_line_and_exit_2(overrides, names, teacher_run, tmp_path, monkeypatch, capsys):
     empty = tmp_path / "no_checkpoints"

@@ -26,6 +26,16 @@ class DistillRun(NamedTuple):
     teacher_step: TeacherSolver
 
 
+def check_distill_option(cfg: DictConfig) -> None:
+    """``distill=`` belongs to ``task=distill`` (elsewhere it would only change the trainer's settings).
+
+    Raises:
+        ConfigError: a ``distill=`` option with another task.
+    """
+    if cfg.get("distill") is not None and cfg.task != "distill":
+        raise ConfigError(f"distill=... is for task=distill (got task={cfg.task}); drop distill= or set task=distill")
+
+
 def distill_run_config(cfg: DictConfig) -> DistillRun:
     """The run's config: the teacher's data, model, schedule and diffusion (``method`` keys), sampled with the
     student's method (``student``); this command's ``distill``, ``trainer``, ``sampler`` and ``logger``; the
@@ -50,5 +60,5 @@ def distill_run_config(cfg: DictConfig) -> DistillRun:
         run_cfg[key] = teacher_cfg[key]
     if "evaluator" not in command_line_keys() and "evaluator" in teacher_cfg:
         run_cfg.evaluator = teacher_cfg.evaluator
-    run_cfg.method = OmegaConf.merge(teacher_cfg.method, cfg.student)
+    run_cfg.method = OmegaConf.merge(teacher_cfg.method, OmegaConf.to_container(cfg.student, resolve=True))
     return DistillRun(run_cfg, checkpoint, solver)
