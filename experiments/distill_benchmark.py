@@ -29,9 +29,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.lib import QUICK_RUN, QUICK_SAMPLES, Machine, SamplerRow, checks_report, describe_machine, \
-    evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, parse_checkpoint_benchmark_args, \
-    reproduce_command, run_into, sampler_rows, set_threads, shown_command, shown_path, trained_run
+from experiments.lib import (
+    QUICK_RUN,
+    QUICK_SAMPLES,
+    Machine,
+    SamplerRow,
+    checks_report,
+    describe_machine,
+    evaluate_checkpoint,
+    finish_report,
+    fmt,
+    fmt_score,
+    markdown_table,
+    parse_checkpoint_benchmark_args,
+    reproduce_command,
+    run_into,
+    sampler_rows,
+    set_threads,
+    shown_command,
+    shown_path,
+    trained_run,
+)
 
 MAX_FD_RATIO = 2.0  # 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
 

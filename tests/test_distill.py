@@ -119,7 +119,8 @@ def test_every_distill_option_composes_and_builds_on_a_teacher_method(option):
         cfg = compose(config_name="config", overrides=["task=distill", f"distill={option}", "method=ddim",
                                                        "method.num_timesteps=64", "method.prediction=v"])
     teacher_method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))  # as a config.yaml holds it
-    student_method = instantiate(OmegaConf.merge(teacher_method, OmegaConf.to_container(cfg.student, resolve=True)), _convert_="all")
+    student = OmegaConf.to_container(cfg.student, resolve=True)
+    student_method = instantiate(OmegaConf.merge(teacher_method, student), _convert_="all")
     distillation = instantiate(cfg.distill, _convert_="all")(method=student_method, teacher=tiny_network())
     assert distillation.total_steps >= 1 and student_method.default_steps == cfg.student.distilled_steps
     assert cfg.trainer.precision == "fp32"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from diffusion.methods.base import BaseMethod
+from diffusion.methods.consistency import Consistency
 from diffusion.validation import ConfigError
 
 # (method, teacher network, x_t (B, ...), t (B,), t_prev (B,), model kwargs) -> x_{t_prev} (B, ...)
@@ -36,6 +37,9 @@ def teacher_solver(method_class: type) -> TeacherSolver:
     Raises:
         ConfigError: a teacher of a diffusion with no solver here yet.
     """
+    if isinstance(method_class, type) and issubclass(method_class, Consistency):
+        raise ConfigError("task=distill: run_dir is a consistency student, whose network is no diffusion denoiser; "
+                          "distil from the DDPM/DDIM run it came from")
     if isinstance(method_class, type) and issubclass(method_class, BaseMethod):
         return ddim_teacher_step
     raise ConfigError(
