@@ -1,10 +1,12 @@
 """Consistency distillation (Song et al. 2023, Alg. 2) from a DDPM/DDIM teacher on the discrete timesteps.
 
 Notation map: the paper's discretisation t_1 = epsilon < t_2 < ... < t_N = T is here the ascending grid
-``round(linspace(0, T - 1, N))`` of timesteps (``distill.num_scales`` = N, 18 for CIFAR-10 in the paper's Table 3);
-the teacher's ODE solver Phi is one deterministic DDIM step t_{n+1} -> t_n; theta^- is the target network, an EMA
-of the student with decay mu (``distill.target_decay``, 0.95 in Table 3), distinct from the Trainer's EMA that
-samples; d is the squared L2 distance (LPIPS needs pretrained VGG/AlexNet weights this machine does not have).
+``round(linspace(0, T - 1, N))`` of timesteps (``distill.num_scales`` = N; 18 in the paper's CIFAR-10 runs); the
+teacher's ODE solver Phi is one deterministic DDIM step t_{n+1} -> t_n (the paper uses EDM's Heun step on an EDM
+teacher); theta^- is the target network, an EMA of the student with decay mu (``distill.target_decay``: 0.95 as in
+the paper's ImageNet 64 and LSUN runs; its CIFAR-10 code uses the stop-gradient student, mu = 0), distinct from the
+Trainer's EMA that samples; d is the squared L2 distance (the paper's best, LPIPS, needs pretrained VGG/AlexNet
+weights this machine does not have).
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ class ProgressiveDistillation(nn.Module):
     Rounds: the first round's teacher samples with ``start_steps`` steps, its student with half of them; each
     round runs ``steps_per_round`` optimizer steps, down to an ``end_steps`` student. At a round's end the
     callback bound by :meth:`bind` saves and scores the student and returns its EMA weights, which become the
-    teacher (the student keeps training from its own weights and optimizer state).
+    teacher (the student keeps training from its own weights and optimizer state). One Trainer run spans all rounds,
+    so the learning rate follows ``trainer.lr_schedule`` over the whole run (``constant`` in ``distill=progressive``)
+    where the paper anneals it linearly to 0 within each round.
 
     Args:
         method: the student's Gaussian diffusion (schedule, T, prediction, clipping), the teacher's too.
