@@ -159,9 +159,12 @@ def test_progressive_distillation_runs_end_to_end_and_its_student_samples(progre
     assert main_in_process(monkeypatch, "task=sample", f"run_dir={progressive_run}", f"hydra.run.dir={out}",
                             *FAST) == 0
     assert (out / "samples.npz").is_file()
+    plain = tmp_path / "plain_ddim"  # DDIM on the same grid is the same sampler; the student's own keys stay behind
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={progressive_run}", "method=ddim", "sampler.steps=2",
+                           "sampler.timestep_spacing=trailing", f"hydra.run.dir={plain}", *FAST) == 0
 
 
-def test_consistency_distillation_runs_and_samples_in_one_and_two_steps(teacher_run, tmp_path, monkeypatch):
+def test_consistency_distillation_runs_and_samples_in_one_and_two_steps(teacher_run, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "consistency"
     assert main_in_process(monkeypatch, "task=distill", "distill=consistency", "distill.steps=3",
                            "distill.num_scales=6", f"run_dir={teacher_run}", f"hydra.run.dir={run_dir}",
@@ -173,6 +176,10 @@ def test_consistency_distillation_runs_and_samples_in_one_and_two_steps(teacher_
     assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "sampler.steps=2",
                            f"hydra.run.dir={out}", *FAST) == 0
     assert (out / "samples.npz").is_file()
+    capsys.readouterr()
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "method=ddim",
+                           f"hydra.run.dir={tmp_path / 'refused'}", *FAST) == 2
+    assert "samples only with its own method" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides, names", [
