@@ -5,6 +5,7 @@
     python run.py -m trainer.lr=1e-4,3e-4             # a sweep: one run directory per job
     python run.py task=sample run_dir=outputs/...     # sample from an earlier run's best checkpoint
     python run.py task=evaluate run_dir=outputs/...   # score an earlier run
+    python run.py task=distill run_dir=outputs/... distill=progressive   # a few-step student of that run
     torchrun --nproc_per_node=2 run.py                # data-parallel training
 
 This is the only module that calls `hydra.utils.instantiate`; policy (resume, sample-save-score, checkpoints)
@@ -26,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion import checkpoint
 from diffusion.cli import (
     Components,
+    DistillRun,
     check_compatible,
+    check_distill_option,
     check_monitor,
+    distill_run_config,
     guard_command_line,
     guard_user_errors,
     load_guide_model,
@@ -40,10 +44,12 @@ from diffusion.cli import (
     save_run_config,
     search_hooks,
 )
+from diffusion.distill import DistillSession
 from diffusion.distributed import DistributedContext
+from diffusion.evaluation import NoneEvaluator, metric_values
 from diffusion.export import export_weights, write_weights
+from diffusion.file_manager import FileManager, SaveError, load_checkpoint
 from diffusion.posthoc_ema import reconstruct
-from diffusion.file_manager import FileManager, SaveError
 from diffusion.loggers import FileLogger, NullLogger
 from diffusion.resume import ResumePoint, shared_resume
 from diffusion.run_lock import RunLock
@@ -79,8 +85,9 @@ def run_task(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with guard_user_errors(created_dir=output_dir):
         tasks = {"train": train, "sample": sample_or_evaluate, "evaluate": sample_or_evaluate, "export": export,
-                 "posthoc_ema": posthoc_ema}
+                 "posthoc_ema": posthoc_ema, "distill": distill}
         check_choice(cfg.task, "task", tuple(tasks))
+        check_distill_option(cfg)
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg)
         return tasks[cfg.task](cfg, output_dir)
@@ -107,17 +114,25 @@ def build(cfg: DictConfig) -> Components:
     return Components(data, instantiate(cfg.model, _convert_="all"), instantiate(cfg.method, _convert_="all"))
 
 
-def make_sampler(cfg: DictConfig, model: Any, parts: Components, run_dir: Path | None = None) -> Sampler:
+def make_sampler(cfg: DictConfig, model: Any, parts: Components, run_dir: Path | None = None,
+                 **overrides: Any) -> Sampler:
     """The configured sampler for ``model``; with ``sampler.guide`` its autoguidance guide is loaded too (a
     checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
     guide = cfg.sampler.get("guide")
     guide_model = None if guide is None else load_guide_model(str(guide), run_dir, cfg.method)
     return instantiate(cfg.sampler, _convert_="all")(
-        model=model, method=parts.method, sample_shape=parts.data.sample_shape, guide_model=guide_model
+        model=model, method=parts.method, sample_shape=parts.data.sample_shape, guide_model=guide_model, **overrides
     )
 
 
-def train(cfg: DictConfig, output_dir: Path) -> float:
+def distill(cfg: DictConfig, output_dir: Path) -> float:
+    """``task=distill run_dir=<teacher run> distill=progressive|consistency``: a training run whose model starts as
+    the teacher's best EMA weights and whose loss is the distillation's; then sample and score the student."""
+    run = distill_run_config(cfg)
+    return train(run.cfg, output_dir, teacher=run)
+
+
+def train(cfg: DictConfig, output_dir: Path, teacher: DistillRun | None = None) -> float:
     """``task=train``: train (or resume), then sample from the best EMA checkpoint and score."""
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
@@ -125,23 +140,25 @@ def train(cfg: DictConfig, output_dir: Path) -> float:
     if resume.run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
     with RunLock(resume.run_dir, rank=dist.rank):  # one writer per run directory (a requeued twin is refused)
-        return train_run(cfg, dist, resume)
+        return train_run(cfg, dist, resume, teacher)
 
 
-def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint) -> float:
+def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint, teacher: DistillRun | None) -> float:
     run_dir = resume.run_dir
     parts = build(cfg)
+    method = make_distillation(cfg, parts, teacher) if teacher else parts.method
     file_manager = instantiate(cfg.checkpoint)(run_dir=run_dir)
     run_id = checkpoint.logger_run_id(resume.state) if resume.state else None
     logger = open_run_logger(cfg, run_dir, run_id) if dist.is_main else NullLogger()
     evaluator = instantiate(cfg.evaluator, _convert_="all")
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = instantiate(cfg.trainer, _convert_="all")(
-        model=parts.model, method=parts.method, data=parts.data, file_manager=file_manager, logger=logger,
-        seed=cfg.seed, run_config=config, distributed=dist,
+        model=parts.model, method=method, data=parts.data, file_manager=file_manager, logger=logger,
+        seed=cfg.seed, run_config=config, distributed=dist, **({"max_steps": method.total_steps} if teacher else {}),
     )
     if resume.state is not None:
         trainer.restore(resume.state, resume.checkpoint)  # a checkpoint that does not fit fails before any write
+    session = distill_session(cfg, trainer, parts, evaluator, resume) if teacher else None
     check_monitor(trainer.monitor, evaluator)
     if dist.is_main:
         trainer.epoch_end_hooks += search_hooks(cfg, trainer.monitor, run_dir)  # an Optuna trial reports, may prune
@@ -160,6 +177,8 @@ def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint) ->
             logger.log_hyperparams(config)
             log_unavailable(evaluator, logger)
         summary, finished = train_or_stop(trainer)
+        if session is not None and finished:
+            save_or_stop(session.finish)
         if dist.is_main and finished:
             sampler = make_sampler(cfg, parts.model, parts, run_dir)
             best = sampler.load_checkpoint(file_manager, "best")
@@ -170,6 +189,43 @@ def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint) ->
     if dist.is_main:
         print_run_files(run_dir)
     return float(summary["best_" + trainer.monitor.replace("/", "_")])  # what a sweeper minimises
+
+
+def make_distillation(cfg: DictConfig, parts: Components, teacher: DistillRun) -> Any:
+    """The distillation "method": the frozen teacher (the teacher run's best EMA weights), the student's method; the
+    student network (``parts.model``) starts as a copy of the teacher."""
+    weights = checkpoint.ema_weights(load_checkpoint(teacher.teacher_checkpoint))
+    teacher_model = instantiate(cfg.model, _convert_="all")
+    teacher_model.load_state_dict(weights)
+    parts.model.load_state_dict(weights)
+    return instantiate(cfg.distill, _convert_="all")(
+        method=parts.method, teacher=teacher_model, teacher_step=teacher.teacher_step
+    )
+
+
+def distill_session(cfg: DictConfig, trainer: Any, parts: Components, evaluator: Any, resume: ResumePoint) -> Any:
+    """Round checkpoints, per-round scores (the evaluator's, at the round's steps) and resume for a distillation."""
+
+    def score(steps: int) -> dict[str, float]:
+        sampler = make_sampler(cfg, trainer.ema.shadow, parts, steps=steps)
+        return metric_values(evaluator.evaluate(sampler.sample(num_samples=evaluator.num_samples).samples))
+
+    session = DistillSession(
+        trainer.method, step_count=lambda: trainer.state.global_step, checkpoint_dict=trainer.checkpoint_dict,
+        file_manager=trainer.file_manager, logger=trainer.logger,
+        score=None if isinstance(evaluator, NoneEvaluator) else score,
+    )
+    session.start(resume.state)
+    return session
+
+
+def save_or_stop(save: Any) -> None:
+    """``save()``; a failed write ends the process with one line (exit 1), like a failed checkpoint in training."""
+    try:
+        save()
+    except SaveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def train_or_stop(trainer: Any) -> tuple[dict[str, Any], bool]:

@@ -103,6 +103,21 @@ class FileManager:
         atomic_write(payload, last, keep_previous=True)
         return last
 
+    def save_as(self, state: dict[str, Any], name: str) -> Path:
+        """Write ``checkpoints/<name>`` atomically (e.g. a distillation round's ``round_0008.pt``); never read by
+        resume, which looks at ``last`` and the periodic checkpoints only.
+
+        Raises:
+            SaveError: as :meth:`save`.
+        """
+        path = self.checkpoint_dir / name
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SaveError.of(self.checkpoint_dir, error) from error
+        atomic_write(_serialize(state), path)
+        return path
+
     def _cleanup(self) -> None:
         if self.keep_last_k is None:
             return

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from runs import ONE_EPOCH_MOONS, main_in_process
 
 from diffusion.export import load_exported

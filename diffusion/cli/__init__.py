@@ -5,6 +5,7 @@ The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects
 """
 
 from diffusion.cli.components import Components, check_compatible, check_monitor
+from diffusion.cli.distill_config import DistillRun, check_distill_option, distill_run_config
 from diffusion.cli.errors import guard_command_line, guard_user_errors
 from diffusion.cli.run_config import (
     load_guide_model,
@@ -19,7 +20,10 @@ from diffusion.cli.run_files import print_config_tree, print_run_files, save_run
 __all__ = [
     "Components",
     "check_compatible",
+    "check_distill_option",
     "check_monitor",
+    "DistillRun",
+    "distill_run_config",
     "guard_command_line",
     "guard_user_errors",
     "load_guide_model",

@@ -7,6 +7,7 @@ from diffusion.methods.base import (
     Prediction,
     TimestepSpacing,
 )
+from diffusion.methods.consistency import Consistency
 from diffusion.methods.ddim import DDIM
 from diffusion.methods.ddpm import DDPM
 from diffusion.methods.dpm_solver import DPMSolver
@@ -15,6 +16,7 @@ from diffusion.methods.sigma_space import DPMpp2MKarras, Euler, Heun, SigmaSpace
 
 __all__ = [
     "BaseMethod",
+    "Consistency",
     "DDIM",
     "DDPM",
     "DPMSolver",

@@ -1,0 +1,136 @@
+"""Consistency distillation (Song et al. 2023, Alg. 2) from a DDPM/DDIM teacher on the discrete timesteps.
+
+Notation map: the paper's discretisation t_1 = epsilon < t_2 < ... < t_N = T is here the ascending grid
+``round(linspace(0, T - 1, N))`` of timesteps (``distill.num_scales`` = N; 18 in the paper's CIFAR-10 runs); the
+teacher's ODE solver Phi is one deterministic DDIM step t_{n+1} -> t_n (the paper uses EDM's Heun step on an EDM
+teacher); theta^- is the target network, an EMA of the student with decay mu (``distill.target_decay``: 0.95 as in
+the paper's ImageNet 64 and LSUN runs; its CIFAR-10 code uses the stop-gradient student, mu = 0), distinct from the
+Trainer's EMA that samples; d is the squared L2 distance (the paper's best, LPIPS, needs pretrained VGG/AlexNet
+weights this machine does not have).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.distill.teacher import TeacherSolver, ddim_teacher_step
+from diffusion.methods.consistency import Consistency
+from diffusion.validation import ConfigError, check_float, check_int
+
+
+class ConsistencyDistillation(nn.Module):
+    """The Trainer's "method" during consistency distillation:
+
+        loss = || f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta^-(x_hat_{t_n}, t_n) ||^2,
+        x_{t_{n+1}} ~ q(x_t | x0),  x_hat_{t_n} = Phi_teacher(x_{t_{n+1}}; t_{n+1} -> t_n),  n ~ U{1, N-1}
+
+    with f the :class:`~diffusion.methods.consistency.Consistency` parameterisation (the boundary condition
+    f(x, t_1) = x / sqrt(abar_{t_1}) holds by construction) and lambda(t_n) = 1 as in the paper.
+
+    The target network theta^- follows the student once per optimizer step (the first loss of a step, before the
+    forward pass, moves it toward the weights the previous step produced). It is not part of the Trainer's
+    checkpoint: a resumed run restarts it at the student's weights (:meth:`restart_target`), which it tracks
+    within about 1 / (1 - mu) steps anyway; with ``target_decay=0`` (theta^- = theta, Song & Dhariwal 2023)
+    resuming is exact.
+
+    Args:
+        method: the student's :class:`Consistency` (the teacher's schedule, T and prediction).
+        teacher: the teacher network, frozen here; the student and the target start as copies of it.
+        num_scales: N, the grid points. target_decay: mu.
+        steps: optimizer steps of the distillation (the Trainer's ``max_steps``).
+        teacher_step: the teacher's solver (see :mod:`diffusion.distill.teacher`).
+
+    Raises:
+        ConfigError: naming the out-of-range ``distill.*`` key.
+    """
+
+    def __init__(
+        self,
+        method: Consistency,
+        teacher: nn.Module,
+        *,
+        num_scales: int = 18,
+        target_decay: float = 0.95,
+        steps: int = 2000,
+        teacher_step: TeacherSolver = ddim_teacher_step,
+    ) -> None:
+        super().__init__()
+        if not isinstance(method, Consistency):
+            raise ConfigError("distill=consistency needs the student method diffusion.methods.Consistency "
+                              f"(student._target_), got {type(method).__name__}")
+        self.method = method
+        self.num_timesteps = method.num_timesteps
+        num_scales = check_int(num_scales, "distill.num_scales", 2, method.num_timesteps)
+        self.target_decay = check_float(target_decay, "distill.target_decay", 0.0, 1.0)
+        self.total_steps = check_int(steps, "distill.steps", minimum=1)
+        grid = torch.linspace(0, method.num_timesteps - 1, num_scales, dtype=torch.float64).round().long()
+        self.register_buffer("grid", torch.unique(grid), persistent=False)  # ascending t_1 = 0 < ... < T - 1
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.target = copy.deepcopy(teacher).requires_grad_(False)  # theta^-
+        self.teacher_step = teacher_step
+        self._step_count: Callable[[], int] = lambda: 0
+        self._target_step = 0  # the optimizer step the target last followed
+
+    def bind(self, step_count: Callable[[], int], round_end: Any = None) -> None:
+        """Tell the distillation how many optimizer steps are done (it has no rounds)."""
+        self._step_count = step_count
+        self._target_step = step_count()
+
+    def restart_target(self, student_weights: dict[str, Any]) -> None:
+        """theta^- <- theta (a resumed run)."""
+        self.target.load_state_dict(student_weights)
+
+    @torch.no_grad()
+    def _follow_student(self, student: nn.Module) -> None:
+        """theta^- <- mu theta^- + (1 - mu) theta, once per optimizer step (Alg. 2, last line)."""
+        step = self._step_count()
+        if step == self._target_step:
+            return
+        self._target_step = step
+        torch._foreach_lerp_(list(self.target.parameters()), list(student.parameters()), 1.0 - self.target_decay)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        **model_kwargs: Any,
+    ) -> torch.Tensor:
+        """The consistency distillation loss of ``model`` (the student). ``t`` (validation's fixed draws, uniform
+        over [0, T)) is mapped onto the grid's intervals; by default n is drawn uniformly."""
+        if model.training:
+            self._follow_student(model)
+        intervals = len(self.grid) - 1
+        if t is None:
+            n = torch.randint(0, intervals, (x0.shape[0],), device=x0.device)
+        else:
+            n = (t * intervals) // self.num_timesteps
+        grid = self.grid.to(x0.device)
+        t_low, t_high = grid[n], grid[n + 1]
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_high = self.method.q_sample(x0, t_high, noise)
+        kwargs = self.method.condition_kwargs(model, model_kwargs)
+        target = self.target_output(x_high, t_high, t_low, kwargs)
+        prediction = self.method.consistency_function(x_high, t_high, model(x_high, t_high, **kwargs)).float()
+        return F.mse_loss(prediction, target)
+
+    @torch.no_grad()
+    def target_output(
+        self, x_high: torch.Tensor, t_high: torch.Tensor, t_low: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """f_theta^-(Phi(x_{t_{n+1}}), t_n) in float32 whatever the autocast."""
+        with torch.autocast(x_high.device.type, enabled=False):
+            x_low = self.teacher_step(self.method, self.teacher, x_high.float(), t_high, t_low, kwargs)
+            return self.method.consistency_function(x_low, t_low, self.target(x_low, t_low, **kwargs).float())
+
+    def extra_repr(self) -> str:
+        return f"num_scales={len(self.grid)}, target_decay={self.target_decay}, steps={self.total_steps}"
