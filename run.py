@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import torch
@@ -139,11 +139,23 @@ def train(cfg: DictConfig, output_dir: Path, teacher: DistillRun | None = None) 
     resume = shared_resume(dist, cfg.resume, output_dir)
     if resume.run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
+    job = prepare_training(cfg, dist, resume, teacher)  # every check; nothing written yet
     with RunLock(resume.run_dir, rank=dist.rank):  # one writer per run directory (a requeued twin is refused)
-        return train_run(cfg, dist, resume, teacher)
+        return run_training(cfg, dist, job)
 
 
-def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint, teacher: DistillRun | None) -> float:
+class TrainingJob(NamedTuple):
+    run_dir: Path
+    parts: Components
+    trainer: Any
+    evaluator: Any
+    logger: Any
+    session: Any  # a distillation's round keeping, or None
+
+
+def prepare_training(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint,
+                     teacher: DistillRun | None) -> TrainingJob:
+    """Build and check every component of a training run (or distillation); writes nothing."""
     run_dir = resume.run_dir
     parts = build(cfg)
     method = make_distillation(cfg, parts, teacher) if teacher else parts.method
@@ -169,6 +181,13 @@ def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint, te
         trainer.epoch_hooks.append(epoch_evaluation(evaluator, ema_sampler, logger))
     if ema_sampler.grid_every_n_epochs:
         trainer.epoch_hooks.append(epoch_sample_grid(ema_sampler, run_dir, ema_sampler.grid_every_n_epochs, logger))
+    return TrainingJob(run_dir, parts, trainer, evaluator, logger, session)
+
+
+def run_training(cfg: DictConfig, dist: DistributedContext, job: TrainingJob) -> float:
+    """Train, then sample from the best EMA checkpoint and score; returns the objective a sweeper minimises."""
+    run_dir, parts, trainer, evaluator, logger, session = job
+    config = trainer.run_config
     if dist.is_main:
         save_run_config(cfg, run_dir, HydraConfig.get().overrides.task)
         print_config_tree(cfg)
@@ -181,7 +200,7 @@ def train_run(cfg: DictConfig, dist: DistributedContext, resume: ResumePoint, te
             save_or_stop(session.finish)
         if dist.is_main and finished:
             sampler = make_sampler(cfg, parts.model, parts, run_dir)
-            best = sampler.load_checkpoint(file_manager, "best")
+            best = sampler.load_checkpoint(trainer.file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
             summary.update(sample_or_stop(run_dir, sampler, evaluator, parts.data, run_dir, logger) or {})
             logger.log_summary(summary)

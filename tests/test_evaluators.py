@@ -80,7 +80,7 @@ def test_held_out_digits_score_near_their_floor_and_noise_far_above(
     half = val[: len(val) // 2]  # real digits the reference never saw; the floor is then scored at this n too
     real = digits_evaluator.evaluate(half)
     noise = digits_evaluator.evaluate(_noise_images(1000))
-    assert set(real) == set(noise) == DIGIT_METRICS
+    assert set(real) == set(noise) == DIGIT_METRICS == set(digits_evaluator.metric_names)
     assert all(metric.floor is not None and math.isfinite(metric.value) for metric in real.values())
     assert real["fd"].value < 1.5 * real["fd"].floor
     assert noise["fd"].value > 10 * noise["fd"].floor
@@ -145,7 +145,7 @@ def test_moons_held_out_points_score_near_their_floor_and_noise_far_above(
     val = moons.load().val  # 200 points
     real = points_evaluator.evaluate(val[:100])
     noise = points_evaluator.evaluate(torch.randn(200, 2, generator=torch.Generator().manual_seed(0)))
-    assert set(real) == set(noise) == POINT_METRICS
+    assert set(real) == set(noise) == POINT_METRICS == set(points_evaluator.metric_names)
     assert real["sliced_wasserstein"].value < 2 * real["sliced_wasserstein"].floor
     assert noise["sliced_wasserstein"].value > 3 * noise["sliced_wasserstein"].floor
     # N(0, I) shares the standardised moons' mean and variance, so the margins are smaller than for digits.

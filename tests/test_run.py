@@ -139,6 +139,8 @@ BAD_INPUTS = [
     (["resume=/no/such/run"], "resume"),
     (["task=paint"], "task"),
     (["trainer.monitor=fd"], "evaluator.every_n_epochs"),
+    (["trainer.monitor=fid", "evaluator.every_n_epochs=1"], "class_coverage"),  # lists what digits computes
+    (["experiment=moons_mlp", "trainer.monitor=fd", "evaluator.every_n_epochs=1"], "sliced_wasserstein"),
 ]
 
 

@@ -27,7 +27,14 @@ def check_monitor(monitor: str, evaluator: BaseEvaluator) -> None:
     Raises:
         ConfigError: naming ``evaluator.every_n_epochs`` and ``trainer.monitor``.
     """
-    if monitor not in ("val_loss", "val/loss") and not evaluator.every_n_epochs:
+    if monitor in ("val_loss", "val/loss"):
+        return
+    if evaluator.enabled and monitor not in evaluator.metric_names:
+        raise ConfigError(
+            f"trainer.monitor={monitor} is not a metric of this evaluator (it computes: "
+            f"{', '.join(evaluator.metric_names)}); choose one of those, or trainer.monitor=val_loss"
+        )
+    if not evaluator.every_n_epochs:
         raise ConfigError(
             f"trainer.monitor={monitor} is computed only by evaluations during training: set "
             "evaluator.every_n_epochs=N, or trainer.monitor=val_loss"

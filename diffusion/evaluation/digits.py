@@ -43,6 +43,8 @@ class DigitsEvaluator(FeatureEvaluator):
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
     """
 
+    METRICS = ("fd", "kid", "class_coverage", "class_kl", "confidence")
+
     def __init__(
         self,
         num_samples: int = 1000,

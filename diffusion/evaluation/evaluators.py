@@ -94,6 +94,14 @@ class BaseEvaluator(ABC):
             return False
         return epoch % self.every_n_epochs == 0
 
+    #: The metrics :meth:`compute` returns (beside those the options add, see :attr:`metric_names`).
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric this evaluator, as configured, computes: what ``trainer.monitor`` may name."""
+        return self.METRICS
+
     @abstractmethod
     def prepare(self, data: BaseData) -> None:
         """Compute the training reference and the real-data floors once; later calls do nothing.
@@ -207,6 +215,11 @@ class FeatureEvaluator(BaseEvaluator):
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
     """
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        neighbours = ("precision", "recall", "memorization") if self.neighbour_metrics else ()
+        return (*self.METRICS, *neighbours)
 
     def __init__(
         self,

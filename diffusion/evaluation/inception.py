@@ -109,6 +109,12 @@ class InceptionEvaluator(FeatureEvaluator):
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
     """
 
+    METRICS = ("fid", "kid")
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (*super().metric_names, *(("fid_reference",) if self.reference_stats is not None else ()))
+
     def __init__(
         self,
         num_samples: int = 1000,

@@ -30,6 +30,8 @@ class PointsEvaluator(FeatureEvaluator):
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
     """
 
+    METRICS = ("sliced_wasserstein", "mmd", "energy")
+
     def __init__(
         self,
         num_samples: int = 2000,
