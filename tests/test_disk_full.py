@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import diffusion.file_manager as file_manager
+from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT, global_step
 from diffusion.file_manager import (
-    CHECKPOINT_KEYS,
     FileManager,
     SaveError,
     atomic_write_bytes,
@@ -52,7 +52,7 @@ class FailingOS:
 
 
 def state(step: int) -> dict[str, Any]:
-    return {**{key: 0 for key in CHECKPOINT_KEYS}, "epoch": step, "global_step": step,
+    return {**{key: 0 for key in CHECKPOINT_KEYS}, "format": FORMAT, "train_state": {"epoch": step, "global_step": step},
             "model_state_dict": {"w": torch.full((64,), float(step))}}
 
 
@@ -63,10 +63,10 @@ def temporaries(directory: Path) -> list[Path]:
 def assert_earlier_checkpoints_intact(manager: FileManager, label: str) -> None:
     directory = manager.checkpoint_dir
     assert temporaries(directory) == [], f"{label}: temporary files left behind"
-    path, damaged = manager.latest_intact()
+    path, _, damaged = manager.latest_intact()
     assert damaged == [] and path is not None, f"{label}: {damaged}"
-    assert load_checkpoint(path)["global_step"] in (2, 3), label
-    steps = {p.name: load_checkpoint(p)["global_step"] for p in directory.glob("*.pt")}  # every file loads
+    assert global_step(load_checkpoint(path)) in (2, 3), label
+    steps = {p.name: global_step(load_checkpoint(p)) for p in directory.glob("*.pt")}  # every file loads
     assert steps["epoch_0001.pt"] == 1 and steps["epoch_0002.pt"] == 2, label
     assert steps["best.pt"] in (1, 3), label
     assert 2 in steps.values(), f"{label}: the newest completed save (step 2) was lost: {steps}"
@@ -92,12 +92,12 @@ def test_a_failure_at_each_operation_of_a_save_keeps_earlier_checkpoints(tmp_pat
         finally:
             monkeypatch.setattr(file_manager, "os", os)
         if failing.failed is None:  # every operation of the save has had its fault
-            assert load_checkpoint(manager.checkpoint_dir / "last.pt")["global_step"] == 3
+            assert global_step(load_checkpoint(manager.checkpoint_dir / "last.pt")) == 3
             break
         assert_earlier_checkpoints_intact(manager, f"{errno.errorcode[error]} at {failing.failed} #{at}")
         manager.save(state(3), is_best=True)  # the disk has room again: the next save succeeds
-        assert load_checkpoint(manager.checkpoint_dir / "last.pt")["global_step"] == 3
-        assert load_checkpoint(manager.checkpoint_dir / "last.prev.pt")["global_step"] in (2, 3)
+        assert global_step(load_checkpoint(manager.checkpoint_dir / "last.pt")) == 3
+        assert global_step(load_checkpoint(manager.checkpoint_dir / "last.prev.pt")) in (2, 3)
     assert {"write", "fsync", "replace", "link"} <= set(faults) and len(faults) >= 20, faults
 
 
@@ -184,4 +184,4 @@ def test_a_real_full_disk_keeps_earlier_checkpoints_and_names_the_file(small_dis
     assert (small_disk / "run" / "eval.json").read_text() == "{}" and temporaries(small_disk) == []
     filler.unlink()
     manager.save(state(3), is_best=True)  # space again: training goes on
-    assert load_checkpoint(manager.checkpoint_dir / "last.pt")["global_step"] == 3
+    assert global_step(load_checkpoint(manager.checkpoint_dir / "last.pt")) == 3
