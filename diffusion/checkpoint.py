@@ -16,17 +16,17 @@ Layout (``FORMAT`` 2)::
 
 Checkpoints of the first version (no ``format`` key) also repeat six train-state values at the top level
 (``epoch``, ``global_step``, ``metrics``, ``best_val_loss`` and the two loss histories); they load unchanged, as
-everything is read from ``train_state``. ``rank_rng_states`` is optional within format 2: checkpoints written before it
-existed (and every single-process checkpoint) give rank 0 ``rng_state``; see :func:`rank_rng_state`. The FileManager writes and safely reads the files; the Trainer asks this
-module for the dict and to put one back.
+everything is read from ``train_state``. ``rank_rng_states`` is optional within format 2: a checkpoint written
+before it existed, or by a single process, gives rank 0 ``rng_state`` (see :func:`rank_rng_state`). The FileManager
+writes and safely reads the files; the Trainer asks this module for the dict and to put one back.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from diffusion.validation import ConfigError

@@ -445,11 +445,11 @@ class Trainer:
             state = self.state
             self.logger.log(f"resumed from {self._resumed_from} at epoch {state.epoch}, step {state.global_step}")
         if self._pending_rng_state is not None:
-            state, note = self._pending_rng_state
+            rng, note = self._pending_rng_state
             if note is not None:
                 self.logger.log(f"warning: {note}")
-            if state is not None:
-                set_rng_state(state)
+            if rng is not None:
+                set_rng_state(rng)
             else:  # a rank the checkpoint has no stream for: one apart from every other rank's and from step 0's
                 seed_everything(hash((self.seed, self.dist.rank, self.state.global_step)) % 2**31)
             self._pending_rng_state = None

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from runs import ROOT, TINY_MOONS, child_env, main_in_process, run_py, tree_digest
