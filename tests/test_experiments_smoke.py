@@ -128,3 +128,16 @@ def test_study_optuna_ema_lr(tmp_path: Path):
     text, _ = run_study("optuna_ema_lr", tmp_path)
     assert re.search(r"`trainer\.lr=\S+ trainer\.ema_decay=\S+`: best validation loss \d", text)
     assert [row[0] for row in table(text)] == ["0", "1", "defaults (not a trial)"]
+
+
+@pytest.mark.slow
+def test_benchmark_threads(tmp_path: Path):
+    out = tmp_path / "threads.md"
+    run_quick("experiments.benchmark_threads", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert_checks_report(text, "Two training runs on one node: the thread budget (issue 14)",
+                         "experiments.benchmark_threads", checks=2)
+    rows = table(text)
+    assert [row[1] for row in rows] == ["1", "2", "2"]
+    assert rows[2][0].endswith("trainer.num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")
+    assert all(re.fullmatch(r"\d+\.\d\d(, \d+\.\d\d)?", row[4]) for row in rows), rows
