@@ -4,8 +4,8 @@ temporary directory: it exits 0 and writes its results file with the parts a rea
 Structure only: a one-epoch toy model's scores say nothing, so no figure is checked against a bar. Each script
 but the classifier's launches ``run.py`` one to six times, and most of a launch is start-up (importing torch and
 sklearn: about 9 s on a busy core), so those six are marked ``slow`` (``pytest -m "not slow"`` leaves them out):
-19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8). ``experiments.benchmark`` has its
-own, ``test_benchmark_smoke.py``.
+19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8); ``experiments.benchmark_threads``
+adds 5 launches, about 2 minutes. ``experiments.benchmark`` has its own, ``test_benchmark_smoke.py``.
 """
 
 from __future__ import annotations
