@@ -143,3 +143,21 @@ def test_a_checkpoint_of_another_world_size_resumes_with_a_note():
     assert state is None and "not bit for bit" in note  # rank 1 is seeded apart from rank 0
     state, note = checkpoint.rank_rng_state(two_ranks, 0, 1)
     assert state is states[0] and "2 process(es) and 1 resume" in note
+
+
+@pytest.mark.slow  # about 60 s
+def test_a_single_process_checkpoint_resumed_by_two_ranks_draws_apart_and_says_so(tmp_path):
+    run_dir = tmp_path / "run"
+    common = [f"hydra.run.dir={run_dir}", *ELASTIC_RUN, "trainer.batch_size=30"]  # 18 steps an epoch either way
+    single = subprocess.run([sys.executable, str(ROOT / "run.py"), *common, "trainer.epochs=1"], cwd=tmp_path,
+                            env=child_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "run.py"), *common, "trainer.epochs=2"], cwd=tmp_path, env=child_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "random states of 1 process(es) and 2 resume it" in (run_dir / "train.log").read_text()
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert checkpoint.global_step(last) == 2 * 18
+    rank0, rank1 = (state["torch"] for state in last["rank_rng_states"])
+    assert not torch.equal(rank0, rank1)  # rank 1 was seeded apart, not handed rank 0's stream
