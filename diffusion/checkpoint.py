@@ -11,17 +11,20 @@ Layout (``FORMAT`` 2)::
     train_state            :class:`TrainState` as a dict: epoch, step, best values, loss histories, metrics
     monitor                the metric that picks ``best`` (``trainer.monitor``)
     config                 the run's resolved config (what ``task=sample`` rebuilds the model from)
-    rng_state              Python, NumPy and torch generator states (exact resume)
+    rng_state              Python, NumPy and torch generator states (exact resume); rank 0's in a data-parallel run
+    rank_rng_states        (data-parallel runs only) every rank's ``rng_state``, in rank order
 
 Checkpoints of the first version (no ``format`` key) also repeat six train-state values at the top level
 (``epoch``, ``global_step``, ``metrics``, ``best_val_loss`` and the two loss histories); they load unchanged, as
-everything is read from ``train_state``. The FileManager writes and safely reads the files; the Trainer asks this
-module for the dict and to put one back.
+everything is read from ``train_state``. ``rank_rng_states`` is optional within format 2: a checkpoint written
+before it existed, or by a single process, gives rank 0 ``rng_state`` (see :func:`rank_rng_state`). The FileManager
+writes and safely reads the files; the Trainer asks this module for the dict and to put one back.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -78,9 +81,10 @@ class TrainingParts(NamedTuple):
 
 
 def build(parts: TrainingParts, state: TrainState, monitor: str, config: dict[str, Any],
-          rng: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint dict of a training run at this moment."""
-    return {
+          rng: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint dict of a training run at this moment; ``rng`` holds every rank's RNG states (one for a
+    single process)."""
+    ckpt = {
         "format": FORMAT,
         "model_state_dict": parts.model.state_dict(),
         "ema_state_dict": parts.ema.state_dict(),
@@ -90,8 +94,36 @@ def build(parts: TrainingParts, state: TrainState, monitor: str, config: dict[st
         "train_state": asdict(state),
         "monitor": monitor,
         "config": config,
-        "rng_state": rng,
+        "rng_state": rng[0],
     }
+    if len(rng) > 1:
+        ckpt["rank_rng_states"] = list(rng)
+    return ckpt
+
+
+class RankRNG(NamedTuple):
+    """The RNG states one rank resumes with (None: none saved for it) and, when not exact, a line saying why."""
+
+    state: dict[str, Any] | None
+    note: str | None
+
+
+def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> RankRNG:
+    """The RNG states ``rank`` of a ``world_size``-process run resumes with.
+
+    The same world size: each rank its own (rank 0 only, for a single process), and the run continues bit for bit.
+    Another world size (or a data-parallel checkpoint written before ``rank_rng_states``): ranks the checkpoint
+    holds a state for take it, the others get None (the caller seeds them apart), and ``note`` says the resumed
+    run is not the uninterrupted one's twin. The global batches and their order do not depend on the world size,
+    only the noise and timesteps drawn do.
+    """
+    saved = ckpt.get("rank_rng_states") or ([ckpt["rng_state"]] if ckpt.get("rng_state") is not None else [])
+    state = saved[rank] if rank < len(saved) else None
+    if len(saved) == world_size:
+        return RankRNG(state, None)
+    return RankRNG(state, f"the checkpoint holds the random states of {len(saved)} process(es) and {world_size} "
+                          f"resume it: ranks {len(saved)}.. draw fresh noise, so the run continues but is not bit for "
+                          "bit the uninterrupted one")
 
 
 def restore(ckpt: dict[str, Any], parts: TrainingParts, source: str | Path) -> TrainState:

@@ -27,6 +27,18 @@ def export_submitit_task_environment() -> None:
         environment.export(set_cuda_visible_devices=False)  # every GPU stays visible: rank picks cuda:<LOCAL_RANK>
 
 
+def restart_store(world_size: int) -> dist.Store | None:
+    """The key-value store the process group meets in, one namespace per torchrun restart; None: ``env://``.
+
+    After ``torchrun --max-restarts`` restarts a failed group, the new workers meet in the agent's store again,
+    which still holds the dead group's addresses: a new rank would read them and fail to connect. Each restart
+    (``TORCHELASTIC_RESTART_COUNT``) therefore gets keys of its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    return dist.PrefixStore(f"diffusion/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int = 0
@@ -55,7 +67,9 @@ class DistributedContext:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            backend = "nccl" if use_cuda else "gloo"
+            dist.init_process_group(backend=backend, store=restart_store(world_size), rank=rank,
+                                    world_size=world_size)
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
 
     def device(self, device: torch.device) -> torch.device:
@@ -71,6 +85,14 @@ class DistributedContext:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank (e.g. each rank's RNG states for a checkpoint)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Average a tensor over ranks (for logging losses)."""

@@ -21,7 +21,10 @@ When a lock is stale:
     which is exactly the case a cluster user needs to resume without a hand; the timeout (default 10 minutes,
     far above clock skew between nodes and a stalled NFS server's usual hiccup) bounds that wait.
 
-``torchrun`` ranks of one job are one writer: only rank 0 takes the lock, the others enter a no-op context.
+``torchrun`` ranks of one job are one writer: only rank 0 takes the lock, the others enter a no-op context. When
+``torchrun --max-restarts`` restarts a group that lost a worker, the old rank 0 releases the lock as it stops (its
+SIGTERM, or the failed collective, unwinds through the context), or, itself SIGKILLed, leaves a lock whose pid no
+longer runs, which the new rank 0 takes over (``tests/test_elastic.py``).
 """
 
 from __future__ import annotations

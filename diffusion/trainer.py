@@ -30,7 +30,7 @@ from diffusion.file_manager import FileManager
 from diffusion.loggers.base import BaseLogger
 from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
-from diffusion.seeding import rng_state, set_rng_state
+from diffusion.seeding import rng_state, seed_everything, set_rng_state
 from diffusion.signals import StopSignals
 from diffusion.validation import ConfigError, check_betas, check_bool, check_choice, check_float, check_int, check_positive
 
@@ -181,7 +181,7 @@ class Trainer:
         self.state = TrainState()
         self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
         self._signals = StopSignals()
-        self._pending_rng_state: dict[str, Any] | None = None  # restored at the start of train(), see restore()
+        self._pending_rng_state: checkpoint.RankRNG | None = None  # restored at the start of train(), see restore()
         self._resumed_from: Path | None = None
         self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
         self._grad_norm: torch.Tensor | None = None
@@ -411,13 +411,16 @@ class Trainer:
         if is_best:
             self.state.best_metric = value  # type: ignore[assignment]
         self.state.metrics["best/" + self.monitor] = self.state.best_metric
+        rng = self._rank_rng_states()  # a collective: every rank takes part
         if self.dist.is_main:
-            self._saved = (self.file_manager.save(self.checkpoint_dict(), is_best=is_best), self.state.global_step)
+            path = self.file_manager.save(self.checkpoint_dict(rng), is_best=is_best)
+            self._saved = (path, self.state.global_step)
         self.dist.barrier()
 
     def _save_last(self) -> None:
+        rng = self._rank_rng_states()
         if self.dist.is_main:
-            path = self.file_manager.save(self.checkpoint_dict(), is_best=False, periodic=False)
+            path = self.file_manager.save(self.checkpoint_dict(rng), is_best=False, periodic=False)
             self._saved = (path, self.state.global_step)
         self.dist.barrier()
 
@@ -437,10 +440,16 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------
     # State
     # ----------------------------------------------------------------------------------------------------
-    def checkpoint_dict(self) -> dict[str, Any]:
-        """The checkpoint of this moment (its layout: :mod:`diffusion.checkpoint`)."""
+    def checkpoint_dict(self, rank_rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint of this moment (its layout: :mod:`diffusion.checkpoint`); ``rank_rng_states`` is every
+        rank's RNG states from :meth:`_rank_rng_states` (default: this process's alone)."""
         self.state.logger_run_id = self.logger.run_id or self.state.logger_run_id  # W&B continues the same run
-        return checkpoint.build(self._parts(), self.state, self.monitor, self.run_config, rng_state())
+        rng = rank_rng_states or [rng_state()]
+        return checkpoint.build(self._parts(), self.state, self.monitor, self.run_config, rng)
+
+    def _rank_rng_states(self) -> list[dict[str, Any]]:
+        # Each rank draws its own noise; a resume puts back each rank's own stream (elastic restarts stay exact).
+        return self.dist.all_gather_object(rng_state())
 
     def restore(self, ckpt: dict[str, Any], source: str | Path) -> None:
         """Put back weights, EMA, optimizer, LR schedule, counters, histories and epoch position from the loaded
@@ -451,7 +460,7 @@ class Trainer:
             CheckpointError: the checkpoint was trained with another model or optimizer configuration.
         """
         self.state = checkpoint.restore(ckpt, self._parts(), source)
-        self._pending_rng_state = ckpt["rng_state"]
+        self._pending_rng_state = checkpoint.rank_rng_state(ckpt, self.dist.rank, self.dist.world_size)
         self._resumed_from = Path(source)
 
     def _parts(self) -> checkpoint.TrainingParts:
@@ -464,7 +473,13 @@ class Trainer:
             state = self.state
             self.logger.log(f"resumed from {self._resumed_from} at epoch {state.epoch}, step {state.global_step}")
         if self._pending_rng_state is not None:
-            set_rng_state(self._pending_rng_state)
+            rng, note = self._pending_rng_state
+            if note is not None:
+                self.logger.log(f"warning: {note}")
+            if rng is not None:
+                set_rng_state(rng)
+            else:  # a rank the checkpoint has no stream for: one apart from every other rank's and from step 0's
+                seed_everything(hash((self.seed, self.dist.rank, self.state.global_step)) % 2**31)
             self._pending_rng_state = None
 
     def get_loss_histories(self) -> LossHistories:

@@ -4,8 +4,8 @@ temporary directory: it exits 0 and writes its results file with the parts a rea
 Structure only: a one-epoch toy model's scores say nothing, so no figure is checked against a bar. Each script
 but the classifier's launches ``run.py`` one to six times, and most of a launch is start-up (importing torch and
 sklearn: about 9 s on a busy core), so those six are marked ``slow`` (``pytest -m "not slow"`` leaves them out):
-19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8). ``experiments.benchmark`` has its
-own, ``test_benchmark_smoke.py``.
+19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8); ``experiments.benchmark_threads``
+adds 5 launches, about 2 minutes. ``experiments.benchmark`` has its own, ``test_benchmark_smoke.py``.
 """
 
 from __future__ import annotations
@@ -128,3 +128,16 @@ def test_study_optuna_ema_lr(tmp_path: Path):
     text, _ = run_study("optuna_ema_lr", tmp_path)
     assert re.search(r"`trainer\.lr=\S+ trainer\.ema_decay=\S+`: best validation loss \d", text)
     assert [row[0] for row in table(text)] == ["0", "1", "defaults (not a trial)"]
+
+
+@pytest.mark.slow
+def test_benchmark_threads(tmp_path: Path):
+    out = tmp_path / "threads.md"
+    run_quick("experiments.benchmark_threads", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert_checks_report(text, "Two training runs on one node: the thread budget (issue 14)",
+                         "experiments.benchmark_threads", checks=2)
+    rows = table(text)
+    assert [row[1] for row in rows] == ["1", "2", "2"]
+    assert rows[2][0].endswith("trainer.num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")
+    assert all(re.fullmatch(r"\d+\.\d\d(, \d+\.\d\d)?", row[4]) for row in rows), rows
