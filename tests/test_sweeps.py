@@ -138,7 +138,7 @@ hydra:
 
 BAD_SWEEPS = [
     (["trainer.lrr=1e-4,3e-4"], "the command line sweeps trainer.lrr", "did you mean trainer.lr?"),
-    (["hparams_search=optuna", "trainer.ema=interval(0.9,0.99)"], "trainer.ema,", "did you mean trainer.ema_decay?"),
+    (["hparams_search=optuna", "trainer.ema_decy=interval(0.9,0.99)"], "trainer.ema_decy", "did you mean trainer.ema_decay?"),
     (["hparams_search=typo"], "hydra.sweeper.params sweeps trainer.emma_decay", "did you mean trainer.ema_decay?"),
     (["schedule=linear,cosin"], "schedule=cosin", "'sigmoid'"),
     (["hydra/launcher=slurm", LR_SWEEP], "hydra.launcher.max_num_timeout=3", "resume=auto"),
