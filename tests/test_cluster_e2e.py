@@ -66,6 +66,7 @@ def test_a_full_disk_during_training_exits_1_naming_the_file_and_resume_continue
     assert 0 < stopped_at < 3 * STEPS_PER_EPOCH
 
     monkeypatch.setenv("DIFFUSION_JOBS_PER_NODE", "2")  # the resumed run also shows the thread budget's reason
+    monkeypatch.delenv("OMP_NUM_THREADS")  # (an explicit OpenMP setting would take precedence)
     assert main_in_process(monkeypatch, *args, "trainer.num_threads=auto") == 0
     out = capsys.readouterr().out
     assert "trainer.num_threads=auto: " in out and "shared by 2 processes at once ($DIFFUSION_JOBS_PER_NODE=2)" in out
