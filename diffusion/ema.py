@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffusion.validation import ConfigError, check_float
+from diffusion.validation import ConfigError, check_choice, check_float, check_int
 
 
 class EMA(nn.Module):
@@ -54,3 +55,25 @@ class EMA(nn.Module):
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
         self.num_updates = int(state["num_updates"])
         return self.shadow.load_state_dict(state["shadow"], strict=strict)
+
+
+def make_ema(model: nn.Module, kind: str, decay: float, stds: Sequence[float],
+             snapshot_every: int | None) -> tuple[nn.Module, int | None]:
+    """The trainer's weight average: ``ema`` (:class:`EMA` with ``decay``) or ``posthoc`` (EDM2's power-function
+    EMAs with relative ``stds``, :class:`~diffusion.posthoc_ema.PosthocEMA`), and the steps between post-hoc
+    snapshots (None for ``ema``).
+
+    Raises:
+        ConfigError: naming ``trainer.ema``, ``trainer.ema_decay``, ``trainer.ema_stds`` or
+            ``trainer.ema_snapshot_every``.
+    """
+    from diffusion.posthoc_ema import PosthocEMA
+
+    check_choice(kind, "trainer.ema", ("ema", "posthoc"))
+    every = None if snapshot_every is None else check_int(snapshot_every, "trainer.ema_snapshot_every", 1)
+    if kind == "ema":
+        return EMA(model, decay), None
+    if every is None:
+        raise ConfigError("trainer.ema=posthoc needs trainer.ema_snapshot_every=N (steps between the snapshots "
+                          "task=posthoc_ema reconstructs from)")
+    return PosthocEMA(model, stds), every

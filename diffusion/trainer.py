@@ -24,9 +24,9 @@ from diffusion.checkpoint import TrainState
 from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
 from diffusion.devices import Precision, autocast, resolve_device, to_device
 from diffusion.distributed import DistributedContext
-from diffusion.ema import EMA
-from diffusion.posthoc_ema import PosthocEMA
+from diffusion.ema import make_ema
 from diffusion.file_manager import FileManager
+from diffusion.fixed_validation import FixedDrawValidation
 from diffusion.loggers.base import BaseLogger
 from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
@@ -160,7 +160,8 @@ class Trainer:
 
         memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
-        self.ema = self._make_ema(ema, ema_decay, ema_stds, ema_snapshot_every)
+        self.ema, self.ema_snapshot_every = make_ema(self.model, ema, ema_decay, ema_stds, ema_snapshot_every)
+        self.ema.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.lr,
@@ -179,24 +180,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.state = TrainState()
-        self._val_t, self._val_noise = self._fixed_validation_draws(val_seed)
+        self.validation = FixedDrawValidation(
+            self.method, self.data, self.splits.val, self.splits.val_labels if self.conditional else None,
+            val_seed, self.precision,
+        )
         self._signals = StopSignals()
         self._pending_rng_state: checkpoint.RankRNG | None = None  # restored at the start of train(), see restore()
         self._resumed_from: Path | None = None
         self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
         self._grad_norm: torch.Tensor | None = None
-
-    def _make_ema(self, kind: str, decay: float, stds: Sequence[float], snapshot_every: int | None) -> nn.Module:
-        check_choice(kind, "trainer.ema", ("ema", "posthoc"))
-        every = None if snapshot_every is None else check_int(snapshot_every, "trainer.ema_snapshot_every", 1)
-        if kind == "ema":
-            self.ema_snapshot_every = None
-            return EMA(self.model, decay).to(self.device)
-        if every is None:
-            raise ConfigError("trainer.ema=posthoc needs trainer.ema_snapshot_every=N (steps between the snapshots "
-                              "task=posthoc_ema reconstructs from)")
-        self.ema_snapshot_every = every
-        return PosthocEMA(self.model, stds).to(self.device)
 
     def _maybe_snapshot_ema(self) -> None:
         every = self.ema_snapshot_every
@@ -365,21 +357,9 @@ class Trainer:
         if every and self.state.global_step % every == 0:
             self._save_last()
 
-    @torch.no_grad()
-    def validate(self, batch_size: int = 512) -> float:
+    def validate(self) -> float:
         """Mean loss of the EMA model on the validation split, at fixed timesteps and noise."""
-        model, val = self.ema.shadow, self.splits.val
-        total = 0.0
-        for start in range(0, len(val), batch_size):
-            chunk = slice(start, start + batch_size)
-            kwargs = {"y": self.splits.val_labels[chunk]} if self.conditional else {}  # type: ignore[index]
-            with autocast(self.device, self.precision):
-                loss = self.method.compute_loss(
-                    model, self.data.prepare_batch(val[chunk]), t=self._val_t[chunk], noise=self._val_noise[chunk],
-                    **kwargs
-                )
-            total += loss.item() * len(val[chunk])
-        return total / len(val)
+        return self.validation(self.ema.shadow)
 
     def _run_epoch_hooks(self, epoch: int) -> dict[str, float]:
         extra: dict[str, float] = {}
@@ -500,14 +480,6 @@ class Trainer:
     @property
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def _fixed_validation_draws(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps and noise for validation, drawn once from their own generator so that epochs compare."""
-        generator = torch.Generator().manual_seed(seed)
-        val = self.splits.val
-        t = torch.randint(0, self.method.num_timesteps, (len(val),), generator=generator)
-        noise = torch.randn(val.shape, generator=generator)  # float32 also for uint8 data
-        return t.to(self.device), noise.to(self.device)
 
     def _remaining(self) -> str:
         if self.state.epoch >= self.epochs or self._reached_max_steps():
