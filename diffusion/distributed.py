@@ -88,6 +88,20 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
+    def shard(self, total: int) -> range:
+        """This rank's contiguous share of ``range(total)`` (sampling): rank r of W gets
+        ``[r * total // W, (r + 1) * total // W)``, so the shares concatenated in rank order are ``range(total)``."""
+        return range(self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size)
+
+    def gather_to_main(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object; tensors travel on the CPU) in rank order on rank 0, ``[]``
+        on the others; ``[value]`` for a single process. Collective: every rank must call it."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered or []
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
