@@ -88,10 +88,14 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
-    def shard(self, total: int) -> range:
-        """This rank's contiguous share of ``range(total)`` (sampling): rank r of W gets
-        ``[r * total // W, (r + 1) * total // W)``, so the shares concatenated in rank order are ``range(total)``."""
-        return range(self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size)
+    def shard(self, total: int, block: int = 1) -> range:
+        """This rank's contiguous share of ``range(total)`` in whole blocks of ``block`` items (sampling: batches,
+        so every rank runs the very batches one process would, and floating-point results do not depend on the
+        number of ranks). The ``B = ceil(total / block)`` blocks are split as ``[r B // W, (r + 1) B // W)``; the
+        shares concatenated in rank order are ``range(total)``. A rank may get none (fewer blocks than ranks)."""
+        blocks = -(-total // block)
+        start = self.rank * blocks // self.world_size * block
+        return range(min(start, total), min((self.rank + 1) * blocks // self.world_size * block, total))
 
     def gather_to_main(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (any picklable object; tensors travel on the CPU) in rank order on rank 0, ``[]``

@@ -226,14 +226,15 @@ class Sampler:
         """Draw samples ``first_index`` to ``first_index + num_samples - 1`` of this seed's streams, batch by batch;
         optionally record x_t at ``record_timesteps`` for the first ``trajectory_samples`` (a trajectory strip).
 
-        Under torchrun (``distributed``) each rank draws its :meth:`~DistributedContext.shard` and rank 0 gets all
-        samples, labels and frames in sample order, the same as one process draws; the other ranks get their share.
+        Under torchrun (``distributed``) each rank draws its :meth:`~DistributedContext.shard` of whole batches and
+        rank 0 gets all samples, labels and frames in sample order, the same as one process draws (the same batches,
+        so bit for bit); the other ranks get their share.
         """
         total = self.num_samples if num_samples is None else num_samples
         check_int(first_index, "first_index", minimum=0)
         pairs = self.method.timestep_pairs(self.steps, self.timestep_spacing)
         labels = self.labels_for(total)
-        share = self.distributed.shard(total)
+        share = self.distributed.shard(total, self.batch_size)
         chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
         for start in range(share.start, share.stop, self.batch_size):
