@@ -141,7 +141,8 @@ class Sampler:
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
         self.precision: Precision = check_choice(precision, "sampler.precision", ("fp32", "bf16", "fp16"))
-        self.device = resolve_device(device, "sampler.device")
+        self.distributed = distributed or DistributedContext()
+        self.device = self.distributed.device(resolve_device(device, "sampler.device"))  # cuda:<local rank>
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -165,7 +166,6 @@ class Sampler:
         self.guide = guide
         self.guide_model = None if guide_model is None else guide_model.to(self.device).eval()
         self.guide_scale = check_float(guide_scale, "sampler.guide_scale")
-        self.distributed = distributed or DistributedContext()
 
     def _check_labels(self, labels: Sequence[int] | str | None) -> list[int] | str | None:
         if labels is None:

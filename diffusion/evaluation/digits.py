@@ -24,7 +24,7 @@ class DigitsEvaluator(FeatureEvaluator):
     "floor" is the value real held-out digits reach.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed: see :class:`FeatureEvaluator`.
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds: see :class:`FeatureEvaluator`.
         kid_subsets: KID subset pairs (50 keeps one evaluation of 1,000 samples well under a second on 2 cores).
         kid_subset_size: KID points per subset, capped at the scoring sample count.
         coverage_min_fraction: share of the samples a class needs to count as covered.
@@ -47,8 +47,9 @@ class DigitsEvaluator(FeatureEvaluator):
         coverage_min_fraction: float = 0.01,
         classifier_path: str | None = None,
         batch_size: int = 1024,
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds)
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.coverage_min_fraction = check_float(coverage_min_fraction, "evaluator.coverage_min_fraction", 0.0, 1.0)

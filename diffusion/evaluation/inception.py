@@ -89,7 +89,7 @@ class InceptionEvaluator(FeatureEvaluator):
     """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed: see
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds: see
             :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
         weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
             :func:`default_inception_weights_path`).
@@ -113,8 +113,9 @@ class InceptionEvaluator(FeatureEvaluator):
         kid_subset_size: int = 1000,
         batch_size: int = 64,
         device: str = "cpu",
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
