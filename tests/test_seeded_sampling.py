@@ -3,15 +3,27 @@ processes drawing it (issue 12, parts 3-4)."""
 
 from __future__ import annotations
 
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from runs import ONE_EPOCH_MOONS, ROOT, child_env, ok, run_py
+from torch import nn
 
+from diffusion.data import MoonsData
+from diffusion.evaluation.points import PointsEvaluator
+from diffusion.loggers import FileLogger
 from diffusion.methods import DDIM, DDPM, Heun
 from diffusion.models import MLP
-from diffusion.sampler import SampleNoise, Sampler, save_samples, sample_seed
+from diffusion.sample_and_score import sample_save_score
+from diffusion.sampler import SampleNoise, Sampler, sample_seed, save_samples
 from diffusion.schedules import cosine_betas
-from torch import nn
+from diffusion.validation import ConfigError
 
 NUM_SAMPLES = 300  # more than the largest batch, so every batch size splits the samples differently
 
@@ -98,3 +110,91 @@ def test_each_sample_has_its_own_stream():
     assert torch.equal(SampleNoise(0, [2], (3,))(), first[2:3])  # sample 2 alone draws the same
     assert len({sample_seed(s, i) for s in range(3) for i in range(3)}) == 9  # seed 0 index 1 != seed 1 index 0
     assert sample_seed(-1, 0) != sample_seed(1, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluator.seeds: disjoint sample sets, mean / std / min
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("seeds", "message"), [
+    ([], "evaluator.seeds must be null or a list"),
+    ("012", "evaluator.seeds must be null or a list"),
+    ([0, -1], "evaluator.seeds"),
+    ([1, 1], "evaluator.seeds must be distinct"),
+])
+def test_bad_seeds_are_one_line_errors_naming_the_key(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        PointsEvaluator(seeds=seeds)
+
+
+def test_seeds_and_sampler_steps_do_not_combine():
+    with pytest.raises(ConfigError, match="evaluator.seeds and evaluator.sampler_steps"):
+        PointsEvaluator(seeds=[0, 1], sampler_steps=[5])
+
+
+def test_seeds_score_disjoint_sets_and_report_mean_std_min(tmp_path):
+    data = MoonsData(num_samples=300)
+    evaluator = PointsEvaluator(num_samples=40, reference_size=200, num_projections=16, seeds=[0, 1, 2])
+    evaluator.prepare(data)
+    build, options = STOCHASTIC["ddim_eta1"]
+    sampler = tiny_sampler(build, 16, **options)
+    sampler.num_samples = 40
+    with FileLogger(tmp_path, console=False) as logger:
+        values = sample_save_score(sampler, evaluator, data, tmp_path, logger)
+    payload = json.loads((tmp_path / "eval.json").read_text())
+    assert payload["seeds"] == [0, 1, 2]
+    for name, entry in payload.items():
+        if not isinstance(entry, dict):
+            continue
+        per_seed = entry["per_seed"]
+        assert len(set(per_seed)) == 3  # three different sample sets
+        assert entry["value"] == pytest.approx(statistics.fmean(per_seed)) == values[name]
+        assert entry["std_over_seeds"] == pytest.approx(statistics.stdev(per_seed))
+        assert entry["min_over_seeds"] == min(per_seed)
+    # Seed 1's set is samples 40-79 of the same streams; the saved samples are seed 0's.
+    second = sampler.sample(num_samples=40, first_index=40).samples
+    assert payload["sliced_wasserstein"]["per_seed"][1] == pytest.approx(
+        evaluator.evaluate(second)["sliced_wasserstein"].value)
+    saved = np.load(tmp_path / "samples.npz")["samples"]
+    assert np.array_equal(saved, sampler.sample(num_samples=40).samples.numpy())
+    assert "| metric | seed 0 | seed 1 | seed 2 | mean | std | min | floor |" in (tmp_path / "train.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torchrun: 2 gloo processes write the samples.npz one process writes
+# ---------------------------------------------------------------------------------------------------------
+SAMPLING = ["sampler.num_samples=40", "sampler.batch_size=8", "sampler.device=cpu", "sampler.precision=fp32"]
+
+
+def torchrun(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             str(ROOT / "run.py"), *overrides], cwd=cwd, env=child_env(), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def npz_arrays(directory: Path) -> dict[str, bytes]:
+    with np.load(directory / "samples.npz") as npz:
+        return {name: npz[name].tobytes() for name in npz.files}
+
+
+@pytest.mark.slow  # four run.py launches, two of them torchrun: about a minute on a busy machine
+def test_torchrun_training_and_evaluation_sample_as_one_process(tmp_path):
+    """Trained under torchrun (both ranks sample at the end), evaluated under torchrun with evaluator.seeds: each
+    samples.npz equals the one a single process draws from the same checkpoint, bit for bit; one output folder."""
+    run = tmp_path / "train"
+    moons = [o for o in ONE_EPOCH_MOONS if not o.startswith("data.num_samples")] + ["data.num_samples=600"]
+    torchrun(tmp_path, *moons, "evaluator=points", "evaluator.num_samples=40", "trainer.device=cpu",
+             *SAMPLING, f"hydra.run.dir={run}")
+    evaluate = ["task=evaluate", f"run_dir={run}", "evaluator=points", "evaluator.num_samples=40",
+                "evaluator.seeds=[0,1]", *SAMPLING]
+    ok(run_py(tmp_path, *evaluate, f"hydra.run.dir={tmp_path / 'one'}"))
+    assert npz_arrays(run) == npz_arrays(tmp_path / "one")  # the training's final samples: same checkpoint, seed
+    (tmp_path / "two").mkdir()
+    torchrun(tmp_path / "two", *evaluate)  # Hydra's default output folders: one per rank, by the clock
+    folders = [p for p in (tmp_path / "two" / "outputs").glob("*/*") if p.is_dir()]
+    assert len(folders) == 1, folders  # rank 1's own Hydra folder is gone
+    assert npz_arrays(folders[0]) == npz_arrays(tmp_path / "one")
+    one, two = (json.loads((d / "eval.json").read_text()) for d in (tmp_path / "one", folders[0]))
+    assert {k: v for k, v in one.items() if k != "seconds_per_sample"} == {
+        k: v for k, v in two.items() if k != "seconds_per_sample"}
