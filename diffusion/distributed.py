@@ -1,4 +1,4 @@
-"""Data-parallel context for ``torchrun``: which process this is, and the few collectives training needs.
+"""Data-parallel context for ``torchrun``: which process this is, and the few collectives training and sampling need.
 
 ``torchrun --nproc_per_node=N run.py ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them the
 context is a single process and every collective is a no-op, so the trainer has one code path.
@@ -39,7 +39,7 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 alone logs, checkpoints, samples and evaluates."""
+        """Rank 0 alone logs, checkpoints, writes samples and scores (every rank draws its share of the samples)."""
         return self.rank == 0
 
     @classmethod
