@@ -16,7 +16,6 @@ times one ``Sampler.sample`` of the whole set on rank 0, gather included.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess

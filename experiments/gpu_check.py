@@ -162,6 +162,12 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settings, device: torch.device,
            peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
     tflops, source = peak
+    model_line = (
+        f"Model: `model=unet` with {' '.join(settings.model)} (no `ddpm_unet` / `ddpm_cifar10` preset in this tree), "
+        f"{rows[0].parameters / 1e6:.2f}M parameters; synthetic 3x32x32 data, batch {settings.batch_size}, "
+        f"{settings.steps} timed steps per variant after {settings.warmup} warm-up steps. bf16 peak: "
+        f"{'n/a' if tflops is None else f'{tflops:g} TFLOP/s'} ({source})."
+    )
     table = []
     for row in rows:
         achieved = row.flops_per_step * row.steps_per_second / 1e12
@@ -172,11 +178,7 @@ def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settin
     lines = [
         "# GPU check: CIFAR-10 DDPM U-Net" + (" (--quick: toy model, figures mean nothing)" if quick else ""), "",
         describe_machine(device).markdown(), "",
-        f"Model: `model=unet` with {' '.join(settings.model)} (no `ddpm_unet` / `ddpm_cifar10` preset in this tree), "
-        f"{rows[0].parameters / 1e6:.2f}M parameters; "
-        f"synthetic 3x32x32 data, batch {settings.batch_size}, {settings.steps} timed steps per variant after "
-        f"{settings.warmup} warm-up steps. bf16 peak: {'n/a' if tflops is None else f'{tflops:g} TFLOP/s'} "
-        f"({source}).", "",
+        model_line, "",
         *markdown_table(["training variant", "steps/s", "images/s", "model TFLOP/s", "share of bf16 peak",
                          "peak memory", "warm-up (compile)"], table), "",
         *markdown_table(["sampling", "images/s"],
