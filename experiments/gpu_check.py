@@ -9,11 +9,10 @@ The model is Ho et al.'s CIFAR-10 U-Net built from ``conf/model/unet.yaml`` (thi
 model or ``ddpm_cifar10`` preset): 128 base channels, multipliers (1, 2, 2, 2), 2 residual blocks per level,
 self-attention at 16x16, dropout 0.1, 32 GroupNorm groups: 31.0M parameters (the paper's has 35.7M; this
 U-Net's blocks differ in detail), batch 128 (the paper's), on synthetic 3x32x32 data in [-1, 1] (speed does
-not depend on the pixels). fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not.
-Each training step is the project's
-loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW. FLOPs are counted once by
-``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward) and divided by the
-measured seconds per step. ``--quick`` uses 8 channels, batch 4, 3 steps and torch.compile's ``eager``
+not depend on the pixels). fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not. Each
+training step is the project's loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW.
+FLOPs are counted once by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward)
+and divided by the measured seconds per step. ``--quick`` uses 8 channels, batch 4, 3 steps and torch.compile's ``eager``
 backend (tracing without code generation): its figures mean nothing.
 """
 
