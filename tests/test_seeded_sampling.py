@@ -198,3 +198,44 @@ def test_torchrun_training_and_evaluation_sample_as_one_process(tmp_path):
     one, two = (json.loads((d / "eval.json").read_text()) for d in (tmp_path / "one", folders[0]))
     assert {k: v for k, v in one.items() if k != "seconds_per_sample"} == {
         k: v for k, v in two.items() if k != "seconds_per_sample"}
+
+
+# Two ranks draw 2 batches of 4 each; the 10-sample trajectory strip spans both ranks' shares.
+SAMPLER_WORKER = """
+import sys
+import torch
+from diffusion.distributed import DistributedContext
+from diffusion.methods import DDIM
+from diffusion.schedules import cosine_betas
+from diffusion.sampler import Sampler
+from test_seeded_sampling import Elementwise
+
+dist = DistributedContext.from_environment("cpu")
+sampler = Sampler(Elementwise(num_classes=3), DDIM(cosine_betas, num_timesteps=20, clip_denoised=False), (2,),
+                  num_samples=16, batch_size=4, steps=5, eta=1.0, seed=5, device="cpu", class_labels=[2, 0, 1],
+                  distributed=dist)
+result = sampler.sample(record_timesteps=[16, 8, -1], trajectory_samples=10)
+if dist.is_main:
+    torch.save({"samples": result.samples, "labels": result.labels, "trajectory": result.trajectory}, sys.argv[1])
+dist.close()
+"""
+
+
+def test_two_ranks_gather_samples_labels_and_trajectory_in_sample_order(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(SAMPLER_WORKER)
+    env = child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"{nproc}.pt"
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+        done = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[nproc] = torch.load(out)
+    one, two = results[1], results[2]
+    assert torch.equal(one["samples"], two["samples"]) and one["samples"].shape == (16, 2)
+    assert torch.equal(one["labels"], two["labels"])
+    assert sorted(two["trajectory"]) == [-1, 8, 16]
+    for t, frames in one["trajectory"].items():
+        assert frames.shape == (10, 2) and torch.equal(frames, two["trajectory"][t])
