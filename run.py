@@ -115,13 +115,15 @@ def build(cfg: DictConfig) -> Components:
 
 
 def make_sampler(cfg: DictConfig, model: Any, parts: Components, run_dir: Path | None = None,
-                 **overrides: Any) -> Sampler:
+                 dist: DistributedContext | None = None, **overrides: Any) -> Sampler:
     """The configured sampler for ``model``; with ``sampler.guide`` its autoguidance guide is loaded too (a
-    checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
+    checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``). With ``dist``, every rank draws its share
+    of the samples and rank 0 gets them all."""
     guide = cfg.sampler.get("guide")
     guide_model = None if guide is None else load_guide_model(str(guide), run_dir, cfg.method)
     return instantiate(cfg.sampler, _convert_="all")(
-        model=model, method=parts.method, sample_shape=parts.data.sample_shape, guide_model=guide_model, **overrides
+        model=model, method=parts.method, sample_shape=parts.data.sample_shape, guide_model=guide_model,
+        distributed=dist, **overrides
     )
 
 
@@ -198,8 +200,8 @@ def run_training(cfg: DictConfig, dist: DistributedContext, job: TrainingJob) ->
         summary, finished = train_or_stop(trainer)
         if session is not None and finished:
             save_or_stop(session.finish)
-        if dist.is_main and finished:
-            sampler = make_sampler(cfg, parts.model, parts, run_dir)
+        if finished:  # every rank samples its share; rank 0 writes and scores
+            sampler = make_sampler(cfg, parts.model, parts, run_dir, dist)
             best = sampler.load_checkpoint(trainer.file_manager, "best")
             logger.log(f"sampling from the best EMA checkpoint (epoch {checkpoint.epoch(best)})")
             summary.update(sample_or_stop(run_dir, sampler, evaluator, parts.data, run_dir, logger) or {})
@@ -280,13 +282,16 @@ def sample_or_stop(source: Path, *args: Any) -> dict[str, float] | None:
 def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
     """``task=sample`` / ``task=evaluate``: load ``run_dir``'s best checkpoint (or ``run_dir=<file>.safetensors``
     from ``task=export``), sample (and score) with the sampler, evaluator and (if chosen on this command line)
-    method of this command. Returns the first score, if any."""
+    method of this command. Under torchrun every rank samples its share into rank 0's output directory; rank 0
+    alone writes and scores. Returns the first score, if any."""
+    dist = DistributedContext.from_environment(cfg.sampler.device)
     seed_everything(cfg.seed)
+    output_dir = shared_output_dir(dist, output_dir)
     source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
     run_cfg = load_source_config(source)
     run_cfg.method = sampling_method_config(cfg, run_cfg)
     parts = build(run_cfg)
-    sampler = make_sampler(cfg, parts.model, parts, source if source.is_dir() else None)
+    sampler = make_sampler(cfg, parts.model, parts, source if source.is_dir() else None, dist)
     evaluator = instantiate(cfg.evaluator if cfg.task == "evaluate" else NO_EVALUATOR, _convert_="all")
     if source.suffix == ".safetensors":
         sampler.load_weights(source)
@@ -294,14 +299,25 @@ def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
     else:
         best = sampler.load_checkpoint(instantiate(run_cfg.checkpoint)(run_dir=source), "best")
         loaded = f"best checkpoint, epoch {checkpoint.epoch(best)}"
-    prepare_evaluator(evaluator, parts.data)
-    save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
-    with FileLogger(output_dir) as logger:
+    if dist.is_main:
+        prepare_evaluator(evaluator, parts.data)
+        save_run_config(cfg, output_dir, HydraConfig.get().overrides.task)
+    with (FileLogger(output_dir) if dist.is_main else NullLogger()) as logger:
         logger.log(f"{cfg.task}: {source} ({loaded})")
         log_unavailable(evaluator, logger)
         scores = sample_or_stop(source, sampler, evaluator, parts.data, output_dir, logger)
-    print_run_files(output_dir)
+    dist.close()
+    if dist.is_main:
+        print_run_files(output_dir)
     return None if not scores else next(iter(scores.values()))
+
+
+def shared_output_dir(dist: DistributedContext, output_dir: Path) -> Path:
+    """Rank 0's output directory on every rank (Hydra made one per rank; the others' empty ones are removed)."""
+    shared = dist.broadcast_object(output_dir)
+    if shared != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+    return shared
 
 
 def export(cfg: DictConfig, output_dir: Path) -> None:

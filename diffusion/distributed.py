@@ -1,4 +1,4 @@
-"""Data-parallel context for ``torchrun``: which process this is, and the few collectives training needs.
+"""Data-parallel context for ``torchrun``: which process this is, and the few collectives training and sampling need.
 
 ``torchrun --nproc_per_node=N run.py ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them the
 context is a single process and every collective is a no-op, so the trainer has one code path.
@@ -51,7 +51,7 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 alone logs, checkpoints, samples and evaluates."""
+        """Rank 0 alone logs, checkpoints, writes samples and scores (every rank draws its share of the samples)."""
         return self.rank == 0
 
     @classmethod
@@ -109,6 +109,24 @@ class DistributedContext:
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
+
+    def shard(self, total: int, block: int = 1) -> range:
+        """This rank's contiguous share of ``range(total)`` in whole blocks of ``block`` items (sampling: batches,
+        so every rank runs the very batches one process would, and floating-point results do not depend on the
+        number of ranks). The ``B = ceil(total / block)`` blocks are split as ``[r B // W, (r + 1) B // W)``; the
+        shares concatenated in rank order are ``range(total)``. A rank may get none (fewer blocks than ranks)."""
+        blocks = -(-total // block)
+        start = self.rank * blocks // self.world_size * block
+        return range(min(start, total), min((self.rank + 1) * blocks // self.world_size * block, total))
+
+    def gather_to_main(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object; tensors travel on the CPU) in rank order on rank 0, ``[]``
+        on the others; ``[value]`` for a single process. Collective: every rank must call it."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered or []
 
     def barrier(self) -> None:
         if self.enabled:

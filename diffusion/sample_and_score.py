@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,8 +22,15 @@ from typing import Any
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import BaseEvaluator
-from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
+from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue
+from diffusion.evaluation.results import (
+    StepsRow,
+    format_metrics,
+    format_number,
+    format_steps_table,
+    metric_values,
+    metrics_to_json,
+)
 from diffusion.file_manager import atomic_write_text
 from diffusion.loggers.base import BaseLogger
 from diffusion.sampler import Sampler, SampleResult, save_samples
@@ -95,25 +104,36 @@ def sample_save_score(
 
     One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the two counts).
     With ``evaluator.sampler_steps`` only those step counts are sampled and scored; the samples of the last one
-    are the ones saved. Returns ``{metric: value}`` (None when nothing was scored).
+    are the ones saved. With ``evaluator.seeds`` one set per seed is scored (:func:`score_over_seeds`); the first
+    seed's samples are saved. Under torchrun (``sampler.distributed``) every rank calls this and draws its share;
+    rank 0 alone writes and scores, the others return None. Returns ``{metric: value}`` (None when nothing was
+    scored).
     """
-    scoring = evaluator.available
+    main = sampler.distributed.is_main
+    scoring = sampler.distributed.broadcast_object(evaluator.available)  # rank 0 alone prepared the evaluator
+    count = max(sampler.num_samples, evaluator.num_samples) if scoring else sampler.num_samples
+    seeds = evaluator.seeds if scoring and evaluator.seeds else [0]
     if scoring and evaluator.sampler_steps:
         rows, result, seconds = evaluate_at_steps(sampler, evaluator, evaluator.sampler_steps, logger)
     else:
-        count = max(sampler.num_samples, evaluator.num_samples) if scoring else sampler.num_samples
         record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
-        result, seconds = timed_sample(sampler, count, record)
+        result, seconds = timed_sample(sampler, count, record, first_index=seeds[0] * count)
         rows = []
-    reference = None if data.kind == "image" else data.load().val
-    images, nrow = grid_selection(sampler, result)
-    written = save_samples(result, directory, reference=reference, grid=images, nrow=nrow)
-    logger.log_image("samples", written[1])
-    count = len(result.samples)
-    logger.log(f"sampled {count} in {seconds * count:.1f} s ({seconds * 1e3:.2f} ms/sample)")
+    if main:
+        reference = None if data.kind == "image" else data.load().val
+        images, nrow = grid_selection(sampler, result)
+        written = save_samples(result, directory, reference=reference, grid=images, nrow=nrow)
+        logger.log_image("samples", written[1])
+        logger.log(f"sampled {len(result.samples)} in {seconds * len(result.samples):.1f} s "
+                   f"({seconds * 1e3:.2f} ms/sample)")
     if not scoring:
         return None
-    payload = score(evaluator, sampler, result, seconds, logger)
+    if len(seeds) > 1:
+        payload = score_over_seeds(evaluator, sampler, result, seconds, count, logger)
+    else:
+        payload = score(evaluator, sampler, result, seconds, logger) if main else {}
+    if not main:
+        return None
     if rows:
         table = format_steps_table(rows)
         atomic_write_text(directory / "eval_steps.md", table + "\n")
@@ -141,6 +161,67 @@ def score(
                f"{format_metrics(metrics)}")
     logger.log(metric_values(metrics))
     return payload
+
+
+def score_over_seeds(
+    evaluator: BaseEvaluator, sampler: Sampler, first: SampleResult, seconds_per_sample: float, count: int,
+    logger: BaseLogger,
+) -> dict[str, Any]:
+    """``evaluator.seeds``: score ``first`` (the first seed's set) and a fresh set of ``count`` samples per further
+    seed s (sample indices ``s * count`` on: disjoint sets of the same streams), on rank 0; every rank draws.
+
+    Each metric's ``value`` in the eval.json dict is the mean over the sets, its ``std_error`` the standard
+    deviation over them divided by sqrt(number of sets); ``per_seed``, ``std_over_seeds`` (sample standard
+    deviation) and ``min_over_seeds`` (EDM reports the minimum of three) sit beside it, and ``seeds`` at the top.
+    Logs a table with one column per seed. Returns {} on the other ranks.
+    """
+    seeds = list(evaluator.seeds or [0])
+    main = sampler.distributed.is_main
+    per_seed: list[dict[str, MetricValue]] = []
+    for position, seed in enumerate(seeds):
+        result = first if position == 0 else sampler.sample(num_samples=count, first_index=seed * count)
+        if main:
+            per_seed.append(evaluator.evaluate(result.samples[: evaluator.num_samples]))
+    if not main:
+        return {}
+    summary = {name: seed_summary([m[name] for m in per_seed]) for name in per_seed[0]}
+    payload = metrics_to_json({name: mean for name, (mean, _, _) in summary.items()}, evaluator.num_samples,
+                              sampler.method.name, first.steps, seconds_per_sample, nfe=first.nfe)
+    for name, (_, std, minimum) in summary.items():
+        payload[name].update(per_seed=[_json_number(m[name].value) for m in per_seed],
+                             std_over_seeds=_json_number(std), min_over_seeds=_json_number(minimum))
+    payload["seeds"] = seeds
+    logger.log(f"evaluation of {len(seeds)} disjoint sets of {evaluator.num_samples} samples (evaluator.seeds="
+               f"{seeds}; {sampler.method.name}, {first.steps} steps, {first.nfe} NFE):\n"
+               + format_seeds_table(seeds, per_seed, summary))
+    logger.log(metric_values({name: mean for name, (mean, _, _) in summary.items()}))
+    return payload
+
+
+def seed_summary(values: Sequence[MetricValue]) -> tuple[MetricValue, float, float]:
+    """The mean over the sets (as a MetricValue: the first set's floor, standard error std / sqrt(n)), the sample
+    standard deviation (0 for one set) and the minimum of the values."""
+    numbers = [v.value for v in values]
+    std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    mean = MetricValue(statistics.fmean(numbers), values[0].floor, std / math.sqrt(len(numbers)),
+                       values[0].higher_is_better)
+    return mean, std, min(numbers)
+
+
+def format_seeds_table(seeds: Sequence[int], per_seed: Sequence[dict[str, MetricValue]],
+                       summary: dict[str, tuple[MetricValue, float, float]]) -> str:
+    """A markdown table: one row per metric, one column per seed, then mean, std, min and the real-data floor."""
+    header = ["metric", *(f"seed {s}" for s in seeds), "mean", "std", "min", "floor"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, (mean, std, minimum) in summary.items():
+        cells = [name, *(format_number(m[name].value) for m in per_seed), format_number(mean.value),
+                 format_number(std), format_number(minimum), format_number(mean.floor)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _json_number(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def evaluate_at_steps(
@@ -174,7 +255,7 @@ def evaluate_at_steps(
             if logger is not None:
                 logger.log(f"sampling {evaluator.num_samples} with {sampler.method.name} at {len(sequence)} steps")
             result, seconds = timed_sample(sampler, evaluator.num_samples, trajectory_timesteps(sequence))
-            metrics = evaluator.evaluate(result.samples)
+            metrics = evaluator.evaluate(result.samples) if sampler.distributed.is_main else {}
             rows.append(StepsRow(sampler.method.name, result.steps, metrics, seconds, result.nfe))
             last = (result, seconds)
     finally:
@@ -183,12 +264,13 @@ def evaluate_at_steps(
     return rows, *last
 
 
-def timed_sample(sampler: Sampler, num_samples: int, record_timesteps: Sequence[int]) -> tuple[SampleResult, float]:
+def timed_sample(sampler: Sampler, num_samples: int, record_timesteps: Sequence[int],
+                 first_index: int = 0) -> tuple[SampleResult, float]:
     """Sample and measure wall seconds per sample (synchronising CUDA so the time is real)."""
     if sampler.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = sampler.sample(num_samples=num_samples, record_timesteps=record_timesteps)
+    result = sampler.sample(num_samples=num_samples, record_timesteps=record_timesteps, first_index=first_index)
     if sampler.device.type == "cuda":
         torch.cuda.synchronize()
     return result, (time.perf_counter() - start) / num_samples

@@ -21,7 +21,38 @@ from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
 from diffusion.methods.karras import SOLVERS
 from diffusion.methods.sigma_space import SigmaSpaceMethod
 from diffusion.devices import Precision, autocast, resolve_device
+from diffusion.distributed import DistributedContext
 from diffusion.validation import ConfigError, check_choice, check_float, check_int
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s own noise stream under ``sampler.seed=seed``: numpy's SeedSequence of the
+    pair, so nearby seeds and indices give unrelated streams (``seed + index`` would make sample 1 of seed 0 equal
+    sample 0 of seed 1)."""
+    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
+
+
+class SampleNoise:
+    """Standard-normal noise for a batch of samples, each row from its own CPU generator seeded with
+    :func:`sample_seed` of its global sample index (EDM's ``generate.py`` does the same with one generator per
+    seed). Sample i's initial noise and every step's noise are then the same whatever the batch size, and
+    whichever process draws it.
+
+    Each call draws the next ``(B, *sample_shape)`` tensor, on ``device``; drawn on the CPU so that samples are
+    identical on every device.
+    """
+
+    def __init__(self, seed: int, indices: Sequence[int], sample_shape: Sequence[int],
+                 device: torch.device | str = "cpu") -> None:
+        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+        self.sample_shape = tuple(sample_shape)
+        self.device = torch.device(device)
+
+    def __call__(self) -> torch.Tensor:
+        noise = torch.empty((len(self.generators), *self.sample_shape))  # (B, *sample_shape)
+        for row, generator in zip(noise, self.generators):
+            torch.randn(self.sample_shape, generator=generator, out=row)
+        return noise.to(self.device)
 
 
 @dataclass
@@ -53,7 +84,8 @@ class Sampler:
             steps for a sigma-space method; DDPM always uses all T).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
         timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
-        seed: seeds the initial noise and every step's noise; same seed, same samples.
+        seed: seeds the initial noise and every step's noise, sample by sample (:class:`SampleNoise`): same seed,
+            same samples, whatever ``batch_size`` and the number of processes.
         device: ``auto``, ``cpu`` or ``cuda``. precision: autocast for the network (``fp32`` default).
         guidance_scale: classifier-free guidance w for class-conditional models (Ho & Salimans 2022):
             0 unconditional, 1 conditional, > 1 guided.
@@ -66,6 +98,8 @@ class Sampler:
         guide: autoguidance (Karras et al. 2024): the guide run or checkpoint, loaded by the entry point into
             ``guide_model``. guide_model: a weaker version of ``model`` (smaller or less trained, same inputs and
             prediction target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
+        distributed: under torchrun, :meth:`sample` splits the samples over the ranks and gathers them on rank 0
+            (None: this process draws them all).
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -96,6 +130,7 @@ class Sampler:
         guide: str | None = None,
         guide_model: nn.Module | None = None,
         guide_scale: float = 1.0,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
         self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
@@ -106,7 +141,8 @@ class Sampler:
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
         self.precision: Precision = check_choice(precision, "sampler.precision", ("fp32", "bf16", "fp16"))
-        self.device = resolve_device(device, "sampler.device")
+        self.distributed = distributed or DistributedContext()
+        self.device = self.distributed.device(resolve_device(device, "sampler.device"))  # cuda:<local rank>
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -185,64 +221,94 @@ class Sampler:
         num_samples: int | None = None,
         record_timesteps: Sequence[int] = (),
         trajectory_samples: int = 8,
+        first_index: int = 0,
     ) -> SampleResult:
-        """Draw samples batch by batch; optionally record x_t at ``record_timesteps`` for a trajectory strip."""
+        """Draw samples ``first_index`` to ``first_index + num_samples - 1`` of this seed's streams, batch by batch;
+        optionally record x_t at ``record_timesteps`` for the first ``trajectory_samples`` (a trajectory strip).
+
+        Under torchrun (``distributed``) each rank draws its :meth:`~DistributedContext.shard` of whole batches and
+        rank 0 gets all samples, labels and frames in sample order, the same as one process draws (the same batches,
+        so bit for bit); the other ranks get their share.
+        """
         total = self.num_samples if num_samples is None else num_samples
-        generator = torch.Generator().manual_seed(self.seed)
+        check_int(first_index, "first_index", minimum=0)
         pairs = self.method.timestep_pairs(self.steps, self.timestep_spacing)
         labels = self.labels_for(total)
-        chunks: list[torch.Tensor] = []
+        share = self.distributed.shard(total, self.batch_size)
+        chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
-        for start in range(0, total, self.batch_size):
-            size = min(self.batch_size, total - start)
-            record = record_timesteps if start < trajectory_samples else ()
-            y = None if labels is None else labels[start : start + size].to(self.device)
-            noise = self._noise((size, *self.sample_shape), generator)
+        for start in range(share.start, share.stop, self.batch_size):
+            stop = min(start + self.batch_size, share.stop)
+            noise = SampleNoise(self.seed, range(first_index + start, first_index + stop), self.sample_shape,
+                                self.device)
+            recorded = max(0, min(stop, trajectory_samples) - start)  # rows of this batch in the strip
+            record = record_timesteps if recorded else ()
+            y = None if labels is None else labels[start:stop].to(self.device)
             if isinstance(self.method, SigmaSpaceMethod):
-                x = self._solve_sigma_space(noise, y, generator, record, trajectory)
+                x = self._solve_sigma_space(noise, y, record, recorded, trajectory)
             else:
-                x = self._denoise(noise, y, pairs, generator, record, trajectory)
+                x = self._denoise(noise, y, pairs, record, recorded, trajectory)
             chunks.append(x.float().cpu())
-        frames = {t: torch.cat(xs)[:trajectory_samples] for t, xs in trajectory.items()}
+        samples = torch.cat(chunks)
+        frames = {t: torch.cat(xs) for t, xs in trajectory.items()}
+        if self.distributed.enabled:
+            samples, frames = self._gather(samples, frames)
+        own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
         nfe = self.method.nfe(self.steps, self.timestep_spacing)
-        return SampleResult(samples=torch.cat(chunks), steps=len(pairs), labels=labels, trajectory=frames, nfe=nfe)
+        return SampleResult(samples=samples, steps=len(pairs), labels=own, trajectory=frames, nfe=nfe)
+
+    def _gather(
+        self, samples: torch.Tensor, frames: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Every rank's samples and trajectory frames on rank 0, in rank order (= sample order, as the shards are
+        contiguous); the other ranks keep their own."""
+        parts = self.distributed.gather_to_main((samples, frames))
+        if not parts:
+            return samples, frames
+        gathered = torch.cat([part[0] for part in parts])
+        timesteps = {t for _, part_frames in parts for t in part_frames}
+        return gathered, {t: torch.cat([f[t] for _, f in parts if t in f]) for t in timesteps}
 
     def _denoise(
         self,
-        x: torch.Tensor,
+        noise: SampleNoise,
         y: torch.Tensor | None,
         pairs: list[tuple[int, int]],
-        generator: torch.Generator,
         record: Sequence[int],
+        recorded: int,
         trajectory: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor:
-        """The discrete-time loop (DDPM, DDIM, DPM-Solver): one network call and one ``method.step`` per pair."""
+        """The discrete-time loop (DDPM, DDIM, DPM-Solver): one network call and one ``method.step`` per pair,
+        from x_T = ``noise()``; the first ``recorded`` rows are recorded at ``record``."""
+        x = noise()
         needs_noise = self.method.needs_noise(self.eta)
         state: dict[str, Any] = {}  # per-trajectory scratch for multistep methods
         t_batch = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
         for t, t_prev in pairs:
             if t in record:
-                trajectory.setdefault(t, []).append(x.float().cpu())
+                trajectory.setdefault(t, []).append(x[:recorded].float().cpu())
             with autocast(self.device, self.precision):
                 model_output = self._model_output(x, t_batch.fill_(t), y)
-            noise = self._noise(x.shape, generator) if needs_noise else None
-            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=noise, state=state)
+            step_noise = noise() if needs_noise else None
+            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=step_noise, state=state)
         if -1 in record:
-            trajectory.setdefault(-1, []).append(x.float().cpu())
+            trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
         return x
 
     def _solve_sigma_space(
         self,
-        noise: torch.Tensor,
+        noise: SampleNoise,
         y: torch.Tensor | None,
-        generator: torch.Generator,
         record: Sequence[int],
+        recorded: int,
         trajectory: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor:
-        """A Karras solver from x = sigma_max * noise to sigma = 0, with guidance inside the denoiser D(x; sigma).
+        """A Karras solver from x = sigma_max * noise() to sigma = 0, with guidance inside the denoiser D(x; sigma);
+        Heun's churn draws from the same per-sample ``noise``.
 
-        Trajectory frames are labelled by the step index counted down to 0 (as :meth:`SigmaSpaceMethod.timesteps`)
-        and scaled by 1 / sqrt(1 + sigma^2), the variance-preserving scale of DDPM's frames.
+        Trajectory frames (the first ``recorded`` rows) are labelled by the step index counted down to 0 (as
+        :meth:`SigmaSpaceMethod.timesteps`) and scaled by 1 / sqrt(1 + sigma^2), the variance-preserving scale of
+        DDPM's frames.
         """
         method: Any = self.method
         sigmas = method.sigmas(self.steps, self.rho)
@@ -257,14 +323,13 @@ class Sampler:
 
         def callback(i: int, x: torch.Tensor) -> None:
             if last - i in record:
-                trajectory.setdefault(last - i, []).append((x / math.sqrt(1 + sigmas[i] ** 2)).float().cpu())
+                frame = x[:recorded] / math.sqrt(1 + sigmas[i] ** 2)
+                trajectory.setdefault(last - i, []).append(frame.float().cpu())
 
-        options: dict[str, Any] = {}
-        if method.solver == "heun":
-            options = {"noise": lambda: self._noise(noise.shape, generator), **self.churn}
-        x = SOLVERS[method.solver](denoise, noise * sigmas[0], sigmas, callback, **options)
+        options: dict[str, Any] = {"noise": noise, **self.churn} if method.solver == "heun" else {}
+        x = SOLVERS[method.solver](denoise, noise() * sigmas[0], sigmas, callback, **options)
         if -1 in record:
-            trajectory.setdefault(-1, []).append(x.float().cpu())
+            trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
         return x
 
     def _model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -285,10 +350,6 @@ class Sampler:
             return self.model(x, t, null)
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         return guided_output(cond, uncond, w)
-
-    def _noise(self, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
-        # Drawn on the CPU from one generator so samples are identical on every device.
-        return torch.randn(tuple(shape), generator=generator).to(self.device)
 
 
 def save_samples(

@@ -12,9 +12,11 @@ Figures, each on the default run's components (``conf/config.yaml``: the U-Net o
 1. ``Trainer.train()`` steps/s against the same step written as a bare PyTorch loop (bar: >= 0.95);
 2. bf16 against fp32 steps/s; 3. ``torch.compile`` against eager steps/s, and the compile time;
 4. DDIM-50 against DDPM-1000 seconds per sample (``Sampler.sample``, one batch);
-5. the Sampler against an inline loop of the same update, per step, with a trivial network (bar: <= 1.1);
+5. the Sampler against an inline loop of the same update, per step, with a trivial network (bar: <= 1.1); 5c. what
+   drawing each sample's noise from its own generator costs against one generator for the batch;
 6. model FLOP/s in training as a fraction of the measured bf16 / fp32 matmul peak;
-7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch.
+7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch;
+8. sampling throughput (DDIM, default U-Net) of 2 torchrun processes (gloo, CPU) against 1.
 
 The machine is shared: variants of a comparison run interleaved, one measurement each per round, and the
 table gives medians and the median of per-round ratios. Absolute figures move with the load; ratios less.
@@ -32,8 +34,9 @@ from pathlib import Path
 import torch
 
 from experiments.benchmark_memory import measure_default_run
-from experiments.benchmark_report import Report, Row, memory_rows, sampling_rows, training_rows
-from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_overhead
+from experiments.benchmark_report import Report, Row, memory_rows, process_rows, sampling_rows, training_rows
+from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_noise_streams, measure_overhead, \
+    measure_processes
 from experiments.benchmark_training import compose_config, measure_training
 from experiments.lib import add_common_flags, describe_machine, load_average, reproduce_command, set_threads, \
     write_results
@@ -56,6 +59,8 @@ class Settings:
     overhead_rounds: int
     memory_epochs: int
     memory_overrides: tuple[str, ...] = ()
+    process_samples: int = 400  # record 8: samples drawn by 1 and by 2 processes, in batches of process_batch
+    process_batch: int = 50
 
 
 FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size=2048, sample_batch=100,
@@ -63,7 +68,7 @@ FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size
 _TINY = ("model.base_channels=8", "model.num_res_blocks=1", "method.num_timesteps=50")
 QUICK = Settings(overrides=_TINY, training_rounds=1, with_compile=False, matmul_size=256, sample_batch=8,
                  sampling_rounds=1, ddim_steps=5, overhead_rounds=2, memory_epochs=3,
-                 memory_overrides=(*_TINY, "trainer.progress=false"))
+                 memory_overrides=(*_TINY, "trainer.progress=false"), process_samples=16, process_batch=4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> Report:
     if "training" in sections:
         report.rows += training_section(settings, overrides, device, section_command(args, "training"))
     if "sampling" in sections:
-        report.rows += sampling_section(settings, overrides, device, section_command(args, "sampling"))
+        report.rows += sampling_section(settings, overrides, device, section_command(args, "sampling"),
+                                        args.threads or 1)
     if "memory" in sections:
         _progress(f"memory: python run.py for {settings.memory_epochs} epochs")
         memory_overrides = [*settings.memory_overrides, f"trainer.device={args.device}", *args.overrides]
@@ -113,9 +119,10 @@ def training_section(settings: Settings, overrides: list[str], device: torch.dev
     return training_rows(figures, settings.training_rounds, reproduce)
 
 
-def sampling_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str) -> list[Row]:
-    """Rows 4 and 5 (DDPM through all T steps, DDIM with ``settings.ddim_steps``)."""
-    _progress("sampling: DDIM vs DDPM, Sampler overhead")
+def sampling_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str,
+                     threads: int) -> list[Row]:
+    """Rows 4, 5 and 8 (DDPM through all T steps, DDIM with ``settings.ddim_steps``; 8 on the CPU only)."""
+    _progress("sampling: DDIM vs DDPM, Sampler overhead, noise streams")
     ddpm_cfg, ddim_cfg = compose_config([*overrides, "method=ddpm"]), compose_config([*overrides, "method=ddim"])
     batch, steps = settings.sample_batch, settings.ddim_steps
     per_sample = measure_ddim_vs_ddpm(ddpm_cfg, ddim_cfg, steps, batch, device, settings.sampling_rounds)
@@ -123,7 +130,14 @@ def sampling_section(settings: Settings, overrides: list[str], device: torch.dev
         measure_overhead(ddpm_cfg, "ddpm", None, batch, device, settings.overhead_rounds),
         measure_overhead(ddim_cfg, "ddim", steps, batch, device, settings.overhead_rounds),
     ]
-    return sampling_rows(per_sample, overhead, reproduce)
+    noise = measure_noise_streams(ddpm_cfg, batch, device, settings.overhead_rounds)
+    rows = sampling_rows(per_sample, overhead, noise, reproduce)
+    if device.type == "cpu":
+        _progress("sampling: 2 torchrun processes vs 1")
+        processes = measure_processes(overrides, settings.process_samples, settings.process_batch, steps,
+                                      threads=threads)
+        rows += process_rows(processes, reproduce)
+    return rows
 
 
 def _progress(message: str) -> None:

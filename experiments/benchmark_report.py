@@ -7,7 +7,13 @@ import math
 from dataclasses import dataclass, field
 
 from experiments.benchmark_memory import MemoryFigures
-from experiments.benchmark_sampling import OverheadFigures, SamplingFigures
+from experiments.benchmark_sampling import (
+    NoiseStreamFigures,
+    OverheadFigures,
+    ProcessFigures,
+    SamplingFigures,
+    noise_share_of_step,
+)
 from experiments.benchmark_timing import median, paired_ratio
 from experiments.benchmark_training import TrainingFigures
 from experiments.lib import Machine, pass_fail
@@ -26,8 +32,17 @@ NOTES = {
     "4": "`Sampler.sample` on the default U-Net (untrained: speed does not depend on the weights), bf16 "
          "autocast as `conf/sampler` inherits it from the trainer.",
     "5": "the network is `0.1 * x_t`, so a step costs only the loop; the inline loop takes the coefficients "
-         "as Python floats and draws the same noise from the same generator, and both loops' samples are "
-         "checked equal before timing.",
+         "as Python floats and draws the same noise the same way (one generator per sample, seeded from "
+         "(seed, sample index): `SampleNoise`), and both loops' samples are checked equal before timing.",
+    "5c": "one step's noise for the record-4 batch drawn by `SampleNoise` (a CPU generator per sample, rows "
+          "filled one by one) against one `torch.randn` of the batch from one generator, interleaved, 50 draws "
+          "per round; the share compares the extra time per draw with one DDPM step of the default U-Net "
+          "(record 4's seconds per sample x batch / T). Seeding is once per batch per `Sampler.sample`.",
+    "8": "`python -m torch.distributed.run --nproc_per_node=N -m experiments.benchmark_sampling --worker` with "
+         "N = 1 and 2 (gloo, one intra-op thread per process): every rank builds the same seeded U-Net and "
+         "sampler, draws one warm-up batch, then rank 0 times one `Sampler.sample` of the whole set (its share "
+         "of the batches, then the gather); the two runs' samples are compared bit for bit. On a shared 2-core "
+         "machine the second process competes with the other jobs, so the speed-up is well below 2.",
     "6": "FLOPs of one training step (forward + backward of matmuls, convolutions, attention) from "
          "`torch.utils.flop_counter.FlopCounterMode`, times the measured steps/s, over the FLOP/s of "
          "2048x2048 `torch.matmul` in the same precision measured in the same rounds. fp32 matmuls and the "
@@ -78,7 +93,7 @@ class Report:
         verdicts = [f"bar {row.number}: {row.verdict}" for row in self.rows if row.verdict in ("PASS", "FAIL")]
         if verdicts:
             lines += ["", "Bars: " + "; ".join(verdicts)]
-        shown = {row.number.rstrip("abcdefgh") for row in self.rows}
+        shown = {number for row in self.rows for number in (row.number, row.number.rstrip("abcdefgh"))}
         lines += ["", "How each figure is measured:", ""]
         lines += [f"- {number}: {note}" for number, note in NOTES.items() if number in shown]
         return "\n".join(lines)
@@ -127,8 +142,9 @@ def _flops_row(f: TrainingFigures, reproduce: str) -> Row:
                reproduce=reproduce)
 
 
-def sampling_rows(per_sample: SamplingFigures, overhead: list[OverheadFigures], reproduce: str) -> list[Row]:
-    """Row 4 and one bar-5 row per sampling method."""
+def sampling_rows(per_sample: SamplingFigures, overhead: list[OverheadFigures], noise: NoiseStreamFigures,
+                  reproduce: str) -> list[Row]:
+    """Row 4, one bar-5 row per sampling method, and row 5c (the per-sample noise streams)."""
     p = per_sample
     rows = [Row(
         "4", f"DDIM-{p.ddim_steps} vs DDPM-{p.ddpm_steps}, seconds per sample (`Sampler.sample`, default U-Net, "
@@ -145,7 +161,27 @@ def sampling_rows(per_sample: SamplingFigures, overhead: list[OverheadFigures], 
             f"agree to {o.max_difference:.0e})",
             f"<= {SAMPLER_BAR}", pass_fail(ratio <= SAMPLER_BAR), reproduce,
         ))
+    shape = "x".join(map(str, noise.sample_shape))
+    rows.append(Row(
+        "5c", f"one noise generator per sample (`SampleNoise`, issue 12) vs one per batch: one step's noise, "
+              f"batch {noise.num_samples} of {shape}",
+        f"{paired_ratio(noise.per_sample, noise.one_generator):.1f}x ({median(noise.per_sample) * 1e6:.0f} vs "
+        f"{median(noise.one_generator) * 1e6:.0f} us/draw; seeding the batch's generators "
+        f"{noise.setup * 1e3:.1f} ms); {noise_share_of_step(noise, per_sample):.1%} of a DDPM step of the default "
+        "U-Net (record 4)", "record", reproduce=reproduce,
+    ))
     return rows
+
+
+def process_rows(p: ProcessFigures, reproduce: str) -> list[Row]:
+    """Row 8: sampling throughput of 2 torchrun processes against 1."""
+    one, two = p.rates[1], p.rates[2]
+    return [Row(
+        "8", f"sampling throughput, 2 torchrun processes vs 1 (gloo, CPU, {p.threads} thread each; DDIM-{p.steps}, "
+             f"default U-Net, {p.num_samples} samples in batches of {p.batch_size}, gather on rank 0 included)",
+        f"{two / one:.2f}x ({two:.0f} vs {one:.0f} samples/s); samples.npz identical: "
+        f"{'yes' if p.identical else 'NO'}", "record", "" if p.identical else "DIFFERS", reproduce,
+    )]
 
 
 def memory_rows(m: MemoryFigures) -> list[Row]:

@@ -1,27 +1,42 @@
-"""Sampling figures: DDIM-50 against DDPM-1000 per sample (record 4) and the Sampler's per-step overhead
-against a bare loop over the same update (bar 5).
+"""Sampling figures: DDIM-50 against DDPM-1000 per sample (record 4), the Sampler's per-step overhead against a
+bare loop over the same update (bar 5), what per-sample noise streams cost (record 5c) and sampling throughput
+of 2 torchrun processes against 1 (record 8).
 
 For bar 5 the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
 loop itself: the Sampler with its method's ``step`` against the update written inline with the coefficients
-as Python numbers. Both draw the same noise from the same generator in the same order, so they must
-return the same samples; :func:`measure_overhead` checks that before it reports a ratio.
+as Python numbers. Both draw the same noise the same way (one generator per sample,
+:class:`~diffusion.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
+that before it reports a ratio.
+
+Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
+experiments.benchmark_sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
+times one ``Sampler.sample`` of the whole set on rank 0, gather included.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from diffusion.methods.base import BaseMethod
-from diffusion.sampler import Sampler
 from diffusion.devices import autocast
-from experiments.benchmark_timing import interleave, timed
-from experiments.benchmark_training import build_parts
+from diffusion.distributed import DistributedContext
+from diffusion.methods.base import BaseMethod
+from diffusion.sampler import SampleNoise, Sampler
+from experiments.benchmark_timing import interleave, median, timed
+from experiments.benchmark_training import build_parts, compose_config
+from experiments.lib import ROOT, run_py_env
 
 
 class ScaledIdentity(nn.Module):
@@ -32,19 +47,21 @@ class ScaledIdentity(nn.Module):
 
 
 def make_sampler(cfg: DictConfig, model: nn.Module, method: BaseMethod, sample_shape: tuple[int, ...],
-                 num_samples: int, steps: int | None, device: torch.device) -> Sampler:
-    """The configured sampler (``conf/sampler``) for ``model`` and ``method``: one batch of ``num_samples``."""
+                 num_samples: int, steps: int | None, device: torch.device, batch_size: int | None = None,
+                 distributed: DistributedContext | None = None) -> Sampler:
+    """The configured sampler (``conf/sampler``) for ``model`` and ``method``: ``num_samples`` in batches of
+    ``batch_size`` (None: one batch)."""
     return instantiate(cfg.sampler, _convert_="all")(
         model=model, method=method, sample_shape=sample_shape, num_samples=num_samples,
-        batch_size=num_samples, steps=steps, device=str(device),
+        batch_size=batch_size or num_samples, steps=steps, device=str(device), distributed=distributed,
     )
 
 
 def bare_ddpm(sampler: Sampler, num_samples: int) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. Alg. 2 with the x0-clipped posterior mean, eqs. 6-7), inline."""
     method, device, model = sampler.method, sampler.device, sampler.model
-    generator = torch.Generator().manual_seed(sampler.seed)
-    x = torch.randn((num_samples, *sampler.sample_shape), generator=generator).to(device)  # x_T
+    noise = SampleNoise(sampler.seed, range(num_samples), sampler.sample_shape, device)  # as the Sampler draws
+    x = noise()  # x_T
     sqrt_abar, sqrt_one_minus_abar = method.sqrt_alphas_cumprod.tolist(), method.sqrt_one_minus_alphas_cumprod.tolist()
     coef1, coef2 = method.posterior_mean_coef1.tolist(), method.posterior_mean_coef2.tolist()
     sigma = method.posterior_variance.sqrt().tolist()  # sqrt(beta_tilde_t)
@@ -53,19 +70,18 @@ def bare_ddpm(sampler: Sampler, num_samples: int) -> torch.Tensor:
         with autocast(device, sampler.precision):
             eps = model(x, t_batch.fill_(t))
         eps = eps.to(x.dtype)
-        noise = torch.randn(x.shape, generator=generator).to(device)
+        z = noise()
         x0 = ((x - sqrt_one_minus_abar[t] * eps) / sqrt_abar[t]).clamp(-1.0, 1.0)
         x = coef1[t] * x0 + coef2[t] * x
         if t > 0:
-            x = x + sigma[t] * noise
+            x = x + sigma[t] * z
     return x.float().cpu()
 
 
 def bare_ddim(sampler: Sampler, num_samples: int) -> torch.Tensor:
     """Deterministic DDIM (Song et al. eq. 12, eta = 0) on the sampler's timesteps, inline."""
     method, device, model = sampler.method, sampler.device, sampler.model
-    generator = torch.Generator().manual_seed(sampler.seed)
-    x = torch.randn((num_samples, *sampler.sample_shape), generator=generator).to(device)
+    x = SampleNoise(sampler.seed, range(num_samples), sampler.sample_shape, device)()  # x_T, as the Sampler draws
     abar = method.alphas_cumprod.tolist()
     t_batch = torch.empty(num_samples, dtype=torch.long, device=device)
     for t, t_prev in method.timestep_pairs(sampler.steps, sampler.timestep_spacing):
@@ -134,3 +150,105 @@ def measure_ddim_vs_ddpm(cfg_ddpm: DictConfig, cfg_ddim: DictConfig, ddim_steps:
         "ddim": lambda: timed(ddim.sample, device) / num_samples,
     }, rounds)
     return SamplingFigures(ddpm_parts.method.num_timesteps, ddim_steps, num_samples, runs["ddpm"], runs["ddim"])
+
+
+@dataclass
+class NoiseStreamFigures:
+    """Record 5c: seconds per draw of one step's noise ``(num_samples, *sample_shape)`` (per round), from one
+    generator per sample (the Sampler's streams) and from one generator for the batch (before issue 12)."""
+
+    num_samples: int
+    sample_shape: tuple[int, ...]
+    per_sample: list[float]
+    one_generator: list[float]
+    setup: float  # seconds to seed the per-sample generators of one batch
+
+
+def measure_noise_streams(cfg: DictConfig, num_samples: int, device: torch.device, rounds: int,
+                          draws: int = 50) -> NoiseStreamFigures:
+    """Time ``draws`` draws of a batch's step noise both ways, interleaved over ``rounds``."""
+    shape = build_parts(cfg).data.sample_shape
+    setup = timed(lambda: SampleNoise(0, range(num_samples), shape, device), device)
+    streams = SampleNoise(0, range(num_samples), shape, device)
+    generator = torch.Generator().manual_seed(0)
+
+    def one_generator() -> torch.Tensor:
+        return torch.randn((num_samples, *shape), generator=generator).to(device)
+
+    runs = interleave({
+        "per_sample": lambda: timed(lambda: [streams() for _ in range(draws)], device) / draws,
+        "one": lambda: timed(lambda: [one_generator() for _ in range(draws)], device) / draws,
+    }, rounds)
+    return NoiseStreamFigures(num_samples, tuple(shape), runs["per_sample"], runs["one"], setup)
+
+
+@dataclass
+class ProcessFigures:
+    """Record 8: images/s of ``Sampler.sample`` under torchrun with 1 and with 2 CPU processes (gloo)."""
+
+    num_samples: int
+    batch_size: int
+    steps: int
+    rates: dict[int, float]  # processes -> samples per second (rank 0: sampling and the gather)
+    identical: bool  # the 2-process samples equal the 1-process ones bit for bit
+    threads: int
+
+
+def measure_processes(overrides: Sequence[str], num_samples: int, batch_size: int, steps: int,
+                      process_counts: Sequence[int] = (1, 2), threads: int = 1) -> ProcessFigures:
+    """Launch :func:`throughput_worker` under torchrun once per process count (gloo, CPU, ``threads`` each)."""
+    rates: dict[int, float] = {}
+    samples: dict[int, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="benchmark_processes_") as tmp:
+        for count in process_counts:
+            out = Path(tmp) / f"{count}.pt"
+            command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={count}", "-m",
+                       "experiments.benchmark_sampling", "--worker", "--out", str(out), "--num-samples",
+                       str(num_samples), "--batch-size", str(batch_size), "--steps", str(steps), *overrides]
+            env = {**run_py_env(), "OMP_NUM_THREADS": str(threads)}
+            result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+            if result.returncode != 0:
+                raise RuntimeError(f"torchrun with {count} processes failed:\n{result.stderr[-3000:]}")
+            record = torch.load(out)
+            rates[count] = num_samples / record["seconds"]
+            samples[count] = record["samples"].numpy().tobytes()
+    identical = len(set(samples.values())) == 1
+    return ProcessFigures(num_samples, batch_size, steps, rates, identical, threads)
+
+
+def throughput_worker(argv: Sequence[str] | None = None) -> None:
+    """One torchrun rank of record 8: DDIM-``steps`` on the default U-Net (``overrides`` apply), one warm-up
+    batch, then one timed ``Sampler.sample`` of ``num_samples`` in batches of ``batch_size``; rank 0 saves its
+    seconds and the gathered samples to ``--out``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--num-samples", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dist = DistributedContext.from_environment("cpu")
+    cfg = compose_config([*args.overrides, "method=ddim", "trainer.device=cpu"])
+    parts = build_parts(cfg)  # seeded: the same weights on every rank
+    sampler = make_sampler(cfg, parts.model, parts.method, parts.data.sample_shape, args.num_samples, args.steps,
+                           torch.device("cpu"), batch_size=args.batch_size, distributed=dist)
+    sampler.sample(num_samples=args.batch_size * dist.world_size)  # warm-up: one batch per rank
+    dist.barrier()
+    results: list[torch.Tensor] = []
+    seconds = timed(lambda: results.append(sampler.sample().samples), torch.device("cpu"))
+    if dist.is_main:
+        torch.save({"seconds": seconds, "samples": results[0]}, args.out)
+    dist.close()
+
+
+def noise_share_of_step(noise: NoiseStreamFigures, per_sample: SamplingFigures) -> float:
+    """The per-sample streams' extra cost per step as a share of a DDPM step of the default U-Net (record 4's
+    seconds per sample times the batch, over T)."""
+    step = median(per_sample.ddpm) * noise.num_samples / per_sample.ddpm_steps
+    return (median(noise.per_sample) - median(noise.one_generator)) / step
+
+
+if __name__ == "__main__":
+    throughput_worker()

@@ -149,10 +149,17 @@ def training_flops_per_sample(cfg: DictConfig, device: torch.device, precision: 
     parts = build_parts(cfg)
     model, method = parts.model.to(device).train(), parts.method.to(device)
     x0 = parts.data.load().train[: int(cfg.trainer.batch_size)].to(device)
+    return step_flops_per_sample(model, method, x0, device, precision)
+
+
+def step_flops_per_sample(model: torch.nn.Module, method: BaseMethod, x0: torch.Tensor, device: torch.device,
+                          precision: Precision) -> float:
+    """Model FLOPs of one ``method.compute_loss`` forward and backward on the batch ``x0``, per sample."""
     with FlopCounterMode(display=False) as counter:
         with autocast(device, precision):
             loss = method.compute_loss(model, x0)
         loss.backward()
+    model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(x0)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from runs import ROOT
 
-ROWS = ("1", "2", "3", "4", "5a", "5b", "6", "7")
+ROWS = ("1", "2", "3", "4", "5a", "5b", "5c", "6", "7", "8")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from diffusion.guidance import autoguided_output
 from diffusion.methods import DDIM, EDM, DPMpp2MKarras, Euler, Heun, SigmaSpaceDDPM
 from diffusion.methods.karras import karras_sigmas, sample_dpmpp_2m, sample_euler, sample_heun
 from diffusion.methods.sigma_space import dpmpp_2m_karras, heun
-from diffusion.sampler import Sampler
+from diffusion.sampler import SampleNoise, Sampler
 from diffusion.schedules import cosine_betas, linear_betas
 from diffusion.validation import ConfigError
 
@@ -175,10 +175,10 @@ def test_sampler_runs_the_solver_on_the_denoiser_the_network_defines(build, step
     denoiser directly, sample by sample, from the same seeded noise."""
     method = build()
     samples = gaussian_sampler(method, steps, s_churn=churn).sample(num_samples=64).samples
-    generator = torch.Generator().manual_seed(0)
+    noise = SampleNoise(0, range(64), (2,))  # the Sampler's per-sample streams of sampler.seed=0
     sigmas = method.sigmas(steps)
-    x_max = torch.randn(64, 2, generator=generator) * sigmas[0]
-    options = {"noise": lambda: torch.randn(64, 2, generator=generator), "s_churn": churn} if churn else {}
+    x_max = noise() * sigmas[0]
+    options = {"noise": noise, "s_churn": churn} if churn else {}
     expected = SOLVER_FUNCTIONS[method.solver](gaussian_denoiser, x_max, sigmas, **options)
     torch.testing.assert_close(samples, expected, rtol=1e-4, atol=1e-4)
     if method.solver == "dpmpp_2m":

@@ -17,7 +17,7 @@ from torch import nn
 
 from diffusion.guidance import drop_labels, guided_output
 from diffusion.methods import DDIM, DDPM, PREDICTIONS, BaseMethod, DPMSolver
-from diffusion.sampler import Sampler
+from diffusion.sampler import SampleNoise, Sampler
 from diffusion.schedules import (
     cosine_betas,
     linear_betas,
@@ -145,7 +145,7 @@ def test_sampler_drives_dpm_solver_with_a_fresh_state_per_batch(x_T):
     sampler = Sampler(GaussianOracle(dpm), dpm, (1,), num_samples=6, batch_size=3, steps=15,
                       timestep_spacing="trailing", seed=3, device="cpu")
     samples = sampler.sample().samples
-    x = torch.randn((3, 1), generator=torch.Generator().manual_seed(3))  # the sampler's first batch of noise
+    x = SampleNoise(3, range(3), (1,))()  # the sampler's first batch of noise (per-sample streams of seed 3)
     assert torch.allclose(samples[:3], solve(dpm, x, 15), atol=1e-6)
 
 

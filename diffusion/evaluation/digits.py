@@ -31,7 +31,7 @@ class DigitsEvaluator(FeatureEvaluator):
     "floor" is the value real held-out digits reach.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics: see
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds: see
             :class:`FeatureEvaluator` (the neighbour metrics use the classifier's penultimate features).
         kid_subsets: KID subset pairs (50 keeps one evaluation of 1,000 samples well under a second on 2 cores).
         kid_subset_size: KID points per subset, capped at the scoring sample count.
@@ -59,8 +59,9 @@ class DigitsEvaluator(FeatureEvaluator):
         batch_size: int = 1024,
         neighbour_metrics: bool = False,
         classifier: Literal["digits", "mnist"] = "digits",
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.coverage_min_fraction = check_float(coverage_min_fraction, "evaluator.coverage_min_fraction", 0.0, 1.0)

@@ -62,6 +62,9 @@ class BaseEvaluator(ABC):
         every_n_epochs: also evaluate every this many epochs during training; ``None`` or 0: only at the end.
         sampler_steps: step counts at which to score the same checkpoint (see
             :func:`~diffusion.evaluation.sampler_steps.evaluate_at_steps`); ``None``: only the sampler's own.
+        seeds: score the same checkpoint on one disjoint set of ``num_samples`` samples per seed (seed s: sample
+            indices from ``s * num_samples`` on, of the sampler's per-sample noise streams) and report the mean,
+            standard deviation and minimum over the sets (EDM reports the minimum of three); ``None``: one set.
 
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
@@ -75,11 +78,15 @@ class BaseEvaluator(ABC):
         num_samples: int = 1000,
         every_n_epochs: int | None = None,
         sampler_steps: Sequence[int] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
         self.num_samples = check_int(num_samples, "evaluator.num_samples", minimum=2)
         every = 0 if every_n_epochs is None else check_int(every_n_epochs, "evaluator.every_n_epochs", minimum=0)
         self.every_n_epochs: int | None = every or None
         self.sampler_steps = _check_steps(sampler_steps)
+        self.seeds = _check_seeds(seeds)
+        if self.seeds is not None and self.sampler_steps is not None:
+            raise ConfigError("evaluator.seeds and evaluator.sampler_steps cannot be combined: set one of them to null")
         #: Set by :meth:`prepare` when this evaluator cannot score on this machine (one line saying how to fix it).
         self.unavailable_reason: str | None = None
 
@@ -135,6 +142,17 @@ def _check_steps(sampler_steps: Sequence[int] | None) -> list[int] | None:
     if isinstance(sampler_steps, (str, bytes)) or not isinstance(sampler_steps, Sequence) or not sampler_steps:
         raise ConfigError(f"evaluator.sampler_steps must be null or a list of step counts, got {sampler_steps!r}")
     return [check_int(s, "evaluator.sampler_steps", minimum=1) for s in sampler_steps]
+
+
+def _check_seeds(seeds: Sequence[int] | None) -> list[int] | None:
+    if seeds is None:
+        return None
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise ConfigError(f"evaluator.seeds must be null or a list of seeds such as [0,1,2], got {seeds!r}")
+    checked = [check_int(s, "evaluator.seeds", minimum=0) for s in seeds]
+    if len(set(checked)) != len(checked):
+        raise ConfigError(f"evaluator.seeds must be distinct (each seed is one sample set), got {list(seeds)!r}")
+    return checked
 
 
 class NoneEvaluator(BaseEvaluator):
@@ -203,7 +221,7 @@ class FeatureEvaluator(BaseEvaluator):
     for the sample-count rule).
 
     Args:
-        num_samples, every_n_epochs, sampler_steps: see :class:`BaseEvaluator`.
+        num_samples, every_n_epochs, sampler_steps, seeds: see :class:`BaseEvaluator`.
         reference_size: score against this many training samples (a seeded subset) instead of all of them, to bound
             the cost of pairwise metrics; ``None``: the whole training split.
         seed: seeds the reference subset and every randomised metric, so scores are comparable across runs.
@@ -229,8 +247,9 @@ class FeatureEvaluator(BaseEvaluator):
         reference_size: int | None = None,
         seed: int = 0,
         neighbour_metrics: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, seeds)
         if reference_size is not None:
             check_int(reference_size, "evaluator.reference_size", minimum=2)
         self.reference_size = reference_size

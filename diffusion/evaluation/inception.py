@@ -91,7 +91,7 @@ class InceptionEvaluator(FeatureEvaluator):
     """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed: see
+        num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds: see
             :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
         weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
             :func:`default_inception_weights_path`).
@@ -129,8 +129,9 @@ class InceptionEvaluator(FeatureEvaluator):
         device: str = "cpu",
         reference_stats: str | None = None,
         neighbour_metrics: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
         # Read now: a wrong path fails at start-up, not after training.
         self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()

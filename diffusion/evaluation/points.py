@@ -20,7 +20,7 @@ class PointsEvaluator(FeatureEvaluator):
     points, unless given), so floors and sample scores use the same kernel; a per-call median would not.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, seed: see :class:`FeatureEvaluator`.
+        num_samples, every_n_epochs, sampler_steps, seed, seeds: see :class:`FeatureEvaluator`.
         reference_size: training points to compare against (a seeded subset; ``None``: all). The pairwise metrics
             cost O(reference_size^2) per chunk, so 2,000 keeps an evaluation to a fraction of a second.
         num_projections: random directions of the sliced Wasserstein distance.
@@ -41,8 +41,9 @@ class PointsEvaluator(FeatureEvaluator):
         seed: int = 0,
         num_projections: int = 256,
         bandwidth: float | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds=seeds)
         self.num_projections = check_int(num_projections, "evaluator.num_projections", minimum=1)
         if bandwidth is not None:
             check_float(bandwidth, "evaluator.bandwidth", 0.0, inclusive=False)

@@ -1,0 +1,225 @@
+"""GPU check of the CIFAR-10-sized DDPM U-Net: training steps/s in fp32, bf16 and bf16 + torch.compile, model
+FLOP/s as a share of the device's bf16 peak, peak memory, and DDIM-50 sampling throughput; under 10 minutes.
+
+    python -m experiments.gpu_check --out experiments/results/gpu_check_h200.md
+    python -m experiments.gpu_check --peak-tflops 312          # a GPU not in PEAK_BF16_TFLOPS
+    python -m experiments.gpu_check --quick --device cpu       # toy model on the CPU: proves the script works
+
+The model is ``experiment=ddpm_cifar10``'s network, ``model=ddpm_unet`` (Ho et al.'s CIFAR-10 U-Net: 128 base
+channels, multipliers (1, 2, 2, 2), 2 residual blocks per level, self-attention at 16x16, dropout 0.1: 35.7M
+parameters), batch 128 (the paper's), on synthetic 3x32x32 data in [-1, 1] (speed does
+not depend on the pixels). fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not. Each
+training step is the project's loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW.
+FLOPs are counted once by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward)
+and divided by the measured seconds per step. ``--quick`` uses 8 channels, batch 4, 3 steps and torch.compile's ``eager``
+backend (tracing without code generation): its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffusion.devices import Precision, autocast
+from experiments.benchmark_sampling import make_sampler
+from experiments.benchmark_timing import synchronize
+from experiments.benchmark_training import build_parts, compose_config, step_flops_per_sample
+from experiments.lib import add_common_flags, describe_machine, markdown_table, reproduce_command, set_threads, \
+    write_results
+
+# Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' data sheets; the first name contained in
+# torch.cuda.get_device_name() wins, so the more specific names come first.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("RTX 4090", 165.0),
+)
+CIFAR_UNET = ("model=ddpm_unet",)  # its defaults are the paper's network
+QUICK_UNET = ("model.base_channels=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1",
+              "model.attention_resolutions=[16]", "model.num_groups=4", "model.num_heads=1")
+CIFAR_SHAPE = (3, 32, 32)
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: tuple[str, ...]
+    batch_size: int  # training and sampling batch
+    steps: int  # timed training steps per variant (after warmup)
+    warmup: int
+    sample_batches: int  # DDIM-50 batches timed (after one warm-up batch)
+    ddim_steps: int
+    compile_backend: str
+
+
+FULL = Settings(CIFAR_UNET, batch_size=128, steps=300, warmup=20, sample_batches=4, ddim_steps=50,
+                compile_backend="inductor")
+QUICK = Settings(QUICK_UNET, batch_size=4, steps=3, warmup=1, sample_batches=1, ddim_steps=3, compile_backend="eager")
+
+
+@dataclass
+class TrainingRow:
+    variant: str
+    steps_per_second: float
+    flops_per_step: float
+    parameters: int
+    peak_memory: int | None  # bytes (CUDA), None on the CPU
+    warmup_seconds: float  # compilation included
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_flags(parser, out_help="also write the results table to this markdown file")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, TFLOP/s (default: from "
+                        "the table of known GPUs; none for a CPU)")
+    parser.add_argument("--steps", type=int, help="timed training steps per variant (default: 300; --quick: 3)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile variant")
+    return parser.parse_args(argv)
+
+
+def config(settings: Settings) -> Any:
+    overrides = [*settings.model, "model.in_channels=3", "model.image_size=32", "method=ddim",
+                 "method.num_timesteps=1000"]
+    return compose_config(overrides)
+
+
+def measure_training(cfg: Any, variant: str, precision: Precision, compile_backend: str | None, settings: Settings,
+                     device: torch.device) -> TrainingRow:
+    """Seconds per step of ``settings.steps`` steps (loss, backward, AdamW) after ``settings.warmup`` ones."""
+    parts = build_parts(cfg)
+    model, method = parts.model.to(device).train(), parts.method.to(device)
+    generator = torch.Generator().manual_seed(0)
+    x0 = (torch.rand((settings.batch_size, *CIFAR_SHAPE), generator=generator) * 2 - 1).to(device)  # (B, 3, 32, 32)
+    flops = step_flops_per_sample(model, method, x0, device, precision) * settings.batch_size
+    network = torch.compile(model, backend=compile_backend) if compile_backend else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = method.compute_loss(network, x0)
+        loss.backward()
+        optimizer.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(settings.warmup):
+        step()
+    synchronize(device)
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(settings.steps):
+        step()
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / settings.steps
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    parameters = sum(p.numel() for p in model.parameters())
+    return TrainingRow(variant, 1 / seconds, flops, parameters, peak, warmup)
+
+
+def measure_sampling(cfg: Any, settings: Settings, device: torch.device, precision: Precision) -> float:
+    """DDIM images per second: ``settings.sample_batches`` batches of ``settings.batch_size`` (one warm-up batch
+    first), through the Sampler."""
+    parts = build_parts(cfg)
+    count = settings.batch_size * settings.sample_batches
+    sampler = make_sampler(cfg, parts.model, parts.method, CIFAR_SHAPE, count, settings.ddim_steps, device,
+                           batch_size=settings.batch_size)
+    sampler.precision = precision
+    sampler.sample(num_samples=settings.batch_size)
+    synchronize(device)
+    start = time.perf_counter()
+    sampler.sample()
+    synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None, str]:
+    """The bf16 peak and where it comes from."""
+    if given is not None:
+        return given, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "no table entry for a CPU (pass --peak-tflops)"
+    name = torch.cuda.get_device_name(device)
+    for known, tflops in PEAK_BF16_TFLOPS:
+        if known in name:
+            return tflops, f"data-sheet dense bf16 peak of {known}"
+    return None, f"{name!r} is not in PEAK_BF16_TFLOPS (pass --peak-tflops)"
+
+
+def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settings, device: torch.device,
+           peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
+    tflops, source = peak
+    model_line = (
+        f"Model: `{' '.join(settings.model)}` "
+        f"{rows[0].parameters / 1e6:.2f}M parameters; synthetic 3x32x32 data, batch {settings.batch_size}, "
+        f"{settings.steps} timed steps per variant after {settings.warmup} warm-up steps. bf16 peak: "
+        f"{'n/a' if tflops is None else f'{tflops:g} TFLOP/s'} ({source})."
+    )
+    table = []
+    for row in rows:
+        achieved = row.flops_per_step * row.steps_per_second / 1e12
+        share = "n/a" if tflops is None else f"{achieved / tflops:.1%}"
+        memory = "n/a" if row.peak_memory is None else f"{row.peak_memory / 2**30:.2f} GiB"
+        table.append([row.variant, f"{row.steps_per_second:.2f}", f"{row.steps_per_second * settings.batch_size:.0f}",
+                      f"{achieved:.3g}", share, memory, f"{row.warmup_seconds:.1f} s"])
+    lines = [
+        "# GPU check: CIFAR-10 DDPM U-Net" + (" (--quick: toy model, figures mean nothing)" if quick else ""), "",
+        describe_machine(device).markdown(), "",
+        model_line, "",
+        *markdown_table(["training variant", "steps/s", "images/s", "model TFLOP/s", "share of bf16 peak",
+                         "peak memory", "warm-up (compile)"], table), "",
+        *markdown_table(["sampling", "images/s"],
+                        [[f"DDIM-{settings.ddim_steps}, {name}, batch {settings.batch_size}", f"{rate:.1f}"]
+                         for name, rate in sampling.items()]), "",
+        f"Wall time {seconds / 60:.1f} min. Reproduce: `{reproduce_command('experiments.gpu_check')}`", "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    start = time.perf_counter()
+    settings = QUICK if args.quick else FULL
+    if args.steps is not None:
+        settings = Settings(**{**settings.__dict__, "steps": args.steps})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU; use --device cpu (with --quick)", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cfg = config(settings)
+    variants = [("fp32", "fp32", None), ("bf16", "bf16", None),
+                (f"bf16 + torch.compile ({settings.compile_backend})", "bf16", settings.compile_backend)]
+    variants = variants[:2] if args.no_compile else variants
+    rows = []
+    for name, precision, backend in variants:
+        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] training: {name}", file=sys.stderr, flush=True)
+        rows.append(measure_training(cfg, name, precision, backend, settings, device))
+    sampling = {}
+    for precision in ("bf16", "fp32"):
+        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] sampling: DDIM {precision}", file=sys.stderr,
+              flush=True)
+        sampling[precision] = measure_sampling(cfg, settings, device, precision)
+    text = report(rows, sampling, settings, device, peak_tflops(device, args.peak_tflops),
+                  time.perf_counter() - start, args.quick)
+    print(text)
+    if args.out is not None:
+        write_results(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
