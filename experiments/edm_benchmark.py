@@ -50,6 +50,12 @@ class Settings:
 FULL = Settings(("checkpoint.save_every_n_epochs=10",), heun_steps=(5, 9, 18), ddim_steps=(10, 20, 50),
                 dpm_steps=(5, 10, 20), ema_stds=(0.02, 0.05, 0.10, 0.15, 0.2), guide_scales=(1.5, 2.0, 3.0),
                 snapshot_every=50)
+# A reduced budget for busy CPUs without bf16 hardware (there bf16 autocast, the default run's precision, is several
+# times slower than fp32): 20 epochs in fp32, 200 samples per row. Its figures are not the issue's bars.
+SMALL = Settings(("trainer.epochs=20", "trainer.precision=fp32", "evaluator.num_samples=200",
+                  "checkpoint.save_every_n_epochs=10"), heun_steps=(5, 9, 18), ddim_steps=(10, 20, 50),
+                 dpm_steps=(5, 10, 20), ema_stds=(0.02, 0.05, 0.10, 0.15, 0.2), guide_scales=(1.5, 2.0, 3.0),
+                 snapshot_every=20)
 QUICK = Settings((*QUICK_RUN, "trainer.epochs=2", "checkpoint.save_every_n_epochs=1"), heun_steps=(3, 5),
                  ddim_steps=(5,), dpm_steps=(5,), ema_stds=(0.05, 0.10), guide_scales=(2.0,), snapshot_every=1)
 
@@ -68,25 +74,31 @@ def train_runs(work: Path, settings: Settings) -> dict[str, tuple[Path, float]]:
     return {name: (work / name, run_into(overrides, work / name)) for name, overrides in runs.items()}
 
 
+def scored_count(settings: Settings) -> list[str]:
+    """The training runs' evaluator.num_samples, so every row is scored at the same count as their own rows."""
+    return [o for o in settings.train if o.startswith("evaluator.num_samples=")]
+
+
 def score(runs: dict[str, tuple[Path, float]], work: Path, settings: Settings) -> dict[str, list[SamplerRow]]:
     ddpm, edm = runs["ddpm"][0], runs["edm"][0]
+    n = scored_count(settings)
     rows = {
         "ddpm-1000": sampler_rows(ddpm, "DDPM"),  # the run's own final evaluation
-        "edm-heun": evaluate_checkpoint(edm, work / "edm_heun", "EDM Heun", [steps_list(settings.heun_steps)]),
+        "edm-heun": evaluate_checkpoint(edm, work / "edm_heun", "EDM Heun", [steps_list(settings.heun_steps), *n]),
         "edm-dpm": evaluate_checkpoint(edm, work / "edm_dpm", "EDM DPM++(2M)",
-                                       ["method=dpmpp_2m_karras", steps_list(settings.dpm_steps)]),
+                                       ["method=dpmpp_2m_karras", steps_list(settings.dpm_steps), *n]),
         "ddpm-heun": evaluate_checkpoint(ddpm, work / "ddpm_heun", "DDPM ckpt, Heun",
-                                         ["method=heun", steps_list(settings.heun_steps)]),
+                                         ["method=heun", steps_list(settings.heun_steps), *n]),
         "ddpm-ddim": evaluate_checkpoint(ddpm, work / "ddpm_ddim", "DDPM ckpt, DDIM",
-                                         ["method=ddim", steps_list(settings.ddim_steps)]),
+                                         ["method=ddim", steps_list(settings.ddim_steps), *n]),
         "ddpm-dpm": evaluate_checkpoint(ddpm, work / "ddpm_dpm", "DDPM ckpt, DPM-Solver++", [
-            "method=dpm_solver", "sampler.timestep_spacing=trailing", steps_list(settings.dpm_steps)], "trailing"),
+            "method=dpm_solver", "sampler.timestep_spacing=trailing", steps_list(settings.dpm_steps), *n], "trailing"),
     }
     guide = "epoch_0010" if "checkpoint.save_every_n_epochs=10" in settings.train else "epoch_0001"
     for w in settings.guide_scales:
         rows[f"guide-{w:g}"] = evaluate_checkpoint(ddpm, work / f"guide_{w:g}", f"DDIM-50, guide w={w:g}", [
             "method=ddim", f"sampler.steps={max(settings.ddim_steps)}", f"sampler.guide={guide}",
-            f"sampler.guide_scale={w}"])
+            f"sampler.guide_scale={w}", *n])
     return rows
 
 
@@ -94,7 +106,7 @@ def posthoc_rows(runs: dict[str, tuple[Path, float]], work: Path, settings: Sett
     """The post-hoc run's own (tracked, std 0.10) EMA and each reconstructed std, all with DDPM-1000."""
     run_dir, out = runs["posthoc"][0], work / "posthoc_sweep"
     stds = ",".join(f"{s:g}" for s in settings.ema_stds)
-    run_into(["task=posthoc_ema", f"run_dir={run_dir}", f"ema.std=[{stds}]"], out)
+    run_into(["task=posthoc_ema", f"run_dir={run_dir}", f"ema.std=[{stds}]", *scored_count(settings)], out)
     rows = [("trained EMA (std 0.10, last)", sampler_rows(run_dir, "DDPM")[0])]
     rows += [(f"reconstructed std {s:g}", sampler_rows(out / f"std_{s:g}", "DDPM")[0]) for s in settings.ema_stds]
     return rows
@@ -147,9 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, out_help="also write the markdown report here")
     parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
+    parser.add_argument("--budget", choices=("full", "small"), default="full",
+                        help="full: the default run's length and precision (the issue's bars); small: 20 epochs in "
+                             "fp32 and 200 samples per row, for a busy CPU")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    settings = QUICK if args.quick else FULL
+    settings = QUICK if args.quick else SMALL if args.budget == "small" else FULL
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", "edm")).resolve()
     runs = train_runs(work, settings)
