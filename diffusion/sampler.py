@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from diffusion import checkpoint
 from diffusion.export import load_exported
@@ -22,7 +24,7 @@ from diffusion.methods.karras import SOLVERS
 from diffusion.methods.sigma_space import SigmaSpaceMethod
 from diffusion.devices import Precision, autocast, resolve_device
 from diffusion.distributed import DistributedContext
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -122,6 +124,7 @@ class Sampler:
         guidance_scale: float = 1.0,
         class_labels: Sequence[int] | Literal["all"] | None = None,
         grid_every_n_epochs: int | None = None,
+        progress: bool = False,
         rho: float = 7.0,
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
@@ -154,6 +157,8 @@ class Sampler:
         self.class_labels = self._check_labels(class_labels)
         every = grid_every_n_epochs
         self.grid_every_n_epochs = None if every is None else check_int(every, "sampler.grid_every_n_epochs", 1)
+        self.progress = check_bool(progress, "sampler.progress")
+        self._bar: Any = tqdm(disable=True)  # replaced by each sample() call
         self.rho = check_float(rho, "sampler.rho", minimum=0.0, inclusive=False)
         self.churn = {
             "s_churn": check_float(s_churn, "sampler.s_churn", minimum=0.0),
@@ -237,6 +242,7 @@ class Sampler:
         share = self.distributed.shard(total, self.batch_size)
         chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
+        self._bar = self._progress_bar(len(range(share.start, share.stop, self.batch_size)), len(pairs), total)
         for start in range(share.start, share.stop, self.batch_size):
             stop = min(start + self.batch_size, share.stop)
             noise = SampleNoise(self.seed, range(first_index + start, first_index + stop), self.sample_shape,
@@ -246,9 +252,11 @@ class Sampler:
             y = None if labels is None else labels[start:stop].to(self.device)
             if isinstance(self.method, SigmaSpaceMethod):
                 x = self._solve_sigma_space(noise, y, record, recorded, trajectory)
+                self._bar.update(len(pairs))  # the solvers run a whole trajectory per call
             else:
-                x = self._denoise(noise, y, pairs, record, recorded, trajectory)
+                x = self._denoise(noise, y, pairs, record, recorded, trajectory)  # ticks once per step
             chunks.append(x.float().cpu())
+        self._bar.close()
         samples = torch.cat(chunks)
         frames = {t: torch.cat(xs) for t, xs in trajectory.items()}
         if self.distributed.enabled:
@@ -256,6 +264,13 @@ class Sampler:
         own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
         nfe = self.method.nfe(self.steps, self.timestep_spacing)
         return SampleResult(samples=samples, steps=len(pairs), labels=own, trajectory=frames, nfe=nfe)
+
+    def _progress_bar(self, batches: int, steps: int, total: int) -> Any:
+        """A bar over every denoising step of every batch, with rate and time left; only with ``progress``, on
+        rank 0, and when stderr is a terminal (a log file gets no bar lines)."""
+        shown = self.progress and self.distributed.is_main and sys.stderr.isatty()
+        return tqdm(total=batches * steps, unit="step", leave=False, disable=not shown,
+                    desc=f"sampling {total} ({self.method.name}, {steps} steps, {batches} batches)")
 
     def _gather(
         self, samples: torch.Tensor, frames: dict[int, torch.Tensor]
@@ -291,6 +306,7 @@ class Sampler:
                 model_output = self._model_output(x, t_batch.fill_(t), y)
             step_noise = noise() if needs_noise else None
             x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=step_noise, state=state)
+            self._bar.update(1)
         if -1 in record:
             trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
         return x

@@ -198,3 +198,24 @@ def test_inception_unavailable_is_said_once(
     captured = capsys.readouterr()
     said = captured.out + captured.err + "".join(r.getMessage() + "\n" for r in caplog.records)
     assert evaluator.unavailable_reason and said.count(evaluator.unavailable_reason) == 1, said
+
+
+@pytest.mark.parametrize("method", ["ddim", "heun"])
+def test_sampling_shows_a_progress_bar_over_steps_and_batches_on_a_terminal(monkeypatch, capsys, method):
+    from diffusion.methods import DDIM, Heun
+
+    built = (DDIM if method == "ddim" else Heun)(linear_betas, num_timesteps=20, clip_denoised=False)
+    net = torch.nn.Linear(2, 2)
+    model = lambda x, t, *args: net(x)  # noqa: E731 - any network of (x, t)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    sampler = Sampler(torch.nn.Module(), built, (2,), num_samples=10, batch_size=4, steps=3, device="cpu",
+                      progress=True)
+    sampler.model = model
+    sampler.sample()
+    bar = sampler._bar
+    assert bar.total == 3 * len(built.timestep_pairs(3)) and bar.n == bar.total, (bar.n, bar.total)
+    assert "sampling 10" in capsys.readouterr().err
+    quiet = Sampler(torch.nn.Module(), built, (2,), num_samples=10, batch_size=4, steps=3, device="cpu")
+    quiet.model = model
+    quiet.sample()
+    assert capsys.readouterr().err == "", "no bar without sampler.progress (trainer.progress=false)"
