@@ -26,6 +26,32 @@ def resolve_device(device: str, key: str = "trainer.device") -> torch.device:
     return torch.device(device)
 
 
+def fast_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
+    """Whether bf16 matmuls run in hardware here: a CUDA device that supports bf16, or a CPU with AMX or
+    AVX-512 BF16 (``/proc/cpuinfo`` flags). Elsewhere bf16 autocast is emulated, several times slower than fp32
+    (measured 15x on the default U-Net on an AVX2-only CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if cpu_flags is None:
+        try:
+            cpu_flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+    return any(flag in cpu_flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device, key: str) -> Precision:
+    """``auto``: bf16 where it runs in hardware (:func:`fast_bf16`), else fp32; other values pass through.
+
+    Raises:
+        ConfigError: a value other than ``auto``, ``fp32``, ``bf16``, ``fp16``, naming ``key``.
+    """
+    check_choice(precision, key, ("auto", "fp32", "bf16", "fp16"))
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision  # type: ignore[return-value]
+
+
 def autocast(device: torch.device, precision: Precision) -> ContextManager[Any]:
     """Mixed-precision context for forward passes (fp32: none)."""
     if precision == "fp32":

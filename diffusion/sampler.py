@@ -22,7 +22,7 @@ from diffusion.guidance import autoguided_output, guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
 from diffusion.methods.karras import SOLVERS
 from diffusion.methods.sigma_space import SigmaSpaceMethod
-from diffusion.devices import Precision, autocast, resolve_device
+from diffusion.devices import Precision, autocast, resolve_device, resolve_precision
 from diffusion.distributed import DistributedContext
 from diffusion.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
@@ -143,9 +143,9 @@ class Sampler:
         self.eta = check_float(eta, "sampler.eta", minimum=0.0)
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
-        self.precision: Precision = check_choice(precision, "sampler.precision", ("fp32", "bf16", "fp16"))
         self.distributed = distributed or DistributedContext()
         self.device = self.distributed.device(resolve_device(device, "sampler.device"))  # cuda:<local rank>
+        self.precision: Precision = resolve_precision(precision, self.device, "sampler.precision")
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from diffusion import checkpoint
 from diffusion.checkpoint import TrainState
 from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
-from diffusion.devices import Precision, autocast, resolve_device, to_device
+from diffusion.devices import Precision, autocast, resolve_device, resolve_precision, to_device
 from diffusion.distributed import DistributedContext
 from diffusion.ema import make_ema
 from diffusion.file_manager import FileManager
@@ -32,7 +32,7 @@ from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
 from diffusion.seeding import rng_state, seed_everything, set_rng_state
 from diffusion.signals import StopSignals
-from diffusion.validation import ConfigError, check_betas, check_bool, check_choice, check_float, check_int, check_positive
+from diffusion.validation import ConfigError, check_betas, check_bool, check_float, check_int, check_positive
 
 # Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
 # rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
@@ -138,13 +138,13 @@ class Trainer:
         self.batch_size = check_int(batch_size, "trainer.batch_size", minimum=1)
         self.grad_clip = check_float(grad_clip, "trainer.grad_clip", minimum=0.0)
         self.accumulate = check_int(accumulate_grad_batches, "trainer.accumulate_grad_batches", minimum=1)
-        self.precision = check_choice(precision, "trainer.precision", ("fp32", "bf16", "fp16"))
         self.checkpoint_every_n_steps = check_int(checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", 0)
         self.log_every_n_steps = check_int(log_every_n_steps, "trainer.log_every_n_steps", minimum=1)
         self.seed = check_int(seed, "seed")
         self.dist = distributed or DistributedContext()
         self._check_batch_split()
         self.device = self.dist.device(resolve_device(device))
+        self.precision = resolve_precision(precision, self.device, "trainer.precision")
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs CUDA; on CPU use trainer.precision=bf16 or fp32")
         self.monitor = monitor

@@ -183,3 +183,19 @@ def test_class_labels_need_a_conditional_model():
         Sampler(MLP(hidden_dim=8, num_layers=1), DDIM(cosine_betas, 10), (2,), class_labels=[0], device="cpu")
     with pytest.raises(ConfigError, match="sampler.class_labels"):
         Sampler(LabelEcho(), DDIM(cosine_betas, 10), (2,), class_labels=[7], device="cpu")
+
+
+def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from diffusion.devices import fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert fast_bf16(cpu, "fpu sse avx2 avx512f avx512_bf16")
+    assert fast_bf16(cpu, "fpu avx2 amx_bf16 amx_tile")
+    assert not fast_bf16(cpu, "fpu sse avx2 avx512f")  # AVX-512 without its BF16 extension emulates bf16
+    monkeypatch.setattr("diffusion.devices.fast_bf16", lambda device, flags=None: False)
+    assert resolve_precision("auto", cpu, "trainer.precision") == "fp32"
+    monkeypatch.setattr("diffusion.devices.fast_bf16", lambda device, flags=None: True)
+    assert resolve_precision("auto", cpu, "trainer.precision") == "bf16"
+    assert resolve_precision("fp32", cpu, "trainer.precision") == "fp32"  # an explicit choice is kept
+    with pytest.raises(ConfigError, match="sampler.precision"):
+        resolve_precision("fp8", cpu, "sampler.precision")
