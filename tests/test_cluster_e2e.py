@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
-from runs import ROOT, TINY_MOONS, child_env, main_in_process, run_py, tree_digest
+from runs import ONE_EPOCH_MOONS, ROOT, TINY_MOONS, child_env, main_in_process, run_py, tree_digest
 from test_disk_full import FailingOS
 
 import diffusion.file_manager as file_manager
@@ -95,3 +97,23 @@ def test_an_optuna_search_through_run_py_prunes_a_hopeless_trial(tmp_path):
     assert report.returncode == 0, report.stderr
     rows = [line for line in (sweep / "report.md").read_text().splitlines() if "trainer.lr=" in line]
     assert sum("| pruned |" in row and "trainer.lr=1e-09" in row for row in rows) == len(pruned), rows
+
+
+def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    """Resolving resume=auto, the logger's run id and the Trainer's restore share one read of the checkpoint."""
+    import diffusion.file_manager as file_manager
+
+    run_dir = tmp_path / "run"
+    tiny = [*ONE_EPOCH_MOONS, "evaluator=none", f"hydra.run.dir={run_dir}"]
+    assert main_in_process(monkeypatch, *tiny) == 0
+    reads: list[str] = []
+    original = file_manager.load_checkpoint
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_manager, "load_checkpoint", counting)
+    monkeypatch.setattr("diffusion.resume.load_checkpoint", counting)
+    assert main_in_process(monkeypatch, *tiny, "trainer.epochs=2", "resume=auto") == 0
+    assert reads[0] == "last.pt" and reads.count("last.pt") == 1, reads  # then best.pt for the final sampling
