@@ -76,3 +76,14 @@ def test_guide_with_another_prediction_target_is_refused(posthoc_run, tmp_path, 
                            f"hydra.run.dir={tmp_path / 'out'}")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "sampler.guide" in err and "x0" in err, err
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m_karras", "euler"])
+def test_an_edm_run_samples_with_the_other_sigma_space_solvers(tmp_path, monkeypatch, method):
+    run_dir = tmp_path / "edm"
+    assert main_in_process(monkeypatch, *ONE_EPOCH_MOONS, "evaluator=none", "method=edm",
+                           f"hydra.run.dir={run_dir}") == 0
+    out = tmp_path / method
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", f"method={method}", "sampler.steps=3",
+                           f"hydra.run.dir={out}") == 0
+    assert np.isfinite(np.load(out / "samples.npz")["samples"]).all()

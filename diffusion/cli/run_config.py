@@ -18,6 +18,8 @@ from diffusion.validation import ConfigError
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there.
 SAMPLING_METHOD_KEYS = ("clip_denoised",)
+# Keys of a distilled student's sampling method that another sampling method chosen on the command line drops.
+STUDENT_KEYS = ("distilled_steps",)
 # Methods whose network means nothing to another sampler (a consistency student's output is no denoiser).
 OWN_SAMPLER_TARGETS = ("diffusion.methods.Consistency",)
 
@@ -54,8 +56,8 @@ def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"run_dir={cfg.run_dir} holds a {name} student, which samples only with its own method: "
                               "drop method= from the command line")
         method._target_ = cfg.method._target_
-        for key in [k for k in method if k not in cfg.method]:  # the run's own method's keys (distilled_steps)
-            del method[key]
+        for key in STUDENT_KEYS:  # a progressive student's own sampling key; its trained diffusion stays
+            method.pop(key, None)
     for key in SAMPLING_METHOD_KEYS:
         if f"method.{key}" in keys:
             method[key] = cfg.method[key]
