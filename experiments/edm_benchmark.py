@@ -22,6 +22,7 @@ Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says o
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, checks_repo
     evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, run_into, \
     sampler_rows, set_threads, shown_command, work_dir
 
+REUSE = False  # --reuse
 HEUN_BAR = 1.10  # EDM Heun-18 FD at most this multiple of the DDPM run's DDPM-1000 FD
 DDPM_HEUN_BAR = 1.25  # the DDPM checkpoint's Heun-18 FD at most this multiple of its DDPM-1000 FD
 
@@ -64,14 +66,32 @@ def steps_list(steps: Sequence[int]) -> str:
     return f"evaluator.sampler_steps=[{','.join(map(str, steps))}]"
 
 
+def reused_seconds(run_dir: Path) -> float | None:
+    """The training seconds of a finished run in ``run_dir`` (``--reuse``: the sum of its epochs), else None."""
+    if not (run_dir / "eval.json").is_file():
+        return None
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return sum(r.get("epoch_seconds", 0.0) for r in records)
+
+
+def evaluate(run_dir: Path, directory: Path, label: str, overrides: Sequence[str],
+             spacing: str = "leading") -> list[SamplerRow]:
+    """:func:`evaluate_checkpoint`, or the rows an earlier invocation left in ``directory`` (``--reuse``)."""
+    if REUSE and (directory / "eval.json").is_file():
+        return sampler_rows(directory, label, spacing)
+    return evaluate_checkpoint(run_dir, directory, label, overrides, spacing)
+
+
 def train_runs(work: Path, settings: Settings) -> dict[str, tuple[Path, float]]:
-    """The three runs and their wall seconds."""
+    """The three runs and their wall seconds (with ``--reuse``, finished runs in the work folder are kept)."""
     runs = {
         "ddpm": list(settings.train),
         "edm": [*settings.train, "method=edm"],
         "posthoc": [*settings.train, "trainer.ema=posthoc", f"trainer.ema_snapshot_every={settings.snapshot_every}"],
     }
-    return {name: (work / name, run_into(overrides, work / name)) for name, overrides in runs.items()}
+    done = {name: reused_seconds(work / name) if REUSE else None for name in runs}
+    return {name: (work / name, done[name] if done[name] is not None else run_into(overrides, work / name))
+            for name, overrides in runs.items()}
 
 
 def scored_count(settings: Settings) -> list[str]:
@@ -84,19 +104,19 @@ def score(runs: dict[str, tuple[Path, float]], work: Path, settings: Settings) -
     n = scored_count(settings)
     rows = {
         "ddpm-1000": sampler_rows(ddpm, "DDPM"),  # the run's own final evaluation
-        "edm-heun": evaluate_checkpoint(edm, work / "edm_heun", "EDM Heun", [steps_list(settings.heun_steps), *n]),
-        "edm-dpm": evaluate_checkpoint(edm, work / "edm_dpm", "EDM DPM++(2M)",
+        "edm-heun": evaluate(edm, work / "edm_heun", "EDM Heun", [steps_list(settings.heun_steps), *n]),
+        "edm-dpm": evaluate(edm, work / "edm_dpm", "EDM DPM++(2M)",
                                        ["method=dpmpp_2m_karras", steps_list(settings.dpm_steps), *n]),
-        "ddpm-heun": evaluate_checkpoint(ddpm, work / "ddpm_heun", "DDPM ckpt, Heun",
+        "ddpm-heun": evaluate(ddpm, work / "ddpm_heun", "DDPM ckpt, Heun",
                                          ["method=heun", steps_list(settings.heun_steps), *n]),
-        "ddpm-ddim": evaluate_checkpoint(ddpm, work / "ddpm_ddim", "DDPM ckpt, DDIM",
+        "ddpm-ddim": evaluate(ddpm, work / "ddpm_ddim", "DDPM ckpt, DDIM",
                                          ["method=ddim", steps_list(settings.ddim_steps), *n]),
-        "ddpm-dpm": evaluate_checkpoint(ddpm, work / "ddpm_dpm", "DDPM ckpt, DPM-Solver++", [
+        "ddpm-dpm": evaluate(ddpm, work / "ddpm_dpm", "DDPM ckpt, DPM-Solver++", [
             "method=dpm_solver", "sampler.timestep_spacing=trailing", steps_list(settings.dpm_steps), *n], "trailing"),
     }
     guide = "epoch_0010" if "checkpoint.save_every_n_epochs=10" in settings.train else "epoch_0001"
     for w in settings.guide_scales:
-        rows[f"guide-{w:g}"] = evaluate_checkpoint(ddpm, work / f"guide_{w:g}", f"DDIM-50, guide w={w:g}", [
+        rows[f"guide-{w:g}"] = evaluate(ddpm, work / f"guide_{w:g}", f"DDIM-50, guide w={w:g}", [
             "method=ddim", f"sampler.steps={max(settings.ddim_steps)}", f"sampler.guide={guide}",
             f"sampler.guide_scale={w}", *n])
     return rows
@@ -159,11 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, out_help="also write the markdown report here")
     parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs and evaluations an earlier invocation left in --work-dir")
     parser.add_argument("--budget", choices=("full", "small"), default="full",
                         help="full: the default run's length and precision (the issue's bars); small: 20 epochs in "
                              "fp32 and 200 samples per row, for a busy CPU")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    global REUSE
+    REUSE = args.reuse
     settings = QUICK if args.quick else SMALL if args.budget == "small" else FULL
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", "edm")).resolve()
