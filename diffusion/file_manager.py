@@ -147,15 +147,7 @@ class FileManager:
         if not paths:
             raise CheckpointError(f"no post-hoc EMA snapshots in {self.checkpoint_dir / 'posthoc_ema'}: train with "
                                   "trainer.ema=posthoc trainer.ema_snapshot_every=N")
-        snapshots = []
-        for path in paths:
-            try:
-                snapshots.append(torch.load(io.BytesIO(read_verified(path)), map_location="cpu", weights_only=True))
-            except CheckpointError:
-                raise
-            except Exception as error:  # noqa: BLE001 - the restricted unpickler raises anything on foreign bytes
-                raise CheckpointError(f"post-hoc EMA snapshot {path} is damaged ({type(error).__name__})") from error
-        return snapshots
+        return [read_safely(path) for path in paths]
 
     def periodic_checkpoints(self) -> list[Path]:
         """``epoch_NNNN.pt`` files, oldest first."""
@@ -220,7 +212,22 @@ class FileManager:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely: only tensors and plain containers, never pickled code.
+    """Read a checkpoint safely (:func:`read_safely`) and check that it is one of this project's.
+
+    Raises:
+        CheckpointError: missing file, truncated or corrupted file, one that carries pickled objects, or one of
+            another format.
+    """
+    state = read_safely(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
+    checkpoint.check_format(state, path)
+    return state
+
+
+def read_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """A file this project wrote with ``torch.save`` (checkpoint, post-hoc EMA snapshot), verified against its
+    sidecar and read with ``weights_only``: only tensors and plain containers, never pickled code.
 
     Raises:
         CheckpointError: missing file, truncated or corrupted file, or one that carries pickled objects.
@@ -239,9 +246,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from error
     except Exception as error:  # noqa: BLE001 - the restricted unpickler raises anything on foreign bytes
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__})") from error
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
-    checkpoint.check_format(state, path)
     return state
 
 
