@@ -202,7 +202,7 @@ def measure_processes(overrides: Sequence[str], num_samples: int, batch_size: in
     with tempfile.TemporaryDirectory(prefix="benchmark_processes_") as tmp:
         for count in process_counts:
             out = Path(tmp) / f"{count}.pt"
-            command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={count}", "-m",
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}", "-m",
                        "experiments.benchmark_sampling", "--worker", "--out", str(out), "--num-samples",
                        str(num_samples), "--batch-size", str(batch_size), "--steps", str(steps), *overrides]
             env = {**run_py_env(), "OMP_NUM_THREADS": str(threads)}

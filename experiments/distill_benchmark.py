@@ -9,9 +9,9 @@ Trains a v-prediction digits teacher (``python run.py method.prediction=v``) unl
 
 Reports FD (digits evaluator, with its real-data floor), ms per sample, the per-round FDs, and each run's training
 seconds (the sum of its epochs' ``epoch_seconds``: start-up and final sampling excluded, per-round scoring
-included). Checks: the 4-step progressive student within 2x of the teacher's DDIM-50 FD and better than the
-teacher's DDIM-4; the consistency student better than the teacher's DDIM at 1 and at 2 steps; each distillation
-cheaper than the teacher's training.
+included), and their ratio to the teacher's. Checks (issue 15's bars): the 4-step progressive student within 1.5x
+of the teacher's DDIM-50 FD, and better than the teacher's DDIM-4; the consistency student better than the
+teacher's DDIM at 1 and at 2 steps.
 
     python -m experiments.distill_benchmark --threads 1 --out experiments/results/distill_cpu.md
     python -m experiments.distill_benchmark --run-dir outputs/2024-05-01/12-00-00    # an earlier v-prediction run
@@ -51,7 +51,7 @@ from experiments.lib import (
     trained_run,
 )
 
-MAX_FD_RATIO = 2.0  # 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
+MAX_FD_RATIO = 1.5  # issue 15: the 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def fd(rows: Sequence[SamplerRow], label: str, steps: int) -> float:
     return next(r for r in rows if r.label == label and r.steps == steps).scores["fd"].value
 
 
-def verdicts(rows: Sequence[SamplerRow], seconds: dict[str, float], teacher_steps: int) -> list[tuple[bool, str]]:
+def verdicts(rows: Sequence[SamplerRow], teacher_steps: int) -> list[tuple[bool, str]]:
     teacher_many, teacher_4 = fd(rows, "teacher DDIM", teacher_steps), fd(rows, "teacher DDIM", 4)
     progressive = fd(rows, "progressive", 4)
     checks = [
@@ -129,10 +129,6 @@ def verdicts(rows: Sequence[SamplerRow], seconds: dict[str, float], teacher_step
         student, teacher = fd(rows, "consistency", steps), fd(rows, "teacher DDIM", steps)
         checks.append((student < teacher, f"{steps}-step consistency student better than the teacher's DDIM-{steps}: "
                                           f"{student:.3g} vs {teacher:.3g}"))
-    for name in ("progressive", "consistency"):
-        checks.append((seconds[name] < seconds["teacher"],
-                       f"{name} distillation cheaper than the teacher's training: {seconds[name]:.0f} s vs "
-                       f"{seconds['teacher']:.0f} s"))
     return checks
 
 
@@ -144,13 +140,14 @@ def report(rows: Sequence[SamplerRow], rounds: list[str], seconds: dict[str, flo
         f"`{' '.join(settings.progressive)}` (progressive) and `{' '.join(settings.consistency)}` (consistency), "
         f"each scored on {rows[0].num_samples} samples from sampler seed 0: FD on the digits evaluator's features "
         "against the training split, floor from held-out real digits at the same count; ± is the standard error. "
-        "Training seconds: the sum of each run's epoch_seconds (teacher "
-        f"{seconds['teacher']:.0f} s, progressive {seconds['progressive']:.0f} s, consistency "
-        f"{seconds['consistency']:.0f} s)."
+        "Training seconds, the sum of each run's epoch_seconds: teacher "
+        f"{seconds['teacher']:.0f} s, progressive {seconds['progressive']:.0f} s "
+        f"({seconds['progressive'] / seconds['teacher']:.2g}x the teacher's), consistency "
+        f"{seconds['consistency']:.0f} s ({seconds['consistency'] / seconds['teacher']:.2g}x)."
     )
     table = [*rows_table(rows), "", "Progressive distillation, FD per round:", "", *rounds]
     return checks_report("Few-step generation by distillation on digits (issue 15)", machine, method, table,
-                         verdicts(rows, seconds, settings.teacher_steps), elapsed, command)
+                         verdicts(rows, settings.teacher_steps), elapsed, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

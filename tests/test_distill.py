@@ -242,7 +242,7 @@ def test_distill_benchmark_quick(tmp_path: Path):
     text = out.read_text()
     assert text.strip() in result.stdout
     assert_checks_report(text, "Few-step generation by distillation on digits (issue 15)",
-                         "experiments.distill_benchmark", checks=6)
+                         "experiments.distill_benchmark", checks=4)
     rows = table(text)
     assert [(r[0], r[1]) for r in rows[:7]] == [("teacher DDIM", "1"), ("teacher DDIM", "2"), ("teacher DDIM", "4"),
                                                ("teacher DDIM", "10"), ("progressive", "4"), ("consistency", "1"),

@@ -57,9 +57,9 @@ def run_worker(tmp_path: Path, name: str, nproc: int, accumulate: int = 1) -> Pa
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"] if nproc > 1 else [
-        sys.executable
-    ]
+    launcher = [sys.executable]
+    if nproc > 1:  # --standalone: a free rendezvous port, so tests running side by side do not collide
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     result = subprocess.run([*launcher, str(script), str(out), str(accumulate)], env=env, capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -100,7 +100,7 @@ def test_torchrun_run_py_makes_one_run_directory(tmp_path):
     args = ["experiment=moons_mlp", "trainer.epochs=1", "trainer.progress=false", "data.num_samples=600",
             "model.hidden_dim=16", "model.num_layers=1", "method.num_timesteps=20", "sampler.num_samples=16",
             "evaluator.num_samples=16", "trainer.device=cpu"]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "run.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,7 +110,7 @@ def test_torchrun_run_py_makes_one_run_directory(tmp_path):
 
 def test_batch_not_divisible_by_world_size_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "run.py"), "experiment=moons_mlp", "trainer.batch_size=255",
                              "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

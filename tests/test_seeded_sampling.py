@@ -166,7 +166,7 @@ SAMPLING = ["sampler.num_samples=40", "sampler.batch_size=8", "sampler.device=cp
 
 
 def torchrun(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "run.py"), *overrides], cwd=cwd, env=child_env(), capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -228,7 +228,7 @@ def test_two_ranks_gather_samples_labels_and_trajectory_in_sample_order(tmp_path
     results = {}
     for nproc in (1, 2):
         out = tmp_path / f"{nproc}.pt"
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         done = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True,
                               timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
