@@ -66,9 +66,22 @@ def test_lr_warmup_then_cosine(tmp_path):
     logger.close()
 
 
+def test_max_steps_counts_optimizer_steps_and_stops_mid_epoch(tmp_path):
+    """``trainer.max_steps`` (papers count steps) replaces epochs: 8 steps at 6 per epoch end inside epoch 2."""
+    trainer, file_manager, logger = small_parts(tmp_path, epochs=50, max_steps=8, lr_schedule="cosine",
+                                                min_lr_ratio=0.1)
+    assert trainer.steps_per_epoch == 6 and trainer.epochs == 2 and trainer.total_steps == 8
+    summary = trainer.train()
+    logger.close()
+    assert summary["global_step"] == 8
+    assert trainer.lr_factor(8) == pytest.approx(0.1)  # the LR schedule spans max_steps, not 50 epochs
+    assert file_manager.load("last")["train_state"]["global_step"] == 8
+    assert len(trainer.get_loss_histories()[1]) == 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"lr": 0.0}, "trainer.lr"), ({"epochs": 0}, "trainer.epochs"), ({"precision": "fp8"}, "trainer.precision"),
+    [({"lr": 0.0}, "trainer.lr"), ({"max_steps": 0}, "trainer.max_steps"), ({"epochs": 0}, "trainer.epochs"), ({"precision": "fp8"}, "trainer.precision"),
      ({"ema_decay": 1.0}, "trainer.ema_decay"), ({"lr_schedule": "step"}, "trainer.lr_schedule")],
 )
 def test_trainer_rejects_bad_arguments(tmp_path, kwargs, key):

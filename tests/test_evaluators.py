@@ -3,6 +3,8 @@ the Inception evaluator without its weights; scoring one model at several sample
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import math
@@ -224,14 +226,36 @@ def test_inception_with_weights_scores_fid_and_kid_with_floors(
 ) -> None:
     _refuse_network(monkeypatch)
     weights = tmp_path / inception.INCEPTION_WEIGHTS_FILE
-    weights.write_bytes(b"")
+    weights.write_bytes(b"stand-in weights")
     monkeypatch.setattr(inception, "inception_unavailable_reason", lambda path: None)
     monkeypatch.setattr(inception, "load_inception", lambda path: _PooledPixels())
-    evaluator = InceptionEvaluator(num_samples=64, weights_path=str(weights), reference_size=256)
+    digest = hashlib.sha256(b"stand-in weights").hexdigest()
+    evaluator = InceptionEvaluator(num_samples=64, weights_path=str(weights), reference_size=256,
+                                   weights_sha256=digest[:8].upper())  # a prefix, in either case, is enough
     evaluator.prepare(digits)
     scores = evaluator.evaluate(_noise_images(64))
     assert set(scores) == {"fid", "kid"} and all(metric.floor is not None for metric in scores.values())
     assert scores["fid"].value > scores["fid"].floor
+
+
+def test_inception_weights_with_another_sha256_are_refused_before_loading(
+    tmp_path: Path, digits: DigitsData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / inception.INCEPTION_WEIGHTS_FILE
+    weights.write_bytes(b"truncated download")
+    monkeypatch.setattr(inception, "inception_unavailable_reason", lambda path: None)
+    loaded = []
+    monkeypatch.setattr(inception, "load_inception", lambda path: loaded.append(path) or _PooledPixels())
+    evaluator = InceptionEvaluator(num_samples=16, weights_path=str(weights))  # expects torch-fidelity's file
+    with pytest.raises(ConfigError) as error:
+        evaluator.prepare(digits)
+    message = str(error.value)
+    assert "\n" not in message and f"evaluator.weights_path={weights}" in message
+    assert hashlib.sha256(b"truncated download").hexdigest() in message and inception.INCEPTION_WEIGHTS_SHA256 in message
+    assert loaded == []
+    for bad in ("6726825", "not-a-digest", "0" * 65):
+        with pytest.raises(ConfigError, match=r"^evaluator\.weights_sha256="):
+            InceptionEvaluator(weights_sha256=bad)
 
 
 # ----------------------------------------------------------------------------------------- sampler steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,10 @@ def test_inception_on_uint8_data_with_reference_stats_and_neighbour_metrics(tmp_
     monkeypatch.setattr(inception, "load_inception", lambda path: _PooledPixels())
     train_features = _PooledPixels()(data.load().train)  # what the evaluator's reference features will be
     save_feature_statistics(tmp_path / "ref.npz", feature_statistics(train_features))
-    evaluator = InceptionEvaluator(num_samples=8, reference_stats=str(tmp_path / "ref.npz"), neighbour_metrics=True)
+    weights = tmp_path / "stand-in.pth"
+    weights.write_bytes(b"stand-in")
+    evaluator = InceptionEvaluator(num_samples=8, reference_stats=str(tmp_path / "ref.npz"), neighbour_metrics=True,
+                                   weights_path=str(weights), weights_sha256=hashlib.sha256(b"stand-in").hexdigest())
     evaluator.prepare(data)
     real = evaluator.evaluate(data.prepare_batch(data.load().train[:8]))
     noise = evaluator.evaluate(torch.full((8, 3, 32, 32), -1.0))  # black: far from every training image

@@ -2,7 +2,9 @@
 
 The features are those of the FID Inception network that torchmetrics' ``FrechetInceptionDistance`` wraps
 (``torchmetrics.image.fid.NoTrainInceptionV3``, torch-fidelity's port of the TensorFlow FID graph, 2048-d pool
-features), loaded from an explicit file so that nothing is ever downloaded. The distances are then computed by this
+features), loaded from an explicit file so that nothing is ever downloaded, after its sha256 is checked
+(``evaluator.weights_sha256``; a mismatch is a one-line ConfigError, since a different file's FIDs compare with no
+published number). The distances are then computed by this
 package's float64 :func:`~diffusion.evaluation.metrics.frechet_distance_from_features` and KID, under the same
 sample-count rule and real-data floors as every other evaluator (see :mod:`diffusion.evaluation.evaluators`); each
 image goes through the network once.
@@ -13,8 +15,10 @@ logs one line saying how to get them, sets ``unavailable_reason``, and the evalu
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+# sha256 of torch-fidelity's v0.2.0 release file (its first 8 hex digits are the file name's suffix, torch hub's
+# naming convention): a corrupt, truncated or different file would give FIDs that compare with nothing.
+INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 INCEPTION_PACKAGES = {"torchmetrics": "torchmetrics>=1.0", "torch_fidelity": "torch-fidelity>=0.3"}
 
 
@@ -60,6 +67,28 @@ def inception_unavailable_reason(weights_path: str | Path | None = None) -> str 
         f"at {path}, or point evaluator.weights_path at it. Nothing is downloaded at run time; the run goes on "
         "without them."
     )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights_sha256(path: Path, expected: str) -> None:
+    """Refuse a weights file whose sha256 is not ``expected`` (a full digest, or a prefix of at least 8 digits).
+
+    Raises:
+        ConfigError: naming ``evaluator.weights_path`` and both digests.
+    """
+    actual = file_sha256(path)
+    if not actual.startswith(expected):
+        raise ConfigError(
+            f"evaluator.weights_path={path}: sha256 {actual} is not the expected {expected} (a corrupt or different "
+            "file: fetch it again, or set evaluator.weights_sha256 to the digest of the weights you mean to use)"
+        )
 
 
 def load_inception(weights_path: str | Path) -> nn.Module:
@@ -95,6 +124,8 @@ class InceptionEvaluator(FeatureEvaluator):
             :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
         weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
             :func:`default_inception_weights_path`).
+        weights_sha256: the file's expected sha256 (hex; a prefix of 8 or more digits is accepted), checked before
+            the weights are loaded; ``None``: :data:`INCEPTION_WEIGHTS_SHA256`, torch-fidelity's file.
         kid_subsets, kid_subset_size: KID subset pairs and points per subset (capped at the scoring sample count).
         batch_size: images per Inception forward pass.
         device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
@@ -130,8 +161,14 @@ class InceptionEvaluator(FeatureEvaluator):
         reference_stats: str | None = None,
         neighbour_metrics: bool = False,
         seeds: Sequence[int] | None = None,
+        weights_sha256: str | None = None,
     ) -> None:
         super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
+        expected = INCEPTION_WEIGHTS_SHA256 if weights_sha256 is None else str(weights_sha256).strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
+            raise ConfigError(f"evaluator.weights_sha256={weights_sha256!r}: expected 8 to 64 hexadecimal digits of "
+                              "the weights file's sha256")
+        self.weights_sha256 = expected
         # Read now: a wrong path fails at start-up, not after training.
         self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
@@ -155,6 +192,7 @@ class InceptionEvaluator(FeatureEvaluator):
         if self.unavailable_reason is None and self._network is None:
             self.unavailable_reason = inception_unavailable_reason(self.weights_path)
             if self.unavailable_reason is None:
+                check_weights_sha256(self.weights_path, self.weights_sha256)
                 try:
                     self._network = load_inception(self.weights_path).to(self.device).eval()
                 except ImportError as error:  # e.g. torchvision missing under torch-fidelity
