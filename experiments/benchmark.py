@@ -15,7 +15,8 @@ Figures, each on the default run's components (``conf/config.yaml``: the U-Net o
 5. the Sampler against an inline loop of the same update, per step, with a trivial network (bar: <= 1.1); 5c. what
    drawing each sample's noise from its own generator costs against one generator for the batch;
 6. model FLOP/s in training as a fraction of the measured bf16 / fp32 matmul peak;
-7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch;
+7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch; 7b: the peak with a
+   CIFAR-10-sized synthetic set (60,000 uint8 images) against the same run on a small set;
 8. sampling throughput (DDIM, default U-Net) of 2 torchrun processes (gloo, CPU) against 1.
 
 The machine is shared: variants of a comparison run interleaved, one measurement each per round, and the
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.benchmark_memory import measure_default_run
-from experiments.benchmark_report import Report, Row, memory_rows, process_rows, sampling_rows, training_rows
+from experiments.benchmark_memory import measure_cifar_sized, measure_default_run
+from experiments.benchmark_report import Report, Row, cifar_memory_rows, memory_rows, process_rows, sampling_rows, training_rows
 from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_noise_streams, measure_overhead, \
     measure_processes
 from experiments.benchmark_training import compose_config, measure_training
@@ -61,6 +62,7 @@ class Settings:
     memory_overrides: tuple[str, ...] = ()
     process_samples: int = 400  # record 8: samples drawn by 1 and by 2 processes, in batches of process_batch
     process_batch: int = 50
+    cifar_per_file: int = 10_000  # record 7b: images in each of the synthetic CIFAR-10's six files (the real count)
 
 
 FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size=2048, sample_batch=100,
@@ -68,7 +70,8 @@ FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size
 _TINY = ("model.base_channels=8", "model.num_res_blocks=1", "method.num_timesteps=50")
 QUICK = Settings(overrides=_TINY, training_rounds=1, with_compile=False, matmul_size=256, sample_batch=8,
                  sampling_rounds=1, ddim_steps=5, overhead_rounds=2, memory_epochs=3,
-                 memory_overrides=(*_TINY, "trainer.progress=false"), process_samples=16, process_batch=4)
+                 memory_overrides=(*_TINY, "trainer.progress=false"), process_samples=16, process_batch=4,
+                 cifar_per_file=200)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,6 +108,9 @@ def run(args: argparse.Namespace) -> Report:
         _progress(f"memory: python run.py for {settings.memory_epochs} epochs")
         memory_overrides = [*settings.memory_overrides, f"trainer.device={args.device}", *args.overrides]
         report.rows += memory_rows(measure_default_run(settings.memory_epochs, memory_overrides, args.threads))
+        _progress(f"memory: a synthetic CIFAR-10 of {6 * settings.cifar_per_file:,} images")
+        report.rows += cifar_memory_rows(measure_cifar_sized(settings.cifar_per_file, overrides=[
+            f"trainer.device={args.device}", *args.overrides], threads=args.threads))
     report.load_after = load_average()
     _progress("done")
     return report

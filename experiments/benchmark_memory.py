@@ -1,4 +1,5 @@
-"""Record 7: peak resident memory of the default run, and whether it grows from epoch to epoch.
+"""Record 7: peak resident memory of the default run, and whether it grows from epoch to epoch; record 7b: the
+peak of a run on a CIFAR-10-sized synthetic set (issue 12: image sets live as uint8 and are converted per batch).
 
 Runs ``python run.py`` in a child process and, while it runs, reads the child's resident set size
 (``VmRSS`` in ``/proc/<pid>/status``) each time a new epoch record appears in its ``metrics.jsonl``, and its
@@ -68,6 +69,79 @@ def measure_default_run(epochs: int, overrides: Sequence[str] = (), threads: int
             raise RuntimeError(f"{shown_command(arguments)} exited {child.returncode} after {len(rss)} epochs:\n{tail}")
     shown = (f"OMP_NUM_THREADS={threads} " if threads else "") + shown_command(arguments)
     return MemoryFigures(shown, peak, rss[:epochs], seconds)
+
+
+CIFAR_SHAPE = (3, 32, 32)
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")  # 10,000 images each in the real set
+
+
+@dataclass
+class CifarMemoryFigures:
+    command: str
+    images: int  # in the full synthetic set (train + test files)
+    peak_mib: float  # the run on the full set
+    baseline_peak_mib: float  # the same run on a set of ``baseline_images``
+    baseline_images: int
+
+    @property
+    def uint8_mib(self) -> float:
+        return self.images * math.prod(CIFAR_SHAPE) / 2**20
+
+    @property
+    def data_mib(self) -> float:
+        """What the images add to the peak: the full set's run against the small set's."""
+        return self.peak_mib - self.baseline_peak_mib
+
+
+def write_synthetic_cifar(root: Path, per_file: int, seed: int = 0) -> int:
+    """CIFAR-10's binary layout (``cifar-10-batches-bin/*.bin``: a label byte and 3,072 pixel bytes per image) with
+    ``per_file`` random images in each of its six files; returns the number of images."""
+    import numpy as np
+
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in CIFAR_FILES:
+        records = rng.integers(0, 256, (per_file, 1 + math.prod(CIFAR_SHAPE)), dtype=np.uint8)
+        records[:, 0] %= 10  # the label byte
+        (folder / f"{name}.bin").write_bytes(records.tobytes())
+    return per_file * len(CIFAR_FILES)
+
+
+def cifar_run_arguments(root: Path, steps: int, overrides: Sequence[str]) -> list[str]:
+    """A few steps of a small U-Net on ``data=cifar10`` (flips on): the network is small so the images dominate."""
+    return ["data=cifar10", f"data.root={root}", "data.random_flip=true", "model.base_channels=16",
+            "model.channel_mults=[1,2]", "model.attention_resolutions=[]", "model.num_groups=8",
+            f"trainer.max_steps={steps}", "trainer.batch_size=128", "evaluator=none", "method=ddim",
+            "sampler.steps=2", "sampler.num_samples=16", "trainer.progress=false", *overrides]
+
+
+def measure_cifar_sized(per_file: int = 10_000, baseline_per_file: int = 100, steps: int = 5,
+                        overrides: Sequence[str] = (), threads: int | None = None) -> CifarMemoryFigures:
+    """Peak RSS of ``steps`` training steps on a synthetic CIFAR-10 of ``6 x per_file`` images (the real set's size
+    by default), and of the same run on ``6 x baseline_per_file`` images: the difference is what the images cost.
+
+    Raises:
+        RuntimeError: a run failed (its stderr is in the message).
+    """
+    env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    peaks, sizes = [], []
+    with tempfile.TemporaryDirectory(prefix="benchmark_cifar_") as tmp:
+        for count in (per_file, baseline_per_file):
+            root = Path(tmp) / f"cifar_{count}"
+            sizes.append(write_synthetic_cifar(root, count))
+            arguments = cifar_run_arguments(root, steps, overrides)
+            run_dir, stderr_path = Path(tmp) / f"run_{count}", Path(tmp) / f"stderr_{count}.txt"
+            with open(stderr_path, "wb") as stderr:
+                child = subprocess.Popen(run_py_command([*arguments, f"hydra.run.dir={run_dir}"]), cwd=ROOT,
+                                         env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+                _, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
+            if os.waitstatus_to_exitcode(status) != 0:
+                tail = stderr_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+                raise RuntimeError(f"{shown_command(arguments)} failed:\n{tail}")
+            peaks.append(peak)
+    shown = shown_command(cifar_run_arguments(Path("<synthetic CIFAR-10>"), steps, overrides))
+    return CifarMemoryFigures(shown, sizes[0], peaks[0], peaks[1], sizes[1])
 
 
 def _watch(pid: int, metrics: Path) -> tuple[list[float], float, int]:

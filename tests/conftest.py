@@ -1,8 +1,16 @@
-"""Test-wide safety: W&B never goes online and writes only inside the test's temporary directory."""
+"""Test-wide safety: W&B never goes online and writes only inside the test's temporary directory. Every test
+process computes on one intra-op thread: tests run side by side (``pytest -n auto``, one worker per core), and two
+multi-threaded torch processes on the same cores spin-wait in each other's barriers (issue 14, part 7)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+os.environ["OMP_NUM_THREADS"] = "1"  # child processes (run.py, torchrun) inherit it
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from runs import ROOT
 
-ROWS = ("1", "2", "3", "4", "5a", "5b", "5c", "6", "7", "8")
+ROWS = ("1", "2", "3", "4", "5a", "5b", "5c", "6", "7", "7b", "8")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,10 @@ def test_figures_are_numbers_where_measured(quick_run):
     assert re.search(r"samples agree to", rows["5a"][2])
     assert re.search(r"\d+ MiB peak; \d+ -> \d+ MiB after epochs 2 -> 3", rows["7"][2])
     assert rows["7"][4] in ("flat", "GROWS")
+    # 7b: 6 x 200 synthetic CIFAR images at --quick; their uint8 size is 1,200 x 3,072 bytes = 4 MiB
+    assert re.search(r"\d+ vs \d+ MiB peak: the images add -?\d+ MiB \(their uint8 size 4 MiB; float32 would be "
+                     r"14 MiB\)", rows["7b"][2]), rows["7b"][2]
+    assert "data=cifar10" in rows["7b"][5]
 
 
 def test_cuda_without_a_gpu_is_one_clear_line():

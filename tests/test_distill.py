@@ -4,6 +4,7 @@ distillations of a tiny moons teacher through run.py, sampled with task=sample; 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,8 @@ def teacher_run(tmp_path_factory) -> Path:
 def progressive_run(teacher_run, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("progressive") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert main_in_process(monkeypatch, f"run_dir={teacher_run}", f"hydra.run.dir={run_dir}", *PROGRESSIVE) == 0
+        assert main_in_process(monkeypatch, f"run_dir={teacher_run}", f"hydra.run.dir={run_dir}", *PROGRESSIVE,
+                               "evaluator=moons", "evaluator.num_samples=16") == 0  # each round scored
     return run_dir
 
 
@@ -150,6 +152,8 @@ def test_progressive_distillation_runs_end_to_end_and_its_student_samples(progre
     assert all((checkpoints / f"round_{steps:04d}.pt").is_file() for steps in (4, 2))
     rows = json.loads((progressive_run / "distill_rounds.json").read_text())
     assert [(r["round"], r["steps"], r["global_step"]) for r in rows] == [(1, 4, 2), (2, 2, 4)]
+    assert all(math.isfinite(r["mmd"]) for r in rows)  # the evaluator's score of each round's student
+    assert (progressive_run / "distill_rounds.png").read_bytes().startswith(b"\x89PNG")
     best = load_checkpoint(checkpoints / "best.pt")
     assert checkpoint.global_step(best) == 4
     assert best["config"]["method"]["_target_"] == "diffusion.distill.DistilledDDIM"

@@ -141,7 +141,17 @@ def _read_batches(
         except OSError as err:
             raise ConfigError(f"data.root: CIFAR-10 batch '{name}' missing from '{where}': {err}") from err
         batches.append(parse(raw, f"{where}/{name}"))
-    return LabelledPixels(torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches]))
+        del raw
+    # Copy into one tensor, freeing each batch once copied: the peak is the set plus one batch, not twice the set
+    # (torch.cat would hold every batch and the result at once).
+    images = torch.empty((sum(len(b.images) for b in batches), *batches[0].images.shape[1:]), dtype=torch.uint8)
+    labels = torch.cat([b.labels for b in batches])
+    offset = 0
+    while batches:
+        batch = batches.pop(0)
+        images[offset : offset + len(batch.images)] = batch.images
+        offset += len(batch.images)
+    return LabelledPixels(images, labels)
 
 
 class _BatchUnpickler(pickle.Unpickler):

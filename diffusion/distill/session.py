@@ -4,6 +4,7 @@
                                 full training checkpoint; its EMA weights became the next round's teacher)
     checkpoints/best.pt         the final student (what task=sample and task=evaluate load)
     distill_rounds.json/.txt    progressive: steps vs score, one row per round
+    distill_rounds.png          progressive, with an evaluator: each score against the student's steps
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ class DistillSession:
         self.rows = [r for r in self.rows if r["round"] != row["round"]] + [row]
         atomic_write_text(self.table, json.dumps(self.rows, indent=2) + "\n")
         atomic_write_text(self.table.with_suffix(".txt"), format_rounds(self.rows))
+        if scores:
+            from diffusion.images import save_curves
+
+            save_curves({name: [(r["steps"], r[name]) for r in self.rows if name in r] for name in scores},
+                        self.table.with_suffix(".png"), xlabel="student sampling steps")
         shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
         self.logger.log(f"distillation round {index + 1}: {steps}-step student saved to {path}" +
                         (f"; {shown}" if shown else ""))
