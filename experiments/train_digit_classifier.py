@@ -16,6 +16,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path, as diffusion.evaluation.classifier.RETRAIN_COMMAND prints it
@@ -58,12 +59,15 @@ def accuracy(model: DigitClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
     return (model(x).argmax(dim=1) == y).double().mean().item()
 
 
-def train(args: argparse.Namespace) -> tuple[DigitClassifier, float]:
-    """Train for ``args.epochs`` epochs; returns the model in eval mode and its held-out accuracy."""
-    x_train, y_train, x_val, y_val = load_digits_split()
+def train_classifier(make_model: Callable[[], DigitClassifier], split: tuple[torch.Tensor, ...],
+                     args: argparse.Namespace, log_every: int = 10) -> tuple[DigitClassifier, float]:
+    """Train a ``make_model()`` (built after seeding, so ``args.seed`` fixes its initial weights) on
+    ``split = (x_train, y_train, x_val, y_val)`` for ``args.epochs`` epochs (AdamW, cosine decay, label smoothing,
+    random shifts); returns it in eval mode and its held-out accuracy. Shared with ``train_mnist_classifier``."""
+    x_train, y_train, x_val, y_val = split
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    model = DigitClassifier()
+    model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     # Cosine decay to zero over the whole run (Loshchilov & Hutter 2017, SGDR without restarts).
@@ -78,22 +82,45 @@ def train(args: argparse.Namespace) -> tuple[DigitClassifier, float]:
             loss.backward()
             optimizer.step()
             scheduler.step()
-        if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
-            print(f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  val_acc {accuracy(model, x_val, y_val):.4f}")
+        if (epoch + 1) % log_every == 0 or epoch + 1 == args.epochs:
+            print(f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  val_acc {accuracy(model, x_val, y_val):.4f}",
+                  flush=True)
     return model.eval(), accuracy(model, x_val, y_val)
+
+
+def add_training_flags(parser: argparse.ArgumentParser, epochs: int, max_shift: int) -> None:
+    """The optimisation flags both classifier scripts take (their defaults differ in epochs and shift)."""
+    parser.add_argument("--epochs", type=int, help=f"default {epochs}; with --quick 1")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.05)
+    parser.add_argument("--max-shift", type=int, default=max_shift)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def train_and_save(args: argparse.Namespace, make_model: Callable[[], DigitClassifier],
+                   split: tuple[torch.Tensor, ...], metadata: dict[str, str], log_every: int = 10) -> None:
+    """Train (deterministic algorithms, ``args.threads`` threads) and write the weights with their metadata."""
+    set_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    start = time.perf_counter()
+    model, val_accuracy = train_classifier(make_model, split, args, log_every)
+    seconds = time.perf_counter() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {"val_accuracy": f"{val_accuracy:.6f}", **metadata, "seed": str(args.seed), "epochs": str(args.epochs),
+                "feature_dim": str(model.feature_dim)}
+    save_file(state, str(args.out), metadata=metadata)
+    size_kb = args.out.stat().st_size / 1024
+    print(f"held-out accuracy {val_accuracy:.4f}  trained in {seconds:.1f}s  wrote {args.out} ({size_kb:.0f} KiB)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, threads=1, out_help=f"where the weights go (default: {shown_path(WEIGHTS_PATH)}, the "
                      "shipped ones; with --quick, outputs/classifier/); threads fixed so reruns match bit for bit")
-    parser.add_argument("--epochs", type=int, help="default 60; with --quick 1")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.05)
-    parser.add_argument("--max-shift", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    add_training_flags(parser, epochs=60, max_shift=1)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 60)
     if args.out is None:  # --quick never overwrites the shipped weights
@@ -103,23 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    set_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    start = time.perf_counter()
-    model, val_accuracy = train(args)
-    seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {
-        "val_accuracy": f"{val_accuracy:.6f}",
-        "split": f"train_val_indices({NUM_DIGITS}, {VAL_FRACTION}, {SPLIT_SEED})",
-        "seed": str(args.seed),
-        "epochs": str(args.epochs),
-        "feature_dim": str(model.feature_dim),
-    }
-    save_file(state, str(args.out), metadata=metadata)
-    size_kb = args.out.stat().st_size / 1024
-    print(f"held-out accuracy {val_accuracy:.4f}  trained in {seconds:.1f}s  wrote {args.out} ({size_kb:.0f} KiB)")
+    train_and_save(args, DigitClassifier, load_digits_split(),
+                   {"split": f"train_val_indices({NUM_DIGITS}, {VAL_FRACTION}, {SPLIT_SEED})"})
 
 
 if __name__ == "__main__":

