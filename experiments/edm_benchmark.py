@@ -151,6 +151,29 @@ def tables(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRo
             *markdown_table(["EMA", "FD", "FD floor"], ema)]
 
 
+def plot_fd_vs_nfe(rows: dict[str, list[SamplerRow]], path: Path) -> Path:
+    """FD against network evaluations, one line per checkpoint and solver (DDPM-1000 as a star), floor dashed."""
+    from experiments.studies.common import new_axes
+
+    figure, axes = new_axes(6.5, 4.2)
+    for key, group in rows.items():
+        if key.startswith("guide-"):
+            continue  # autoguidance rows share DDIM-50's NFE: they are the table's, not a curve
+        single = len(group) == 1
+        axes.plot([nfe_of(r) for r in group], [fd(r) for r in group], marker="*" if single else "o",
+                  markersize=11 if single else 5, label=f"{group[0].label}" + (f" {group[0].steps}" if single else ""))
+    floor = rows["ddpm-1000"][0].scores["fd"].floor
+    if floor is not None:
+        axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
+    axes.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FD (lower is better)",
+             title="FD against sampling cost: EDM and DDPM checkpoints")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def verdicts(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRow]],
              settings: Settings) -> list[tuple[bool, str]]:
     reference = fd(rows["ddpm-1000"][0])
@@ -198,8 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"trainer.ema_snapshot_every={settings.snapshot_every}`), trained in {times} (same epochs and network: "
               "the same budget). Scored: each run's best EMA checkpoint, the evaluator's samples per row from sampler "
               "seed 0; FD on the digit classifier's features, floors from held-out real digits; ± standard error.")
+    plot = plot_fd_vs_nfe(rows, args.out.with_name(args.out.stem + "_fd_vs_nfe.png") if args.out is not None
+                          else work / "fd_vs_nfe.png")
+    table = [*tables(rows, posthoc), "", f"![FD against NFE]({plot.name})"]
     text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
-                                 machine, method, tables(rows, posthoc), verdicts(rows, posthoc, settings),
+                                 machine, method, table, verdicts(rows, posthoc, settings),
                                  time.perf_counter() - start, reproduce_command("experiments.edm_benchmark", argv))
     return finish_report(text, passed, args)
 

@@ -89,6 +89,20 @@ def test_train_digit_classifier(tmp_path: Path):
     assert metadata["epochs"] == "1" and 0.0 <= float(metadata["val_accuracy"]) <= 1.0
 
 
+@pytest.mark.slow  # three toy runs, a post-hoc sweep and ten evaluations
+def test_edm_benchmark(tmp_path: Path):
+    out = tmp_path / "results" / "edm.md"
+    result = run_quick("experiments.edm_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, "EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
+                         "experiments.edm_benchmark", checks=4)
+    assert "![FD against NFE](edm_fd_vs_nfe.png)" in text
+    assert (out.parent / "edm_fd_vs_nfe.png").read_bytes().startswith(b"\x89PNG")
+    labels = {row[0] for row in table(text)}
+    assert {"DDPM", "EDM Heun", "EDM DPM++(2M)", "DDPM ckpt, Heun", "DDPM ckpt, DDIM"} <= labels
+
+
 @pytest.mark.slow  # one epoch of 4,500 28x28 digits: about half a minute on a busy core
 def test_train_mnist_classifier(tmp_path: Path):
     out = tmp_path / "mnist_classifier.safetensors"
