@@ -80,12 +80,17 @@ class CifarMemoryFigures:
     command: str
     images: int  # in the full synthetic set (train + test files)
     peak_mib: float  # the run on the full set
-    baseline_peak_mib: float  # the same run on a set of ``baseline_images``
-    baseline_images: int
+    baseline_peak_mib: float  # the same run on a set of ``6 x baseline_images``
+    baseline_images: int  # per file
+
+    @property
+    def extra_images(self) -> int:
+        return self.images - 6 * self.baseline_images
 
     @property
     def uint8_mib(self) -> float:
-        return self.images * math.prod(CIFAR_SHAPE) / 2**20
+        """The extra images' size as uint8."""
+        return self.extra_images * math.prod(CIFAR_SHAPE) / 2**20
 
     @property
     def data_mib(self) -> float:
@@ -116,15 +121,18 @@ def cifar_run_arguments(root: Path, steps: int, overrides: Sequence[str]) -> lis
             "sampler.steps=2", "sampler.num_samples=16", "trainer.progress=false", *overrides]
 
 
-def measure_cifar_sized(per_file: int = 10_000, baseline_per_file: int = 100, steps: int = 5,
+def measure_cifar_sized(per_file: int = 10_000, baseline_per_file: int | None = None, steps: int = 5,
                         overrides: Sequence[str] = (), threads: int | None = None) -> CifarMemoryFigures:
     """Peak RSS of ``steps`` training steps on a synthetic CIFAR-10 of ``6 x per_file`` images (the real set's size
     by default), and of the same run on ``6 x baseline_per_file`` images: the difference is what the images cost.
+    The baseline (default ``min(1000, per_file // 2)`` per file) keeps at least one full 512-image validation chunk,
+    so both runs peak with the same activations and the difference is the data's.
 
     Raises:
         RuntimeError: a run failed (its stderr is in the message).
     """
     env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    baseline_per_file = baseline_per_file or min(1000, per_file // 2)
     peaks, sizes = [], []
     with tempfile.TemporaryDirectory(prefix="benchmark_cifar_") as tmp:
         for count in (per_file, baseline_per_file):
@@ -141,7 +149,7 @@ def measure_cifar_sized(per_file: int = 10_000, baseline_per_file: int = 100, st
                 raise RuntimeError(f"{shown_command(arguments)} failed:\n{tail}")
             peaks.append(peak)
     shown = shown_command(cifar_run_arguments(Path("<synthetic CIFAR-10>"), steps, overrides))
-    return CifarMemoryFigures(shown, sizes[0], peaks[0], peaks[1], sizes[1])
+    return CifarMemoryFigures(shown, sizes[0], peaks[0], peaks[1], baseline_per_file)
 
 
 def _watch(pid: int, metrics: Path) -> tuple[list[float], float, int]:

@@ -85,9 +85,9 @@ def test_figures_are_numbers_where_measured(quick_run):
     assert re.search(r"samples agree to", rows["5a"][2])
     assert re.search(r"\d+ MiB peak; \d+ -> \d+ MiB after epochs 2 -> 3", rows["7"][2])
     assert rows["7"][4] in ("flat", "GROWS")
-    # 7b: 6 x 200 synthetic CIFAR images at --quick; their uint8 size is 1,200 x 3,072 bytes = 4 MiB
-    assert re.search(r"\d+ vs \d+ MiB peak: the images add -?\d+ MiB \(their uint8 size 4 MiB; float32 would be "
-                     r"14 MiB\)", rows["7b"][2]), rows["7b"][2]
+    # 7b at --quick: 6 x 200 synthetic CIFAR images against 6 x 100; the 600 more are 600 x 3,072 bytes = 2 MiB
+    assert re.search(r"\d+ vs \d+ MiB peak: the 600 more images add -?\d+ MiB \(their uint8 size 2 MiB; float32 "
+                     r"would be 7 MiB\)", rows["7b"][2]), rows["7b"][2]
     assert "data=cifar10" in rows["7b"][5]
 
 

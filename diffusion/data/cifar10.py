@@ -134,23 +134,26 @@ def _archive_reader(archive: Path, folder: str) -> Callable[[str], bytes]:
 def _read_batches(
     read: Callable[[str], bytes], where: Path, names: list[str], parse: Callable[[bytes, str], LabelledPixels]
 ) -> LabelledPixels:
-    batches = []
-    for name in names:
+    """The named batches as one uint8 tensor. Read twice: once to count the images, once to copy each batch into
+    its place; so at most one batch is held beside the result, and the peak is the set plus a batch, not twice the
+    set (a list of batches and their ``torch.cat``). Parsing 60,000 images takes well under a second."""
+
+    def batch(name: str) -> LabelledPixels:
         try:
             raw = read(name)
         except OSError as err:
             raise ConfigError(f"data.root: CIFAR-10 batch '{name}' missing from '{where}': {err}") from err
-        batches.append(parse(raw, f"{where}/{name}"))
-        del raw
-    # Copy into one tensor, freeing each batch once copied: the peak is the set plus one batch, not twice the set
-    # (torch.cat would hold every batch and the result at once).
-    images = torch.empty((sum(len(b.images) for b in batches), *batches[0].images.shape[1:]), dtype=torch.uint8)
-    labels = torch.cat([b.labels for b in batches])
+        return parse(raw, f"{where}/{name}")
+
+    counts = [len(batch(name).labels) for name in names]
+    images = torch.empty((sum(counts), 3, 32, 32), dtype=torch.uint8)
+    labels = torch.empty(sum(counts), dtype=torch.long)
     offset = 0
-    while batches:
-        batch = batches.pop(0)
-        images[offset : offset + len(batch.images)] = batch.images
-        offset += len(batch.images)
+    for name, count in zip(names, counts, strict=True):
+        part = batch(name)
+        images[offset : offset + count] = part.images
+        labels[offset : offset + count] = part.labels
+        offset += count
     return LabelledPixels(images, labels)
 
 
