@@ -67,15 +67,19 @@ def add_common_flags(parser: argparse.ArgumentParser, out_help: str, out: Path |
     return parser
 
 
-def parse_checkpoint_benchmark_args(description: str, trained: str,
-                                    argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options of a benchmark that trains ``trained`` (or takes ``--run-dir``) and scores its checkpoint."""
+def parse_checkpoint_benchmark_args(description: str, trained: str, argv: Sequence[str] | None,
+                                    budgets: Sequence[str] = ()) -> argparse.Namespace:
+    """The options of a benchmark that trains ``trained`` (or takes ``--run-dir``) and scores its checkpoint;
+    with ``budgets``, also ``--budget`` (the first is the default)."""
     parser = argparse.ArgumentParser(description=description)
     add_common_flags(parser, out_help="also write the markdown report here (--output: the same)")
     parser.add_argument("--output", dest="out", type=Path, help=argparse.SUPPRESS)  # its name before --out
     parser.add_argument("--run-dir", type=Path, help=f"score this run instead of training {trained}")
     parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
     parser.add_argument("--num-samples", type=int, help="samples per row (default: evaluator.num_samples, 500)")
+    if budgets:
+        parser.add_argument("--budget", choices=budgets, default=budgets[0], help="how much to train (default: "
+                            f"{budgets[0]}; see the script's settings)")
     return parser.parse_args(argv)
 
 
