@@ -54,19 +54,10 @@ def measure_default_run(epochs: int, overrides: Sequence[str] = (), threads: int
     if epochs < 3:
         raise ValueError(f"need at least 3 epochs to compare epoch 2 with a later one, got {epochs}")
     arguments = default_run_arguments(epochs, overrides)
-    env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with tempfile.TemporaryDirectory(prefix="benchmark_memory_") as tmp:
-        run_dir, stderr_path = Path(tmp) / "run", Path(tmp) / "stderr.txt"
         start = time.perf_counter()
-        with open(stderr_path, "wb") as stderr:
-            child = subprocess.Popen(run_py_command([*arguments, f"hydra.run.dir={run_dir}"]), cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=stderr)
-            rss, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped by _watch's waitpid
+        rss, peak = _watched_run(arguments, Path(tmp), threads, min_epochs=epochs)
         seconds = time.perf_counter() - start
-        if child.returncode != 0 or len(rss) < epochs:
-            tail = stderr_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-            raise RuntimeError(f"{shown_command(arguments)} exited {child.returncode} after {len(rss)} epochs:\n{tail}")
     shown = (f"OMP_NUM_THREADS={threads} " if threads else "") + shown_command(arguments)
     return MemoryFigures(shown, peak, rss[:epochs], seconds)
 
@@ -131,25 +122,36 @@ def measure_cifar_sized(per_file: int = 10_000, baseline_per_file: int | None = 
     Raises:
         RuntimeError: a run failed (its stderr is in the message).
     """
-    env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     baseline_per_file = baseline_per_file or min(1000, per_file // 2)
     peaks, sizes = [], []
     with tempfile.TemporaryDirectory(prefix="benchmark_cifar_") as tmp:
         for count in (per_file, baseline_per_file):
             root = Path(tmp) / f"cifar_{count}"
             sizes.append(write_synthetic_cifar(root, count))
-            arguments = cifar_run_arguments(root, steps, overrides)
-            run_dir, stderr_path = Path(tmp) / f"run_{count}", Path(tmp) / f"stderr_{count}.txt"
-            with open(stderr_path, "wb") as stderr:
-                child = subprocess.Popen(run_py_command([*arguments, f"hydra.run.dir={run_dir}"]), cwd=ROOT,
-                                         env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-                _, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
-            if os.waitstatus_to_exitcode(status) != 0:
-                tail = stderr_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-                raise RuntimeError(f"{shown_command(arguments)} failed:\n{tail}")
-            peaks.append(peak)
+            peaks.append(_watched_run(cifar_run_arguments(root, steps, overrides), root, threads)[1])
     shown = shown_command(cifar_run_arguments(Path("<synthetic CIFAR-10>"), steps, overrides))
     return CifarMemoryFigures(shown, sizes[0], peaks[0], peaks[1], baseline_per_file)
+
+
+def _watched_run(arguments: Sequence[str], folder: Path, threads: int | None,
+                 min_epochs: int = 0) -> tuple[list[float], float]:
+    """``python run.py <arguments>`` in a child process, its run directory and stderr under ``folder``; its RSS
+    after each epoch and its peak RSS (MiB).
+
+    Raises:
+        RuntimeError: it exited non-zero or logged fewer than ``min_epochs`` epochs (its stderr in the message).
+    """
+    env = dict(run_py_env(), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    run_dir, stderr_path = folder / "run", folder / "stderr.txt"
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen(run_py_command([*arguments, f"hydra.run.dir={run_dir}"]), cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+        rss, peak, status = _watch(child.pid, run_dir / "metrics.jsonl")
+    code = os.waitstatus_to_exitcode(status)  # reaped by _watch's waitpid
+    if code != 0 or len(rss) < min_epochs:
+        tail = stderr_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        raise RuntimeError(f"{shown_command(arguments)} exited {code} after {len(rss)} epochs:\n{tail}")
+    return rss, peak
 
 
 def _watch(pid: int, metrics: Path) -> tuple[list[float], float, int]:
