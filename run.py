@@ -39,6 +39,7 @@ from diffusion.cli import (
     open_run_logger,
     print_config_tree,
     print_run_files,
+    remove_if_empty,
     require_run_dir,
     sampling_method_config,
     save_run_config,
@@ -139,8 +140,8 @@ def train(cfg: DictConfig, output_dir: Path, teacher: DistillRun | None = None) 
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
     resume = shared_resume(dist, cfg.resume, output_dir)
-    if resume.run_dir != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
-        output_dir.rmdir()  # Hydra made it for this job; the run lives elsewhere (resumed, or rank 0's folder)
+    if resume.run_dir != output_dir:
+        remove_if_empty(output_dir)  # Hydra made it for this job; the run lives elsewhere (resumed, rank 0's)
     job = prepare_training(cfg, dist, resume, teacher)  # every check; nothing written yet
     with RunLock(resume.run_dir, rank=dist.rank):  # one writer per run directory (a requeued twin is refused)
         return run_training(cfg, dist, job)
@@ -315,8 +316,8 @@ def sample_or_evaluate(cfg: DictConfig, output_dir: Path) -> float | None:
 def shared_output_dir(dist: DistributedContext, output_dir: Path) -> Path:
     """Rank 0's output directory on every rank (Hydra made one per rank; the others' empty ones are removed)."""
     shared = dist.broadcast_object(output_dir)
-    if shared != output_dir and output_dir.is_dir() and not any(output_dir.iterdir()):
-        output_dir.rmdir()
+    if shared != output_dir:
+        remove_if_empty(output_dir)
     return shared
 
 

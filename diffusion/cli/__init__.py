@@ -6,7 +6,7 @@ The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects
 
 from diffusion.cli.components import Components, check_compatible, check_monitor
 from diffusion.cli.distill_config import DistillRun, check_distill_option, distill_run_config
-from diffusion.cli.errors import guard_command_line, guard_user_errors
+from diffusion.cli.errors import guard_command_line, guard_user_errors, remove_if_empty
 from diffusion.cli.run_config import (
     load_guide_model,
     load_source_config,
@@ -26,6 +26,7 @@ __all__ = [
     "distill_run_config",
     "guard_command_line",
     "guard_user_errors",
+    "remove_if_empty",
     "load_guide_model",
     "load_source_config",
     "open_run_logger",

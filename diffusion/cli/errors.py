@@ -26,6 +26,13 @@ _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXI
 _guarding = False  # guard_command_line is active
 
 
+def remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if it exists and holds nothing: the folder Hydra made for a job whose run lives
+    elsewhere (resumed, rank 0's) or that stopped at a user error."""
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
 @contextmanager
 def guard_user_errors(created_dir: Path | None = None) -> Iterator[None]:
     """Turn a :class:`ConfigError` (also when Hydra's instantiate wraps it) or a missing/unknown config value
@@ -37,8 +44,8 @@ def guard_user_errors(created_dir: Path | None = None) -> Iterator[None]:
         message = user_error_message(error)
         if message is None or os.environ.get(DEBUG_ENV) == "1":
             raise
-        if created_dir is not None and created_dir.is_dir() and not any(created_dir.iterdir()):
-            created_dir.rmdir()
+        if created_dir is not None:
+            remove_if_empty(created_dir)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
