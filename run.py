@@ -24,8 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion import checkpoint
-from diffusion.cli import (
+from diffusion.storage import checkpoint
+from diffusion.app import (
     Components,
     DistillRun,
     check_compatible,
@@ -46,15 +46,15 @@ from diffusion.cli import (
     search_hooks,
 )
 from diffusion.distill import DistillSession
-from diffusion.distributed import DistributedContext
+from diffusion.runtime.distributed import DistributedContext
 from diffusion.evaluation import NoneEvaluator, metric_values
-from diffusion.export import export_weights, write_weights
-from diffusion.file_manager import FileManager, SaveError, load_checkpoint
-from diffusion.posthoc_ema import reconstruct
+from diffusion.storage.export import export_weights, write_weights
+from diffusion.storage.file_manager import FileManager, SaveError, load_checkpoint
+from diffusion.training.posthoc_ema import reconstruct
 from diffusion.loggers import FileLogger, NullLogger
-from diffusion.resume import ResumePoint, shared_resume
-from diffusion.run_lock import RunLock
-from diffusion.sample_and_score import (
+from diffusion.storage.resume import ResumePoint, shared_resume
+from diffusion.storage.run_lock import RunLock
+from diffusion.tasks.sample_and_score import (
     epoch_evaluation,
     epoch_sample_grid,
     log_unavailable,
@@ -63,12 +63,12 @@ from diffusion.sample_and_score import (
     stop_sampling_on_signal,
     write_posthoc_table,
 )
-from diffusion.sampler import Sampler
-from diffusion.seeding import seed_everything
-from diffusion.signals import Interrupted, Pruned
-from diffusion.threads import busy_warning, cpu_limit, thread_budget
-from diffusion.trainer import TrainingDiverged
-from diffusion.validation import check_choice, check_int
+from diffusion.sampling.sampler import Sampler
+from diffusion.runtime.seeding import seed_everything
+from diffusion.runtime.signals import Interrupted, Pruned
+from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
+from diffusion.training.trainer import TrainingDiverged
+from diffusion.runtime.checks import check_choice, check_int
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 NO_EVALUATOR = {"_target_": "diffusion.evaluation.NoneEvaluator"}  # task=sample scores nothing

@@ -5,7 +5,7 @@ of 2 torchrun processes against 1 (record 8).
 For bar 5 the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
 loop itself: the Sampler with its method's ``step`` against the update written inline with the coefficients
 as Python numbers. Both draw the same noise the same way (one generator per sample,
-:class:`~diffusion.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
+:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
 that before it reports a ratio.
 
 Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
@@ -30,10 +30,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from diffusion.devices import autocast
-from diffusion.distributed import DistributedContext
+from diffusion.runtime.devices import autocast
+from diffusion.runtime.distributed import DistributedContext
 from diffusion.methods.base import BaseMethod
-from diffusion.sampler import SampleNoise, Sampler
+from diffusion.sampling.sampler import SampleNoise, Sampler
 from experiments.benchmark_timing import interleave, median, timed
 from experiments.benchmark_training import build_parts, compose_config
 from experiments.lib import ROOT, run_py_env

@@ -42,7 +42,7 @@ from experiments.lib import (
     shown_path,
     work_dir,
 )
-from diffusion.threads import JOBS_ENV, cpu_limit
+from diffusion.runtime.threads import JOBS_ENV, cpu_limit
 
 GOAL = 0.40  # of the alone throughput, each of two concurrent runs
 RUN = ("method=ddim", "sampler.steps=10", "sampler.num_samples=10", "evaluator=none", "trainer.progress=false")

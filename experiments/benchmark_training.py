@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.data.base import BaseData
-from diffusion.file_manager import FileManager
+from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
-from diffusion.devices import Precision, autocast
-from diffusion.trainer import Trainer
+from diffusion.runtime.devices import Precision, autocast
+from diffusion.training.trainer import Trainer
 from experiments.benchmark_timing import interleave, matmul_flops_per_second, median, synchronize
 from experiments.lib import ROOT
 

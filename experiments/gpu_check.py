@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from diffusion.devices import Precision, autocast
+from diffusion.runtime.devices import Precision, autocast
 from experiments.benchmark_sampling import make_sampler
 from experiments.benchmark_timing import synchronize
 from experiments.benchmark_training import build_parts, compose_config, step_flops_per_sample

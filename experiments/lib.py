@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from diffusion import checkpoint
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage import checkpoint
+from diffusion.storage.file_manager import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = ("run.py", "diffusion", "conf")  # what a result depends on; results files do not count
@@ -181,7 +181,7 @@ def work_dir(kind: str, name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading eval.json (diffusion.report.read_eval keeps only the values; the scripts need floors and errors too)
+# Reading eval.json (diffusion.sweeps.report.read_eval keeps only the values; the scripts need floors and errors too)
 # ----------------------------------------------------------------------------------------------------
 class Score(NamedTuple):
     """One metric of ``eval.json``: its value, standard error (None if unknown) and real-data floor."""

@@ -72,7 +72,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 def main_in_process(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> int:
     """``python run.py <overrides>`` in this process (no interpreter start-up per case), on one thread; returns
     the exit status (0 when main returns)."""
-    from diffusion.cli.errors import guard_command_line
+    from diffusion.app.errors import guard_command_line
 
     monkeypatch.syspath_prepend(str(ROOT))
     import run

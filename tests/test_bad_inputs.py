@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_earlier_run_alone(
 
 def test_debug_switch_shows_the_traceback(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    from diffusion.validation import ConfigError
+    from diffusion.runtime.checks import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.epochs"):
         main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'run'}", *EARLIER_RUN, "trainer.epochs=abc")
@@ -191,7 +191,7 @@ def test_output_directory_under_a_read_only_directory(tmp_path):
 def test_missing_plugin_option_names_the_install_command():
     from hydra.errors import MissingConfigException
 
-    from diffusion.cli.errors import _composition_message
+    from diffusion.app.errors import _composition_message
 
     error = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = _composition_message(error)

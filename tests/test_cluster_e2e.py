@@ -17,9 +17,9 @@ import pytest
 from runs import ONE_EPOCH_MOONS, ROOT, TINY_MOONS, child_env, main_in_process, run_py, tree_digest
 from test_disk_full import FailingOS
 
-import diffusion.file_manager as file_manager
-from diffusion import checkpoint
-from diffusion.file_manager import FileManager, load_checkpoint
+import diffusion.storage.file_manager as file_manager
+from diffusion.storage import checkpoint
+from diffusion.storage.file_manager import FileManager, load_checkpoint
 
 STEPS_PER_EPOCH = 17  # 540 training points in batches of 32
 TINY_MOONS_NO_SCORES = [o for o in TINY_MOONS if not o.startswith(("evaluator.", "sampler."))] + [
@@ -92,7 +92,7 @@ def test_an_optuna_search_through_run_py_prunes_a_hopeless_trial(tmp_path):
     for marker in pruned:
         run_dir = sweep / str(marker["trial"])
         assert checkpoint.epoch(load_checkpoint(run_dir / "checkpoints" / "last.pt")) == marker["epoch"]
-    report = subprocess.run([sys.executable, "-m", "diffusion.report", str(sweep)], cwd=tmp_path, env=child_env(),
+    report = subprocess.run([sys.executable, "-m", "diffusion.sweeps.report", str(sweep)], cwd=tmp_path, env=child_env(),
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     rows = [line for line in (sweep / "report.md").read_text().splitlines() if "trainer.lr=" in line]
@@ -101,7 +101,7 @@ def test_an_optuna_search_through_run_py_prunes_a_hopeless_trial(tmp_path):
 
 def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
     """Resolving resume=auto, the logger's run id and the Trainer's restore share one read of the checkpoint."""
-    import diffusion.file_manager as file_manager
+    import diffusion.storage.file_manager as file_manager
 
     run_dir = tmp_path / "run"
     tiny = [*ONE_EPOCH_MOONS, "evaluator=none", f"hydra.run.dir={run_dir}"]
@@ -114,6 +114,6 @@ def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(file_manager, "load_checkpoint", counting)
-    monkeypatch.setattr("diffusion.resume.load_checkpoint", counting)
+    monkeypatch.setattr("diffusion.storage.resume.load_checkpoint", counting)
     assert main_in_process(monkeypatch, *tiny, "trainer.epochs=2", "resume=auto") == 0
     assert reads[0] == "last.pt" and reads.count("last.pt") == 1, reads  # then best.pt for the final sampling

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from diffusion.data import MoonsData
-from diffusion.ema import EMA
-from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
+from diffusion.training.ema import EMA
+from diffusion.storage.file_manager import CheckpointError, FileManager, load_checkpoint
 from diffusion.loggers import FileLogger
 from diffusion.methods import DDIM, DDPM
 from diffusion.models import MLP
-from diffusion.sampler import Sampler
-from diffusion.schedules import cosine_betas
-from diffusion.trainer import Trainer
-from diffusion.validation import ConfigError
+from diffusion.sampling.sampler import Sampler
+from diffusion.methods.schedules import cosine_betas
+from diffusion.training.trainer import Trainer
+from diffusion.runtime.checks import ConfigError
 
 
 def small_parts(tmp_path, epochs=2, **trainer_kwargs):
@@ -199,15 +199,15 @@ def test_class_labels_need_a_conditional_model():
 
 
 def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from diffusion.devices import fast_bf16, resolve_precision
+    from diffusion.runtime.devices import fast_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert fast_bf16(cpu, "fpu sse avx2 avx512f avx512_bf16")
     assert fast_bf16(cpu, "fpu avx2 amx_bf16 amx_tile")
     assert not fast_bf16(cpu, "fpu sse avx2 avx512f")  # AVX-512 without its BF16 extension emulates bf16
-    monkeypatch.setattr("diffusion.devices.fast_bf16", lambda device, flags=None: False)
+    monkeypatch.setattr("diffusion.runtime.devices.fast_bf16", lambda device, flags=None: False)
     assert resolve_precision("auto", cpu, "trainer.precision") == "fp32"
-    monkeypatch.setattr("diffusion.devices.fast_bf16", lambda device, flags=None: True)
+    monkeypatch.setattr("diffusion.runtime.devices.fast_bf16", lambda device, flags=None: True)
     assert resolve_precision("auto", cpu, "trainer.precision") == "bf16"
     assert resolve_precision("fp32", cpu, "trainer.precision") == "fp32"  # an explicit choice is kept
     with pytest.raises(ConfigError, match="sampler.precision"):

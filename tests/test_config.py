@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from diffusion.data import BaseData
-from diffusion.file_manager import FileManager
+from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import BaseLogger
 from diffusion.methods import BaseMethod
-from diffusion.sampler import Sampler
-from diffusion.trainer import Trainer
+from diffusion.sampling.sampler import Sampler
+from diffusion.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_UNET = ["model.base_channels=16", "model.num_res_blocks=1", "model.num_groups=4"]

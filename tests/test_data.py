@@ -19,7 +19,7 @@ from diffusion.data import (
     SwissRollData,
     train_val_indices,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 
 def _all(splits: DataSplits) -> torch.Tensor:

@@ -7,8 +7,8 @@ import torch
 
 from diffusion.methods import DDPM
 from diffusion.models import DDPMUNet
-from diffusion.schedules import linear_betas
-from diffusion.validation import ConfigError
+from diffusion.methods.schedules import linear_betas
+from diffusion.runtime.checks import ConfigError
 
 
 @pytest.fixture(scope="module")

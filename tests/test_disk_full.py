@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-import diffusion.file_manager as file_manager
-from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT
-from diffusion.file_manager import (
+import diffusion.storage.file_manager as file_manager
+from diffusion.storage.checkpoint import CHECKPOINT_KEYS, FORMAT
+from diffusion.storage.file_manager import (
     FileManager,
     SaveError,
     atomic_write_bytes,
@@ -29,7 +29,7 @@ FAULTY_OPERATIONS = ("write", "fsync", "replace", "link", "remove")
 
 
 class FailingOS:
-    """``os`` for diffusion.file_manager whose ``at``-th write, fsync, link, rename or removal fails with
+    """``os`` for diffusion.storage.file_manager whose ``at``-th write, fsync, link, rename or removal fails with
     ``error``; a removal of a temporary file during cleanup is not counted (it must not hide the first error)."""
 
     def __init__(self, at: int, error: int) -> None:

@@ -11,13 +11,13 @@ import pytest
 import torch
 from runs import main_in_process
 
-from diffusion import checkpoint
+from diffusion.storage import checkpoint
 from diffusion.distill import ConsistencyDistillation, DistillSession, ProgressiveDistillation
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage.file_manager import load_checkpoint
 from diffusion.methods import DDIM, Consistency
 from diffusion.models.mlp import MLP
-from diffusion.schedules import linear_betas
-from diffusion.validation import ConfigError
+from diffusion.methods.schedules import linear_betas
+from diffusion.runtime.checks import ConfigError
 
 TEACHER = [
     "experiment=moons_mlp",

@@ -22,14 +22,14 @@ WORKER = textwrap.dedent(
     import torch
 
     from diffusion.data import MoonsData
-    from diffusion.distributed import DistributedContext
-    from diffusion.file_manager import FileManager
+    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.storage.file_manager import FileManager
     from diffusion.loggers import FileLogger, NullLogger
     from diffusion.methods import DDPM
     from diffusion.models import MLP
-    from diffusion.schedules import cosine_betas
-    from diffusion.seeding import seed_everything
-    from diffusion.trainer import Trainer
+    from diffusion.methods.schedules import cosine_betas
+    from diffusion.runtime.seeding import seed_everything
+    from diffusion.training.trainer import Trainer
 
     out = Path(sys.argv[1])
     dist = DistributedContext.from_environment("cpu")

@@ -18,11 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage.file_manager import load_checkpoint
 from diffusion.methods import EDM, Heun, SigmaSpaceMethod
 from diffusion.models import MLP
-from diffusion.sampler import Sampler
-from diffusion.validation import ConfigError
+from diffusion.sampling.sampler import Sampler
+from diffusion.runtime.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = torch.tensor([1e-3, 0.002, 0.1, 0.5, 1.0, 5.0, 80.0], dtype=torch.float64)

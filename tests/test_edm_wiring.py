@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from runs import ONE_EPOCH_MOONS, main_in_process
 
-from diffusion.export import load_exported
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage.export import load_exported
+from diffusion.storage.file_manager import load_checkpoint
 
 POSTHOC = [*ONE_EPOCH_MOONS, "trainer.epochs=2", "evaluator=none", "trainer.ema=posthoc",
            "trainer.ema_snapshot_every=1", "checkpoint.save_every_n_epochs=1"]

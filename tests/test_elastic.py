@@ -19,8 +19,8 @@ import torch
 from runs import ROOT, child_env
 from test_fault_tolerance import assert_same_run
 
-from diffusion import checkpoint
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage import checkpoint
+from diffusion.storage.file_manager import load_checkpoint
 
 STEPS_PER_EPOCH = 16  # 540 training points in global batches of 32, the last partial one dropped
 EPOCHS = 5

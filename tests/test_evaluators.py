@@ -35,10 +35,10 @@ from diffusion.evaluation.results import (
     metrics_to_json,
 )
 from diffusion.methods import DDIM, DDPM
-from diffusion.sample_and_score import evaluate_at_steps
-from diffusion.sampler import Sampler
-from diffusion.schedules import linear_betas
-from diffusion.validation import ConfigError
+from diffusion.tasks.sample_and_score import evaluate_at_steps
+from diffusion.sampling.sampler import Sampler
+from diffusion.methods.schedules import linear_betas
+from diffusion.runtime.checks import ConfigError
 
 DIGIT_METRICS = {"fd", "kid", "class_coverage", "class_kl", "confidence"}
 POINT_METRICS = {"sliced_wasserstein", "mmd", "energy"}

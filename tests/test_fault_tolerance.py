@@ -28,11 +28,11 @@ from omegaconf import OmegaConf
 from runs import ROOT, child_env, main_in_process, tree_digest
 from safetensors.torch import save as save_safetensors
 
-from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT
+from diffusion.storage.checkpoint import CHECKPOINT_KEYS, FORMAT
 from diffusion.data import MoonsData
 from diffusion.data.base import DataSplits
-from diffusion.export import export_weights, load_exported
-from diffusion.file_manager import CheckpointError, FileManager, load_checkpoint
+from diffusion.storage.export import export_weights, load_exported
+from diffusion.storage.file_manager import CheckpointError, FileManager, load_checkpoint
 
 STEPS_PER_EPOCH = 17  # 540 training points in batches of 32
 EPOCHS = 3
@@ -205,8 +205,8 @@ def test_sigterm_and_sigint_save_exit_with_their_codes_and_resume_exactly(refere
 
 WRITER = """
 import sys, torch
-from diffusion.checkpoint import CHECKPOINT_KEYS, FORMAT
-from diffusion.file_manager import FileManager
+from diffusion.storage.checkpoint import CHECKPOINT_KEYS, FORMAT
+from diffusion.storage.file_manager import FileManager
 manager, step = FileManager(sys.argv[1]), int(sys.argv[2])
 weights = torch.empty(4_000_000)  # 16 MB: a write takes a while, so kills land inside one
 print("ready", flush=True)
@@ -244,7 +244,7 @@ class Crash(BaseException):
 
 
 class CrashingOS:
-    """``os`` for diffusion.file_manager, raising :class:`Crash` at its ``at``-th rename or removal."""
+    """``os`` for diffusion.storage.file_manager, raising :class:`Crash` at its ``at``-th rename or removal."""
 
     def __init__(self, at: int) -> None:
         self.at, self.calls = at, 0
@@ -267,7 +267,7 @@ class CrashingOS:
 
 
 def test_a_kill_between_any_two_file_operations_of_a_save_keeps_a_consistent_checkpoint(tmp_path, monkeypatch):
-    import diffusion.file_manager as file_manager
+    import diffusion.storage.file_manager as file_manager
 
     base = {**{key: 0 for key in CHECKPOINT_KEYS}, "format": FORMAT, "model_state_dict": {"w": torch.zeros(8)}}
     at = 0
@@ -483,7 +483,7 @@ def test_sampler_loads_exported_weights(reference, tmp_path):
     """The Sampler samples from an export exactly as from the checkpoint. Needs Sampler.load_weights."""
     from hydra.utils import instantiate
 
-    from diffusion.sampler import Sampler
+    from diffusion.sampling.sampler import Sampler
 
     weights_path = export_weights(reference / "checkpoints" / "best.pt", tmp_path / "moons.safetensors")
     _, config = load_exported(weights_path)

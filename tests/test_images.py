@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.images import (
+from diffusion.storage.images import (
     save_image_grid,
     save_loss_curve,
     save_scatter,

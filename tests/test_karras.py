@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.guidance import autoguided_output
+from diffusion.sampling.guidance import autoguided_output
 from diffusion.methods import DDIM, EDM, DPMpp2MKarras, Euler, Heun, SigmaSpaceDDPM
 from diffusion.methods.karras import karras_sigmas, sample_dpmpp_2m, sample_euler, sample_heun
 from diffusion.methods.sigma_space import dpmpp_2m_karras, heun
-from diffusion.sampler import SampleNoise, Sampler
-from diffusion.schedules import cosine_betas, linear_betas
-from diffusion.validation import ConfigError
+from diffusion.sampling.sampler import SampleNoise, Sampler
+from diffusion.methods.schedules import cosine_betas, linear_betas
+from diffusion.runtime.checks import ConfigError
 
 diffusers = pytest.importorskip("diffusers")
 

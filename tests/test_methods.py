@@ -9,8 +9,8 @@ import torch
 
 from diffusion.methods import DDIM, DDPM, PREDICTIONS
 from diffusion.methods.base import spaced_timesteps
-from diffusion.schedules import cosine_betas, linear_betas, sigmoid_betas
-from diffusion.validation import ConfigError
+from diffusion.methods.schedules import cosine_betas, linear_betas, sigmoid_betas
+from diffusion.runtime.checks import ConfigError
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
 

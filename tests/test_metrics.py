@@ -21,7 +21,7 @@ from diffusion.evaluation.metrics import (
     mmd_rbf,
     sliced_wasserstein,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 
 def _gaussian(num: int, dim: int, shift: float = 0.0, seed: int = 0) -> torch.Tensor:

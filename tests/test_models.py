@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from diffusion.models import MLP, TimeEmbedding, UNet, timestep_embedding
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 TINY_UNET: dict[str, Any] = dict(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2),
                                  num_res_blocks=1, attention_resolutions=(4,), num_heads=2, num_groups=4)

@@ -23,15 +23,15 @@ import torch
 from PIL import Image
 from runs import ONE_EPOCH_MOONS, ROOT, child_env, main_in_process
 
-from diffusion import images
+from diffusion.storage import images
 from diffusion.data import DigitsData
 from diffusion.evaluation import inception
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.loggers import FileLogger
 from diffusion.methods import DDIM
-from diffusion.sample_and_score import FINAL, grid_selection, log_unavailable, prepare_evaluator, trajectory_timesteps
-from diffusion.sampler import Sampler, SampleResult, save_samples
-from diffusion.schedules import linear_betas
+from diffusion.tasks.sample_and_score import FINAL, grid_selection, log_unavailable, prepare_evaluator, trajectory_timesteps
+from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
+from diffusion.methods.schedules import linear_betas
 
 TINY = [*ONE_EPOCH_MOONS, "evaluator.num_samples=16"]
 

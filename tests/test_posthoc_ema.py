@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.posthoc_ema import PosthocEMA, gamma_to_std, profile_inner_product, reconstruct, std_to_gamma
-from diffusion.validation import ConfigError
+from diffusion.training.posthoc_ema import PosthocEMA, gamma_to_std, profile_inner_product, reconstruct, std_to_gamma
+from diffusion.runtime.checks import ConfigError
 
 
 @pytest.mark.parametrize("std", [0.01, 0.05, 0.10, 0.2])

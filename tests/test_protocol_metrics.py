@@ -19,7 +19,7 @@ from diffusion.evaluation import (
     precision_recall,
     save_feature_statistics,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 
 def _gaussian(n: int, dim: int = 4, shift: float = 0.0, scale: float = 1.0, seed: int = 0) -> torch.Tensor:

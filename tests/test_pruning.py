@@ -14,9 +14,9 @@ import pytest
 
 optuna = pytest.importorskip("optuna", minversion="3.0")
 
-from diffusion.report import main as report_main  # noqa: E402
+from diffusion.sweeps.report import main as report_main  # noqa: E402
 from diffusion.sweeps.pruning import PRUNED_MARKER, TrialPruned, make_pruner, pruning_hook  # noqa: E402
-from diffusion.validation import ConfigError  # noqa: E402
+from diffusion.runtime.checks import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6

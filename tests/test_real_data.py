@@ -20,7 +20,7 @@ from diffusion.data import (
     batch_generator_seed,
     random_horizontal_flip,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 # ------------------------------------------------------------------------------------------------ MNIST (IDX)
 
@@ -269,7 +269,7 @@ def test_flipped_cifar_run_resumed_ends_bit_for_bit_like_the_uninterrupted_run(t
     straight (constant LR, so the schedule does not depend on the total)."""
     from runs import main_in_process
 
-    from diffusion.file_manager import load_checkpoint
+    from diffusion.storage.file_manager import load_checkpoint
 
     _write_cifar(tmp_path / "cifar", "binary", archived=False, n=40)
     common = [f"data.root={tmp_path / 'cifar'}", "data=cifar10", "data.random_flip=true", "evaluator=none",

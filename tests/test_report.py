@@ -1,4 +1,4 @@
-"""``python -m diffusion.report``: a fake sweep directory in, report.md / report.csv / plots out."""
+"""``python -m diffusion.sweeps.report``: a fake sweep directory in, report.md / report.csv / plots out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from runs import ROOT
 
-from diffusion.report import job_status, main, read_job, wall_time, write_report
+from diffusion.sweeps.report import job_status, main, read_job, wall_time, write_report
 
 HOUR_AGO = time.time() - 3600
 
@@ -139,10 +139,10 @@ def test_unknown_objective_is_a_user_error(sweep: Path, capsys) -> None:
 
 def test_module_entry_point(sweep: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "diffusion.report", str(sweep)], env=env, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "diffusion.sweeps.report", str(sweep)], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "report.md" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "diffusion.report", str(sweep / "x")], env=env, capture_output=True)
+    bad = subprocess.run([sys.executable, "-m", "diffusion.sweeps.report", str(sweep / "x")], env=env, capture_output=True)
     assert bad.returncode == 2
 
 

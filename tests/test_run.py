@@ -12,7 +12,7 @@ import torch
 import yaml
 from runs import TINY_DIGITS, TINY_MOONS, main_in_process, ok, run_py
 
-from diffusion.file_manager import load_checkpoint
+from diffusion.storage.file_manager import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.run_lock import LOCK_NAME, RunLock, process_start
-from diffusion.validation import ConfigError
+from diffusion.storage.run_lock import LOCK_NAME, RunLock, process_start
+from diffusion.runtime.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
-from diffusion.run_lock import RunLock
+from diffusion.storage.run_lock import RunLock
 try:
     with RunLock(sys.argv[1]):
         print("held", flush=True)

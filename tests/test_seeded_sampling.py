@@ -20,10 +20,10 @@ from diffusion.evaluation.points import PointsEvaluator
 from diffusion.loggers import FileLogger
 from diffusion.methods import DDIM, DDPM, Heun
 from diffusion.models import MLP
-from diffusion.sample_and_score import sample_save_score
-from diffusion.sampler import SampleNoise, Sampler, sample_seed, save_samples
-from diffusion.schedules import cosine_betas
-from diffusion.validation import ConfigError
+from diffusion.tasks.sample_and_score import sample_save_score
+from diffusion.sampling.sampler import SampleNoise, Sampler, sample_seed, save_samples
+from diffusion.methods.schedules import cosine_betas
+from diffusion.runtime.checks import ConfigError
 
 NUM_SAMPLES = 300  # more than the largest batch, so every batch size splits the samples differently
 
@@ -204,10 +204,10 @@ def test_torchrun_training_and_evaluation_sample_as_one_process(tmp_path):
 SAMPLER_WORKER = """
 import sys
 import torch
-from diffusion.distributed import DistributedContext
+from diffusion.runtime.distributed import DistributedContext
 from diffusion.methods import DDIM
-from diffusion.schedules import cosine_betas
-from diffusion.sampler import Sampler
+from diffusion.methods.schedules import cosine_betas
+from diffusion.sampling.sampler import Sampler
 from test_seeded_sampling import Elementwise
 
 dist = DistributedContext.from_environment("cpu")

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.guidance import drop_labels, guided_output
+from diffusion.sampling.guidance import drop_labels, guided_output
 from diffusion.methods import DDIM, DDPM, PREDICTIONS, BaseMethod, DPMSolver
-from diffusion.sampler import SampleNoise, Sampler
-from diffusion.schedules import (
+from diffusion.sampling.sampler import SampleNoise, Sampler
+from diffusion.methods.schedules import (
     cosine_betas,
     linear_betas,
     rescale_zero_terminal_snr,
     sigmoid_betas,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
 MU, S = 0.5, 0.5

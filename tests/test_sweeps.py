@@ -14,7 +14,7 @@ import pytest
 import yaml
 from runs import ROOT, TINY_MOONS, main_in_process, ok, run_py
 
-from diffusion.report import main as report_main
+from diffusion.sweeps.report import main as report_main
 
 TINY = [*TINY_MOONS, "trainer.epochs=1"]
 LR_SWEEP = "trainer.lr=1e-4,3e-4"
@@ -37,7 +37,7 @@ def finished_jobs(sweep: Path) -> list[Path]:
 
 
 def report_rows(sweep: Path) -> list[dict[str, str]]:
-    """``python -m diffusion.report <sweep>`` (in this process) and the rows of the report.csv it writes."""
+    """``python -m diffusion.sweeps.report <sweep>`` (in this process) and the rows of the report.csv it writes."""
     assert report_main([str(sweep)]) == 0
     with (sweep / "report.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
@@ -147,7 +147,7 @@ BAD_SWEEPS = [
 
 @pytest.mark.parametrize(("overrides", "what", "hint"), BAD_SWEEPS, ids=[" ".join(o) for o, _, _ in BAD_SWEEPS])
 def test_bad_sweep_is_one_line_before_any_job(tmp_path, monkeypatch, capsys, overrides, what, hint):
-    """Checked by diffusion.cli.sweep_checks before the first job (and before Optuna opens its study)."""
+    """Checked by diffusion.app.sweep_checks before the first job (and before Optuna opens its study)."""
     (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
     (tmp_path / "conf" / "hparams_search" / "typo.yaml").write_text(TYPO_SEARCH_SPACE)
     sweep = tmp_path / "sweep"
@@ -174,7 +174,7 @@ def test_launcher_and_search_configs_compose():
     """The slurm launcher extends the submitit plugin's schema; the Optuna space names keys the config has."""
     from hydra import compose, initialize_config_dir
 
-    from diffusion.cli.sweep_checks import check_swept_keys
+    from diffusion.app.sweep_checks import check_swept_keys
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)

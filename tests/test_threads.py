@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.threads import busy_warning, cgroup_quota, jobs_per_node, thread_budget
-from diffusion.validation import ConfigError
+from diffusion.runtime.threads import busy_warning, cgroup_quota, jobs_per_node, thread_budget
+from diffusion.runtime.checks import ConfigError
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}
 

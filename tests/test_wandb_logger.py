@@ -24,7 +24,7 @@ from diffusion.loggers.wandb_records import (
     read_wandb_file,
     wandb_files,
 )
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 wandb = pytest.importorskip("wandb")
 WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
@@ -244,7 +244,7 @@ def test_a_wandb_failure_is_a_warning_not_a_lost_training(tmp_path: Path, monkey
 
 
 def test_report_reads_a_job_logged_with_wandb_only(tmp_path: Path) -> None:
-    from diffusion.report import read_job
+    from diffusion.sweeps.report import read_job
 
     job = tmp_path / "sweep" / "0"
     (job / "checkpoints").mkdir(parents=True)

@@ -42,7 +42,7 @@ class DataSplits:
 class BaseData(ABC):
     """A data set: its sample shape, its kind, its classes, and its fixed train/validation split.
 
-    Constructors check their arguments (raising :class:`~diffusion.validation.ConfigError`) without loading
+    Constructors check their arguments (raising :class:`~diffusion.runtime.checks.ConfigError`) without loading
     anything heavy; :meth:`load` does the work once and caches the result.
     """
 

@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 
 from diffusion.data.uint8_images import LabelledPixels, TestSet, Uint8ImageData
-from diffusion.validation import ConfigError, check_int
+from diffusion.runtime.checks import ConfigError, check_int
 
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST = ["test_batch"]

@@ -8,7 +8,7 @@ from einops import rearrange
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 # load_digits() stores ink intensity as integers 0..16 (4x4 blocks of a 32x32 bitmap counted).
 _MAX_INTENSITY = 16.0

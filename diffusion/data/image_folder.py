@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 # PIL mode for each supported channel count.
 _MODES = {1: "L", 3: "RGB"}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from diffusion.data.uint8_images import LabelledPixels, TestSet, Uint8ImageData
-from diffusion.validation import ConfigError, check_choice, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_int
 
 # IDX header: two zero bytes, a type byte (0x08 = unsigned byte) and the number of dimensions (LeCun's format page).
 _IMAGES_MAGIC = 0x00000803  # 3-D: (N, 28, 28)

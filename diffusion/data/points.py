@@ -10,7 +10,7 @@ import torch
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
-from diffusion.validation import check_float, check_int
+from diffusion.runtime.checks import check_float, check_int
 
 # sklearn's random_state must fit in an unsigned 32-bit integer.
 _MAX_SEED = 2**32 - 1

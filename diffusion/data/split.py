@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 def train_val_indices(num_items: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 TestSet = Literal["val", "train"]
 _TEST_SETS = ("val", "train")

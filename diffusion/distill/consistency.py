@@ -21,7 +21,7 @@ from torch import nn
 
 from diffusion.distill.teacher import TeacherSolver, ddim_teacher_step
 from diffusion.methods.consistency import Consistency
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class ConsistencyDistillation(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 from diffusion.distill.teacher import TeacherSolver, ddim_teacher_step
 from diffusion.methods.base import BaseMethod, TimestepSpacing, extract, spaced_timesteps
 from diffusion.methods.ddim import DDIM
-from diffusion.validation import ConfigError, check_int
+from diffusion.runtime.checks import ConfigError, check_int
 
 RoundEnd = Callable[[int], dict[str, Any]]  # round index -> the weights the next round's teacher takes
 

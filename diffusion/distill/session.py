@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from diffusion import checkpoint
+from diffusion.storage import checkpoint
 from diffusion.distill.consistency import ConsistencyDistillation
 from diffusion.distill.progressive import ProgressiveDistillation
-from diffusion.file_manager import FileManager, atomic_write_text, load_checkpoint
+from diffusion.storage.file_manager import FileManager, atomic_write_text, load_checkpoint
 from diffusion.loggers.base import BaseLogger
 
 Distillation = ProgressiveDistillation | ConsistencyDistillation
@@ -97,7 +97,7 @@ class DistillSession:
         atomic_write_text(self.table, json.dumps(self.rows, indent=2) + "\n")
         atomic_write_text(self.table.with_suffix(".txt"), format_rounds(self.rows))
         if scores:
-            from diffusion.images import save_curves
+            from diffusion.storage.images import save_curves
 
             save_curves({name: [(r["steps"], r[name]) for r in self.rows if name in r] for name in scores},
                         self.table.with_suffix(".png"), xlabel="student sampling steps")

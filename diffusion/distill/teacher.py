@@ -16,7 +16,7 @@ from torch import nn
 
 from diffusion.methods.base import BaseMethod
 from diffusion.methods.consistency import Consistency
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 # (method, teacher network, x_t (B, ...), t (B,), t_prev (B,), model kwargs) -> x_{t_prev} (B, ...)
 TeacherSolver = Callable[[BaseMethod, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]],

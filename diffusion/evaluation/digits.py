@@ -18,7 +18,7 @@ from diffusion.evaluation.classifier import (
 )
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
 from diffusion.evaluation.metrics import class_coverage, class_histogram, class_kl
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 
 class DigitsEvaluator(FeatureEvaluator):

@@ -41,7 +41,7 @@ from diffusion.evaluation.metrics import (
     memorization_score,
     precision_recall,
 )
-from diffusion.validation import ConfigError, check_int
+from diffusion.runtime.checks import ConfigError, check_int
 
 
 class MetricValue(NamedTuple):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from diffusion.evaluation.metrics import ArrayLike, frechet_distance
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 
 class FeatureStatistics(NamedTuple):

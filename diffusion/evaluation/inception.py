@@ -29,8 +29,8 @@ from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.metrics import frechet_distance
-from diffusion.devices import resolve_device
-from diffusion.validation import ConfigError, check_choice, check_int
+from diffusion.runtime.devices import resolve_device
+from diffusion.runtime.checks import ConfigError, check_choice, check_int
 
 log = logging.getLogger(__name__)
 

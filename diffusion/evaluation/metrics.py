@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from diffusion.validation import check_float, check_int
+from diffusion.runtime.checks import check_float, check_int
 
 ArrayLike = torch.Tensor | np.ndarray
 

@@ -9,7 +9,7 @@ import torch
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean
 from diffusion.evaluation.metrics import energy_distance, median_heuristic_bandwidth, mmd_rbf, sliced_wasserstein
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class PointsEvaluator(FeatureEvaluator):

@@ -1,7 +1,7 @@
 """Logs to files in the run directory and to the console.
 
 ``train.log`` and ``metrics.jsonl`` grow by appended lines: a failed write (full disk, quota, I/O error) can cut
-at most the line being written (readers skip a cut line) and raises :class:`~diffusion.file_manager.SaveError`
+at most the line being written (readers skip a cut line) and raises :class:`~diffusion.storage.file_manager.SaveError`
 naming the file; whole files (``loss_curve.png``) are replaced at once.
 """
 
@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from diffusion.file_manager import SaveError
+from diffusion.storage.file_manager import SaveError
 from diffusion.loggers.base import BaseLogger
 
 
@@ -70,7 +70,7 @@ class FileLogger(BaseLogger):
                 self._text.flush()
 
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
-        from diffusion.images import save_loss_curve
+        from diffusion.storage.images import save_loss_curve
 
         if train:
             with _naming(self.run_dir / "loss_curve.png"):

@@ -24,7 +24,7 @@ from diffusion.loggers.base import BaseLogger
 from diffusion.loggers.file import _plain, metrics_line  # one home for metrics as numbers and as a line
 from diffusion.loggers.naming import flatten_config
 from diffusion.loggers.wandb_records import wait_until_finished
-from diffusion.validation import ConfigError, check_choice
+from diffusion.runtime.checks import ConfigError, check_choice
 
 Mode = Literal["online", "offline", "disabled"]
 MODES = ("online", "offline", "disabled")

@@ -14,7 +14,7 @@ denominator that vanishes there is sqrt(abar_t), used by epsilon prediction alon
 
 Buffers are float64 and gathered per sample, then cast to the sample's dtype, so coefficient round-off does not
 depend on the training precision. Subclasses choose the sampling trajectory (:meth:`timesteps`) and the update
-(:meth:`step`); the :class:`~diffusion.sampler.Sampler` owns the loop.
+(:meth:`step`); the :class:`~diffusion.sampling.sampler.Sampler` owns the loop.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.guidance import drop_labels
-from diffusion.schedules import Schedule
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.sampling.guidance import drop_labels
+from diffusion.methods.schedules import Schedule
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 Timestep = torch.Tensor | int  # (B,) per-sample timesteps, or one int the whole batch shares (a sampling step)
 Prediction = Literal["epsilon", "x0", "v"]
@@ -50,7 +50,7 @@ class BaseMethod(nn.Module, ABC):
     """A discrete-time Gaussian diffusion with a noise schedule and a prediction target.
 
     Args:
-        schedule: ``num_timesteps -> betas`` (see :mod:`diffusion.schedules`).
+        schedule: ``num_timesteps -> betas`` (see :mod:`diffusion.methods.schedules`).
         num_timesteps: T, the number of diffusion steps.
         prediction: what the network predicts: the noise ``epsilon``, the clean sample ``x0``, or the velocity
             ``v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x0`` (Salimans & Ho 2022, Sec. 4).

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from diffusion.methods.base import BaseMethod, Timestep, TimestepSpacing, spaced_timesteps
-from diffusion.validation import check_float, check_int
+from diffusion.runtime.checks import check_float, check_int
 
 
 class Consistency(BaseMethod):

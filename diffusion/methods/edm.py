@@ -27,7 +27,7 @@ from torch import nn
 from diffusion.methods.base import condition_kwargs
 from diffusion.methods.karras import SOLVER_NAMES, SolverName
 from diffusion.methods.sigma_space import Network, SigmaSpaceMethod
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 
 class EDM(SigmaSpaceMethod, nn.Module):

@@ -28,7 +28,7 @@ import torch
 
 from diffusion.methods.base import BaseMethod, TimestepSpacing
 from diffusion.methods.karras import SOLVER_NAMES, SolverName, karras_sigmas, solver_nfe
-from diffusion.validation import ConfigError, check_choice
+from diffusion.runtime.checks import ConfigError, check_choice
 
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_in (B, ...), t (B,) float) -> output (B, ...)
 DEFAULT_STEPS = 18  # sampler.steps=null: EDM's CIFAR-10 setting (Alg. 1, 35 NFE with Heun)

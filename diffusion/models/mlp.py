@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.models.embeddings import TimeEmbedding
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class MLPBlock(nn.Module):

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from diffusion.models.embeddings import TimeEmbedding
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class ResidualBlock(nn.Module):

@@ -6,7 +6,7 @@ for a trial, and passes its job the trial's number, the storage URL and the stud
 (``trainer.monitor``, validation loss by default) as the intermediate value of step ``epoch``; when the pruner
 (median of the other trials at the same epoch, by default) says the trial is hopeless, the hook
 
-1. writes ``pruned.json`` into the run directory (``python -m diffusion.report`` shows the job as ``pruned``),
+1. writes ``pruned.json`` into the run directory (``python -m diffusion.sweeps.report`` shows the job as ``pruned``),
 2. marks the trial PRUNED in the study itself, so the study is right whatever the launcher and the entry point
    make of the exception (a job whose exit turned into an error, a SLURM job), and
 3. raises :class:`TrialPruned`; the checkpoint of that epoch is already written and stays.
@@ -27,11 +27,11 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from diffusion.file_manager import atomic_write_text
-from diffusion.signals import Pruned
-from diffusion.validation import ConfigError, check_choice
+from diffusion.storage.file_manager import atomic_write_text
+from diffusion.runtime.signals import Pruned
+from diffusion.runtime.checks import ConfigError, check_choice
 
-PRUNED_MARKER = "pruned.json"  # diffusion.report.PRUNED_MARKER
+PRUNED_MARKER = "pruned.json"  # diffusion.sweeps.report.PRUNED_MARKER
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,

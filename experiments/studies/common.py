@@ -25,7 +25,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from diffusion.report import JobResult, find_jobs, read_job
+from diffusion.sweeps.report import JobResult, find_jobs, read_job
 from experiments.lib import QUICK_MODEL, QUICK_NUM_TIMESTEPS, QUICK_SAMPLES, ROOT, Score, add_common_flags, \
     describe_machine, run_py, set_threads, shown_command, shown_path, work_dir, write_results
 
@@ -136,7 +136,7 @@ class Study:
 
     def sweep(self, overrides: Sequence[str], name: str) -> tuple[Path, list[JobResult]]:
         """``python run.py -m <overrides>`` into the sweep directory ``<work dir>/<name>``; returns it and every
-        job's results (read by ``diffusion.report``), in job order."""
+        job's results (read by ``diffusion.sweeps.report``), in job order."""
         directory = self.work_dir / name
         finished = self.reuse and directory.is_dir() and all((j / "eval.json").is_file() for j in find_jobs(directory))
         self._launch(["-m", *overrides, f"hydra.sweep.dir={shown_path(directory)}"], directory.with_suffix(".log"),

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from diffusion.report import JobResult, read_job
+from diffusion.sweeps.report import JobResult, read_job
 from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
 from experiments.studies.common import Study, new_axes, override_value, parse_args, save_figure
 

@@ -15,16 +15,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion import checkpoint
-from diffusion.export import load_exported
-from diffusion.file_manager import FileManager, atomic_write_bytes
-from diffusion.guidance import autoguided_output, guided_output
+from diffusion.storage import checkpoint
+from diffusion.storage.export import load_exported
+from diffusion.storage.file_manager import FileManager, atomic_write_bytes
+from diffusion.sampling.guidance import autoguided_output, guided_output
 from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
 from diffusion.methods.karras import SOLVERS
 from diffusion.methods.sigma_space import SigmaSpaceMethod
-from diffusion.devices import Precision, autocast, resolve_device, resolve_precision
-from diffusion.distributed import DistributedContext
-from diffusion.validation import ConfigError, check_bool, check_choice, check_float, check_int
+from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_float, check_int
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -378,7 +378,7 @@ def save_samples(
     """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of ``grid``
     (default: all samples): an image grid for ``(N, C, H, W)`` samples with ``nrow`` images per row, a scatter plot
     (over ``reference`` points if given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
-    from diffusion.images import save_image_grid, save_scatter, save_trajectory_strip
+    from diffusion.storage.images import save_image_grid, save_scatter, save_trajectory_strip
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

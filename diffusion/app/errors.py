@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
-from diffusion.validation import EXIT_USER_ERROR, ConfigError
+from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
 
 DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"

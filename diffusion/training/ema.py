@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.validation import ConfigError, check_choice, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 
 class EMA(nn.Module):
@@ -60,14 +60,14 @@ class EMA(nn.Module):
 def make_ema(model: nn.Module, kind: str, decay: float, stds: Sequence[float],
              snapshot_every: int | None) -> tuple[nn.Module, int | None]:
     """The trainer's weight average: ``ema`` (:class:`EMA` with ``decay``) or ``posthoc`` (EDM2's power-function
-    EMAs with relative ``stds``, :class:`~diffusion.posthoc_ema.PosthocEMA`), and the steps between post-hoc
+    EMAs with relative ``stds``, :class:`~diffusion.training.posthoc_ema.PosthocEMA`), and the steps between post-hoc
     snapshots (None for ``ema``).
 
     Raises:
         ConfigError: naming ``trainer.ema``, ``trainer.ema_decay``, ``trainer.ema_stds`` or
             ``trainer.ema_snapshot_every``.
     """
-    from diffusion.posthoc_ema import PosthocEMA
+    from diffusion.training.posthoc_ema import PosthocEMA
 
     check_choice(kind, "trainer.ema", ("ema", "posthoc"))
     every = None if snapshot_every is None else check_int(snapshot_every, "trainer.ema_snapshot_every", 1)

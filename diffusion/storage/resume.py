@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from diffusion.checkpoint import CheckpointError
-from diffusion.distributed import DistributedContext
-from diffusion.file_manager import FileManager, load_checkpoint
-from diffusion.validation import ConfigError
+from diffusion.storage.checkpoint import CheckpointError
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.storage.file_manager import FileManager, load_checkpoint
+from diffusion.runtime.checks import ConfigError
 
 
 class ResumePoint(NamedTuple):

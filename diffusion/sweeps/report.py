@@ -1,6 +1,6 @@
 """Summarize a sweep: one row per job, sorted by the objective, with validation-loss curves.
 
-    python -m diffusion.report outputs/multirun/2024-05-01/12-00-00 [--objective fd]
+    python -m diffusion.sweeps.report outputs/multirun/2024-05-01/12-00-00 [--objective fd]
 
 writes ``report.md``, ``report.csv``, ``report_curves.png`` (validation loss of every job) and
 ``report_objective.png`` (the objective per job) into the sweep directory. Jobs that differ only in ``seed`` form
@@ -33,7 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from diffusion.loggers.wandb_records import read_wandb_file, wandb_files
 from diffusion.sweeps.seed_groups import SeedGroup, group_by_seed, rank_groups
-from diffusion.validation import EXIT_USER_ERROR, ConfigError
+from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
 
 RUN_FILES = ("config.yaml", "overrides.yaml", "metrics.jsonl", "train.log")
 FAILED_MARKERS = ("error.txt", "FAILED")  # a job that wrote one of these failed, whatever else it left
@@ -80,7 +80,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
         raise ConfigError(f"sweep dir {sweep_dir} does not exist or is not a directory")
     if _is_run_dir(sweep_dir):
         raise ConfigError(
-            f"{sweep_dir} is a single run directory; diffusion.report expects a sweep directory "
+            f"{sweep_dir} is a single run directory; diffusion.sweeps.report expects a sweep directory "
             "(outputs/multirun/<date>/<time>) that holds one directory per job"
         )
     jobs = [p for p in sweep_dir.iterdir() if _is_run_dir(p)]
@@ -447,7 +447,7 @@ def write_report(sweep_dir: str | Path, objective: str | None = None, now: float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffusion.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m diffusion.sweeps.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a multirun directory: outputs/multirun/<date>/<time>")
     parser.add_argument(
         "--objective", default=None, help="metric to sort by (default: fd or fid if a job has it, else best_val_loss)"

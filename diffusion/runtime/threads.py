@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from diffusion.validation import check_int
+from diffusion.runtime.checks import check_int
 
 JOBS_ENV = "DIFFUSION_JOBS_PER_NODE"
 CGROUP_ROOT = Path("/sys/fs/cgroup")

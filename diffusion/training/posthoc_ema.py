@@ -16,7 +16,7 @@ Notation map (paper -> code):
 
 Why not ``ema-pytorch``'s ``PostHocEMA`` (which implements the same paper): it writes its own snapshot files to a
 folder it chooses (``checkpoint_folder``) and synthesises by globbing that folder, keeps a reference to the
-online model, and counts steps itself. Here one module owns the checkpoint format (``diffusion.file_manager``),
+online model, and counts steps itself. Here one module owns the checkpoint format (``diffusion.storage.file_manager``),
 only rank 0 writes under DistributedDataParallel, and a resumed run must continue the averages bit for bit from
 the checkpoint. This class is state only (``update`` / ``state_dict`` / ``snapshot``), and
 :func:`reconstruct` is a pure function of snapshots, so the trainer and the file manager decide where they live.
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion.validation import ConfigError, check_float
+from diffusion.runtime.checks import ConfigError, check_float
 
 Snapshot = dict[str, Any]  # {"step": int, "stds": [float], "averages": [state_dict]}, as :meth:`PosthocEMA.snapshot`
 
@@ -113,7 +113,7 @@ class PosthocEMA(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         """``averages`` (one state dict per std) and ``shadow``, the last of them under the key the checkpoint
-        readers use for :class:`~diffusion.ema.EMA` (``ckpt["ema_state_dict"]["shadow"]``); its tensors are the
+        readers use for :class:`~diffusion.training.ema.EMA` (``ckpt["ema_state_dict"]["shadow"]``); its tensors are the
         same objects, which ``torch.save`` stores once."""
         averages = [a.state_dict() for a in self.averages]
         return {"shadow": averages[-1], "averages": averages, "stds": list(self.stds),

@@ -20,8 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from diffusion import checkpoint as checkpoint_lib
-from diffusion.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
+from diffusion.storage import checkpoint as checkpoint_lib
+from diffusion.storage.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
 
 FORMAT = "diffusion-weights/1"
 _HEADER_BYTES = 8  # a safetensors file starts with its JSON header's length, u64 little-endian

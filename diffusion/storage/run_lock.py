@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 LOCK_NAME = "run.lock"
 HEARTBEAT_S = 30.0

@@ -4,7 +4,7 @@ Layout (``FORMAT`` 2)::
 
     format                 "diffusion-checkpoint/2"
     model_state_dict       the raw network weights
-    ema_state_dict         the EMA's state (its averaged network under ``shadow``, see :class:`~diffusion.ema.EMA`)
+    ema_state_dict         the EMA's state (its averaged network under ``shadow``, see :class:`~diffusion.training.ema.EMA`)
     optimizer_state_dict   AdamW
     scheduler_state_dict   the LR schedule
     scaler_state_dict      fp16 gradient scaling (disabled, but present, for fp32/bf16)
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 FORMAT = "diffusion-checkpoint/2"
 CHECKPOINT_KEYS = (

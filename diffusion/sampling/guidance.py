@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.validation import check_float
+from diffusion.runtime.checks import check_float
 
 
 def guided_output(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -23,8 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion.cli.errors import guard_user_errors, near_key
-from diffusion.validation import ConfigError
+from diffusion.app.errors import guard_user_errors, near_key
+from diffusion.runtime.checks import ConfigError
 
 SQLITE_PREFIX = "sqlite:///"
 _ABSENT = object()

@@ -19,20 +19,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion import checkpoint
-from diffusion.checkpoint import TrainState
+from diffusion.storage import checkpoint
+from diffusion.storage.checkpoint import TrainState
 from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
-from diffusion.devices import Precision, autocast, resolve_device, resolve_precision, to_device
-from diffusion.distributed import DistributedContext
-from diffusion.ema import make_ema
-from diffusion.file_manager import FileManager
-from diffusion.fixed_validation import FixedDrawValidation
+from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision, to_device
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.training.ema import make_ema
+from diffusion.storage.file_manager import FileManager
+from diffusion.training.validation_loss import FixedDrawValidation
 from diffusion.loggers.base import BaseLogger
-from diffusion.lr_schedule import LRSchedule, WarmupThenDecay
+from diffusion.training.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
-from diffusion.seeding import rng_state, seed_everything, set_rng_state
-from diffusion.signals import StopSignals
-from diffusion.validation import ConfigError, check_betas, check_bool, check_float, check_int, check_positive
+from diffusion.runtime.seeding import rng_state, seed_everything, set_rng_state
+from diffusion.runtime.signals import StopSignals
+from diffusion.runtime.checks import ConfigError, check_betas, check_bool, check_float, check_int, check_positive
 
 # Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
 # rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
@@ -72,8 +72,8 @@ class Trainer:
         grad_clip: max global gradient norm (0 disables).
         accumulate_grad_batches: micro-batches per optimizer step.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA only, with gradient scaling).
-        ema: ``ema`` (one EMA with ``ema_decay``, warmed up, see :class:`~diffusion.ema.EMA`) or ``posthoc``
-            (EDM2's power-function EMAs with relative stds ``ema_stds``, see :mod:`diffusion.posthoc_ema`, whose
+        ema: ``ema`` (one EMA with ``ema_decay``, warmed up, see :class:`~diffusion.training.ema.EMA`) or ``posthoc``
+            (EDM2's power-function EMAs with relative stds ``ema_stds``, see :mod:`diffusion.training.posthoc_ema`, whose
             snapshots are saved every ``ema_snapshot_every`` steps for ``task=posthoc_ema``).
         device: ``auto``, ``cpu`` or ``cuda``.
         monitor: metric that picks ``best`` (``val_loss`` or one an epoch hook returns; lower is better).
@@ -83,7 +83,7 @@ class Trainer:
         seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
         epoch_hooks: extra per-epoch work, see :data:`EpochHook`; epoch_end_hooks: see :data:`EpochEndHook`.
         num_threads: the intra-op thread budget (``auto`` or N), applied to the whole process by ``run.py``
-            (:func:`diffusion.threads.thread_budget`); shown in the banner.
+            (:func:`diffusion.runtime.threads.thread_budget`); shown in the banner.
         distributed: the torchrun context (default: single process).
         progress: show a progress bar. log_every_n_steps: step-level logging interval.
         val_seed: seed of the fixed validation timesteps and noise.
@@ -225,7 +225,7 @@ class Trainer:
 
         Raises:
             TrainingDiverged: a non-finite loss without ``skip_nonfinite``.
-            diffusion.signals.Interrupted: SIGTERM/SIGINT (after saving ``last``).
+            diffusion.runtime.signals.Interrupted: SIGTERM/SIGINT (after saving ``last``).
         """
         self.logger.log(self._banner())
         self._continue_restored_run()
@@ -421,7 +421,7 @@ class Trainer:
     # State
     # ----------------------------------------------------------------------------------------------------
     def checkpoint_dict(self, rank_rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The checkpoint of this moment (its layout: :mod:`diffusion.checkpoint`); ``rank_rng_states`` is every
+        """The checkpoint of this moment (its layout: :mod:`diffusion.storage.checkpoint`); ``rank_rng_states`` is every
         rank's RNG states from :meth:`_rank_rng_states` (default: this process's alone)."""
         self.state.logger_run_id = self.logger.run_id or self.state.logger_run_id  # W&B continues the same run
         rng = rank_rng_states or [rng_state()]

@@ -3,7 +3,7 @@
 This room sits above the Sampler and the evaluators and below ``run.py``: it draws samples, writes
 ``samples.npz`` with its picture and trajectory strip, scores them into ``eval.json`` (and, with
 ``evaluator.sampler_steps``, the DDIM paper's table of quality against steps: Song et al. 2021, Table 1), and
-makes the per-epoch hooks the Trainer calls (:data:`~diffusion.trainer.EpochHook`).
+makes the per-epoch hooks the Trainer calls (:data:`~diffusion.training.trainer.EpochHook`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from diffusion.evaluation.results import (
     metric_values,
     metrics_to_json,
 )
-from diffusion.file_manager import atomic_write_text
+from diffusion.storage.file_manager import atomic_write_text
 from diffusion.loggers.base import BaseLogger
-from diffusion.sampler import Sampler, SampleResult, save_samples
-from diffusion.signals import EXIT_ON_SIGNAL, StopSignals
-from diffusion.trainer import EpochHook
-from diffusion.validation import ConfigError, check_int
+from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
+from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
+from diffusion.training.trainer import EpochHook
+from diffusion.runtime.checks import ConfigError, check_int
 
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip, the final sample included
 FINAL = -1  # the trajectory key of the final sample (``t_prev`` of the last step)
@@ -70,7 +70,7 @@ def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
 
 @contextmanager
 def stop_sampling_on_signal(source: Path) -> Iterator[None]:
-    """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.signals.Interrupted`, whose message says what was
+    """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.runtime.signals.Interrupted`, whose message says what was
     kept (``source``: a run directory's checkpoints, or exported weights) and how to sample again.
 
     Unlike training, which finishes its step and saves, sampling has nothing to save: its samples and scores
@@ -300,7 +300,7 @@ def grid_selection(sampler: Sampler, result: SampleResult) -> tuple[torch.Tensor
 def write_posthoc_table(rows: Sequence[tuple[float, dict[str, float] | None]], directory: Path) -> list[Path]:
     """``posthoc_ema.md`` (one row per reconstructed EMA std, one column per score) and, with scores,
     ``posthoc_ema.png`` (each score against the std): EDM2's EMA-length sweep without retraining."""
-    from diffusion.images import save_curves
+    from diffusion.storage.images import save_curves
 
     names = [name for name in (rows[0][1] or {})] if rows else []
     lines = ["| ema std | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -332,7 +332,7 @@ def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLog
 def epoch_sample_grid(sampler: Sampler, directory: Path, every_n_epochs: int, logger: BaseLogger) -> EpochHook:
     """A trainer hook that saves ``samples/epoch_NNNN.png`` (EMA weights) every ``every_n_epochs`` and hands it
     to the logger (W&B shows it as an image)."""
-    from diffusion.images import save_image_grid
+    from diffusion.storage.images import save_image_grid
 
     def hook(epoch: int, global_step: int) -> None:
         if epoch % every_n_epochs:

@@ -1,6 +1,6 @@
 """The files of a run's checkpoints: ``last`` and ``best``, periodic copies, cleanup, safe loading.
 
-What a checkpoint holds is :mod:`diffusion.checkpoint`'s business; this module writes, finds and reads the files.
+What a checkpoint holds is :mod:`diffusion.storage.checkpoint`'s business; this module writes, finds and reads the files.
 
 Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (every save; the one before it is kept as
 ``last.prev.pt``), ``best.pt`` (lowest monitored metric), ``epoch_0010.pt`` (every ``save_every_n_epochs``, the
@@ -25,9 +25,9 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from diffusion import checkpoint
-from diffusion.checkpoint import CheckpointError
-from diffusion.validation import check_int
+from diffusion.storage import checkpoint
+from diffusion.storage.checkpoint import CheckpointError
+from diffusion.runtime.checks import check_int
 
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
 _SAFE_TARGET_PREFIX = "diffusion."
@@ -129,7 +129,7 @@ class FileManager:
     # Finding and loading
     # ----------------------------------------------------------------------------------------------------
     def save_ema_snapshot(self, snapshot: dict[str, Any]) -> Path:
-        """Write a post-hoc EMA snapshot (:meth:`diffusion.posthoc_ema.PosthocEMA.snapshot`) atomically as
+        """Write a post-hoc EMA snapshot (:meth:`diffusion.training.posthoc_ema.PosthocEMA.snapshot`) atomically as
         ``checkpoints/posthoc_ema/step_NNNNNNNN.pt``; a resumed run rewrites the same step with the same data."""
         directory = self.checkpoint_dir / "posthoc_ema"
         directory.mkdir(parents=True, exist_ok=True)

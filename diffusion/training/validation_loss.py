@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.devices import Precision, autocast
+from diffusion.runtime.devices import Precision, autocast
 from diffusion.methods.base import BaseMethod
 
 

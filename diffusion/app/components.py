@@ -9,7 +9,7 @@ from torch import nn
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.methods.base import BaseMethod
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 
 @dataclass

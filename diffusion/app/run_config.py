@@ -11,10 +11,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.export import load_exported
-from diffusion.file_manager import check_safe_targets
+from diffusion.storage.export import load_exported
+from diffusion.storage.file_manager import check_safe_targets
+from diffusion.storage.legacy import upgrade_targets
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
-from diffusion.validation import ConfigError
+from diffusion.runtime.checks import ConfigError
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there.
 SAMPLING_METHOD_KEYS = ("clip_denoised",)
@@ -36,13 +37,13 @@ def load_source_config(source: Path) -> DictConfig:
         ConfigError: no ``config.yaml`` there; CheckpointError: a config whose ``_target_`` leaves this package.
     """
     if source.suffix == ".safetensors":
-        return OmegaConf.create(load_exported(source)[1])
+        return OmegaConf.create(upgrade_targets(load_exported(source)[1]))
     path = source / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={source}: no config.yaml there; is it a run directory made by run.py?")
-    cfg = OmegaConf.load(path)
-    check_safe_targets(OmegaConf.to_container(cfg, resolve=False), path)  # instantiating it must not run foreign code
-    return cfg  # type: ignore[return-value]
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    check_safe_targets(config, path)  # instantiating it must not run foreign code
+    return OmegaConf.create(upgrade_targets(config))
 
 
 def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
@@ -101,8 +102,8 @@ def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) 
     Raises:
         ConfigError: no such guide, or a guide trained to predict something else than the main model.
     """
-    from diffusion import checkpoint
-    from diffusion.file_manager import FileManager, load_checkpoint
+    from diffusion.storage import checkpoint
+    from diffusion.storage.file_manager import FileManager, load_checkpoint
 
     source = Path(guide)
     if not source.exists() and run_dir is not None:
@@ -115,7 +116,7 @@ def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) 
     else:
         raise ConfigError(f"sampler.guide={guide}: no such checkpoint, run directory or exported weights")
     check_safe_targets(config, source)
-    guide_cfg = OmegaConf.create(config)
+    guide_cfg = OmegaConf.create(upgrade_targets(config))
     trained, main = guide_cfg.method.get("prediction", "edm"), main_method.get("prediction", "edm")
     if "sigma_data" in guide_cfg.method:
         trained = "edm"

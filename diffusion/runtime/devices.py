@@ -7,7 +7,7 @@ from typing import Any, ContextManager, Literal
 
 import torch
 
-from diffusion.validation import ConfigError, check_choice
+from diffusion.runtime.checks import ConfigError, check_choice
 
 Precision = Literal["fp32", "bf16", "fp16"]
 

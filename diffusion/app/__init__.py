@@ -4,10 +4,10 @@ of earlier runs, cross-component checks, and the run directory's description fil
 The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects.
 """
 
-from diffusion.cli.components import Components, check_compatible, check_monitor
-from diffusion.cli.distill_config import DistillRun, check_distill_option, distill_run_config
-from diffusion.cli.errors import guard_command_line, guard_user_errors, remove_if_empty
-from diffusion.cli.run_config import (
+from diffusion.app.components import Components, check_compatible, check_monitor
+from diffusion.app.distill_config import DistillRun, check_distill_option, distill_run_config
+from diffusion.app.errors import guard_command_line, guard_user_errors, remove_if_empty
+from diffusion.app.run_config import (
     load_guide_model,
     load_source_config,
     open_run_logger,
@@ -15,7 +15,7 @@ from diffusion.cli.run_config import (
     sampling_method_config,
     search_hooks,
 )
-from diffusion.cli.run_files import print_config_tree, print_run_files, save_run_config
+from diffusion.app.run_files import print_config_tree, print_run_files, save_run_config
 
 __all__ = [
     "Components",

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from diffusion.validation import check_choice, check_float, check_int
+from diffusion.runtime.checks import check_choice, check_float, check_int
 
 LRSchedule = Literal["constant", "cosine"]
 

@@ -9,10 +9,10 @@ from typing import NamedTuple
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.cli.run_config import command_line_keys, load_source_config, require_run_dir
+from diffusion.app.run_config import command_line_keys, load_source_config, require_run_dir
 from diffusion.distill.teacher import TeacherSolver, teacher_solver
-from diffusion.file_manager import FileManager
-from diffusion.validation import ConfigError
+from diffusion.storage.file_manager import FileManager
+from diffusion.runtime.checks import ConfigError
 
 # What the student inherits from its teacher's run: what the network is and what data it models.
 TEACHER_KEYS = ("data", "model", "schedule")

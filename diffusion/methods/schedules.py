@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion.validation import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 Schedule = Callable[[int], torch.Tensor]
 

@@ -1,0 +1,1 @@
+"""The process: argument checks, devices and precision, torch.distributed, threads, seeding, signals."""

@@ -1,0 +1,1 @@
+"""Drawing samples from a trained model: the sampler and its one loop, the solvers, noise streams, guidance."""
