@@ -4,8 +4,8 @@ formatting, the description of the machine and writing results files.
 Scripts run from the repository root as modules, so ``diffusion`` and ``experiments`` import as they are in this
 checkout, without touching ``sys.path``::
 
-    python -m experiments.benchmark --quick
-    python -m experiments.quality_benchmark --threads 1 --out experiments/results/quality_cpu.md
+    python -m experiments.benchmarks.speed --quick
+    python -m experiments.benchmarks.quality --threads 1 --out experiments/benchmarks/quality_cpu.md
     python -m experiments.studies.schedules --budget small
 
 Every script takes ``--out`` (where its results land), ``--threads`` (CPU threads of the script and of every

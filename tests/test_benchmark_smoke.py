@@ -1,4 +1,4 @@
-"""``python -m experiments.benchmark --quick`` runs every section and prints the full table (marked ``slow``, like
+"""``python -m experiments.benchmarks.speed --quick`` runs every section and prints the full table (marked ``slow``, like
 the other experiments scripts' smoke runs: ``pytest -m slow``).
 
 Structure only: on shared CPUs the figures themselves say nothing in a test, so no speed is asserted.
@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("benchmark") / "results" / "benchmark.md"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", "--quick", "--threads", "1", "--out", str(out)],
+        [sys.executable, "-m", "experiments.benchmarks.speed", "--quick", "--threads", "1", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -94,7 +94,7 @@ def test_figures_are_numbers_where_measured(quick_run):
 def test_cuda_without_a_gpu_is_one_clear_line():
     if __import__("torch").cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--device", "cuda", "--quick"],
+    result = subprocess.run([sys.executable, "-m", "experiments.benchmarks.speed", "--device", "cuda", "--quick"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --device cuda but no CUDA device is available; "

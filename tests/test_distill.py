@@ -238,15 +238,15 @@ def test_resume_auto_continues_a_killed_distillation_to_the_same_student(progres
 
 @pytest.mark.slow
 def test_distill_benchmark_quick(tmp_path: Path):
-    """``python -m experiments.distill_benchmark --quick``: five run.py launches (about 4 min on a busy core)."""
+    """``python -m experiments.benchmarks.distill --quick``: five run.py launches (about 4 min on a busy core)."""
     from test_experiments_smoke import assert_checks_report, run_quick, table
 
     out = tmp_path / "distill.md"
-    result = run_quick("experiments.distill_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    result = run_quick("experiments.benchmarks.distill", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
     assert_checks_report(text, "Few-step generation by distillation on digits (issue 15)",
-                         "experiments.distill_benchmark", checks=4)
+                         "experiments.benchmarks.distill", checks=4)
     rows = table(text)
     assert [(r[0], r[1]) for r in rows[:7]] == [("teacher DDIM", "1"), ("teacher DDIM", "2"), ("teacher DDIM", "4"),
                                                ("teacher DDIM", "10"), ("progressive", "4"), ("consistency", "1"),

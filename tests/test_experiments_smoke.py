@@ -4,8 +4,8 @@ temporary directory: it exits 0 and writes its results file with the parts a rea
 Structure only: a one-epoch toy model's scores say nothing, so no figure is checked against a bar. Each script
 but the classifier's launches ``run.py`` one to six times, and most of a launch is start-up (importing torch and
 sklearn: about 9 s on a busy core), so those six are marked ``slow`` (``pytest -m "not slow"`` leaves them out):
-19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8); ``experiments.benchmark_threads``
-adds 5 launches, about 2 minutes. ``experiments.benchmark`` has its own, ``test_benchmark_smoke.py``.
+19 launches, 9.6 minutes together on 2 cores shared with other jobs (load 6-8); ``experiments.benchmarks.speed.threads``
+adds 5 launches, about 2 minutes. ``experiments.benchmarks.speed`` has its own, ``test_benchmark_smoke.py``.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def assert_checks_report(text: str, title: str, module: str, checks: int) -> Non
 @pytest.mark.slow
 def test_quality_benchmark(tmp_path: Path):
     out = tmp_path / "results" / "quality.md"
-    result = run_quick("experiments.quality_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    result = run_quick("experiments.benchmarks.quality", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
     assert_checks_report(text, "Sample quality against sampling cost: default run (issue 3)",
-                         "experiments.quality_benchmark", checks=3)
+                         "experiments.benchmarks.quality", checks=3)
     rows = table(text)
     assert [(r[0], r[1], r[2]) for r in rows] == [("DDPM", "20", "all"), ("DDIM", "5", "leading"),
                                                   ("DDIM", "10", "leading"), ("DPM-Solver++(2M)", "5", "trailing")]
@@ -69,10 +69,10 @@ def test_quality_benchmark(tmp_path: Path):
 @pytest.mark.slow
 def test_guidance_benchmark(tmp_path: Path):
     out = tmp_path / "guidance.md"
-    run_quick("experiments.guidance_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    run_quick("experiments.benchmarks.guidance", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert_checks_report(text, "Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)",
-                         "experiments.guidance_benchmark", checks=3)
+                         "experiments.benchmarks.guidance", checks=3)
     rows = table(text)
     assert [(r[0], r[1], r[3]) for r in rows] == [("DDPM", "20", "0"), ("DDPM", "20", "3"), ("DDIM", "10", "0"),
                                                   ("DDIM", "10", "3"), ("DPM-Solver++(2M)", "5", "3")]
@@ -82,7 +82,7 @@ def test_guidance_benchmark(tmp_path: Path):
 
 def test_train_digit_classifier(tmp_path: Path):
     out = tmp_path / "classifier.safetensors"
-    result = run_quick("experiments.train_digit_classifier", "--out", str(out))
+    result = run_quick("experiments.tools.train_digit_classifier", "--out", str(out))
     assert re.search(r"held-out accuracy \d\.\d{4} +trained in", result.stdout)
     with safe_open(str(out), framework="pt") as weights:
         metadata = weights.metadata()
@@ -92,11 +92,11 @@ def test_train_digit_classifier(tmp_path: Path):
 @pytest.mark.slow  # three toy runs, a post-hoc sweep and ten evaluations
 def test_edm_benchmark(tmp_path: Path):
     out = tmp_path / "results" / "edm.md"
-    result = run_quick("experiments.edm_benchmark", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    result = run_quick("experiments.benchmarks.edm", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
     assert_checks_report(text, "EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
-                         "experiments.edm_benchmark", checks=4)
+                         "experiments.benchmarks.edm", checks=4)
     assert "![FD against NFE](edm_fd_vs_nfe.png)" in text
     assert (out.parent / "edm_fd_vs_nfe.png").read_bytes().startswith(b"\x89PNG")
     labels = {row[0] for row in table(text)}
@@ -106,7 +106,7 @@ def test_edm_benchmark(tmp_path: Path):
 @pytest.mark.slow  # one epoch of 4,500 28x28 digits: about half a minute on a busy core
 def test_train_mnist_classifier(tmp_path: Path):
     out = tmp_path / "mnist_classifier.safetensors"
-    result = run_quick("experiments.train_mnist_classifier", "--out", str(out))
+    result = run_quick("experiments.tools.train_mnist_classifier", "--out", str(out))
     assert re.search(r"held-out accuracy \d\.\d{4} +trained in", result.stdout)
     with safe_open(str(out), framework="pt") as weights:
         metadata = weights.metadata()
@@ -157,10 +157,10 @@ def test_study_optuna_ema_lr(tmp_path: Path):
 @pytest.mark.slow
 def test_benchmark_threads(tmp_path: Path):
     out = tmp_path / "threads.md"
-    run_quick("experiments.benchmark_threads", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    run_quick("experiments.benchmarks.speed.threads", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert_checks_report(text, "Two training runs on one node: the thread budget (issue 14)",
-                         "experiments.benchmark_threads", checks=2)
+                         "experiments.benchmarks.speed.threads", checks=2)
     rows = table(text)
     assert [row[1] for row in rows] == ["1", "2", "2"]
     assert rows[2][0].endswith("trainer.num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")

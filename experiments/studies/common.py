@@ -4,7 +4,7 @@ formatting and the machine line come from :mod:`experiments.lib`.
 
 Every study is one command, run from the repository root::
 
-    python -m experiments.studies.<study> [--budget small|full] [--quick] [--out experiments/<study>]
+    python -m experiments.studies.<study> [--budget small|full] [--quick] [--out experiments/studies/<study>]
         [--threads 1] [--work-dir DIR] [--reuse]
 
 It launches ``run.py`` exactly as a user would (each command is printed and written into the report), keeps the
@@ -124,7 +124,7 @@ class Study:
         """The study ``args`` ask for; sets this process's and every run's threads (``--threads``)."""
         set_threads(args.threads)
         work = (args.work_dir or work_dir("studies", name)).resolve()
-        out = args.out or (work / "report" if args.quick else ROOT / "experiments" / name)
+        out = args.out or (work / "report" if args.quick else ROOT / "experiments" / "studies" / name)
         return cls(name, QUICK if args.quick else BUDGETS[args.budget], out, work, args.threads, args.reuse)
 
     def run(self, overrides: Sequence[str], name: str) -> Path:

@@ -6,7 +6,7 @@ what ``run.py`` returns: the best validation loss of the EMA weights (each trial
 
     python run.py -m hparams_search=optuna '~hydra.sweeper.params.schedule' hydra.sweeper.n_trials=4 ...
 
-    python -m experiments.studies.optuna_ema_lr [--budget small|full] [--quick] [--out experiments/optuna_ema_lr]
+    python -m experiments.studies.optuna_ema_lr [--budget small|full] [--quick] [--out experiments/studies/optuna_ema_lr]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Trains one run, then scores its best EMA checkpoint once per sampler with ``task
 
     python run.py task=evaluate run_dir=<run> method=ddim sampler.eta=0 'evaluator.sampler_steps=[10,20,50,100,1000]'
 
-    python -m experiments.studies.sampling_steps [--budget small|full] [--quick] [--out experiments/sampling_steps]
+    python -m experiments.studies.sampling_steps [--budget small|full] [--quick] [--out experiments/studies/sampling_steps]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ One sweep, three jobs that differ only in ``schedule``:
     python run.py -m schedule=linear,cosine,sigmoid trainer.epochs=15 evaluator.num_samples=180 \\
         method=ddim sampler.steps=50 ...
 
-    python -m experiments.studies.schedules [--budget small|full] [--quick] [--out experiments/schedules]
+    python -m experiments.studies.schedules [--budget small|full] [--quick] [--out experiments/studies/schedules]
 """
 
 from __future__ import annotations

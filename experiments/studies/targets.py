@@ -5,7 +5,7 @@ One sweep of six jobs:
 
     python run.py -m method.prediction=epsilon,x0,v method.loss_weighting=uniform,min_snr trainer.epochs=15 ...
 
-    python -m experiments.studies.targets [--budget small|full] [--quick] [--out experiments/targets]
+    python -m experiments.studies.targets [--budget small|full] [--quick] [--out experiments/studies/targets]
 """
 
 from __future__ import annotations

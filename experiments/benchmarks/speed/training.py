@@ -3,7 +3,7 @@ and the model FLOP/s reached as a fraction of the machine's matmul peak.
 
 All variants train the default run's components (composed from ``conf/`` exactly as ``run.py`` composes them)
 on the same data, batch and optimizer settings, and are interleaved epoch by epoch (see
-:func:`~experiments.benchmark_timing.interleave`).
+:func:`~experiments.benchmarks.speed.timing.interleave`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.devices import Precision, autocast
 from diffusion.training.trainer import Trainer
-from experiments.benchmark_timing import interleave, matmul_flops_per_second, median, synchronize
+from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, synchronize
 from experiments.lib import ROOT
 
 CONF_DIR = ROOT / "conf"

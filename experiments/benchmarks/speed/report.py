@@ -6,16 +6,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from experiments.benchmark_memory import CifarMemoryFigures, MemoryFigures
-from experiments.benchmark_sampling import (
+from experiments.benchmarks.speed.memory import CifarMemoryFigures, MemoryFigures
+from experiments.benchmarks.speed.sampling import (
     NoiseStreamFigures,
     OverheadFigures,
     ProcessFigures,
     SamplingFigures,
     noise_share_of_step,
 )
-from experiments.benchmark_timing import median, paired_ratio
-from experiments.benchmark_training import TrainingFigures
+from experiments.benchmarks.speed.timing import median, paired_ratio
+from experiments.benchmarks.speed.training import TrainingFigures
 from experiments.lib import Machine, pass_fail
 
 TRAINER_BAR = 0.95  # bar 1: Trainer steps/s >= 0.95 x the bare loop's
@@ -38,7 +38,7 @@ NOTES = {
           "filled one by one) against one `torch.randn` of the batch from one generator, interleaved, 50 draws "
           "per round; the share compares the extra time per draw with one DDPM step of the default U-Net "
           "(record 4's seconds per sample x batch / T). Seeding is once per batch per `Sampler.sample`.",
-    "8": "`python -m torch.distributed.run --nproc_per_node=N -m experiments.benchmark_sampling --worker` with "
+    "8": "`python -m torch.distributed.run --nproc_per_node=N -m experiments.benchmarks.speed.sampling --worker` with "
          "N = 1 and 2 (gloo, one intra-op thread per process): every rank builds the same seeded U-Net and "
          "sampler, draws one warm-up batch, then rank 0 times one `Sampler.sample` of the whole set (its share "
          "of the batches, then the gather); the two runs' samples are compared bit for bit. On a shared 2-core "

@@ -1,10 +1,10 @@
 """Speed and memory benchmark of the default run; prints a markdown table (issue 5, "Benchmark suite").
 
-    python -m experiments.benchmark                      # full run, ~10 minutes on 2 CPU cores
-    python -m experiments.benchmark --quick              # every section at toy size, seconds: proves it works
-    python -m experiments.benchmark --only sampling      # one section: training | sampling | memory
-    python -m experiments.benchmark --threads 1 --out experiments/results/benchmark_cpu.md
-    python -m experiments.benchmark trainer.batch_size=64   # any run.py override applies to every section
+    python -m experiments.benchmarks.speed                      # full run, ~10 minutes on 2 CPU cores
+    python -m experiments.benchmarks.speed --quick              # every section at toy size, seconds: proves it works
+    python -m experiments.benchmarks.speed --only sampling      # one section: training | sampling | memory
+    python -m experiments.benchmarks.speed --threads 1 --out experiments/benchmarks/speed/speed_cpu.md
+    python -m experiments.benchmarks.speed trainer.batch_size=64   # any run.py override applies to every section
 
 Figures, each on the default run's components (``conf/config.yaml``: the U-Net of ``conf/model/unet.yaml`` on
 8x8 digits, AdamW, bf16 autocast, batch 128):
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from experiments.benchmark_memory import measure_cifar_sized, measure_default_run
-from experiments.benchmark_report import Report, Row, cifar_memory_rows, memory_rows, process_rows, sampling_rows, training_rows
-from experiments.benchmark_sampling import measure_ddim_vs_ddpm, measure_noise_streams, measure_overhead, \
+from experiments.benchmarks.speed.memory import measure_cifar_sized, measure_default_run
+from experiments.benchmarks.speed.report import Report, Row, cifar_memory_rows, memory_rows, process_rows, sampling_rows, training_rows
+from experiments.benchmarks.speed.sampling import measure_ddim_vs_ddpm, measure_noise_streams, measure_overhead, \
     measure_processes
-from experiments.benchmark_training import compose_config, measure_training
+from experiments.benchmarks.speed.training import compose_config, measure_training
 from experiments.lib import add_common_flags, describe_machine, load_average, reproduce_command, set_threads, \
     write_results
 
@@ -89,14 +89,14 @@ def section_command(args: argparse.Namespace, section: str) -> str:
     options += ["--quick"] if args.quick else []
     options += ["--device", args.device] if args.device != "cpu" else []
     options += ["--threads", str(args.threads)] if args.threads else []
-    return reproduce_command("experiments.benchmark", [*options, *args.overrides])
+    return reproduce_command("experiments.benchmarks.speed", [*options, *args.overrides])
 
 
 def run(args: argparse.Namespace) -> Report:
     settings = QUICK if args.quick else FULL
     device = torch.device(args.device)
     overrides = [*settings.overrides, f"trainer.device={args.device}", *args.overrides]
-    report = Report(machine=describe_machine(device), command=reproduce_command("experiments.benchmark"),
+    report = Report(machine=describe_machine(device), command=reproduce_command("experiments.benchmarks.speed"),
                     load_before=load_average())
     sections = args.only or list(SECTIONS)
     if "training" in sections:

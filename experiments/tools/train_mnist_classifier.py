@@ -8,8 +8,8 @@ fixed number of epochs (no model selection on the held-out split, so its accurac
 single-threaded by default, so reruns on one machine give identical weights. The training loop is
 ``train_digit_classifier``'s. Run from the repository root:
 
-    python -m experiments.train_mnist_classifier [--epochs 12] [--seed 0] [--out PATH] [--threads 1]
-    python -m experiments.train_mnist_classifier --quick    # one epoch into outputs/, about a minute: proves it works
+    python -m experiments.tools.train_mnist_classifier [--epochs 12] [--seed 0] [--out PATH] [--threads 1]
+    python -m experiments.tools.train_mnist_classifier --quick    # one epoch into outputs/, about a minute: proves it works
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
 from diffusion.data.mnist import MNISTData  # noqa: E402
 from diffusion.evaluation.classifier import MNIST_IMAGE_SIZE, MNIST_WEIGHTS_PATH, DigitClassifier  # noqa: E402
 from experiments.lib import add_common_flags, shown_path, work_dir  # noqa: E402
-from experiments.train_digit_classifier import add_training_flags, train_and_save  # noqa: E402
+from experiments.tools.train_digit_classifier import add_training_flags, train_and_save  # noqa: E402
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0

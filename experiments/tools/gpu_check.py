@@ -1,9 +1,9 @@
 """GPU check of the CIFAR-10-sized DDPM U-Net: training steps/s in fp32, bf16 and bf16 + torch.compile, model
 FLOP/s as a share of the device's bf16 peak, peak memory, and DDIM-50 sampling throughput; under 10 minutes.
 
-    python -m experiments.gpu_check --out experiments/results/gpu_check_h200.md
-    python -m experiments.gpu_check --peak-tflops 312          # a GPU not in PEAK_BF16_TFLOPS
-    python -m experiments.gpu_check --quick --device cpu       # toy model on the CPU: proves the script works
+    python -m experiments.tools.gpu_check --out experiments/tools/gpu_check_h200.md
+    python -m experiments.tools.gpu_check --peak-tflops 312          # a GPU not in PEAK_BF16_TFLOPS
+    python -m experiments.tools.gpu_check --quick --device cpu       # toy model on the CPU: proves the script works
 
 The model is ``experiment=ddpm_cifar10``'s network, ``model=ddpm_unet`` (Ho et al.'s CIFAR-10 U-Net: 128 base
 channels, multipliers (1, 2, 2, 2), 2 residual blocks per level, self-attention at 16x16, dropout 0.1: 35.7M
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from diffusion.runtime.devices import Precision, autocast
-from experiments.benchmark_sampling import make_sampler
-from experiments.benchmark_timing import synchronize
-from experiments.benchmark_training import build_parts, compose_config, step_flops_per_sample
+from experiments.benchmarks.speed.sampling import make_sampler
+from experiments.benchmarks.speed.timing import synchronize
+from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
 from experiments.lib import add_common_flags, describe_machine, markdown_table, reproduce_command, set_threads, \
     write_results
 
@@ -183,7 +183,7 @@ def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settin
         *markdown_table(["sampling", "images/s"],
                         [[f"DDIM-{settings.ddim_steps}, {name}, batch {settings.batch_size}", f"{rate:.1f}"]
                          for name, rate in sampling.items()]), "",
-        f"Wall time {seconds / 60:.1f} min. Reproduce: `{reproduce_command('experiments.gpu_check')}`", "",
+        f"Wall time {seconds / 60:.1f} min. Reproduce: `{reproduce_command('experiments.tools.gpu_check')}`", "",
     ]
     return "\n".join(lines)
 

@@ -13,9 +13,9 @@ at the same sample count, and the sampling wall time per sample. The targets (is
 Table 1): DDIM-50's FD within 25% of DDPM-1000's while at least 15x faster, and the default run's FD at most 4x its
 real-data floor. Prints a markdown report (and writes it with ``--out``); exits 1 if a target is missed.
 
-    python -m experiments.quality_benchmark --threads 1 --out experiments/results/quality_cpu.md
-    python -m experiments.quality_benchmark --run-dir outputs/2024-05-01/12-00-00    # score an earlier run
-    python -m experiments.quality_benchmark --quick --out /tmp/quality.md    # toy run, seconds: proves it works
+    python -m experiments.benchmarks.quality --threads 1 --out experiments/benchmarks/quality_cpu.md
+    python -m experiments.benchmarks.quality --run-dir outputs/2024-05-01/12-00-00    # score an earlier run
+    python -m experiments.benchmarks.quality --quick --out /tmp/quality.md    # toy run, seconds: proves it works
 
 Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
 """
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir, work, trained = trained_run(args, settings.train_overrides, "quality")
     rows = score_default_run(run_dir, work, settings, args.num_samples or settings.num_samples)
     text, passed = report(rows, settings, run_dir, trained, time.perf_counter() - start, machine,
-                          reproduce_command("experiments.quality_benchmark", argv))
+                          reproduce_command("experiments.benchmarks.quality", argv))
     return finish_report(text, passed, args)
 
 

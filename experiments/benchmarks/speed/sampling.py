@@ -9,7 +9,7 @@ as Python numbers. Both draw the same noise the same way (one generator per samp
 that before it reports a ratio.
 
 Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
-experiments.benchmark_sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
+experiments.benchmarks.speed.sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
 times one ``Sampler.sample`` of the whole set on rank 0, gather included.
 """
 
@@ -34,8 +34,8 @@ from diffusion.runtime.devices import autocast
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.methods.base import BaseMethod
 from diffusion.sampling.sampler import SampleNoise, Sampler
-from experiments.benchmark_timing import interleave, median, timed
-from experiments.benchmark_training import build_parts, compose_config
+from experiments.benchmarks.speed.timing import interleave, median, timed
+from experiments.benchmarks.speed.training import build_parts, compose_config
 from experiments.lib import ROOT, run_py_env
 
 
@@ -203,7 +203,7 @@ def measure_processes(overrides: Sequence[str], num_samples: int, batch_size: in
         for count in process_counts:
             out = Path(tmp) / f"{count}.pt"
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}", "-m",
-                       "experiments.benchmark_sampling", "--worker", "--out", str(out), "--num-samples",
+                       "experiments.benchmarks.speed.sampling", "--worker", "--out", str(out), "--num-samples",
                        str(num_samples), "--batch-size", str(batch_size), "--steps", str(steps), *overrides]
             env = {**run_py_env(), "OMP_NUM_THREADS": str(threads)}
             result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)

@@ -13,10 +13,10 @@ included), and their ratio to the teacher's. Checks (issue 15's bars): the 4-ste
 of the teacher's DDIM-50 FD, and better than the teacher's DDIM-4; the consistency student better than the
 teacher's DDIM at 1 and at 2 steps.
 
-    python -m experiments.distill_benchmark --threads 1 --out experiments/results/distill_cpu.md
-    python -m experiments.distill_benchmark --budget small --run-dir <teacher run>   # 16 -> 4 steps, shorter
-    python -m experiments.distill_benchmark --run-dir outputs/2024-05-01/12-00-00    # an earlier v-prediction run
-    python -m experiments.distill_benchmark --quick --out /tmp/distill.md    # toy run, seconds: proves it works
+    python -m experiments.benchmarks.distill --threads 1 --out experiments/benchmarks/distill_cpu.md
+    python -m experiments.benchmarks.distill --budget small --run-dir <teacher run>   # 16 -> 4 steps, shorter
+    python -m experiments.benchmarks.distill --run-dir outputs/2024-05-01/12-00-00    # an earlier v-prediction run
+    python -m experiments.benchmarks.distill --quick --out /tmp/distill.md    # toy run, seconds: proves it works
 
 Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
 """
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = {"teacher": training_seconds(run_dir), "progressive": training_seconds(progressive),
                "consistency": training_seconds(consistency)}
     text, passed = report(rows, round_rows(progressive), seconds, settings, trained, time.perf_counter() - start,
-                          machine, reproduce_command("experiments.distill_benchmark", argv))
+                          machine, reproduce_command("experiments.benchmarks.distill", argv))
     return finish_report(text, passed, args)
 
 

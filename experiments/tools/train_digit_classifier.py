@@ -6,8 +6,8 @@ by :class:`~diffusion.data.digits.DigitsData` with the split every part of the p
 (no model selection on the validation split, so the reported held-out accuracy is honest). Seeded and
 single-threaded by default, so reruns on one machine give identical weights. Run from the repository root:
 
-    python -m experiments.train_digit_classifier [--epochs 60] [--seed 0] [--out PATH] [--threads 1]
-    python -m experiments.train_digit_classifier --quick    # one epoch into outputs/, seconds: proves it works
+    python -m experiments.tools.train_digit_classifier [--epochs 60] [--seed 0] [--out PATH] [--threads 1]
+    python -m experiments.tools.train_digit_classifier --quick    # one epoch into outputs/, seconds: proves it works
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run by path, as diffusion.evaluation.classifier.RETRAIN_COMMAND prints it
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

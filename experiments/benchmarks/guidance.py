@@ -13,9 +13,9 @@ digit classifier (``diffusion.evaluation.load_digit_classifier``) labels as the 
 targets (issue 7): with w = 3 that share is at least 95% while the FD stays within 2x of the unguided (w = 0) FD;
 DPM-Solver++ with 10 steps reaches an FD no worse than DDIM with 50 steps, on the same checkpoint and guidance.
 
-    python -m experiments.guidance_benchmark --threads 1 --out experiments/results/guidance_cpu.md
-    python -m experiments.guidance_benchmark --run-dir outputs/2024-05-01/12-00-00    # an earlier guided run
-    python -m experiments.guidance_benchmark --quick --out /tmp/guidance.md    # toy run, seconds: proves it works
+    python -m experiments.benchmarks.guidance --threads 1 --out experiments/benchmarks/guidance_cpu.md
+    python -m experiments.benchmarks.guidance --run-dir outputs/2024-05-01/12-00-00    # an earlier guided run
+    python -m experiments.benchmarks.guidance --quick --out /tmp/guidance.md    # toy run, seconds: proves it works
 
 Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
 """
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse = args.run_dir is None and args.num_samples is None  # its own evaluation used the same count
     rows = score_guided_run(run_dir, work, settings, reuse, args.num_samples or settings.num_samples)
     text, passed = report(rows, settings, run_dir, trained, time.perf_counter() - start, machine,
-                          reproduce_command("experiments.guidance_benchmark", argv))
+                          reproduce_command("experiments.benchmarks.guidance", argv))
     return finish_report(text, passed, args)
 
 

@@ -15,8 +15,8 @@ checkpoint sampled with Heun-18 is within 1.25x of its DDPM-1000 FD. Reported be
 (Heun, DPM++(2M) Karras) and the DDPM checkpoint (DDIM, DPM-Solver++, Heun), the best reconstructed EMA std against
 the trained EMA, and autoguidance (guide: the DDPM run's epoch-10 checkpoint) against none at each w.
 
-    python -m experiments.edm_benchmark --threads 1 --out experiments/results/edm_cpu.md
-    python -m experiments.edm_benchmark --quick --out /tmp/edm.md    # toy runs, seconds each: proves it works
+    python -m experiments.benchmarks.edm --threads 1 --out experiments/benchmarks/edm_cpu.md
+    python -m experiments.benchmarks.edm --quick --out /tmp/edm.md    # toy runs, seconds each: proves it works
 
 Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says otherwise.
 """
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = [*tables(rows, posthoc, settings), "", f"![FD against NFE]({plot.name})"]
     text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
                                  machine, method, table, verdicts(rows, posthoc, settings),
-                                 time.perf_counter() - start, reproduce_command("experiments.edm_benchmark", argv))
+                                 time.perf_counter() - start, reproduce_command("experiments.benchmarks.edm", argv))
     return finish_report(text, passed, args)
 
 

@@ -8,8 +8,8 @@ throughput over the alone run's; the goal is that with the budget each keeps at 
 CPUs is 50%). Every run trains a small U-Net on digits for three epochs, samples a few DDIM samples at the end and
 scores nothing.
 
-    python -m experiments.benchmark_threads --out experiments/results/threads_cpu.md
-    python -m experiments.benchmark_threads --quick          # toy MLP on moons, 2 epochs: proves the script works
+    python -m experiments.benchmarks.speed.threads --out experiments/benchmarks/speed/threads_cpu.md
+    python -m experiments.benchmarks.speed.threads --quick          # toy MLP on moons, 2 epochs: proves the script works
 
 ``--threads`` sets this script's own threads only: each run's thread count is what the scenario measures.
 """
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     text, passed = checks_report("Two training runs on one node: the thread budget (issue 14)", machine, method,
                                  table, checks, time.perf_counter() - start,
-                                 reproduce_command("experiments.benchmark_threads", argv))
+                                 reproduce_command("experiments.benchmarks.speed.threads", argv))
     return finish_report(text, passed, args)
 
 

@@ -1,0 +1,1 @@
+"""Scripts that build the package's classifier weights or check a machine; not experiments."""
