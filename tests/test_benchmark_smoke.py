@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from runs import ROOT
 
-ROWS = ("1", "2", "3", "4", "5a", "5b", "5c", "6", "7", "7b", "8")
+ROWS = ("trainer-overhead", "precision", "compile", "ddim-vs-ddpm", "sampler-overhead-ddpm", "sampler-overhead-ddim",
+        "noise-streams", "flops", "memory", "memory-cifar10", "torchrun-sampling")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
-    """Cells of each table row, keyed by the row's number."""
+    """Cells of each table row, keyed by the row's name."""
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -54,41 +55,42 @@ def test_header_names_the_machine_and_the_date(quick_run):
     assert re.search(r"- machine: .+, \d+ cores", text)
     assert re.search(r"- torch \S+, intra-op threads: \d+", text)
     assert re.search(r"- date: \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", text)
-    assert "| # | measurement | figure | bar | verdict | reproduce |" in text
+    assert "| name | measurement | figure | bar | verdict | reproduce |" in text
 
 
 @pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_every_figure_has_a_row_and_a_reproduce_command(quick_run):
     rows = table_rows(quick_run[0].stdout)
     assert sorted(rows) == sorted(ROWS)
-    for number, cells in rows.items():
-        assert len(cells) == 6, number
-        assert re.match(r"`(OMP_NUM_THREADS=\d+ )?python ", cells[5]) and cells[5].endswith("`"), number
-    assert "--only training" in rows["1"][5] and "--only sampling" in rows["5a"][5]
-    assert "run.py" in rows["7"][5] and "evaluator=none" in rows["7"][5]
+    for name, cells in rows.items():
+        assert len(cells) == 6, name
+        assert re.match(r"`(OMP_NUM_THREADS=\d+ )?python ", cells[5]) and cells[5].endswith("`"), name
+    assert "--only training" in rows["trainer-overhead"][5] and "--only sampling" in rows["sampler-overhead-ddpm"][5]
+    assert "run.py" in rows["memory"][5] and "evaluator=none" in rows["memory"][5]
 
 
 @pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_the_two_bars_have_verdicts(quick_run):
     text = quick_run[0].stdout
     rows = table_rows(text)
-    for number in ("1", "5a", "5b"):
-        assert rows[number][4] in ("PASS", "FAIL"), number
-    assert re.search(r"^Bars: bar 1: (PASS|FAIL); bar 5a: (PASS|FAIL); bar 5b: (PASS|FAIL)$", text, re.M)
+    for name in ("trainer-overhead", "sampler-overhead-ddpm", "sampler-overhead-ddim"):
+        assert rows[name][4] in ("PASS", "FAIL"), name
+    assert re.search(r"^Bars: trainer-overhead: (PASS|FAIL); sampler-overhead-ddpm: (PASS|FAIL); "
+                     r"sampler-overhead-ddim: (PASS|FAIL)$", text, re.M)
 
 
 @pytest.mark.slow  # the quick benchmark: about 2 minutes on 2 busy cores
 def test_figures_are_numbers_where_measured(quick_run):
     rows = table_rows(quick_run[0].stdout)
-    assert re.match(r"\d+\.\d+x \(\d+\.\d+ vs \d+\.\d+ steps/s\)", rows["1"][2])
-    assert "skipped" in rows["3"][2]  # --quick does not compile
-    assert re.search(r"samples agree to", rows["5a"][2])
-    assert re.search(r"\d+ MiB peak; \d+ -> \d+ MiB after epochs 2 -> 3", rows["7"][2])
-    assert rows["7"][4] in ("flat", "GROWS")
-    # 7b at --quick: 6 x 200 synthetic CIFAR images against 6 x 100; the 600 more are 600 x 3,072 bytes = 2 MiB
+    assert re.match(r"\d+\.\d+x \(\d+\.\d+ vs \d+\.\d+ steps/s\)", rows["trainer-overhead"][2])
+    assert "skipped" in rows["compile"][2]  # --quick does not compile
+    assert re.search(r"samples agree to", rows["sampler-overhead-ddpm"][2])
+    assert re.search(r"\d+ MiB peak; \d+ -> \d+ MiB after epochs 2 -> 3", rows["memory"][2])
+    assert rows["memory"][4] in ("flat", "GROWS")
+    # memory-cifar10 at --quick: 6 x 200 synthetic CIFAR images against 6 x 100; the 600 more are 600 x 3,072 bytes = 2 MiB
     assert re.search(r"\d+ vs \d+ MiB peak: the 600 more images add -?\d+ MiB \(their uint8 size 2 MiB; float32 "
-                     r"would be 7 MiB\)", rows["7b"][2]), rows["7b"][2]
-    assert "data=cifar10" in rows["7b"][5]
+                     r"would be 7 MiB\)", rows["memory-cifar10"][2]), rows["memory-cifar10"][2]
+    assert "data=cifar10" in rows["memory-cifar10"][5]
 
 
 def test_cuda_without_a_gpu_is_one_clear_line():

@@ -1,4 +1,4 @@
-"""Issue 15's bar: few-step students distilled from a digits run, against their teacher sampled with DDIM.
+"""Few-step students distilled from a digits run, against their teacher sampled with DDIM.
 
 Trains a v-prediction digits teacher (``python run.py method.prediction=v``) unless ``--run-dir`` names a run, then:
 
@@ -9,7 +9,7 @@ Trains a v-prediction digits teacher (``python run.py method.prediction=v``) unl
 
 Reports FD (digits evaluator, with its real-data floor), ms per sample, the per-round FDs, and each run's training
 seconds (the sum of its epochs' ``epoch_seconds``: start-up and final sampling excluded, per-round scoring
-included), and their ratio to the teacher's. Checks (issue 15's bars): the 4-step progressive student within 1.5x
+included), and their ratio to the teacher's. Checks: the 4-step progressive student within 1.5x
 of the teacher's DDIM-50 FD, and better than the teacher's DDIM-4; the consistency student better than the
 teacher's DDIM at 1 and at 2 steps.
 
@@ -52,7 +52,7 @@ from experiments.lib import (
     trained_run,
 )
 
-MAX_FD_RATIO = 1.5  # issue 15: the 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
+MAX_FD_RATIO = 1.5  # the 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ FULL = Settings(
     teacher_steps=50, num_samples=None,
 )
 # For a CPU shared with other benchmarks (about 0.8 s per distillation step there): 16 -> 8 -> 4 steps with 600
-# optimizer steps a round, and 1,000 consistency steps. Its figures are not the issue's settings.
+# optimizer steps a round, and 1,000 consistency steps. Its figures are not checked against the targets.
 SMALL = Settings(
     ("method.prediction=v",),
     ("distill.start_steps=16", "distill.end_steps=4", "distill.steps_per_round=600"),
@@ -155,7 +155,7 @@ def report(rows: Sequence[SamplerRow], rounds: list[str], seconds: dict[str, flo
         f"{seconds['consistency']:.0f} s ({seconds['consistency'] / seconds['teacher']:.2g}x)."
     )
     table = [*rows_table(rows), "", "Progressive distillation, FD per round:", "", *rounds]
-    return checks_report("Few-step generation by distillation on digits (issue 15)", machine, method, table,
+    return checks_report("Few-step generation by distillation on digits", machine, method, table,
                          verdicts(rows, settings.teacher_steps), elapsed, command)
 
 

@@ -1,4 +1,4 @@
-"""Issue 13's bars on digits: EDM against DDPM, sigma-space samplers on a DDPM checkpoint, post-hoc EMA, autoguidance.
+"""On digits: EDM against DDPM, sigma-space samplers on a DDPM checkpoint, post-hoc EMA, autoguidance.
 
 Trains three default-length digits runs (``python run.py`` with each change) and scores each checkpoint with
 ``task=evaluate`` / ``task=posthoc_ema``, as a user would:
@@ -10,7 +10,7 @@ Trains three default-length digits runs (``python run.py`` with each change) and
                 its tracked EMA and every reconstruction are scored with DDIM-50 (the comparison is between EMA
                 lengths, so one fixed sampler serves, and six DDPM-1000 scorings would triple the benchmark)
 
-The bars (issue 13): EDM with Heun-18 (35 NFE) reaches FD no worse than 1.1x the DDPM run's DDPM-1000 FD; the DDPM
+The targets: EDM with Heun-18 (35 NFE) reaches FD no worse than 1.1x the DDPM run's DDPM-1000 FD; the DDPM
 checkpoint sampled with Heun-18 is within 1.25x of its DDPM-1000 FD. Reported beside them: FD against NFE for EDM
 (Heun, DPM++(2M) Karras) and the DDPM checkpoint (DDIM, DPM-Solver++, Heun), the best reconstructed EMA std against
 the trained EMA, and autoguidance (guide: the DDPM run's epoch-10 checkpoint) against none at each w.
@@ -57,7 +57,7 @@ FULL = Settings(("checkpoint.save_every_n_epochs=10",), heun_steps=(5, 9, 18), d
                 dpm_steps=(5, 10, 20), ema_stds=(0.02, 0.05, 0.10, 0.15, 0.2), guide_scales=(1.5, 2.0, 3.0),
                 snapshot_every=50)
 # A reduced budget for busy CPUs without bf16 hardware (there bf16 autocast, the default run's precision, is several
-# times slower than fp32): 20 epochs in fp32, 200 samples per row. Its figures are not the issue's bars.
+# times slower than fp32): 20 epochs in fp32, 200 samples per row. Its figures are not checked against the targets.
 SMALL = Settings(("trainer.epochs=20", "trainer.precision=fp32", "evaluator.num_samples=200",
                   "checkpoint.save_every_n_epochs=10"), heun_steps=(5, 9, 18), ddim_steps=(10, 20, 50),
                  dpm_steps=(5, 10, 20), ema_stds=(0.02, 0.05, 0.10, 0.15, 0.2), guide_scales=(1.5, 2.0, 3.0),
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the finished runs and evaluations an earlier invocation left in --work-dir")
     parser.add_argument("--budget", choices=("full", "small"), default="full",
-                        help="full: the default run's length and precision (the issue's bars); small: 20 epochs in "
+                        help="full: the default run's length and precision (the targets'); small: 20 epochs in "
                              "fp32 and 200 samples per row, for a busy CPU")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot = plot_fd_vs_nfe(rows, args.out.with_name(args.out.stem + "_fd_vs_nfe.png") if args.out is not None
                           else work / "fd_vs_nfe.png")
     table = [*tables(rows, posthoc, settings), "", f"![FD against NFE]({plot.name})"]
-    text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
+    text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits",
                                  machine, method, table, verdicts(rows, posthoc, settings),
                                  time.perf_counter() - start, reproduce_command("experiments.benchmarks.edm", argv))
     return finish_report(text, passed, args)

@@ -1,4 +1,4 @@
-"""Issue 7's bar: classifier-free guidance and DPM-Solver++ on class-conditional digits.
+"""Classifier-free guidance and DPM-Solver++ on class-conditional digits.
 
 Trains ``python run.py experiment=digits_guided`` (labels dropped 10% of the time) unless ``--run-dir`` names such
 a run, then samples its best EMA checkpoint with ``task=evaluate``, one class-conditional grid per row
@@ -10,7 +10,7 @@ a run, then samples its best EMA checkpoint with ``task=evaluate``, one class-co
 
 Each row reports the digits evaluator's FD and KID (with real-data floors) and the share of samples the shipped
 digit classifier (``diffusion.evaluation.load_digit_classifier``) labels as the class they were asked for. The
-targets (issue 7): with w = 3 that share is at least 95% while the FD stays within 2x of the unguided (w = 0) FD;
+targets: with w = 3 that share is at least 95% while the FD stays within 2x of the unguided (w = 0) FD;
 DPM-Solver++ with 10 steps reaches an FD no worse than DDIM with 50 steps, on the same checkpoint and guidance.
 
     python -m experiments.benchmarks.guidance --threads 1 --out experiments/benchmarks/guidance_cpu.md
@@ -152,7 +152,7 @@ def report(rows: Sequence[GuidedRow], settings: Settings, run_dir: Path, trained
         "labels as the requested class (worst class beside it). FD and KID on the classifier's features against "
         "the training split, floors from held-out real digits at the same sample count; ± is the standard error."
     )
-    return checks_report("Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)", machine,
+    return checks_report("Classifier-free guidance and DPM-Solver++ on class-conditional digits", machine,
                          method, rows_table(rows), verdicts(rows), seconds, command)
 
 

@@ -1,4 +1,4 @@
-"""Issue 3's bar: sample quality against sampling cost on the default run, for DDPM, DDIM and DPM-Solver++.
+"""Sample quality against sampling cost on the default run, for DDPM, DDIM and DPM-Solver++.
 
 Trains the default run (``python run.py``) unless ``--run-dir`` names one, then scores its best EMA checkpoint with
 ``task=evaluate`` once per sampling method, as a user would:
@@ -9,7 +9,7 @@ Trains the default run (``python run.py``) unless ``--run-dir`` names one, then 
 
 Every row draws the same number of samples (``evaluator.num_samples``, 500 by default) from the same seed and is
 scored by the digits evaluator: FD and KID on the shipped classifier's features, each beside its real-data floor
-at the same sample count, and the sampling wall time per sample. The targets (issue 3, after Song et al. 2021,
+at the same sample count, and the sampling wall time per sample. The targets (after Song et al. 2021,
 Table 1): DDIM-50's FD within 25% of DDPM-1000's while at least 15x faster, and the default run's FD at most 4x its
 real-data floor. Prints a markdown report (and writes it with ``--out``); exits 1 if a target is missed.
 
@@ -132,7 +132,7 @@ def report(rows: Sequence[SamplerRow], settings: Settings, run_dir: Path, traine
         "digit classifier's features against the training split, FD in chunks of 180 (= len(val)); floors: held-out "
         "real digits at the same sample count. ± is the standard error."
     )
-    return checks_report("Sample quality against sampling cost: default run (issue 3)", machine, method,
+    return checks_report("Sample quality against sampling cost: default run", machine, method,
                          rows_table(rows, find_row(rows, "DDPM")), verdicts(rows, settings.compared_ddim_steps),
                          seconds, command)
 

@@ -1,4 +1,4 @@
-"""Study 4 -- EMA decay and learning rate, searched by Optuna (TPE, through ``hparams_search=optuna``).
+"""EMA decay and learning rate, searched by Optuna (TPE, through ``hparams_search=optuna``).
 
 The shipped search space also samples the noise schedule; this study drops it (``~hydra.sweeper.params.schedule``)
 so that only ``trainer.lr`` (log scale, 1e-4..3e-3) and ``trainer.ema_decay`` (0.99..0.9999) vary. Optuna minimises

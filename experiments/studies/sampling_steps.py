@@ -1,4 +1,4 @@
-"""Study 2 -- sampling steps: sample quality (FD) against the number of sampling steps for DDPM, DDIM (eta 0 and
+"""Sampling steps: sample quality (FD) against the number of sampling steps for DDPM, DDIM (eta 0 and
 1) and DPM-Solver++(2M), all on ONE trained checkpoint: the shape of the DDIM paper's Table 1 (Song et al. 2021),
 on our digits.
 

@@ -1,4 +1,4 @@
-"""Study 1 -- noise schedules: linear (Ho et al. 2020) vs cosine (Nichol & Dhariwal 2021) vs sigmoid (Jabri et
+"""Noise schedules: linear (Ho et al. 2020) vs cosine (Nichol & Dhariwal 2021) vs sigmoid (Jabri et
 al. 2022) at the same training budget, compared by validation loss and by FD of the samples.
 
 One sweep, three jobs that differ only in ``schedule``:

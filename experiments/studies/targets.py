@@ -1,4 +1,4 @@
-"""Study 3 -- prediction targets: epsilon (Ho et al. 2020) vs x0 vs v (Salimans & Ho 2022), each with uniform loss
+"""Prediction targets: epsilon (Ho et al. 2020) vs x0 vs v (Salimans & Ho 2022), each with uniform loss
 weighting and with min-SNR-gamma weighting (Hang et al. 2023, gamma = 5), compared by FD of the samples.
 
 One sweep of six jobs:

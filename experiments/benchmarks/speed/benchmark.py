@@ -1,4 +1,4 @@
-"""Speed and memory benchmark of the default run; prints a markdown table (issue 5, "Benchmark suite").
+"""Speed and memory benchmark of the default run; prints a markdown table.
 
     python -m experiments.benchmarks.speed                      # full run, ~10 minutes on 2 CPU cores
     python -m experiments.benchmarks.speed --quick              # every section at toy size, seconds: proves it works
@@ -9,15 +9,16 @@
 Figures, each on the default run's components (``conf/config.yaml``: the U-Net of ``conf/model/unet.yaml`` on
 8x8 digits, AdamW, bf16 autocast, batch 128):
 
-1. ``Trainer.train()`` steps/s against the same step written as a bare PyTorch loop (bar: >= 0.95);
-2. bf16 against fp32 steps/s; 3. ``torch.compile`` against eager steps/s, and the compile time;
-4. DDIM-50 against DDPM-1000 seconds per sample (``Sampler.sample``, one batch);
-5. the Sampler against an inline loop of the same update, per step, with a trivial network (bar: <= 1.1); 5c. what
-   drawing each sample's noise from its own generator costs against one generator for the batch;
-6. model FLOP/s in training as a fraction of the measured bf16 / fp32 matmul peak;
-7. peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch; 7b: the peak with a
-   CIFAR-10-sized synthetic set (60,000 uint8 images) against the same run on a small set;
-8. sampling throughput (DDIM, default U-Net) of 2 torchrun processes (gloo, CPU) against 1.
+- trainer-overhead: ``Trainer.train()`` steps/s against the same step written as a bare PyTorch loop (target:
+  >= 0.95); precision: bf16 against fp32 steps/s; compile: ``torch.compile`` against eager, and the compile time;
+- ddim-vs-ddpm: DDIM-50 against DDPM-1000 seconds per sample (``Sampler.sample``, one batch);
+- sampler-overhead-<method>: the Sampler against an inline loop of the same update, per step, with a trivial
+  network (target: <= 1.1); noise-streams: drawing each sample's noise from its own generator against one
+  generator for the batch;
+- flops: model FLOP/s in training as a fraction of the measured bf16 / fp32 matmul peak;
+- memory: peak resident memory of ``python run.py`` and its growth from epoch 2 to the last epoch;
+  memory-cifar10: the peak with a CIFAR-10-sized synthetic set (60,000 uint8 images) against a small set;
+- torchrun-sampling: sampling throughput (DDIM, default U-Net) of 2 torchrun processes (gloo, CPU) against 1.
 
 The machine is shared: variants of a comparison run interleaved, one measurement each per round, and the
 table gives medians and the median of per-round ratios. Absolute figures move with the load; ratios less.
@@ -54,15 +55,15 @@ class Settings:
     training_rounds: int
     with_compile: bool
     matmul_size: int
-    sample_batch: int  # samples per Sampler.sample call (one batch), records 4 and 5
+    sample_batch: int  # samples per Sampler.sample call (one batch): ddim-vs-ddpm, sampler-overhead
     sampling_rounds: int
     ddim_steps: int
     overhead_rounds: int
     memory_epochs: int
     memory_overrides: tuple[str, ...] = ()
-    process_samples: int = 400  # record 8: samples drawn by 1 and by 2 processes, in batches of process_batch
+    process_samples: int = 400  # torchrun-sampling: samples drawn by 1 and by 2 processes, in batches of process_batch
     process_batch: int = 50
-    cifar_per_file: int = 10_000  # record 7b: images in each of the synthetic CIFAR-10's six files (the real count)
+    cifar_per_file: int = 10_000  # memory-cifar10: images in each of the synthetic CIFAR-10's six files (the real count)
 
 
 FULL = Settings(overrides=(), training_rounds=10, with_compile=True, matmul_size=2048, sample_batch=100,
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def training_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str) -> list[Row]:
-    """Rows 1, 2, 3 and 6."""
+    """Trainer overhead, precision, compile, FLOP/s."""
     _progress("training: Trainer vs bare loop, bf16 vs fp32" + (", compile" if settings.with_compile else ""))
     with tempfile.TemporaryDirectory(prefix="benchmark_runs_") as tmp:
         figures = measure_training(compose_config(overrides), device, Path(tmp), settings.training_rounds,
@@ -127,7 +128,8 @@ def training_section(settings: Settings, overrides: list[str], device: torch.dev
 
 def sampling_section(settings: Settings, overrides: list[str], device: torch.device, reproduce: str,
                      threads: int) -> list[Row]:
-    """Rows 4, 5 and 8 (DDPM through all T steps, DDIM with ``settings.ddim_steps``; 8 on the CPU only)."""
+    """DDIM vs DDPM, Sampler overhead, noise streams and torchrun sampling (DDPM through all T steps, DDIM with
+    ``settings.ddim_steps``; torchrun on the CPU only)."""
     _progress("sampling: DDIM vs DDPM, Sampler overhead, noise streams")
     ddpm_cfg, ddim_cfg = compose_config([*overrides, "method=ddpm"]), compose_config([*overrides, "method=ddim"])
     batch, steps = settings.sample_batch, settings.ddim_steps

@@ -1,5 +1,5 @@
-"""Record 7: peak resident memory of the default run, and whether it grows from epoch to epoch; record 7b: the
-peak of a run on a CIFAR-10-sized synthetic set (issue 12: image sets live as uint8 and are converted per batch).
+"""Peak resident memory of the default run, and whether it grows from epoch to epoch; and the peak of a run on a
+CIFAR-10-sized synthetic set (image sets live as uint8 and are converted per batch).
 
 Runs ``python run.py`` in a child process and, while it runs, reads the child's resident set size
 (``VmRSS`` in ``/proc/<pid>/status``) each time a new epoch record appears in its ``metrics.jsonl``, and its

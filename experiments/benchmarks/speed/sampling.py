@@ -1,14 +1,14 @@
-"""Sampling figures: DDIM-50 against DDPM-1000 per sample (record 4), the Sampler's per-step overhead against a
-bare loop over the same update (bar 5), what per-sample noise streams cost (record 5c) and sampling throughput
-of 2 torchrun processes against 1 (record 8).
+"""Sampling figures: DDIM-50 against DDPM-1000 per sample, the Sampler's per-step overhead against a
+bare loop over the same update, what per-sample noise streams cost and sampling throughput
+of 2 torchrun processes against 1.
 
-For bar 5 the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
+For the Sampler's overhead the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
 loop itself: the Sampler with its method's ``step`` against the update written inline with the coefficients
 as Python numbers. Both draw the same noise the same way (one generator per sample,
 :class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
 that before it reports a ratio.
 
-Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
+The torchrun figure runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
 experiments.benchmarks.speed.sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
 times one ``Sampler.sample`` of the whole set on rank 0, gather included.
 """
@@ -97,7 +97,7 @@ def bare_ddim(sampler: Sampler, num_samples: int) -> torch.Tensor:
 
 @dataclass
 class OverheadFigures:
-    """Seconds per sampling step, per round, of the Sampler and of the bare loop (bar 5)."""
+    """Seconds per sampling step, per round, of the Sampler and of the bare loop."""
 
     method: str
     steps: int
@@ -128,7 +128,7 @@ def measure_overhead(cfg: DictConfig, method_name: str, steps: int | None, num_s
 
 @dataclass
 class SamplingFigures:
-    """Record 4: seconds per sample (per round) of DDPM through all T steps and of DDIM with ``ddim_steps``."""
+    """Seconds per sample (per round) of DDPM through all T steps and of DDIM with ``ddim_steps``."""
 
     ddpm_steps: int
     ddim_steps: int
@@ -154,8 +154,8 @@ def measure_ddim_vs_ddpm(cfg_ddpm: DictConfig, cfg_ddim: DictConfig, ddim_steps:
 
 @dataclass
 class NoiseStreamFigures:
-    """Record 5c: seconds per draw of one step's noise ``(num_samples, *sample_shape)`` (per round), from one
-    generator per sample (the Sampler's streams) and from one generator for the batch (before issue 12)."""
+    """Seconds per draw of one step's noise ``(num_samples, *sample_shape)`` (per round), from one
+    generator per sample (the Sampler's streams) and from one generator for the batch (the cheaper, batch-size-dependent alternative)."""
 
     num_samples: int
     sample_shape: tuple[int, ...]
@@ -184,7 +184,7 @@ def measure_noise_streams(cfg: DictConfig, num_samples: int, device: torch.devic
 
 @dataclass
 class ProcessFigures:
-    """Record 8: images/s of ``Sampler.sample`` under torchrun with 1 and with 2 CPU processes (gloo)."""
+    """Images/s of ``Sampler.sample`` under torchrun with 1 and with 2 CPU processes (gloo)."""
 
     num_samples: int
     batch_size: int
@@ -217,7 +217,7 @@ def measure_processes(overrides: Sequence[str], num_samples: int, batch_size: in
 
 
 def throughput_worker(argv: Sequence[str] | None = None) -> None:
-    """One torchrun rank of record 8: DDIM-``steps`` on the default U-Net (``overrides`` apply), one warm-up
+    """One torchrun rank of the torchrun-sampling figure: DDIM-``steps`` on the default U-Net (``overrides`` apply), one warm-up
     batch, then one timed ``Sampler.sample`` of ``num_samples`` in batches of ``batch_size``; rank 0 saves its
     seconds and the gathered samples to ``--out``."""
     parser = argparse.ArgumentParser()
@@ -244,7 +244,7 @@ def throughput_worker(argv: Sequence[str] | None = None) -> None:
 
 
 def noise_share_of_step(noise: NoiseStreamFigures, per_sample: SamplingFigures) -> float:
-    """The per-sample streams' extra cost per step as a share of a DDPM step of the default U-Net (record 4's
+    """The per-sample streams' extra cost per step as a share of a DDPM step of the default U-Net (ddim-vs-ddpm's
     seconds per sample times the batch, over T)."""
     step = median(per_sample.ddpm) * noise.num_samples / per_sample.ddpm_steps
     return (median(noise.per_sample) - median(noise.one_generator)) / step

@@ -1,4 +1,4 @@
-"""Holding up under CPU load (issue 14): training throughput of one run alone, and of two runs started together,
+"""Holding up under CPU load: training throughput of one run alone, and of two runs started together,
 first with torch's default threads (one per CPU each), then with the thread budget (``trainer.num_threads=auto``
 told that two jobs share the node through ``$DIFFUSION_JOBS_PER_NODE=2``, as a joblib launcher's ``n_jobs`` would).
 
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"throughput: {', '.join(f'{r:.0%}' for r in budget)}"),
         (True, f"(for comparison) with torch's default threads: {', '.join(f'{r:.0%}' for r in default)}"),
     ]
-    text, passed = checks_report("Two training runs on one node: the thread budget (issue 14)", machine, method,
+    text, passed = checks_report("Two training runs on one node: the thread budget", machine, method,
                                  table, checks, time.perf_counter() - start,
                                  reproduce_command("experiments.benchmarks.speed.threads", argv))
     return finish_report(text, passed, args)

@@ -1,4 +1,4 @@
-"""Training figures: the Trainer against a bare PyTorch loop (bar 1), bf16 against fp32, compile on against off,
+"""Training figures: the Trainer against a bare PyTorch loop, bf16 against fp32, compile on against off,
 and the model FLOP/s reached as a fraction of the machine's matmul peak.
 
 All variants train the default run's components (composed from ``conf/`` exactly as ``run.py`` composes them)
@@ -92,7 +92,7 @@ class TimedTrainer:
 
 
 class BareLoop:
-    """The work of one Trainer step written inline in plain PyTorch: the baseline of bar 1.
+    """The work of one Trainer step written inline in plain PyTorch: the baseline of the trainer-overhead figure.
 
     Same model (same initial weights), data, batches, AdamW settings, autocast precision, gradient clipping and
     EMA lerp as the Trainer; no LR schedule, logging, loss bookkeeping, checkpoints or stop checks.
@@ -184,7 +184,7 @@ class TrainingFigures:
 def measure_training(
     cfg: DictConfig, device: torch.device, run_dir: Path, rounds: int, with_compile: bool, matmul_size: int
 ) -> TrainingFigures:
-    """Bars and records 1, 2, 3 and 6, all interleaved in one loop (after one warm-up epoch each)."""
+    """Trainer overhead, precision, compile and FLOP/s, all interleaved in one loop (after one warm-up epoch each)."""
     precision = cfg.trainer.precision
     trainer = TimedTrainer(cfg, run_dir / "trainer", device)
     fp32 = TimedTrainer(cfg, run_dir / "fp32", device, precision="fp32")
