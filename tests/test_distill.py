@@ -245,7 +245,7 @@ def test_distill_benchmark_quick(tmp_path: Path):
     result = run_quick("experiments.benchmarks.distill", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
-    assert_checks_report(text, "Few-step generation by distillation on digits (issue 15)",
+    assert_checks_report(text, "Few-step generation by distillation on digits",
                          "experiments.benchmarks.distill", checks=4)
     rows = table(text)
     assert [(r[0], r[1]) for r in rows[:7]] == [("teacher DDIM", "1"), ("teacher DDIM", "2"), ("teacher DDIM", "4"),

@@ -55,7 +55,7 @@ def test_quality_benchmark(tmp_path: Path):
     result = run_quick("experiments.benchmarks.quality", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
-    assert_checks_report(text, "Sample quality against sampling cost: default run (issue 3)",
+    assert_checks_report(text, "Sample quality against sampling cost: default run",
                          "experiments.benchmarks.quality", checks=3)
     rows = table(text)
     assert [(r[0], r[1], r[2]) for r in rows] == [("DDPM", "20", "all"), ("DDIM", "5", "leading"),
@@ -71,7 +71,7 @@ def test_guidance_benchmark(tmp_path: Path):
     out = tmp_path / "guidance.md"
     run_quick("experiments.benchmarks.guidance", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
-    assert_checks_report(text, "Classifier-free guidance and DPM-Solver++ on class-conditional digits (issue 7)",
+    assert_checks_report(text, "Classifier-free guidance and DPM-Solver++ on class-conditional digits",
                          "experiments.benchmarks.guidance", checks=3)
     rows = table(text)
     assert [(r[0], r[1], r[3]) for r in rows] == [("DDPM", "20", "0"), ("DDPM", "20", "3"), ("DDIM", "10", "0"),
@@ -95,7 +95,7 @@ def test_edm_benchmark(tmp_path: Path):
     result = run_quick("experiments.benchmarks.edm", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
     assert text.strip() in result.stdout
-    assert_checks_report(text, "EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits (issue 13)",
+    assert_checks_report(text, "EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits",
                          "experiments.benchmarks.edm", checks=4)
     assert "![FD against NFE](edm_fd_vs_nfe.png)" in text
     assert (out.parent / "edm_fd_vs_nfe.png").read_bytes().startswith(b"\x89PNG")
@@ -159,7 +159,7 @@ def test_benchmark_threads(tmp_path: Path):
     out = tmp_path / "threads.md"
     run_quick("experiments.benchmarks.speed.threads", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
     text = out.read_text()
-    assert_checks_report(text, "Two training runs on one node: the thread budget (issue 14)",
+    assert_checks_report(text, "Two training runs on one node: the thread budget",
                          "experiments.benchmarks.speed.threads", checks=2)
     rows = table(text)
     assert [row[1] for row in rows] == ["1", "2", "2"]
