@@ -15,6 +15,8 @@ class BaseLogger(ABC):
     optimizer step when known.
     """
 
+    writes_metrics_file = False  # whether it writes metrics.jsonl; open_logger adds a writer when none does
+
     @abstractmethod
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None: ...
 
@@ -61,6 +63,10 @@ class LoggerCollection(BaseLogger):
 
     def __init__(self, loggers: Sequence[BaseLogger]) -> None:
         self.loggers = list(loggers)
+
+    @property
+    def writes_metrics_file(self) -> bool:  # type: ignore[override]
+        return any(logger.writes_metrics_file for logger in self.loggers)
 
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
         for logger in self.loggers:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+VAL_LOSS = "val/loss"  # the key the validation loss is logged under
 MAX_RUN_NAME = 128  # W&B truncates display names around here; keep the end of the name readable
 # Overrides that say where or how a run executes, not what it is: left out of run names.
 NOISY_OVERRIDES = (
@@ -85,3 +86,14 @@ def sweep_group(sweep_dir: str | Path) -> str:
     (the sweep directory's last two parts, so that sweeps of different days stay apart)."""
     parts = Path(sweep_dir).parts
     return "_".join(parts[-2:]) if parts else "sweep"
+
+
+def is_val_loss(monitor: str) -> bool:
+    """Whether ``trainer.monitor`` names the validation loss: ``val_loss`` (the config's spelling) or
+    :data:`VAL_LOSS` (the logged key)."""
+    return monitor in ("val_loss", VAL_LOSS)
+
+
+def logged_key(monitor: str) -> str:
+    """The key under which ``trainer.monitor``'s value is logged."""
+    return VAL_LOSS if is_val_loss(monitor) else monitor

@@ -21,9 +21,8 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from diffusion.loggers.base import BaseLogger
-from diffusion.loggers.file import _plain, metrics_line  # one home for metrics as numbers and as a line
+from diffusion.loggers.file import metrics_line, plain
 from diffusion.loggers.naming import flatten_config
-from diffusion.loggers.wandb_records import wait_until_finished
 from diffusion.runtime.checks import ConfigError, check_choice
 
 Mode = Literal["online", "offline", "disabled"]
@@ -31,7 +30,6 @@ MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 NETWORK_TIMEOUT_S = 3.0
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
-FINISH_TIMEOUT_S = 30.0
 MAX_TAG = 64  # W&B refuses longer tags when the run is created or synced
 
 
@@ -226,7 +224,7 @@ class WandbLogger(BaseLogger):
         run = self._active_run()
         if run is not None:
             with self._guard("logging metrics"):
-                run.log(_plain(info), step=step)
+                run.log(plain(info), step=step)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         run = self._active_run()
@@ -244,7 +242,7 @@ class WandbLogger(BaseLogger):
         run = self._active_run()
         if run is not None:
             with self._guard("updating the summary"):
-                run.summary.update(_plain(metrics))
+                run.summary.update(plain(metrics))
 
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Nothing to do: W&B plots ``train/loss`` and ``val/loss`` from the history."""
@@ -276,14 +274,10 @@ class WandbLogger(BaseLogger):
         if self.log_checkpoints:
             self._store_checkpoints(run)
         with self._guard("finishing the run"):
-            sync_file = run.settings.sync_file
+            offline_dir = Path(run.settings.sync_file).parent
             run.finish(exit_code=exit_code)
-            # W&B's core process completes the log after finish() returns; wait, so that a resumed run, the
-            # report or `wandb sync` that comes next in this process sees the whole run.
-            if not wait_until_finished(sync_file, FINISH_TIMEOUT_S):
-                warnings.warn(f"W&B logger: {sync_file} incomplete after {FINISH_TIMEOUT_S:.0f} s")
             if self.mode == "offline":
-                self._print_where(Path(sync_file).parent)
+                self._print_where(offline_dir)
 
     def _print_where(self, offline_dir: Path) -> None:
         """Where the offline run is, and the commands that upload it and browse it in the terminal."""

@@ -21,7 +21,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from diffusion.storage import checkpoint as checkpoint_lib
-from diffusion.storage.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
+from diffusion.storage.atomic import atomic_write
+from diffusion.storage.checkpoint import CheckpointError
+from diffusion.storage.safe_load import check_safe_targets, load_checkpoint, read_verified
 
 FORMAT = "diffusion-weights/1"
 _HEADER_BYTES = 8  # a safetensors file starts with its JSON header's length, u64 little-endian

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
-from diffusion.storage.file_manager import atomic_write_bytes
+from diffusion.storage.atomic import atomic_write_bytes
 
 # Grid padding is white, so tiles stay apart even when their background is black (digits are white-on-black).
 _PAD_VALUE = 1.0

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from diffusion.storage.file_manager import atomic_write_text
+from diffusion.storage.atomic import atomic_write_text
 from diffusion.runtime.signals import Pruned
 from diffusion.runtime.checks import ConfigError, check_choice
 

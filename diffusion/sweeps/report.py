@@ -7,8 +7,7 @@ writes ``report.md``, ``report.csv``, ``report_curves.png`` (validation loss of 
 one row of ``report.md`` (mean ± std over the seeds, and their number; also in ``report_seeds.csv``) and one
 mean curve with a ±std band; ``report.csv`` keeps a row per job. A job an Optuna search pruned is ``pruned``.
 It reads only the files each job
-wrote (``overrides.yaml``, ``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``checkpoints/``); a job logged with
-W&B only is read from its offline ``run-<id>.wandb`` file instead of ``metrics.jsonl``.
+wrote (``overrides.yaml``, ``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``checkpoints/``).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from diffusion.loggers.wandb_records import read_wandb_file, wandb_files
+from diffusion.loggers.naming import VAL_LOSS
 from diffusion.sweeps.seed_groups import SeedGroup, group_by_seed, rank_groups
 from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
 
@@ -103,9 +102,9 @@ def read_job(job_dir: Path, now: float | None = None) -> JobResult:
         last = epochs[max(epochs)]
         result.epochs = max(epochs)
         result.final_train_loss = _as_float(last.get("train/loss"))
-        result.final_val_loss = _as_float(last.get("val/loss"))
-        result.val_curve = [_as_float(epochs[e].get("val/loss")) for e in sorted(epochs)]
-        finite = {e: float(r["val/loss"]) for e, r in epochs.items() if _is_number(r.get("val/loss"))}
+        result.final_val_loss = _as_float(last.get(VAL_LOSS))
+        result.val_curve = [_as_float(epochs[e].get(VAL_LOSS)) for e in sorted(epochs)]
+        finite = {e: float(r[VAL_LOSS]) for e, r in epochs.items() if _is_number(r.get(VAL_LOSS))}
         if finite:
             result.best_epoch = min(finite, key=finite.__getitem__)
             result.best_val_loss = finite[result.best_epoch]
@@ -116,15 +115,11 @@ def read_job(job_dir: Path, now: float | None = None) -> JobResult:
 
 
 def epoch_records(job_dir: Path) -> tuple[dict[int, dict[str, Any]], list[float]]:
-    """Per-epoch records by epoch number (a resumed run's repeated epochs: the later record wins) and the
-    elapsed-time field of every record, from ``metrics.jsonl`` or else the job's W&B offline log."""
+    """Per-epoch records of ``metrics.jsonl`` by epoch number (a resumed run's repeated epochs: the later record
+    wins) and the elapsed-time field of every record."""
     rows = read_metrics_jsonl(job_dir / "metrics.jsonl")
-    time_key = "time"
-    if not rows:
-        rows, time_key = read_wandb_history(job_dir), "_runtime"
-    epochs = {int(r["epoch"]): r for r in rows if _is_number(r.get("epoch")) and "val/loss" in r}
-    times = [float(r[time_key]) for r in rows if _is_number(r.get(time_key))]
-    return epochs, times
+    epochs = {int(r["epoch"]): r for r in rows if _is_number(r.get("epoch")) and VAL_LOSS in r}
+    return epochs, [float(r["time"]) for r in rows if _is_number(r.get("time"))]
 
 
 def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -139,14 +134,6 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
-
-
-def read_wandb_history(job_dir: Path) -> list[dict[str, Any]]:
-    """History rows of every W&B session of the job (empty when there is none or wandb is missing)."""
-    try:
-        return [row for path in wandb_files(job_dir) for row in read_wandb_file(path).history]
-    except (ImportError, ValueError):
-        return []
 
 
 def read_overrides(job_dir: Path) -> list[str]:
