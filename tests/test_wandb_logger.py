@@ -274,7 +274,7 @@ def test_a_wandb_failure_is_a_warning_not_a_lost_training(tmp_path: Path, monkey
 
 
 def test_a_run_logged_with_wandb_only_writes_metrics_jsonl_that_the_report_reads(tmp_path: Path) -> None:
-    from diffusion.sweeps.report import read_job
+    from diffusion.sweeps.job_results import read_job
 
     assert os.environ["WANDB_MODE"] == "offline"
     job = tmp_path / "sweep" / "0"

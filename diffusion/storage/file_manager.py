@@ -30,7 +30,6 @@ from diffusion.storage.safe_load import (  # noqa: F401 - as above
     check_safe_targets,
     load_checkpoint,
     read_safely,
-    read_verified,
 )
 
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
