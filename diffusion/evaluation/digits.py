@@ -17,7 +17,7 @@ from diffusion.evaluation.classifier import (
     load_digit_classifier,
 )
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
-from diffusion.evaluation.metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 

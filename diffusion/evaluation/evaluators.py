@@ -35,12 +35,8 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.metrics import (
-    frechet_distance_from_features,
-    kernel_inception_distance,
-    memorization_score,
-    precision_recall,
-)
+from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
+from diffusion.evaluation.neighbours import memorization_score, precision_recall
 from diffusion.runtime.checks import ConfigError, check_int
 
 
