@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypedDict
 
 import torch
 
@@ -209,6 +209,18 @@ def _random_subset(x: torch.Tensor, size: int | None, seed: int) -> torch.Tensor
         return x
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     return x[order[:size]]
+
+
+class FeatureOptions(TypedDict, total=False):
+    """The :class:`FeatureEvaluator` arguments that a subclass passes on as they are."""
+
+    num_samples: int
+    every_n_epochs: int | None
+    sampler_steps: Sequence[int] | None
+    reference_size: int | None
+    seed: int
+    neighbour_metrics: bool
+    seeds: Sequence[int] | None
 
 
 class FeatureEvaluator(BaseEvaluator):

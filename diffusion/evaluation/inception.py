@@ -19,14 +19,14 @@ import hashlib
 import importlib.util
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
+from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.metrics import frechet_distance
 from diffusion.runtime.devices import resolve_device
@@ -120,8 +120,6 @@ class InceptionEvaluator(FeatureEvaluator):
     """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
 
     Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds: see
-            :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
         weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
             :func:`default_inception_weights_path`).
         weights_sha256: the file's expected sha256 (hex; a prefix of 8 or more digits is accepted), checked before
@@ -134,7 +132,7 @@ class InceptionEvaluator(FeatureEvaluator):
             ``fid_reference``, the FD of *all* generated samples at once against it, the protocol of published
             numbers (CIFAR-10: 50,000 samples against the training set's statistics). It has no floor: the
             validation split is smaller than the sample count, and FD is biased by the count.
-        neighbour_metrics: see :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
+        options: :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`'s.
 
     Raises:
         ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
@@ -148,22 +146,16 @@ class InceptionEvaluator(FeatureEvaluator):
 
     def __init__(
         self,
-        num_samples: int = 1000,
-        every_n_epochs: int | None = None,
-        sampler_steps: Sequence[int] | None = None,
-        reference_size: int | None = None,
-        seed: int = 0,
         weights_path: str | None = None,
         kid_subsets: int = 50,
         kid_subset_size: int = 1000,
         batch_size: int = 64,
         device: str = "cpu",
         reference_stats: str | None = None,
-        neighbour_metrics: bool = False,
-        seeds: Sequence[int] | None = None,
         weights_sha256: str | None = None,
+        **options: Unpack[FeatureOptions],
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
+        super().__init__(**options)
         expected = INCEPTION_WEIGHTS_SHA256 if weights_sha256 is None else str(weights_sha256).strip().lower()
         if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
             raise ConfigError(f"evaluator.weights_sha256={weights_sha256!r}: expected 8 to 64 hexadecimal digits of "
