@@ -12,12 +12,7 @@ from diffusion.runtime.checks import check_float, check_int
 
 
 def class_histogram(labels: ArrayLike, num_classes: int) -> torch.Tensor:
-    """Class frequencies ``(num_classes,)`` (float64, summing to 1) of integer labels ``(N,)``.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1.
-        ValueError: if ``labels`` is empty, not 1-D integers, or outside ``[0, num_classes)``.
-    """
+    """Class frequencies ``(num_classes,)`` (float64, summing to 1) of integer labels ``(N,)`` in ``[0, num_classes)``."""
     check_int(num_classes, "num_classes", minimum=1)
     labels = torch.as_tensor(labels).detach().cpu()
     if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point() or labels.is_complex():
@@ -29,13 +24,8 @@ def class_histogram(labels: ArrayLike, num_classes: int) -> torch.Tensor:
 
 
 def class_coverage(pred: ArrayLike, num_classes: int, min_fraction: float = 0.01) -> float:
-    """Fraction of the ``num_classes`` classes that receive at least ``min_fraction`` of the predicted labels.
-
-    1.0 means every class is generated; mode collapse onto k classes gives k / num_classes.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1 or ``min_fraction`` is outside ``[0, 1]``.
-        ValueError: if ``pred`` is not a valid label vector (see :func:`class_histogram`).
+    """Share of the ``num_classes`` classes that receive at least ``min_fraction`` of the predicted labels
+    (mode collapse onto k classes gives k / num_classes).
     """
     check_float(min_fraction, "class_coverage.min_fraction", 0.0, 1.0)
     histogram = class_histogram(pred, num_classes)
@@ -55,23 +45,11 @@ def _reference_histogram(reference: ArrayLike, num_classes: int) -> torch.Tensor
 
 
 def class_kl(pred: ArrayLike, reference: ArrayLike, num_classes: int, eps: float = 1e-6) -> float:
-    """KL(p || q) = sum_k p_k log(p_k / q_k) of the sample class histogram p against the data histogram q.
+    """KL(p || q) = sum_k p_k log(p_k / q_k) of the sample class histogram p against the data's q.
 
-    Both histograms are smoothed additively, ``p <- (p + eps) / (1 + num_classes * eps)`` (and likewise q), so a
-    class missing from the reference costs about ``p_k log(p_k / eps)`` instead of infinity. The smoothing shifts
-    the KL by O(num_classes * eps * log(1 / eps)), about 1e-4 for 10 classes and eps = 1e-6. Mode collapse shows up
-    as large KL (log 5 for samples spread evenly over two of ten balanced classes).
-
-    Args:
-        pred: predicted labels of the generated samples ``(N,)``.
-        reference: data labels ``(M,)`` (integer dtype) or a class histogram ``(num_classes,)`` (float dtype,
-            counts or probabilities).
-        num_classes: number of classes.
-        eps: additive smoothing on probabilities.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1 or ``eps`` is not positive.
-        ValueError: if ``pred`` or ``reference`` is not a valid label vector or histogram.
+    Both are smoothed, ``p <- (p + eps) / (1 + num_classes * eps)``, so a class missing from the reference costs about
+    ``p_k log(p_k / eps)`` instead of infinity (a shift of O(num_classes * eps * log(1 / eps)), about 1e-4 here).
+    ``reference``: labels ``(M,)`` (integer) or a histogram ``(num_classes,)`` (float, counts or probabilities).
     """
     check_float(eps, "class_kl.eps", 0.0, inclusive=False)
     p = class_histogram(pred, num_classes)

@@ -29,22 +29,9 @@ from diffusion.runtime.checks import ConfigError, check_choice, check_float, che
 class DigitsEvaluator(FeatureEvaluator):
     """Digit images scored through the shipped digit classifier (the role Inception plays in FID).
 
-    Metrics: ``fd`` (Frechet distance of its penultimate features), ``kid`` (KID on the same features, with
-    ``std_error``), and from its predicted labels ``class_coverage`` (share of classes holding at least
-    ``coverage_min_fraction`` of the samples), ``class_kl`` (KL of the predicted class histogram from the training
-    label histogram) and ``confidence`` (mean max softmax). For coverage and confidence, higher is better and the
-    "floor" is the value real held-out digits reach.
-
-    Args:
-        options: :class:`FeatureEvaluator`'s (the neighbour metrics use the classifier's penultimate features).
-        kid_subsets: KID subset pairs (50 keeps one evaluation of 1,000 samples well under a second on 2 cores).
-        kid_subset_size: KID points per subset, capped at the scoring sample count.
-        coverage_min_fraction: share of the samples a class needs to count as covered.
-        classifier_path: classifier weights to load instead of the shipped ones.
-        batch_size: images per classifier forward pass.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    ``fd`` and ``kid`` on its penultimate features; from its predicted labels ``class_coverage`` (share of classes
+    holding at least ``coverage_min_fraction`` of the samples), ``class_kl`` (against the training label histogram)
+    and ``confidence`` (mean max softmax), where higher is better. Options: ``conf/evaluator/digits.yaml``.
     """
 
     METRICS = ("fd", "kid", "class_coverage", "class_kl", "confidence")

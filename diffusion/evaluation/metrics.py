@@ -1,15 +1,8 @@
 """Distances between two feature or point clouds as pure functions: FD, KID, sliced Wasserstein, MMD, energy.
 
-Every function accepts torch tensors or numpy arrays, computes in float64 on the CPU with torch, and returns
-Python floats (or a NamedTuple of floats). Point clouds and features are 2-D ``(N, D)``. Randomised metrics take
-a ``seed`` and are deterministic given it.
-
-References:
-    FD:  Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule..." (FID), Dowson & Landau 1982.
-    KID: Binkowski et al. 2018, "Demystifying MMD GANs", Sec. 4 (unbiased MMD^2, cubic polynomial kernel).
-    MMD: Gretton et al. 2012, "A Kernel Two-Sample Test", Lemma 6 (unbiased estimator), Sec. 8 (median heuristic).
-    SW:  Bonneel et al. 2015, "Sliced and Radon Wasserstein Barycenters of Measures".
-    Energy distance: Szekely & Rizzo 2013, "Energy statistics: A class of statistics based on distances".
+Inputs are torch tensors or numpy arrays ``(N, D)``; everything is computed in float64 on the CPU and returned as
+Python floats. Randomised metrics take a ``seed``. A bad shape or non-finite entry raises ValueError; a bad
+parameter, ConfigError.
 """
 
 from __future__ import annotations
@@ -39,11 +32,7 @@ class KernelInceptionDistance(NamedTuple):
 
 
 def _as_float64(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
-    """``x`` as a detached CPU float64 tensor with ``ndim`` dimensions.
-
-    Raises:
-        ValueError: if ``x`` has another number of dimensions or non-finite entries.
-    """
+    """``x`` as a detached CPU float64 tensor with ``ndim`` dimensions; ValueError otherwise or when not finite."""
     tensor = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64)
     if tensor.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
@@ -53,11 +42,7 @@ def _as_float64(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
 
 
 def as_point_clouds(x: ArrayLike, y: ArrayLike, min_points: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float64 clouds ``(N, D)`` and ``(M, D)`` with a shared ``D`` and at least ``min_points`` rows each.
-
-    Raises:
-        ValueError: on wrong dimensionality, mismatched ``D`` or too few points.
-    """
+    """Two float64 clouds ``(N, D)``, ``(M, D)`` with a shared ``D`` and at least ``min_points`` rows each."""
     x, y = _as_float64(x, "x", 2), _as_float64(y, "y", 2)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must share the feature dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -76,23 +61,12 @@ def _sqrtm_psd(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (the squared 2-Wasserstein distance):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), the squared 2-Wasserstein distance:
 
-        d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})          (Dowson & Landau 1982; FID eq. in Heusel 2017)
+        d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})          (Dowson & Landau 1982; FID in Heusel 2017)
 
-    ``Tr (S1 S2)^{1/2}`` equals ``Tr (S1^{1/2} S2 S1^{1/2})^{1/2}``: S1 S2 is similar to the symmetric PSD matrix
-    ``M = S1^{1/2} S2 S1^{1/2}``, so the trace is the sum of square roots of ``M``'s (real, clipped to >= 0)
-    eigenvalues. No complex ``sqrtm`` and no eps added to singular covariances is needed.
-
-    Args:
-        mu1, mu2: means ``(D,)``.
-        sigma1, sigma2: symmetric PSD covariances ``(D, D)``; singular ones are fine.
-
-    Returns:
-        The distance (>= 0; round-off below zero is clipped).
-
-    Raises:
-        ValueError: if shapes disagree or entries are not finite.
+    S1 S2 is similar to the symmetric PSD ``M = S1^{1/2} S2 S1^{1/2}``, so the trace term is the sum of square roots
+    of M's eigenvalues (clipped at 0): no complex ``sqrtm``, no eps for singular covariances.
     """
     mu1, mu2 = _as_float64(mu1, "mu1", 1), _as_float64(mu2, "mu2", 1)
     sigma1, sigma2 = _as_float64(sigma1, "sigma1", 2), _as_float64(sigma2, "sigma2", 2)
@@ -112,11 +86,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 
 
 def frechet_distance_from_features(f1: ArrayLike, f2: ArrayLike) -> float:
-    """:func:`frechet_distance` between Gaussians fitted to features ``(N1, D)`` and ``(N2, D)`` (unbiased cov).
-
-    Raises:
-        ValueError: if the features are not 2-D with a shared ``D`` or either has fewer than 2 rows.
-    """
+    """:func:`frechet_distance` between Gaussians fitted to features ``(N1, D)`` and ``(N2, D)`` (unbiased cov)."""
     f1, f2 = as_point_clouds(f1, f2, min_points=2)
     return frechet_distance(f1.mean(0), torch.cov(f1.T), f2.mean(0), torch.cov(f2.T))
 
@@ -125,11 +95,11 @@ def frechet_distance_from_features(f1: ArrayLike, f2: ArrayLike) -> float:
 
 
 def _unbiased_mmd2(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 from batched kernel matrices ``(B, n, n)``, ``(B, m, m)``, ``(B, n, m)`` (Gretton 2012, Lemma 6):
+    """Unbiased MMD^2 of batched kernel matrices ``(B, n, n)``, ``(B, m, m)``, ``(B, n, m)`` -> ``(B,)``:
 
         MMD_u^2 = sum_{i!=j} k(x_i,x_j)/(n(n-1)) + sum_{i!=j} k(y_i,y_j)/(m(m-1)) - 2 sum_{i,j} k(x_i,y_j)/(nm)
 
-    Returns one estimate per batch entry, ``(B,)``.
+    (Gretton et al. 2012, Lemma 6).
     """
     n, m = k_xx.shape[-1], k_yy.shape[-1]
     xx = (k_xx.sum((-2, -1)) - k_xx.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
@@ -157,24 +127,10 @@ def kernel_inception_distance(
     coef0: float = 1.0,
     seed: int = 0,
 ) -> KernelInceptionDistance:
-    """KID (Binkowski et al. 2018): unbiased MMD^2 with the polynomial kernel k(x, y) = (gamma x.y + coef0)^degree,
-    by default ``(x.y / D + 1)^3``, averaged over ``num_subsets`` random subsets drawn without replacement.
-
-    Args:
-        f1, f2: features ``(N1, D)`` and ``(N2, D)``.
-        num_subsets: how many subset pairs to average over.
-        subset_size: points per subset from each set; ``None`` means ``min(1000, N1, N2)``.
-        degree, gamma, coef0: polynomial kernel parameters; ``gamma=None`` means ``1 / D``.
-        seed: seeds the subset draws.
-
-    Returns:
-        ``(mean, std_error)``: the mean over subsets (unbiased for the population MMD^2, so it can be slightly
-        negative) and ``std(ddof=1) / sqrt(num_subsets)``, which understates the uncertainty when subsets overlap
-        (NaN for a single subset).
-
-    Raises:
-        ConfigError: if ``num_subsets``, ``subset_size``, ``degree`` or ``gamma`` is out of range.
-        ValueError: if the features are not 2-D with a shared ``D``.
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (gamma x.y + coef0)^degree, by default
+    ``(x.y / D + 1)^3``, averaged over ``num_subsets`` subset pairs drawn without replacement (``subset_size``:
+    ``min(1000, N1, N2)`` when None). Returns the mean (unbiased, so it can be slightly negative) and
+    ``std / sqrt(num_subsets)`` (NaN for one subset; it understates the spread when subsets overlap).
     """
     f1, f2 = as_point_clouds(f1, f2, min_points=2)
     check_int(num_subsets, "kernel_inception_distance.num_subsets", minimum=1)
@@ -207,11 +163,8 @@ def kernel_inception_distance(
 
 
 def _quantile_w2_squared(x_sorted: torch.Tensor, y_sorted: torch.Tensor) -> torch.Tensor:
-    """Exact squared 1-D W2 between empirical measures, one per column of sorted projections ``(N, P)``, ``(M, P)``.
-
-    W2^2 = int_0^1 (F^{-1}(u) - G^{-1}(u))^2 du with step quantile functions: both are constant between the
-    merged breakpoints {i/N} U {j/M}, so the integral is a weighted sum over those intervals. With N = M it is
-    ``mean((x_(i) - y_(i))^2)``, the familiar sort-and-match formula.
+    """Exact squared 1-D W2 per column of sorted projections ``(N, P)``, ``(M, P)``:
+    W2^2 = int_0^1 (F^{-1}(u) - G^{-1}(u))^2 du, a weighted sum over the merged breakpoints {i/N} U {j/M}.
     """
     n, m = len(x_sorted), len(y_sorted)
     if n == m:
@@ -230,17 +183,8 @@ def _quantile_w2_squared(x_sorted: torch.Tensor, y_sorted: torch.Tensor) -> torc
 
 
 def sliced_wasserstein(x: ArrayLike, y: ArrayLike, num_projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance SW2(x, y) = sqrt(E_theta[W2^2(theta.x, theta.y)]), theta uniform on S^{D-1}.
-
-    The expectation is a Monte Carlo mean over ``num_projections`` directions (normalised Gaussians, seeded);
-    each 1-D W2 is exact, by sorting, also for clouds of unequal size (see :func:`_quantile_w2_squared`).
-
-    Args:
-        x, y: point clouds ``(N, D)`` and ``(M, D)``.
-
-    Raises:
-        ConfigError: if ``num_projections`` < 1.
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one is empty.
+    """Sliced Wasserstein-2, SW2(x, y) = sqrt(E_theta[W2^2(theta.x, theta.y)]), theta uniform on S^{D-1}
+    (Bonneel et al. 2015): a mean over ``num_projections`` seeded directions, each 1-D W2 exact by sorting.
     """
     x, y = as_point_clouds(x, y)
     check_int(num_projections, "sliced_wasserstein.num_projections", minimum=1)
@@ -271,13 +215,7 @@ def _pairwise_distance_sum(
 
 
 def median_heuristic_bandwidth(x: ArrayLike, y: ArrayLike) -> float:
-    """Median of the pairwise distances ||z_i - z_j||, i < j, over the pooled sample z = x U y.
-
-    Beyond 2048 pooled points an evenly strided subset is used, which keeps the cost bounded and deterministic.
-
-    Raises:
-        ValueError: if the clouds are not 2-D with a shared ``D``, or half the pooled pairs coincide (median 0).
-    """
+    """Median of ||z_i - z_j||, i < j, over the pooled z = x U y (an evenly strided subset beyond 2048 points)."""
     x, y = as_point_clouds(x, y)
     pooled = torch.cat([x, y])  # (N + M, D)
     stride = -(-len(pooled) // _MEDIAN_MAX_POINTS)
@@ -291,18 +229,8 @@ def median_heuristic_bandwidth(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def mmd_rbf(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float:
-    """Unbiased MMD^2 (Gretton et al. 2012, Lemma 6) with k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2)).
-
-    Args:
-        x, y: point clouds ``(N, D)`` and ``(M, D)``, at least 2 points each.
-        bandwidth: kernel width; ``None`` applies :func:`median_heuristic_bandwidth`.
-
-    Returns:
-        The estimate; it is unbiased, so it can be slightly negative when the distributions agree.
-
-    Raises:
-        ConfigError: if ``bandwidth`` is not positive.
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one has fewer than 2 points.
+    """Unbiased MMD^2 (Gretton et al. 2012, Lemma 6) with k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2));
+    ``bandwidth=None``: :func:`median_heuristic_bandwidth`. Can be slightly negative when the distributions agree.
     """
     x, y = as_point_clouds(x, y, min_points=2)
     if bandwidth is None:
@@ -317,13 +245,8 @@ def mmd_rbf(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float
 
 
 def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
-    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), V-statistic form.
-
-    All three means run over every pair including i = j, so the estimate is >= 0, symmetric in (x, y), and 0 (up to
-    round-off) when the two samples are the same multiset of points. It is the squared form (no square root).
-
-    Raises:
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one is empty.
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), V-statistic form: every
+    pair including i = j, so it is >= 0, symmetric, and 0 for the same multiset of points.
     """
     x, y = as_point_clouds(x, y)
     n, m = len(x), len(y)

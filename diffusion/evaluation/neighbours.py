@@ -50,17 +50,9 @@ def _share_inside_balls(queries: torch.Tensor, centres: torch.Tensor, radii: tor
 def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionRecall:
     """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
 
-    Each set's manifold is the union of balls around its points, of radius the distance to the point's ``k``-th
-    nearest neighbour in the same set (the paper uses k = 3). Precision is the share of fake points inside the
-    real manifold (quality), recall the share of real points inside the fake manifold (coverage). Both depend on
-    the sample counts; compare them at equal counts (the paper uses 50,000 each in VGG-16 features).
-
-    Args:
-        real: reference features ``(N, D)``; fake: generated features ``(M, D)``; both need more than ``k`` rows.
-        k: the neighbour that sets each ball's radius.
-
-    Raises:
-        ValueError: on wrong shapes, non-finite values or at most ``k`` rows in either set.
+    Each set's manifold is the union of balls around its points of radius the distance to the ``k``-th nearest
+    neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse. Both
+    depend on the sample counts: compare at equal counts.
     """
     k = check_int(k, "k", minimum=1)
     real, fake = as_point_clouds(real, fake, min_points=k + 1)
@@ -72,20 +64,10 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionR
 def memorization_score(
     samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01
 ) -> Memorization:
-    """Share of ``samples`` that sit closer to a training item than almost any fresh data point does.
+    """Share of ``samples`` closer to a training item than almost any fresh data point comes.
 
-    A held-out item ``h`` is a draw from the data distribution the model never saw; its nearest-training distance
-    ``min_j ||h - train_j||`` says how close unseen data comes to the training set. The threshold is the
-    ``quantile`` (default 1%) of those distances over ``heldout``; a sample nearer its nearest training item than
-    that is counted as a (near-)copy. For a model that generalises, the score is about ``quantile``; a model
-    that reproduces training items scores up to 1. Compare in a feature space (or pixels for small images).
-
-    Args:
-        samples: generated items ``(N, D)``; train: training items ``(M, D)``; heldout: held-out items ``(H, D)``.
-        quantile: the held-out quantile that sets the threshold, in ``(0, 1)``.
-
-    Raises:
-        ValueError: on wrong shapes or non-finite values.
+    The threshold is the ``quantile`` of held-out items' nearest-training distances ``min_j ||h - train_j||``: a
+    model that generalises scores about ``quantile``, one that reproduces training items up to 1.
     """
     quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
     samples, train = as_point_clouds(samples, train)
