@@ -15,10 +15,9 @@ from pathlib import Path
 
 
 class SaveError(OSError):
-    """A file could not be written (full disk, quota, I/O error); one line naming the file and the error.
+    """A file could not be written (full disk, quota, I/O error): one line naming the file and the error.
 
-    Files written before are intact and no temporary file is left behind. An ``OSError``: the trainer reports it
-    and exits with status 1 (not a configuration mistake).
+    An ``OSError``, not a ConfigError: the run exits with status 1, not 2.
     """
 
     @classmethod
@@ -34,13 +33,7 @@ class SaveError(OSError):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` all at once: a temporary file, fsync, rename, fsync of the directory.
-
-    Readers see the old contents or the new ones, never a part; a kill or a full disk keeps the old file.
-
-    Raises:
-        SaveError: naming ``path`` and the error; the old file is intact and no temporary file is left.
-    """
+    """Replace ``path`` with ``data`` all at once: temporary file, fsync, rename, fsync of the directory."""
     path = Path(path)
     temporary: Path | None = None
     try:
@@ -67,15 +60,9 @@ def sidecar(path: Path) -> Path:
 def atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
     """Write ``payload`` and its sha256 sidecar, each via a temporary file, fsync and rename.
 
-    With ``keep_previous`` the file being replaced is first hard-linked to ``<stem>.prev.pt``, so that a damaged
-    newest checkpoint still has an intact predecessor and the old file stays in place until the new one replaces
-    it. A kill between any two renames leaves every file either with its own sidecar or with none (then it
-    loads unverified; it was complete before its rename), never with another file's sidecar, which would make
-    an intact file look damaged.
-
-    Raises:
-        SaveError: an operation failed (full disk, quota, I/O error); every file written before is intact, no
-            temporary file is left, and the line names ``path`` and the error.
+    With ``keep_previous`` the old file is first hard-linked to ``<stem>.prev<suffix>``. A kill between any two
+    renames leaves every file with its own sidecar or none (it then loads unverified), never with another file's
+    sidecar, which would make an intact file look damaged.
     """
     digest = hashlib.sha256(payload).hexdigest().encode()
     temporaries: list[Path] = []
@@ -160,12 +147,7 @@ def _write_temporary(data: bytes, path: Path) -> Path:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make the renames in ``directory`` durable (POSIX: only once the directory entry is flushed).
-
-    Raises:
-        OSError: the flush failed with an I/O error, full disk or quota; file systems that cannot fsync a
-            directory (EINVAL and the like) are passed over.
-    """
+    """Make the renames in ``directory`` durable; file systems that cannot fsync a directory are passed over."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -30,12 +30,8 @@ _HEADER_BYTES = 8  # a safetensors file starts with its JSON header's length, u6
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, use_ema: bool = True) -> Path:
-    """Write ``checkpoint``'s EMA (or, with ``use_ema=False``, raw) weights and its config to ``out``.
-
-    The file is written atomically with a ``.sha256`` sidecar, like checkpoints. Returns ``out``.
-
-    Raises:
-        CheckpointError: the checkpoint is missing, damaged or unsafe.
+    """Write ``checkpoint``'s EMA (or raw, ``use_ema=False``) weights and its config to ``out``, atomically with a
+    ``.sha256`` sidecar, as checkpoints are.
     """
     ckpt = load_checkpoint(checkpoint)
     state = ckpt["train_state"]
@@ -63,12 +59,7 @@ def write_weights(weights: dict[str, torch.Tensor], config: dict[str, Any], out:
 
 
 def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The state dict and the run config of an exported file.
-
-    Raises:
-        CheckpointError: the file is missing, damaged, not an export of this project, or its config names a
-            ``_target_`` outside the ``diffusion`` package.
-    """
+    """The state dict and the run config of an exported file (CheckpointError if damaged, foreign or unsafe)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"exported weights {path} do not exist")

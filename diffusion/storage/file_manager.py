@@ -46,16 +46,7 @@ class Found(NamedTuple):
 
 
 class FileManager:
-    """Saves and finds the checkpoints of one run directory.
-
-    Args:
-        run_dir: the run directory; checkpoints go to ``run_dir/checkpoints``.
-        save_every_n_epochs: also keep ``epoch_NNNN.pt`` every N epochs (None: only last and best).
-        keep_last_k: keep only the newest K periodic checkpoints (None: keep all).
-
-    Raises:
-        ConfigError: for a non-positive ``save_every_n_epochs`` or ``keep_last_k``.
-    """
+    """Saves and finds the checkpoints of one run directory (options: ``checkpoint.*`` in ``conf/config.yaml``)."""
 
     def __init__(
         self,
@@ -76,14 +67,8 @@ class FileManager:
     # Saving
     # ----------------------------------------------------------------------------------------------------
     def save(self, state: dict[str, Any], *, is_best: bool, periodic: bool | None = None) -> Path:
-        """Write ``last.pt``, plus ``best.pt`` when ``is_best`` and a periodic copy when due.
-
-        ``periodic=None`` decides from the state's epoch and ``save_every_n_epochs``. Returns the path of
-        ``last.pt``.
-
-        Raises:
-            SaveError: a write failed (full disk, quota, I/O error); the checkpoints saved before stay intact and
-                loadable and no temporary file is left.
+        """Write ``last.pt``, plus ``best.pt`` when ``is_best`` and a periodic copy when due (``periodic=None``:
+        from the epoch and ``save_every_n_epochs``); returns ``last.pt``. On SaveError the earlier files stay intact.
         """
         missing = [key for key in checkpoint.CHECKPOINT_KEYS if key not in state]
         assert not missing, f"checkpoint state lacks {missing}"
@@ -107,12 +92,7 @@ class FileManager:
         return last
 
     def save_as(self, state: dict[str, Any], name: str) -> Path:
-        """Write ``checkpoints/<name>`` atomically (e.g. a distillation round's ``round_0008.pt``); never read by
-        resume, which looks at ``last`` and the periodic checkpoints only.
-
-        Raises:
-            SaveError: as :meth:`save`.
-        """
+        """Write ``checkpoints/<name>`` atomically (a distillation round's ``round_0008.pt``); resume never reads it."""
         path = self.checkpoint_dir / name
         try:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -141,11 +121,7 @@ class FileManager:
         return path
 
     def ema_snapshots(self) -> list[dict[str, Any]]:
-        """Every post-hoc EMA snapshot of the run, oldest first, each read safely and verified.
-
-        Raises:
-            CheckpointError: a damaged snapshot, or none (the run was not trained with ``trainer.ema=posthoc``).
-        """
+        """Every post-hoc EMA snapshot of the run, oldest first, read safely (CheckpointError when there is none)."""
         paths = sorted((self.checkpoint_dir / "posthoc_ema").glob("step_*.pt"))
         if not paths:
             raise CheckpointError(f"no post-hoc EMA snapshots in {self.checkpoint_dir / 'posthoc_ema'}: train with "
@@ -160,10 +136,7 @@ class FileManager:
         return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))  # type: ignore[union-attr]
 
     def latest_intact(self, map_location: str | torch.device = "cpu") -> Found:
-        """The newest checkpoint that loads and verifies: ``last``, then ``last.prev``, then periodic ones.
-
-        Each candidate is read once; the winner's dict comes back with it, so a resume reads it only once.
-        """
+        """The newest checkpoint that loads and verifies (``last``, ``last.prev``, then periodic ones), read once."""
         candidates = [self.checkpoint_dir / "last.pt", self.checkpoint_dir / "last.prev.pt"]
         candidates += self.periodic_checkpoints()[::-1]
         skipped: list[str] = []
@@ -183,11 +156,7 @@ class FileManager:
         return path if path.is_file() else None
 
     def best_or_last(self) -> Path:
-        """``best.pt``, or ``last.pt`` when no validation has marked a best one yet.
-
-        Raises:
-            CheckpointError: the run has no checkpoint.
-        """
+        """``best.pt``, or ``last.pt`` when no validation has marked a best one yet."""
         path = self.checkpoint_path("best") or self.checkpoint_path("last")
         if path is None:
             raise CheckpointError(f"no checkpoint in {self.checkpoint_dir}: has this run trained?")
@@ -196,13 +165,7 @@ class FileManager:
     def load(
         self, which: Literal["best", "last"] | str | Path = "best", map_location: str | torch.device = "cpu"
     ) -> dict[str, Any]:
-        """Load ``best``/``last`` of this run, or a checkpoint file by path.
-
-        ``best`` falls back to ``last`` when no validation has marked a best one yet.
-
-        Raises:
-            CheckpointError: when there is no such checkpoint, or it is damaged or unsafe.
-        """
+        """Load ``best`` (else ``last``) or ``last`` of this run, or a checkpoint file by path."""
         if which == "best":
             path = self.best_or_last()
         elif which == "last":

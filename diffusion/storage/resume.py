@@ -27,11 +27,8 @@ class ResumePoint(NamedTuple):
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> ResumePoint:
-    """Apply the ``resume`` policy to ``output_dir`` (the directory Hydra made for this job).
-
-    Raises:
-        ConfigError: ``resume=null`` on a directory that holds a run; CheckpointError: ``resume`` names no
-            usable checkpoint.
+    """Apply the ``resume`` policy to ``output_dir`` (the job's directory): ConfigError for ``resume=null`` on a
+    directory that holds a run, CheckpointError when ``resume`` names no usable checkpoint.
     """
     has_run = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").glob("*.pt"))
     if resume is None:
@@ -72,12 +69,8 @@ def shared_resume(dist: DistributedContext, resume: str | None, output_dir: Path
 
 
 def find_run_checkpoint(resume: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
-    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its newest intact checkpoint).
-
-    Returns the checkpoint, its loaded dict, and one line per damaged checkpoint passed over.
-
-    Raises:
-        CheckpointError: when the path holds no usable checkpoint.
+    """Resolve ``resume=<path>`` (a checkpoint file, or a run directory's newest intact checkpoint): the path, its
+    loaded dict, and one line per damaged checkpoint passed over.
     """
     path = Path(resume)
     if path.is_dir():

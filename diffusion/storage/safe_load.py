@@ -18,12 +18,7 @@ SAFE_TARGET_PREFIX = "diffusion."
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (:func:`read_safely`) and check that it is one of this project's.
-
-    Raises:
-        CheckpointError: missing file, truncated or corrupted file, one that carries pickled objects, or one of
-            another format.
-    """
+    """Read a checkpoint safely (:func:`read_safely`) and check that it is one of this project's (CheckpointError)."""
     state = read_safely(path, map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this project")
@@ -32,11 +27,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """A file this project wrote with ``torch.save`` (checkpoint, post-hoc EMA snapshot), verified against its
-    sidecar and read with ``weights_only``: only tensors and plain containers, never pickled code.
-
-    Raises:
-        CheckpointError: missing file, truncated or corrupted file, or one that carries pickled objects.
+    """A file this project wrote with ``torch.save``, verified against its sidecar and read with ``weights_only``:
+    only tensors and plain containers, never pickled code (CheckpointError otherwise).
     """
     path = Path(path)
     if not path.is_file():
@@ -56,11 +48,7 @@ def read_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
 
 
 def read_verified(path: Path) -> bytes:
-    """The bytes of ``path``, checked against its ``.sha256`` sidecar when it has one.
-
-    Raises:
-        CheckpointError: the contents do not match the sidecar (truncated or corrupted file).
-    """
+    """The bytes of ``path``, checked against its ``.sha256`` sidecar when it has one (CheckpointError if not equal)."""
     payload = path.read_bytes()
     digest_file = sidecar(path)
     if digest_file.is_file() and digest_file.read_text().strip() != hashlib.sha256(payload).hexdigest():
@@ -69,11 +57,8 @@ def read_verified(path: Path) -> bytes:
 
 
 def check_safe_targets(config: Any, source: str | Path) -> None:
-    """Refuse a config read from a file (a run's ``config.yaml``, exported metadata) whose ``_target_`` would
-    make ``instantiate`` call anything outside this package (``_target_: os.system`` runs code).
-
-    Raises:
-        CheckpointError: naming the file and the offending key.
+    """Refuse (CheckpointError naming the file and key) a config read from a file whose ``_target_`` would make
+    ``instantiate`` call anything outside this package (``_target_: os.system`` runs code).
     """
 
     def visit(node: Any, key: str) -> None:
