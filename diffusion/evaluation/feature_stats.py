@@ -1,8 +1,5 @@
-"""Feature statistics files: the ``.npz`` holding ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` that FID tools exchange.
-
-pytorch-fid, torch-fidelity and the TTUR reference code save the Inception pool-feature mean and covariance of a
-data set under these two keys, so a reference computed once (for CIFAR-10's 50,000 training images) is reused by
-every evaluation. This module is the one place that writes and reads the format.
+"""Feature statistics files: the ``.npz`` of ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` that FID tools exchange
+(pytorch-fid, torch-fidelity), so a reference computed once is reused by every evaluation; written and read here.
 """
 
 from __future__ import annotations

@@ -9,10 +9,8 @@ from typing import Any
 
 
 class BaseLogger(ABC):
-    """Receives metrics, messages, hyperparameters and pictures; ``close()`` always runs (use as a context).
-
-    ``info`` is either a dict of scalar metrics or a human-readable message; ``step`` is the global
-    optimizer step when known.
+    """Receives metrics (a dict, at the optimizer ``step`` when known), messages, hyperparameters and pictures;
+    ``close()`` always runs (use as a context).
     """
 
     writes_metrics_file = False  # whether it writes metrics.jsonl; open_logger adds a writer when none does

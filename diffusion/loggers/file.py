@@ -59,12 +59,7 @@ class MetricsFile(BaseLogger):
 
 class FileLogger(BaseLogger):
     """``train.log`` (timestamped, human-readable), ``metrics.jsonl`` and, at the end of training,
-    ``loss_curve.png``; echoes lines to the console.
-
-    Args:
-        run_dir: the run directory (created if missing).
-        console: also print each line to stdout.
-        append: keep existing files (a resumed run continues its log).
+    ``loss_curve.png``; echoes lines to the console. ``append``: a resumed run continues its files.
     """
 
     writes_metrics_file = True

@@ -24,9 +24,8 @@ NOISY_OVERRIDES = (
 
 
 def flatten_config(cfg: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
-    """``{"trainer": {"lr": 1e-4}}`` -> ``{"trainer.lr": 1e-4}``; lists and scalars stay values.
-
-    An empty mapping stays as an empty dict under its key, so that the key is still visible.
+    """``{"trainer": {"lr": 1e-4}}`` -> ``{"trainer.lr": 1e-4}``; lists and scalars stay values, an empty mapping
+    stays ``{}`` under its key so the key is still visible.
     """
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
@@ -59,10 +58,8 @@ def is_noisy(key: str) -> bool:
 def run_name_from_overrides(overrides: Sequence[str]) -> str | None:
     """A run name from the overrides that define the experiment: ``method=ddim,schedule=cosine``.
 
-    Hydra's own keys and where-it-runs keys (:data:`NOISY_OVERRIDES`) are skipped; None when nothing is left
-    (the tracker then picks a name). Over :data:`MAX_RUN_NAME` characters (W&B refuses longer names), keys are
-    shortened to their last part (``trainer.lr=3e-4`` -> ``lr=3e-4``) so that every value stays visible, and
-    only then is the middle cut.
+    Where-it-runs keys (:data:`NOISY_OVERRIDES`) are skipped; None when nothing is left. Over
+    :data:`MAX_RUN_NAME` characters keys are shortened to their last part (``lr=3e-4``), then the middle is cut.
     """
     kept = [o.lstrip("+") for o in overrides if "=" in o and not is_noisy(override_key(o))]
     if not kept:

@@ -1,9 +1,8 @@
 """Logs a run to Weights & Biases: flattened config, metrics, sample grids, summary, optional checkpoints.
 
-One logger owns one W&B run (``reinit="create_new"``: never the global ``wandb.run``), so jobs of a multirun
-that share a process never log into each other's run. The run starts on first use, not at construction, so
-that building and validating the components creates nothing. Any W&B failure after construction becomes a
-warning: training is never lost to logging.
+One logger owns one W&B run (``reinit="create_new"``), so multirun jobs sharing a process never log into each
+other's run. The run starts on first use, so building the components creates nothing; a W&B failure after that
+is a warning: training is never lost to logging.
 """
 
 from __future__ import annotations
@@ -34,11 +33,7 @@ MAX_TAG = 64  # W&B refuses longer tags when the run is created or synced
 
 
 def import_wandb() -> ModuleType:
-    """The ``wandb`` module.
-
-    Raises:
-        ConfigError: W&B is not installed.
-    """
+    """The ``wandb`` module; ConfigError saying how to install it when it is missing."""
     try:
         import wandb
     except ImportError as error:
@@ -107,23 +102,11 @@ def exit_code_of(exc_type: type[BaseException] | None, exc: BaseException | None
 
 
 class WandbLogger(BaseLogger):
-    """A W&B run for one training run, files under ``<run_dir>/wandb/``.
+    """A W&B run for one training run, its files under ``<run_dir>/wandb/``.
 
-    Args:
-        run_dir: the run directory; W&B writes ``<run_dir>/wandb/<offline-run-...>/``.
-        project, entity, group, tags, name: where the run appears and how it is labelled (``logger.*``).
-        mode: ``offline`` (default; upload later with ``wandb sync <run_dir>/wandb/offline-run-*``),
-            ``online`` (falls back to offline without credentials or network) or ``disabled`` (logs nothing,
-            does not need wandb installed).
-        log_checkpoints: on close, store ``checkpoints/last.pt`` and ``best.pt`` as a ``model`` artifact.
-        run_id: continue this W&B run (a resumed training passes the id kept in its checkpoint).
-        config: logged as the run's config at start (flattened to dotted keys).
-        console: print messages and metrics to stdout, as the file logger does (turn off when a file logger
-            already prints them). The offline run's folder and how to upload and browse it are printed on close
-            either way.
-
-    Raises:
-        ConfigError: an invalid setting, or ``wandb`` not installed (mode other than ``disabled``).
+    The options (``mode``, ``project``, ``log_checkpoints``, ...) are described in ``conf/logger/wandb.yaml``.
+    ``run_id`` continues that W&B run (a resumed training passes the id kept in its checkpoint); ``config`` is logged
+    flattened at start. ``mode=disabled`` needs no wandb installed.
     """
 
     def __init__(

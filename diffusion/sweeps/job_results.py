@@ -53,11 +53,7 @@ class JobResult:
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    """The job directories of a sweep, in job-number order.
-
-    Raises:
-        ConfigError: not a directory, a single run directory, or no job directories inside.
-    """
+    """The job directories of a sweep, in job-number order (ConfigError for anything but a sweep directory)."""
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep dir {sweep_dir} does not exist or is not a directory")
     if _is_run_dir(sweep_dir):

@@ -28,10 +28,10 @@ import optuna
 from optuna.trial import TrialState
 
 from diffusion.storage.atomic import atomic_write_text
+from diffusion.sweeps.job_results import PRUNED_MARKER
 from diffusion.runtime.signals import Pruned
 from diffusion.runtime.checks import ConfigError, check_choice
 
-PRUNED_MARKER = "pruned.json"  # diffusion.sweeps.report.PRUNED_MARKER
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -44,18 +44,11 @@ EpochEndHook = Callable[[int, Mapping[str, float]], None]
 
 
 class TrialPruned(optuna.TrialPruned, Pruned):
-    """The search stopped this job early: its objective so far is worse than the pruner allows.
-
-    A subclass of ``optuna.TrialPruned``, so Optuna's own loops (``study.optimize``) also count it as pruned.
-    """
+    """The search stopped this job early; an ``optuna.TrialPruned``, so Optuna's own loops count it too."""
 
 
 def make_pruner(name: PrunerName = "median", **kwargs: Any) -> optuna.pruners.BasePruner:
-    """An Optuna pruner from its short name and keyword arguments (``n_startup_trials``, ``n_warmup_steps``, ...).
-
-    Raises:
-        ConfigError: an unknown name or argument, naming ``optuna_trial.pruner``.
-    """
+    """An Optuna pruner from its short name and keyword arguments (ConfigError naming ``optuna_trial.pruner``)."""
     check_choice(name, "optuna_trial.pruner.name", PRUNERS)
     try:
         return PRUNERS[name](**kwargs)
@@ -71,19 +64,9 @@ def pruning_hook(
     monitor: str = "val/loss",
     run_dir: str | Path | None = None,
 ) -> EpochEndHook:
-    """A per-epoch callable ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` to trial ``trial_number``
-    of the stored study and raises :class:`TrialPruned` when the pruner stops the trial.
-
-    Args:
-        storage: the study's storage URL (``sqlite:///<sweep dir>/optuna.db``).
-        study_name: the study in that storage.
-        trial_number: the trial this job runs (asked by the sweeper, still RUNNING).
-        pruner: decides from the intermediate values of all trials (default: :func:`make_pruner` ``"median"``).
-        monitor: the key of ``metrics`` to report; a missing or non-finite value is not reported.
-        run_dir: where to write ``pruned.json`` (None: nowhere).
-
-    Raises:
-        ConfigError: no such study or trial, or the trial has already finished.
+    """A per-epoch ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` (when finite) to trial
+    ``trial_number`` of the stored study and raises :class:`TrialPruned`, after writing ``run_dir/pruned.json``, when
+    the ``pruner`` (default: median) stops it. ConfigError when the trial is missing or already finished.
     """
     store = optuna.storages.get_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner or make_pruner())

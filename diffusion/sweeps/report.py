@@ -32,11 +32,7 @@ from diffusion.sweeps.seed_groups import group_by_seed, rank_groups
 
 
 def write_report(sweep_dir: str | Path, objective: str | None = None, now: float | None = None) -> list[Path]:
-    """Write the report files into ``sweep_dir``; returns their paths.
-
-    Raises:
-        ConfigError: ``sweep_dir`` is not a sweep directory.
-    """
+    """Write the report files into ``sweep_dir`` and return their paths."""
     sweep = Path(sweep_dir)
     jobs = [read_job(job_dir, now) for job_dir in find_jobs(sweep)]
     chosen = choose_objective(jobs, objective)

@@ -14,10 +14,8 @@ from diffusion.sweeps.seed_groups import SeedGroup
 
 
 def choose_objective(jobs: Sequence[JobResult], requested: str | None = None) -> str:
-    """``requested`` if given, else the first of :data:`OBJECTIVE_PREFERENCE` some job has, else best val loss.
-
-    Raises:
-        ConfigError: ``requested`` is neither ``best_val_loss`` nor an evaluation metric of any job.
+    """``requested`` (best_val_loss or a metric some job has), else the first of :data:`OBJECTIVE_PREFERENCE` some
+    job has, else best val loss.
     """
     present = {name for job in jobs for name in job.metrics}
     if requested:
