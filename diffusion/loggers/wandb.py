@@ -230,14 +230,6 @@ class WandbLogger(BaseLogger):
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Nothing to do: W&B plots ``train/loss`` and ``val/loss`` from the history."""
 
-    def log_artifact_files(
-        self, files: dict[str, Path], name: str, type: str = "model", aliases: Sequence[str] = ()
-    ) -> None:
-        """One artifact holding ``files`` (name inside the artifact -> local path)."""
-        run = self._active_run()
-        if run is not None:
-            self._upload(run, files, name, type, aliases)
-
     def _upload(self, run: Any, files: dict[str, Path], name: str, type: str, aliases: Sequence[str]) -> None:
         assert self._wandb is not None
         with self._guard(f"logging artifact {name}"):

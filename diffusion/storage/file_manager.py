@@ -33,7 +33,6 @@ from diffusion.storage.safe_load import (  # noqa: F401 - as above
 )
 
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
-_SAFE_TARGET_PREFIX = "diffusion."
 
 
 class Found(NamedTuple):
