@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from runs import ROOT
+from runs import ONE_EPOCH_MOONS, ROOT, main_in_process
 
 from diffusion.loggers import FileLogger, LoggerCollection, MetricsFile, WandbLogger, open_logger
 from diffusion.loggers.naming import (
@@ -290,3 +290,12 @@ def test_a_run_logged_with_wandb_only_writes_metrics_jsonl_that_the_report_reads
     result = read_job(job)
     assert (result.status, result.epochs, result.best_epoch, result.best_val_loss) == ("completed", 2, 2, 0.7)
     assert result.val_curve == [0.9, 0.7] and result.wall_time_s >= 0
+
+
+def test_a_training_run_with_logger_wandb_writes_metrics_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, "evaluator=none", "logger=wandb"]
+    assert main_in_process(monkeypatch, *overrides) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("epoch") == 1 and "val/loss" in r for r in records)
+    assert len(offline_files(run_dir)) == 1 and not (run_dir / "train.log").exists()
