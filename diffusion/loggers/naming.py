@@ -1,7 +1,5 @@
-"""Names and flat views of a run's configuration, for trackers that filter and group runs by them.
-
-Pure functions on plain Python values; ``run.py`` calls them with the Hydra overrides and the resolved
-config, the W&B logger with what it is given.
+"""Names and flat views of a run's configuration, for trackers that filter and group runs by them, and the
+key the validation loss is logged under.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Weights for sharing: a checkpoint's (EMA) weights as safetensors, with the run's resolved config inside.
 
 A ``.safetensors`` file holds tensors and a str -> str header only, so loading one cannot run code (unlike a
-pickle). The header carries the config as JSON under ``config`` and says which weights these are::
-
-    path = export_weights(Path("outputs/run/checkpoints/best.pt"), Path("moons.safetensors"))
-    weights, config = load_exported(path)     # state dict for config["model"], and the whole config
-
-``run.py task=export`` writes one; ``Sampler.load_weights`` and ``task=sample run_dir=<file>.safetensors`` read it.
+pickle); the header carries the config as JSON and says which weights these are. ``task=export`` writes one;
+``task=sample run_dir=<file>.safetensors`` reads it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Where a training run continues from: the ``resume`` policy, decided once and read once.
 
-``resume=null`` starts a new run (and refuses a directory that already holds one), ``resume=auto`` continues
-the run directory's newest intact checkpoint if it has one (a requeued job with a fixed ``hydra.run.dir``), and
-``resume=<run dir or .pt>`` continues that run in its own directory. The chosen checkpoint is read and verified
-once here and handed on (to the Trainer's restore and the logger's run id) as a :class:`ResumePoint`.
+``null`` starts a new run (refusing a directory that holds one), ``auto`` continues the run directory's newest
+intact checkpoint if any (a requeued job), ``<run dir or .pt>`` continues that run in its own directory. The
+chosen checkpoint is read and verified once and handed on as a :class:`ResumePoint`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
-"""The training side of a pruning Optuna search: report each epoch's objective to the trial, stop when pruned.
+"""The job's side of a pruning Optuna search: report each epoch's objective to its trial, stop when pruned.
 
-The search (``hparams_search=optuna``, the sweeper in ``hydra_plugins/diffusion_optuna_sweeper``) asks the study
-for a trial, and passes its job the trial's number, the storage URL and the study name. The job builds
-:func:`pruning_hook` from them and calls it after each epoch's checkpoint: it reports the monitored value
-(``trainer.monitor``, validation loss by default) as the intermediate value of step ``epoch``; when the pruner
-(median of the other trials at the same epoch, by default) says the trial is hopeless, the hook
-
-1. writes ``pruned.json`` into the run directory (``python -m diffusion.sweeps.report`` shows the job as ``pruned``),
-2. marks the trial PRUNED in the study itself, so the study is right whatever the launcher and the entry point
-   make of the exception (a job whose exit turned into an error, a SLURM job), and
-3. raises :class:`TrialPruned`; the checkpoint of that epoch is already written and stays.
-
-The pruner is a Python object that Optuna does not store with the study, so the job builds it from plain
-settings (:func:`make_pruner`: a name and its arguments, no ``_target_``, so a run's saved config stays safe to
-load).
+When the pruner (median of the other trials at the same epoch, by default) stops the trial, the hook writes
+``pruned.json`` (the report shows the job as ``pruned``), marks the trial PRUNED in the stored study itself
+(whatever the launcher makes of the exception), and raises :class:`TrialPruned`; that epoch's checkpoint stays.
+Optuna does not store the pruner, so the job builds it from plain settings (:func:`make_pruner`, no ``_target_``).
 """
 
 from __future__ import annotations

@@ -2,11 +2,9 @@
 
     python -m diffusion.sweeps.report outputs/multirun/2024-05-01/12-00-00 [--objective fd]
 
-writes ``report.md``, ``report.csv``, ``report_curves.png`` (validation loss of every job) and
-``report_objective.png`` (the objective per job) into the sweep directory. Jobs that differ only in ``seed`` form
-one row of ``report.md`` (mean ± std over the seeds, and their number; also in ``report_seeds.csv``) and one
-mean curve with a ±std band; ``report.csv`` keeps a row per job. A job an Optuna search pruned is ``pruned``.
-It reads only the files each job wrote (:mod:`diffusion.sweeps.job_results`).
+writes ``report.md``, ``report.csv``, ``report_curves.png`` and ``report_objective.png`` into the sweep directory.
+Jobs that differ only in ``seed`` form one row of ``report.md`` and one curve (mean ± std over the seeds; also
+``report_seeds.csv``); ``report.csv`` keeps a row per job.
 """
 
 from __future__ import annotations
