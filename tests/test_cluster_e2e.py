@@ -17,7 +17,7 @@ import pytest
 from runs import ONE_EPOCH_MOONS, ROOT, TINY_MOONS, child_env, main_in_process, run_py, tree_digest
 from test_disk_full import FailingOS
 
-import diffusion.storage.file_manager as file_manager
+import diffusion.storage.atomic as atomic
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import FileManager, load_checkpoint
 
@@ -55,9 +55,9 @@ def test_a_full_disk_during_training_exits_1_naming_the_file_and_resume_continue
     run_dir = tmp_path / "run"
     args = [f"hydra.run.dir={run_dir}", *SMALL_RUN, "trainer.epochs=3", "++trainer.checkpoint_every_n_steps=4"]
     full_disk = FailingOS(at=40, error=errno.ENOSPC)  # a write, fsync, link, rename or removal a few saves in
-    monkeypatch.setattr(file_manager, "os", full_disk)
+    monkeypatch.setattr(atomic, "os", full_disk)
     assert main_in_process(monkeypatch, *args) == 1
-    monkeypatch.setattr(file_manager, "os", os)
+    monkeypatch.setattr(atomic, "os", os)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "No space left on device" in error, error
     assert str(run_dir / "checkpoints") in error and full_disk.failed is not None

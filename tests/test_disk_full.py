@@ -13,15 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-import diffusion.storage.file_manager as file_manager
+import diffusion.storage.atomic as atomic
+from diffusion.storage.atomic import SaveError, atomic_write_bytes, atomic_write_text
 from diffusion.storage.checkpoint import CHECKPOINT_KEYS, FORMAT
-from diffusion.storage.file_manager import (
-    FileManager,
-    SaveError,
-    atomic_write_bytes,
-    atomic_write_text,
-    load_checkpoint,
-)
+from diffusion.storage.file_manager import FileManager
+from diffusion.storage.safe_load import load_checkpoint
 from diffusion.loggers.file import FileLogger
 
 ERRORS = [errno.ENOSPC, errno.EDQUOT, errno.EIO]
@@ -29,7 +25,7 @@ FAULTY_OPERATIONS = ("write", "fsync", "replace", "link", "remove")
 
 
 class FailingOS:
-    """``os`` for diffusion.storage.file_manager whose ``at``-th write, fsync, link, rename or removal fails with
+    """``os`` for diffusion.storage.atomic whose ``at``-th write, fsync, link, rename or removal fails with
     ``error``; a removal of a temporary file during cleanup is not counted (it must not hide the first error)."""
 
     def __init__(self, at: int, error: int) -> None:
@@ -81,7 +77,7 @@ def test_a_failure_at_each_operation_of_a_save_keeps_earlier_checkpoints(tmp_pat
         manager.save(state(1), is_best=True)
         manager.save(state(2), is_best=False)
         failing = FailingOS(at, error)
-        monkeypatch.setattr(file_manager, "os", failing)
+        monkeypatch.setattr(atomic, "os", failing)
         try:
             manager.save(state(3), is_best=True)
         except SaveError as raised:
@@ -90,7 +86,7 @@ def test_a_failure_at_each_operation_of_a_save_keeps_earlier_checkpoints(tmp_pat
             assert str(manager.checkpoint_dir) in message and raised.errno == error
             faults.append(failing.failed)
         finally:
-            monkeypatch.setattr(file_manager, "os", os)
+            monkeypatch.setattr(atomic, "os", os)
         if failing.failed is None:  # every operation of the save has had its fault
             assert load_checkpoint(manager.checkpoint_dir / "last.pt")["train_state"]["global_step"] == 3
             break
@@ -109,13 +105,13 @@ def test_atomic_write_bytes_keeps_the_old_file_at_each_failure(tmp_path, monkeyp
     while True:
         at += 1
         failing = FailingOS(at, error)
-        monkeypatch.setattr(file_manager, "os", failing)
+        monkeypatch.setattr(atomic, "os", failing)
         try:
             atomic_write_bytes(target, b'{"fd": 2.0}' * 1000)
         except SaveError as raised:
             assert str(raised).startswith(f"could not write {target}: {os.strerror(error)}")
         finally:
-            monkeypatch.setattr(file_manager, "os", os)
+            monkeypatch.setattr(atomic, "os", os)
         if failing.failed is None:
             break
         if failing.failed != "fsync" or at < 3:  # only the directory fsync comes after the rename
@@ -131,7 +127,7 @@ def test_logger_write_failure_is_one_line_naming_the_file(tmp_path, monkeypatch)
     def full(*args: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(logger._metrics, "write", full)
+    monkeypatch.setattr(logger._metrics._handle, "write", full)
     with pytest.raises(SaveError, match=f"could not write {tmp_path / 'metrics.jsonl'}: No space left"):
         logger.log({"epoch": 2, "val/loss": 0.4}, step=2)
     assert '"val/loss": 0.5' in (tmp_path / "metrics.jsonl").read_text()  # earlier lines stay

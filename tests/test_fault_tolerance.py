@@ -244,7 +244,7 @@ class Crash(BaseException):
 
 
 class CrashingOS:
-    """``os`` for diffusion.storage.file_manager, raising :class:`Crash` at its ``at``-th rename or removal."""
+    """``os`` for diffusion.storage.atomic, raising :class:`Crash` at its ``at``-th rename or removal."""
 
     def __init__(self, at: int) -> None:
         self.at, self.calls = at, 0
@@ -267,7 +267,7 @@ class CrashingOS:
 
 
 def test_a_kill_between_any_two_file_operations_of_a_save_keeps_a_consistent_checkpoint(tmp_path, monkeypatch):
-    import diffusion.storage.file_manager as file_manager
+    import diffusion.storage.atomic as file_manager
 
     base = {**{key: 0 for key in CHECKPOINT_KEYS}, "format": FORMAT, "model_state_dict": {"w": torch.zeros(8)}}
     at = 0

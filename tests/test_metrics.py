@@ -10,10 +10,8 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.evaluation.metrics import (
-    class_coverage,
-    class_histogram,
-    class_kl,
     energy_distance,
     frechet_distance,
     frechet_distance_from_features,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from runs import ROOT
 
-from diffusion.sweeps.report import job_status, main, read_job, wall_time, write_report
+from diffusion.sweeps.job_results import job_status, read_job, wall_time
+from diffusion.sweeps.report import main, write_report
 
 HOUR_AGO = time.time() - 3600
 

@@ -1,28 +1,27 @@
-"""The W&B logger, run offline only, checked by reading what its ``run-<id>.wandb`` file holds."""
+"""The W&B logger, run offline only: what it sends is seen by a spy on ``wandb.init`` and the run's methods,
+and the real offline W&B run behind it is checked for its files."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
-from runs import ROOT
+from runs import ONE_EPOCH_MOONS, ROOT, main_in_process
 
-from diffusion.loggers import FileLogger, LoggerCollection, WandbLogger, open_logger
+from diffusion.loggers import FileLogger, LoggerCollection, MetricsFile, WandbLogger, open_logger
 from diffusion.loggers.naming import (
     flatten_config,
     run_name_from_overrides,
     sweep_group,
-)
-from diffusion.loggers.wandb_records import (
-    WandbFormatError,
-    WandbRunRecords,
-    read_wandb_file,
-    wandb_files,
 )
 from diffusion.runtime.checks import ConfigError
 
@@ -48,24 +47,67 @@ def offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[key] = value
 
 
-def only_run(run_dir: Path) -> WandbRunRecords:
-    files = wandb_files(run_dir)
-    assert len(files) == 1, files
-    return read_wandb_file(files[0])
+@dataclass
+class SeenRun:
+    """What the logger asked of one W&B run: ``wandb.init``'s arguments, the logged rows (``_step`` added),
+    artifact names, and the exit code it finished with, the run's config and summary at that moment."""
+
+    init: dict[str, Any]
+    run: Any = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
-def user_rows(run: WandbRunRecords) -> list[dict]:
-    """History rows without W&B's own ``_runtime``/``_timestamp`` entries."""
-    return [{k: v for k, v in row.items() if k not in ("_runtime", "_timestamp")} for row in run.history]
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> list[SeenRun]:
+    """Each W&B run started during the test, in order; the real offline W&B still does all the work."""
+    runs: list[SeenRun] = []
+    init, log, finish, log_artifact = wandb.init, wandb.Run.log, wandb.Run.finish, wandb.Run.log_artifact
+
+    def of(run: Any) -> SeenRun:
+        return next(s for s in runs if s.run is run)
+
+    def spy_init(**kwargs: Any) -> Any:
+        runs.append(SeenRun(init=kwargs))
+        runs[-1].run = init(**kwargs)
+        return runs[-1].run
+
+    def spy_log(self: Any, data: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
+        of(self).rows.append({"_step": step, **data})
+        log(self, data, step=step, **kwargs)
+
+    def spy_finish(self: Any, exit_code: int | None = None, **kwargs: Any) -> None:
+        record = of(self)
+        record.exit_code, record.summary = exit_code, {k: self.summary.get(k) for k in self.summary.keys()}
+        record.config = {k: v for k, v in self.config.items() if k != "_wandb"}
+        finish(self, exit_code=exit_code, **kwargs)
+
+    def spy_artifact(self: Any, artifact: Any, *args: Any, **kwargs: Any) -> Any:
+        of(self).artifacts.append(artifact.name)
+        return log_artifact(self, artifact, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", spy_init)
+    for name, spy in (("log", spy_log), ("finish", spy_finish), ("log_artifact", spy_artifact)):
+        monkeypatch.setattr(wandb.Run, name, functools.wraps(getattr(wandb.Run, name))(spy))
+    return runs
 
 
-def test_offline_run_holds_config_metrics_image_and_summary(tmp_path: Path) -> None:
+def offline_files(run_dir: Path) -> list[Path]:
+    """The ``run-<id>.wandb`` files W&B wrote under ``<run_dir>/wandb/``, one per session, oldest first."""
+    found = [p for p in (run_dir / "wandb").glob("*/run-*.wandb") if p.parent.name != "latest-run"]
+    return sorted(found, key=lambda p: p.parent.name)
+
+
+def test_offline_run_holds_config_metrics_image_and_summary(tmp_path: Path, seen: list[SeenRun]) -> None:
     png = tmp_path / "samples.png"
     Image.new("RGB", (8, 8), "white").save(png)
     run_dir = tmp_path / "run"
     logger = WandbLogger(run_dir, project="tests", name="method=ddim,schedule=cosine", group="sweep", tags=["a"])
     assert not run_dir.exists()  # nothing is written before the first log
-    long_note = "x" * 40_000  # a record longer than a 32 KiB block: split into FIRST/MIDDLE/LAST chunks
+    long_note = "x" * 40_000
     logger.log_hyperparams({"trainer": {"lr": 1e-4, "epochs": 2}, "method": {"_target_": "m.DDIM"}, "note": long_note})
     logger.log({"train/loss": 0.5, "val/loss": 0.4, "epoch": 1}, step=10)
     logger.log("a message goes to the console only")
@@ -76,23 +118,24 @@ def test_offline_run_holds_config_metrics_image_and_summary(tmp_path: Path) -> N
     logger.close()
     logger.close()  # idempotent
 
-    run = only_run(run_dir)
-    assert wandb_files(run_dir)[0].is_relative_to(run_dir / "wandb")
-    assert (run.run_id, run.project, run.name, run.group, run.tags) == (
+    (only,) = seen
+    run = only.run
+    assert [p.name for p in offline_files(run_dir)] == [f"run-{run_id}.wandb"]
+    assert (run.id, run.project, run.name, run.group, list(run.tags)) == (
         run_id, "tests", "method=ddim,schedule=cosine", "sweep", ["a"],
     )  # fmt: skip
-    assert run.config == {"trainer.lr": 1e-4, "trainer.epochs": 2, "method._target_": "m.DDIM", "note": long_note}
-    rows = user_rows(run)
+    assert only.config == {"trainer.lr": 1e-4, "trainer.epochs": 2, "method._target_": "m.DDIM", "note": long_note}
+    rows = only.rows
     assert rows[0] == {"_step": 10, "train/loss": 0.5, "val/loss": 0.4, "epoch": 1}
     assert {k: rows[1][k] for k in ("_step", "train/loss", "val/loss", "epoch")} == {
         "_step": 20, "train/loss": 0.3, "val/loss": 0.2, "epoch": 2,
     }  # fmt: skip
-    assert rows[1]["samples"]["_type"] == "image-file" and rows[1]["samples"]["path"].endswith(".png")
-    assert run.summary["best_val_loss"] == 0.2 and run.summary["epochs"] == 2
-    assert run.exit_code == 0
+    assert isinstance(rows[2]["samples"], wandb.Image) and rows[2]["_step"] == 20
+    assert only.summary["best_val_loss"] == 0.2 and only.summary["epochs"] == 2
+    assert only.exit_code == 0
 
 
-def test_loggers_never_share_a_run(tmp_path: Path) -> None:
+def test_loggers_never_share_a_run(tmp_path: Path, seen: list[SeenRun]) -> None:
     first = WandbLogger(tmp_path / "a", project="tests")
     first.log({"a": 1.0}, step=1)
     first.close()
@@ -101,27 +144,28 @@ def test_loggers_never_share_a_run(tmp_path: Path) -> None:
     third.log({"c": 3.0}, step=1)  # two open at once, as a buggy multirun would have
     second.close()
     third.close()
-    runs = [only_run(tmp_path / name) for name in "abc"]
-    assert len({run.run_id for run in runs}) == 3
-    assert [user_rows(run) for run in runs] == [[{"_step": 1, key: value}] for key, value in (("a", 1), ("b", 2), ("c", 3))]
+    assert all(s.init["reinit"] == "create_new" for s in seen)  # never the global wandb.run
+    assert len({s.run.id for s in seen}) == 3
+    assert [len(offline_files(tmp_path / name)) for name in "abc"] == [1, 1, 1]
+    assert [s.rows for s in seen] == [[{"_step": 1, key: value}] for key, value in (("a", 1), ("b", 2), ("c", 3))]
 
 
-def test_failed_job_marks_the_run_failed(tmp_path: Path) -> None:
+def test_failed_job_marks_the_run_failed(tmp_path: Path, seen: list[SeenRun]) -> None:
     with pytest.raises(RuntimeError):
         with WandbLogger(tmp_path / "alone", project="tests") as logger:
             logger.log({"loss": 1.0}, step=1)
             raise RuntimeError("training diverged")
-    assert only_run(tmp_path / "alone").exit_code == 1
+    assert seen[0].exit_code == 1
     both_dir = tmp_path / "both"
     with pytest.raises(RuntimeError):
         with LoggerCollection([FileLogger(both_dir, console=False), WandbLogger(both_dir, project="tests")]) as both:
             both.log({"loss": 1.0}, step=1)
             raise RuntimeError("out of memory")
-    assert only_run(both_dir).exit_code == 1
+    assert seen[1].exit_code == 1
     assert (both_dir / "metrics.jsonl").is_file()
 
 
-def test_resumed_training_continues_the_same_run(tmp_path: Path) -> None:
+def test_resumed_training_continues_the_same_run(tmp_path: Path, seen: list[SeenRun]) -> None:
     run_dir = tmp_path / "run"
     with WandbLogger(run_dir, project="tests") as first:
         first.log({"loss": 1.0}, step=5)
@@ -129,13 +173,13 @@ def test_resumed_training_continues_the_same_run(tmp_path: Path) -> None:
     with WandbLogger(run_dir, project="tests", run_id=run_id) as resumed:
         resumed.log({"loss": 0.5}, step=9)
         assert resumed.run_id == run_id
-    sessions = [read_wandb_file(path) for path in wandb_files(run_dir)]
-    assert [s.run_id for s in sessions] == [run_id, run_id]  # `wandb sync` uploads both into one run
-    assert [s.resumed for s in sessions] == [False, True]
-    assert [user_rows(s) for s in sessions] == [[{"_step": 5, "loss": 1}], [{"_step": 9, "loss": 0.5}]]
+    assert [(s.init["id"], s.init["resume"]) for s in seen] == [(None, None), (run_id, "allow")]
+    assert [s.run.id for s in seen] == [run_id, run_id]  # `wandb sync` uploads both sessions into one run
+    assert [p.parent.name.endswith(run_id) or run_id in p.parent.name for p in offline_files(run_dir)] == [True, True]
+    assert [s.rows for s in seen] == [[{"_step": 5, "loss": 1}], [{"_step": 9, "loss": 0.5}]]
 
 
-def test_checkpoints_become_an_artifact(tmp_path: Path) -> None:
+def test_checkpoints_become_an_artifact(tmp_path: Path, seen: list[SeenRun]) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("last.pt", "best.pt"):
@@ -143,7 +187,7 @@ def test_checkpoints_become_an_artifact(tmp_path: Path) -> None:
     with WandbLogger(run_dir, project="tests", log_checkpoints=True) as logger:
         logger.log({"loss": 1.0}, step=1)
         run_id = logger.run_id
-    assert only_run(run_dir).artifacts == [f"model-{run_id}"]
+    assert seen[0].artifacts == [f"model-{run_id}"]
 
 
 def test_missing_wandb_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,24 +219,6 @@ def test_online_without_credentials_falls_back_to_offline(tmp_path: Path, monkey
         assert WandbLogger(tmp_path, mode="online").mode == "offline"
 
 
-def test_reader_rejects_other_files_and_stops_at_a_truncated_tail(tmp_path: Path) -> None:
-    with WandbLogger(tmp_path / "run", project="tests") as logger:
-        logger.log({"loss": 1.0}, step=1)
-    path = wandb_files(tmp_path / "run")[0]
-    data = path.read_bytes()
-    cut = tmp_path / "cut.wandb"
-    cut.write_bytes(data[:-3])  # the writer was killed mid-record
-    assert read_wandb_file(cut).exit_code is None
-    corrupt = bytearray(data)
-    corrupt[20] ^= 0xFF
-    (tmp_path / "corrupt.wandb").write_bytes(bytes(corrupt))
-    with pytest.raises(WandbFormatError, match="checksum"):
-        read_wandb_file(tmp_path / "corrupt.wandb")
-    (tmp_path / "other.wandb").write_bytes(b"not a wandb file")
-    with pytest.raises(WandbFormatError, match="not a W&B"):
-        read_wandb_file(tmp_path / "other.wandb")
-
-
 def test_logger_configs_compose_and_open_with_run_context(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -207,8 +233,12 @@ def test_logger_configs_compose_and_open_with_run_context(tmp_path: Path) -> Non
     file_logger, wandb_logger = collection.loggers
     assert isinstance(file_logger, FileLogger) and isinstance(wandb_logger, WandbLogger)
     assert (wandb_logger.group, wandb_logger.name, wandb_logger.console) == ("mine", "method=ddim", False)
+    # W&B alone gets a metrics.jsonl writer beside it: every run has the file the sweep report reads.
     alone = open_logger(instantiate(single.logger), run_dir=tmp_path, **context)
-    assert isinstance(alone, WandbLogger) and alone.group == "2024-05-01_12-00-00" and alone.mode == "offline"
+    assert isinstance(alone, LoggerCollection)
+    metrics_file, wandb_alone = alone.loggers
+    assert isinstance(metrics_file, MetricsFile) and isinstance(wandb_alone, WandbLogger)
+    assert wandb_alone.group == "2024-05-01_12-00-00" and wandb_alone.mode == "offline"
     assert isinstance(open_logger(instantiate(plain.logger), run_dir=tmp_path, **context), FileLogger)
     assert not list(tmp_path.iterdir())  # building loggers writes nothing
 
@@ -243,16 +273,29 @@ def test_a_wandb_failure_is_a_warning_not_a_lost_training(tmp_path: Path, monkey
         logger.close()
 
 
-def test_report_reads_a_job_logged_with_wandb_only(tmp_path: Path) -> None:
-    from diffusion.sweeps.report import read_job
+def test_a_run_logged_with_wandb_only_writes_metrics_jsonl_that_the_report_reads(tmp_path: Path) -> None:
+    from diffusion.sweeps.job_results import read_job
 
+    assert os.environ["WANDB_MODE"] == "offline"
     job = tmp_path / "sweep" / "0"
     (job / "checkpoints").mkdir(parents=True)
     (job / "checkpoints" / "last.pt").write_bytes(b"x")
     (job / "config.yaml").write_text("trainer:\n  epochs: 2\n")
-    with WandbLogger(job, project="tests") as logger:
+    with open_logger(functools.partial(WandbLogger, project="tests"), run_dir=job) as logger:
         for epoch, val in ((1, 0.9), (2, 0.7)):
             logger.log({"epoch": epoch, "train/loss": val + 0.1, "val/loss": val}, step=10 * epoch)
+    records = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"], r["val/loss"]) for r in records] == [(10, 1, 0.9), (20, 2, 0.7)]
+    assert len(offline_files(job)) == 1
     result = read_job(job)
     assert (result.status, result.epochs, result.best_epoch, result.best_val_loss) == ("completed", 2, 2, 0.7)
     assert result.val_curve == [0.9, 0.7] and result.wall_time_s >= 0
+
+
+def test_a_training_run_with_logger_wandb_writes_metrics_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, "evaluator=none", "logger=wandb"]
+    assert main_in_process(monkeypatch, *overrides) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("epoch") == 1 and "val/loss" in r for r in records)
+    assert len(offline_files(run_dir)) == 1 and not (run_dir / "train.log").exists()

@@ -8,12 +8,13 @@ import pickle
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
 from einops import rearrange
 
-from diffusion.data.uint8_images import LabelledPixels, TestSet, Uint8ImageData
+from diffusion.data.uint8_images import LabelledPixels, SplitOptions, Uint8ImageData
 from diffusion.runtime.checks import ConfigError, check_int
 
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -50,8 +51,7 @@ class CIFAR10Data(Uint8ImageData):
         root: the folder holding one of the four forms above.
         image_size: must be 32; accepted so that a config can state ``data.image_size`` once for the model.
         channels: must be 3, for the same reason.
-        test_set, val_fraction, split_seed, random_flip: see :class:`Uint8ImageData` (DDPM trains on the 50,000
-            training images with ``random_flip=true``).
+        split: :class:`Uint8ImageData`'s (DDPM trains on the 50,000 training images with ``random_flip=true``).
 
     Raises:
         ConfigError: for an out-of-range argument or a ``root`` without CIFAR-10; from :meth:`load`, for a
@@ -63,12 +63,9 @@ class CIFAR10Data(Uint8ImageData):
         root: str | os.PathLike[str],
         image_size: int = 32,
         channels: int = 3,
-        test_set: TestSet = "val",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        random_flip: bool = False,
+        **split: Unpack[SplitOptions],
     ) -> None:
-        super().__init__(test_set, val_fraction, split_seed, random_flip)
+        super().__init__(**split)
         if check_int(image_size, "data.image_size") != 32:
             raise ConfigError(f"data.image_size must be 32 for CIFAR-10 (no resizing is done), got {image_size}")
         if check_int(channels, "data.channels") != 3:

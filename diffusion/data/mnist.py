@@ -7,13 +7,14 @@ import importlib.util
 import os
 import zlib
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from diffusion.data.uint8_images import LabelledPixels, TestSet, Uint8ImageData
+from diffusion.data.uint8_images import LabelledPixels, SplitOptions, Uint8ImageData
 from diffusion.runtime.checks import ConfigError, check_choice, check_int
 
 # IDX header: two zero bytes, a type byte (0x08 = unsigned byte) and the number of dimensions (LeCun's format page).
@@ -43,7 +44,7 @@ class MNISTData(Uint8ImageData):
         root: the folder holding the IDX files, or None for the bundled subset.
         image_size: 28 (the originals) or 32 (zero-padded by 2 pixels a side, so a U-Net can halve it 5 times).
         channels: must be 1; accepted so that a config can state ``data.channels`` once for the model to read.
-        test_set, val_fraction, split_seed, random_flip: see :class:`Uint8ImageData`.
+        split: :class:`Uint8ImageData`'s.
 
     Raises:
         ConfigError: for an out-of-range argument or a missing ``root``; from :meth:`load`, for missing,
@@ -55,12 +56,9 @@ class MNISTData(Uint8ImageData):
         root: str | os.PathLike[str] | None = None,
         image_size: int = 28,
         channels: int = 1,
-        test_set: TestSet = "val",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        random_flip: bool = False,
+        **split: Unpack[SplitOptions],
     ) -> None:
-        super().__init__(test_set, val_fraction, split_seed, random_flip)
+        super().__init__(**split)
         if isinstance(channels, bool) or channels != 1:
             raise ConfigError(f"data.channels must be 1 for MNIST (it is grayscale), got {channels!r}")
         self.channels = 1

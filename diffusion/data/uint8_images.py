@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypedDict
 
 import torch
 
@@ -20,6 +20,15 @@ class LabelledPixels(NamedTuple):
 
     images: torch.Tensor
     labels: torch.Tensor
+
+
+class SplitOptions(TypedDict, total=False):
+    """The :class:`Uint8ImageData` arguments that a data set passes on as they are."""
+
+    test_set: TestSet
+    val_fraction: float
+    split_seed: int
+    random_flip: bool
 
 
 class Uint8ImageData(BaseData):

@@ -14,23 +14,18 @@ from diffusion.evaluation.feature_stats import (
     load_feature_statistics,
     save_feature_statistics,
 )
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
-    Memorization,
-    PrecisionRecall,
-    class_coverage,
-    class_histogram,
-    class_kl,
     energy_distance,
     frechet_distance,
     frechet_distance_from_features,
     kernel_inception_distance,
     median_heuristic_bandwidth,
-    memorization_score,
     mmd_rbf,
-    precision_recall,
     sliced_wasserstein,
 )
+from diffusion.evaluation.neighbours import Memorization, PrecisionRecall, memorization_score, precision_recall
 
 __all__ = [
     "BaseEvaluator",

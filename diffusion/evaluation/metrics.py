@@ -1,17 +1,8 @@
-"""Sample-quality metrics as pure functions: distances between feature clouds and class-histogram scores.
+"""Distances between two feature or point clouds as pure functions: FD, KID, sliced Wasserstein, MMD, energy.
 
-Every function accepts torch tensors or numpy arrays, computes in float64 on the CPU with torch, and returns
-Python floats (or a NamedTuple of floats). Point clouds and features are 2-D ``(N, D)``; label vectors are 1-D
-integer ``(N,)``. Randomised metrics take a ``seed`` and are deterministic given it.
-
-References:
-    FD:  Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule..." (FID), Dowson & Landau 1982.
-    KID: Binkowski et al. 2018, "Demystifying MMD GANs", Sec. 4 (unbiased MMD^2, cubic polynomial kernel).
-    MMD: Gretton et al. 2012, "A Kernel Two-Sample Test", Lemma 6 (unbiased estimator), Sec. 8 (median heuristic).
-    SW:  Bonneel et al. 2015, "Sliced and Radon Wasserstein Barycenters of Measures".
-    Energy distance: Szekely & Rizzo 2013, "Energy statistics: A class of statistics based on distances".
-    Precision/recall: Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric for Assessing Generative
-        Models", Sec. 3 (k-NN balls, k = 3).
+Inputs are torch tensors or numpy arrays ``(N, D)``; everything is computed in float64 on the CPU and returned as
+Python floats. Randomised metrics take a ``seed``. A bad shape or non-finite entry raises ValueError; a bad
+parameter, ConfigError.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ from diffusion.runtime.checks import check_float, check_int
 ArrayLike = torch.Tensor | np.ndarray
 
 # Pairwise sums are taken over row blocks of this many points so memory stays O(block * N), not O(N^2).
-_BLOCK = 1024
+BLOCK = 1024
 # The median heuristic looks at no more than this many pooled points (an evenly strided subset beyond it).
 _MEDIAN_MAX_POINTS = 2048
 # KID evaluates several subsets per batched matmul, holding at most this many kernel entries (128 MB in float64).
@@ -41,11 +32,7 @@ class KernelInceptionDistance(NamedTuple):
 
 
 def _as_float64(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
-    """``x`` as a detached CPU float64 tensor with ``ndim`` dimensions.
-
-    Raises:
-        ValueError: if ``x`` has another number of dimensions or non-finite entries.
-    """
+    """``x`` as a detached CPU float64 tensor with ``ndim`` dimensions; ValueError otherwise or when not finite."""
     tensor = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64)
     if tensor.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
@@ -54,12 +41,8 @@ def _as_float64(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
     return tensor
 
 
-def _as_point_clouds(x: ArrayLike, y: ArrayLike, min_points: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float64 clouds ``(N, D)`` and ``(M, D)`` with a shared ``D`` and at least ``min_points`` rows each.
-
-    Raises:
-        ValueError: on wrong dimensionality, mismatched ``D`` or too few points.
-    """
+def as_point_clouds(x: ArrayLike, y: ArrayLike, min_points: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 clouds ``(N, D)``, ``(M, D)`` with a shared ``D`` and at least ``min_points`` rows each."""
     x, y = _as_float64(x, "x", 2), _as_float64(y, "y", 2)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must share the feature dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -78,23 +61,12 @@ def _sqrtm_psd(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (the squared 2-Wasserstein distance):
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), the squared 2-Wasserstein distance:
 
-        d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})          (Dowson & Landau 1982; FID eq. in Heusel 2017)
+        d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})          (Dowson & Landau 1982; FID in Heusel 2017)
 
-    ``Tr (S1 S2)^{1/2}`` equals ``Tr (S1^{1/2} S2 S1^{1/2})^{1/2}``: S1 S2 is similar to the symmetric PSD matrix
-    ``M = S1^{1/2} S2 S1^{1/2}``, so the trace is the sum of square roots of ``M``'s (real, clipped to >= 0)
-    eigenvalues. No complex ``sqrtm`` and no eps added to singular covariances is needed.
-
-    Args:
-        mu1, mu2: means ``(D,)``.
-        sigma1, sigma2: symmetric PSD covariances ``(D, D)``; singular ones are fine.
-
-    Returns:
-        The distance (>= 0; round-off below zero is clipped).
-
-    Raises:
-        ValueError: if shapes disagree or entries are not finite.
+    S1 S2 is similar to the symmetric PSD ``M = S1^{1/2} S2 S1^{1/2}``, so the trace term is the sum of square roots
+    of M's eigenvalues (clipped at 0): no complex ``sqrtm``, no eps for singular covariances.
     """
     mu1, mu2 = _as_float64(mu1, "mu1", 1), _as_float64(mu2, "mu2", 1)
     sigma1, sigma2 = _as_float64(sigma1, "sigma1", 2), _as_float64(sigma2, "sigma2", 2)
@@ -114,12 +86,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 
 
 def frechet_distance_from_features(f1: ArrayLike, f2: ArrayLike) -> float:
-    """:func:`frechet_distance` between Gaussians fitted to features ``(N1, D)`` and ``(N2, D)`` (unbiased cov).
-
-    Raises:
-        ValueError: if the features are not 2-D with a shared ``D`` or either has fewer than 2 rows.
-    """
-    f1, f2 = _as_point_clouds(f1, f2, min_points=2)
+    """:func:`frechet_distance` between Gaussians fitted to features ``(N1, D)`` and ``(N2, D)`` (unbiased cov)."""
+    f1, f2 = as_point_clouds(f1, f2, min_points=2)
     return frechet_distance(f1.mean(0), torch.cov(f1.T), f2.mean(0), torch.cov(f2.T))
 
 
@@ -127,11 +95,11 @@ def frechet_distance_from_features(f1: ArrayLike, f2: ArrayLike) -> float:
 
 
 def _unbiased_mmd2(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 from batched kernel matrices ``(B, n, n)``, ``(B, m, m)``, ``(B, n, m)`` (Gretton 2012, Lemma 6):
+    """Unbiased MMD^2 of batched kernel matrices ``(B, n, n)``, ``(B, m, m)``, ``(B, n, m)`` -> ``(B,)``:
 
         MMD_u^2 = sum_{i!=j} k(x_i,x_j)/(n(n-1)) + sum_{i!=j} k(y_i,y_j)/(m(m-1)) - 2 sum_{i,j} k(x_i,y_j)/(nm)
 
-    Returns one estimate per batch entry, ``(B,)``.
+    (Gretton et al. 2012, Lemma 6).
     """
     n, m = k_xx.shape[-1], k_yy.shape[-1]
     xx = (k_xx.sum((-2, -1)) - k_xx.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
@@ -159,26 +127,12 @@ def kernel_inception_distance(
     coef0: float = 1.0,
     seed: int = 0,
 ) -> KernelInceptionDistance:
-    """KID (Binkowski et al. 2018): unbiased MMD^2 with the polynomial kernel k(x, y) = (gamma x.y + coef0)^degree,
-    by default ``(x.y / D + 1)^3``, averaged over ``num_subsets`` random subsets drawn without replacement.
-
-    Args:
-        f1, f2: features ``(N1, D)`` and ``(N2, D)``.
-        num_subsets: how many subset pairs to average over.
-        subset_size: points per subset from each set; ``None`` means ``min(1000, N1, N2)``.
-        degree, gamma, coef0: polynomial kernel parameters; ``gamma=None`` means ``1 / D``.
-        seed: seeds the subset draws.
-
-    Returns:
-        ``(mean, std_error)``: the mean over subsets (unbiased for the population MMD^2, so it can be slightly
-        negative) and ``std(ddof=1) / sqrt(num_subsets)``, which understates the uncertainty when subsets overlap
-        (NaN for a single subset).
-
-    Raises:
-        ConfigError: if ``num_subsets``, ``subset_size``, ``degree`` or ``gamma`` is out of range.
-        ValueError: if the features are not 2-D with a shared ``D``.
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (gamma x.y + coef0)^degree, by default
+    ``(x.y / D + 1)^3``, averaged over ``num_subsets`` subset pairs drawn without replacement (``subset_size``:
+    ``min(1000, N1, N2)`` when None). Returns the mean (unbiased, so it can be slightly negative) and
+    ``std / sqrt(num_subsets)`` (NaN for one subset; it understates the spread when subsets overlap).
     """
-    f1, f2 = _as_point_clouds(f1, f2, min_points=2)
+    f1, f2 = as_point_clouds(f1, f2, min_points=2)
     check_int(num_subsets, "kernel_inception_distance.num_subsets", minimum=1)
     check_int(degree, "kernel_inception_distance.degree", minimum=1)
     check_float(coef0, "kernel_inception_distance.coef0")
@@ -209,11 +163,8 @@ def kernel_inception_distance(
 
 
 def _quantile_w2_squared(x_sorted: torch.Tensor, y_sorted: torch.Tensor) -> torch.Tensor:
-    """Exact squared 1-D W2 between empirical measures, one per column of sorted projections ``(N, P)``, ``(M, P)``.
-
-    W2^2 = int_0^1 (F^{-1}(u) - G^{-1}(u))^2 du with step quantile functions: both are constant between the
-    merged breakpoints {i/N} U {j/M}, so the integral is a weighted sum over those intervals. With N = M it is
-    ``mean((x_(i) - y_(i))^2)``, the familiar sort-and-match formula.
+    """Exact squared 1-D W2 per column of sorted projections ``(N, P)``, ``(M, P)``:
+    W2^2 = int_0^1 (F^{-1}(u) - G^{-1}(u))^2 du, a weighted sum over the merged breakpoints {i/N} U {j/M}.
     """
     n, m = len(x_sorted), len(y_sorted)
     if n == m:
@@ -232,19 +183,10 @@ def _quantile_w2_squared(x_sorted: torch.Tensor, y_sorted: torch.Tensor) -> torc
 
 
 def sliced_wasserstein(x: ArrayLike, y: ArrayLike, num_projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance SW2(x, y) = sqrt(E_theta[W2^2(theta.x, theta.y)]), theta uniform on S^{D-1}.
-
-    The expectation is a Monte Carlo mean over ``num_projections`` directions (normalised Gaussians, seeded);
-    each 1-D W2 is exact, by sorting, also for clouds of unequal size (see :func:`_quantile_w2_squared`).
-
-    Args:
-        x, y: point clouds ``(N, D)`` and ``(M, D)``.
-
-    Raises:
-        ConfigError: if ``num_projections`` < 1.
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one is empty.
+    """Sliced Wasserstein-2, SW2(x, y) = sqrt(E_theta[W2^2(theta.x, theta.y)]), theta uniform on S^{D-1}
+    (Bonneel et al. 2015): a mean over ``num_projections`` seeded directions, each 1-D W2 exact by sorting.
     """
-    x, y = _as_point_clouds(x, y)
+    x, y = as_point_clouds(x, y)
     check_int(num_projections, "sliced_wasserstein.num_projections", minimum=1)
     generator = torch.Generator().manual_seed(seed)
     theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
@@ -263,7 +205,7 @@ def _pairwise_distance_sum(
     """``sum_{i,j} f(||a_i - b_j||)`` over row blocks of ``a`` ``(N, D)`` against ``b`` ``(M, D)``; f is the RBF
     kernel ``exp(-d^2 / (2 bandwidth^2))`` or the identity."""
     total = torch.zeros((), dtype=torch.float64)
-    for block in a.split(_BLOCK):
+    for block in a.split(BLOCK):
         # Direct differences, not the ||a||^2 + ||b||^2 - 2ab expansion, so identical points give exactly 0.
         dist = torch.cdist(block, b, compute_mode="donot_use_mm_for_euclid_dist")  # (block, M)
         if transform == "rbf":
@@ -273,14 +215,8 @@ def _pairwise_distance_sum(
 
 
 def median_heuristic_bandwidth(x: ArrayLike, y: ArrayLike) -> float:
-    """Median of the pairwise distances ||z_i - z_j||, i < j, over the pooled sample z = x U y.
-
-    Beyond 2048 pooled points an evenly strided subset is used, which keeps the cost bounded and deterministic.
-
-    Raises:
-        ValueError: if the clouds are not 2-D with a shared ``D``, or half the pooled pairs coincide (median 0).
-    """
-    x, y = _as_point_clouds(x, y)
+    """Median of ||z_i - z_j||, i < j, over the pooled z = x U y (an evenly strided subset beyond 2048 points)."""
+    x, y = as_point_clouds(x, y)
     pooled = torch.cat([x, y])  # (N + M, D)
     stride = -(-len(pooled) // _MEDIAN_MAX_POINTS)
     pooled = pooled[::stride]
@@ -293,20 +229,10 @@ def median_heuristic_bandwidth(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def mmd_rbf(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float:
-    """Unbiased MMD^2 (Gretton et al. 2012, Lemma 6) with k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2)).
-
-    Args:
-        x, y: point clouds ``(N, D)`` and ``(M, D)``, at least 2 points each.
-        bandwidth: kernel width; ``None`` applies :func:`median_heuristic_bandwidth`.
-
-    Returns:
-        The estimate; it is unbiased, so it can be slightly negative when the distributions agree.
-
-    Raises:
-        ConfigError: if ``bandwidth`` is not positive.
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one has fewer than 2 points.
+    """Unbiased MMD^2 (Gretton et al. 2012, Lemma 6) with k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2));
+    ``bandwidth=None``: :func:`median_heuristic_bandwidth`. Can be slightly negative when the distributions agree.
     """
-    x, y = _as_point_clouds(x, y, min_points=2)
+    x, y = as_point_clouds(x, y, min_points=2)
     if bandwidth is None:
         bandwidth = median_heuristic_bandwidth(x, y)
     check_float(bandwidth, "mmd_rbf.bandwidth", 0.0, inclusive=False)
@@ -319,176 +245,12 @@ def mmd_rbf(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float
 
 
 def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
-    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), V-statistic form.
-
-    All three means run over every pair including i = j, so the estimate is >= 0, symmetric in (x, y), and 0 (up to
-    round-off) when the two samples are the same multiset of points. It is the squared form (no square root).
-
-    Raises:
-        ValueError: if the clouds are not 2-D with a shared ``D`` or one is empty.
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), V-statistic form: every
+    pair including i = j, so it is >= 0, symmetric, and 0 for the same multiset of points.
     """
-    x, y = _as_point_clouds(x, y)
+    x, y = as_point_clouds(x, y)
     n, m = len(x), len(y)
     xy = _pairwise_distance_sum(x, y, "identity") / (n * m)
     xx = _pairwise_distance_sum(x, x, "identity") / (n * n)
     yy = _pairwise_distance_sum(y, y, "identity") / (m * m)
     return max(2 * xy - xx - yy, 0.0)
-
-
-# ------------------------------------------------------------------------------------------- class histograms
-
-
-def class_histogram(labels: ArrayLike, num_classes: int) -> torch.Tensor:
-    """Class frequencies ``(num_classes,)`` (float64, summing to 1) of integer labels ``(N,)``.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1.
-        ValueError: if ``labels`` is empty, not 1-D integers, or outside ``[0, num_classes)``.
-    """
-    check_int(num_classes, "num_classes", minimum=1)
-    labels = torch.as_tensor(labels).detach().cpu()
-    if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be a non-empty 1-D integer vector, got {labels.dtype} {tuple(labels.shape)}")
-    labels = labels.long()
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
-    return torch.bincount(labels, minlength=num_classes).to(torch.float64) / len(labels)
-
-
-def class_coverage(pred: ArrayLike, num_classes: int, min_fraction: float = 0.01) -> float:
-    """Fraction of the ``num_classes`` classes that receive at least ``min_fraction`` of the predicted labels.
-
-    1.0 means every class is generated; mode collapse onto k classes gives k / num_classes.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1 or ``min_fraction`` is outside ``[0, 1]``.
-        ValueError: if ``pred`` is not a valid label vector (see :func:`class_histogram`).
-    """
-    check_float(min_fraction, "class_coverage.min_fraction", 0.0, 1.0)
-    histogram = class_histogram(pred, num_classes)
-    return (histogram >= min_fraction).double().mean().item()
-
-
-def _reference_histogram(reference: ArrayLike, num_classes: int) -> torch.Tensor:
-    """Labels (integer dtype) become a histogram; a float vector of length num_classes is normalised counts."""
-    reference = torch.as_tensor(reference).detach().cpu()
-    if not reference.is_floating_point():
-        return class_histogram(reference, num_classes)
-    reference = reference.to(torch.float64)
-    if reference.shape != (num_classes,) or (reference < 0).any() or not reference.sum() > 0:
-        shape = tuple(reference.shape)
-        raise ValueError(f"a float reference must be a non-negative histogram of shape ({num_classes},), got {shape}")
-    return reference / reference.sum()
-
-
-def class_kl(pred: ArrayLike, reference: ArrayLike, num_classes: int, eps: float = 1e-6) -> float:
-    """KL(p || q) = sum_k p_k log(p_k / q_k) of the sample class histogram p against the data histogram q.
-
-    Both histograms are smoothed additively, ``p <- (p + eps) / (1 + num_classes * eps)`` (and likewise q), so a
-    class missing from the reference costs about ``p_k log(p_k / eps)`` instead of infinity. The smoothing shifts
-    the KL by O(num_classes * eps * log(1 / eps)), about 1e-4 for 10 classes and eps = 1e-6. Mode collapse shows up
-    as large KL (log 5 for samples spread evenly over two of ten balanced classes).
-
-    Args:
-        pred: predicted labels of the generated samples ``(N,)``.
-        reference: data labels ``(M,)`` (integer dtype) or a class histogram ``(num_classes,)`` (float dtype,
-            counts or probabilities).
-        num_classes: number of classes.
-        eps: additive smoothing on probabilities.
-
-    Raises:
-        ConfigError: if ``num_classes`` < 1 or ``eps`` is not positive.
-        ValueError: if ``pred`` or ``reference`` is not a valid label vector or histogram.
-    """
-    check_float(eps, "class_kl.eps", 0.0, inclusive=False)
-    p = class_histogram(pred, num_classes)
-    q = _reference_histogram(reference, num_classes)
-    p = (p + eps) / (1 + num_classes * eps)
-    q = (q + eps) / (1 + num_classes * eps)
-    return max((p * (p / q).log()).sum().item(), 0.0)
-
-
-# ------------------------------------------------------------------- nearest neighbours: precision, recall, copies
-
-
-class PrecisionRecall(NamedTuple):
-    """Improved precision and recall (Kynkaanniemi et al. 2019): shares in ``[0, 1]``, higher is better."""
-
-    precision: float
-    recall: float
-
-
-class Memorization(NamedTuple):
-    """``score``: share of samples closer to their nearest training item than ``threshold``, the low quantile of
-    held-out items' nearest-training distances (what a fresh draw from the data distribution reaches)."""
-
-    score: float
-    threshold: float
-
-
-def _kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row of ``x`` ``(N, D)`` to its ``k``-th nearest other row ``(N,)``."""
-    distances = []
-    for block in x.split(_BLOCK):
-        dist = torch.cdist(block, x)  # (block, N); each row holds its own 0
-        distances.append(dist.topk(k + 1, dim=1, largest=False).values[:, k])  # index 0 is the row itself
-    return torch.cat(distances)
-
-
-def _nearest_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Distance from each query ``(N, D)`` to its nearest item ``(M, D)``: ``(N,)``."""
-    return torch.cat([torch.cdist(block, items).min(dim=1).values for block in queries.split(_BLOCK)])
-
-
-def _share_inside_balls(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
-    """Share of queries within ``radii[j]`` of some centre ``j`` (the k-NN manifold estimate of Kynkaanniemi 2019)."""
-    inside = sum(int((torch.cdist(block, centres) <= radii).any(dim=1).sum()) for block in queries.split(_BLOCK))
-    return inside / len(queries)
-
-
-def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionRecall:
-    """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
-
-    Each set's manifold is the union of balls around its points, of radius the distance to the point's ``k``-th
-    nearest neighbour in the same set (the paper uses k = 3). Precision is the share of fake points inside the
-    real manifold (quality), recall the share of real points inside the fake manifold (coverage). Both depend on
-    the sample counts; compare them at equal counts (the paper uses 50,000 each in VGG-16 features).
-
-    Args:
-        real: reference features ``(N, D)``; fake: generated features ``(M, D)``; both need more than ``k`` rows.
-        k: the neighbour that sets each ball's radius.
-
-    Raises:
-        ValueError: on wrong shapes, non-finite values or at most ``k`` rows in either set.
-    """
-    k = check_int(k, "k", minimum=1)
-    real, fake = _as_point_clouds(real, fake, min_points=k + 1)
-    precision = _share_inside_balls(fake, real, _kth_neighbour_distances(real, k))
-    recall = _share_inside_balls(real, fake, _kth_neighbour_distances(fake, k))
-    return PrecisionRecall(precision, recall)
-
-
-def memorization_score(
-    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01
-) -> Memorization:
-    """Share of ``samples`` that sit closer to a training item than almost any fresh data point does.
-
-    A held-out item ``h`` is a draw from the data distribution the model never saw; its nearest-training distance
-    ``min_j ||h - train_j||`` says how close unseen data comes to the training set. The threshold is the
-    ``quantile`` (default 1%) of those distances over ``heldout``; a sample nearer its nearest training item than
-    that is counted as a (near-)copy. For a model that generalises, the score is about ``quantile``; a model
-    that reproduces training items scores up to 1. Compare in a feature space (or pixels for small images).
-
-    Args:
-        samples: generated items ``(N, D)``; train: training items ``(M, D)``; heldout: held-out items ``(H, D)``.
-        quantile: the held-out quantile that sets the threshold, in ``(0, 1)``.
-
-    Raises:
-        ValueError: on wrong shapes or non-finite values.
-    """
-    quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
-    samples, train = _as_point_clouds(samples, train)
-    heldout, _ = _as_point_clouds(heldout, train)
-    threshold = torch.quantile(_nearest_distances(heldout, train), quantile).item()
-    score = (_nearest_distances(samples, train) < threshold).double().mean().item()
-    return Memorization(score, threshold)

@@ -13,21 +13,10 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class PointsEvaluator(FeatureEvaluator):
-    """2-D point clouds scored directly: ``sliced_wasserstein`` (SW2), ``mmd`` (unbiased MMD^2, RBF kernel) and
-    ``energy`` (energy distance) against training points.
+    """2-D point clouds scored directly: ``sliced_wasserstein``, ``mmd`` (RBF) and ``energy`` against training points.
 
     The RBF bandwidth is fixed once in :meth:`prepare` (median heuristic over the pooled validation and reference
-    points, unless given), so floors and sample scores use the same kernel; a per-call median would not.
-
-    Args:
-        num_samples, every_n_epochs, sampler_steps, seed, seeds: see :class:`FeatureEvaluator`.
-        reference_size: training points to compare against (a seeded subset; ``None``: all). The pairwise metrics
-            cost O(reference_size^2) per chunk, so 2,000 keeps an evaluation to a fraction of a second.
-        num_projections: random directions of the sliced Wasserstein distance.
-        bandwidth: RBF kernel width; ``None``: median heuristic.
-
-    Raises:
-        ConfigError: for an out-of-range argument, naming its ``evaluator.*`` key.
+    points, unless given), so floors and samples are scored with the same kernel. Options: ``conf/evaluator/points.yaml``.
     """
 
     METRICS = ("sliced_wasserstein", "mmd", "energy")

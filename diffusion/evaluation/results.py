@@ -100,13 +100,8 @@ def metrics_to_json(
     seconds_per_sample: float | None,
     nfe: int | None = None,
 ) -> dict[str, Any]:
-    """The ``eval.json`` layout: each metric name maps to ``{"value", "floor"}`` (plus ``"std_error"`` when known),
-    next to ``num_samples``, ``sampler`` (the method option, ``ddpm``/``ddim``/...), ``steps`` (the steps the
-    sampler actually ran), ``nfe`` (the network evaluations they cost; ``steps`` when not given) and
-    ``seconds_per_sample`` (wall time of sampling divided by the number of samples). Non-finite numbers become null.
-
-    Raises:
-        ValueError: if a metric is named like one of the other top-level keys.
+    """The ``eval.json`` layout: each metric maps to ``{"value", "floor"}`` (and ``"std_error"``), beside
+    ``num_samples``, ``sampler``, ``steps``, ``nfe`` and ``seconds_per_sample``; non-finite numbers become null.
     """
     clashing = sorted(set(metrics) & set(EVAL_JSON_KEYS))
     if clashing:

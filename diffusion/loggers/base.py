@@ -9,11 +9,11 @@ from typing import Any
 
 
 class BaseLogger(ABC):
-    """Receives metrics, messages, hyperparameters and pictures; ``close()`` always runs (use as a context).
-
-    ``info`` is either a dict of scalar metrics or a human-readable message; ``step`` is the global
-    optimizer step when known.
+    """Receives metrics (a dict, at the optimizer ``step`` when known), messages, hyperparameters and pictures;
+    ``close()`` always runs (use as a context).
     """
+
+    writes_metrics_file = False  # whether it writes metrics.jsonl; open_logger adds a writer when none does
 
     @abstractmethod
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None: ...
@@ -61,6 +61,10 @@ class LoggerCollection(BaseLogger):
 
     def __init__(self, loggers: Sequence[BaseLogger]) -> None:
         self.loggers = list(loggers)
+
+    @property
+    def writes_metrics_file(self) -> bool:  # type: ignore[override]
+        return any(logger.writes_metrics_file for logger in self.loggers)
 
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
         for logger in self.loggers:

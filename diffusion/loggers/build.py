@@ -1,12 +1,8 @@
-"""Build loggers from factories (``_partial_: true`` configs) with the run-time context ``run.py`` knows.
+"""Open loggers from factories (``_partial_: true`` configs) with the run-time context the entry point knows.
 
-Every logger config is a factory still missing ``run_dir`` and, for W&B, the run's ``name``, ``group``,
-``config`` and ``run_id``. ``run.py`` calls each the same way::
-
-    logger = open_logger(instantiate(cfg.logger), run_dir=run_dir, name=..., group=..., config=..., run_id=...)
-
-and each factory receives the context arguments its target accepts and its config left unset or null: a
-``logger.group: my-group`` in the config wins over the sweep's group.
+Each logger config is a factory still missing ``run_dir`` and, for W&B, the run's ``name``, ``group``, ``config``
+and ``run_id``; a factory receives the context arguments it accepts and its config left unset or null (a
+``logger.group: my-group`` in the config wins over the sweep's group).
 """
 
 from __future__ import annotations
@@ -18,22 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from diffusion.loggers.base import BaseLogger, LoggerCollection
+from diffusion.loggers.file import MetricsFile
 
 LoggerFactory = Callable[..., BaseLogger]
 
 
 def open_logger(factory: LoggerFactory, run_dir: str | Path, **context: Any) -> BaseLogger:
-    """Call ``factory`` with ``run_dir`` and those ``context`` keywords it accepts and does not already set."""
-    return factory(run_dir=run_dir, **accepted_context(factory, context))
+    """The run's logger: ``factory`` opened with ``run_dir`` and the ``context`` it accepts, plus a
+    :class:`MetricsFile` when it writes no ``metrics.jsonl`` itself, so that every run has one to report from."""
+    logger = _open(factory, run_dir, context)
+    return logger if logger.writes_metrics_file else LoggerCollection([MetricsFile(run_dir), logger])
 
 
 def collect_loggers(
     run_dir: str | Path, loggers: Mapping[str, LoggerFactory] | Sequence[LoggerFactory], **context: Any
 ) -> LoggerCollection:
-    """A :class:`LoggerCollection` of several logger factories, each opened with :func:`open_logger`
-    (the target of ``logger=both``)."""
+    """Several logger factories opened as one (the target of ``logger=both``)."""
     factories = list(loggers.values()) if isinstance(loggers, Mapping) else list(loggers)
-    return LoggerCollection([open_logger(factory, run_dir, **context) for factory in factories])
+    return LoggerCollection([_open(factory, run_dir, context) for factory in factories])
+
+
+def _open(factory: LoggerFactory, run_dir: str | Path, context: Mapping[str, Any]) -> BaseLogger:
+    return factory(run_dir=run_dir, **accepted_context(factory, context))
 
 
 def accepted_context(factory: Callable[..., Any], context: Mapping[str, Any]) -> dict[str, Any]:

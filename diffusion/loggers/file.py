@@ -1,7 +1,7 @@
 """Logs to files in the run directory and to the console.
 
 ``train.log`` and ``metrics.jsonl`` grow by appended lines: a failed write (full disk, quota, I/O error) can cut
-at most the line being written (readers skip a cut line) and raises :class:`~diffusion.storage.file_manager.SaveError`
+at most the line being written (readers skip a cut line) and raises :class:`~diffusion.storage.atomic.SaveError`
 naming the file; whole files (``loss_curve.png``) are replaced at once.
 """
 
@@ -17,85 +17,104 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from diffusion.storage.file_manager import SaveError
 from diffusion.loggers.base import BaseLogger
+from diffusion.storage.atomic import SaveError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsFile(BaseLogger):
+    """``metrics.jsonl``: one JSON object per ``log`` of a dict, with ``step`` and ``time`` (seconds since the
+    logger started). The one file every run writes, whatever its logger: what the sweep report reads."""
+
+    writes_metrics_file = True
+
+    def __init__(self, run_dir: str | Path, append: bool = True) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self._mode = "a" if append else "w"
+        self._handle: TextIO | None = None  # opened on first write: building the logger writes nothing
+        self._closed = False
+        self._start = time.time()
+
+    def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
+        if isinstance(info, str) or self._closed:
+            return
+        record = {"step": step, "time": round(time.time() - self._start, 3), **plain(info)}
+        with naming(self.path):
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.path, self._mode, encoding="utf-8")
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = None
+        self._closed = True
 
 
 class FileLogger(BaseLogger):
-    """Writes ``train.log`` (timestamped, human-readable), ``metrics.jsonl`` (one JSON object per ``log`` of a
-    dict) and, at the end of training, ``loss_curve.png``; echoes lines to the console.
-
-    Args:
-        run_dir: the run directory (created if missing).
-        console: also print each line to stdout.
-        append: keep existing files (a resumed run continues its log).
+    """``train.log`` (timestamped, human-readable), ``metrics.jsonl`` and, at the end of training,
+    ``loss_curve.png``; echoes lines to the console. ``append``: a resumed run continues its files.
     """
+
+    writes_metrics_file = True
 
     def __init__(self, run_dir: str | Path, console: bool = True, append: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.console = console
         self._mode = "a" if append else "w"
-        # Files open on first write, so that building (and validating) the logger writes nothing.
-        self._text: TextIO | None = None
-        self._metrics: TextIO | None = None
+        self._metrics = MetricsFile(run_dir, append)
+        self._text: TextIO | None = None  # opened on first write, as the metrics file
         self._closed = False
-        self._start = time.time()
-
-    def _open(self) -> None:
-        if self._text is None and not self._closed:
-            with _naming(self.run_dir):
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            with _naming(self.run_dir / "train.log"):
-                self._text = open(self.run_dir / "train.log", self._mode, encoding="utf-8")
-            with _naming(self.run_dir / "metrics.jsonl"):
-                self._metrics = open(self.run_dir / "metrics.jsonl", self._mode, encoding="utf-8")
 
     def log(self, info: dict[str, Any] | str, step: int | None = None) -> None:
-        if isinstance(info, str):
-            self._write_line(info)
-            return
-        self._open()
-        record = {"step": step, "time": round(time.time() - self._start, 3), **_plain(info)}
-        if self._metrics is not None:
-            with _naming(self.run_dir / "metrics.jsonl"):
-                self._metrics.write(json.dumps(record) + "\n")
-                self._metrics.flush()
-        self._write_line(metrics_line(info, step))
+        if not isinstance(info, str):
+            self._metrics.log(info, step)
+            info = metrics_line(info, step)
+        self._write_line(info)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
-        self._open()
-        if self._text is not None:
-            with _naming(self.run_dir / "train.log"):
-                self._text.write(f"[{_now()}] hyperparameters: {json.dumps(_plain(params), default=str)}\n")
-                self._text.flush()
+        self._write(f"[{_now()}] hyperparameters: {json.dumps(plain(params), default=str)}\n")
 
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         from diffusion.storage.images import save_loss_curve
 
         if train:
-            with _naming(self.run_dir / "loss_curve.png"):
+            with naming(self.run_dir / "loss_curve.png"):
                 path = save_loss_curve(list(train), list(val), self.run_dir / "loss_curve.png")
             self._write_line(f"loss curve: {path}")
 
     def close(self) -> None:
-        for handle in (self._text, self._metrics):
-            if handle is not None:
-                handle.close()
-        self._text = self._metrics = None
+        self._metrics.close()
+        if self._text is not None:
+            self._text.close()
+        self._text = None
         self._closed = True
 
     def _write_line(self, line: str) -> None:
-        self._open()
-        if self._text is not None:
-            with _naming(self.run_dir / "train.log"):
-                self._text.write(f"[{_now()}] {line}\n")
-                self._text.flush()
+        self._write(f"[{_now()}] {line}\n")
         if self.console:
             print(line, file=sys.stdout, flush=True)
 
+    def _write(self, text: str) -> None:
+        if self._closed:
+            return
+        path = self.run_dir / "train.log"
+        with naming(path):
+            if self._text is None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._text = open(path, self._mode, encoding="utf-8")
+            self._text.write(text)
+            self._text.flush()
+
 
 @contextmanager
-def _naming(path: Path) -> Iterator[None]:
+def naming(path: Path) -> Iterator[None]:
     """Turn a failed write into one line naming the file (a bare ``OSError`` from ``write`` names none)."""
     try:
         yield
@@ -121,7 +140,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _plain(info: dict[str, Any]) -> dict[str, Any]:
+def plain(info: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe copy: tensors and NumPy scalars become Python numbers."""
     out: dict[str, Any] = {}
     for key, value in info.items():

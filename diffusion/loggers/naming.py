@@ -1,7 +1,5 @@
-"""Names and flat views of a run's configuration, for trackers that filter and group runs by them.
-
-Pure functions on plain Python values; ``run.py`` calls them with the Hydra overrides and the resolved
-config, the W&B logger with what it is given.
+"""Names and flat views of a run's configuration, for trackers that filter and group runs by them, and the
+key the validation loss is logged under.
 """
 
 from __future__ import annotations
@@ -10,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+VAL_LOSS = "val/loss"  # the key the validation loss is logged under
 MAX_RUN_NAME = 128  # W&B truncates display names around here; keep the end of the name readable
 # Overrides that say where or how a run executes, not what it is: left out of run names.
 NOISY_OVERRIDES = (
@@ -23,9 +22,8 @@ NOISY_OVERRIDES = (
 
 
 def flatten_config(cfg: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
-    """``{"trainer": {"lr": 1e-4}}`` -> ``{"trainer.lr": 1e-4}``; lists and scalars stay values.
-
-    An empty mapping stays as an empty dict under its key, so that the key is still visible.
+    """``{"trainer": {"lr": 1e-4}}`` -> ``{"trainer.lr": 1e-4}``; lists and scalars stay values, an empty mapping
+    stays ``{}`` under its key so the key is still visible.
     """
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
@@ -58,10 +56,8 @@ def is_noisy(key: str) -> bool:
 def run_name_from_overrides(overrides: Sequence[str]) -> str | None:
     """A run name from the overrides that define the experiment: ``method=ddim,schedule=cosine``.
 
-    Hydra's own keys and where-it-runs keys (:data:`NOISY_OVERRIDES`) are skipped; None when nothing is left
-    (the tracker then picks a name). Over :data:`MAX_RUN_NAME` characters (W&B refuses longer names), keys are
-    shortened to their last part (``trainer.lr=3e-4`` -> ``lr=3e-4``) so that every value stays visible, and
-    only then is the middle cut.
+    Where-it-runs keys (:data:`NOISY_OVERRIDES`) are skipped; None when nothing is left. Over
+    :data:`MAX_RUN_NAME` characters keys are shortened to their last part (``lr=3e-4``), then the middle is cut.
     """
     kept = [o.lstrip("+") for o in overrides if "=" in o and not is_noisy(override_key(o))]
     if not kept:
@@ -85,3 +81,14 @@ def sweep_group(sweep_dir: str | Path) -> str:
     (the sweep directory's last two parts, so that sweeps of different days stay apart)."""
     parts = Path(sweep_dir).parts
     return "_".join(parts[-2:]) if parts else "sweep"
+
+
+def is_val_loss(monitor: str) -> bool:
+    """Whether ``trainer.monitor`` names the validation loss: ``val_loss`` (the config's spelling) or
+    :data:`VAL_LOSS` (the logged key)."""
+    return monitor in ("val_loss", VAL_LOSS)
+
+
+def logged_key(monitor: str) -> str:
+    """The key under which ``trainer.monitor``'s value is logged."""
+    return VAL_LOSS if is_val_loss(monitor) else monitor

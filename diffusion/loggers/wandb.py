@@ -1,9 +1,8 @@
 """Logs a run to Weights & Biases: flattened config, metrics, sample grids, summary, optional checkpoints.
 
-One logger owns one W&B run (``reinit="create_new"``: never the global ``wandb.run``), so jobs of a multirun
-that share a process never log into each other's run. The run starts on first use, not at construction, so
-that building and validating the components creates nothing. Any W&B failure after construction becomes a
-warning: training is never lost to logging.
+One logger owns one W&B run (``reinit="create_new"``), so multirun jobs sharing a process never log into each
+other's run. The run starts on first use, so building the components creates nothing; a W&B failure after that
+is a warning: training is never lost to logging.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from diffusion.loggers.base import BaseLogger
-from diffusion.loggers.file import _plain, metrics_line  # one home for metrics as numbers and as a line
+from diffusion.loggers.file import metrics_line, plain
 from diffusion.loggers.naming import flatten_config
-from diffusion.loggers.wandb_records import wait_until_finished
 from diffusion.runtime.checks import ConfigError, check_choice
 
 Mode = Literal["online", "offline", "disabled"]
@@ -31,16 +29,11 @@ MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 NETWORK_TIMEOUT_S = 3.0
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
-FINISH_TIMEOUT_S = 30.0
 MAX_TAG = 64  # W&B refuses longer tags when the run is created or synced
 
 
 def import_wandb() -> ModuleType:
-    """The ``wandb`` module.
-
-    Raises:
-        ConfigError: W&B is not installed.
-    """
+    """The ``wandb`` module; ConfigError saying how to install it when it is missing."""
     try:
         import wandb
     except ImportError as error:
@@ -109,23 +102,11 @@ def exit_code_of(exc_type: type[BaseException] | None, exc: BaseException | None
 
 
 class WandbLogger(BaseLogger):
-    """A W&B run for one training run, files under ``<run_dir>/wandb/``.
+    """A W&B run for one training run, its files under ``<run_dir>/wandb/``.
 
-    Args:
-        run_dir: the run directory; W&B writes ``<run_dir>/wandb/<offline-run-...>/``.
-        project, entity, group, tags, name: where the run appears and how it is labelled (``logger.*``).
-        mode: ``offline`` (default; upload later with ``wandb sync <run_dir>/wandb/offline-run-*``),
-            ``online`` (falls back to offline without credentials or network) or ``disabled`` (logs nothing,
-            does not need wandb installed).
-        log_checkpoints: on close, store ``checkpoints/last.pt`` and ``best.pt`` as a ``model`` artifact.
-        run_id: continue this W&B run (a resumed training passes the id kept in its checkpoint).
-        config: logged as the run's config at start (flattened to dotted keys).
-        console: print messages and metrics to stdout, as the file logger does (turn off when a file logger
-            already prints them). The offline run's folder and how to upload and browse it are printed on close
-            either way.
-
-    Raises:
-        ConfigError: an invalid setting, or ``wandb`` not installed (mode other than ``disabled``).
+    The options (``mode``, ``project``, ``log_checkpoints``, ...) are described in ``conf/logger/wandb.yaml``.
+    ``run_id`` continues that W&B run (a resumed training passes the id kept in its checkpoint); ``config`` is logged
+    flattened at start. ``mode=disabled`` needs no wandb installed.
     """
 
     def __init__(
@@ -226,7 +207,7 @@ class WandbLogger(BaseLogger):
         run = self._active_run()
         if run is not None:
             with self._guard("logging metrics"):
-                run.log(_plain(info), step=step)
+                run.log(plain(info), step=step)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         run = self._active_run()
@@ -244,18 +225,10 @@ class WandbLogger(BaseLogger):
         run = self._active_run()
         if run is not None:
             with self._guard("updating the summary"):
-                run.summary.update(_plain(metrics))
+                run.summary.update(plain(metrics))
 
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Nothing to do: W&B plots ``train/loss`` and ``val/loss`` from the history."""
-
-    def log_artifact_files(
-        self, files: dict[str, Path], name: str, type: str = "model", aliases: Sequence[str] = ()
-    ) -> None:
-        """One artifact holding ``files`` (name inside the artifact -> local path)."""
-        run = self._active_run()
-        if run is not None:
-            self._upload(run, files, name, type, aliases)
 
     def _upload(self, run: Any, files: dict[str, Path], name: str, type: str, aliases: Sequence[str]) -> None:
         assert self._wandb is not None
@@ -276,14 +249,10 @@ class WandbLogger(BaseLogger):
         if self.log_checkpoints:
             self._store_checkpoints(run)
         with self._guard("finishing the run"):
-            sync_file = run.settings.sync_file
+            offline_dir = Path(run.settings.sync_file).parent
             run.finish(exit_code=exit_code)
-            # W&B's core process completes the log after finish() returns; wait, so that a resumed run, the
-            # report or `wandb sync` that comes next in this process sees the whole run.
-            if not wait_until_finished(sync_file, FINISH_TIMEOUT_S):
-                warnings.warn(f"W&B logger: {sync_file} incomplete after {FINISH_TIMEOUT_S:.0f} s")
             if self.mode == "offline":
-                self._print_where(Path(sync_file).parent)
+                self._print_where(offline_dir)
 
     def _print_where(self, offline_dir: Path) -> None:
         """Where the offline run is, and the commands that upload it and browse it in the terminal."""

@@ -4,7 +4,7 @@ Layout (``FORMAT`` 2)::
 
     format                 "diffusion-checkpoint/2"
     model_state_dict       the raw network weights
-    ema_state_dict         the EMA's state (its averaged network under ``shadow``, see :class:`~diffusion.training.ema.EMA`)
+    ema_state_dict         the EMA's state (its averaged network under ``shadow``)
     optimizer_state_dict   AdamW
     scheduler_state_dict   the LR schedule
     scaler_state_dict      fp16 gradient scaling (disabled, but present, for fp32/bf16)
@@ -12,13 +12,10 @@ Layout (``FORMAT`` 2)::
     monitor                the metric that picks ``best`` (``trainer.monitor``)
     config                 the run's resolved config (what ``task=sample`` rebuilds the model from)
     rng_state              Python, NumPy and torch generator states (exact resume); rank 0's in a data-parallel run
-    rank_rng_states        (data-parallel runs only) every rank's ``rng_state``, in rank order
+    rank_rng_states        (data-parallel runs only, optional) every rank's ``rng_state``, in rank order
 
-Checkpoints of the first version (no ``format`` key) also repeat six train-state values at the top level
-(``epoch``, ``global_step``, ``metrics``, ``best_val_loss`` and the two loss histories); they load unchanged, as
-everything is read from ``train_state``. ``rank_rng_states`` is optional within format 2: a checkpoint written
-before it existed, or by a single process, gives rank 0 ``rng_state`` (see :func:`rank_rng_state`). The FileManager
-writes and safely reads the files; the Trainer asks this module for the dict and to put one back.
+Format-1 checkpoints (no ``format`` key) also repeat six train-state values at the top level; they load
+unchanged, as everything is read from ``train_state``.
 """
 
 from __future__ import annotations
@@ -109,13 +106,11 @@ class RankRNG(NamedTuple):
 
 
 def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> RankRNG:
-    """The RNG states ``rank`` of a ``world_size``-process run resumes with.
+    """The RNG states ``rank`` of a ``world_size``-process run resumes with, and a ``note`` when not exact.
 
-    The same world size: each rank its own (rank 0 only, for a single process), and the run continues bit for bit.
-    Another world size (or a data-parallel checkpoint written before ``rank_rng_states``): ranks the checkpoint
-    holds a state for take it, the others get None (the caller seeds them apart), and ``note`` says the resumed
-    run is not the uninterrupted one's twin. The global batches and their order do not depend on the world size,
-    only the noise and timesteps drawn do.
+    At the same world size each rank gets its own and the run continues bit for bit. At another one, ranks the
+    checkpoint holds a state for take it and the others get None (the caller seeds them apart); the batches do not
+    depend on the world size, only the noise and timesteps drawn do.
     """
     saved = ckpt.get("rank_rng_states") or ([ckpt["rng_state"]] if ckpt.get("rng_state") is not None else [])
     state = saved[rank] if rank < len(saved) else None
@@ -127,11 +122,8 @@ def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> RankRNG:
 
 
 def restore(ckpt: dict[str, Any], parts: TrainingParts, source: str | Path) -> TrainState:
-    """Load ``ckpt`` into ``parts`` and return its train state (the RNG states are the caller's to set).
-
-    Raises:
-        CheckpointError: the checkpoint is of another format, or does not fit these parts (another model or
-            optimizer configuration); the message names ``source``.
+    """Load ``ckpt`` into ``parts`` and return its train state (the RNG states are the caller's to set);
+    CheckpointError naming ``source`` when it does not fit these parts.
     """
     check_format(ckpt, source)
     try:
@@ -151,11 +143,7 @@ def restore(ckpt: dict[str, Any], parts: TrainingParts, source: str | Path) -> T
 
 
 def check_format(ckpt: dict[str, Any], source: str | Path) -> None:
-    """Refuse a checkpoint this version cannot read, in one line naming the file.
-
-    Raises:
-        CheckpointError: an unknown ``format``, or a first-version checkpoint missing one of its keys.
-    """
+    """Refuse, in one line naming the file, a checkpoint of an unknown ``format`` or a format-1 one missing a key."""
     version = ckpt.get("format")
     if version is None:
         missing = [key for key in _V1_KEYS if key not in ckpt]

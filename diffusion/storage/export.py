@@ -1,12 +1,8 @@
 """Weights for sharing: a checkpoint's (EMA) weights as safetensors, with the run's resolved config inside.
 
 A ``.safetensors`` file holds tensors and a str -> str header only, so loading one cannot run code (unlike a
-pickle). The header carries the config as JSON under ``config`` and says which weights these are::
-
-    path = export_weights(Path("outputs/run/checkpoints/best.pt"), Path("moons.safetensors"))
-    weights, config = load_exported(path)     # state dict for config["model"], and the whole config
-
-``run.py task=export`` writes one; ``Sampler.load_weights`` and ``task=sample run_dir=<file>.safetensors`` read it.
+pickle); the header carries the config as JSON and says which weights these are. ``task=export`` writes one;
+``task=sample run_dir=<file>.safetensors`` reads it.
 """
 
 from __future__ import annotations
@@ -21,19 +17,17 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from diffusion.storage import checkpoint as checkpoint_lib
-from diffusion.storage.file_manager import CheckpointError, atomic_write, check_safe_targets, load_checkpoint, read_verified
+from diffusion.storage.atomic import atomic_write
+from diffusion.storage.checkpoint import CheckpointError
+from diffusion.storage.safe_load import check_safe_targets, load_checkpoint, read_verified
 
 FORMAT = "diffusion-weights/1"
 _HEADER_BYTES = 8  # a safetensors file starts with its JSON header's length, u64 little-endian
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, use_ema: bool = True) -> Path:
-    """Write ``checkpoint``'s EMA (or, with ``use_ema=False``, raw) weights and its config to ``out``.
-
-    The file is written atomically with a ``.sha256`` sidecar, like checkpoints. Returns ``out``.
-
-    Raises:
-        CheckpointError: the checkpoint is missing, damaged or unsafe.
+    """Write ``checkpoint``'s EMA (or raw, ``use_ema=False``) weights and its config to ``out``, atomically with a
+    ``.sha256`` sidecar, as checkpoints are.
     """
     ckpt = load_checkpoint(checkpoint)
     state = ckpt["train_state"]
@@ -61,12 +55,7 @@ def write_weights(weights: dict[str, torch.Tensor], config: dict[str, Any], out:
 
 
 def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The state dict and the run config of an exported file.
-
-    Raises:
-        CheckpointError: the file is missing, damaged, not an export of this project, or its config names a
-            ``_target_`` outside the ``diffusion`` package.
-    """
+    """The state dict and the run config of an exported file (CheckpointError if damaged, foreign or unsafe)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"exported weights {path} do not exist")

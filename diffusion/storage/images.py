@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
-from diffusion.storage.file_manager import atomic_write_bytes
+from diffusion.storage.atomic import atomic_write_bytes
 
 # Grid padding is white, so tiles stay apart even when their background is black (digits are white-on-black).
 _PAD_VALUE = 1.0
@@ -41,15 +41,8 @@ def save_image_grid(
     scale: int = 4,
     padding: int = 1,
 ) -> Path:
-    """Tile ``images`` ``(N, C, H, W)`` in ``[-1, 1]`` into one PNG, grayscale (C=1) or RGB (C=3).
-
-    Args:
-        nrow: images per row; default ``ceil(sqrt(N))``, a near-square grid.
-        scale: nearest-neighbour upscaling factor, so that 8x8 digits are visible.
-        padding: white pixels between and around tiles, before upscaling.
-
-    The PNG is ``scale * (rows * (H + padding) + padding)`` pixels high and
-    ``scale * (nrow * (W + padding) + padding)`` wide.
+    """Tile ``images`` ``(N, C, H, W)`` in ``[-1, 1]`` into one grayscale or RGB PNG: ``nrow`` per row (default a
+    near-square grid), ``padding`` white pixels around tiles, upscaled ``scale`` times (nearest) so 8x8 digits show.
     """
     return _write_png(_grid_pixels(images, nrow, scale, padding), path)
 
@@ -61,10 +54,8 @@ def save_trajectory_strip(
     scale: int = 4,
     label_columns: bool = True,
 ) -> Path:
-    """One row per sample, one column per frame: ``frames[j]`` is ``x_t`` ``(N, C, H, W)`` at ``t = timesteps[j]``.
-
-    With ``label_columns`` a white strip above the grid names each column's ``t``; a negative ``t`` (the state
-    after the last step) is labelled ``x0``, the sample.
+    """One row per sample, one column per frame ``frames[j]`` = ``x_t`` ``(N, C, H, W)`` at ``t = timesteps[j]``;
+    ``label_columns`` names each column's ``t`` above it (``x0`` for a negative ``t``, the sample).
     """
     if len(frames) != len(timesteps) or not frames:
         raise ValueError(f"need one timestep per frame, got {len(frames)} frames and {len(timesteps)} timesteps")

@@ -1,9 +1,8 @@
 """Where a training run continues from: the ``resume`` policy, decided once and read once.
 
-``resume=null`` starts a new run (and refuses a directory that already holds one), ``resume=auto`` continues
-the run directory's newest intact checkpoint if it has one (a requeued job with a fixed ``hydra.run.dir``), and
-``resume=<run dir or .pt>`` continues that run in its own directory. The chosen checkpoint is read and verified
-once here and handed on (to the Trainer's restore and the logger's run id) as a :class:`ResumePoint`.
+``null`` starts a new run (refusing a directory that holds one), ``auto`` continues the run directory's newest
+intact checkpoint if any (a requeued job), ``<run dir or .pt>`` continues that run in its own directory. The
+chosen checkpoint is read and verified once and handed on as a :class:`ResumePoint`.
 """
 
 from __future__ import annotations
@@ -27,11 +26,8 @@ class ResumePoint(NamedTuple):
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> ResumePoint:
-    """Apply the ``resume`` policy to ``output_dir`` (the directory Hydra made for this job).
-
-    Raises:
-        ConfigError: ``resume=null`` on a directory that holds a run; CheckpointError: ``resume`` names no
-            usable checkpoint.
+    """Apply the ``resume`` policy to ``output_dir`` (the job's directory): ConfigError for ``resume=null`` on a
+    directory that holds a run, CheckpointError when ``resume`` names no usable checkpoint.
     """
     has_run = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").glob("*.pt"))
     if resume is None:
@@ -72,12 +68,8 @@ def shared_resume(dist: DistributedContext, resume: str | None, output_dir: Path
 
 
 def find_run_checkpoint(resume: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
-    """Resolve ``resume=<path>``: a checkpoint file, or a run directory (its newest intact checkpoint).
-
-    Returns the checkpoint, its loaded dict, and one line per damaged checkpoint passed over.
-
-    Raises:
-        CheckpointError: when the path holds no usable checkpoint.
+    """Resolve ``resume=<path>`` (a checkpoint file, or a run directory's newest intact checkpoint): the path, its
+    loaded dict, and one line per damaged checkpoint passed over.
     """
     path = Path(resume)
     if path.is_dir():

@@ -1,30 +1,14 @@
 """One writer per run directory: a lock file that names the process writing there.
 
-Two processes writing one run directory (a job started twice, a requeued job whose first instance still runs,
-``resume=auto`` aimed at a live run) interleave checkpoints and logs. :class:`RunLock` holds
-``<run_dir>/run.lock`` while a process writes there; the file records ``host``, ``pid``, the pid's start time and
-the machine's boot id, so a second process is refused with one line naming the holder.
+Two processes writing one run directory (a job started twice, ``resume=auto`` aimed at a live run) interleave
+checkpoints and logs. ``run.lock`` records ``host``, ``pid``, the pid's start time and the boot id. It is created
+by hard-linking a written temporary file (``link`` fails with EEXIST: one creator, never half written, also on
+NFS); taking over a stale lock happens under ``fcntl.flock`` of ``.run.lock.guard``.
 
-How the lock is taken (atomic on a local disk and on NFS):
-  * the record is written to a temporary file and hard-linked to ``run.lock``: ``link`` fails with EEXIST when the
-    name exists, so exactly one process creates the lock, and it never appears half written;
-  * deciding that an existing lock is stale and replacing it happens under ``fcntl.flock`` of
-    ``.run.lock.guard`` (kept, hidden), so two processes of one host never both take over the same stale lock.
-
-When a lock is stale:
-  * same host: its pid no longer runs, or runs but started at another time (the pid was reused), or the host
-    rebooted since (another boot id). It is taken over with a warning.
-  * another host (a shared file system): its pid cannot be checked from here. The holder refreshes the lock
-    file's mtime every ``heartbeat_s`` seconds from a daemon thread; a lock whose heartbeat is older than
-    ``stale_after_s`` is taken over with a warning, a fresher one is refused with a line saying how to remove it.
-    Refusing forever instead would block a SLURM requeue that lands on another node after the first node died,
-    which is exactly the case a cluster user needs to resume without a hand; the timeout (default 10 minutes,
-    far above clock skew between nodes and a stalled NFS server's usual hiccup) bounds that wait.
-
-``torchrun`` ranks of one job are one writer: only rank 0 takes the lock, the others enter a no-op context. When
-``torchrun --max-restarts`` restarts a group that lost a worker, the old rank 0 releases the lock as it stops (its
-SIGTERM, or the failed collective, unwinds through the context), or, itself SIGKILLed, leaves a lock whose pid no
-longer runs, which the new rank 0 takes over (``tests/test_elastic.py``).
+Stale: on this host, the pid no longer runs, was reused (another start time) or the host rebooted; on another
+host, the holder's heartbeat (the file's mtime, refreshed by a daemon thread) is older than ``stale_after_s``,
+so that a SLURM requeue on another node resumes after the first node died. Only torchrun rank 0 takes the lock;
+a restarted group's new rank 0 takes over the lock its killed predecessor left.
 """
 
 from __future__ import annotations
@@ -71,15 +55,8 @@ class LockHolder:
 class RunLock:
     """Context manager holding ``<run_dir>/run.lock`` while this process writes the run directory.
 
-    Args:
-        run_dir: the run directory (created if missing).
-        rank: the process's torchrun rank; ranks other than 0 take no lock (None: ``$RANK``, else 0).
-        heartbeat_s: how often the holder refreshes the lock's mtime (seen by other hosts).
-        stale_after_s: a lock from another host whose mtime is older than this is taken over.
-
-    Raises:
-        ConfigError: on entering, when a live process (or a lock of another host with a fresh heartbeat) holds
-            the run directory; the line names the holder and the lock file.
+    Ranks other than 0 take no lock. The holder refreshes the lock's mtime every ``heartbeat_s``; another host's
+    lock older than ``stale_after_s`` is taken over. Entering raises ConfigError naming the live holder.
     """
 
     def __init__(

@@ -1,19 +1,9 @@
-"""The training side of a pruning Optuna search: report each epoch's objective to the trial, stop when pruned.
+"""The job's side of a pruning Optuna search: report each epoch's objective to its trial, stop when pruned.
 
-The search (``hparams_search=optuna``, the sweeper in ``hydra_plugins/diffusion_optuna_sweeper``) asks the study
-for a trial, and passes its job the trial's number, the storage URL and the study name. The job builds
-:func:`pruning_hook` from them and calls it after each epoch's checkpoint: it reports the monitored value
-(``trainer.monitor``, validation loss by default) as the intermediate value of step ``epoch``; when the pruner
-(median of the other trials at the same epoch, by default) says the trial is hopeless, the hook
-
-1. writes ``pruned.json`` into the run directory (``python -m diffusion.sweeps.report`` shows the job as ``pruned``),
-2. marks the trial PRUNED in the study itself, so the study is right whatever the launcher and the entry point
-   make of the exception (a job whose exit turned into an error, a SLURM job), and
-3. raises :class:`TrialPruned`; the checkpoint of that epoch is already written and stays.
-
-The pruner is a Python object that Optuna does not store with the study, so the job builds it from plain
-settings (:func:`make_pruner`: a name and its arguments, no ``_target_``, so a run's saved config stays safe to
-load).
+When the pruner (median of the other trials at the same epoch, by default) stops the trial, the hook writes
+``pruned.json`` (the report shows the job as ``pruned``), marks the trial PRUNED in the stored study itself
+(whatever the launcher makes of the exception), and raises :class:`TrialPruned`; that epoch's checkpoint stays.
+Optuna does not store the pruner, so the job builds it from plain settings (:func:`make_pruner`, no ``_target_``).
 """
 
 from __future__ import annotations
@@ -27,11 +17,11 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from diffusion.storage.file_manager import atomic_write_text
+from diffusion.storage.atomic import atomic_write_text
+from diffusion.sweeps.job_results import PRUNED_MARKER
 from diffusion.runtime.signals import Pruned
 from diffusion.runtime.checks import ConfigError, check_choice
 
-PRUNED_MARKER = "pruned.json"  # diffusion.sweeps.report.PRUNED_MARKER
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -44,18 +34,11 @@ EpochEndHook = Callable[[int, Mapping[str, float]], None]
 
 
 class TrialPruned(optuna.TrialPruned, Pruned):
-    """The search stopped this job early: its objective so far is worse than the pruner allows.
-
-    A subclass of ``optuna.TrialPruned``, so Optuna's own loops (``study.optimize``) also count it as pruned.
-    """
+    """The search stopped this job early; an ``optuna.TrialPruned``, so Optuna's own loops count it too."""
 
 
 def make_pruner(name: PrunerName = "median", **kwargs: Any) -> optuna.pruners.BasePruner:
-    """An Optuna pruner from its short name and keyword arguments (``n_startup_trials``, ``n_warmup_steps``, ...).
-
-    Raises:
-        ConfigError: an unknown name or argument, naming ``optuna_trial.pruner``.
-    """
+    """An Optuna pruner from its short name and keyword arguments (ConfigError naming ``optuna_trial.pruner``)."""
     check_choice(name, "optuna_trial.pruner.name", PRUNERS)
     try:
         return PRUNERS[name](**kwargs)
@@ -71,19 +54,9 @@ def pruning_hook(
     monitor: str = "val/loss",
     run_dir: str | Path | None = None,
 ) -> EpochEndHook:
-    """A per-epoch callable ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` to trial ``trial_number``
-    of the stored study and raises :class:`TrialPruned` when the pruner stops the trial.
-
-    Args:
-        storage: the study's storage URL (``sqlite:///<sweep dir>/optuna.db``).
-        study_name: the study in that storage.
-        trial_number: the trial this job runs (asked by the sweeper, still RUNNING).
-        pruner: decides from the intermediate values of all trials (default: :func:`make_pruner` ``"median"``).
-        monitor: the key of ``metrics`` to report; a missing or non-finite value is not reported.
-        run_dir: where to write ``pruned.json`` (None: nowhere).
-
-    Raises:
-        ConfigError: no such study or trial, or the trial has already finished.
+    """A per-epoch ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` (when finite) to trial
+    ``trial_number`` of the stored study and raises :class:`TrialPruned`, after writing ``run_dir/pruned.json``, when
+    the ``pruner`` (default: median) stops it. ConfigError when the trial is missing or already finished.
     """
     store = optuna.storages.get_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner or make_pruner())

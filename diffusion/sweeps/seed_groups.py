@@ -1,9 +1,6 @@
-"""Jobs of a sweep that differ only in ``seed``: one group, summarized by the mean and standard deviation of each
-metric over its seeds.
+"""Jobs of a sweep that differ only in ``seed``: one group, summarized by the mean and std of each metric.
 
-A sweep ``seed=0,1,2 trainer.lr=1e-4,3e-4`` runs each learning rate three times; ranking the six jobs one by one
-mistakes seed noise for a difference between learning rates. The report ranks groups by their mean objective and
-shows ``mean ± std (n seeds)``; per-seed rows stay in ``report.csv``.
+Ranking ``seed=0,1,2 trainer.lr=1e-4,3e-4`` job by job would mistake seed noise for a learning-rate effect.
 """
 
 from __future__ import annotations

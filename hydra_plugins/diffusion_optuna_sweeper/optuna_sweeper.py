@@ -1,19 +1,12 @@
-"""Hydra sweeper ``hydra/sweeper=optuna`` (this repository's; it replaces hydra-optuna-sweeper, which must not be
-installed beside it): an Optuna search on current Optuna (3 and later) whose jobs report per-epoch values and can
-be pruned.
+"""Hydra sweeper ``hydra/sweeper=optuna``: an Optuna search (Optuna 3 and later) whose jobs report per-epoch
+values and can be pruned (hydra-optuna-sweeper, which must not be installed beside it, needs optuna<3 and sees
+one value per trial).
 
-Why a sweeper of our own: the Hydra Optuna sweeper plugin (hydra-optuna-sweeper 1.3) requires optuna<3 and
-SQLAlchemy<2 and runs each trial as a function call that returns one value at the end, so no job can report an
-intermediate value or be stopped early. This sweeper drives the study with ask/tell (documented Optuna API) and
-launches the asked trials through whatever Hydra launcher is configured (basic, joblib, submitit/SLURM), passing
-each job ``++optuna_trial.number``, ``++optuna_trial.storage`` and ``++optuna_trial.study_name``. The job opens the
-same stored study (``diffusion.sweeps.pruning.pruning_hook``), reports its objective every epoch and marks itself
-PRUNED when the pruner says so; the sweeper then tells the study each job's result, skipping trials the job
-already finished. Pruning therefore needs a storage every job can reach (SQLite on a shared disk, or a database
-server); without one the search runs unpruned.
-
-The search space uses Hydra's sweep syntax (``hydra.sweeper.params`` and sweeps on the command line):
-``choice(a, b)``, ``range(1, 10)``, ``interval(0.1, 1.0)``, ``tag(log, interval(1e-5, 1e-2))``.
+The study is driven with ask/tell; the asked trials run through the configured Hydra launcher, each job getting
+``++optuna_trial.number``/``storage``/``study_name`` so that it reports to the same stored study
+(:func:`diffusion.sweeps.pruning.pruning_hook`). Pruning needs a storage every job reaches (SQLite on a shared
+disk, or a database server). The search space uses Hydra's sweep syntax (``choice``, ``range``, ``interval``,
+``tag(log, ...)``).
 """
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules while scanning,

@@ -1,0 +1,77 @@
+"""Nearest-neighbour scores of generated features against real ones: improved precision and recall
+(Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric for Assessing Generative Models", Sec. 3) and
+the share of near-copies of training items."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from diffusion.evaluation.metrics import BLOCK, ArrayLike, as_point_clouds
+from diffusion.runtime.checks import check_float, check_int
+
+
+class PrecisionRecall(NamedTuple):
+    """Improved precision and recall (Kynkaanniemi et al. 2019): shares in ``[0, 1]``, higher is better."""
+
+    precision: float
+    recall: float
+
+
+class Memorization(NamedTuple):
+    """``score``: share of samples closer to their nearest training item than ``threshold``, the low quantile of
+    held-out items' nearest-training distances (what a fresh draw from the data distribution reaches)."""
+
+    score: float
+    threshold: float
+
+
+def _kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row of ``x`` ``(N, D)`` to its ``k``-th nearest other row ``(N,)``."""
+    distances = []
+    for block in x.split(BLOCK):
+        dist = torch.cdist(block, x)  # (block, N); each row holds its own 0
+        distances.append(dist.topk(k + 1, dim=1, largest=False).values[:, k])  # index 0 is the row itself
+    return torch.cat(distances)
+
+
+def _nearest_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Distance from each query ``(N, D)`` to its nearest item ``(M, D)``: ``(N,)``."""
+    return torch.cat([torch.cdist(block, items).min(dim=1).values for block in queries.split(BLOCK)])
+
+
+def _share_inside_balls(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    """Share of queries within ``radii[j]`` of some centre ``j`` (the k-NN manifold estimate of Kynkaanniemi 2019)."""
+    inside = sum(int((torch.cdist(block, centres) <= radii).any(dim=1).sum()) for block in queries.split(BLOCK))
+    return inside / len(queries)
+
+
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionRecall:
+    """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
+
+    Each set's manifold is the union of balls around its points of radius the distance to the ``k``-th nearest
+    neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse. Both
+    depend on the sample counts: compare at equal counts.
+    """
+    k = check_int(k, "k", minimum=1)
+    real, fake = as_point_clouds(real, fake, min_points=k + 1)
+    precision = _share_inside_balls(fake, real, _kth_neighbour_distances(real, k))
+    recall = _share_inside_balls(real, fake, _kth_neighbour_distances(fake, k))
+    return PrecisionRecall(precision, recall)
+
+
+def memorization_score(
+    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01
+) -> Memorization:
+    """Share of ``samples`` closer to a training item than almost any fresh data point comes.
+
+    The threshold is the ``quantile`` of held-out items' nearest-training distances ``min_j ||h - train_j||``: a
+    model that generalises scores about ``quantile``, one that reproduces training items up to 1.
+    """
+    quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
+    samples, train = as_point_clouds(samples, train)
+    heldout, _ = as_point_clouds(heldout, train)
+    threshold = torch.quantile(_nearest_distances(heldout, train), quantile).item()
+    score = (_nearest_distances(samples, train) < threshold).double().mean().item()
+    return Memorization(score, threshold)
