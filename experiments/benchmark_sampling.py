@@ -84,7 +84,8 @@ def bare_ddim(sampler: Sampler, num_samples: int) -> torch.Tensor:
     x = SampleNoise(sampler.seed, range(num_samples), sampler.sample_shape, device)()  # x_T, as the Sampler draws
     abar = method.alphas_cumprod.tolist()
     t_batch = torch.empty(num_samples, dtype=torch.long, device=device)
-    for t, t_prev in method.timestep_pairs(sampler.steps, sampler.timestep_spacing):
+    timesteps = sampler.timesteps()
+    for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
         abar_t, abar_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
         with autocast(device, sampler.precision):
             eps = model(x, t_batch.fill_(t))
@@ -118,7 +119,7 @@ def measure_overhead(cfg: DictConfig, method_name: str, steps: int | None, num_s
     difference = (sampler.sample().samples - bare(sampler, num_samples)).abs().max().item()
     if difference > 1e-4:
         raise AssertionError(f"bare {method_name} loop and Sampler disagree by {difference:.2e}: not the same math")
-    num_steps = len(parts.method.timestep_pairs(steps, sampler.timestep_spacing))
+    num_steps = len(sampler.timesteps(steps))
     runs = interleave({
         "sampler": lambda: timed(sampler.sample, device) / num_steps,
         "bare": lambda: timed(lambda: bare(sampler, num_samples), device) / num_steps,
