@@ -81,16 +81,8 @@ class ProgressiveDistillation(nn.Module):
         ConfigError: naming the ``distill.*`` key that is out of range.
     """
 
-    def __init__(
-        self,
-        method: GaussianDiffusion,
-        teacher: nn.Module,
-        *,
-        start_steps: int = 64,
-        end_steps: int = 4,
-        steps_per_round: int = 500,
-        teacher_step: TeacherSolver = ddim_teacher_step,
-    ) -> None:
+    def __init__(self, method: GaussianDiffusion, teacher: nn.Module, *, start_steps: int = 64, end_steps: int = 4,
+                 steps_per_round: int = 500, teacher_step: TeacherSolver = ddim_teacher_step) -> None:
         super().__init__()
         self.method = method
         self.num_timesteps = method.num_timesteps
@@ -146,15 +138,8 @@ class ProgressiveDistillation(nn.Module):
     # ----------------------------------------------------------------------------------------------------
     # Loss
     # ----------------------------------------------------------------------------------------------------
-    def compute_loss(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor:
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
         """The truncated-SNR-weighted x-space loss of ``model`` (the student) at this round's step count.
 
         ``t`` (validation's fixed draws, uniform over [0, T)) is mapped onto the student's steps; by default a

@@ -116,15 +116,8 @@ class EDM(BaseMethod):
         """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Table 1), same shape as ``sigma``."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor:
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
         """The weighted denoising loss of eq. 8, averaged over elements; ``t`` and ``noise`` as in DDPM's
         ``compute_loss`` (``t`` selects deterministic sigmas, see ``num_timesteps``); labels dropped in training
         with ``cond_drop_prob``, as :func:`~diffusion.methods.base.condition_kwargs` does."""
