@@ -18,6 +18,7 @@ Buffers are float64, gathered per sample, then cast to the sample's dtype.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, ClassVar, Literal, get_args
 
@@ -178,7 +179,7 @@ class GaussianDiffusion(BaseMethod):
     def sigma_to_t(self, sigma: float) -> float:
         """The timestep of level ``sigma``: exact for a schedule sigma, else linear in log sigma between the two
         neighbouring timesteps (k-diffusion's ``sigma_to_t``; the networks embed float timesteps smoothly)."""
-        index = int(torch.searchsorted(self.sigmas.cpu(), torch.tensor(sigma, dtype=torch.float64)))
+        index = bisect.bisect_left(self._sigma_list, sigma)  # Python floats: no device round trip per call
         if index < self.num_timesteps and self._sigma_list[index] == sigma:
             return float(index)
         high = min(max(index, 1), self.num_timesteps - 1)
