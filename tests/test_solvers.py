@@ -173,6 +173,31 @@ def test_sampler_drives_dpm_solver_with_a_fresh_state_per_batch(x_T):
     assert torch.allclose(samples[:3], solve(dpm, x, 15), atol=1e-6)
 
 
+@pytest.mark.parametrize(("solver", "eta"), [("ddpm", 1.0), ("ddim", 0.0), ("ddim", 0.5)])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("clip", [False, True])
+def test_sigma_space_ddpm_and_ddim_are_the_discrete_steps(solver, eta, prediction, clip):
+    """The ddpm and ddim solvers step x = x_t / sqrt(abar_t) with D(x; sigma_t); the discrete steps (p_sample,
+    ddim_step) step x_t itself. Same network, same noise draws: the same trajectory up to float64 rounding."""
+    method = GaussianDiffusion(cosine_betas, num_timesteps=50, prediction=prediction, clip_denoised=clip,
+                               default_solver=solver)
+    network = lambda x_t, t: torch.tanh(0.7 * x_t + t.double()[:, None] / 50)  # noqa: E731 - any (x_t, t) function
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    draws = [torch.randn(16, 2, generator=generator, dtype=torch.float64) for _ in range(50)]
+    grid = build_grid(method, "schedule", None if solver == "ddpm" else 10, "trailing")
+    x = x_T
+    for i, t in enumerate(grid.labels):
+        output, t_prev = network(x, torch.full((16,), t)), (grid.labels[i + 1] if i + 1 < len(grid.labels) else -1)
+        x = (method.p_sample(x, t, output, draws[i]) if solver == "ddpm"
+             else method.ddim_step(x, t, t_prev, output, eta=eta, noise=draws[i]))
+    noise = iter(draws).__next__
+    options = {"eta": eta} if solver == "ddim" else {}
+    got = SOLVERS[solver].function(lambda x_, sigma: method.denoise(network, x_, sigma), x_T * grid.start_scale,
+                                   grid.sigmas, noise, **options)
+    assert (got - x).abs().max().item() < 1e-10
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Agreement with the reference DPMSolverMultistepScheduler
 # ---------------------------------------------------------------------------------------------------------

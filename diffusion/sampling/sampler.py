@@ -113,8 +113,9 @@ class Sampler:
         if steps is not None:
             check_int(steps, "sampler.steps", minimum=1, maximum=method.num_timesteps)
         self.steps = steps
+        if solver is not None:
+            check_choice(solver, "sampler.solver", tuple(SOLVERS))
         self.solver = method.check_solver(solver if solver is not None else method.default_solver)
-        check_choice(self.solver, "sampler.solver", tuple(SOLVERS))
         self.eta = check_float(eta, "sampler.eta", minimum=0.0)
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
