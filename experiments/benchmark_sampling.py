@@ -3,9 +3,9 @@ bare loop over the same update (bar 5), what per-sample noise streams cost (reco
 of 2 torchrun processes against 1 (record 8).
 
 For bar 5 the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
-loop itself: the Sampler with its method's ``step`` against the update written inline with the coefficients
+loop itself: the Sampler with its solver against the update written inline with the coefficients
 as Python numbers. Both draw the same noise the same way (one generator per sample,
-:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
+:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples (up to float32 rounding: the solver steps in sigma space); :func:`measure_overhead` checks
 that before it reports a ratio.
 
 Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m

@@ -22,7 +22,6 @@ from diffusion.methods import GaussianDiffusion
 from diffusion.methods.schedules import cosine_betas
 from diffusion.models import MLP
 from diffusion.runtime.checks import ConfigError
-from diffusion.sampling.grids import build_grid
 from diffusion.sampling.sampler import SampleNoise, Sampler, sample_seed, save_samples
 from diffusion.sampling.solvers import SOLVERS
 from diffusion.tasks.sample_and_score import sample_save_score
