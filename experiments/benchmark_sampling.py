@@ -5,8 +5,8 @@ of 2 torchrun processes against 1 (record 8).
 For bar 5 the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
 loop itself: the Sampler with its solver against the update written inline with the coefficients
 as Python numbers. Both draw the same noise the same way (one generator per sample,
-:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples (up to float32 rounding: the solver steps in sigma space); :func:`measure_overhead` checks
-that before it reports a ratio.
+:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples (to float32 rounding: the
+solver steps in sigma space); :func:`measure_overhead` checks that before it reports a ratio.
 
 Record 8 runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
 experiments.benchmark_sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
