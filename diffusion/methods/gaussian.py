@@ -190,10 +190,11 @@ class GaussianDiffusion(BaseMethod):
     def denoise(self, network: Network, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """D(x; sigma) = x0 predicted from x_t = x / sqrt(1 + sigma^2) at t(sigma), with abar = 1 / (1 + sigma^2)
         of the sigma itself, so D is exact at every sigma for the network's output (Karras et al. 2022, Table 1)."""
-        sqrt_abar = vp_scale(sigma)  # 1 at sigma = inf, where x holds the unit noise = x_t
-        x_t = x * sqrt_abar
-        sqrt_one_minus_abar = 1.0 if math.isinf(sigma) else sigma * sqrt_abar
-        sqrt_abar = 0.0 if math.isinf(sigma) else sqrt_abar
+        if math.isinf(sigma):  # abar = 0: x holds the unit noise, which is x_t
+            x_t, sqrt_abar, sqrt_one_minus_abar = x, 0.0, 1.0
+        else:
+            sqrt_abar = vp_scale(sigma)
+            x_t, sqrt_one_minus_abar = x * sqrt_abar, sigma * sqrt_abar
         t = torch.full((x.shape[0],), self.sigma_to_t(sigma), device=x.device)  # (B,) float
         x0 = self.x0_from_output(x_t, sqrt_abar, sqrt_one_minus_abar, network(x_t, t))
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
