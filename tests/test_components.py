@@ -13,7 +13,7 @@ from diffusion.data import MoonsData
 from diffusion.training.ema import EMA
 from diffusion.storage.file_manager import CheckpointError, FileManager, load_checkpoint
 from diffusion.loggers import FileLogger
-from diffusion.methods import DDIM, DDPM
+from diffusion.methods import GaussianDiffusion
 from diffusion.models import MLP
 from diffusion.sampling.sampler import Sampler
 from diffusion.methods.schedules import cosine_betas
@@ -25,7 +25,7 @@ def small_parts(tmp_path, epochs=2, **trainer_kwargs):
     torch.manual_seed(0)
     data = MoonsData(num_samples=400, noise=0.05)
     model = MLP(hidden_dim=32, num_layers=2, time_embed_dim=16)
-    method = DDIM(partial(cosine_betas), num_timesteps=50, clip_denoised=False)
+    method = GaussianDiffusion(partial(cosine_betas), num_timesteps=50, clip_denoised=False, default_solver="ddim")
     file_manager = FileManager(tmp_path)
     logger = FileLogger(tmp_path, console=False)
     trainer = Trainer(
@@ -87,7 +87,7 @@ def test_max_steps_counts_optimizer_steps_and_stops_mid_epoch(tmp_path):
 def test_trainer_rejects_bad_arguments(tmp_path, kwargs, key):
     base = {"epochs": 1, "lr": 1e-3, "batch_size": 8, "device": "cpu"}
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        Trainer(MLP(hidden_dim=8, num_layers=1), DDPM(cosine_betas, 10), MoonsData(num_samples=50),
+        Trainer(MLP(hidden_dim=8, num_layers=1), GaussianDiffusion(cosine_betas, 10, default_solver="ddpm"), MoonsData(num_samples=50),
                 FileManager(tmp_path), FileLogger(tmp_path), **{**base, **kwargs})
 
 
@@ -135,7 +135,7 @@ def test_sampler_is_seeded_and_batch_independent_of_device(tmp_path):
     trainer.train()
     logger.close()
     model = MLP(hidden_dim=32, num_layers=2, time_embed_dim=16)
-    method = DDIM(partial(cosine_betas), num_timesteps=50, clip_denoised=False)
+    method = GaussianDiffusion(partial(cosine_betas), num_timesteps=50, clip_denoised=False, default_solver="ddim")
     sampler = Sampler(model, method, (2,), num_samples=10, batch_size=4, steps=5, eta=1.0, seed=3, device="cpu")
     ckpt = sampler.load_checkpoint(file_manager, "best")
     assert ckpt["train_state"]["epoch"] == 1
@@ -148,7 +148,7 @@ def test_sampler_is_seeded_and_batch_independent_of_device(tmp_path):
 
 def test_sampler_records_a_trajectory():
     model = MLP(hidden_dim=8, num_layers=1, time_embed_dim=8)
-    method = DDPM(cosine_betas, num_timesteps=20, clip_denoised=False)
+    method = GaussianDiffusion(cosine_betas, num_timesteps=20, clip_denoised=False, default_solver="ddpm")
     result = Sampler(model, method, (2,), num_samples=5, device="cpu").sample(record_timesteps=[19, 10, -1],
                                                                                trajectory_samples=3)
     assert sorted(result.trajectory) == [-1, 10, 19]
@@ -157,7 +157,7 @@ def test_sampler_records_a_trajectory():
 
 
 def test_sampler_rejects_more_steps_than_timesteps():
-    method = DDIM(cosine_betas, num_timesteps=20)
+    method = GaussianDiffusion(cosine_betas, num_timesteps=20, default_solver="ddim")
     with pytest.raises(ConfigError, match="sampler.steps"):
         Sampler(MLP(hidden_dim=8, num_layers=1), method, (2,), steps=50, device="cpu")
 
@@ -174,7 +174,7 @@ class LabelEcho(torch.nn.Module):
 
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
 def test_guidance_combines_conditional_and_unconditional(scale):
-    method = DDIM(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False)
+    method = GaussianDiffusion(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False, default_solver="ddim")
     sampler = Sampler(LabelEcho(), method, (2,), num_samples=4, guidance_scale=scale, class_labels=[1, 2],
                       device="cpu")
     y = torch.tensor([1, 2, 1, 2])
@@ -185,7 +185,7 @@ def test_guidance_combines_conditional_and_unconditional(scale):
 
 
 def test_class_labels_all_gives_one_row_per_class():
-    method = DDIM(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False)
+    method = GaussianDiffusion(cosine_betas, num_timesteps=10, prediction="x0", clip_denoised=False, default_solver="ddim")
     sampler = Sampler(LabelEcho(), method, (2,), num_samples=6, class_labels="all", device="cpu")
     assert sampler.labels_for(6).tolist() == [0, 0, 1, 1, 2, 2]
     assert sampler.grid_row_length(6) == 2
@@ -193,9 +193,9 @@ def test_class_labels_all_gives_one_row_per_class():
 
 def test_class_labels_need_a_conditional_model():
     with pytest.raises(ConfigError, match="sampler.class_labels"):
-        Sampler(MLP(hidden_dim=8, num_layers=1), DDIM(cosine_betas, 10), (2,), class_labels=[0], device="cpu")
+        Sampler(MLP(hidden_dim=8, num_layers=1), GaussianDiffusion(cosine_betas, 10, default_solver="ddim"), (2,), class_labels=[0], device="cpu")
     with pytest.raises(ConfigError, match="sampler.class_labels"):
-        Sampler(LabelEcho(), DDIM(cosine_betas, 10), (2,), class_labels=[7], device="cpu")
+        Sampler(LabelEcho(), GaussianDiffusion(cosine_betas, 10, default_solver="ddim"), (2,), class_labels=[7], device="cpu")
 
 
 def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):

@@ -115,7 +115,7 @@ def test_experiment_presets_hold_their_choices():
     moons = compose_config(["experiment=moons_mlp"])
     assert moons.data._target_.endswith("MoonsData") and moons.model._target_.endswith("MLP")
     ddim = compose_config(["experiment=digits_ddim_cosine"])
-    assert ddim.method._target_.endswith("DDIM") and ddim.schedule._target_.endswith("cosine_betas")
+    assert ddim.method.default_solver == "ddim" and ddim.schedule._target_.endswith("cosine_betas")
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.methods import DDPM
+from diffusion.methods import GaussianDiffusion
 from diffusion.models import DDPMUNet
 from diffusion.methods.schedules import linear_betas
 from diffusion.runtime.checks import ConfigError
@@ -28,7 +28,7 @@ def test_parameter_count_matches_the_paper(cifar_net):
 
 def test_one_training_step_on_cpu(cifar_net):
     torch.manual_seed(0)
-    method = DDPM(schedule=lambda n: linear_betas(n, 1e-4, 0.02), num_timesteps=1000)
+    method = GaussianDiffusion(schedule=lambda n: linear_betas(n, 1e-4, 0.02), num_timesteps=1000, default_solver="ddpm")
     optimizer = torch.optim.Adam(cifar_net.parameters(), lr=2e-4)
     x0 = torch.rand(2, 3, 32, 32) * 2 - 1
     before = cifar_net.conv_out.weight.detach().clone()

@@ -14,10 +14,11 @@ from runs import main_in_process
 from diffusion.storage import checkpoint
 from diffusion.distill import ConsistencyDistillation, DistillSession, ProgressiveDistillation
 from diffusion.storage.file_manager import load_checkpoint
-from diffusion.methods import DDIM, Consistency
+from diffusion.methods import Consistency, GaussianDiffusion
 from diffusion.models.mlp import MLP
 from diffusion.methods.schedules import linear_betas
 from diffusion.runtime.checks import ConfigError
+from diffusion.sampling.grids import build_grid
 
 TEACHER = [
     "experiment=moons_mlp",
@@ -54,7 +55,7 @@ def gaussian(cls: type, prediction: str = "v", **kwargs):  # type: ignore[no-unt
 
 @pytest.mark.parametrize("prediction", ["v", "epsilon", "x0"])
 def test_progressive_target_is_the_x_whose_single_ddim_step_equals_two_teacher_steps(prediction):
-    method, teacher = gaussian(DDIM, prediction), tiny_network()
+    method, teacher = gaussian(GaussianDiffusion, prediction), tiny_network()
     distillation = ProgressiveDistillation(method, teacher, start_steps=8, end_steps=2, steps_per_round=1)
     grid = distillation.teacher_grid(4)  # the 4-step student's round: teacher on 8 steps
     index = torch.arange(4).repeat(4)  # every student step, including the last one to data (t_end = -1)
@@ -76,7 +77,7 @@ def test_progressive_target_is_the_x_whose_single_ddim_step_equals_two_teacher_s
 
 
 def test_progressive_rounds_and_options():
-    method = gaussian(DDIM)
+    method = gaussian(GaussianDiffusion)
     distillation = ProgressiveDistillation(method, tiny_network(), start_steps=32, end_steps=4, steps_per_round=5)
     assert distillation.student_steps == [16, 8, 4] and distillation.total_steps == 15
     for start, end in ((12, 4), (4, 4), (64, 4)):  # not a power-of-two multiple; no round; more steps than T
@@ -93,7 +94,8 @@ def test_consistency_student_is_the_identity_at_the_trajectory_end_point():
         torch.testing.assert_close(f, x / method.sqrt_alphas_cumprod[0].float(), rtol=1e-6, atol=1e-7)  # to rounding
     assert float(method.c_skip[0]) == 1.0 and float(method.c_out[0]) == 0.0
     assert bool((method.c_out[1:] > method.c_out[:-1]).all())  # toward the denoiser as the noise grows
-    assert method.timesteps(None) == [49] and method.timesteps(2) == [49, 24]
+    assert [build_grid(method, "schedule", steps, "leading").labels for steps in (method.default_steps("consistency"), 2)
+            ] == [[49], [49, 24]]  # its own trailing grid, one step by default
 
 
 def test_consistency_loss_follows_the_target_network_once_per_step():
@@ -123,7 +125,8 @@ def test_every_distill_option_composes_and_builds_on_a_teacher_method(option):
     student = OmegaConf.to_container(cfg.student, resolve=True)
     student_method = instantiate(OmegaConf.merge(teacher_method, student), _convert_="all")
     distillation = instantiate(cfg.distill, _convert_="all")(method=student_method, teacher=tiny_network())
-    assert distillation.total_steps >= 1 and student_method.default_steps == cfg.student.distilled_steps
+    assert distillation.total_steps >= 1
+    assert student_method.default_steps(student_method.default_solver) == cfg.student.distilled_steps
     assert cfg.trainer.precision == "fp32"
 
 

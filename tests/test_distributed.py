@@ -25,7 +25,7 @@ WORKER = textwrap.dedent(
     from diffusion.runtime.distributed import DistributedContext
     from diffusion.storage.file_manager import FileManager
     from diffusion.loggers import FileLogger, NullLogger
-    from diffusion.methods import DDPM
+    from diffusion.methods import GaussianDiffusion
     from diffusion.models import MLP
     from diffusion.methods.schedules import cosine_betas
     from diffusion.runtime.seeding import seed_everything
@@ -38,7 +38,7 @@ WORKER = textwrap.dedent(
     seed_everything(100 + dist.rank)  # each rank draws its own timesteps and noise
     logger = FileLogger(out, console=False) if dist.is_main else NullLogger()
     trainer = Trainer(
-        model, DDPM(cosine_betas, num_timesteps=100, clip_denoised=False), MoonsData(num_samples=1200),
+        model, GaussianDiffusion(cosine_betas, num_timesteps=100, clip_denoised=False, default_solver="ddpm"), MoonsData(num_samples=1200),
         FileManager(out), logger, epochs=4, lr=2e-3, batch_size=64, device="cpu", progress=False,
         distributed=dist, accumulate_grad_batches=int(sys.argv[2]),
     )

@@ -19,9 +19,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from diffusion.storage.file_manager import load_checkpoint
-from diffusion.methods import EDM, Heun, SigmaSpaceMethod
+from diffusion.methods import EDM, GaussianDiffusion
 from diffusion.models import MLP
 from diffusion.sampling.sampler import Sampler
+from diffusion.sampling.solvers import ddim
 from diffusion.runtime.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,11 +103,11 @@ def test_labels_are_dropped_in_training_only():
 def test_invalid_arguments_name_their_key():
     for kwargs, key in [({"sigma_data": 0.0}, "method.sigma_data"), ({"p_std": -1.0}, "method.p_std"),
                         ({"sigma_min": 10.0, "sigma_max": 1.0}, "method.sigma_max"),
-                        ({"num_timesteps": 0}, "method.num_timesteps"), ({"solver": "ddim"}, "method.solver")]:
+                        ({"num_timesteps": 0}, "method.num_timesteps"), ({"default_solver": "ddim"}, "sampler.solver")]:
         with pytest.raises(ConfigError, match=key):
             EDM(**kwargs)
-    with pytest.raises(ConfigError, match="method=heun"):
-        EDM(schedule=None, prediction="epsilon")  # task=sample run_dir=<ddpm run> method=edm
+    with pytest.raises(ConfigError, match="sampler.solver="):
+        EDM(schedule=None, prediction="epsilon")  # a Gaussian diffusion's keys
 
 
 @functools.cache
@@ -117,25 +118,25 @@ def compose_config(*overrides: str):
 
 @pytest.mark.parametrize("option", ["edm", "euler", "heun", "dpmpp_2m_karras"])
 def test_method_options_compose_and_sample_a_run_of_either_kind(option):
-    """``task=sample run_dir=<run> method=<option>`` keeps the run's method keys and replaces the target
-    (run.py's sampling_method_config): a DDPM run and an EDM run both give a sigma-space method."""
+    """``task=sample run_dir=<run> method=<option>`` keeps the run's trained method and takes the option's default
+    solver (run.py's sampling_method_config): a Gaussian-diffusion run and an EDM run both sample with it."""
     chosen = compose_config(f"method={option}", "data=moons").method
-    for trained in ("ddpm", "edm") if option != "edm" else ("edm",):  # method=edm cannot read a DDPM run's keys
+    solver = "heun" if option == "edm" else option
+    assert chosen.default_solver == solver
+    for trained in ("ddpm", "edm"):
         run_method = compose_config(f"method={trained}", "data=moons").method.copy()
-        run_method._target_ = chosen._target_
+        run_method.default_solver = chosen.default_solver
         method = instantiate(run_method, _convert_="all")
-        assert isinstance(method, SigmaSpaceMethod)
-        assert isinstance(method, EDM) == (trained == "edm")
-        assert method.solver == {"euler": "euler", "heun": "heun", "dpmpp_2m_karras": "dpmpp_2m"}.get(option, "heun")
+        assert isinstance(method, EDM if trained == "edm" else GaussianDiffusion) and method.default_solver == solver
     sampler = instantiate(compose_config(f"method={option}", "data=moons").sampler, _convert_="all")
     model = MLP(dim=2, hidden_dim=8, num_layers=1)
     built = sampler(model=model, method=instantiate(chosen, _convert_="all"), sample_shape=(2,))
-    assert isinstance(built, Sampler) and built.rho == 7.0 and built.guide_model is None
+    assert isinstance(built, Sampler) and built.rho == 7.0 and built.guide_model is None and built.solver == solver
 
 
 def test_heun_option_trains_like_ddpm():
     method = instantiate(compose_config("method=heun", "data=moons").method, _convert_="all")
-    assert isinstance(method, Heun)
+    assert isinstance(method, GaussianDiffusion) and method.default_solver == "heun"
     loss = method.compute_loss(MLP(dim=2, hidden_dim=8, num_layers=1), torch.randn(4, 2))
     assert torch.isfinite(loss)
 
@@ -160,20 +161,16 @@ def test_edm_trains_end_to_end_with_the_unchanged_trainer(tmp_path):
     samples = np.load(run_dir / "samples.npz")["samples"]
     assert samples.shape == (32, 2) and np.isfinite(samples).all() and np.abs(samples).max() < 10
     saved = OmegaConf.load(run_dir / "config.yaml")
-    assert saved.method.solver == "heun" and not saved.method.clip_denoised  # moons turns clipping off
+    assert saved.method.default_solver == "heun" and not saved.method.clip_denoised  # moons turns clipping off
 
 
-def test_edm_method_shape_ddim_step_is_euler_and_p_sample_keeps_the_marginal_variance():
-    """EDM keeps the Method shape: its DDIM step is the ODE's Euler step, and an ancestral step from sigma to
-    sigma_next on pure noise (D = 0, data at a point mass) leaves std sigma_next."""
-    import torch
-
-    from diffusion.methods.edm import EDM
-
+def test_ddim_on_edms_denoiser_is_euler_and_its_ancestral_step_keeps_the_marginal_variance():
+    """The ddim solver on EDM's denoiser: at eta = 0 its step is the ODE's Euler step, and at eta = 1 a step from
+    sigma to sigma_next on pure noise (D = 0, data at a point mass) leaves std sigma_next."""
     method = EDM(clip_denoised=False)
     zero = lambda x, c_noise: torch.zeros_like(x)  # noqa: E731 - F = 0: D = c_skip x
     x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0)) * 3.0
-    stepped = method.ddim_step(zero, x, 3.0, 1.0)
+    stepped = ddim(lambda x_, sigma: method.denoise(zero, x_, sigma), x, [3.0, 1.0], noise=None)
     c_skip = method.sigma_data**2 / (9.0 + method.sigma_data**2)
     torch.testing.assert_close(stepped, x + (1.0 - 3.0) * (x - c_skip * x) / 3.0)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
@@ -184,5 +181,5 @@ def test_edm_method_shape_ddim_step_is_euler_and_p_sample_keeps_the_marginal_var
         return (-c_skip / c_out * scaled_x.double() / c_in).to(scaled_x.dtype)
 
     assert method.denoise(point_mass, x, 3.0).abs().max() < 1e-5
-    sampled = method.p_sample(point_mass, x, 3.0, 1.0, noise)
+    sampled = ddim(lambda x_, sigma: method.denoise(point_mass, x_, sigma), x, [3.0, 1.0], lambda: noise, eta=1.0)
     assert abs(float(sampled.std()) - 1.0) < 0.02, "x ~ N(0, 3^2) steps to N(0, 1^2)"

@@ -34,7 +34,7 @@ from diffusion.evaluation.results import (
     format_steps_table,
     metrics_to_json,
 )
-from diffusion.methods import DDIM, DDPM
+from diffusion.methods import GaussianDiffusion
 from diffusion.tasks.sample_and_score import evaluate_at_steps
 from diffusion.sampling.sampler import Sampler
 from diffusion.methods.schedules import linear_betas
@@ -270,12 +270,12 @@ class _TinyDenoiser(nn.Module):
         return self.net(torch.cat([x, t[:, None].float() / 20], dim=1))
 
 
-@pytest.mark.parametrize(("method_class", "expected_steps"), [(DDIM, [2, 5]), (DDPM, [20])])
+@pytest.mark.parametrize(("solver", "expected_steps"), [("ddim", [2, 5]), ("ddpm", [20])])
 def test_evaluate_at_steps_scores_each_step_count_with_its_time(
-    points_evaluator: PointsEvaluator, method_class: type, expected_steps: list[int]
+    points_evaluator: PointsEvaluator, solver: str, expected_steps: list[int]
 ) -> None:
     torch.manual_seed(0)
-    method = method_class(linear_betas, num_timesteps=20, clip_denoised=False)
+    method = GaussianDiffusion(linear_betas, num_timesteps=20, clip_denoised=False, default_solver=solver)
     sampler = Sampler(_TinyDenoiser(), method, (2,), num_samples=8, steps=None, device="cpu")
     rows, _, _ = evaluate_at_steps(sampler, points_evaluator, [2, 5])
     assert [row.steps for row in rows] == expected_steps

@@ -1,4 +1,5 @@
-"""Closed-form checks of the schedules and of DDPM/DDIM, and agreement with the reference schedulers."""
+"""Closed-form checks of the schedules and of the Gaussian diffusion's DDPM/DDIM steps, and agreement with the
+reference schedulers."""
 
 from __future__ import annotations
 
@@ -7,16 +8,23 @@ import math
 import pytest
 import torch
 
-from diffusion.methods import DDIM, DDPM, PREDICTIONS
-from diffusion.methods.base import spaced_timesteps
-from diffusion.methods.schedules import cosine_betas, linear_betas, sigmoid_betas
+from diffusion.methods import PREDICTIONS, GaussianDiffusion
+from diffusion.methods.schedules import cosine_betas, linear_betas, sigmoid_betas, spaced_timesteps
+from diffusion.sampling.grids import build_grid
 from diffusion.runtime.checks import ConfigError
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
 
 
-def make(cls=DDIM, schedule="linear", T=1000, prediction="epsilon", clip=False):
-    return cls(SCHEDULES[schedule], num_timesteps=T, prediction=prediction, clip_denoised=clip)
+def make(solver="ddim", schedule="linear", T=1000, prediction="epsilon", clip=False):
+    return GaussianDiffusion(SCHEDULES[schedule], num_timesteps=T, prediction=prediction, clip_denoised=clip,
+                             default_solver=solver)
+
+
+def timestep_pairs(method, steps, spacing):
+    """(t, t_prev) of a DDIM trajectory, t_prev = -1 after the last step."""
+    sequence = spaced_timesteps(method.num_timesteps, steps, spacing)
+    return list(zip(sequence, sequence[1:] + [-1]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,7 +122,7 @@ def test_ddim_eta_zero_is_deterministic_and_exact_for_a_point_mass():
         return (x - method.sqrt_alphas_cumprod[t] * x0) / method.sqrt_one_minus_alphas_cumprod[t]
 
     x = torch.randn(1, 2, dtype=torch.float64)
-    for t, t_prev in method.timestep_pairs(20, "trailing"):
+    for t, t_prev in timestep_pairs(method, 20, "trailing"):
         out = eps(x, t)
         step_a = method.ddim_step(x, t, t_prev, out, eta=0.0, noise=torch.randn_like(x))
         step_b = method.ddim_step(x, t, t_prev, out, eta=0.0, noise=torch.randn_like(x))
@@ -172,15 +180,17 @@ def test_spacings():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_previous_timestep_comes_from_the_sequence(spacing):
     method = make(T=1000)
-    pairs = method.timestep_pairs(7, spacing)
+    pairs = timestep_pairs(method, 7, spacing)
     sequence = [t for t, _ in pairs]
     assert [p for _, p in pairs] == sequence[1:] + [-1]
     assert len(pairs) == 7
 
 
 def test_ddpm_visits_every_timestep():
-    method = make(DDPM, T=50)
-    assert method.timesteps(10) == list(range(49, -1, -1))
+    method = make("ddpm", T=50)
+    grid = build_grid(method, "schedule", None, "leading")
+    assert grid.labels == list(range(49, -1, -1))
+    assert grid.sigmas == [*method.sigmas.flip(0).tolist(), 0.0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +232,7 @@ def test_ddpm_step_matches_reference(prediction, clip):
         clip_sample=clip,
         variance_type="fixed_small",
     )
-    ours = make(DDPM, schedule="cosine", prediction=prediction, clip=clip)
+    ours = make("ddpm", schedule="cosine", prediction=prediction, clip=clip)
     for dtype, atol in ((torch.float32, FLOAT32_ATOL), (torch.float64, 1e-10)):
         if dtype == torch.float64:
             ref = reference_in_float64(ref, ours)
@@ -248,8 +258,8 @@ def test_ddim_step_matches_reference(prediction, eta):
         timestep_spacing="leading",
     )
     ref.set_timesteps(20)
-    ours = make(DDIM, schedule="linear", prediction=prediction, clip=True)
-    pairs = ours.timestep_pairs(20, "leading")
+    ours = make("ddim", schedule="linear", prediction=prediction, clip=True)
+    pairs = timestep_pairs(ours, 20, "leading")
     assert [t for t, _ in pairs] == ref.timesteps.tolist()
     for dtype, atol in ((torch.float32, FLOAT32_ATOL), (torch.float64, 1e-10)):
         if dtype == torch.float64:
@@ -268,4 +278,4 @@ def test_ddim_step_matches_reference(prediction, eta):
 def test_timesteps_match_reference(spacing):
     ref = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
     ref.set_timesteps(25)
-    assert make().timesteps(25, spacing) == ref.timesteps.tolist()
+    assert build_grid(make(), "schedule", 25, spacing).labels == ref.timesteps.tolist()

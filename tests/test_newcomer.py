@@ -28,7 +28,8 @@ from diffusion.data import DigitsData
 from diffusion.evaluation import inception
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.loggers import FileLogger
-from diffusion.methods import DDIM
+from diffusion.methods import GaussianDiffusion
+from diffusion.sampling.grids import build_grid
 from diffusion.tasks.sample_and_score import FINAL, grid_selection, log_unavailable, prepare_evaluator, trajectory_timesteps
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
 from diffusion.methods.schedules import linear_betas
@@ -166,7 +167,7 @@ def test_wandb_run_prints_metrics_and_how_to_sync_and_browse(wandb_run: tuple[Pa
 def test_ddim_trajectory_strip_reaches_the_last_step_and_ends_with_the_sample(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sequence = DDIM(linear_betas, num_timesteps=1000).timesteps(20)
+    sequence = build_grid(GaussianDiffusion(linear_betas, num_timesteps=1000), "schedule", 20, "leading").labels
     recorded = trajectory_timesteps(sequence)
     assert recorded[0] == sequence[0] and recorded[-2] == sequence[-1] and recorded[-1] == FINAL
     shown: list[list[str]] = []
@@ -202,9 +203,7 @@ def test_inception_unavailable_is_said_once(
 
 @pytest.mark.parametrize("method", ["ddim", "heun"])
 def test_sampling_shows_a_progress_bar_over_steps_and_batches_on_a_terminal(monkeypatch, capsys, method):
-    from diffusion.methods import DDIM, Heun
-
-    built = (DDIM if method == "ddim" else Heun)(linear_betas, num_timesteps=20, clip_denoised=False)
+    built = GaussianDiffusion(linear_betas, num_timesteps=20, clip_denoised=False, default_solver=method)
     net = torch.nn.Linear(2, 2)
     model = lambda x, t, *args: net(x)  # noqa: E731 - any network of (x, t)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
@@ -213,7 +212,7 @@ def test_sampling_shows_a_progress_bar_over_steps_and_batches_on_a_terminal(monk
     sampler.model = model
     sampler.sample()
     bar = sampler._bar
-    assert bar.total == 3 * len(built.timestep_pairs(3)) and bar.n == bar.total, (bar.n, bar.total)
+    assert bar.total == 3 * len(sampler.timesteps()) and bar.n == bar.total, (bar.n, bar.total)
     assert "sampling 10" in capsys.readouterr().err
     quiet = Sampler(torch.nn.Module(), built, (2,), num_samples=10, batch_size=4, steps=3, device="cpu")
     quiet.model = model

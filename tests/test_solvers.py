@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.sampling.guidance import drop_labels, guided_output
-from diffusion.methods import DDIM, DDPM, PREDICTIONS, BaseMethod, DPMSolver
+from diffusion.methods import PREDICTIONS, GaussianDiffusion
+from diffusion.methods.base import drop_labels, vp_scale
+from diffusion.sampling.grids import build_grid
+from diffusion.sampling.guidance import guided_output
 from diffusion.sampling.sampler import SampleNoise, Sampler
+from diffusion.sampling.solvers import SOLVERS, ddim, dpmpp_2m
 from diffusion.methods.schedules import (
     cosine_betas,
     linear_betas,
@@ -33,12 +36,12 @@ MU, S = 0.5, 0.5
 class GaussianOracle(nn.Module):
     """The exact network for data N(mu, s^2 I) under ``method``'s schedule and prediction target."""
 
-    def __init__(self, method: BaseMethod, mu: float = MU, s: float = S) -> None:
+    def __init__(self, method: GaussianDiffusion, mu: float = MU, s: float = S) -> None:
         super().__init__()
         self.method, self.mu, self.s = method, mu, s
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        t = torch.as_tensor(t).expand(x.shape[0])
+        t = torch.as_tensor(t).long().expand(x.shape[0])  # the schedule grids visit whole timesteps
         abar = self.method.alphas_cumprod[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
         deviation = (x - alpha * self.mu) / (abar * self.s**2 + 1 - abar)  # (x_t - alpha mu) / V_t
@@ -47,29 +50,48 @@ class GaussianOracle(nn.Module):
         return {"epsilon": eps, "x0": x0, "v": alpha * eps - sigma * x0}[self.method.prediction]
 
 
-def exact_ode_solution(method: BaseMethod, x_start: torch.Tensor, t_start: int) -> torch.Tensor:
+def exact_ode_solution(method: GaussianDiffusion, x_start: torch.Tensor, t_start: int) -> torch.Tensor:
     abar = method.alphas_cumprod[t_start]
     return MU + S * (x_start - abar.sqrt() * MU) / (abar * S**2 + 1 - abar).sqrt()
 
 
-def solve(method: BaseMethod, x: torch.Tensor, steps: int, spacing="trailing", eta=0.0, seed=0, keep=False):
-    """The sampler's loop, in the caller's dtype; ``keep`` returns every iterate."""
-    oracle, state, generator = GaussianOracle(method), {}, torch.Generator().manual_seed(seed)
-    iterates = [x]
-    for t, t_prev in method.timestep_pairs(steps, spacing):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) if method.needs_noise(eta) else None
-        x = method.step(x, t, t_prev, oracle(x, t), eta=eta, noise=noise, state=state)
-        iterates.append(x)
-    return iterates if keep else x
+def solve(method: GaussianDiffusion, x: torch.Tensor, steps: int, spacing="trailing", eta=0.0, seed=0, keep=False):
+    """The sampler's loop with the method's default solver from x_T = ``x`` on the oracle, in the caller's dtype;
+    ``keep`` returns every iterate x_t (variance-preserving scale)."""
+    solver, oracle = SOLVERS[method.default_solver], GaussianOracle(method)
+    grid = build_grid(method, solver.grid, None if solver.default_steps is None else steps, spacing)
+    generator, iterates = torch.Generator().manual_seed(seed), []
+    noise = lambda: torch.randn(x.shape, generator=generator, dtype=x.dtype)  # noqa: E731
+    options = {"eta": eta} if "eta" in solver.options else {}
+    out = solver.function(lambda x_, sigma: method.denoise(oracle, x_, sigma), x * grid.start_scale, grid.sigmas,
+                          noise, lambda i, x_: iterates.append(x_ * vp_scale(grid.sigmas[i])), **options)
+    return [*iterates, out] if keep else out
+
+
+def forced_steps(method: GaussianDiffusion, steps: int, outputs: list[torch.Tensor], reference: list[torch.Tensor]
+                 ) -> list[torch.Tensor]:
+    """Our DPM-Solver++(2M) steps on the ``trailing`` grid, each taken from the reference's own iterate
+    ``reference[i]`` (x_t scale) with network output ``outputs[i]``: returns our x after each step."""
+    grid = build_grid(method, "schedule", steps, "trailing")
+    calls, got = iter(outputs), []
+
+    def force(i: int, x: torch.Tensor) -> None:
+        if i:
+            got.append(x * vp_scale(grid.sigmas[i]))
+            x.copy_(reference[i] / vp_scale(grid.sigmas[i]))
+
+    denoise = lambda x, sigma: method.denoise(lambda x_t, t: next(calls), x, sigma)  # noqa: E731
+    got.append(dpmpp_2m(denoise, reference[0] * grid.start_scale, grid.sigmas, lambda: None, force))
+    return got
 
 
 def rms(x: torch.Tensor) -> float:
     return x.pow(2).mean().sqrt().item()
 
 
-def make(cls, schedule="linear", prediction="epsilon", ztsnr=False, **kwargs):
-    return cls(partial(SCHEDULES[schedule], zero_terminal_snr=ztsnr), num_timesteps=1000, prediction=prediction,
-               clip_denoised=False, **kwargs)
+def make(solver, schedule="linear", prediction="epsilon", ztsnr=False, **kwargs):
+    return GaussianDiffusion(partial(SCHEDULES[schedule], zero_terminal_snr=ztsnr), num_timesteps=1000,
+                             prediction=prediction, clip_denoised=False, default_solver=solver, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +103,14 @@ def x_T() -> torch.Tensor:
 # DPM-Solver++(2M)
 # ---------------------------------------------------------------------------------------------------------
 def test_dpm_solver_is_deterministic_and_first_order_is_ddim(x_T):
-    # Without a state dict every step is DPM-Solver++1, which is DDIM with eta = 0 (Lu et al. 2022b, Sec. 4.1).
-    dpm, ddim = make(DPMSolver, "cosine"), make(DDIM, "cosine")
-    assert not dpm.needs_noise(1.0)
-    oracle, x_dpm, x_ddim = GaussianOracle(dpm), x_T, x_T
-    for t, t_prev in dpm.timestep_pairs(20, "trailing"):
-        x_dpm = dpm.step(x_dpm, t, t_prev, oracle(x_dpm, t), state=None)
-        x_ddim = ddim.step(x_ddim, t, t_prev, oracle(x_ddim, t), eta=0.0)
+    # Restarted at every step, each step is DPM-Solver++1, which is DDIM with eta = 0 (Lu et al. 2022b, Sec. 4.1).
+    dpm = make("dpm_solver", "cosine")
+    oracle, grid = GaussianOracle(dpm), build_grid(dpm, "schedule", 20, "trailing")
+    denoise = lambda x, sigma: dpm.denoise(oracle, x, sigma)  # noqa: E731
+    x_dpm = x_T * grid.start_scale
+    for i in range(len(grid.labels)):
+        x_dpm = dpmpp_2m(denoise, x_dpm, grid.sigmas[i : i + 2], lambda: None)
+    x_ddim = ddim(denoise, x_T * grid.start_scale, grid.sigmas, lambda: None)
     assert (x_dpm - x_ddim).abs().max().item() < 1e-12
     assert torch.equal(solve(dpm, x_T, 20), solve(dpm, x_T, 20))
 
@@ -103,11 +126,11 @@ def test_dpm_solver_converges_to_the_ode_solution_and_to_ddim(schedule, x_T):
     # DDIM with all 1000 steps still carries its first-order error from the last, long steps in lambda (near
     # t = 0 one step spans ~0.4 in lambda), so DPM++(200) agrees with DDIM(1000) to about DDIM's own error:
     # 1.7e-3 (linear), 8.2e-4 (cosine).
-    ddim, dpm = make(DDIM, schedule), make(DPMSolver, schedule)
-    exact = exact_ode_solution(ddim, x_T, 999)
-    error = {(name, n): rms(solve(m, x_T, n) - exact) for name, m in (("ddim", ddim), ("dpm", dpm))
+    plain, dpm = make("ddim", schedule), make("dpm_solver", schedule)
+    exact = exact_ode_solution(plain, x_T, 999)
+    error = {(name, n): rms(solve(m, x_T, n) - exact) for name, m in (("ddim", plain), ("dpm", dpm))
              for n in (10, 20, 50, 200)}
-    ddim_full = solve(ddim, x_T, 1000)
+    ddim_full = solve(plain, x_T, 1000)
     assert rms(ddim_full - exact) < 2e-3
     assert error["dpm", 200] < 5e-4
     assert rms(solve(dpm, x_T, 200) - ddim_full) < 2.5e-3
@@ -117,36 +140,62 @@ def test_dpm_solver_converges_to_the_ode_solution_and_to_ddim(schedule, x_T):
     assert error["dpm", 10] > error["dpm", 20] > error["dpm", 50] > error["dpm", 200]
 
 
-def test_dpm_solver_keeps_the_previous_prediction_in_state(x_T):
-    dpm = make(DPMSolver)
-    oracle, state = GaussianOracle(dpm), {}
-    (t0, t1), (_, t2) = dpm.timestep_pairs(10, "trailing")[:2]
-    x1 = dpm.step(x_T, t0, t1, oracle(x_T, t0), state=state)
-    assert state["t_next"] == t1
-    assert torch.allclose(state["x0"], dpm.predict_x0(x_T, torch.tensor([t0]), oracle(x_T, t0)))
-    second = dpm.step(x1, t1, t2, oracle(x1, t1), state=dict(state))
-    first = dpm.step(x1, t1, t2, oracle(x1, t1), state={})
-    assert not torch.allclose(second, first), "the second step must use the stored prediction"
+def test_dpm_solver_second_step_uses_the_previous_prediction(x_T):
+    dpm = make("dpm_solver")
+    oracle, grid = GaussianOracle(dpm), build_grid(dpm, "schedule", 10, "trailing")
+    denoise = lambda x, sigma: dpm.denoise(oracle, x, sigma)  # noqa: E731
+    x = x_T * grid.start_scale
+    second = dpmpp_2m(denoise, x, grid.sigmas[:3], lambda: None)
+    restarted = dpmpp_2m(denoise, dpmpp_2m(denoise, x, grid.sigmas[:2], lambda: None), grid.sigmas[1:3], lambda: None)
+    assert not torch.allclose(second, restarted), "the second step must use the stored prediction"
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_dpm_solver_last_step_returns_the_denoised_prediction(prediction):
-    dpm = make(DPMSolver, prediction=prediction)
+    dpm = make("dpm_solver", prediction=prediction)
     x, out = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
-    state = {"x0": torch.randn(3, 2, dtype=torch.float64), "lam": 2.0, "t_next": 4}
-    got = dpm.step(x, 4, -1, out, state=state)
-    assert torch.equal(got, dpm.predict_x0(x, torch.full((3,), 4), out))
-    clipped = DPMSolver(linear_betas, prediction="x0", clip_denoised=True)
-    assert torch.equal(clipped.step(torch.zeros(1, 2), 0, -1, torch.tensor([[3.0, -0.5]])), torch.tensor([[1.0, -0.5]]))
+    sigma = dpm.sigmas[4].item()
+    got = dpmpp_2m(lambda x_, s: dpm.denoise(lambda *_: out, x_, s), x, [sigma, 0.0], lambda: None)
+    assert torch.equal(got, dpm.denoise(lambda *_: out, x, sigma))
+    assert torch.allclose(got, dpm.predict_x0(x * vp_scale(sigma), 4, out), atol=1e-12)  # the x0 at t = 4
+    clipped = GaussianDiffusion(linear_betas, prediction="x0", clip_denoised=True)
+    last = dpmpp_2m(lambda x_, s: clipped.denoise(lambda *_: torch.tensor([[3.0, -0.5]]), x_, s), torch.zeros(1, 2),
+                    [clipped.sigma_min, 0.0], lambda: None)
+    assert torch.equal(last, torch.tensor([[1.0, -0.5]]))
 
 
 def test_sampler_drives_dpm_solver_with_a_fresh_state_per_batch(x_T):
-    dpm = DPMSolver(cosine_betas, num_timesteps=1000, clip_denoised=False)
+    dpm = GaussianDiffusion(cosine_betas, num_timesteps=1000, clip_denoised=False, default_solver="dpm_solver")
     sampler = Sampler(GaussianOracle(dpm), dpm, (1,), num_samples=6, batch_size=3, steps=15,
                       timestep_spacing="trailing", seed=3, device="cpu")
     samples = sampler.sample().samples
     x = SampleNoise(3, range(3), (1,))()  # the sampler's first batch of noise (per-sample streams of seed 3)
     assert torch.allclose(samples[:3], solve(dpm, x, 15), atol=1e-6)
+
+
+@pytest.mark.parametrize(("solver", "eta"), [("ddpm", 1.0), ("ddim", 0.0), ("ddim", 0.5)])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("clip", [False, True])
+def test_sigma_space_ddpm_and_ddim_are_the_discrete_steps(solver, eta, prediction, clip):
+    """The ddpm and ddim solvers step x = x_t / sqrt(abar_t) with D(x; sigma_t); the discrete steps (p_sample,
+    ddim_step) step x_t itself. Same network, same noise draws: the same trajectory up to float64 rounding."""
+    method = GaussianDiffusion(cosine_betas, num_timesteps=50, prediction=prediction, clip_denoised=clip,
+                               default_solver=solver)
+    network = lambda x_t, t: torch.tanh(0.7 * x_t + t.double()[:, None] / 50)  # noqa: E731 - any (x_t, t) function
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    draws = [torch.randn(16, 2, generator=generator, dtype=torch.float64) for _ in range(50)]
+    grid = build_grid(method, "schedule", None if solver == "ddpm" else 10, "trailing")
+    x = x_T
+    for i, t in enumerate(grid.labels):
+        output, t_prev = network(x, torch.full((16,), t)), (grid.labels[i + 1] if i + 1 < len(grid.labels) else -1)
+        x = (method.p_sample(x, t, output, draws[i]) if solver == "ddpm"
+             else method.ddim_step(x, t, t_prev, output, eta=eta, noise=draws[i]))
+    noise = iter(draws).__next__
+    options = {"eta": eta} if solver == "ddim" else {}
+    got = SOLVERS[solver].function(lambda x_, sigma: method.denoise(network, x_, sigma), x_T * grid.start_scale,
+                                   grid.sigmas, noise, **options)
+    assert (got - x).abs().max().item() < 1e-10
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,18 +226,16 @@ def test_dpm_solver_steps_match_reference_float32(schedule, prediction):
     # eps) / alpha), so the difference is measured relative to the sample's scale: at most 7e-6 (cosine, epsilon),
     # 1e-6 otherwise.
     steps = 8
-    ref, ours = reference_solver(schedule, prediction, steps), make(DPMSolver, schedule, prediction)
-    pairs = ours.timestep_pairs(steps, "trailing")
-    assert [t for t, _ in pairs] == ref.timesteps.tolist()
-    generator, state = torch.Generator().manual_seed(0), {}
-    x = torch.randn(2, 3, 4, 4, generator=generator)
-    for t, t_prev in pairs:
-        out = torch.randn(x.shape, generator=generator)
-        expected = ref.step(out, t, x).prev_sample
-        got = ours.step(x, t, t_prev, out, state=state)
+    ref, ours = reference_solver(schedule, prediction, steps), make("dpm_solver", schedule, prediction)
+    assert build_grid(ours, "schedule", steps, "trailing").labels == ref.timesteps.tolist()
+    generator = torch.Generator().manual_seed(0)
+    reference, outputs = [torch.randn(2, 3, 4, 4, generator=generator)], []
+    for t in ref.timesteps.tolist():  # the reference's own trajectory: each step from its previous iterate
+        outputs.append(torch.randn(reference[-1].shape, generator=generator))
+        reference.append(ref.step(outputs[-1], t, reference[-1]).prev_sample)
+    for t, got, expected in zip(ref.timesteps.tolist(), forced_steps(ours, steps, outputs, reference), reference[1:]):
         difference = (got - expected).abs().max().item() / (1 + expected.abs().max().item())
         assert difference < 3e-5, (t, difference)
-        x = expected
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -197,24 +244,24 @@ def test_dpm_solver_formulas_match_reference_float64(prediction):
     # The reference's first- and second-order updates, called in float64 with sigmas from our schedule, with
     # first order on the first and last steps as its step() does (lower_order_final and final sigma 0).
     steps = 12
-    ref, ours = reference_solver("cosine", prediction, steps), make(DPMSolver, "cosine", prediction)
-    pairs = ours.timestep_pairs(steps, "trailing")
+    ref, ours = reference_solver("cosine", prediction, steps), make("dpm_solver", "cosine", prediction)
+    timesteps = build_grid(ours, "schedule", steps, "trailing").labels
     abar = ours.alphas_cumprod
-    ref.sigmas = torch.cat([((1 - abar) / abar).sqrt()[[t for t, _ in pairs]], abar.new_zeros(1)])
-    generator, state, outputs = torch.Generator().manual_seed(1), {}, []
-    x = torch.randn(2, 1, 8, 8, generator=generator, dtype=torch.float64)
-    for i, (t, t_prev) in enumerate(pairs):
-        out = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    ref.sigmas = torch.cat([((1 - abar) / abar).sqrt()[timesteps], abar.new_zeros(1)])
+    generator, outputs, converted = torch.Generator().manual_seed(1), [], []
+    reference = [torch.randn(2, 1, 8, 8, generator=generator, dtype=torch.float64)]
+    for i in range(steps):
+        x = reference[-1]
+        outputs.append(torch.randn(x.shape, generator=generator, dtype=torch.float64))
         ref._step_index = i
-        outputs.append(ref.convert_model_output(out, sample=x))
-        if i == 0 or t_prev < 0:
-            expected = ref.dpm_solver_first_order_update(outputs[-1], sample=x)
+        converted.append(ref.convert_model_output(outputs[-1], sample=x))
+        if i == 0 or i == steps - 1:
+            reference.append(ref.dpm_solver_first_order_update(converted[-1], sample=x))
         else:
-            expected = ref.multistep_dpm_solver_second_order_update(outputs[-2:], sample=x)
-        got = ours.step(x, t, t_prev, out, state=state)
+            reference.append(ref.multistep_dpm_solver_second_order_update(converted[-2:], sample=x))
+    for t, got, expected in zip(timesteps, forced_steps(ours, steps, outputs, reference), reference[1:]):
         difference = (got - expected).abs().max().item() / (1 + expected.abs().max().item())
         assert difference < 1e-12, (t, difference)  # measured <= 5e-16
-        x = expected
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +275,7 @@ def test_rescaled_schedules_reach_zero_snr_and_keep_the_first_step(name):
     assert abar[-1].item() == 0.0 and rescaled[-1].item() == 1.0
     assert abs(abar[0].item() - abar_plain[0].item()) < 1e-12
     assert (abar[1:] < abar[:-1]).all() and (rescaled > 0).all()
-    assert make(DDIM, name, "v", ztsnr=True).alphas_cumprod[-1].item() == 0.0
+    assert make("ddim", name, "v", ztsnr=True).alphas_cumprod[-1].item() == 0.0
     assert torch.allclose(rescaled, rescale_zero_terminal_snr(plain)) and not torch.allclose(rescaled, plain)
 
 
@@ -243,24 +290,23 @@ def test_rescale_matches_reference():
 
 def test_epsilon_prediction_with_zero_terminal_snr_is_refused():
     with pytest.raises(ConfigError, match="method.prediction=v"):
-        make(DDPM, "cosine", "epsilon", ztsnr=True)
+        make("ddpm", "cosine", "epsilon", ztsnr=True)
     with pytest.raises(ConfigError, match="method.num_timesteps"):
         rescale_zero_terminal_snr(linear_betas(1))
 
 
-@pytest.mark.parametrize("cls", [DDPM, DDIM, DPMSolver])
+@pytest.mark.parametrize("solver", ["ddpm", "ddim", "dpm_solver"])
 @pytest.mark.parametrize("prediction", ["v", "x0"])
-def test_zero_terminal_snr_samples_stay_finite(cls, prediction):
-    method = make(cls, "linear", prediction, ztsnr=True)
+def test_zero_terminal_snr_samples_stay_finite(solver, prediction):
+    method = make(solver, "linear", prediction, ztsnr=True)
     for name in ("posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2", "snr"):
         assert torch.isfinite(getattr(method, name)).all(), name
     x_T = torch.randn(256, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    steps = 1000 if cls is DDPM else 25
-    iterates = solve(method, x_T, steps, eta=1.0 if cls is DDPM else 0.0, keep=True)
+    iterates = solve(method, x_T, 25, keep=True)
     assert all(torch.isfinite(x).all() for x in iterates)
-    if cls is not DDPM:
+    if solver != "ddpm":
         # abar_T = 0: x_T carries no signal, z = x_T, and the ODE ends at mu + s x_T.
-        assert rms(iterates[-1] - (MU + S * x_T)) < {DDIM: 0.1, DPMSolver: 0.03}[cls]
+        assert rms(iterates[-1] - (MU + S * x_T)) < {"ddim": 0.1, "dpm_solver": 0.03}[solver]
     else:  # ancestral sampling: the right distribution
         assert abs(iterates[-1].mean().item() - MU) < 0.15 and abs(iterates[-1].std().item() - S) < 0.1
 
@@ -271,7 +317,7 @@ def test_zero_terminal_snr_samples_stay_finite(cls, prediction):
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("gamma", [1.0, 5.0])
 def test_min_snr_weights_have_their_closed_form(prediction, gamma):
-    method = make(DDPM, "cosine", prediction, loss_weighting="min_snr", snr_gamma=gamma)
+    method = make("ddpm", "cosine", prediction, loss_weighting="min_snr", snr_gamma=gamma)
     t = torch.tensor([0, 1, 50, 200, 500, 800, 999])
     abar = torch.cumprod(1 - cosine_betas(1000), 0)[t]
     snr = abar / (1 - abar)
@@ -281,7 +327,7 @@ def test_min_snr_weights_have_their_closed_form(prediction, gamma):
         "v": torch.minimum(snr, torch.tensor(gamma)) / (snr + 1),
     }[prediction]
     assert torch.allclose(method.loss_weights(t), expected, rtol=1e-12, atol=0)
-    assert torch.equal(make(DDPM, "cosine", prediction).loss_weights(t), torch.ones(len(t), dtype=torch.float64))
+    assert torch.equal(make("ddpm", "cosine", prediction).loss_weights(t), torch.ones(len(t), dtype=torch.float64))
 
 
 def test_min_snr_weights_are_one_weighting_in_x0_space():
@@ -291,7 +337,7 @@ def test_min_snr_weights_are_one_weighting_in_x0_space():
     x0_hat = x0 + 0.1 * torch.randn_like(x0)
     losses = []
     for prediction in PREDICTIONS:
-        method = make(DDIM, "linear", prediction, loss_weighting="min_snr")
+        method = make("ddim", "linear", prediction, loss_weighting="min_snr")
         x_t = method.q_sample(x0, t, noise)
         # The output that implies x0_hat at x_t: the target of the pair (x0_hat, eps_hat) that also gives x_t.
         eps_hat = (x_t - method.sqrt_alphas_cumprod[t, None] * x0_hat) / method.sqrt_one_minus_alphas_cumprod[t, None]
@@ -307,11 +353,11 @@ def test_uniform_loss_is_unchanged_and_min_snr_weights_per_sample(prediction):
     net = nn.Linear(4, 4)
     model = lambda x, t: net(x)  # noqa: E731
     x0, noise, t = torch.randn(16, 4), torch.randn(16, 4), torch.randint(0, 1000, (16,))
-    uniform = make(DDPM, "cosine", prediction)
+    uniform = make("ddpm", "cosine", prediction)
     target = uniform.training_target(x0, t, noise)
     output = model(uniform.q_sample(x0, t, noise), t)
     assert torch.equal(uniform.compute_loss(model, x0, t=t, noise=noise), F.mse_loss(output, target))
-    weighted = make(DDPM, "cosine", prediction, loss_weighting="min_snr", snr_gamma=5.0)
+    weighted = make("ddpm", "cosine", prediction, loss_weighting="min_snr", snr_gamma=5.0)
     per_sample = (output - target).pow(2).mean(1)
     expected = (weighted.loss_weights(t).float() * per_sample).mean()
     assert torch.allclose(weighted.compute_loss(model, x0, t=t, noise=noise), expected, rtol=1e-6)
@@ -319,11 +365,11 @@ def test_uniform_loss_is_unchanged_and_min_snr_weights_per_sample(prediction):
 
 def test_invalid_new_method_arguments():
     with pytest.raises(ConfigError, match="method.loss_weighting"):
-        make(DDPM, loss_weighting="snr")
+        make("ddpm", loss_weighting="snr")
     with pytest.raises(ConfigError, match="method.snr_gamma"):
-        make(DDPM, loss_weighting="min_snr", snr_gamma=0.0)
+        make("ddpm", loss_weighting="min_snr", snr_gamma=0.0)
     with pytest.raises(ConfigError, match="method.cond_drop_prob"):
-        make(DDPM, cond_drop_prob=1.5)
+        make("ddpm", cond_drop_prob=1.5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -362,7 +408,7 @@ class LabelRecorder(nn.Module):
 
 
 def test_compute_loss_drops_labels_in_training_only():
-    method = make(DDPM, cond_drop_prob=0.3)
+    method = make("ddpm", cond_drop_prob=0.3)
     model = LabelRecorder(num_classes=7)
     x0, y = torch.randn(4000, 2), torch.randint(0, 7, (4000,))
     method.compute_loss(model.train(), x0, y=y)
@@ -374,7 +420,7 @@ def test_compute_loss_drops_labels_in_training_only():
     assert set(model.seen[-1].unique().tolist()) - set(range(7)) == {99}
     method.compute_loss(model.train(), x0)
     assert model.seen[-1] is None
-    make(DDPM, cond_drop_prob=0.0).compute_loss(model.train(), x0, y=y)  # labels untouched
+    make("ddpm", cond_drop_prob=0.0).compute_loss(model.train(), x0, y=y)  # labels untouched
     assert torch.equal(model.seen[-1], y)
 
 
@@ -392,5 +438,6 @@ def test_new_keys_compose_and_reach_the_method():
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     method = instantiate(cfg.method)
-    assert isinstance(method, DPMSolver) and method.alphas_cumprod[-1].item() == 0.0
+    assert isinstance(method, GaussianDiffusion) and method.default_solver == "dpm_solver"
+    assert method.alphas_cumprod[-1].item() == 0.0
     assert (method.loss_weighting, method.snr_gamma, method.cond_drop_prob) == ("min_snr", 3.0, 0.2)

@@ -17,12 +17,9 @@ from diffusion.storage.legacy import upgrade_targets
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.runtime.checks import ConfigError
 
-# Method keys that change sampling, not what the network learned: taken from the command line when given there.
-SAMPLING_METHOD_KEYS = ("clip_denoised",)
-# Keys of a distilled student's sampling method that another sampling method chosen on the command line drops.
-STUDENT_KEYS = ("distilled_steps",)
-# Methods whose network means nothing to another sampler (a consistency student's output is no denoiser).
-OWN_SAMPLER_TARGETS = ("diffusion.methods.Consistency",)
+# Method keys that change sampling, not what the network learned: taken from the command line when given there
+# (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays).
+SAMPLING_METHOD_KEYS = ("clip_denoised", "default_solver")
 
 
 def command_line_keys() -> set[str]:
@@ -47,21 +44,15 @@ def load_source_config(source: Path) -> DictConfig:
 
 
 def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
-    """The run's trained diffusion (schedule, T, prediction) with the sampling method chosen on this command
-    line (``method=ddim``), if one was chosen, and the :data:`SAMPLING_METHOD_KEYS` given on this command line."""
+    """The run's trained method with the :data:`SAMPLING_METHOD_KEYS` this command line gives: ``method=ddim``
+    brings DDIM as the default solver (a method that cannot take it says so, naming ``sampler.solver``)."""
     method = run_cfg.method.copy()
     keys = command_line_keys()
-    if "method" in keys:
-        if method._target_ in OWN_SAMPLER_TARGETS:
-            name = method._target_.rsplit(".", 1)[-1]
-            raise ConfigError(f"run_dir={cfg.run_dir} holds a {name} student, which samples only with its own method: "
-                              "drop method= from the command line")
-        method._target_ = cfg.method._target_
-        for key in STUDENT_KEYS:  # a progressive student's own sampling key; its trained diffusion stays
-            method.pop(key, None)
-    for key in SAMPLING_METHOD_KEYS:
-        if f"method.{key}" in keys:
-            method[key] = cfg.method[key]
+    given = [key for key in SAMPLING_METHOD_KEYS if f"method.{key}" in keys]
+    if "method" in keys and "default_solver" in cfg.method:
+        given.append("default_solver")  # a preset: the Gaussian diffusion or EDM with that solver
+    for key in given:
+        method[key] = cfg.method[key]
     return method
 
 
@@ -117,11 +108,8 @@ def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) 
         raise ConfigError(f"sampler.guide={guide}: no such checkpoint, run directory or exported weights")
     check_safe_targets(config, source)
     guide_cfg = OmegaConf.create(upgrade_targets(config))
-    trained, main = guide_cfg.method.get("prediction", "edm"), main_method.get("prediction", "edm")
-    if "sigma_data" in guide_cfg.method:
-        trained = "edm"
-    if "sigma_data" in main_method:
-        main = "edm"
+    trained = instantiate(guide_cfg.method, _convert_="all").prediction
+    main = instantiate(main_method, _convert_="all").prediction
     if trained != main:
         raise ConfigError(f"sampler.guide={guide} predicts {trained} but the main model predicts {main}; "
                           "a guide must share the main model's prediction target")

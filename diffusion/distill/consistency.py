@@ -50,16 +50,8 @@ class ConsistencyDistillation(nn.Module):
         ConfigError: naming the out-of-range ``distill.*`` key.
     """
 
-    def __init__(
-        self,
-        method: Consistency,
-        teacher: nn.Module,
-        *,
-        num_scales: int = 18,
-        target_decay: float = 0.95,
-        steps: int = 2000,
-        teacher_step: TeacherSolver = ddim_teacher_step,
-    ) -> None:
+    def __init__(self, method: Consistency, teacher: nn.Module, *, num_scales: int = 18, target_decay: float = 0.95,
+                 steps: int = 2000, teacher_step: TeacherSolver = ddim_teacher_step) -> None:
         super().__init__()
         if not isinstance(method, Consistency):
             raise ConfigError("distill=consistency needs the student method diffusion.methods.Consistency "
@@ -95,15 +87,8 @@ class ConsistencyDistillation(nn.Module):
         self._target_step = step
         torch._foreach_lerp_(list(self.target.parameters()), list(student.parameters()), 1.0 - self.target_decay)
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor:
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
         """The consistency distillation loss of ``model`` (the student). ``t`` (validation's fixed draws, uniform
         over [0, T)) is mapped onto the grid's intervals; by default n is drawn uniformly."""
         if model.training:

@@ -14,32 +14,38 @@ at T - 1, the noisiest step, as few-step sampling needs (Lin et al. 2024).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffusion.distill.teacher import TeacherSolver, ddim_teacher_step
-from diffusion.methods.base import BaseMethod, TimestepSpacing, extract, spaced_timesteps
-from diffusion.methods.ddim import DDIM
+from diffusion.methods.base import extract
+from diffusion.methods.gaussian import GaussianDiffusion
+from diffusion.methods.schedules import spaced_timesteps
 from diffusion.runtime.checks import ConfigError, check_int
 
 RoundEnd = Callable[[int], dict[str, Any]]  # round index -> the weights the next round's teacher takes
 
 
-class DistilledDDIM(DDIM):
-    """How a progressively distilled student samples: deterministic DDIM on the ``trailing`` grid it was trained on
+class DistilledDDIM(GaussianDiffusion):
+    """A progressively distilled student: samples with DDIM on the ``trailing`` grid it was trained on
     (``sampler.timestep_spacing`` is ignored), ``distilled_steps`` steps when ``sampler.steps=null``."""
 
     name = "distilled_ddim"
+    solvers: ClassVar[tuple[str, ...]] = ("ddim",)
+    timestep_spacing: ClassVar[str | None] = "trailing"
 
-    def __init__(self, *args: Any, distilled_steps: int = 4, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.default_steps = check_int(distilled_steps, "method.distilled_steps", 1, self.num_timesteps)
+    def __init__(self, *args: Any, distilled_steps: int = 4, default_solver: str = "ddim", **kwargs: Any) -> None:
+        super().__init__(*args, default_solver=default_solver, **kwargs)
+        self.distilled_steps = check_int(distilled_steps, "method.distilled_steps", 1, self.num_timesteps)
 
-    def timesteps(self, steps: int | None, spacing: TimestepSpacing = "trailing") -> list[int]:
-        return spaced_timesteps(self.num_timesteps, steps or self.default_steps, "trailing")
+    def default_steps(self, solver: str) -> int | None:
+        return self.distilled_steps
+
+    def sampler_name(self, solver: str) -> str:
+        return self.name
 
 
 class ProgressiveDistillation(nn.Module):
@@ -75,16 +81,8 @@ class ProgressiveDistillation(nn.Module):
         ConfigError: naming the ``distill.*`` key that is out of range.
     """
 
-    def __init__(
-        self,
-        method: BaseMethod,
-        teacher: nn.Module,
-        *,
-        start_steps: int = 64,
-        end_steps: int = 4,
-        steps_per_round: int = 500,
-        teacher_step: TeacherSolver = ddim_teacher_step,
-    ) -> None:
+    def __init__(self, method: GaussianDiffusion, teacher: nn.Module, *, start_steps: int = 64, end_steps: int = 4,
+                 steps_per_round: int = 500, teacher_step: TeacherSolver = ddim_teacher_step) -> None:
         super().__init__()
         self.method = method
         self.num_timesteps = method.num_timesteps
@@ -140,15 +138,8 @@ class ProgressiveDistillation(nn.Module):
     # ----------------------------------------------------------------------------------------------------
     # Loss
     # ----------------------------------------------------------------------------------------------------
-    def compute_loss(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor:
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
         """The truncated-SNR-weighted x-space loss of ``model`` (the student) at this round's step count.
 
         ``t`` (validation's fixed draws, uniform over [0, T)) is mapped onto the student's steps; by default a
@@ -191,7 +182,7 @@ class ProgressiveDistillation(nn.Module):
             z_end = self.teacher_step(self.method, self.teacher, z_mid, t_mid, t_end, kwargs)
             alpha_t = extract(self.method.sqrt_alphas_cumprod, t, x_t)
             sigma_t = extract(self.method.sqrt_one_minus_alphas_cumprod, t, x_t)
-            abar_end = abar_or_one(self.method.alphas_cumprod, t_end, x_t)
+            abar_end = extract(self.method.alphas_cumprod, t_end, x_t, clean=1.0)
             ratio = (1.0 - abar_end).sqrt() / sigma_t  # sigma_t'' / sigma_t
             return (z_end - ratio * x_t) / (abar_end.sqrt() - ratio * alpha_t)
 
@@ -199,9 +190,3 @@ class ProgressiveDistillation(nn.Module):
         return (f"rounds={self.student_steps}, steps_per_round={self.steps_per_round}, "
                 f"teacher_step={getattr(self.teacher_step, '__name__', self.teacher_step)}")
 
-
-def abar_or_one(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """abar_t gathered for ``t`` ``(B,)`` and shaped like ``like``, with abar = 1 where t = -1 (data)."""
-    values = alphas_cumprod.to(like.device)[t.clamp(min=0)]
-    values = torch.where(t >= 0, values, torch.ones_like(values))
-    return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))

@@ -1,6 +1,6 @@
 """The teacher's deterministic solver step, the one place a distillation asks the teacher for its trajectory.
 
-A DDPM/DDIM-trained teacher (:class:`~diffusion.methods.base.BaseMethod`) steps with deterministic DDIM (Song et
+A teacher trained as a Gaussian diffusion (:class:`~diffusion.methods.gaussian.GaussianDiffusion`) steps with deterministic DDIM (Song et
 al. 2021, eq. 12 with eta = 0). A teacher trained under another diffusion (e.g. an EDM-trained one) plugs in here:
 write its ``TeacherSolver`` (same signature: the x_t -> x_{t_prev} step of its probability-flow ODE on the
 student's timesteps) and return it from :func:`teacher_solver` for its method class.
@@ -14,17 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.methods.base import BaseMethod
+from diffusion.methods.gaussian import GaussianDiffusion
 from diffusion.methods.consistency import Consistency
 from diffusion.runtime.checks import ConfigError
 
 # (method, teacher network, x_t (B, ...), t (B,), t_prev (B,), model kwargs) -> x_{t_prev} (B, ...)
-TeacherSolver = Callable[[BaseMethod, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]],
+TeacherSolver = Callable[[GaussianDiffusion, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]],
                          torch.Tensor]
 
 
 def ddim_teacher_step(
-    method: BaseMethod, teacher: nn.Module, x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
+    method: GaussianDiffusion, teacher: nn.Module, x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
     kwargs: dict[str, Any],
 ) -> torch.Tensor:
     """One deterministic DDIM step of the teacher (t_prev = -1: to data), with the method's x0 clipping."""
@@ -40,7 +40,7 @@ def teacher_solver(method_class: type) -> TeacherSolver:
     if isinstance(method_class, type) and issubclass(method_class, Consistency):
         raise ConfigError("task=distill: run_dir is a consistency student, whose network is no diffusion denoiser; "
                           "distil from the DDPM/DDIM run it came from")
-    if isinstance(method_class, type) and issubclass(method_class, BaseMethod):
+    if isinstance(method_class, type) and issubclass(method_class, GaussianDiffusion):
         return ddim_teacher_step
     raise ConfigError(
         f"task=distill: the teacher was trained with method {getattr(method_class, '__name__', method_class)}, "

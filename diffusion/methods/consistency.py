@@ -1,4 +1,4 @@
-"""Multistep consistency sampling (Song et al. 2023, Alg. 1) of a consistency model on the discrete VP timesteps.
+"""A consistency model (Song et al. 2023) on the discrete VP timesteps: the student of consistency distillation.
 
 Notation map to the paper (which works in the VE/EDM variable x = x0 + sigma z):
 
@@ -7,84 +7,69 @@ Notation map to the paper (which works in the VE/EDM variable x = x0 + sigma z):
     f(x_t, t) = c_skip(t) x_t / sqrt(abar_t) + c_out(t) D(x_t, t)                                  (eq. 5)
     c_skip(t) = sigma_data^2 / ((sigma_t - sigma_min)^2 + sigma_data^2)                    (Appendix C)
 
-D is the network's denoised estimate (:meth:`BaseMethod.predict_x0` of its epsilon/x0/v output), so a student
-copied from a DDPM/DDIM teacher starts as the teacher's denoiser. The paper's c_out (eq. 5) multiplies EDM's raw
-network output F, whose own skip term EDM adds; here D already is an x0 estimate, so c_out = 1 - c_skip: f
-blends the (scaled) input with the denoiser. Both coefficients are smooth in sigma and c_skip(t_min) = 1,
-c_out(t_min) = 0, so f(x, t_min) = x / sqrt(abar_{t_min}) exactly: the boundary condition (Sec. 3).
+D is the network's denoised estimate (:meth:`GaussianDiffusion.predict_x0`), so a student copied from its
+teacher starts as the teacher's denoiser; hence c_out = 1 - c_skip (the paper's c_out multiplies EDM's raw
+output, whose skip term EDM adds). c_skip(t_min) = 1, c_out(t_min) = 0: f(x, t_min) = x / sqrt(abar_{t_min}),
+the boundary condition (Sec. 3). In sigma space f is the denoiser the ``consistency`` solver steps.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from diffusion.methods.base import BaseMethod, Timestep, TimestepSpacing, spaced_timesteps
+from diffusion.methods.base import GridKind, Network, vp_scale
+from diffusion.methods.gaussian import GaussianDiffusion, Timestep
 from diffusion.runtime.checks import check_float, check_int
 
 
-class Consistency(BaseMethod):
-    """A consistency model on this repository's discrete timesteps; sampled in ``steps`` network evaluations.
-
-    The trajectory always uses ``trailing`` spacing (it starts at T - 1, the noisiest step); each step maps x_t
-    to the data estimate f(x_t, t), then re-noises it to the next timestep with fresh noise (Alg. 1; the last step
-    returns f). ``sampler.eta`` is ignored.
+class Consistency(GaussianDiffusion):
+    """A consistency model sampled by multistep consistency sampling (the ``consistency`` solver) on the
+    ``trailing`` grid, ``distilled_steps`` network evaluations when ``sampler.steps=null``.
 
     Args:
         schedule, num_timesteps, prediction, clip_denoised, loss_weighting, snr_gamma, cond_drop_prob: the
-            Gaussian diffusion of the teacher (see :class:`BaseMethod`).
-        sigma_data: the data's standard deviation in c_skip (0.5 as in the paper and EDM).
-        distilled_steps: the step count ``sampler.steps=null`` uses (1: one-step generation).
+            Gaussian diffusion of the teacher (see :class:`GaussianDiffusion`).
+        sigma_data: the data's standard deviation in c_skip. distilled_steps: ``sampler.steps=null``'s steps.
 
     Raises:
         ConfigError: ``sigma_data <= 0`` or ``distilled_steps`` outside [1, T].
     """
 
     name = "consistency"
+    solvers: ClassVar[tuple[str, ...]] = ("consistency",)
+    grids: ClassVar[tuple[GridKind, ...]] = ("schedule",)
+    timestep_spacing: ClassVar[str | None] = "trailing"
 
-    def __init__(self, *args: Any, sigma_data: float = 0.5, distilled_steps: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, sigma_data: float = 0.5, distilled_steps: int = 1,
+                 default_solver: str = "consistency", **kwargs: Any) -> None:
+        super().__init__(*args, default_solver=default_solver, **kwargs)
         self.sigma_data = check_float(sigma_data, "method.sigma_data", minimum=0.0, inclusive=False)
-        self.default_steps = check_int(distilled_steps, "method.distilled_steps", 1, self.num_timesteps)
+        self.distilled_steps = check_int(distilled_steps, "method.distilled_steps", 1, self.num_timesteps)
         abar = self.alphas_cumprod  # float64
-        sigma = ((1.0 - abar) / abar).sqrt()  # inf where abar = 0 (zero terminal SNR)
-        c_skip = self.sigma_data**2 / ((sigma - sigma[0]) ** 2 + self.sigma_data**2)
+        c_skip = self.sigma_data**2 / ((self.sigmas - self.sigmas[0]) ** 2 + self.sigma_data**2)
         # c_skip / sqrt(abar) -> 0 as abar -> 0 (c_skip ~ abar there); written so abar = 0 gives 0, not 0/0.
         self._buffer("skip_scale", torch.where(abar > 0, c_skip / abar.sqrt(), torch.zeros_like(abar)))
         self._buffer("c_skip", c_skip)
         self._buffer("c_out", 1.0 - c_skip)
+
+    def default_steps(self, solver: str) -> int | None:
+        return self.distilled_steps
 
     def consistency_function(self, x_t: torch.Tensor, t: Timestep, model_output: torch.Tensor) -> torch.Tensor:
         """f(x_t, t) = c_skip x_t / sqrt(abar_t) + c_out D(x_t, t) (module docstring); unclipped."""
         denoised = self.predict_x0(x_t, t, model_output)
         return self.coefficient("skip_scale", t, x_t) * x_t + self.coefficient("c_out", t, x_t) * denoised
 
-    def timesteps(self, steps: int | None, spacing: TimestepSpacing = "trailing") -> list[int]:
-        return spaced_timesteps(self.num_timesteps, steps or self.default_steps, "trailing")
-
-    def step(
-        self,
-        x_t: torch.Tensor,
-        t: int,
-        t_prev: int,
-        model_output: torch.Tensor,
-        *,
-        eta: float = 0.0,
-        noise: torch.Tensor | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> torch.Tensor:
-        """x0 = f(x_t, t); then x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) z (Alg. 1, VP form)."""
-        x0 = self.consistency_function(x_t, t, model_output)
-        if self.clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-        if t_prev < 0:
-            return x0
-        if noise is None:
-            noise = torch.randn_like(x_t)
-        return self.coefficient("sqrt_alphas_cumprod", t_prev, x_t) * x0 + self.coefficient(
-            "sqrt_one_minus_alphas_cumprod", t_prev, x_t
-        ) * noise
+    def denoise(self, network: Network, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """f at the schedule level ``sigma`` for the sigma-space ``x`` (x_t = x / sqrt(1 + sigma^2)), clipped."""
+        t = self.sigma_to_t(sigma)
+        assert t == int(t), "a consistency model is evaluated on its schedule's own timesteps"
+        x_t = x * vp_scale(sigma)
+        t_batch = torch.full((x.shape[0],), t, device=x.device)  # (B,) float
+        f = self.consistency_function(x_t, int(t), network(x_t, t_batch))
+        return f.clamp(-1.0, 1.0) if self.clip_denoised else f
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, sigma_data={self.sigma_data}, distilled_steps={self.default_steps}"
+        return f"{super().extra_repr()}, sigma_data={self.sigma_data}, distilled_steps={self.distilled_steps}"

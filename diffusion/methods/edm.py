@@ -19,41 +19,35 @@ contributes about equally; c_in and c_out keep the network's input and target at
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffusion.methods.base import condition_kwargs
-from diffusion.methods.karras import SOLVER_NAMES, SolverName
-from diffusion.methods.sigma_space import Network, SigmaSpaceMethod
-from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
+from diffusion.methods.base import BaseMethod, GridKind, Network, broadcast
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
-class EDM(SigmaSpaceMethod, nn.Module):
-    """EDM training and sampling (``method=edm``); the same networks as DDPM, conditioned on c_noise.
+class EDM(BaseMethod):
+    """EDM training (``method=edm``); the same networks as DDPM, conditioned on c_noise; sampled over Karras sigmas.
 
     Args:
         num_timesteps: T of the trainer's fixed validation, which passes integer ``t`` in [0, T): ``t`` maps to
-            the log-normal's (t + 0.5) / T quantile, sigma_t = exp(P_mean + P_std Phi^{-1}((t + 0.5) / T)), so
-            a validation loss is an evenly weighted, deterministic sweep over the training distribution of
-            sigma. Not a discretisation of the diffusion: sampling uses ``sampler.steps`` Karras sigmas.
-        sigma_data: the data's standard deviation (0.5 for images in [-1, 1]).
-        p_mean, p_std: the log-normal of training sigmas (EDM: -1.2, 1.2).
-        sigma_min, sigma_max: the sampling range (EDM: 0.002, 80).
-        clip_denoised: clamp D(x; sigma) to [-1, 1] when sampling (images).
-        cond_drop_prob: label dropout for classifier-free guidance (as in :class:`~diffusion.methods.BaseMethod`).
-        solver: ``heun`` (EDM Alg. 1/2), ``euler`` or ``dpmpp_2m`` (see :mod:`diffusion.methods.karras`).
+            the log-normal's (t + 0.5) / T quantile, so a validation loss is a deterministic sweep over the training
+            distribution of sigma. Not a discretisation: sampling uses ``sampler.steps`` Karras sigmas.
+        sigma_data: the data's standard deviation. p_mean, p_std: the log-normal of training sigmas.
+        sigma_min, sigma_max: the sampling range. clip_denoised: clamp D(x; sigma) to [-1, 1] when sampling.
+        cond_drop_prob: label dropout for classifier-free guidance. default_solver: ``sampler.solver=null``'s.
 
     Raises:
-        ConfigError: naming the ``method.*`` key of an out-of-range argument, or for DDPM's keys (``schedule``,
-            ``prediction``...), which mean a DDPM-trained run.
+        ConfigError: naming the ``method.*`` key of an out-of-range argument, or for keys of another formulation
+            (``schedule``, ``prediction``...).
     """
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        """``edm`` with Heun, EDM's sampler; ``edm_<solver>`` otherwise (eval.json's ``sampler``)."""
-        return "edm" if self.solver == "heun" else f"edm_{self.solver}"
+    name = "edm"
+    solvers: ClassVar[tuple[str, ...]] = ("heun", "euler", "dpmpp_2m_karras")
+    grids: ClassVar[tuple[GridKind, ...]] = ("karras",)
+    prediction = "edm"  # F of eq. 7
 
     def __init__(
         self,
@@ -65,15 +59,13 @@ class EDM(SigmaSpaceMethod, nn.Module):
         sigma_max: float = 80.0,
         clip_denoised: bool = True,
         cond_drop_prob: float = 0.0,
-        solver: SolverName = "heun",
+        default_solver: str = "heun",
         **unknown: Any,
     ) -> None:
         super().__init__()
-        if unknown:  # e.g. task=sample run_dir=<ddpm run> method=edm keeps the run's schedule and prediction keys
-            raise ConfigError(
-                f"method=edm does not take {sorted(unknown)}: a DDPM-trained run samples in sigma space with "
-                "method=euler, method=heun or method=dpmpp_2m_karras"
-            )
+        if unknown:  # e.g. a Gaussian diffusion's schedule and prediction keys
+            raise ConfigError(f"method=edm does not take {sorted(unknown)}: those belong to method=gaussian (ddpm, "
+                              "ddim, ...); sample another run's method with sampler.solver=")
         self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
         self.sigma_data = check_float(sigma_data, "method.sigma_data", minimum=0.0, inclusive=False)
         self.p_mean = check_float(p_mean, "method.p_mean")
@@ -84,7 +76,7 @@ class EDM(SigmaSpaceMethod, nn.Module):
             raise ConfigError(f"method.sigma_max must be >= method.sigma_min={sigma_min}, got {sigma_max}")
         self.clip_denoised = bool(clip_denoised)
         self.cond_drop_prob = check_float(cond_drop_prob, "method.cond_drop_prob", 0.0, 1.0)
-        self.solver: SolverName = check_choice(solver, "method.solver", SOLVER_NAMES)
+        self.default_solver = self.check_solver(default_solver)
 
     # ----------------------------------------------------------------------------------------------------
     # Preconditioning (Table 1)
@@ -97,38 +89,18 @@ class EDM(SigmaSpaceMethod, nn.Module):
 
     def precondition(self, network: Network, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(x; sigma) of eq. 7 for ``x`` ``(B, ...)`` and per-sample ``sigma`` ``(B,)``, unclipped."""
-        shape = (-1, *([1] * (x.dim() - 1)))
         c_skip, c_out, c_in, c_noise = (c.to(x.dtype) for c in self.preconditioning(sigma.double()))
-        output = network(c_in.reshape(shape) * x, c_noise)
-        return c_skip.reshape(shape) * x + c_out.reshape(shape) * output.to(x.dtype)
+        output = network(broadcast(c_in, x) * x, c_noise)
+        return broadcast(c_skip, x) * x + broadcast(c_out, x) * output.to(x.dtype)
 
     def denoise(self, network: Network, x: torch.Tensor, sigma: float) -> torch.Tensor:
         sigmas = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
         denoised = self.precondition(network, x, sigmas)
         return denoised.clamp(-1.0, 1.0) if self.clip_denoised else denoised
 
-    # ----------------------------------------------------------------------------------------------------
-    # The Method shape (q_sample, p_sample, ddim_step, compute_loss) in sigma space; the Sampler runs the
-    # solvers of diffusion.methods.karras, built from the same D(x; sigma).
-    # ----------------------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x = y + sigma n (EDM eq. 1 with s(t) = 1), per-sample ``sigma`` ``(B,)``."""
-        return x0 + sigma.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1))) * noise
-
-    def ddim_step(self, network: Network, x: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-        """One Euler step of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM eq. 3), which is
-        DDIM's deterministic update in this parameterisation (Karras et al. 2022, Sec. 3)."""
-        return x + (sigma_next - sigma) * (x - self.denoise(network, x, sigma)) / sigma
-
-    def p_sample(
-        self, network: Network, x: torch.Tensor, sigma: float, sigma_next: float, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """One ancestral step sigma -> sigma_next: the ODE down to sigma_down, then fresh noise of std sigma_up, with
-        sigma_down^2 + sigma_up^2 = sigma_next^2 and the DDPM posterior's share of noise (sigma_up as in DDPM's
-        beta_tilde for this pair of levels)."""
-        sigma_up = min(sigma_next, math.sqrt(max(0.0, sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)))
-        sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-        return self.ddim_step(network, x, sigma, sigma_down) + sigma_up * noise
+        return x0 + broadcast(sigma, x0) * noise
 
     # ----------------------------------------------------------------------------------------------------
     # Training
@@ -144,23 +116,16 @@ class EDM(SigmaSpaceMethod, nn.Module):
         """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Table 1), same shape as ``sigma``."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        *,
-        t: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        **model_kwargs: Any,
-    ) -> torch.Tensor:
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
         """The weighted denoising loss of eq. 8, averaged over elements; ``t`` and ``noise`` as in DDPM's
         ``compute_loss`` (``t`` selects deterministic sigmas, see ``num_timesteps``); labels dropped in training
         with ``cond_drop_prob``, as :func:`~diffusion.methods.base.condition_kwargs` does."""
         sigma = self.training_sigmas(t, x0.shape[0], x0.device)  # (B,) float64
         if noise is None:
             noise = torch.randn_like(x0)
-        kwargs = condition_kwargs(model, model_kwargs, self.cond_drop_prob)
-        x = x0 + sigma.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1))) * noise  # (B, ...)
+        kwargs = self.condition_kwargs(model, model_kwargs)
+        x = self.q_sample(x0, sigma, noise)  # (B, ...)
         denoised = self.precondition(lambda x_in, c_noise: model(x_in, c_noise, **kwargs), x, sigma)
         per_sample = (denoised.float() - x0.float()).pow(2).flatten(1).mean(1)  # (B,)
         return (self.loss_weights(sigma).float() * per_sample).mean()
@@ -168,5 +133,5 @@ class EDM(SigmaSpaceMethod, nn.Module):
     def extra_repr(self) -> str:
         return (
             f"sigma_data={self.sigma_data}, p_mean={self.p_mean}, p_std={self.p_std}, sigma=[{self.sigma_min}, "
-            f"{self.sigma_max}], solver={self.solver!r}, cond_drop_prob={self.cond_drop_prob}"
+            f"{self.sigma_max}], default_solver={self.default_solver!r}, cond_drop_prob={self.cond_drop_prob}"
         )

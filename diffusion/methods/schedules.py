@@ -2,7 +2,8 @@
 
 Each returns ``betas`` of shape ``(num_timesteps,)`` with ``betas[i]`` the variance added going from step ``i``
 to ``i + 1`` (0-based: ``betas[0]`` is beta_1 of Ho et al. 2020). Everything derived from them (abar_t, the
-posterior coefficients) is computed once, in :class:`diffusion.methods.base.BaseMethod`.
+posterior coefficients) is computed once, in :class:`diffusion.methods.gaussian.GaussianDiffusion`;
+:func:`spaced_timesteps` picks the subsequences that few-step solvers and distillation visit.
 
 Every schedule takes ``zero_terminal_snr`` (config key ``schedule.zero_terminal_snr``): when true its betas go
 through :func:`rescale_zero_terminal_snr`, so abar_T = 0 exactly and the last step is pure noise.
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
-from diffusion.runtime.checks import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 Schedule = Callable[[int], torch.Tensor]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
 
 def linear_betas(
@@ -104,3 +108,23 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     abar = sqrt_abar**2
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])  # alpha_t = abar_t / abar_{t-1}; alpha_T = 0
     return 1.0 - alphas
+
+
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: TimestepSpacing) -> list[int]:
+    """A descending subsequence of [0, T) with ``steps`` entries (Lin et al. 2024, Table 2 spacings).
+
+    ``leading``: 0, k, 2k, ... with k = T // steps (never reaches T - 1);
+    ``trailing``: round(T - i * T / steps) - 1, so it always starts at T - 1;
+    ``linspace``: round(linspace(0, T - 1, steps)).
+    """
+    check_int(steps, "sampler.steps", minimum=1, maximum=num_timesteps)
+    check_choice(spacing, "sampler.timestep_spacing", SPACINGS)
+    if spacing == "leading":
+        ratio = num_timesteps // steps
+        sequence = [i * ratio for i in range(steps)]
+    elif spacing == "trailing":
+        ratio = num_timesteps / steps
+        sequence = [round(num_timesteps - i * ratio) - 1 for i in range(steps)][::-1]
+    else:
+        sequence = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().tolist()
+    return sorted(set(sequence), reverse=True)

@@ -49,28 +49,3 @@ def autoguided_output(main: torch.Tensor, guide: torch.Tensor, scale: float) -> 
                          f"{tuple(guide.shape)}")
     return torch.lerp(guide, main, scale)
 
-
-def drop_labels(
-    y: torch.Tensor, drop_prob: float, null_label: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Replace each label by ``null_label`` independently with probability ``drop_prob`` (Ho & Salimans 2022,
-    Alg. 1, p_uncond); returns a new tensor, ``y`` is not modified.
-
-    Args:
-        y: ``(B,)`` integer class labels.
-        drop_prob: p_uncond in [0, 1] (``method.cond_drop_prob``).
-        null_label: the label meaning "unconditional"; the networks here use ``num_classes``.
-        generator: draws the Bernoulli mask (on the generator's device); the global RNG of ``y``'s device if None.
-
-    Raises:
-        ConfigError: if ``drop_prob`` is outside [0, 1].
-        ValueError: if ``y`` is not an integer tensor.
-    """
-    drop_prob = check_float(drop_prob, "method.cond_drop_prob", 0.0, 1.0)
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise ValueError(f"drop_labels needs integer class labels, got dtype {y.dtype}")
-    if drop_prob == 0.0:
-        return y.clone()
-    device = y.device if generator is None else generator.device
-    drop = torch.rand(y.shape, generator=generator, device=device).to(y.device) < drop_prob  # (B,) bool
-    return torch.where(drop, torch.full_like(y, null_label), y)

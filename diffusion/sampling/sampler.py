@@ -1,4 +1,5 @@
-"""The sampler owns the model and the reverse loop; the method supplies the trajectory and each update."""
+"""The sampler owns the model and the one sampling loop: a solver (``sampler.solver``) steps the method's denoiser
+down a grid of noise levels, batch by batch, with per-sample noise streams."""
 
 from __future__ import annotations
 
@@ -15,55 +16,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffusion.methods.base import BaseMethod, vp_scale
+from diffusion.methods.schedules import SPACINGS, TimestepSpacing
+from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_float, check_int
+from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.sampling.grids import Grid, build_grid
+from diffusion.sampling.guidance import autoguided_output, guided_output
+from diffusion.sampling.noise import SampleNoise, sample_seed
+from diffusion.sampling.solvers import SOLVERS
 from diffusion.storage import checkpoint
 from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import FileManager, atomic_write_bytes
-from diffusion.sampling.guidance import autoguided_output, guided_output
-from diffusion.methods.base import SPACINGS, BaseMethod, TimestepSpacing
-from diffusion.methods.karras import SOLVERS
-from diffusion.methods.sigma_space import SigmaSpaceMethod
-from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision
-from diffusion.runtime.distributed import DistributedContext
-from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_float, check_int
 
-
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index``'s own noise stream under ``sampler.seed=seed``: numpy's SeedSequence of the
-    pair, so nearby seeds and indices give unrelated streams (``seed + index`` would make sample 1 of seed 0 equal
-    sample 0 of seed 1)."""
-    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
-
-
-class SampleNoise:
-    """Standard-normal noise for a batch of samples, each row from its own CPU generator seeded with
-    :func:`sample_seed` of its global sample index (EDM's ``generate.py`` does the same with one generator per
-    seed). Sample i's initial noise and every step's noise are then the same whatever the batch size, and
-    whichever process draws it.
-
-    Each call draws the next ``(B, *sample_shape)`` tensor, on ``device``; drawn on the CPU so that samples are
-    identical on every device.
-    """
-
-    def __init__(self, seed: int, indices: Sequence[int], sample_shape: Sequence[int],
-                 device: torch.device | str = "cpu") -> None:
-        self.generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
-        self.sample_shape = tuple(sample_shape)
-        self.device = torch.device(device)
-
-    def __call__(self) -> torch.Tensor:
-        noise = torch.empty((len(self.generators), *self.sample_shape))  # (B, *sample_shape)
-        for row, generator in zip(noise, self.generators):
-            torch.randn(self.sample_shape, generator=generator, out=row)
-        return noise.to(self.device)
+__all__ = ["SampleNoise", "SampleResult", "Sampler", "sample_seed", "save_samples"]
 
 
 @dataclass
 class SampleResult:
     """Generated samples ``(N, *sample_shape)`` on the CPU, float32, in the data's range.
 
-    ``trajectory`` maps a recorded timestep t to x_t of the first ``trajectory_samples`` samples (for a
-    sigma-space method, step index t to x / sqrt(1 + sigma^2), on the data's scale). ``nfe``: network evaluations
-    per sample (a guided evaluation counted once; Heun's 18 steps are 35).
+    ``trajectory`` maps a recorded step label (:attr:`Grid.labels`; -1 after the last step) to the first
+    ``trajectory_samples`` samples there, on the variance-preserving scale x / sqrt(1 + sigma^2). ``nfe``: network
+    evaluations per sample (a guided evaluation counted once; Heun's 18 steps are 35).
     """
 
     samples: torch.Tensor
@@ -78,14 +53,13 @@ class Sampler:
 
     Args:
         model: the denoising network (its weights are replaced by :meth:`load_checkpoint`).
-        method: DDPM, DDIM, DPM-Solver (timesteps and update), or a :class:`SigmaSpaceMethod` (EDM, Euler, Heun,
-            DPM++(2M) over Karras sigmas: the denoiser and the solver).
+        method: the trained formulation: its denoiser D(x; sigma) and the grids it offers.
         sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
         num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        steps: sampling steps (None: the method's ``default_steps``: 50 for DDIM, 20 for DPM-Solver, 18 Karras
-            steps for a sigma-space method; DDPM always uses all T).
+        solver: the algorithm (:data:`~diffusion.sampling.solvers.SOLVERS`; None: ``method.default_solver``).
+        steps: sampling steps (None: the method's or the solver's default; ``ddpm`` always visits all T).
         eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
-        timestep_spacing: ``leading``, ``trailing`` or ``linspace`` (see :func:`~diffusion.methods.base.spaced_timesteps`).
+        timestep_spacing: the schedule grid's spacing (:func:`~diffusion.methods.schedules.spaced_timesteps`).
         seed: seeds the initial noise and every step's noise, sample by sample (:class:`SampleNoise`): same seed,
             same samples, whatever ``batch_size`` and the number of processes.
         device: ``auto``, ``cpu`` or ``cuda``. precision: autocast for the network (``fp32`` default).
@@ -94,12 +68,10 @@ class Sampler:
         class_labels: classes to draw for a conditional model: a list (cycled over the samples), ``all`` (a
             grid with one row per class), or None (all classes in turn). Must be None for an unconditional one.
         grid_every_n_epochs: during training, also save ``samples/epoch_NNNN.png`` every N epochs (None: never).
-        rho, s_churn, s_tmin, s_tmax, s_noise: sigma-space methods (``method=edm``, ``euler``, ``heun``,
-            ``dpmpp_2m_karras``): the Karras schedule's rho (EDM eq. 5) and Heun's churn (EDM Alg. 2; ``s_churn=0``
-            is deterministic, ``s_tmax=None`` is infinity). Ignored by DDPM, DDIM and DPM-Solver.
-        guide: autoguidance (Karras et al. 2024): the guide run or checkpoint, loaded by the entry point into
-            ``guide_model``. guide_model: a weaker version of ``model`` (smaller or less trained, same inputs and
-            prediction target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
+        rho, s_churn, s_tmin, s_tmax, s_noise: Karras-grid solvers: rho of EDM eq. 5 and Heun's churn (EDM Alg. 2;
+            ``s_tmax=None`` is infinity).
+        guide_model: autoguidance (Karras et al. 2024): a weaker version of ``model`` (same inputs and prediction
+            target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
         distributed: under torchrun, :meth:`sample` splits the samples over the ranks and gathers them on rank 0
             (None: this process draws them all).
 
@@ -110,9 +82,10 @@ class Sampler:
     def __init__(
         self,
         model: nn.Module,
-        method: BaseMethod | SigmaSpaceMethod,
+        method: BaseMethod,
         sample_shape: Sequence[int],
         *,
+        solver: str | None = None,
         num_samples: int = 64,
         batch_size: int = 256,
         steps: int | None = None,
@@ -140,6 +113,9 @@ class Sampler:
         if steps is not None:
             check_int(steps, "sampler.steps", minimum=1, maximum=method.num_timesteps)
         self.steps = steps
+        if solver is not None:
+            check_choice(solver, "sampler.solver", tuple(SOLVERS))
+        self.solver = method.check_solver(solver if solver is not None else method.default_solver)
         self.eta = check_float(eta, "sampler.eta", minimum=0.0)
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
         self.seed = check_int(seed, "sampler.seed")
@@ -160,7 +136,8 @@ class Sampler:
         self.progress = check_bool(progress, "sampler.progress")
         self._bar: Any = tqdm(disable=True)  # replaced by each sample() call
         self.rho = check_float(rho, "sampler.rho", minimum=0.0, inclusive=False)
-        self.churn = {
+        self.solver_options = {  # what each solver takes of them: SOLVERS[name].options
+            "eta": self.eta,
             "s_churn": check_float(s_churn, "sampler.s_churn", minimum=0.0),
             "s_tmin": check_float(s_tmin, "sampler.s_tmin", minimum=0.0),
             "s_tmax": math.inf if s_tmax is None else check_float(s_tmax, "sampler.s_tmax", minimum=0.0),
@@ -168,9 +145,29 @@ class Sampler:
         }
         if guide is not None and guide_model is None:
             raise ConfigError(f"sampler.guide={guide!r}: the guide model was not loaded (pass guide_model=)")
-        self.guide = guide
         self.guide_model = None if guide_model is None else guide_model.to(self.device).eval()
         self.guide_scale = check_float(guide_scale, "sampler.guide_scale")
+        self.grid()  # a solver without its grid (Karras sigmas at sigma_max = inf) fails here, before any work
+
+    @property
+    def name(self) -> str:
+        """How eval.json and the logs name this sampler: ``ddim``, ``heun``, ``edm``, ``edm_euler``..."""
+        return self.method.sampler_name(self.solver)
+
+    def grid(self, steps: int | None = None) -> Grid:
+        """The noise levels of a trajectory of ``steps`` steps (None: ``sampler.steps``, else the defaults)."""
+        solver = SOLVERS[self.solver]
+        steps = steps if steps is not None else self.steps
+        if solver.default_steps is None:  # ddpm: every level of the schedule
+            steps = None
+        elif steps is None:
+            steps = self.method.default_steps(self.solver) or solver.default_steps
+            steps = min(steps, self.method.num_timesteps) if solver.grid == "schedule" else steps
+        return build_grid(self.method, solver.grid, steps, self.timestep_spacing, self.rho)
+
+    def timesteps(self, steps: int | None = None) -> list[int]:
+        """The labels of a trajectory's steps (schedule timesteps, or Karras step indices counted down)."""
+        return self.grid(steps).labels
 
     def _check_labels(self, labels: Sequence[int] | str | None) -> list[int] | str | None:
         if labels is None:
@@ -237,24 +234,19 @@ class Sampler:
         """
         total = self.num_samples if num_samples is None else num_samples
         check_int(first_index, "first_index", minimum=0)
-        pairs = self.method.timestep_pairs(self.steps, self.timestep_spacing)
+        grid = self.grid()
         labels = self.labels_for(total)
         share = self.distributed.shard(total, self.batch_size)
         chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
-        self._bar = self._progress_bar(len(range(share.start, share.stop, self.batch_size)), len(pairs), total)
+        self._bar = self._progress_bar(len(range(share.start, share.stop, self.batch_size)), len(grid.labels), total)
         for start in range(share.start, share.stop, self.batch_size):
             stop = min(start + self.batch_size, share.stop)
             noise = SampleNoise(self.seed, range(first_index + start, first_index + stop), self.sample_shape,
                                 self.device)
             recorded = max(0, min(stop, trajectory_samples) - start)  # rows of this batch in the strip
-            record = record_timesteps if recorded else ()
             y = None if labels is None else labels[start:stop].to(self.device)
-            if isinstance(self.method, SigmaSpaceMethod):
-                x = self._solve_sigma_space(noise, y, record, recorded, trajectory)
-                self._bar.update(len(pairs))  # the solvers run a whole trajectory per call
-            else:
-                x = self._denoise(noise, y, pairs, record, recorded, trajectory)  # ticks once per step
+            x = self._solve(grid, noise, y, record_timesteps if recorded else (), recorded, trajectory)
             chunks.append(x.float().cpu())
         self._bar.close()
         samples = torch.cat(chunks)
@@ -262,8 +254,8 @@ class Sampler:
         if self.distributed.enabled:
             samples, frames = self._gather(samples, frames)
         own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
-        nfe = self.method.nfe(self.steps, self.timestep_spacing)
-        return SampleResult(samples=samples, steps=len(pairs), labels=own, trajectory=frames, nfe=nfe)
+        nfe = SOLVERS[self.solver].nfe(len(grid.labels))
+        return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames, nfe=nfe)
 
     def _progress_bar(self, batches: int, steps: int, total: int) -> Any:
         """A bar over every denoising step of every batch, with rate and time left; only with ``progress``, on
@@ -284,66 +276,29 @@ class Sampler:
         timesteps = {t for _, part_frames in parts for t in part_frames}
         return gathered, {t: torch.cat([f[t] for _, f in parts if t in f]) for t in timesteps}
 
-    def _denoise(
-        self,
-        noise: SampleNoise,
-        y: torch.Tensor | None,
-        pairs: list[tuple[int, int]],
-        record: Sequence[int],
-        recorded: int,
-        trajectory: dict[int, list[torch.Tensor]],
-    ) -> torch.Tensor:
-        """The discrete-time loop (DDPM, DDIM, DPM-Solver): one network call and one ``method.step`` per pair,
-        from x_T = ``noise()``; the first ``recorded`` rows are recorded at ``record``."""
-        x = noise()
-        needs_noise = self.method.needs_noise(self.eta)
-        state: dict[str, Any] = {}  # per-trajectory scratch for multistep methods
-        t_batch = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
-        for t, t_prev in pairs:
-            if t in record:
-                trajectory.setdefault(t, []).append(x[:recorded].float().cpu())
-            with autocast(self.device, self.precision):
-                model_output = self._model_output(x, t_batch.fill_(t), y)
-            step_noise = noise() if needs_noise else None
-            x = self.method.step(x, t, t_prev, model_output.to(x.dtype), eta=self.eta, noise=step_noise, state=state)
-            self._bar.update(1)
-        if -1 in record:
-            trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
-        return x
-
-    def _solve_sigma_space(
-        self,
-        noise: SampleNoise,
-        y: torch.Tensor | None,
-        record: Sequence[int],
-        recorded: int,
-        trajectory: dict[int, list[torch.Tensor]],
-    ) -> torch.Tensor:
-        """A Karras solver from x = sigma_max * noise() to sigma = 0, with guidance inside the denoiser D(x; sigma);
-        Heun's churn draws from the same per-sample ``noise``.
-
-        Trajectory frames (the first ``recorded`` rows) are labelled by the step index counted down to 0 (as
-        :meth:`SigmaSpaceMethod.timesteps`) and scaled by 1 / sqrt(1 + sigma^2), the variance-preserving scale of
-        DDPM's frames.
-        """
-        method: Any = self.method
-        sigmas = method.sigmas(self.steps, self.rho)
-        last = len(sigmas) - 2  # the label of the first step
+    def _solve(self, grid: Grid, noise: SampleNoise, y: torch.Tensor | None, record: Sequence[int], recorded: int,
+               trajectory: dict[int, list[torch.Tensor]]) -> torch.Tensor:
+        """One batch: the solver from x = ``grid.start_scale`` * noise() down the grid, with guidance inside the
+        denoiser; the first ``recorded`` rows are recorded at the step labels in ``record``, on the VP scale."""
+        solver = SOLVERS[self.solver]
 
         def network(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.precision):
                 return self._model_output(x_in, t, y).to(x_in.dtype)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            return method.denoise(network, x, sigma)
+            return self.method.denoise(network, x, sigma)
 
         def callback(i: int, x: torch.Tensor) -> None:
-            if last - i in record:
-                frame = x[:recorded] / math.sqrt(1 + sigmas[i] ** 2)
-                trajectory.setdefault(last - i, []).append(frame.float().cpu())
+            if grid.labels[i] in record:
+                frame = x[:recorded] * vp_scale(grid.sigmas[i])
+                trajectory.setdefault(grid.labels[i], []).append(frame.float().cpu())
+            if i:
+                self._bar.update(1)
 
-        options: dict[str, Any] = {"noise": noise, **self.churn} if method.solver == "heun" else {}
-        x = SOLVERS[method.solver](denoise, noise() * sigmas[0], sigmas, callback, **options)
+        options = {name: self.solver_options[name] for name in solver.options}
+        x = solver.function(denoise, noise() * grid.start_scale, grid.sigmas, noise, callback, **options)
+        self._bar.update(1)
         if -1 in record:
             trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
         return x

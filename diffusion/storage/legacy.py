@@ -13,8 +13,22 @@ MOVED_MODULES = {
     "diffusion.sampler": "diffusion.sampling.sampler",
     "diffusion.cli": "diffusion.app",
 }
-# Old targets that name something other than a moved module's member (a method that was really a solver).
+# Old targets that name something other than a moved module's member.
 MOVED_TARGETS: dict[str, str] = {}
+GAUSSIAN = "diffusion.methods.GaussianDiffusion"
+# Old method classes that were the Gaussian diffusion sampled by one solver, or a solver posing as a method:
+# their target -> that solver, now the default solver of the formulation it trained.
+SOLVER_METHODS = {
+    **{f"diffusion.methods.{name}": solver for name, solver in (
+        ("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPMSolver", "dpm_solver"), ("Euler", "euler"), ("Heun", "heun"),
+        ("DPMpp2MKarras", "dpmpp_2m_karras"))},
+    "diffusion.methods.ddpm.DDPM": "ddpm",
+    "diffusion.methods.ddim.DDIM": "ddim",
+    "diffusion.methods.dpm_solver.DPMSolver": "dpm_solver",
+    **{f"diffusion.methods.sigma_space.{name}": name for name in ("euler", "heun", "dpmpp_2m_karras")},
+}
+# EDM's old ``solver`` key named the Karras solvers by their function.
+EDM_SOLVERS = {"heun": "heun", "euler": "euler", "dpmpp_2m": "dpmpp_2m_karras"}
 
 
 def upgrade_targets(node: Any) -> Any:
@@ -27,7 +41,20 @@ def upgrade_targets(node: Any) -> Any:
     target = upgraded.get("_target_")
     if isinstance(target, str):
         upgraded["_target_"] = upgrade_target(target)
+        upgrade_method(upgraded, target)
     return upgraded
+
+
+def upgrade_method(node: dict[str, Any], target: str) -> None:
+    """An old method config (in place): a solver-named class becomes the formulation it trained (the Gaussian
+    diffusion, or EDM where it holds EDM's keys) with that solver as ``default_solver``; EDM's ``solver`` key
+    becomes ``default_solver``."""
+    if target in SOLVER_METHODS:
+        node["_target_"] = "diffusion.methods.EDM" if "sigma_data" in node else GAUSSIAN
+        node.pop("solver", None)
+        node.setdefault("default_solver", SOLVER_METHODS[target])
+    if node["_target_"] == "diffusion.methods.EDM" and "solver" in node:
+        node["default_solver"] = EDM_SOLVERS.get(node.pop("solver"), "heun")
 
 
 def upgrade_target(target: str) -> str:

@@ -116,7 +116,7 @@ def sample_save_score(
     if scoring and evaluator.sampler_steps:
         rows, result, seconds = evaluate_at_steps(sampler, evaluator, evaluator.sampler_steps, logger)
     else:
-        record = trajectory_timesteps(sampler.method.timesteps(sampler.steps, sampler.timestep_spacing))
+        record = trajectory_timesteps(sampler.timesteps())
         result, seconds = timed_sample(sampler, count, record, first_index=seeds[0] * count)
         rows = []
     if main:
@@ -156,8 +156,8 @@ def score(
     samples = result.samples[: evaluator.num_samples]
     metrics = evaluator.evaluate(samples)
     nfe = result.nfe
-    payload = metrics_to_json(metrics, len(samples), sampler.method.name, result.steps, seconds_per_sample, nfe=nfe)
-    logger.log(f"evaluation of {len(samples)} samples ({sampler.method.name}, {result.steps} steps, {nfe} NFE):\n"
+    payload = metrics_to_json(metrics, len(samples), sampler.name, result.steps, seconds_per_sample, nfe=nfe)
+    logger.log(f"evaluation of {len(samples)} samples ({sampler.name}, {result.steps} steps, {nfe} NFE):\n"
                f"{format_metrics(metrics)}")
     logger.log(metric_values(metrics))
     return payload
@@ -186,13 +186,13 @@ def score_over_seeds(
         return {}
     summary = {name: seed_summary([m[name] for m in per_seed]) for name in per_seed[0]}
     payload = metrics_to_json({name: mean for name, (mean, _, _) in summary.items()}, evaluator.num_samples,
-                              sampler.method.name, first.steps, seconds_per_sample, nfe=first.nfe)
+                              sampler.name, first.steps, seconds_per_sample, nfe=first.nfe)
     for name, (_, std, minimum) in summary.items():
         payload[name].update(per_seed=[_json_number(m[name].value) for m in per_seed],
                              std_over_seeds=_json_number(std), min_over_seeds=_json_number(minimum))
     payload["seeds"] = seeds
     logger.log(f"evaluation of {len(seeds)} disjoint sets of {evaluator.num_samples} samples (evaluator.seeds="
-               f"{seeds}; {sampler.method.name}, {first.steps} steps, {first.nfe} NFE):\n"
+               f"{seeds}; {sampler.name}, {first.steps} steps, {first.nfe} NFE):\n"
                + format_seeds_table(seeds, per_seed, summary))
     logger.log(metric_values({name: mean for name, (mean, _, _) in summary.items()}))
     return payload
@@ -247,16 +247,16 @@ def evaluate_at_steps(
     last: tuple[SampleResult, float] | None = None
     try:
         for steps in checked:
-            sequence = sampler.method.timesteps(steps, sampler.timestep_spacing)
+            sequence = sampler.timesteps(steps)
             if len(sequence) in seen:
                 continue
             seen.add(len(sequence))
             sampler.steps = steps
             if logger is not None:
-                logger.log(f"sampling {evaluator.num_samples} with {sampler.method.name} at {len(sequence)} steps")
+                logger.log(f"sampling {evaluator.num_samples} with {sampler.name} at {len(sequence)} steps")
             result, seconds = timed_sample(sampler, evaluator.num_samples, trajectory_timesteps(sequence))
             metrics = evaluator.evaluate(result.samples) if sampler.distributed.is_main else {}
-            rows.append(StepsRow(sampler.method.name, result.steps, metrics, seconds, result.nfe))
+            rows.append(StepsRow(sampler.name, result.steps, metrics, seconds, result.nfe))
             last = (result, seconds)
     finally:
         sampler.steps = original_steps

@@ -3,10 +3,10 @@ bare loop over the same update, what per-sample noise streams cost and sampling 
 of 2 torchrun processes against 1.
 
 For the Sampler's overhead the network is :class:`ScaledIdentity`, which costs next to nothing, so what is timed is the
-loop itself: the Sampler with its method's ``step`` against the update written inline with the coefficients
+loop itself: the Sampler with its solver against the update written inline with the coefficients
 as Python numbers. Both draw the same noise the same way (one generator per sample,
-:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples; :func:`measure_overhead` checks
-that before it reports a ratio.
+:class:`~diffusion.sampling.sampler.SampleNoise`), so they must return the same samples (to float32 rounding: the
+solver steps in sigma space); :func:`measure_overhead` checks that before it reports a ratio.
 
 The torchrun figure runs this module under torchrun (``python -m torch.distributed.run --nproc_per_node=N -m
 experiments.benchmarks.speed.sampling --worker ...``): every rank builds the same sampler and :func:`throughput_worker`
@@ -84,7 +84,8 @@ def bare_ddim(sampler: Sampler, num_samples: int) -> torch.Tensor:
     x = SampleNoise(sampler.seed, range(num_samples), sampler.sample_shape, device)()  # x_T, as the Sampler draws
     abar = method.alphas_cumprod.tolist()
     t_batch = torch.empty(num_samples, dtype=torch.long, device=device)
-    for t, t_prev in method.timestep_pairs(sampler.steps, sampler.timestep_spacing):
+    timesteps = sampler.timesteps()
+    for t, t_prev in zip(timesteps, timesteps[1:] + [-1]):
         abar_t, abar_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
         with autocast(device, sampler.precision):
             eps = model(x, t_batch.fill_(t))
@@ -118,7 +119,7 @@ def measure_overhead(cfg: DictConfig, method_name: str, steps: int | None, num_s
     difference = (sampler.sample().samples - bare(sampler, num_samples)).abs().max().item()
     if difference > 1e-4:
         raise AssertionError(f"bare {method_name} loop and Sampler disagree by {difference:.2e}: not the same math")
-    num_steps = len(parts.method.timestep_pairs(steps, sampler.timestep_spacing))
+    num_steps = len(sampler.timesteps(steps))
     runs = interleave({
         "sampler": lambda: timed(sampler.sample, device) / num_steps,
         "bare": lambda: timed(lambda: bare(sampler, num_samples), device) / num_steps,

@@ -1,0 +1,62 @@
+"""The descending noise levels a solver visits: a discrete schedule's own (spaced) timesteps, or Karras sigmas.
+
+Every grid is a list of sigmas ending in 0 (clean data); a sample starts at ``start_scale * n``, n ~ N(0, I):
+the variance-preserving start x_T = n of DDPM and DDIM (sigma-space x = sqrt(1 + sigma_0^2) n) on the schedule's
+levels, EDM's x = sigma_max n on Karras sigmas. ``labels`` name the steps in trajectory pictures: the timestep t
+on the schedule, the step index counted down to 0 on Karras sigmas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from diffusion.methods.base import BaseMethod, GridKind
+from diffusion.methods.schedules import TimestepSpacing, spaced_timesteps
+from diffusion.runtime.checks import ConfigError, check_int
+
+
+class Grid(NamedTuple):
+    sigmas: list[float]  # (N + 1,) descending, sigmas[N] = 0
+    labels: list[int]  # (N,) one per step
+    start_scale: float  # x = start_scale * n before the first step
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
+    """EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
+    i < N, then 0: ``steps + 1`` descending float64 numbers. rho = 7 spends the steps near sigma_min, where the
+    ODE curves most (EDM Sec. 3); ``steps = 1`` gives [sigma_max, 0]."""
+    assert steps >= 1 and 0 < sigma_min <= sigma_max and rho > 0, (steps, sigma_min, sigma_max, rho)
+    if steps == 1:
+        return [float(sigma_max), 0.0]
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    return sigmas.tolist() + [0.0]
+
+
+def build_grid(method: BaseMethod, kind: GridKind, steps: int | None, spacing: TimestepSpacing,
+               rho: float = 7.0) -> Grid:
+    """The grid of ``kind`` for ``method``: ``steps=None`` visits every schedule level (DDPM's ancestral sampler);
+    ``method.timestep_spacing`` (a student's own grid) overrides ``spacing``.
+
+    Raises:
+        ConfigError: naming ``sampler.solver`` when Karras sigmas would need sigma_max = inf (a zero-terminal-SNR
+            schedule).
+    """
+    assert kind in method.grids, f"{method.name} lists a solver on {kind} grids but offers {method.grids}"
+    if kind == "schedule":
+        levels = method.schedule_sigmas().tolist()
+        timesteps = (list(range(len(levels) - 1, -1, -1)) if steps is None
+                     else spaced_timesteps(len(levels), steps, method.timestep_spacing or spacing))
+        sigmas = [levels[t] for t in timesteps] + [0.0]
+        start = 1.0 if math.isinf(sigmas[0]) else math.sqrt(1 + sigmas[0] ** 2)  # at inf x holds n itself
+        return Grid(sigmas, timesteps, start)
+    if math.isinf(method.sigma_max):
+        raise ConfigError("sampler.solver on Karras sigmas needs a finite sigma_max: set "
+                          "schedule.zero_terminal_snr=false or use sampler.solver=ddim")
+    check_int(steps, "sampler.steps", minimum=1)
+    sigmas = karras_sigmas(steps, method.sigma_min, method.sigma_max, rho)
+    return Grid(sigmas, list(range(steps - 1, -1, -1)), sigmas[0])

@@ -1,0 +1,171 @@
+"""Solvers: one function per sampling algorithm, each stepping a denoiser D(x; sigma) down a grid of noise levels.
+
+Notation map (Karras et al. 2022, "EDM" -> code):
+
+    x                 the sample in sigma space, x = y + sigma n (EDM eq. 1); a Gaussian diffusion's x_t is
+                      sqrt(abar_t) x with sigma_t = sqrt((1 - abar_t) / abar_t) (Table 1, "VP")
+    D(x; sigma)       ``denoise(x, sigma)``: the method's clean-sample estimate, ``(B, ...)``
+    sigma_i           ``sigmas[i]``, descending, ``sigmas[N] = 0`` (:mod:`diffusion.sampling.grids`)
+    dx/dsigma         (x - D(x; sigma)) / sigma, the probability-flow ODE (EDM eq. 3)
+
+Every solver is ``(denoise, x, sigmas, noise, callback, **options) -> x_0``: ``x`` enters scaled to ``sigmas[0]``,
+``noise()`` draws fresh per-sample standard-normal noise, ``callback(i, x)`` sees x before step i. Guidance is
+inside ``denoise``, so every solver gets it. :data:`SOLVERS` says which grid each walks and its network calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from diffusion.methods.base import GridKind, noise_estimate
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]  # D(x; sigma): (B, ...), float -> (B, ...)
+NoiseSource = Callable[[], torch.Tensor]  # a fresh standard-normal tensor shaped like x
+Callback = Callable[[int, torch.Tensor], None]
+
+
+def _no_callback(i: int, x: torch.Tensor) -> None:
+    pass
+
+
+@torch.no_grad()
+def ddim(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+         callback: Callback = _no_callback, *, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12 with sigma_t of eq. 16 scaled by eta), in sigma space.
+
+    The step to sigma' splits it into sigma_up = eta sigma' sqrt(1 - (sigma'/sigma)^2), fresh noise, and
+    sigma_down = sqrt(sigma'^2 - sigma_up^2), reached by an Euler step of the ODE: x' = D + sigma_down (x - D) /
+    sigma + sigma_up z. eta = 0 is deterministic DDIM (= Euler, = DPM-Solver++ first order); eta = 1 on
+    consecutive levels is DDPM's ancestral step. Noise is drawn at every step when eta > 0.
+    """
+    for i in range(len(sigmas) - 1):
+        callback(i, x)
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        sigma_up = eta * sigma_next * math.sqrt(max(0.0, 1 - (sigma_next / sigma) ** 2))
+        sigma_down = math.sqrt(max(0.0, sigma_next**2 - sigma_up**2))
+        step_noise = noise() if eta > 0 else None
+        x = denoised + sigma_down * noise_estimate(x, denoised, sigma)
+        if step_noise is not None:
+            x = x + sigma_up * step_noise
+    return x
+
+
+def ddpm(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+         callback: Callback = _no_callback) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2; the posterior of eqs. 6-7) over every schedule level."""
+    return ddim(denoise, x, sigmas, noise, callback, eta=1.0)
+
+
+def euler(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+          callback: Callback = _no_callback) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE (EDM Alg. 1 without the correction): DDIM at eta = 0."""
+    return ddim(denoise, x, sigmas, noise, callback, eta=0.0)
+
+
+@torch.no_grad()
+def heun(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+         callback: Callback = _no_callback, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         s_noise: float = 1.0) -> torch.Tensor:
+    """EDM Alg. 2: Heun's second-order method with churn; ``s_churn = 0`` is the deterministic Alg. 1.
+
+    Before step i, noise raises sigma_i to sigma_hat = (1 + gamma_i) sigma_i, gamma_i = min(S_churn / N,
+    sqrt(2) - 1) for sigma_i in [S_tmin, S_tmax] (line 5); x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) S_noise eps
+    (line 6). The Euler step to sigma_{i+1} (lines 7-8) is corrected by the trapezoidal rule unless
+    sigma_{i+1} = 0 (lines 9-11).
+    """
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        callback(i, x)
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise()
+        d = noise_estimate(x, denoise(x, sigma_hat), sigma_hat)
+        x_next = x + (sigma_next - sigma_hat) * d
+        if sigma_next != 0:
+            d_next = noise_estimate(x_next, denoise(x_next, sigma_next), sigma_next)
+            x_next = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+             callback: Callback = _no_callback) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) in sigma space, first order on the first and the last step.
+
+    With lambda = -log(sigma) and h = lambda_{i+1} - lambda_i: x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h} - 1)
+    D_i, where D_i = D(x_i) on the first step and (1 + 1/(2r)) D(x_i) - 1/(2r) D(x_{i-1}), r = h_{i-1} / h_i, after
+    it. The step to sigma = 0 returns D(x_{N-1}): a second-order step there amplifies the previous estimate's error
+    (diffusers' ``lower_order_final``). A step from sigma = inf (zero terminal SNR) is D + sigma_{i+1} n, and
+    makes the next one first order (h_{i-1} = inf).
+    """
+    previous: torch.Tensor | None = None  # D(x_{i-1}; sigma_{i-1})
+    h_last = 0.0
+    for i in range(len(sigmas) - 1):
+        callback(i, x)
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            return denoised
+        h = math.log(sigma) - math.log(sigma_next)
+        direction = denoised
+        if previous is not None:
+            half_inv_r = h / (2 * h_last)  # 1 / (2 r)
+            direction = (1 + half_inv_r) * denoised - half_inv_r * previous
+        if math.isinf(sigma):
+            x = direction + sigma_next * x  # x holds n at sigma = inf
+        else:
+            x = (sigma_next / sigma) * x - math.expm1(-h) * direction
+        previous, h_last = denoised, h
+    return x
+
+
+@torch.no_grad()
+def consistency(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: NoiseSource,
+                callback: Callback = _no_callback) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): y = f(x; sigma), then x = y + sigma' z.
+
+    ``denoise`` is the consistency function f. Noise is drawn at every step (the last one's is unused).
+    """
+    for i in range(len(sigmas) - 1):
+        callback(i, x)
+        sample = denoise(x, sigmas[i])
+        step_noise = noise()
+        if sigmas[i + 1] == 0:
+            return sample
+        x = sample + sigmas[i + 1] * step_noise
+    return x
+
+
+class Solver(NamedTuple):
+    """A solver, the grid it walks, its default ``sampler.steps`` (None: every schedule level), its denoiser
+    evaluations for N steps, and the sampler settings it takes."""
+
+    function: Callable[..., torch.Tensor]
+    grid: GridKind
+    default_steps: int | None
+    nfe: Callable[[int], int]
+    options: tuple[str, ...] = ()
+
+
+def _one_per_step(steps: int) -> int:
+    return steps
+
+
+SOLVERS: dict[str, Solver] = {
+    "ddpm": Solver(ddpm, "schedule", None, _one_per_step),
+    "ddim": Solver(ddim, "schedule", 50, _one_per_step, ("eta",)),  # DDIM paper's Table 1 middle
+    "dpm_solver": Solver(dpmpp_2m, "schedule", 20, _one_per_step),  # 10-20 suffice (Lu et al. 2022)
+    "euler": Solver(euler, "karras", 18, _one_per_step),  # EDM's CIFAR-10 setting
+    # Heun's last step (to sigma = 0) is an Euler step: 2N - 1 evaluations (EDM Alg. 1: 18 steps = 35 NFE).
+    "heun": Solver(heun, "karras", 18, lambda steps: 2 * steps - 1, ("s_churn", "s_tmin", "s_tmax", "s_noise")),
+    "dpmpp_2m_karras": Solver(dpmpp_2m, "karras", 18, _one_per_step),
+    "consistency": Solver(consistency, "schedule", 1, _one_per_step),
+}

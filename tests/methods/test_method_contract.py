@@ -1,0 +1,82 @@
+"""What every trained formulation (BaseMethod) promises the trainer and the sampler, checked on each of them: a
+finite loss, a forward process of the data's shape, a denoiser on every level of its grids, and every solver it
+lists sampling it through the one Sampler loop with the NFE the solver reports."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion.distill.progressive import DistilledDDIM
+from diffusion.methods import EDM, BaseMethod, Consistency, GaussianDiffusion
+from diffusion.methods.schedules import cosine_betas, linear_betas
+from diffusion.runtime.checks import ConfigError
+from diffusion.sampling.grids import build_grid
+from diffusion.sampling.sampler import Sampler
+from diffusion.sampling.solvers import SOLVERS
+
+METHODS = {
+    "gaussian": lambda: GaussianDiffusion(cosine_betas, num_timesteps=20, clip_denoised=False),
+    "gaussian_v_zero_snr": lambda: GaussianDiffusion(partial(linear_betas, zero_terminal_snr=True), num_timesteps=20,
+                                                     prediction="v", default_solver="ddim"),
+    "edm": lambda: EDM(num_timesteps=20, clip_denoised=False),
+    "consistency": lambda: Consistency(cosine_betas, num_timesteps=20, distilled_steps=2),
+    "distilled_ddim": lambda: DistilledDDIM(cosine_betas, num_timesteps=20, distilled_steps=2),
+}
+
+
+class CountingNetwork(nn.Module):
+    """A smooth function of (x, t) that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.tanh(0.5 * x + t.float().reshape(-1, 1) / 40)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_method_trains_and_noises_the_data_shape(name):
+    method: BaseMethod = METHODS[name]()
+    x0, t = torch.randn(6, 2), torch.randint(0, method.num_timesteps, (6,))
+    assert torch.isfinite(method.compute_loss(CountingNetwork(), x0)) and method.compute_loss(
+        CountingNetwork(), x0, t=t, noise=torch.randn(6, 2)).ndim == 0
+    levels = t if not isinstance(method, EDM) else method.training_sigmas(t, 6, x0.device)
+    assert method.q_sample(x0, levels, torch.randn(6, 2)).shape == x0.shape
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_method_denoises_on_every_level_of_its_grids(name):
+    method: BaseMethod = METHODS[name]()
+    assert method.default_solver in method.solvers and {SOLVERS[s].grid for s in method.solvers} <= set(
+        method.grids)
+    for kind in method.grids:
+        if kind == "karras" and method.sigma_max == float("inf"):
+            continue
+        grid = build_grid(method, kind, 3, "trailing")
+        assert grid.sigmas[-1] == 0 and all(a > b for a, b in zip(grid.sigmas, grid.sigmas[1:]))
+        for sigma in grid.sigmas[:-1]:
+            assert torch.isfinite(method.denoise(CountingNetwork(), torch.randn(4, 2), sigma)).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_solver_a_method_lists_samples_it_and_the_others_are_refused(name):
+    method: BaseMethod = METHODS[name]()
+    for solver in SOLVERS:
+        network = CountingNetwork()
+        if solver not in method.solvers:
+            with pytest.raises(ConfigError, match=f"sampler.solver={solver}"):
+                Sampler(network, method, (2,), solver=solver, num_samples=3, steps=3, device="cpu")
+            continue
+        if SOLVERS[solver].grid == "karras" and method.sigma_max == float("inf"):
+            with pytest.raises(ConfigError, match="zero_terminal_snr"):
+                Sampler(network, method, (2,), solver=solver, num_samples=3, steps=3, device="cpu")
+            continue
+        result = Sampler(network, method, (2,), solver=solver, num_samples=3, steps=3, device="cpu").sample()
+        assert torch.isfinite(result.samples).all() and result.samples.shape == (3, 2)
+        assert result.nfe == network.calls == SOLVERS[solver].nfe(result.steps), (solver, network.calls)
