@@ -34,9 +34,10 @@ from diffusion.runtime.seeding import rng_state, seed_everything, set_rng_state
 from diffusion.runtime.signals import StopSignals
 from diffusion.runtime.checks import ConfigError, check_betas, check_bool, check_float, check_int, check_positive
 
-# Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
-# rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
-EpochHook = Callable[[int, int], dict[str, float] | None]
+# Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step, ema_model)`` after
+# validation on rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they
+# are made, and the EMA weights of the moment when called.
+EpochHook = Callable[[int, int, nn.Module], dict[str, float] | None]
 # Called as ``hook(epoch, metrics)`` on rank 0 after the epoch's checkpoint is written (e.g. a pruning search
 # reporting the epoch's value; it may raise to stop a hopeless run, which keeps its checkpoint).
 EpochEndHook = Callable[[int, Mapping[str, float]], None]
@@ -82,8 +83,6 @@ class Trainer:
         compile: wrap the model in ``torch.compile``. channels_last: NHWC memory format for images.
         seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
         epoch_hooks: extra per-epoch work, see :data:`EpochHook`; epoch_end_hooks: see :data:`EpochEndHook`.
-        num_threads: the intra-op thread budget (``auto`` or N), applied to the whole process by ``run.py``
-            (:func:`diffusion.runtime.threads.thread_budget`); shown in the banner.
         distributed: the torchrun context (default: single process).
         progress: show a progress bar. log_every_n_steps: step-level logging interval.
         val_seed: seed of the fixed validation timesteps and noise.
@@ -126,7 +125,6 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         epoch_hooks: Sequence[EpochHook] = (),
         epoch_end_hooks: Sequence[EpochEndHook] = (),
-        num_threads: int | str = "auto",
         distributed: DistributedContext | None = None,
         progress: bool = True,
         log_every_n_steps: int = 50,
@@ -154,7 +152,6 @@ class Trainer:
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
         self.epoch_end_hooks = list(epoch_end_hooks)
-        self.num_threads = num_threads
         self.progress = progress and self.dist.is_main
         self.method, self.data, self.file_manager, self.logger = method.to(self.device), data, file_manager, logger
 
@@ -365,7 +362,7 @@ class Trainer:
         extra: dict[str, float] = {}
         if self.dist.is_main:
             for hook in self.epoch_hooks:
-                extra.update(hook(epoch, self.state.global_step) or {})
+                extra.update(hook(epoch, self.state.global_step, self.ema.shadow) or {})
         return extra
 
     def _record_epoch(self, train_loss: float, val_loss: float, extra: dict[str, float], seconds: float) -> None:
