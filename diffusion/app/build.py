@@ -56,7 +56,8 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
         method = make_distillation(cfg, model, method, teacher)
     return Components(
         data, model, method,
-        evaluator=instantiate(command.evaluator if evaluator is None else evaluator, _convert_="all"),
+        evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
+                              _convert_="all"),
         make_sampler=SamplerFactory(command, method, data.sample_shape),
         make_trainer=partial(_instantiate_partial, cfg.trainer),
         make_file_manager=lambda run_dir: instantiate(cfg.checkpoint)(run_dir=run_dir),

@@ -115,7 +115,7 @@ def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
     parts = build(source_config(cfg, source), job, command=cfg,
-                  evaluator=cfg.evaluator if cfg.task == "evaluate" else NO_EVALUATOR)
+                  evaluator=cfg.get("evaluator", NO_EVALUATOR) if cfg.task == "evaluate" else NO_EVALUATOR)
     return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source), dist)
 
 
