@@ -51,11 +51,10 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_)
     cfg = data_implied(cfg, data, job.keys)
     model = instantiate(cfg.model, _convert_="all")
-    method = instantiate(cfg.method, _convert_="all")
-    if teacher is not None:
-        method = make_distillation(cfg, model, method, teacher)
+    method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
     return Components(
-        data, model, method,
+        data, model, trained,
         evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
                               _convert_="all"),
         make_sampler=SamplerFactory(command, method, data.sample_shape),

@@ -34,8 +34,9 @@ class SamplerFactory(Protocol):
 
 @dataclass
 class Components:
-    """Every component of a run: the data set, the network, the method (the trained formulation, or a
-    distillation of a teacher), the evaluator, and factories for the sampler, trainer, checkpoints and logger."""
+    """Every component of a run: the data set, the network, the method the trainer trains (the formulation, or
+    the distillation of a teacher into it; the sampler samples with the formulation), the evaluator, and factories
+    for the sampler, trainer, checkpoints and logger."""
 
     data: BaseData
     model: nn.Module
