@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+from diffusion.app import build
 from diffusion.data import BaseData
 from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import BaseLogger
@@ -92,16 +93,16 @@ def test_every_data_option_builds_with_its_model(data, image_root, cifar_root):
         overrides += [f"data.root={image_root}", "data.image_size=16"]
     if data == "cifar10":
         overrides += [f"data.root={cifar_root}"]
-    cfg = compose_config(overrides)
-    dataset = instantiate(cfg.data, _convert_="all")
+    parts = build(compose_config(overrides))  # the network's input shape comes from the data
+    dataset, net = parts.data, parts.model
     assert isinstance(dataset, BaseData)
     splits = dataset.load()
     assert splits.train.shape[1:] == dataset.sample_shape
-    net = instantiate(cfg.model, _convert_="all")
     x = dataset.prepare_batch(splits.train[:3])  # uint8 data sets (mnist, cifar10) convert per batch
     assert net(x, torch.tensor([0, 5, 9])).shape == x.shape
-    # Points are standardised, not confined to [-1, 1]: their data option turns clipping off.
-    assert cfg.method.clip_denoised == (dataset.kind == "image")
+    # Points are standardised, not confined to [-1, 1]: the build turns clipping off for them.
+    assert parts.method.clip_denoised == (dataset.kind == "image")
+    assert parts.config["method"]["clip_denoised"] == (dataset.kind == "image")
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -109,6 +110,7 @@ def test_every_experiment_composes(experiment, cifar_root):
     cfg = compose_config([f"experiment={experiment}", *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
     assert isinstance(instantiate(cfg.method), BaseMethod)
     assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
+    assert isinstance(build(cfg).model, torch.nn.Module)
 
 
 def test_experiment_presets_hold_their_choices():
@@ -122,15 +124,12 @@ def test_experiment_presets_hold_their_choices():
 @pytest.mark.parametrize("logger", options("logger"))
 def test_trainer_sampler_logger_checkpoint_build(trainer, logger, tmp_path):
     cfg = compose_config([f"trainer={trainer}", f"logger={logger}", *TINY_UNET])
-    data = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
-    method = instantiate(cfg.method)
-    file_manager = instantiate(cfg.checkpoint)(run_dir=tmp_path)
-    run_logger = instantiate(cfg.logger)(run_dir=tmp_path)
-    built = instantiate(cfg.trainer, _convert_="all")(
-        model=model, method=method, data=data, file_manager=file_manager, logger=run_logger
-    )
-    sampler = instantiate(cfg.sampler, _convert_="all")(model=model, method=method, sample_shape=data.sample_shape)
+    parts = build(cfg)
+    data, model, method = parts.data, parts.model, parts.method
+    file_manager = parts.make_file_manager(tmp_path)
+    run_logger = parts.make_logger(tmp_path, None)
+    built = parts.make_trainer(model=model, method=method, data=data, file_manager=file_manager, logger=run_logger)
+    sampler = parts.make_sampler(model)
     assert isinstance(file_manager, FileManager) and isinstance(run_logger, BaseLogger)
     assert isinstance(built, Trainer) and isinstance(sampler, Sampler)
     assert built.epochs == cfg.trainer.epochs

@@ -132,7 +132,7 @@ BAD_INPUTS = [
     (["method.prediction=score"], "method.prediction"),
     (["data=image_folder"], "data.root"),
     (["data=image_folder", "data.root=/no/such/dir"], "data.root"),
-    (["data.image_size=10"], "data.image_size"),
+    (["data.image_size=9", "model.channel_mults=[1,2]"], "data.image_size"),  # (the U-Net sizes itself by default)
     (["data=moons"], "model=mlp"),
     (["task=sample"], "run_dir"),
     (["task=sample", "run_dir=/no/such/run"], "run_dir"),

@@ -1,39 +1,13 @@
-"""What ``run.py`` needs besides instantiation: user-error reporting, reading Hydra's view of the command line and
-of earlier runs, cross-component checks, and the run directory's description files.
+"""The Hydra adapter: the one package under ``diffusion/`` that knows Hydra and OmegaConf objects.
 
-The one place under ``diffusion/`` allowed to know about Hydra/OmegaConf objects.
+``run.py`` hands each job to :func:`run_job` (``jobs.py``): Hydra's view of the job is read once
+(``hydra_run.py``), every component is built by :func:`build` (``build.py``, also what experiments and tests
+call), and the task runs from :mod:`diffusion.tasks`. User errors become one line and exit 2 (``errors.py``).
 """
 
-from diffusion.app.components import Components, check_compatible, check_monitor
-from diffusion.app.distill_config import DistillRun, check_distill_option, distill_run_config
-from diffusion.app.errors import guard_command_line, guard_user_errors, remove_if_empty
-from diffusion.app.run_config import (
-    load_guide_model,
-    load_source_config,
-    open_run_logger,
-    require_run_dir,
-    sampling_method_config,
-    search_hooks,
-)
-from diffusion.app.run_files import print_config_tree, print_run_files, save_run_config
+from diffusion.app.build import build
+from diffusion.app.errors import guard_command_line, guard_user_errors
+from diffusion.app.hydra_run import HydraRun
+from diffusion.app.jobs import command_line, run_job
 
-__all__ = [
-    "Components",
-    "check_compatible",
-    "check_distill_option",
-    "check_monitor",
-    "DistillRun",
-    "distill_run_config",
-    "guard_command_line",
-    "guard_user_errors",
-    "remove_if_empty",
-    "load_guide_model",
-    "load_source_config",
-    "open_run_logger",
-    "print_config_tree",
-    "print_run_files",
-    "require_run_dir",
-    "sampling_method_config",
-    "save_run_config",
-    "search_hooks",
-]
+__all__ = ["build", "command_line", "guard_command_line", "guard_user_errors", "HydraRun", "run_job"]

@@ -1,6 +1,6 @@
 """User mistakes become one line on stderr and exit status 2; bugs keep their traceback.
 
-Two layers: :func:`guard_user_errors` around ``run.py``'s task (component checks, missing keys, files that
+Two layers: :func:`guard_user_errors` around the task (component checks, missing keys, files that
 cannot be written), and :func:`guard_command_line` around the Hydra entry point, for what Hydra reports before
 the task starts (an unknown group option or key, an unparsable override, an output directory it cannot make).
 """
@@ -19,18 +19,12 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
 from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
+from diffusion.tasks.run_files import remove_if_empty
 
 DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
 _guarding = False  # guard_command_line is active
-
-
-def remove_if_empty(directory: Path) -> None:
-    """Remove ``directory`` if it exists and holds nothing: the folder Hydra made for a job whose run lives
-    elsewhere (resumed, rank 0's) or that stopped at a user error."""
-    if directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
 
 
 @contextmanager

@@ -1,20 +1,18 @@
-"""What ``run.py`` reads from Hydra besides the config: an earlier run's config, the sampling method chosen on
-this command line, and the logger's run context (name from the overrides, sweep group)."""
+"""What the app reads besides this command's config: an earlier run's config, the sampling method chosen on
+this command line, the autoguidance guide, and the search's per-epoch hook."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.app.hydra_run import current_job
 from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import check_safe_targets
 from diffusion.storage.legacy import upgrade_targets
-from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.runtime.checks import ConfigError
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
@@ -24,7 +22,7 @@ SAMPLING_METHOD_KEYS = ("clip_denoised", "default_solver")
 
 def command_line_keys() -> set[str]:
     """The keys and groups this command line overrides (``method=ddim`` -> ``method``)."""
-    return {override.split("=")[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
+    return current_job().keys
 
 
 def load_source_config(source: Path) -> DictConfig:
@@ -54,21 +52,6 @@ def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     for key in given:
         method[key] = cfg.method[key]
     return method
-
-
-def open_run_logger(cfg: DictConfig, run_dir: Path, run_id: str | None) -> Any:
-    """The configured logger, told the run's name (from the overrides), its sweep group, its config and, when
-    resuming, the logger run id kept in the checkpoint (so W&B continues the same run)."""
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    return open_logger(
-        instantiate(cfg.logger),
-        run_dir=run_dir,
-        name=run_name_from_overrides(list(hydra_cfg.overrides.task)),
-        group=sweep_group(hydra_cfg.sweep.dir) if multirun else None,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        run_id=run_id,
-    )
 
 
 def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:

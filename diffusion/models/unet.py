@@ -126,8 +126,10 @@ class UNet(nn.Module):
         image_size: side length of the square input; must be divisible by ``2 ** (len(channel_mults) - 1)``.
         base_channels: width of the first level; level ``i`` has ``base_channels * channel_mults[i]``.
         channel_mults: one width multiplier per resolution level; each level after the first halves the side.
+            None: sized by the image (:func:`levels_for`: 8 -> ``(1, 2)``, 28 and 32 -> ``(1, 2, 2)``).
         num_res_blocks: residual blocks per level on each side of the U.
-        attention_resolutions: side lengths (e.g. ``(4,)`` for the 4x4 level) that get self-attention.
+        attention_resolutions: side lengths (e.g. ``(4,)`` for the 4x4 level) that get self-attention. None: the
+            lowest level's side.
         dropout: dropout probability inside residual blocks, in ``[0, 1)``.
         num_heads: attention heads; must divide the width of every attention level.
         num_groups: GroupNorm groups; must divide ``base_channels``.
@@ -142,15 +144,19 @@ class UNet(nn.Module):
         in_channels: int,
         image_size: int,
         base_channels: int = 64,
-        channel_mults: Sequence[int] = (1, 2, 2),
+        channel_mults: Sequence[int] | None = (1, 2, 2),
         num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (),
+        attention_resolutions: Sequence[int] | None = (),
         dropout: float = 0.0,
         num_heads: int = 4,
         num_groups: int = 8,
         num_classes: int = 0,
     ) -> None:
         super().__init__()
+        if channel_mults is None:
+            channel_mults = levels_for(check_int(image_size, "data.image_size", minimum=1))
+        if attention_resolutions is None:
+            attention_resolutions = (image_size // 2 ** (len(channel_mults) - 1),)
         channel_mults, attention_resolutions = _check_arguments(
             in_channels, image_size, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout,
             num_heads, num_groups, num_classes,
@@ -215,6 +221,15 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)  # concat along channels
             h = upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def levels_for(image_size: int, max_levels: int = 3, smallest_side: int = 4) -> tuple[int, ...]:
+    """``channel_mults`` for a square image: one level more for each halving that keeps the side even and at least
+    ``smallest_side`` (8 -> 8, 4; 28 -> 28, 14, 7; 32 -> 32, 16, 8), at most ``max_levels``; width doubles once."""
+    levels, side = 1, image_size
+    while levels < max_levels and side % 2 == 0 and side // 2 >= smallest_side:
+        levels, side = levels + 1, side // 2
+    return (1, *([2] * (levels - 1)))
 
 
 def _check_arguments(

@@ -1,6 +1,6 @@
 """Sample, save, score: what happens after training, for ``task=sample`` / ``task=evaluate``, and every N epochs.
 
-This room sits above the Sampler and the evaluators and below ``run.py``: it draws samples, writes
+This room sits above the Sampler and the evaluators and below the task modules: it draws samples, writes
 ``samples.npz`` with its picture and trajectory strip, scores them into ``eval.json`` (and, with
 ``evaluator.sampler_steps``, the DDIM paper's table of quality against steps: Song et al. 2021, Table 1), and
 makes the per-epoch hooks the Trainer calls (:data:`~diffusion.training.trainer.EpochHook`).
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue
@@ -315,12 +316,13 @@ def write_posthoc_table(rows: Sequence[tuple[float, dict[str, float] | None]], d
 
 
 def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLogger) -> EpochHook:
-    """A trainer hook that scores ``evaluator.num_samples`` samples of ``sampler`` (built on the EMA weights)
-    every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``."""
+    """A trainer hook that scores ``evaluator.num_samples`` samples of the EMA weights (drawn by ``sampler``, whose
+    network takes them) every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``."""
 
-    def hook(epoch: int, global_step: int) -> dict[str, float] | None:
+    def hook(epoch: int, global_step: int, ema_model: nn.Module) -> dict[str, float] | None:
         if not evaluator.is_due(epoch):
             return None
+        sampler.model.load_state_dict(ema_model.state_dict())
         samples = sampler.sample(num_samples=evaluator.num_samples).samples
         metrics = evaluator.evaluate(samples)
         logger.log(f"epoch {epoch} evaluation ({len(samples)} samples):\n{format_metrics(metrics)}")
@@ -330,13 +332,14 @@ def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLog
 
 
 def epoch_sample_grid(sampler: Sampler, directory: Path, every_n_epochs: int, logger: BaseLogger) -> EpochHook:
-    """A trainer hook that saves ``samples/epoch_NNNN.png`` (EMA weights) every ``every_n_epochs`` and hands it
-    to the logger (W&B shows it as an image)."""
+    """A trainer hook that saves ``samples/epoch_NNNN.png`` of the EMA weights (drawn by ``sampler``, whose network
+    takes them) every ``every_n_epochs`` and hands it to the logger (W&B shows it as an image)."""
     from diffusion.storage.images import save_image_grid
 
-    def hook(epoch: int, global_step: int) -> None:
+    def hook(epoch: int, global_step: int, ema_model: nn.Module) -> None:
         if epoch % every_n_epochs:
             return None
+        sampler.model.load_state_dict(ema_model.state_dict())
         result = sampler.sample()
         if result.samples.dim() == 4:
             images, nrow = grid_selection(sampler, result)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, ContextManager, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -25,18 +25,22 @@ from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
 from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision, to_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.training.ema import make_ema
+from diffusion.training.optimizer_step import OptimizerStep, wrap_for_training
+from diffusion.training.epoch_batches import EpochBatches, check_batch_split
+from diffusion.training.run_checkpoints import RunCheckpoints
 from diffusion.storage.file_manager import FileManager
 from diffusion.training.validation_loss import FixedDrawValidation
 from diffusion.loggers.base import BaseLogger
 from diffusion.training.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
-from diffusion.runtime.seeding import rng_state, seed_everything, set_rng_state
+from diffusion.runtime.seeding import rng_state
 from diffusion.runtime.signals import StopSignals
-from diffusion.runtime.checks import ConfigError, check_betas, check_bool, check_float, check_int, check_positive
+from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int, check_positive
 
-# Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step)`` after validation on
-# rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they are made.
-EpochHook = Callable[[int, int], dict[str, float] | None]
+# Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step, ema_model)`` after
+# validation on rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they
+# are made, and the EMA weights of the moment when called.
+EpochHook = Callable[[int, int, nn.Module], dict[str, float] | None]
 # Called as ``hook(epoch, metrics)`` on rank 0 after the epoch's checkpoint is written (e.g. a pruning search
 # reporting the epoch's value; it may raise to stop a hopeless run, which keeps its checkpoint).
 EpochEndHook = Callable[[int, Mapping[str, float]], None]
@@ -63,30 +67,11 @@ class Trainer:
 
     Args:
         model, method, data, file_manager, logger: the components it drives.
-        epochs: total epochs of the run (a resumed run continues up to this number).
-        max_steps: total optimizer steps of the run, as papers count them; when set it replaces ``epochs`` (the
-            last epoch ends early at that step).
-        lr: peak learning rate. batch_size: the global batch (all ranks, all accumulation steps).
-        weight_decay, betas: AdamW settings. warmup_steps: linear warmup from 0.
-        lr_schedule: ``constant`` or ``cosine`` (decays to ``min_lr_ratio * lr`` at the last step).
-        grad_clip: max global gradient norm (0 disables).
-        accumulate_grad_batches: micro-batches per optimizer step.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (CUDA only, with gradient scaling).
-        ema: ``ema`` (one EMA with ``ema_decay``, warmed up, see :class:`~diffusion.training.ema.EMA`) or ``posthoc``
-            (EDM2's power-function EMAs with relative stds ``ema_stds``, see :mod:`diffusion.training.posthoc_ema`, whose
-            snapshots are saved every ``ema_snapshot_every`` steps for ``task=posthoc_ema``).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        monitor: metric that picks ``best`` (``val_loss`` or one an epoch hook returns; lower is better).
-        checkpoint_every_n_steps: also save ``last`` every N optimizer steps (0: at epoch ends only).
-        skip_nonfinite: skip batches whose loss is NaN/inf (counted) instead of stopping.
-        compile: wrap the model in ``torch.compile``. channels_last: NHWC memory format for images.
+        max_steps: total optimizer steps, as papers count them; when set it replaces ``epochs``.
         seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
         epoch_hooks: extra per-epoch work, see :data:`EpochHook`; epoch_end_hooks: see :data:`EpochEndHook`.
-        num_threads: the intra-op thread budget (``auto`` or N), applied to the whole process by ``run.py``
-            (:func:`diffusion.runtime.threads.thread_budget`); shown in the banner.
         distributed: the torchrun context (default: single process).
-        progress: show a progress bar. log_every_n_steps: step-level logging interval.
-        val_seed: seed of the fixed validation timesteps and noise.
+        The other settings are ``conf/trainer/default.yaml``'s keys, each explained there.
 
     Raises:
         ConfigError: for any out-of-range or unknown argument, naming its ``trainer.*`` key.
@@ -126,7 +111,6 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         epoch_hooks: Sequence[EpochHook] = (),
         epoch_end_hooks: Sequence[EpochEndHook] = (),
-        num_threads: int | str = "auto",
         distributed: DistributedContext | None = None,
         progress: bool = True,
         log_every_n_steps: int = 50,
@@ -142,7 +126,7 @@ class Trainer:
         self.log_every_n_steps = check_int(log_every_n_steps, "trainer.log_every_n_steps", minimum=1)
         self.seed = check_int(seed, "seed")
         self.dist = distributed or DistributedContext()
-        self._check_batch_split()
+        check_batch_split(self.batch_size, self.accumulate, self.dist)
         self.device = self.dist.device(resolve_device(device))
         self.precision = resolve_precision(precision, self.device, "trainer.precision")
         if self.precision == "fp16" and self.device.type != "cuda":
@@ -154,7 +138,6 @@ class Trainer:
         self.run_config = run_config or {}
         self.epoch_hooks = list(epoch_hooks)
         self.epoch_end_hooks = list(epoch_end_hooks)
-        self.num_threads = num_threads
         self.progress = progress and self.dist.is_main
         self.method, self.data, self.file_manager, self.logger = method.to(self.device), data, file_manager, logger
 
@@ -162,63 +145,37 @@ class Trainer:
         self.model = model.to(self.device, memory_format=memory_format)
         self.ema, self.ema_snapshot_every = make_ema(self.model, ema, ema_decay, ema_stds, ema_snapshot_every)
         self.ema.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=self.lr,
-            betas=check_betas(betas, "trainer.betas"),
-            weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
-        )
-        self.train_model = self._wrap(self.model, check_bool(compile, "trainer.compile"))
-        splits = data.load()
-        self.splits = DataSplits(*(None if t is None else to_device(t, self.device) for t in _fields(splits)))
-        self.conditional = getattr(model, "num_classes", 0) > 0 and self.splits.train_labels is not None
-        self.steps_per_epoch = self._steps_per_epoch()
+        self.train_model = wrap_for_training(self.model, self.dist, self.device, check_bool(compile, "trainer.compile"))
+        self._load_data(val_seed)
+        self.lr_factor = WarmupThenDecay(warmup_steps, self.total_steps, lr_schedule, min_lr_ratio)
+        self.step = OptimizerStep(self.model, self.train_model, lr=self.lr, betas=betas, weight_decay=weight_decay,
+                                  grad_clip=self.grad_clip, lr_factor=self.lr_factor, precision=self.precision)
+        self.optimizer, self.scheduler, self.scaler = self.step.optimizer, self.step.scheduler, self.step.scaler
+        self.state = TrainState()
+        self._signals = StopSignals()
+        self.checkpoints = RunCheckpoints(file_manager, self.dist, logger)
+
+    def _load_data(self, val_seed: int) -> None:
+        """The splits on the device, this rank's batches, the run's length in steps and the fixed validation."""
+        splits = self.data.load()
+        tensors = (splits.train, splits.val, splits.train_labels, splits.val_labels)
+        self.splits = DataSplits(*(None if t is None else to_device(t, self.device) for t in tensors))
+        self.conditional = getattr(self.model, "num_classes", 0) > 0 and self.splits.train_labels is not None
+        self.epoch_batches = EpochBatches(len(self.splits.train), self.batch_size, self.dist, self.seed, self.device)
+        self.steps_per_epoch = self.epoch_batches.steps_per_epoch
         if self.max_steps is not None:
             self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
-        self.lr_factor = WarmupThenDecay(warmup_steps, self.total_steps, lr_schedule, min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.state = TrainState()
         self.validation = FixedDrawValidation(
             self.method, self.data, self.splits.val, self.splits.val_labels if self.conditional else None,
             val_seed, self.precision,
         )
-        self._signals = StopSignals()
-        self._pending_rng_state: checkpoint.RankRNG | None = None  # restored at the start of train(), see restore()
-        self._resumed_from: Path | None = None
-        self._saved: tuple[Path, int] | None = None  # the newest checkpoint this process wrote, and its step
-        self._grad_norm: torch.Tensor | None = None
 
     def _maybe_snapshot_ema(self) -> None:
         every = self.ema_snapshot_every
         if every and self.state.global_step % every == 0 and self.dist.is_main:
             self.file_manager.save_ema_snapshot(self.ema.snapshot())  # type: ignore[operator]
 
-    def _check_batch_split(self) -> None:
-        parts = self.dist.world_size * self.accumulate
-        if self.batch_size % parts:
-            raise ConfigError(
-                f"trainer.batch_size={self.batch_size} (the global batch) must be divisible by world size "
-                f"{self.dist.world_size} x trainer.accumulate_grad_batches {self.accumulate} = {parts}"
-            )
-
-    def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        return torch.compile(model) if compile else model  # type: ignore[return-value]
-
-    def _steps_per_epoch(self) -> int:
-        num_train = len(self.splits.train)
-        if num_train < self.batch_size and self.dist.enabled:
-            raise ConfigError(f"trainer.batch_size={self.batch_size} exceeds the {num_train} training samples")
-        # Data-parallel runs drop the last incomplete batch so every rank gets an equal share.
-        return num_train // self.batch_size if self.dist.enabled else math.ceil(num_train / self.batch_size)
-
-    # ----------------------------------------------------------------------------------------------------
-    # The loop
-    # ----------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         """Train up to ``epochs`` (or ``max_steps``), continuing a state put back by :meth:`restore`; returns the final
         metrics.
@@ -228,7 +185,7 @@ class Trainer:
             diffusion.runtime.signals.Interrupted: SIGTERM/SIGINT (after saving ``last``).
         """
         self.logger.log(self._banner())
-        self._continue_restored_run()
+        self.checkpoints.continue_run(self.state, self.seed)
         with self._signals:
             while self.state.epoch < self.epochs and not self._reached_max_steps():
                 epoch = self.state.epoch + 1
@@ -246,7 +203,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> float:
         self.train_model.train()
-        batches = self._epoch_batches(epoch)
+        batches = self.epoch_batches(epoch)
         first = self.state.global_step - (epoch - 1) * self.steps_per_epoch  # > 0 after a mid-epoch resume
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.epochs}",
                    disable=not self.progress, leave=False)
@@ -264,33 +221,14 @@ class Trainer:
         self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
         return mean
 
-    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        """This rank's sample indices for every step of ``epoch``: a pure function of (seed, epoch, rank)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.splits.train), generator=generator).to(self.device)
-        batches = list(order.split(self.batch_size))[: self.steps_per_epoch]
-        return [batch[self.dist.rank :: self.dist.world_size] for batch in batches]
-
     def _train_step(self, index: torch.Tensor) -> torch.Tensor:
         """One optimizer step over ``index`` in ``accumulate`` micro-batches; returns the mean loss."""
-        self.optimizer.zero_grad(set_to_none=True)
-        micro_batches = index.chunk(self.accumulate)
-        total = torch.zeros((), device=self.device)
-        for i, micro in enumerate(micro_batches):
-            sync = i == len(micro_batches) - 1
-            with self._no_sync(not sync), autocast(self.device, self.precision):
-                loss = self.method.compute_loss(self.train_model, self._inputs(micro, i), **self._labels(micro))
-            self.scaler.scale(loss / len(micro_batches)).backward()
-            total += loss.detach() / len(micro_batches)
+        micro_losses = [partial(self._loss, micro, i) for i, micro in enumerate(index.chunk(self.accumulate))]
+        total = self.step.backward(micro_losses, self.device)
         mean_loss = float(self.dist.mean(total))  # one all-reduce and one host sync per step
         if not self._finite(mean_loss):
             return total
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        self.step.apply()
         self.state.global_step += 1
         self.state.epoch_loss_sum += mean_loss * len(index) * self.dist.world_size
         self.state.epoch_samples += len(index) * self.dist.world_size
@@ -303,15 +241,18 @@ class Trainer:
         step = self.state.global_step + 1
         if not self.skip_nonfinite:
             raise TrainingDiverged(
-                f"loss became {loss} at step {step} (epoch {self.state.epoch + 1}); {self._kept()}; "
+                f"loss became {loss} at step {step} (epoch {self.state.epoch + 1}); {self.checkpoints.kept()}; "
                 "lower trainer.lr, or set trainer.skip_nonfinite=true to skip such batches"
             )
-        self.optimizer.zero_grad(set_to_none=True)
+        self.step.skip()
         self.state.skipped_steps += 1
         self.state.global_step += 1  # the step is spent (keeps the data position and LR schedule aligned)
-        self.scheduler.step()
         self.logger.log(f"skipped step {step}: non-finite loss ({self.state.skipped_steps} skipped so far)")
         return False
+
+    def _loss(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.method.compute_loss(self.train_model, self._inputs(index, micro_batch), **self._labels(index))
 
     def _inputs(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
         # uint8 data sets convert here, per batch; random flips are seeded by (seed, step, micro-batch, rank), so a
@@ -326,20 +267,14 @@ class Trainer:
         # The null label is passed explicitly: a DDP- or compile-wrapped model hides ``num_classes``.
         return {"y": self.splits.train_labels[index], "null_label": self.model.num_classes}  # type: ignore[index]
 
-    def _no_sync(self, skip: bool) -> ContextManager[Any]:
-        # Accumulation micro-batches before the last need no gradient all-reduce.
-        if skip and isinstance(self.train_model, nn.parallel.DistributedDataParallel):
-            return self.train_model.no_sync()
-        return nullcontext()
-
     def _log_step(self, loss: torch.Tensor, bar: Any) -> None:
         if self.state.global_step % self.log_every_n_steps:
             return
         step_loss = float(loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         metrics = {"train/loss_step": step_loss, "lr": self.current_lr}
-        if self._grad_norm is not None:
-            metrics["grad_norm"] = float(self._grad_norm)  # before clipping
+        if self.step.grad_norm is not None:
+            metrics["grad_norm"] = float(self.step.grad_norm)  # before clipping
         self.logger.log(metrics, step=self.state.global_step)
 
     def _reached_max_steps(self) -> bool:
@@ -347,7 +282,7 @@ class Trainer:
 
     def _maybe_stop_or_checkpoint(self) -> None:
         if self.dist.any(self._signals.received is not None, self.device):
-            self._save_last()
+            self._save(is_best=False, periodic=False)
             raise self._signals.interrupted(
                 f"at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir / 'last.pt'}. To "
                 f"resume, run the same command with resume=auto (same hydra.run.dir) or "
@@ -355,7 +290,7 @@ class Trainer:
             )
         every = self.checkpoint_every_n_steps
         if every and self.state.global_step % every == 0:
-            self._save_last()
+            self._save(is_best=False, periodic=False)
 
     def validate(self) -> float:
         """Mean loss of the EMA model on the validation split, at fixed timesteps and noise."""
@@ -365,7 +300,7 @@ class Trainer:
         extra: dict[str, float] = {}
         if self.dist.is_main:
             for hook in self.epoch_hooks:
-                extra.update(hook(epoch, self.state.global_step) or {})
+                extra.update(hook(epoch, self.state.global_step, self.ema.shadow) or {})
         return extra
 
     def _record_epoch(self, train_loss: float, val_loss: float, extra: dict[str, float], seconds: float) -> None:
@@ -391,25 +326,10 @@ class Trainer:
         if is_best:
             self.state.best_metric = value  # type: ignore[assignment]
         self.state.metrics["best/" + self.monitor] = self.state.best_metric
-        rng = self._rank_rng_states()  # a collective: every rank takes part
-        if self.dist.is_main:
-            path = self.file_manager.save(self.checkpoint_dict(rng), is_best=is_best)
-            self._saved = (path, self.state.global_step)
-        self.dist.barrier()
+        self._save(is_best=is_best)
 
-    def _save_last(self) -> None:
-        rng = self._rank_rng_states()
-        if self.dist.is_main:
-            path = self.file_manager.save(self.checkpoint_dict(rng), is_best=False, periodic=False)
-            self._saved = (path, self.state.global_step)
-        self.dist.barrier()
-
-    def _kept(self) -> str:
-        if self._saved is not None:
-            return f"the last good checkpoint is {self._saved[0]} (step {self._saved[1]})"
-        if self._resumed_from is not None:
-            return f"the last good checkpoint is {self._resumed_from}"
-        return "no checkpoint was saved yet (set trainer.checkpoint_every_n_steps to save within an epoch)"
+    def _save(self, is_best: bool, periodic: bool | None = None) -> None:
+        self.checkpoints.save(self.checkpoint_dict, self.state.global_step, is_best, periodic)
 
     def _monitored_value(self) -> float | None:
         if self.monitor in ("val_loss", "val/loss"):
@@ -417,19 +337,12 @@ class Trainer:
         value = self.state.metrics.get(self.monitor)
         return None if value is None else float(value)  # e.g. a metric computed every N epochs only
 
-    # ----------------------------------------------------------------------------------------------------
-    # State
-    # ----------------------------------------------------------------------------------------------------
     def checkpoint_dict(self, rank_rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The checkpoint of this moment (its layout: :mod:`diffusion.storage.checkpoint`); ``rank_rng_states`` is every
-        rank's RNG states from :meth:`_rank_rng_states` (default: this process's alone)."""
+        rank's RNG states (default: this process's alone)."""
         self.state.logger_run_id = self.logger.run_id or self.state.logger_run_id  # W&B continues the same run
         rng = rank_rng_states or [rng_state()]
         return checkpoint.build(self._parts(), self.state, self.monitor, self.run_config, rng)
-
-    def _rank_rng_states(self) -> list[dict[str, Any]]:
-        # Each rank draws its own noise; a resume puts back each rank's own stream (elastic restarts stay exact).
-        return self.dist.all_gather_object(rng_state())
 
     def restore(self, ckpt: dict[str, Any], source: str | Path) -> None:
         """Put back weights, EMA, optimizer, LR schedule, counters, histories and epoch position from the loaded
@@ -439,28 +352,10 @@ class Trainer:
         Raises:
             CheckpointError: the checkpoint was trained with another model or optimizer configuration.
         """
-        self.state = checkpoint.restore(ckpt, self._parts(), source)
-        self._pending_rng_state = checkpoint.rank_rng_state(ckpt, self.dist.rank, self.dist.world_size)
-        self._resumed_from = Path(source)
+        self.state = self.checkpoints.restore(ckpt, self._parts(), source)
 
     def _parts(self) -> checkpoint.TrainingParts:
         return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler)
-
-    def _continue_restored_run(self) -> None:
-        # The RNG states go back right before the first step, so nothing run between restore() and train()
-        # (evaluator preparation, logger start-up) draws from the restored streams.
-        if self._resumed_from is not None:
-            state = self.state
-            self.logger.log(f"resumed from {self._resumed_from} at epoch {state.epoch}, step {state.global_step}")
-        if self._pending_rng_state is not None:
-            rng, note = self._pending_rng_state
-            if note is not None:
-                self.logger.log(f"warning: {note}")
-            if rng is not None:
-                set_rng_state(rng)
-            else:  # a rank the checkpoint has no stream for: one apart from every other rank's and from step 0's
-                seed_everything(hash((self.seed, self.dist.rank, self.state.global_step)) % 2**31)
-            self._pending_rng_state = None
 
     def get_loss_histories(self) -> LossHistories:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))
@@ -479,7 +374,7 @@ class Trainer:
 
     @property
     def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return self.step.lr
 
     def _remaining(self) -> str:
         if self.state.epoch >= self.epochs or self._reached_max_steps():
@@ -498,6 +393,3 @@ class Trainer:
             f"per epoch, {self._remaining()}"
         )
 
-
-def _fields(splits: DataSplits) -> tuple[torch.Tensor | None, ...]:
-    return (splits.train, splits.val, splits.train_labels, splits.val_labels)

@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config(settings: Settings) -> Any:
-    overrides = [*settings.model, "model.in_channels=3", "model.image_size=32", "method=ddim",
+    overrides = [*settings.model, "+model.in_channels=3", "+model.image_size=32", "method=ddim",
                  "method.num_timesteps=1000"]
     return compose_config(overrides)
 

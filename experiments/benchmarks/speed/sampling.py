@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from diffusion.app.build import SamplerFactory
 from diffusion.runtime.devices import autocast
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.methods.base import BaseMethod
@@ -49,11 +49,11 @@ class ScaledIdentity(nn.Module):
 def make_sampler(cfg: DictConfig, model: nn.Module, method: BaseMethod, sample_shape: tuple[int, ...],
                  num_samples: int, steps: int | None, device: torch.device, batch_size: int | None = None,
                  distributed: DistributedContext | None = None) -> Sampler:
-    """The configured sampler (``conf/sampler``) for ``model`` and ``method``: ``num_samples`` in batches of
-    ``batch_size`` (None: one batch)."""
-    return instantiate(cfg.sampler, _convert_="all")(
-        model=model, method=method, sample_shape=sample_shape, num_samples=num_samples,
-        batch_size=batch_size or num_samples, steps=steps, device=str(device), distributed=distributed,
+    """The configured sampler (``conf/sampler``) for ``model`` and ``method``, made as ``run.py`` makes it:
+    ``num_samples`` in batches of ``batch_size`` (None: one batch)."""
+    return SamplerFactory(cfg, method, sample_shape)(
+        model, dist=distributed, num_samples=num_samples, batch_size=batch_size or num_samples, steps=steps,
+        device=str(device),
     )
 
 

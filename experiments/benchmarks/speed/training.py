@@ -18,14 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion.data.base import BaseData
+from diffusion.app import build
 from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
+from diffusion.tasks.components import Components
 from diffusion.runtime.devices import Precision, autocast
 from diffusion.training.trainer import Trainer
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, synchronize
@@ -40,21 +40,11 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=["evaluator=none", *overrides])
 
 
-@dataclass
-class Parts:
-    data: BaseData
-    model: torch.nn.Module
-    method: BaseMethod
-
-
-def build_parts(cfg: DictConfig, seed: int = 0) -> Parts:
-    """Data, model and method of ``cfg``; the seed gives every variant the same initial weights."""
+def build_parts(cfg: DictConfig, seed: int = 0) -> Components:
+    """The components of ``cfg``, built as ``run.py`` builds them; the seed gives every variant the same initial
+    weights."""
     torch.manual_seed(seed)
-    return Parts(
-        data=instantiate(cfg.data, _convert_="all"),
-        model=instantiate(cfg.model, _convert_="all"),
-        method=instantiate(cfg.method, _convert_="all"),
-    )
+    return build(cfg)
 
 
 class TimedTrainer:
@@ -67,7 +57,7 @@ class TimedTrainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, **trainer_kwargs: Any) -> None:
         parts = build_parts(cfg)
-        self.trainer: Trainer = instantiate(cfg.trainer, _convert_="all")(
+        self.trainer: Trainer = parts.make_trainer(
             model=parts.model, method=parts.method, data=parts.data, file_manager=FileManager(run_dir),
             logger=NullLogger(), epochs=1, device=str(device), progress=False, **trainer_kwargs,
         )

@@ -1,0 +1,141 @@
+"""One ``build(cfg)``: every component of a run made from the composed config through its ``_target_``.
+
+The entry point, the experiments and the tests all build through here. What the data implies for the other
+groups is derived here, from the built data set, where the config leaves it open: the network's input shape
+(the constructor parameters ``in_channels`` and ``image_size`` of an image network, ``dim`` of a point network,
+from ``data.sample_shape``) and ``method.clip_denoised=false`` for data not confined to [-1, 1] (points).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from diffusion.app.distill_config import DistillRun
+from diffusion.app.hydra_run import HydraRun
+from diffusion.app.run_config import load_guide_model
+from diffusion.data.base import BaseData
+from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
+from diffusion.loggers.base import BaseLogger
+from diffusion.methods.base import BaseMethod
+from diffusion.runtime.checks import ConfigError
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.sampling.sampler import Sampler
+from diffusion.storage import checkpoint
+from diffusion.storage.file_manager import load_checkpoint
+from diffusion.tasks.components import Components
+
+NO_EVALUATOR = OmegaConf.create({"_target_": "diffusion.evaluation.NoneEvaluator"})  # task=sample scores nothing
+
+
+def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig | None = None,
+          evaluator: DictConfig | None = None, teacher: DistillRun | None = None) -> Components:
+    """Instantiate the data, then the network and method (with what the data implies), the evaluator and the
+    factories of the sampler, trainer, checkpoints and logger; each component checks its arguments here, before
+    anything is written.
+
+    ``command``: the config whose sampler (and evaluator) are used, when it is not ``cfg`` (sampling an earlier
+    run: ``cfg`` is that run's). ``evaluator``: an evaluator config to use instead. ``teacher``: the method is
+    the distillation of that run's network (``cfg.distill``), the student starting as a copy of it.
+    """
+    job = job or HydraRun(output_dir=Path("."))
+    command = cfg if command is None else command
+    data = instantiate(cfg.data, _convert_="all")
+    check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_)
+    cfg = data_implied(cfg, data, job.keys)
+    model = instantiate(cfg.model, _convert_="all")
+    method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
+    return Components(
+        data, model, trained,
+        evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
+                              _convert_="all"),
+        make_sampler=SamplerFactory(command, method, data.sample_shape),
+        make_trainer=partial(_instantiate_partial, cfg.trainer),
+        make_file_manager=lambda run_dir: instantiate(cfg.checkpoint)(run_dir=run_dir),
+        make_logger=partial(open_run_logger, cfg, job),
+        config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+    )
+
+
+def _instantiate_partial(node: DictConfig, **arguments: Any) -> Any:
+    return instantiate(node, _convert_="all")(**arguments)
+
+
+class SamplerFactory:
+    """The configured sampler (``sampler`` of ``command``) for a network; with ``sampler.guide`` its autoguidance
+    guide is loaded too (a checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
+
+    def __init__(self, command: DictConfig, method: BaseMethod, sample_shape: tuple[int, ...]) -> None:
+        self.sampler, self.guide_method = command.sampler, command.method
+        self.method, self.sample_shape = method, sample_shape
+
+    def __call__(self, model: nn.Module, run_dir: Path | None = None, dist: DistributedContext | None = None,
+                 **overrides: Any) -> Sampler:
+        guide = self.sampler.get("guide")
+        guide_model = None if guide is None else load_guide_model(str(guide), run_dir, self.guide_method)
+        return instantiate(self.sampler, _convert_="all")(
+            model=model, method=self.method, sample_shape=self.sample_shape, guide_model=guide_model,
+            distributed=dist, **overrides
+        )
+
+
+def data_implied(cfg: DictConfig, data: BaseData, command_line: set[str]) -> DictConfig:
+    """A copy of ``cfg`` with what ``data`` implies for the network and method where ``cfg`` leaves it open (a key
+    set on the command line stays as given); saved as the run's config, so a run directory describes itself."""
+    cfg = copy.deepcopy(cfg)
+    shape = data.sample_shape
+    implied = {"in_channels": shape[0], "image_size": shape[-1]} if data.kind == "image" else {"dim": shape[0]}
+    accepted = inspect.signature(get_class(cfg.model._target_)).parameters
+    with open_dict(cfg):
+        for name, value in implied.items():
+            if name in accepted and cfg.model.get(name) is None:
+                cfg.model[name] = value
+        if data.kind == "points" and "clip_denoised" in cfg.method and "method.clip_denoised" not in command_line:
+            cfg.method.clip_denoised = False  # standardised points are not confined to [-1, 1]
+    return cfg
+
+
+def check_compatible(data: BaseData, model_class: type, data_choice: str) -> None:
+    """An image network needs image data and a point network point data; checked before the model is built.
+
+    Raises:
+        ConfigError: naming the ``model`` option to choose instead.
+    """
+    from diffusion.models import MLP, UNet
+
+    if data.kind == "points" and issubclass(model_class, UNet):
+        raise ConfigError(f"model=unet needs image data but data={data_choice}; use model=mlp")
+    if data.kind == "image" and issubclass(model_class, MLP):
+        raise ConfigError(f"model=mlp takes 2-D points but data={data_choice}; use model=unet")
+
+
+def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, teacher: DistillRun) -> Any:
+    """The distillation "method": the frozen teacher (the teacher run's best EMA weights) and the student's method;
+    the student network starts as a copy of the teacher."""
+    weights = checkpoint.ema_weights(load_checkpoint(teacher.teacher_checkpoint))
+    teacher_model = instantiate(cfg.model, _convert_="all")
+    teacher_model.load_state_dict(weights)
+    student.load_state_dict(weights)
+    return instantiate(cfg.distill, _convert_="all")(method=method, teacher=teacher_model,
+                                                     teacher_step=teacher.teacher_step)
+
+
+def open_run_logger(cfg: DictConfig, job: HydraRun, run_dir: Path, run_id: str | None) -> BaseLogger:
+    """The configured logger, told the run's name (from the overrides), its sweep group, its config and, when
+    resuming, the logger run id kept in the checkpoint (so W&B continues the same run)."""
+    return open_logger(
+        instantiate(cfg.logger),
+        run_dir=run_dir,
+        name=run_name_from_overrides(list(job.overrides)),
+        group=None if job.sweep_dir is None else sweep_group(job.sweep_dir),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=run_id,
+    )

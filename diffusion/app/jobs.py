@@ -1,0 +1,155 @@
+"""One Hydra job: check the task, set the process's thread budget, build the components, run the task.
+
+Each function below reads what its task needs from the config (and from the run directory it reads), builds
+the components through :func:`~diffusion.app.build.build` and hands them, with plain settings, to its module in
+:mod:`diffusion.tasks`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from omegaconf import DictConfig
+
+from diffusion.app.build import NO_EVALUATOR, build
+from diffusion.app.distill_config import check_distill_option, distill_run_config
+from diffusion.app.errors import guard_command_line, guard_user_errors
+from diffusion.app.hydra_run import HydraRun, start_job
+from diffusion.app.run_config import load_source_config, require_run_dir, sampling_method_config, search_hooks
+from diffusion.app.run_files import print_config_tree, save_run_config
+from diffusion.runtime.checks import check_bool, check_choice, check_int
+from diffusion.runtime.devices import resolve_device
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.runtime.seeding import seed_everything
+from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
+from diffusion.tasks import export, posthoc_ema, sample, train
+from diffusion.tasks.components import Components, RunSettings
+
+# Keys that moved, as typed on an older command line -> their home now.
+MOVED_KEYS = {"trainer.num_threads": "num_threads"}  # process-wide, not a trainer setting
+
+
+@contextmanager
+def command_line() -> Iterator[None]:
+    """Around the Hydra entry point: one-line user errors (:func:`guard_command_line`), and moved keys typed
+    under their old name take their new one."""
+    for index, word in enumerate(sys.argv[1:], start=1):
+        key, equals, value = word.partition("=")
+        if equals and key in MOVED_KEYS:
+            sys.argv[index] = f"{MOVED_KEYS[key]}={value}"
+    with guard_command_line():
+        yield
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """The task ``cfg.task`` of the Hydra job now running; returns what a sweeper minimises (if anything)."""
+    job = start_job(HydraRun.read())
+    with guard_user_errors(created_dir=job.output_dir):
+        check_choice(cfg.task, "task", tuple(TASKS))
+        check_distill_option(cfg)
+        check_int(cfg.seed, "seed")
+        apply_thread_budget(cfg, job)
+        return TASKS[cfg.task](cfg, job)
+    return None
+
+
+def apply_thread_budget(cfg: DictConfig, job: HydraRun) -> None:
+    """One intra-op thread count for the process (training, sampling, scoring): the CPUs it may use divided
+    among the jobs a launcher runs at once on this node; said on the console, with a warning on a busy machine."""
+    budget = thread_budget(cfg.get("num_threads", "auto"), launcher=job.launcher)
+    torch.set_num_threads(budget.threads)
+    print(budget.reason)
+    warning = busy_warning(cpu_limit()[0], budget.threads)
+    if warning:  # on stdout with the run's log, so that stderr keeps one line per error
+        print(f"warning: {warning}")
+
+
+def run_train(cfg: DictConfig, job: HydraRun) -> float:
+    """``task=train``: train (or resume), then sample from the best EMA checkpoint and score."""
+    check_shared_trainer_keys(cfg.trainer)
+    dist = DistributedContext.from_environment(cfg.trainer.device)
+    seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
+    parts = build(cfg, job)
+    return train.train(parts, training_settings(cfg, job, parts, cfg.trainer.max_steps), dist)
+
+
+def run_distill(cfg: DictConfig, job: HydraRun) -> float:
+    """``task=distill run_dir=<teacher run> distill=progressive|consistency``: a training run whose model starts as
+    the teacher's best EMA weights and whose loss is the distillation's, for its rounds' total steps."""
+    teacher = distill_run_config(cfg)
+    check_shared_trainer_keys(teacher.cfg.trainer)
+    dist = DistributedContext.from_environment(teacher.cfg.trainer.device)
+    seed_everything(teacher.cfg.seed + dist.rank)
+    parts = build(teacher.cfg, job, teacher=teacher)
+    settings = training_settings(teacher.cfg, job, parts, parts.method.total_steps)  # type: ignore[attr-defined]
+    return train.train(parts, settings, dist, distill=True)
+
+
+def check_shared_trainer_keys(trainer: DictConfig) -> None:
+    """The trainer keys the sampler follows (``sampler.device: ${trainer.device}``, ``progress``), checked under
+    the name the user sets: the epoch hooks' sampler is built before the trainer.
+
+    Raises:
+        ConfigError: naming ``trainer.device`` or ``trainer.progress``.
+    """
+    resolve_device(trainer.device)
+    check_bool(trainer.progress, "trainer.progress")
+
+
+def training_settings(cfg: DictConfig, job: HydraRun, parts: Components, max_steps: int | None) -> RunSettings:
+    return RunSettings(
+        output_dir=job.output_dir, seed=cfg.seed, resume=cfg.resume, max_steps=max_steps, config=parts.config,
+        save_config=lambda run_dir: save_run_config(parts.config, run_dir, job.overrides),
+        print_config=lambda: print_config_tree(parts.config),
+        search_hooks=lambda run_dir: search_hooks(cfg, cfg.trainer.monitor, run_dir),
+    )
+
+
+def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
+    """``task=sample`` / ``task=evaluate``: ``run_dir``'s best checkpoint (or ``run_dir=<file>.safetensors``)
+    sampled (and scored) with this command's sampler, evaluator and, if chosen on this command line, method."""
+    dist = DistributedContext.from_environment(cfg.sampler.device)
+    seed_everything(cfg.seed)
+    source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
+    parts = build(source_config(cfg, source), job, command=cfg,
+                  evaluator=cfg.get("evaluator", NO_EVALUATOR) if cfg.task == "evaluate" else NO_EVALUATOR)
+    return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source), dist)
+
+
+def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:
+    """``task=posthoc_ema run_dir=<run trained with trainer.ema=posthoc> 'ema.std=[...]'``."""
+    seed_everything(cfg.seed)
+    source = require_run_dir(cfg, "a run directory trained with trainer.ema=posthoc")
+    parts = build(source_config(cfg, source), job, command=cfg)
+    settings = source_settings(cfg, job, parts, source)
+    settings.ema_stds = [float(s) for s in cfg.ema.std]
+    return posthoc_ema.posthoc_ema(parts, settings)
+
+
+def run_export(cfg: DictConfig, job: HydraRun) -> None:
+    """``task=export run_dir=<run dir or checkpoint .pt>``: ``<hydra.run.dir>/weights.safetensors``."""
+    source = require_run_dir(cfg, "a run directory holding checkpoints/, or a checkpoint .pt")
+    export.export(RunSettings(output_dir=job.output_dir, source=source))
+
+
+def source_config(cfg: DictConfig, source: object) -> DictConfig:
+    """The config of the run read (``run_dir``), sampled with the method this command line chose, if any."""
+    run_cfg = load_source_config(source)  # type: ignore[arg-type]
+    run_cfg.method = sampling_method_config(cfg, run_cfg)
+    return run_cfg
+
+
+def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object) -> RunSettings:
+    return RunSettings(
+        output_dir=job.output_dir, seed=cfg.seed, source=source, config=parts.config,  # type: ignore[arg-type]
+        save_config=lambda directory: save_run_config(cfg, directory, job.overrides), label=cfg.task,
+    )
+
+
+TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
+    "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
+    "posthoc_ema": run_posthoc_ema, "distill": run_distill,
+}
