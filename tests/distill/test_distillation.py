@@ -118,7 +118,7 @@ def test_every_distill_option_composes_and_builds_on_a_teacher_method(option):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["task=distill", f"distill={option}", "method=ddim",
                                                        "method.num_timesteps=64", "method.prediction=v"])
     teacher_method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))  # as a config.yaml holds it

@@ -25,7 +25,7 @@ from diffusion.sampling.sampler import Sampler
 from diffusion.sampling.solvers import ddim
 from diffusion.runtime.checks import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGMAS = torch.tensor([1e-3, 0.002, 0.1, 0.5, 1.0, 5.0, 80.0], dtype=torch.float64)
 
 

@@ -17,7 +17,7 @@ import pytest
 from diffusion.storage.run_lock import LOCK_NAME, RunLock, process_start
 from diffusion.runtime.checks import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time
 from diffusion.storage.run_lock import RunLock

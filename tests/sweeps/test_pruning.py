@@ -18,7 +18,7 @@ from diffusion.sweeps.report import main as report_main  # noqa: E402
 from diffusion.sweeps.pruning import PRUNED_MARKER, TrialPruned, make_pruner, pruning_hook  # noqa: E402
 from diffusion.runtime.checks import ConfigError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 6
 
 

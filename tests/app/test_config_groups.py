@@ -19,7 +19,7 @@ from diffusion.methods import BaseMethod
 from diffusion.sampling.sampler import Sampler
 from diffusion.training.trainer import Trainer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY_UNET = ["model.base_channels=16", "model.num_res_blocks=1", "model.num_groups=4"]
 
 

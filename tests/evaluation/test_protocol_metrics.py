@@ -164,7 +164,7 @@ def test_mnist_evaluator_scores_neighbour_metrics_on_uint8_digits(tmp_path):
     labels = bytes([0, 0, 8, 1]) + (64).to_bytes(4, "big") + bytes(rng.integers(0, 10, 64).astype(np.uint8))
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
     data = MNISTData(root=tmp_path, test_set="train", val_fraction=0.25)
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
         cfg = compose("config", overrides=["data=mnist", "evaluator.num_samples=16"])
     evaluator = instantiate(cfg.evaluator)

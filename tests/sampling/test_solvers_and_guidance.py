@@ -435,7 +435,7 @@ def test_new_keys_compose_and_reach_the_method():
 
     overrides = ["method=dpm_solver", "schedule=cosine", "schedule.zero_terminal_snr=true", "method.prediction=v",
                  "method.loss_weighting=min_snr", "method.snr_gamma=3.0", "method.cond_drop_prob=0.2"]
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     method = instantiate(cfg.method)
     assert isinstance(method, GaussianDiffusion) and method.default_solver == "dpm_solver"
