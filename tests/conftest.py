@@ -1,6 +1,6 @@
 """Test-wide safety: W&B never goes online and writes only inside the test's temporary directory. Every test
 process computes on one intra-op thread: tests run side by side (``pytest -n auto``, one worker per core), and two
-multi-threaded torch processes on the same cores spin-wait in each other's barriers (issue 14, part 7)."""
+multi-threaded torch processes on the same cores spin-wait in each other's barriers."""
 
 from __future__ import annotations
 

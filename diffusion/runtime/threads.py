@@ -2,7 +2,7 @@
 
 PyTorch starts one intra-op thread per core it sees, and it sees every core of the node: four jobs a joblib
 launcher runs at once on 16 cores each start 16 threads, 64 threads fight for 16 cores, and every job runs
-slower than alone (on a tiny model, several times slower). ``trainer.num_threads=auto`` divides the CPUs this
+slower than alone (on a tiny model, several times slower). ``num_threads=auto`` divides the CPUs this
 process may use among the processes that run at once on this node:
 
 * CPUs: ``os.sched_getaffinity`` (taskset, SLURM's cpuset), capped by the cgroup CPU quota (v2 ``cpu.max``, v1
@@ -95,20 +95,20 @@ def thread_budget(
     """The intra-op thread count for ``torch.set_num_threads`` and a line saying why.
 
     Raises:
-        ConfigError: ``trainer.num_threads`` is neither ``auto`` nor a positive integer.
+        ConfigError: ``num_threads`` is neither ``auto`` nor a positive integer.
     """
     if setting != "auto":
-        threads = check_int(setting, "trainer.num_threads", minimum=1)
-        return ThreadBudget(threads, f"trainer.num_threads={threads}")
+        threads = check_int(setting, "num_threads", minimum=1)
+        return ThreadBudget(threads, f"num_threads={threads}")
     if environ.get("OMP_NUM_THREADS", "").isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
         # The user's (or the launcher's) explicit OpenMP setting, which torch itself follows.
         threads = int(environ["OMP_NUM_THREADS"])
-        return ThreadBudget(threads, f"trainer.num_threads=auto: {threads} threads from $OMP_NUM_THREADS")
+        return ThreadBudget(threads, f"num_threads=auto: {threads} threads from $OMP_NUM_THREADS")
     cpus, cpu_source = cpu_limit(cgroup_root)
     jobs, job_source = jobs_per_node(launcher, environ)
     threads = max(1, math.floor(cpus / jobs))
     shared = f"shared by {jobs} processes at once ({job_source})" if jobs > 1 else "one process on this node"
-    return ThreadBudget(threads, f"trainer.num_threads=auto: {threads} threads, {cpu_source}, {shared}")
+    return ThreadBudget(threads, f"num_threads=auto: {threads} threads, {cpu_source}, {shared}")
 
 
 def busy_warning(cpus: float, threads: int, loadavg: str | None = None) -> str | None:
@@ -131,5 +131,5 @@ def busy_warning(cpus: float, threads: int, loadavg: str | None = None) -> str |
     return (
         f"the machine is busy before this run starts (load {load:.1f}, {others} other runnable processes, "
         f"{cpus:g} CPUs) and this run adds {threads} threads; expect slow steps, or set "
-        f"trainer.num_threads={max(1, math.floor(cpus - busy))} (or run fewer jobs at once: hydra.launcher.n_jobs)"
+        f"num_threads={max(1, math.floor(cpus - busy))} (or run fewer jobs at once: hydra.launcher.n_jobs)"
     )

@@ -1,4 +1,4 @@
-"""Distillation (issue 15): the progressive target and the consistency boundary condition in closed form; short
+"""Distillation: the progressive target and the consistency boundary condition in closed form; short
 distillations of a tiny moons teacher through run.py, sampled with task=sample; bad options; resume=auto."""
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ TEACHER = [
     "method.prediction=v",
     "sampler.num_samples=8",
     "evaluator=none",
-    "trainer.num_threads=1",
+    "num_threads=1",
 ]
-FAST = ["trainer.num_threads=1", "sampler.num_samples=8"]
+FAST = ["num_threads=1", "sampler.num_samples=8"]
 # 2 rounds of 2 steps (an 8-step teacher -> 4 -> 2 steps); last.pt every step so that a kill loses nothing.
 PROGRESSIVE = ["task=distill", "distill=progressive", "distill.start_steps=8", "distill.end_steps=2",
                "distill.steps_per_round=2", "trainer.progress=false", "trainer.checkpoint_every_n_steps=1",

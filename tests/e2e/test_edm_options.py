@@ -1,4 +1,4 @@
-"""Issue 13's options through run.py: post-hoc EMA training and the EMA-length sweep, autoguidance from a
+"""EDM-era options through run.py: post-hoc EMA training and the EMA-length sweep, autoguidance from a
 checkpoint of the run, and their one-line errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a newcomer hits first (issue 16): the guided grid, sampler step counts, refused settings, a stop signal
+"""What a new user meets first: the guided grid, sampler step counts, refused settings, a stop signal
 while sampling, command-line messages, where a W&B run went, and the legends of pictures and numbers.
 
 Most cases run ``run.py`` in this process on a tiny moons run; the stop signal needs a real process.

@@ -1,4 +1,4 @@
-"""Issue 14's cluster safeguards through ``run.py``, with real processes and files: one writer per run directory,
+"""Cluster safeguards through ``run.py``, with real processes and files: one writer per run directory,
 a full disk during training, the thread budget's reason line, and an Optuna search that prunes a hopeless trial."""
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def test_a_full_disk_during_training_exits_1_naming_the_file_and_resume_continue
 
     monkeypatch.setenv("DIFFUSION_JOBS_PER_NODE", "2")  # the resumed run also shows the thread budget's reason
     monkeypatch.delenv("OMP_NUM_THREADS")  # (an explicit OpenMP setting would take precedence)
-    assert main_in_process(monkeypatch, *args, "trainer.num_threads=auto") == 0
+    assert main_in_process(monkeypatch, *args, "num_threads=auto") == 0
     out = capsys.readouterr().out
-    assert "trainer.num_threads=auto: " in out and "shared by 2 processes at once ($DIFFUSION_JOBS_PER_NODE=2)" in out
+    assert "num_threads=auto: " in out and "shared by 2 processes at once ($DIFFUSION_JOBS_PER_NODE=2)" in out
     assert f"at epoch {stopped_at // STEPS_PER_EPOCH}, step {stopped_at}" in (run_dir / "train.log").read_text()
     assert checkpoint.global_step(load_checkpoint(run_dir / "checkpoints" / "last.pt")) == 3 * STEPS_PER_EPOCH
 
@@ -84,7 +84,7 @@ def test_an_optuna_search_through_run_py_prunes_a_hopeless_trial(tmp_path):
     # 1e-9 twice, so the first trial completes and the pruner (median after one finished trial) stops the others.
     result = run_py(tmp_path, "-m", "hparams_search=optuna", f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=3",
                     "hydra.sweeper.sampler.seed=2", "trainer.lr=choice(1e-2,1e-9)",
-                    "optuna_trial.pruner.n_startup_trials=1", "trainer.num_threads=1", *TINY_MOONS_NO_SCORES,
+                    "optuna_trial.pruner.n_startup_trials=1", "num_threads=1", *TINY_MOONS_NO_SCORES,
                     timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     pruned = [json.loads(p.read_text()) for p in sweep.glob("*/pruned.json")]

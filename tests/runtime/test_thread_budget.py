@@ -61,16 +61,16 @@ def test_quota_below_affinity_limits_and_never_below_one_thread(sixteen_cpus, tm
 
 def test_explicit_setting_wins_and_is_checked(sixteen_cpus):
     assert thread_budget(3).threads == 3
-    with pytest.raises(ConfigError, match="trainer.num_threads must be in"):
+    with pytest.raises(ConfigError, match="num_threads must be in"):
         thread_budget(0)
-    with pytest.raises(ConfigError, match="trainer.num_threads must be an integer"):
+    with pytest.raises(ConfigError, match="num_threads must be an integer"):
         thread_budget("many")  # type: ignore[arg-type]
 
 
 def test_busy_machine_warning_names_the_setting():
     assert busy_warning(16, 4, "0.50 0.40 0.30 2/300 1234") is None
     line = busy_warning(2, 2, "1.89 0.91 0.39 4/99 4420")
-    assert line is not None and "trainer.num_threads=1" in line and "3 other runnable" in line and "\n" not in line
+    assert line is not None and "num_threads=1" in line and "3 other runnable" in line and "\n" not in line
     assert busy_warning(2, 1, "0.9 0.9 0.9 1/99 1") is None
 
 

@@ -1,5 +1,5 @@
 """Per-sample noise streams: a sample depends on (sampler.seed, its index), not on the batch size or the number of
-processes drawing it (issue 12, parts 3-4)."""
+processes drawing it."""
 
 from __future__ import annotations
 

@@ -163,5 +163,5 @@ def test_benchmark_threads(tmp_path: Path):
                          "experiments.benchmarks.speed.threads", checks=2)
     rows = table(text)
     assert [row[1] for row in rows] == ["1", "2", "2"]
-    assert rows[2][0].endswith("trainer.num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")
+    assert rows[2][0].endswith("num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")
     assert all(re.fullmatch(r"\d+\.\d\d(, \d+\.\d\d)?", row[4]) for row in rows), rows

@@ -1,5 +1,5 @@
 """Holding up under CPU load: training throughput of one run alone, and of two runs started together,
-first with torch's default threads (one per CPU each), then with the thread budget (``trainer.num_threads=auto``
+first with torch's default threads (one per CPU each), then with the thread budget (``num_threads=auto``
 told that two jobs share the node through ``$DIFFUSION_JOBS_PER_NODE=2``, as a joblib launcher's ``n_jobs`` would).
 
 Throughput is the median of the epochs' ``samples_per_second`` in ``metrics.jsonl``, the first epoch left out
@@ -59,7 +59,7 @@ QUICK = ("experiment=moons_mlp", "data.num_samples=600", "model.hidden_dim=32", 
 class Scenario(NamedTuple):
     name: str
     runs: int
-    threads: str  # trainer.num_threads
+    threads: str  # num_threads
     environ: Mapping[str, str]
 
 
@@ -68,7 +68,7 @@ def scenarios(cpus: int) -> list[Scenario]:
     return [
         Scenario("alone, torch's default threads", 1, default, {}),
         Scenario("two at once, torch's default threads", 2, default, {}),
-        Scenario(f"two at once, trainer.num_threads=auto, ${JOBS_ENV}=2", 2, "auto", {JOBS_ENV: "2"}),
+        Scenario(f"two at once, num_threads=auto, ${JOBS_ENV}=2", 2, "auto", {JOBS_ENV: "2"}),
     ]
 
 
@@ -79,7 +79,7 @@ def run_together(overrides: Sequence[str], run_dirs: Sequence[Path], environ: Ma
         RuntimeError: a run failed; the message holds its command and the end of its log.
     """
     env = {**run_py_env(), **environ}
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # trainer.num_threads decides, as on a user's shell
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # num_threads decides, as on a user's shell
         env.pop(name, None)
     started = []
     for run_dir in run_dirs:
@@ -121,7 +121,7 @@ def measure(args: argparse.Namespace) -> tuple[list[list[str]], dict[str, list[f
     for index, scenario in enumerate(scenarios(cpus)):
         run_dirs = [root / f"{index}-{k}" for k in range(scenario.runs)]
         start = time.perf_counter()
-        run_together([*overrides, f"trainer.num_threads={scenario.threads}"], run_dirs, scenario.environ)
+        run_together([*overrides, f"num_threads={scenario.threads}"], run_dirs, scenario.environ)
         rates[scenario.name] = [throughput(d) for d in run_dirs]
         alone = rates[scenarios(cpus)[0].name][0]
         rows.append([scenario.name, str(scenario.runs), ", ".join(threads_line(d) for d in run_dirs),
