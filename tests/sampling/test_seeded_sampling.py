@@ -266,7 +266,7 @@ dist.close()
 def test_two_ranks_gather_samples_labels_and_trajectory_in_sample_order(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(SAMPLER_WORKER)
-    env = child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    env = child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}:{Path(__file__).resolve().parent}")
     results = {}
     for nproc in (1, 2):
         out = tmp_path / f"{nproc}.pt"

@@ -117,7 +117,7 @@ hydra:
 
 def run_fake_search(tmp_path: Path, sweep: Path, *overrides: str) -> subprocess.CompletedProcess:
     sweep.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "app.py").write_text(FAKE_APP.format(tests=str(ROOT / "tests")))
+    (tmp_path / "app.py").write_text(FAKE_APP.format(tests=str(Path(__file__).resolve().parent)))
     (tmp_path / "config.yaml").write_text(FAKE_CONFIG.replace("SWEEP", str(sweep)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
     done = subprocess.run([sys.executable, "app.py", "-m", *overrides], cwd=tmp_path, env=env, capture_output=True,
