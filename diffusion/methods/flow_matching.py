@@ -202,10 +202,10 @@ class FlowMatching(BaseMethod):
             u = (t.to(device=device, dtype=torch.float64) + 0.5) / self.num_timesteps
         if self.time_sampling == "uniform":
             return u
-        if self.time_sampling == "logit_normal":
-            z = math.sqrt(2) * torch.erfinv(2 * u - 1)  # Phi^{-1}(u): a normal draw from the uniform one
+        if self.time_sampling == "logit_normal":  # z = Phi^{-1}(1 - u), a normal draw, so t grows with u
+            z = math.sqrt(2) * torch.erfinv(1 - 2 * u)
             return 1 - torch.sigmoid(self.m + self.s * z)
-        noise_level = 1 - u - self.scale * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)
+        noise_level = 1 - u - self.scale * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)  # decreasing in u
         return (1 - noise_level).clamp(0.0, 1.0)
 
     def couple(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
