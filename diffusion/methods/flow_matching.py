@@ -51,9 +51,9 @@ FLOW_SOLVERS = ("euler", "heun", "midpoint", "dopri5", "euler_maruyama", "ddpm",
                 "dpmpp_2m_karras")
 _META_NAMES = {"velocity": "velocity", "x0": "target", "noise": "epsilon"}  # AffineProbPath's names
 # Noise prediction fixes y = (x_t - sigma_t n) / alpha_t: undefined at alpha = 0, so its sampling starts here
-# (SiT's sample_eps); x0 prediction fixes n = (x_t - alpha_t y) / sigma_t, so its velocity at sigma = 0 is taken
-# here before the data end (the limit).
-_NOISE_START, _X0_END = 1e-3, 1.0 - 1e-5
+# (SiT's sample_eps). At the data end sigma = 0: x0 prediction's n = (x_t - alpha_t y) / sigma_t is 0 / 0 and the
+# vp path's d_sigma = T' e^{-T} / (2 sigma) is infinite, so a velocity that needs them is taken just before it.
+_NOISE_START, _DATA_END = 1e-3, 1.0 - 1e-5
 
 
 def make_scheduler(path: str) -> Scheduler:
@@ -138,10 +138,15 @@ class FlowMatching(BaseMethod):
 
     def velocity(self, network: Network, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """The velocity field u(x_t, t) ``(B, ...)`` of the network, whatever it predicts (the flow solvers' field)."""
-        if self.prediction == "x0":
-            t = min(t, _X0_END)
+        if self.prediction != "velocity":
+            t = min(t, _DATA_END)
         times = torch.full((x_t.shape[0],), t, dtype=torch.float64, device=x_t.device)
         return self.convert(network(x_t, self.network_time(times)), self.prediction, "velocity", x_t, times)
+
+    @property
+    def end_time(self) -> float:
+        """Where a likelihood's ODE starts from the data: 1, or just before it on the vp path (d_sigma = inf at 1)."""
+        return _DATA_END if self.path == "vp" else 1.0
 
     @property
     def start_time(self) -> float:
