@@ -1,7 +1,7 @@
 from diffusion.methods.base import BaseMethod, GridKind
 from diffusion.methods.consistency import Consistency
 from diffusion.methods.edm import EDM
-from diffusion.methods.flow_matching import FlowMatching
+from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
 
@@ -12,6 +12,7 @@ __all__ = [
     "FlowMatching",
     "GaussianDiffusion",
     "GridKind",
+    "PairedFlowMatching",
     "LOSS_WEIGHTINGS",
     "LossWeighting",
     "PREDICTIONS",

@@ -245,3 +245,23 @@ class FlowMatching(BaseMethod):
     def extra_repr(self) -> str:
         return (f"path={self.path!r}, prediction={self.prediction!r}, time_sampling={self.time_sampling!r}, "
                 f"shift={self.shift}, coupling={self.coupling!r}, default_solver={self.default_solver!r}")
+
+
+class PairedFlowMatching(FlowMatching):
+    """Flow matching on a fixed coupling (reflow: Liu et al. 2023, rectified flow, Alg. 1 with the teacher's ODE
+    pairs): each training row packs a sample and the noise the teacher's ODE carried to it along dim 1, ``(B, 2 C,
+    ...)`` or ``(B, 2 D)``; the pair's noise replaces any drawn or passed one. Sampled as :class:`FlowMatching`.
+
+    Raises:
+        ConfigError: ``method.coupling=ot`` (the pairs are the coupling).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("coupling", "independent") != "independent":
+            raise ConfigError("method.coupling must be independent for reflow: the teacher's pairs are the coupling")
+        super().__init__(**kwargs)
+
+    def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
+                     noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
+        sample, paired_noise = x0.chunk(2, dim=1)
+        return super().compute_loss(model, sample, t=t, noise=paired_noise, **model_kwargs)
