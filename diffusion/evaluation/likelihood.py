@@ -143,11 +143,7 @@ def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Te
     dim = data[0].numel()
     samples = hutchinson_samples if hutchinson_samples is not None else (0 if dim <= EXACT_MAX_DIM else 4)
     samples = check_int(samples, "evaluator.hutchinson_samples", minimum=0)
-    x = data
-    if bin_width is not None:
-        check_float(bin_width, "evaluator.dequantization", minimum=0.0, inclusive=False)
-        u = torch.rand(data.shape, generator=generator, dtype=data.dtype, device=_draw_device(generator, data))
-        x = data + bin_width * (u.to(data.device) - 0.5)
+    x = data if bin_width is None else dequantize(data, bin_width, generator)
     copies = max(samples, 1)
     batch = x.repeat_interleave(copies, dim=0)  # (N K, ...): each copy of a point with its own probe
     probes = None
@@ -165,6 +161,17 @@ def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Te
     probe_error = float((nll.var(1) / copies).sum().sqrt() / n) if copies > 1 else 0.0
     return Likelihood(per_point, float(per_point.mean()), standard_error, probe_error,
                       "bits/dim" if bin_width is not None else "nats", nfe)
+
+
+def dequantize(data: torch.Tensor, bin_width: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + w (u - 1/2), u ~ U[0, 1)^D: each level spread uniformly over its bin of width ``bin_width``.
+
+    Raises:
+        ConfigError: naming ``evaluator.dequantization`` unless ``bin_width`` > 0.
+    """
+    check_float(bin_width, "evaluator.dequantization", minimum=0.0, inclusive=False)
+    u = torch.rand(data.shape, generator=generator, dtype=data.dtype, device=_draw_device(generator, data))
+    return data + bin_width * (u.to(data.device) - 0.5)
 
 
 def _draw_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:

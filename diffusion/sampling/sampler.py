@@ -268,10 +268,16 @@ class Sampler:
         if self.distributed.enabled:
             samples, frames = self._gather(samples, frames)
         own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
+        return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames,
+                            nfe=self._nfe(len(grid.labels)))
+
+    def _nfe(self, steps: int) -> int:
+        """Network evaluations per sample: the solver's count for ``steps``, or for an adaptive one the mean of
+        what this process's batches used."""
         count = self.solver_entry.nfe
-        nfe = count(len(grid.labels)) if count is not None else round(sum(self._evaluations) / max(1, len(
-            self._evaluations)))  # adaptive: the mean over this process's batches
-        return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames, nfe=nfe)
+        if count is not None:
+            return count(steps)
+        return round(sum(self._evaluations) / max(1, len(self._evaluations)))
 
     def _progress_bar(self, batches: int, steps: int, total: int) -> Any:
         """A bar over every denoising step of every batch, with rate and time left; only with ``progress``, on

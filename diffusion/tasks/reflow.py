@@ -105,7 +105,8 @@ def load_pairs(run_dir: Path, num_pairs: int, chunk_size: int) -> Pairs:
 
 def paired_data(pairs: Pairs, kind: str, num_classes: int, split_seed: int = 0) -> PairedData:
     """The pairs as the training data of the reflowed flow (:class:`PairedData`)."""
-    return PairedData(pairs.samples, pairs.noise, pairs.labels, kind, num_classes, split_seed=split_seed)  # type: ignore[arg-type]
+    return PairedData(pairs.samples, pairs.noise, pairs.labels, kind,  # type: ignore[arg-type]
+                      num_classes, split_seed=split_seed)
 
 
 def _intact(path: Path) -> bool:

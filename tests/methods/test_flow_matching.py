@@ -123,6 +123,14 @@ def test_label_dropout_and_guidance_act_on_the_velocity():
     torch.testing.assert_close(result.samples, start - 4.0)
 
 
+def test_autoguidance_extrapolates_the_velocity_from_a_weaker_guide():
+    method = FlowMatching(clip_denoised=False)
+    # One Euler step from t = 0: u(n, 0) = mu - n for the exact network of N(mu, s^2), so x_1 = mu.
+    guided = Sampler(GaussianOracle(method, 0.5, S), method, (2,), solver="euler", steps=1, num_samples=4,
+                     device="cpu", guide_model=GaussianOracle(method, 0.0, S), guide_scale=2.0).sample().samples
+    torch.testing.assert_close(guided, torch.full((4, 2), 1.0))  # 0 + 2 (0.5 - 0)
+
+
 ORDERS = {"euler": 1, "heun": 2, "midpoint": 2}
 
 
