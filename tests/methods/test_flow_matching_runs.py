@@ -53,16 +53,15 @@ def test_posthoc_ema_reconstructs_a_flow_runs_ema(posthoc_flow_run, tmp_path, mo
 # diffusion's epsilon), not the sampled run's; it passes once it reads the run's method (parts.method.prediction).
 @pytest.mark.xfail(strict=True, reason="task=sample checks a guide against the composed method, not the run's")
 def test_autoguidance_from_an_earlier_checkpoint_of_a_flow_run(posthoc_flow_run, tmp_path, monkeypatch):
+    runs = {"plain": [], "w1": ["sampler.guide=epoch_0001", "sampler.guide_scale=1"],
+            "w3": ["sampler.guide=epoch_0001", "sampler.guide_scale=3"]}
     samples = {}
-    for scale in (1, 3):
-        out = tmp_path / f"w{scale}"
-        assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}", f"hydra.run.dir={out}",
-                               "sampler.guide=epoch_0001", f"sampler.guide_scale={scale}") == 0
-        samples[scale] = np.load(out / "samples.npz")["samples"]
-    plain = tmp_path / "plain"
-    assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}", f"hydra.run.dir={plain}") == 0
-    np.testing.assert_array_equal(samples[1], np.load(plain / "samples.npz")["samples"])
-    assert not np.allclose(samples[3], samples[1])
+    for name, guide in runs.items():
+        assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}",
+                               f"hydra.run.dir={tmp_path / name}", *guide) == 0
+        samples[name] = np.load(tmp_path / name / "samples.npz")["samples"]
+    np.testing.assert_array_equal(samples["w1"], samples["plain"])  # w = 1: the main model alone
+    assert not np.allclose(samples["w3"], samples["w1"])
 
 
 def test_a_bad_flow_setting_is_one_line_and_writes_nothing(tmp_path):
