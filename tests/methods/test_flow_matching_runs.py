@@ -52,13 +52,15 @@ def test_posthoc_ema_reconstructs_a_flow_runs_ema(posthoc_flow_run, tmp_path, mo
 # run.py's make_sampler compares the guide's prediction with the command line's method (the default Gaussian
 # diffusion's epsilon), not the sampled run's; it passes once it reads the run's method (parts.method.prediction).
 @pytest.mark.xfail(strict=True, reason="task=sample checks a guide against the composed method, not the run's")
-def test_autoguidance_from_an_earlier_checkpoint_of_a_flow_run(posthoc_flow_run, tmp_path, monkeypatch):
-    runs = {"plain": [], "w1": ["sampler.guide=epoch_0001", "sampler.guide_scale=1"],
-            "w3": ["sampler.guide=epoch_0001", "sampler.guide_scale=3"]}
+def test_autoguidance_by_a_shorter_ema_of_a_flow_run(posthoc_flow_run, tmp_path, monkeypatch):
+    assert main_in_process(monkeypatch, "task=posthoc_ema", f"run_dir={posthoc_flow_run}", "ema.std=[0.02]",
+                           "evaluator=none", f"hydra.run.dir={tmp_path / 'ema'}") == 0
+    guide = f"sampler.guide={tmp_path / 'ema' / 'ema_std_0.02.safetensors'}"
+    runs = {"plain": [], "w1": [guide, "sampler.guide_scale=1"], "w3": [guide, "sampler.guide_scale=3"]}
     samples = {}
-    for name, guide in runs.items():
+    for name, extra in runs.items():
         assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}",
-                               f"hydra.run.dir={tmp_path / name}", *guide) == 0
+                               f"hydra.run.dir={tmp_path / name}", *extra) == 0
         samples[name] = np.load(tmp_path / name / "samples.npz")["samples"]
     np.testing.assert_array_equal(samples["w1"], samples["plain"])  # w = 1: the main model alone
     assert not np.allclose(samples["w3"], samples["w1"])
