@@ -123,6 +123,7 @@ def _log_likelihood(flow: ProbabilityFlow, x: torch.Tensor, probes: torch.Tensor
     return prior + change, calls[0]
 
 
+@torch.inference_mode(False)  # the divergence needs autograd, also when called from an inference-mode task
 def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Tensor, *,
                             bin_width: float | None = None, hutchinson_samples: int | None = None,
                             atol: float = 1e-5, rtol: float = 1e-5,
@@ -140,6 +141,7 @@ def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Te
     Raises:
         ConfigError: naming ``evaluator.hutchinson_samples``, ``evaluator.dequantization`` or ``evaluator.likelihood``.
     """
+    data = data.clone()  # a normal tensor (autograd) even when the caller made it under inference mode
     dim = data[0].numel()
     samples = hutchinson_samples if hutchinson_samples is not None else (0 if dim <= EXACT_MAX_DIM else 4)
     samples = check_int(samples, "evaluator.hutchinson_samples", minimum=0)

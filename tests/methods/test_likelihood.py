@@ -114,3 +114,11 @@ def test_a_zero_terminal_snr_schedule_has_no_gaussian_prior():
     method = GaussianDiffusion(partial(linear_betas, zero_terminal_snr=True), num_timesteps=20, prediction="v")
     with pytest.raises(ConfigError, match="evaluator.likelihood"):
         negative_log_likelihood(method, lambda x, t: x, points(2, 2, 0.0, 1.0))
+
+
+def test_the_likelihood_can_be_asked_from_inference_mode():
+    method, x = FlowMatching(), points(4, 2, 0.0, 1.0).float()
+    expected = negative_log_likelihood(method, GaussianOracle(method, 0.0, 1.0), x).per_point
+    with torch.inference_mode():
+        inside = negative_log_likelihood(method, GaussianOracle(method, 0.0, 1.0), x).per_point
+    torch.testing.assert_close(inside, expected)
