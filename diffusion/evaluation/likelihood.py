@@ -15,6 +15,12 @@ Rademacher probes e drawn once per trajectory (FFJORD Sec. 3.1), K probes per po
 error. Discrete data are dequantized uniformly: x + w (u - 1/2), u ~ U[0, 1)^D, w the width of one level (2/255 for
 8-bit images in [-1, 1]), and -log P(level) <= -log p(x~) - D log w; that bound, in bits per dimension, is what
 image papers report. Continuous data (2-D points) report nats. The ODE is solved by torchdiffeq's dopri5.
+
+Meta's ``ODESolver.compute_likelihood`` does this for a flow, and the tests check against it, but it does not fit
+every method here: its time grid must run exactly from 1 to 0 (the vp path starts at 1 - 1e-5, noise prediction
+ends at 1e-3, DDPM and EDM integrate in sigma), its exact divergence indexes ``u[:, i]`` (channels, not the
+flattened dimensions of an image), and its Hutchinson probe comes from the global RNG, one per point, without a
+standard error.
 """
 
 from __future__ import annotations
