@@ -147,6 +147,23 @@ def test_fixed_step_solvers_converge_to_the_exact_ode_map_at_their_order(path, s
     assert errors[1] < errors[0] * 2 ** -ORDERS[solver] * 1.5 and errors[1] < 0.07, (path, solver, errors)
 
 
+@pytest.mark.parametrize("solver, meta", [("euler", "euler"), ("midpoint", "midpoint")])
+def test_fixed_step_solvers_match_metas_ode_solver(solver, meta):
+    from flow_matching.solver import ODESolver
+
+    method = FlowMatching("cosine", clip_denoised=False)
+    oracle = GaussianOracle(method, MU, S)
+    sampler = Sampler(oracle, method, (3,), solver=solver, steps=10, num_samples=8, device="cpu")
+    start = torch.cat([sampler_noise(sampler, i) for i in range(8)]).float()
+
+    class Velocity(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return oracle(x, (t * method.num_timesteps).reshape(1).expand(x.shape[0]))
+
+    reference = ODESolver(Velocity()).sample(start, step_size=0.1, method=meta, time_grid=torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(sampler.sample().samples, reference, atol=1e-5, rtol=0)
+
+
 def sampler_noise(sampler: Sampler, index: int) -> torch.Tensor:
     """The initial noise of sample ``index`` (the first draw of its stream)."""
     from diffusion.sampling.noise import SampleNoise
