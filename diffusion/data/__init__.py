@@ -10,6 +10,7 @@ from diffusion.data.cifar10 import CIFAR10Data
 from diffusion.data.digits import DigitsData
 from diffusion.data.image_folder import ImageFolderData
 from diffusion.data.mnist import MNISTData
+from diffusion.data.pairs import PairedData
 from diffusion.data.points import MoonsData, PointsData, SwissRollData
 from diffusion.data.split import train_val_indices
 from diffusion.data.uint8_images import Uint8ImageData
@@ -22,6 +23,7 @@ __all__ = [
     "ImageFolderData",
     "MNISTData",
     "MoonsData",
+    "PairedData",
     "PointsData",
     "SwissRollData",
     "Uint8ImageData",

@@ -1,6 +1,7 @@
 from diffusion.methods.base import BaseMethod, GridKind
 from diffusion.methods.consistency import Consistency
 from diffusion.methods.edm import EDM
+from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
 
@@ -8,8 +9,10 @@ __all__ = [
     "BaseMethod",
     "Consistency",
     "EDM",
+    "FlowMatching",
     "GaussianDiffusion",
     "GridKind",
+    "PairedFlowMatching",
     "LOSS_WEIGHTINGS",
     "LossWeighting",
     "PREDICTIONS",

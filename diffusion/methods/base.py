@@ -22,7 +22,9 @@ from torch import nn
 from diffusion.runtime.checks import ConfigError, check_float
 
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_in (B, ...), t (B,) float) -> output (B, ...)
-GridKind = Literal["schedule", "karras"]  # the discrete schedule's own levels, or Karras et al.'s rho-spaced sigmas
+# The discrete schedule's own levels, Karras et al.'s rho-spaced sigmas, or a flow's times t in [0, 1] (its solvers
+# step the velocity u(x_t, t) rather than D(x; sigma)).
+GridKind = Literal["schedule", "karras", "time"]
 
 
 class BaseMethod(nn.Module, ABC):
@@ -61,6 +63,18 @@ class BaseMethod(nn.Module, ABC):
     def schedule_sigmas(self) -> torch.Tensor:
         """The discrete levels ``(T,)`` float64, ascending, of the ``schedule`` grid (only where it is offered)."""
         raise NotImplementedError(f"{type(self).__name__} has no discrete schedule")
+
+    def sampling_times(self, steps: int) -> list[float]:
+        """``steps + 1`` ascending times of the ``time`` grid (only where it is offered: a flow)."""
+        raise NotImplementedError(f"{type(self).__name__} has no time grid")
+
+    def velocity(self, network: Network, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """The velocity u(x_t, t) ``(B, ...)`` the ``time`` grid's solvers integrate (only where it is offered)."""
+        raise NotImplementedError(f"{type(self).__name__} has no velocity field")
+
+    def path_coefficients(self, t: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        """(alpha_t, sigma_t, d_alpha_t, d_sigma_t) of x_t = alpha_t y + sigma_t n (only with a ``time`` grid)."""
+        raise NotImplementedError(f"{type(self).__name__} has no affine path")
 
     def default_steps(self, solver: str) -> int | None:
         """``sampler.steps=null``: None takes the solver's own default; a distilled student returns its steps."""

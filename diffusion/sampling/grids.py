@@ -1,9 +1,11 @@
-"""The descending noise levels a solver visits: a discrete schedule's own (spaced) timesteps, or Karras sigmas.
+"""The descending noise levels a solver visits: a discrete schedule's own (spaced) timesteps, Karras sigmas, or a
+flow's times.
 
 Every grid is a list of sigmas ending in 0 (clean data); a sample starts at ``start_scale * n``, n ~ N(0, I):
 the variance-preserving start x_T = n of DDPM and DDIM (sigma-space x = sqrt(1 + sigma_0^2) n) on the schedule's
 levels, EDM's x = sigma_max n on Karras sigmas. ``labels`` name the steps in trajectory pictures: the timestep t
-on the schedule, the step index counted down to 0 on Karras sigmas.
+on the schedule, the step index counted down to 0 on Karras sigmas and flow times. A flow's ``time`` grid also
+holds its ascending times t (noise at 0, data at 1): its solvers step x_t = alpha_t y + sigma_t n, not sigma-space x.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Grid(NamedTuple):
     sigmas: list[float]  # (N + 1,) descending, sigmas[N] = 0
     labels: list[int]  # (N,) one per step
     start_scale: float  # x = start_scale * n before the first step
+    times: list[float] | None = None  # (N + 1,) ascending flow times t of a ``time`` grid (x is then x_t)
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
@@ -54,9 +57,21 @@ def build_grid(method: BaseMethod, kind: GridKind, steps: int | None, spacing: T
         sigmas = [levels[t] for t in timesteps] + [0.0]
         start = 1.0 if math.isinf(sigmas[0]) else math.sqrt(1 + sigmas[0] ** 2)  # at inf x holds n itself
         return Grid(sigmas, timesteps, start)
+    if kind == "time":
+        return time_grid(method, check_int(steps, "sampler.steps", minimum=1))
     if math.isinf(method.sigma_max):
         raise ConfigError("sampler.solver on Karras sigmas needs a finite sigma_max: set "
                           "schedule.zero_terminal_snr=false or use sampler.solver=ddim")
     check_int(steps, "sampler.steps", minimum=1)
     sigmas = karras_sigmas(steps, method.sigma_min, method.sigma_max, rho)
     return Grid(sigmas, list(range(steps - 1, -1, -1)), sigmas[0])
+
+
+def time_grid(method: BaseMethod, steps: int) -> Grid:
+    """A flow's ``steps + 1`` times (its spacing and shift) with their sigma-space levels sigma_t / alpha_t (inf at
+    alpha = 0; 0 at the data end t = 1); x starts at x_t = sigma_{t_0} n."""
+    times = method.sampling_times(steps)
+    alphas, sigmas = (c.tolist() for c in method.path_coefficients(torch.tensor(times, dtype=torch.float64))[:2])
+    levels = [math.inf if a == 0 else s / a for a, s in zip(alphas, sigmas)]
+    levels[-1] = 0.0  # t = 1: the data (cos(pi / 2) is 6e-17, not 0)
+    return Grid(levels, list(range(steps - 1, -1, -1)), sigmas[0], times)

@@ -24,7 +24,7 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.sampling.grids import Grid, build_grid
 from diffusion.sampling.guidance import autoguided_output, guided_output
 from diffusion.sampling.noise import SampleNoise, sample_seed
-from diffusion.sampling.solvers import SOLVERS
+from diffusion.sampling.solvers import SOLVER_NAMES, FlowField, Solver, solver_for
 from diffusion.storage import checkpoint
 from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import FileManager, atomic_write_bytes
@@ -70,6 +70,7 @@ class Sampler:
         grid_every_n_epochs: during training, also save ``samples/epoch_NNNN.png`` every N epochs (None: never).
         rho, s_churn, s_tmin, s_tmax, s_noise: Karras-grid solvers: rho of EDM eq. 5 and Heun's churn (EDM Alg. 2;
             ``s_tmax=None`` is infinity).
+        atol, rtol: the adaptive ``dopri5``'s tolerances. diffusion: ``euler_maruyama``'s w_t = diffusion sigma_t.
         guide_model: autoguidance (Karras et al. 2024): a weaker version of ``model`` (same inputs and prediction
             target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
         distributed: under torchrun, :meth:`sample` splits the samples over the ranks and gathers them on rank 0
@@ -103,6 +104,9 @@ class Sampler:
         s_tmin: float = 0.0,
         s_tmax: float | None = None,
         s_noise: float = 1.0,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        diffusion: float = 1.0,
         guide: str | None = None,
         guide_model: nn.Module | None = None,
         guide_scale: float = 1.0,
@@ -114,7 +118,7 @@ class Sampler:
             check_int(steps, "sampler.steps", minimum=1, maximum=method.num_timesteps)
         self.steps = steps
         if solver is not None:
-            check_choice(solver, "sampler.solver", tuple(SOLVERS))
+            check_choice(solver, "sampler.solver", SOLVER_NAMES)
         self.solver = method.check_solver(solver if solver is not None else method.default_solver)
         self.eta = check_float(eta, "sampler.eta", minimum=0.0)
         self.timestep_spacing: TimestepSpacing = check_choice(timestep_spacing, "sampler.timestep_spacing", SPACINGS)
@@ -142,7 +146,11 @@ class Sampler:
             "s_tmin": check_float(s_tmin, "sampler.s_tmin", minimum=0.0),
             "s_tmax": math.inf if s_tmax is None else check_float(s_tmax, "sampler.s_tmax", minimum=0.0),
             "s_noise": check_float(s_noise, "sampler.s_noise", minimum=0.0),
+            "atol": check_float(atol, "sampler.atol", minimum=0.0, inclusive=False),
+            "rtol": check_float(rtol, "sampler.rtol", minimum=0.0, inclusive=False),
+            "diffusion": check_float(diffusion, "sampler.diffusion", minimum=0.0),
         }
+        self._evaluations: list[int] = []  # network evaluations per sample of each batch (adaptive solvers)
         if guide is not None and guide_model is None:
             raise ConfigError(f"sampler.guide={guide!r}: the guide model was not loaded (pass guide_model=)")
         self.guide_model = None if guide_model is None else guide_model.to(self.device).eval()
@@ -154,9 +162,14 @@ class Sampler:
         """How eval.json and the logs name this sampler: ``ddim``, ``heun``, ``edm``, ``edm_euler``..."""
         return self.method.sampler_name(self.solver)
 
+    @property
+    def solver_entry(self) -> Solver:
+        """The solver's function, grid and NFE for this method (:func:`~diffusion.sampling.solvers.solver_for`)."""
+        return solver_for(self.solver, self.method.grids)
+
     def grid(self, steps: int | None = None) -> Grid:
         """The noise levels of a trajectory of ``steps`` steps (None: ``sampler.steps``, else the defaults)."""
-        solver = SOLVERS[self.solver]
+        solver = self.solver_entry
         steps = steps if steps is not None else self.steps
         if solver.default_steps is None:  # ddpm: every level of the schedule
             steps = None
@@ -239,6 +252,7 @@ class Sampler:
         share = self.distributed.shard(total, self.batch_size)
         chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
+        self._evaluations = []
         self._bar = self._progress_bar(len(range(share.start, share.stop, self.batch_size)), len(grid.labels), total)
         for start in range(share.start, share.stop, self.batch_size):
             stop = min(start + self.batch_size, share.stop)
@@ -254,8 +268,16 @@ class Sampler:
         if self.distributed.enabled:
             samples, frames = self._gather(samples, frames)
         own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
-        nfe = SOLVERS[self.solver].nfe(len(grid.labels))
-        return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames, nfe=nfe)
+        return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames,
+                            nfe=self._nfe(len(grid.labels)))
+
+    def _nfe(self, steps: int) -> int:
+        """Network evaluations per sample: the solver's count for ``steps``, or for an adaptive one the mean of
+        what this process's batches used."""
+        count = self.solver_entry.nfe
+        if count is not None:
+            return count(steps)
+        return round(sum(self._evaluations) / max(1, len(self._evaluations)))
 
     def _progress_bar(self, batches: int, steps: int, total: int) -> Any:
         """A bar over every denoising step of every batch, with rate and time left; only with ``progress``, on
@@ -280,24 +302,33 @@ class Sampler:
                trajectory: dict[int, list[torch.Tensor]]) -> torch.Tensor:
         """One batch: the solver from x = ``grid.start_scale`` * noise() down the grid, with guidance inside the
         denoiser; the first ``recorded`` rows are recorded at the step labels in ``record``, on the VP scale."""
-        solver = SOLVERS[self.solver]
+        solver, evaluations = self.solver_entry, [0]
 
         def network(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            evaluations[0] += 1
             with autocast(self.device, self.precision):
                 return self._model_output(x_in, t, y).to(x_in.dtype)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             return self.method.denoise(network, x, sigma)
 
+        def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            return self.method.velocity(network, x_t, t)
+
         def callback(i: int, x: torch.Tensor) -> None:
-            if grid.labels[i] in record:
-                frame = x[:recorded] * vp_scale(grid.sigmas[i])
+            if grid.labels[i] in record:  # a flow's x_t is already on a variance-bounded scale
+                frame = x[:recorded] * (1.0 if grid.times is not None else vp_scale(grid.sigmas[i]))
                 trajectory.setdefault(grid.labels[i], []).append(frame.float().cpu())
             if i:
                 self._bar.update(1)
 
         options = {name: self.solver_options[name] for name in solver.options}
-        x = solver.function(denoise, noise() * grid.start_scale, grid.sigmas, noise, callback, **options)
+        if grid.times is None:
+            x = solver.function(denoise, noise() * grid.start_scale, grid.sigmas, noise, callback, **options)
+        else:
+            flow = FlowField(velocity, self.method.path_coefficients)
+            x = solver.function(flow, noise() * grid.start_scale, grid.times, noise, callback, **options)
+        self._evaluations.append(evaluations[0])
         self._bar.update(1)
         if -1 in record:
             trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())

@@ -11,6 +11,11 @@ Notation map (Karras et al. 2022, "EDM" -> code):
 Every solver is ``(denoise, x, sigmas, noise, callback, **options) -> x_0``: ``x`` enters scaled to ``sigmas[0]``,
 ``noise()`` draws fresh per-sample standard-normal noise, ``callback(i, x)`` sees x before step i. Guidance is
 inside ``denoise``, so every solver gets it. :data:`SOLVERS` says which grid each walks and its network calls.
+
+A flow (a method with a ``time`` grid) is integrated in time instead, by the solvers of
+the time-grid solvers below (``(flow, x, times, noise, callback, **options)``: the velocity u(x_t, t) in place of
+D, ascending times t from noise at 0 to data at 1, x = x_t); :func:`solver_for` picks the table: on a flow,
+``euler`` and ``heun`` are the time-grid ones.
 """
 
 from __future__ import annotations
@@ -144,6 +149,95 @@ def consistency(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noi
     return x
 
 
+# --------------------------------------------------------------------------------------------------------
+# Time-grid solvers: a flow's ODE dx_t / dt = u(x_t, t) (Lipman et al. 2023, eq. 1), t from noise (0) to data (1)
+# --------------------------------------------------------------------------------------------------------
+class FlowField(NamedTuple):
+    """What a time-grid solver integrates: the velocity u(x_t, t) (guidance inside) and the path's (alpha_t,
+    sigma_t, d_alpha_t, d_sigma_t) at t, for the score the stochastic sampler needs."""
+
+    velocity: Callable[[torch.Tensor, float], torch.Tensor]
+    path: Callable[[float], tuple[torch.Tensor, ...]]
+
+
+@torch.no_grad()
+def flow_euler(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+               callback: Callback = _no_callback) -> torch.Tensor:
+    """Euler's method on the flow ODE, x_{i+1} = x_i + (t_{i+1} - t_i) u(x_i, t_i) (Liu et al. 2023, Alg. 1)."""
+    for i in range(len(times) - 1):
+        callback(i, x)
+        x = x + (times[i + 1] - times[i]) * flow.velocity(x, times[i])
+    return x
+
+
+@torch.no_grad()
+def flow_heun(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+              callback: Callback = _no_callback) -> torch.Tensor:
+    """Heun's method (the trapezoidal rule on an Euler predictor) on the flow ODE; the step onto the data (t = 1)
+    stays an Euler step, as in EDM Alg. 1, where x0 and noise predictions are singular: 2N - 1 evaluations."""
+    for i in range(len(times) - 1):
+        callback(i, x)
+        h = times[i + 1] - times[i]
+        v = flow.velocity(x, times[i])
+        x_next = x + h * v
+        if times[i + 1] < 1:
+            x_next = x + h * 0.5 * (v + flow.velocity(x_next, times[i + 1]))
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def flow_midpoint(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+                  callback: Callback = _no_callback) -> torch.Tensor:
+    """The explicit midpoint method (second-order Runge-Kutta): x_{i+1} = x_i + h u(x_i + h/2 u(x_i, t_i),
+    t_i + h/2); two evaluations a step, none at t = 1."""
+    for i in range(len(times) - 1):
+        callback(i, x)
+        h = times[i + 1] - times[i]
+        x_mid = x + 0.5 * h * flow.velocity(x, times[i])
+        x = x + h * flow.velocity(x_mid, times[i] + 0.5 * h)
+    return x
+
+
+@torch.no_grad()
+def dopri5(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+           callback: Callback = _no_callback, *, atol: float = 1e-5, rtol: float = 1e-5) -> torch.Tensor:
+    """Dormand-Prince 5(4) with adaptive steps (torchdiffeq's ``dopri5``), tolerances ``atol``/``rtol`` on the
+    whole batch's error norm: its steps, so its samples, depend on the batch it shares (the fixed-step solvers'
+    do not). ``times`` are only where ``callback`` sees x; its evaluations are counted by the sampler."""
+    from torchdiffeq import odeint  # imported on use: the other solvers do not need it
+
+    def field(t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        return flow.velocity(x_t, float(t))
+
+    grid = torch.tensor(list(times), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    trajectory = odeint(field, x, grid.to(x.device), method="dopri5", atol=atol, rtol=rtol)  # (N + 1, B, ...)
+    for i in range(len(times) - 1):
+        callback(i, trajectory[i])
+    return trajectory[-1]
+
+
+@torch.no_grad()
+def euler_maruyama(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+                   callback: Callback = _no_callback, *, diffusion: float = 1.0) -> torch.Tensor:
+    """SiT's SDE sampler (Ma et al. 2024, eq. 8): dx = [u + w_t s / 2] dt + sqrt(w_t) dW with the same marginals as
+    the ODE, Euler-Maruyama steps. The score s = -n_hat / sigma_t comes from the velocity (n_hat solves x_t = alpha
+    y + sigma n, u = d_alpha y + d_sigma n); w_t = ``diffusion`` sigma_t (SiT's ``sigma`` form), so the drift is
+    u - diffusion n_hat / 2. The last step is a deterministic Euler step (SiT's ``Mean`` last step). Noise is drawn
+    at every step (the last one's is unused)."""
+    for i in range(len(times) - 1):
+        callback(i, x)
+        t, h = times[i], times[i + 1] - times[i]
+        v = flow.velocity(x, t)
+        step_noise = noise()
+        if i == len(times) - 2:
+            return x + h * v
+        alpha, sigma, d_alpha, d_sigma = (float(c) for c in flow.path(t))
+        noise_hat = (alpha * v - d_alpha * x) / (alpha * d_sigma - sigma * d_alpha)
+        x = x + h * (v - 0.5 * diffusion * noise_hat) + math.sqrt(diffusion * sigma * h) * step_noise
+    return x
+
+
 class Solver(NamedTuple):
     """A solver, the grid it walks, its default ``sampler.steps`` (None: every schedule level), its denoiser
     evaluations for N steps, and the sampler settings it takes."""
@@ -151,7 +245,7 @@ class Solver(NamedTuple):
     function: Callable[..., torch.Tensor]
     grid: GridKind
     default_steps: int | None
-    nfe: Callable[[int], int]
+    nfe: Callable[[int], int] | None  # None: adaptive, the sampler counts the evaluations
     options: tuple[str, ...] = ()
 
 
@@ -169,3 +263,25 @@ SOLVERS: dict[str, Solver] = {
     "dpmpp_2m_karras": Solver(dpmpp_2m, "karras", 18, _one_per_step),
     "consistency": Solver(consistency, "schedule", 1, _one_per_step),
 }
+
+
+def _two_per_step_but_the_last(steps: int) -> int:
+    return 2 * steps - 1
+
+
+TIME_SOLVERS: dict[str, Solver] = {
+    "euler": Solver(flow_euler, "time", 16, _one_per_step),
+    "heun": Solver(flow_heun, "time", 18, _two_per_step_but_the_last),
+    "midpoint": Solver(flow_midpoint, "time", 18, lambda steps: 2 * steps),
+    "dopri5": Solver(dopri5, "time", 1, None, ("atol", "rtol")),  # steps: only where the trajectory is recorded
+    "euler_maruyama": Solver(euler_maruyama, "time", 50, _one_per_step, ("diffusion",)),
+}
+SOLVER_NAMES: tuple[str, ...] = tuple(dict.fromkeys([*SOLVERS, *TIME_SOLVERS]))  # sampler.solver's choices
+
+
+def solver_for(name: str, grids: Sequence[GridKind]) -> Solver:
+    """The solver ``name`` for a method offering ``grids``: on a flow (a ``time`` grid) the time-grid solver of
+    that name where there is one (``euler``, ``heun``, ...), else the sigma-space one (DDIM, DPM-Solver++...)."""
+    if "time" in grids and name in TIME_SOLVERS:
+        return TIME_SOLVERS[name]
+    return SOLVERS[name]

@@ -1,0 +1,139 @@
+"""Reflow (Liu et al. 2023, "Flow Straight and Fast", Alg. 1): draw (noise, sample) pairs with a trained flow's
+ODE, then train a new flow on that fixed coupling, starting from the teacher's weights; repeated, the paths
+straighten and fewer Euler steps suffice.
+
+The pairs live in ``<run>/reflow_pairs/``: ``pairs.json`` (what was asked: count, chunk size, seed, sampler) and
+chunk files ``pairs_<first index>.npz`` (``noise``, ``samples`` and, for a conditional teacher, ``labels``), each
+written atomically with a ``.sha256`` sidecar. Pair i's noise is the first draw of sample i's own stream
+(:class:`~diffusion.sampling.noise.SampleNoise`), so an interrupted generation continues at the first missing
+chunk and ends with the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from diffusion.data.pairs import PairedData
+from diffusion.methods.base import BaseMethod
+from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.sampling.noise import SampleNoise
+from diffusion.sampling.sampler import Sampler
+from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar
+
+PAIRS_DIR = "reflow_pairs"
+ODE_SOLVERS = ("euler", "heun", "midpoint", "dopri5")  # deterministic: a pair is a point of the ODE's coupling
+
+
+class Pairs(NamedTuple):
+    noise: torch.Tensor  # (N, ...) the start of each trajectory, n ~ N(0, I)
+    samples: torch.Tensor  # (N, ...) where the teacher's ODE carried it
+    labels: torch.Tensor | None  # (N,) the class it was drawn for (a conditional teacher)
+
+
+def check_teacher(method: BaseMethod, solver: str, run_dir: str | Path) -> None:
+    """A reflow needs a flow teacher sampled by a deterministic ODE solver.
+
+    Raises:
+        ConfigError: naming ``run_dir`` for a teacher that is not a flow, ``sampler.solver`` for a stochastic one.
+    """
+    if "time" not in method.grids:
+        raise ConfigError(f"run_dir={run_dir}: task=reflow needs a flow run (method=flow_matching), not "
+                          f"method {method.name}")
+    if solver not in ODE_SOLVERS:
+        raise ConfigError(f"sampler.solver={solver}: reflow pairs come from a deterministic ODE; use one of "
+                          f"{', '.join(ODE_SOLVERS)}")
+
+
+def generate_pairs(sampler: Sampler, run_dir: Path, num_pairs: int, chunk_size: int = 1000,
+                   log: Any = print) -> Pairs:
+    """The teacher's ``num_pairs`` pairs in ``run_dir/reflow_pairs`` (the chunks already there are verified and
+    kept), then all of them loaded. ``sampler`` holds the teacher's weights and its ODE solver.
+
+    Raises:
+        ConfigError: naming ``reflow.num_pairs`` or ``reflow.chunk_size`` (< 1), or a damaged chunk file, or a
+            directory holding pairs of other settings.
+    """
+    num_pairs = check_int(num_pairs, "reflow.num_pairs", minimum=1)
+    chunk_size = check_int(chunk_size, "reflow.chunk_size", minimum=1)
+    directory = run_dir / PAIRS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    _check_manifest(directory, {"num_pairs": num_pairs, "chunk_size": chunk_size, "seed": sampler.seed,
+                                "sampler": sampler.name, "steps": len(sampler.grid().labels)})
+    for start in range(0, num_pairs, chunk_size):
+        path = directory / f"pairs_{start:08d}.npz"
+        if _intact(path):
+            continue
+        count = min(chunk_size, num_pairs - start)
+        result = sampler.sample(count, first_index=start)
+        noise = SampleNoise(sampler.seed, range(start, start + count), sampler.sample_shape)()
+        arrays = {"noise": noise.numpy(), "samples": result.samples.numpy()}
+        if result.labels is not None:
+            arrays["labels"] = result.labels.numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(buffer.getvalue(), path)
+        log(f"reflow pairs {start + count}/{num_pairs} ({sampler.name}, {result.nfe} NFE)")
+    return load_pairs(run_dir, num_pairs, chunk_size)
+
+
+def load_pairs(run_dir: Path, num_pairs: int, chunk_size: int) -> Pairs:
+    """Every chunk of ``run_dir/reflow_pairs``, verified against its sidecar, concatenated in index order.
+
+    Raises:
+        ConfigError: naming a chunk file that is missing or damaged.
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, num_pairs, chunk_size):
+        path = run_dir / PAIRS_DIR / f"pairs_{start:08d}.npz"
+        if not _intact(path):
+            raise ConfigError(f"{path} is missing or damaged (its sha256 differs from {sidecar(path).name}); "
+                              "delete it and rerun task=reflow to draw it again")
+        with np.load(path, allow_pickle=False) as chunk:
+            parts.append({key: chunk[key] for key in chunk.files})
+    labels = [torch.from_numpy(part["labels"]) for part in parts if "labels" in part]
+    return Pairs(torch.from_numpy(np.concatenate([part["noise"] for part in parts])),
+                 torch.from_numpy(np.concatenate([part["samples"] for part in parts])),
+                 torch.cat(labels) if labels else None)
+
+
+def paired_data(pairs: Pairs, kind: str, num_classes: int, split_seed: int = 0) -> PairedData:
+    """The pairs as the training data of the reflowed flow (:class:`PairedData`)."""
+    return PairedData(pairs.samples, pairs.noise, pairs.labels, kind,  # type: ignore[arg-type]
+                      num_classes, split_seed=split_seed)
+
+
+def _intact(path: Path) -> bool:
+    """``path`` exists, and its sidecar too, with the file's sha256 (a kill before the sidecar: not written).
+
+    Raises:
+        ConfigError: naming ``path`` when its digest differs from its sidecar's (a damaged file).
+    """
+    if not path.exists() or not sidecar(path).exists():
+        return False
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sidecar(path).read_text().strip():
+        raise ConfigError(f"{path} is damaged (its sha256 differs from {sidecar(path).name}); delete it and rerun "
+                          "task=reflow to draw it again")
+    return True
+
+
+def _check_manifest(directory: Path, settings: dict[str, Any]) -> None:
+    """Write ``pairs.json`` on the first generation; later ones must ask for the same pairs.
+
+    Raises:
+        ConfigError: naming the file when it records other settings.
+    """
+    manifest = directory / "pairs.json"
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text())
+        if recorded != settings:
+            raise ConfigError(f"{manifest} holds pairs of other settings ({recorded}, asked {settings}); use a new "
+                              "hydra.run.dir or the same reflow.* and sampler.* settings")
+        return
+    atomic_write_text(manifest, json.dumps(settings, indent=2, sort_keys=True))

@@ -1,0 +1,88 @@
+"""``run.py method=flow_matching`` end to end: a tiny run trains, samples and scores; dopri5's counted NFE reaches
+eval.json; post-hoc EMA reconstruction and autoguidance from an earlier checkpoint work on a flow; a bad key is one
+line and writes nothing; a SIGKILLed run resumes bit for bit (the fault-injection harness of test_fault_tolerance)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runs import ONE_EPOCH_MOONS, main_in_process, ok, run_py
+from test_fault_tolerance import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
+
+FLOW = ["method=flow_matching", "method.coupling=ot"]
+
+
+def test_a_flow_run_trains_samples_and_scores_and_dopri5_reports_its_nfe(tmp_path):
+    run_dir = tmp_path / "run"
+    ok(run_py(tmp_path, *ONE_EPOCH_MOONS, *FLOW, "evaluator=points", "evaluator.num_samples=16",
+              f"hydra.run.dir={run_dir}"))
+    scored = json.loads((run_dir / "eval.json").read_text())
+    assert scored["sampler"] == "flow_matching" and scored["nfe"] == scored["steps"] == 16
+    evaluated = tmp_path / "evaluated"
+    ok(run_py(tmp_path, "task=evaluate", f"run_dir={run_dir}", "evaluator=points", "evaluator.num_samples=16",
+              "sampler.solver=dopri5", "sampler.atol=1e-4", "sampler.rtol=1e-4", f"hydra.run.dir={evaluated}"))
+    adaptive = json.loads((evaluated / "eval.json").read_text())
+    assert adaptive["sampler"] == "flow_matching_dopri5" and adaptive["nfe"] >= 6  # at least one dopri5 step
+    assert f"{adaptive['nfe']} NFE" in (evaluated / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def posthoc_flow_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("posthoc_flow") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, *FLOW, "trainer.epochs=2",
+                               "evaluator=none", "trainer.ema=posthoc", "trainer.ema_snapshot_every=1",
+                               "checkpoint.save_every_n_epochs=1") == 0
+    return run_dir
+
+
+def test_posthoc_ema_reconstructs_a_flow_runs_ema(posthoc_flow_run, tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    assert main_in_process(monkeypatch, "task=posthoc_ema", f"run_dir={posthoc_flow_run}", "ema.std=[0.1]",
+                           "evaluator=none", f"hydra.run.dir={sweep}") == 0
+    assert (sweep / "ema_std_0.1.safetensors").is_file()
+
+
+# run.py's make_sampler compares the guide's prediction with the command line's method (the default Gaussian
+# diffusion's epsilon), not the sampled run's; it passes once it reads the run's method (parts.method.prediction).
+@pytest.mark.xfail(strict=True, reason="task=sample checks a guide against the composed method, not the run's")
+def test_autoguidance_by_a_shorter_ema_of_a_flow_run(posthoc_flow_run, tmp_path, monkeypatch):
+    assert main_in_process(monkeypatch, "task=posthoc_ema", f"run_dir={posthoc_flow_run}", "ema.std=[0.02]",
+                           "evaluator=none", f"hydra.run.dir={tmp_path / 'ema'}") == 0
+    guide = f"sampler.guide={tmp_path / 'ema' / 'ema_std_0.02.safetensors'}"
+    runs = {"plain": [], "w1": [guide, "sampler.guide_scale=1"], "w3": [guide, "sampler.guide_scale=3"]}
+    samples = {}
+    for name, extra in runs.items():
+        assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}",
+                               f"hydra.run.dir={tmp_path / name}", *extra) == 0
+        samples[name] = np.load(tmp_path / name / "samples.npz")["samples"]
+    np.testing.assert_array_equal(samples["w1"], samples["plain"])  # w = 1: the main model alone
+    assert not np.allclose(samples["w3"], samples["w1"])
+
+
+def test_a_bad_flow_setting_is_one_line_and_writes_nothing(tmp_path):
+    for override, key in (("method.path=straight", "method.path"), ("method.shift=0", "method.shift"),
+                          ("sampler.solver=rk4", "sampler.solver"), ("sampler.steps=0", "sampler.steps")):
+        result = run_py(tmp_path, *ONE_EPOCH_MOONS, "method=flow_matching", override,
+                        f"hydra.run.dir={tmp_path / 'run'}")
+        error = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and error.startswith("error: ") and key in error, result.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    reference = Session(tmp_path, tmp_path / "reference", *FLOW)
+    assert reference.process.wait(timeout=300) == 0, reference.stderr()
+    run_dir = tmp_path / "run"
+    session = Session(tmp_path, run_dir, *FLOW)
+    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
+    reached = session.wait_for_step(target)
+    assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *FLOW) == 0
+    assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")
