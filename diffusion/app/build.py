@@ -74,13 +74,13 @@ class SamplerFactory:
     guide is loaded too (a checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
 
     def __init__(self, command: DictConfig, method: BaseMethod, sample_shape: tuple[int, ...]) -> None:
-        self.sampler, self.guide_method = command.sampler, command.method
+        self.sampler = command.sampler
         self.method, self.sample_shape = method, sample_shape
 
     def __call__(self, model: nn.Module, run_dir: Path | None = None, dist: DistributedContext | None = None,
                  **overrides: Any) -> Sampler:
         guide = self.sampler.get("guide")
-        guide_model = None if guide is None else load_guide_model(str(guide), run_dir, self.guide_method)
+        guide_model = None if guide is None else load_guide_model(str(guide), run_dir, self.method.prediction)
         return instantiate(self.sampler, _convert_="all")(
             model=model, method=self.method, sample_shape=self.sample_shape, guide_model=guide_model,
             distributed=dist, **overrides

@@ -68,7 +68,7 @@ def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
     return [pruning_hook(trial.storage, trial.study_name, int(trial.number), pruner, reported, run_dir)]
 
 
-def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) -> Any:
+def load_guide_model(guide: str, run_dir: Path | None, main_prediction: str) -> Any:
     """The autoguidance guide (``sampler.guide``): a checkpoint name of the sampled run (``epoch_0010``), a
     checkpoint file, another run's directory (its best EMA weights) or exported weights; its network built from its
     own config and loaded with its EMA weights.
@@ -92,9 +92,8 @@ def load_guide_model(guide: str, run_dir: Path | None, main_method: DictConfig) 
     check_safe_targets(config, source)
     guide_cfg = OmegaConf.create(upgrade_targets(config))
     trained = instantiate(guide_cfg.method, _convert_="all").prediction
-    main = instantiate(main_method, _convert_="all").prediction
-    if trained != main:
-        raise ConfigError(f"sampler.guide={guide} predicts {trained} but the main model predicts {main}; "
+    if trained != main_prediction:
+        raise ConfigError(f"sampler.guide={guide} predicts {trained} but the main model predicts {main_prediction}; "
                           "a guide must share the main model's prediction target")
     model = instantiate(guide_cfg.model, _convert_="all")
     model.load_state_dict(weights)

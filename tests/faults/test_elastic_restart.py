@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from runs import ROOT, child_env
-from test_kill_and_damage import assert_same_run
+from kill_resume import assert_same_run
 
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint

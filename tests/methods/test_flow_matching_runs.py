@@ -1,6 +1,6 @@
 """``run.py method=flow_matching`` end to end: a tiny run trains, samples and scores; dopri5's counted NFE reaches
 eval.json; post-hoc EMA reconstruction and autoguidance from an earlier checkpoint work on a flow; a bad key is one
-line and writes nothing; a SIGKILLed run resumes bit for bit (the fault-injection harness of test_fault_tolerance)."""
+line and writes nothing; a SIGKILLed run resumes bit for bit (the kill/resume harness in tests/kill_resume.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from runs import ONE_EPOCH_MOONS, main_in_process, ok, run_py
-from test_fault_tolerance import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
+from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
 
 FLOW = ["method=flow_matching", "method.coupling=ot"]
 
@@ -49,9 +49,7 @@ def test_posthoc_ema_reconstructs_a_flow_runs_ema(posthoc_flow_run, tmp_path, mo
     assert (sweep / "ema_std_0.1.safetensors").is_file()
 
 
-# run.py's make_sampler compares the guide's prediction with the command line's method (the default Gaussian
-# diffusion's epsilon), not the sampled run's; it passes once it reads the run's method (parts.method.prediction).
-@pytest.mark.xfail(strict=True, reason="task=sample checks a guide against the composed method, not the run's")
+# The guide's prediction is checked against the sampled run's method, not the command line's default method.
 def test_autoguidance_by_a_shorter_ema_of_a_flow_run(posthoc_flow_run, tmp_path, monkeypatch):
     assert main_in_process(monkeypatch, "task=posthoc_ema", f"run_dir={posthoc_flow_run}", "ema.std=[0.02]",
                            "evaluator=none", f"hydra.run.dir={tmp_path / 'ema'}") == 0
