@@ -2,8 +2,9 @@
 embedding."""
 
 from diffusion.models.ddpm_unet import DDPMUNet
+from diffusion.models.dit import DiT
 from diffusion.models.embeddings import TimeEmbedding, timestep_embedding
 from diffusion.models.mlp import MLP
 from diffusion.models.unet import UNet
 
-__all__ = ["DDPMUNet", "MLP", "TimeEmbedding", "UNet", "timestep_embedding"]
+__all__ = ["DDPMUNet", "DiT", "MLP", "TimeEmbedding", "UNet", "timestep_embedding"]
