@@ -6,5 +6,6 @@ from diffusion.models.dit import DiT
 from diffusion.models.embeddings import TimeEmbedding, timestep_embedding
 from diffusion.models.mlp import MLP
 from diffusion.models.unet import UNet
+from diffusion.models.uvit import UViT
 
-__all__ = ["DDPMUNet", "DiT", "MLP", "TimeEmbedding", "UNet", "timestep_embedding"]
+__all__ = ["DDPMUNet", "DiT", "MLP", "TimeEmbedding", "UNet", "UViT", "timestep_embedding"]

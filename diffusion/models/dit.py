@@ -52,10 +52,10 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Multi-head self-attention over the tokens: one qkv projection, SDPA, an output projection."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,11 +66,11 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    """The transformer MLP: ``Linear(D, r D) -> GELU (tanh approximation, as the paper) -> Linear(r D, D)``."""
+    """The transformer MLP: ``Linear(D, r D) -> GELU -> Linear(r D, D)`` (DiT: GELU's tanh approximation)."""
 
-    def __init__(self, dim: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, mlp_ratio: float, gelu: Literal["tanh", "none"] = "tanh") -> None:
         hidden = int(dim * mlp_ratio)
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate=gelu), nn.Linear(hidden, dim))
 
 
 class DiTBlock(nn.Module):
