@@ -49,6 +49,7 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     command = cfg if command is None else command
     data, cfg, model = build_network(cfg, job)
     method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
     return Components(
         data, model, trained,
