@@ -1,13 +1,18 @@
 """Every transformer and EDM2 backbone composes with the Gaussian diffusion and EDM, unconditional and
-class-conditional: it trains two steps and samples through run.py (tiny sizes, synthetic 8x8 data). A checkpoint
+class-conditional: it trains two steps and samples through run.py (tiny sizes, synthetic 8x8 data), and a DiT
+trains under torchrun with two gloo processes. A checkpoint
 of one backbone resumed as another, and a bad backbone setting, are one line naming the key, exit 2, nothing
 written."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from runs import main_in_process
+from runs import ROOT, main_in_process
 
 TINY = {
     "dit": ["model=dit", "model.depth=2", "model.hidden_size=32", "model.num_heads=2"],
@@ -62,3 +67,14 @@ def test_bad_backbone_setting_is_one_line_exit_2_nothing_written(overrides, key,
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], lines
     assert not new_dir.exists(), "nothing may be written for a bad input"
+
+
+def test_torchrun_with_two_gloo_processes_trains_a_dit(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(ROOT / "run.py"), *RUN, *TINY["dit"], *METHODS["edm"], *CONDITIONAL,
+                             "trainer.device=cpu", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "samples.npz").is_file()
