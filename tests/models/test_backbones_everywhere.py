@@ -1,8 +1,7 @@
 """Every transformer and EDM2 backbone composes with the Gaussian diffusion and EDM, unconditional and
 class-conditional: it trains two steps and samples through run.py (tiny sizes, synthetic 8x8 data), and a DiT
-trains under torchrun with two gloo processes. A checkpoint
-of one backbone resumed as another, and a bad backbone setting, are one line naming the key, exit 2, nothing
-written."""
+trains under torchrun with two gloo processes. A checkpoint of one backbone resumed as another, and a bad
+backbone setting, are one line naming the key, exit 2, nothing written."""
 
 from __future__ import annotations
 
