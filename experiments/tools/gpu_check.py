@@ -175,8 +175,9 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 def report(sections: list[tuple[Settings, list[TrainingRow]]], sampling: dict[str, float], settings: Settings,
            device: torch.device, peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
     """The machine, then one training table per network checked (the U-Net's followed by its sampling table)."""
-    lines = ["# GPU check: CIFAR-10 DDPM U-Net and DiT-B/2" + (" (--quick: toy models, figures mean nothing)"
-                                                           if quick else ""), "", describe_machine(device).markdown(), ""]
+    title = "# GPU check: CIFAR-10 DDPM U-Net and DiT-B/2" + (" (--quick: toy models, figures mean nothing)"
+                                                             if quick else "")
+    lines = [title, "", describe_machine(device).markdown(), ""]
     for index, (checked, rows) in enumerate(sections):
         lines += training_section(checked, rows, peak)
         if index == 0:
