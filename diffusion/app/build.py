@@ -67,7 +67,8 @@ def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig,
     """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
     ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
     data = instantiate(cfg.data, _convert_="all")
-    check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_)
+    check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
+                     job.choices.get("model") or cfg.model._target_)
     cfg = data_implied(cfg, data, job.keys)
     return data, cfg, instantiate(cfg.model, _convert_="all")
 
@@ -113,7 +114,7 @@ def data_implied(cfg: DictConfig, data: BaseData, command_line: set[str]) -> Dic
     return cfg
 
 
-def check_compatible(data: BaseData, model_class: type, data_choice: str) -> None:
+def check_compatible(data: BaseData, model_class: type, data_choice: str, model_choice: str) -> None:
     """An image network (one taking ``image_size``) needs image data and a point network (``dim``) point data;
     checked before the model is built.
 
@@ -122,10 +123,10 @@ def check_compatible(data: BaseData, model_class: type, data_choice: str) -> Non
     """
     accepted = inspect.signature(model_class).parameters
     if data.kind == "points" and "image_size" in accepted:
-        raise ConfigError(f"model {model_class.__name__} needs image data but data={data_choice}; use model=mlp")
+        raise ConfigError(f"model={model_choice} needs image data but data={data_choice}; use model=mlp")
     if data.kind == "image" and "dim" in accepted:
-        raise ConfigError(f"model=mlp takes 2-D points but data={data_choice}; use model=unet (or dit, uvit, "
-                          f"edm2_unet)")
+        raise ConfigError(f"model={model_choice} takes 2-D points but data={data_choice}; use model=unet (or dit, "
+                          f"uvit, edm2_unet)")
 
 
 def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, teacher: DistillRun) -> Any:

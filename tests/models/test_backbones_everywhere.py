@@ -59,6 +59,7 @@ def test_a_checkpoint_of_one_backbone_resumed_as_another_is_one_line(tmp_path, m
     (["model=dit", "+model.in_channels=3"], "model.in_channels"),
     (["model=edm2_unet", "method=edm", "+model.image_size=16"], "model.image_size"),
     (["model=unet", "method=edm", "method.loss_weighting=uncertainty"], "method.loss_weighting"),
+    (["model=uvit", "data.shape=[2]"], "model=uvit needs image data"),
 ])
 def test_bad_backbone_setting_is_one_line_exit_2_nothing_written(overrides, key, tmp_path, monkeypatch, capsys):
     new_dir = tmp_path / "new"
