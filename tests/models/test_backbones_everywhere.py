@@ -78,3 +78,11 @@ def test_torchrun_with_two_gloo_processes_trains_a_dit(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "samples.npz").is_file()
+
+
+def test_edm2_unet_trains_with_the_learned_uncertainty_and_posthoc_ema(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    code = main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *RUN, *TINY["edm2_unet"], *METHODS["edm"],
+                           "method.loss_weighting=uncertainty", "trainer.ema=posthoc", "trainer.ema_snapshot_every=1")
+    assert code == 0
+    assert (run_dir / "samples.npz").is_file() and any((run_dir / "checkpoints" / "posthoc_ema").iterdir())
