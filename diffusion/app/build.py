@@ -47,11 +47,9 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     """
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command
-    data = instantiate(cfg.data, _convert_="all")
-    check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_)
-    cfg = data_implied(cfg, data, job.keys)
-    model = instantiate(cfg.model, _convert_="all")
+    data, cfg, model = build_network(cfg, job)
     method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
     return Components(
         data, model, trained,
@@ -63,6 +61,16 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
         make_logger=partial(open_run_logger, cfg, job),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
+
+
+def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:
+    """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
+    ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
+    data = instantiate(cfg.data, _convert_="all")
+    check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
+                     job.choices.get("model") or cfg.model._target_)
+    cfg = data_implied(cfg, data, job.keys)
+    return data, cfg, instantiate(cfg.model, _convert_="all")
 
 
 def _instantiate_partial(node: DictConfig, **arguments: Any) -> Any:
@@ -98,23 +106,27 @@ def data_implied(cfg: DictConfig, data: BaseData, command_line: set[str]) -> Dic
         for name, value in implied.items():
             if name in accepted and cfg.model.get(name) is None:
                 cfg.model[name] = value
+            elif name in accepted and cfg.model[name] != value:
+                raise ConfigError(f"model.{name}={cfg.model[name]} does not match the data's {value} "
+                                  f"(data.sample_shape={list(shape)}); leave model.{name} unset to take the data's")
         if data.kind == "points" and "clip_denoised" in cfg.method and "method.clip_denoised" not in command_line:
             cfg.method.clip_denoised = False  # standardised points are not confined to [-1, 1]
     return cfg
 
 
-def check_compatible(data: BaseData, model_class: type, data_choice: str) -> None:
-    """An image network needs image data and a point network point data; checked before the model is built.
+def check_compatible(data: BaseData, model_class: type, data_choice: str, model_choice: str) -> None:
+    """An image network (one taking ``image_size``) needs image data and a point network (``dim``) point data;
+    checked before the model is built.
 
     Raises:
         ConfigError: naming the ``model`` option to choose instead.
     """
-    from diffusion.models import MLP, UNet
-
-    if data.kind == "points" and issubclass(model_class, UNet):
-        raise ConfigError(f"model=unet needs image data but data={data_choice}; use model=mlp")
-    if data.kind == "image" and issubclass(model_class, MLP):
-        raise ConfigError(f"model=mlp takes 2-D points but data={data_choice}; use model=unet")
+    accepted = inspect.signature(model_class).parameters
+    if data.kind == "points" and "image_size" in accepted:
+        raise ConfigError(f"model={model_choice} needs image data but data={data_choice}; use model=mlp")
+    if data.kind == "image" and "dim" in accepted:
+        raise ConfigError(f"model={model_choice} takes 2-D points but data={data_choice}; use model=unet (or dit, "
+                          f"uvit, edm2_unet)")
 
 
 def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, teacher: DistillRun) -> Any:

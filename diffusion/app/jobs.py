@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from omegaconf import DictConfig
 
-from diffusion.app.build import NO_EVALUATOR, build
+from diffusion.app.build import NO_EVALUATOR, build, build_network
 from diffusion.app.distill_config import check_distill_option, distill_run_config
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
@@ -25,7 +25,7 @@ from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
-from diffusion.tasks import export, posthoc_ema, sample, train
+from diffusion.tasks import export, posthoc_ema, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
 
 # Keys that moved, as typed on an older command line -> their home now.
@@ -135,6 +135,13 @@ def run_export(cfg: DictConfig, job: HydraRun) -> None:
     export.export(RunSettings(output_dir=job.output_dir, source=source))
 
 
+def run_summary(cfg: DictConfig, job: HydraRun) -> None:
+    """``task=summary``: the network's parameters and forward FLOPs for one sample, built on the meta device."""
+    with torch.device("meta"):
+        data, _, model = build_network(cfg, job)
+    summary.summary(model, data.sample_shape)
+
+
 def source_config(cfg: DictConfig, source: object) -> DictConfig:
     """The config of the run read (``run_dir``), sampled with the method this command line chose, if any."""
     run_cfg = load_source_config(source)  # type: ignore[arg-type]
@@ -151,5 +158,5 @@ def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: o
 
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
-    "posthoc_ema": run_posthoc_ema, "distill": run_distill,
+    "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary,
 }

@@ -12,6 +12,7 @@ from diffusion.data.image_folder import ImageFolderData
 from diffusion.data.mnist import MNISTData
 from diffusion.data.pairs import PairedData
 from diffusion.data.points import MoonsData, PointsData, SwissRollData
+from diffusion.data.synthetic import SyntheticData
 from diffusion.data.split import train_val_indices
 from diffusion.data.uint8_images import Uint8ImageData
 
@@ -26,6 +27,7 @@ __all__ = [
     "PairedData",
     "PointsData",
     "SwissRollData",
+    "SyntheticData",
     "Uint8ImageData",
     "batch_generator_seed",
     "random_horizontal_flip",

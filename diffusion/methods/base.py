@@ -91,6 +91,13 @@ class BaseMethod(nn.Module, ABC):
         """How eval.json names sampling with ``solver``: the method's name with its default solver."""
         return self.name if solver == self.default_solver else f"{self.name}_{solver}"
 
+    def check_network(self, network: nn.Module) -> None:
+        """Refuse a network that lacks what this method needs beyond ``f(x, t, y)``; called when a run is built.
+
+        Raises:
+            ConfigError: naming the ``method.*`` key that asks for it.
+        """
+
     def condition_kwargs(self, model: nn.Module, model_kwargs: dict[str, Any]) -> dict[str, Any]:
         """:func:`condition_kwargs` with this method's ``cond_drop_prob``."""
         return condition_kwargs(model, model_kwargs, self.cond_drop_prob)

@@ -12,6 +12,11 @@ Notation map (EDM Table 1, "Ours" column -> code); F is the network, y a clean s
     lambda(sigma)  = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, the loss weight
     loss           = E[lambda(sigma) ||D(y + sigma n; sigma) - y||^2]                            (eq. 8)
 
+``loss_weighting=uncertainty`` (EDM2, Karras et al. 2024, eq. 21) divides each sample's weighted error by the
+exponential of a learned log-variance u(sigma) and adds u(sigma): E[lambda / e^u ||D - y||^2 + u], which
+balances the noise levels' losses as training goes; the network provides u (``network.uncertainty(c_noise)``,
+as :class:`~diffusion.models.EDM2UNet` does).
+
 With lambda = 1 / c_out^2 the loss is the plain MSE of F against its effective target (eq. 2), so every sigma
 contributes about equally; c_in and c_out keep the network's input and target at unit variance.
 """
@@ -19,13 +24,15 @@ contributes about equally; c_in and c_out keep the network's input and target at
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from diffusion.methods.base import BaseMethod, GridKind, Network, broadcast
-from diffusion.runtime.checks import ConfigError, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
+
+LossWeighting = Literal["edm", "uncertainty"]
 
 
 class EDM(BaseMethod):
@@ -38,6 +45,7 @@ class EDM(BaseMethod):
         sigma_data: the data's standard deviation. p_mean, p_std: the log-normal of training sigmas.
         sigma_min, sigma_max: the sampling range. clip_denoised: clamp D(x; sigma) to [-1, 1] when sampling.
         cond_drop_prob: label dropout for classifier-free guidance. default_solver: ``sampler.solver=null``'s.
+        loss_weighting: ``edm`` (lambda of Table 1) or ``uncertainty`` (lambda over the network's learned e^u).
 
     Raises:
         ConfigError: naming the ``method.*`` key of an out-of-range argument, or for keys of another formulation
@@ -60,6 +68,7 @@ class EDM(BaseMethod):
         clip_denoised: bool = True,
         cond_drop_prob: float = 0.0,
         default_solver: str = "heun",
+        loss_weighting: LossWeighting = "edm",
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -77,6 +86,12 @@ class EDM(BaseMethod):
         self.clip_denoised = bool(clip_denoised)
         self.cond_drop_prob = check_float(cond_drop_prob, "method.cond_drop_prob", 0.0, 1.0)
         self.default_solver = self.check_solver(default_solver)
+        self.loss_weighting = check_choice(loss_weighting, "method.loss_weighting", ("edm", "uncertainty"))
+
+    def check_network(self, network: nn.Module) -> None:
+        if self.loss_weighting == "uncertainty" and not hasattr(network, "uncertainty"):
+            raise ConfigError(f"method.loss_weighting=uncertainty needs a network with a learned uncertainty "
+                              f"u(sigma) ({type(network).__name__} has none): use model=edm2_unet")
 
     # ----------------------------------------------------------------------------------------------------
     # Preconditioning (Table 1)
@@ -127,11 +142,22 @@ class EDM(BaseMethod):
         kwargs = self.condition_kwargs(model, model_kwargs)
         x = self.q_sample(x0, sigma, noise)  # (B, ...)
         denoised = self.precondition(lambda x_in, c_noise: model(x_in, c_noise, **kwargs), x, sigma)
-        per_sample = (denoised.float() - x0.float()).pow(2).flatten(1).mean(1)  # (B,)
-        return (self.loss_weights(sigma).float() * per_sample).mean()
+        per_sample = self.loss_weights(sigma).float() * (denoised.float() - x0.float()).pow(2).flatten(1).mean(1)
+        if self.loss_weighting == "uncertainty":
+            logvar = uncertainty_of(model)(self.preconditioning(sigma)[3].float()).float()  # u(sigma) (B,)
+            per_sample = per_sample / logvar.exp() + logvar
+        return per_sample.mean()
 
     def extra_repr(self) -> str:
         return (
             f"sigma_data={self.sigma_data}, p_mean={self.p_mean}, p_std={self.p_std}, sigma=[{self.sigma_min}, "
-            f"{self.sigma_max}], default_solver={self.default_solver!r}, cond_drop_prob={self.cond_drop_prob}"
+            f"{self.sigma_max}], default_solver={self.default_solver!r}, cond_drop_prob={self.cond_drop_prob}, "
+            f"loss_weighting={self.loss_weighting!r}"
         )
+
+
+def uncertainty_of(model: nn.Module) -> Any:
+    """The network's u(c_noise), looked up through a DistributedDataParallel or compile wrapper."""
+    found = getattr(model, "uncertainty", None) or getattr(getattr(model, "module", None), "uncertainty", None)
+    assert found is not None, "check_network refuses loss_weighting=uncertainty without it"
+    return found

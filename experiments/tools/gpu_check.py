@@ -1,5 +1,6 @@
-"""GPU check of the CIFAR-10-sized DDPM U-Net: training steps/s in fp32, bf16 and bf16 + torch.compile, model
-FLOP/s as a share of the device's bf16 peak, peak memory, and DDIM-50 sampling throughput; under 10 minutes.
+"""GPU check of the CIFAR-10-sized DDPM U-Net (training steps/s in fp32, bf16 and bf16 + torch.compile, model
+FLOP/s as a share of the device's bf16 peak, peak memory, DDIM-50 sampling throughput) and of DiT-B/2 at the
+256x256 / 8 latent shape (training in bf16 and bf16 + compile: steps/s, MFU, peak memory); under 10 minutes.
 
     python -m experiments.tools.gpu_check --out experiments/tools/gpu_check_h200.md
     python -m experiments.tools.gpu_check --peak-tflops 312          # a GPU not in PEAK_BF16_TFLOPS
@@ -7,12 +8,14 @@ FLOP/s as a share of the device's bf16 peak, peak memory, and DDIM-50 sampling t
 
 The model is ``experiment=ddpm_cifar10``'s network, ``model=ddpm_unet`` (Ho et al.'s CIFAR-10 U-Net: 128 base
 channels, multipliers (1, 2, 2, 2), 2 residual blocks per level, self-attention at 16x16, dropout 0.1: 35.7M
-parameters), batch 128 (the paper's), on synthetic 3x32x32 data in [-1, 1] (speed does
-not depend on the pixels). fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not. Each
+parameters), batch 128 (the paper's), on synthetic 3x32x32 data in [-1, 1] (``data=synthetic``; speed does
+not depend on the pixels). DiT-B/2 (Peebles & Xie 2023, ``model=dit model.size=B model.patch_size=2``: 130M
+parameters, 1,000 classes) trains at batch 256 (the paper's) on synthetic 4x32x32 latents; the goal is an MFU of
+at least 40% on an H100. fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not. Each
 training step is the project's loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW.
 FLOPs are counted once by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward)
-and divided by the measured seconds per step. ``--quick`` uses 8 channels, batch 4, 3 steps and torch.compile's ``eager``
-backend (tracing without code generation): its figures mean nothing.
+and divided by the measured seconds per step. ``--quick`` uses 8 channels (a one-block DiT of width 32), batch 4,
+3 steps and torch.compile's ``eager`` backend (tracing without code generation): its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -49,11 +52,16 @@ CIFAR_UNET = ("model=ddpm_unet",)  # its defaults are the paper's network
 QUICK_UNET = ("model.base_channels=8", "model.channel_mults=[1,2]", "model.num_res_blocks=1",
               "model.attention_resolutions=[16]", "model.num_groups=4", "model.num_heads=1")
 CIFAR_SHAPE = (3, 32, 32)
+DIT_B2 = ("model=dit", "model.size=B", "model.patch_size=2", "data.num_classes=1000")
+QUICK_DIT = ("model=dit", "model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=2",
+             "data.num_classes=10")
+LATENT_SHAPE = (4, 32, 32)  # 256x256 images through a /8 autoencoder
 
 
 @dataclass(frozen=True)
 class Settings:
     model: tuple[str, ...]
+    shape: tuple[int, ...]  # one synthetic sample
     batch_size: int  # training and sampling batch
     steps: int  # timed training steps per variant (after warmup)
     warmup: int
@@ -62,9 +70,14 @@ class Settings:
     compile_backend: str
 
 
-FULL = Settings(CIFAR_UNET, batch_size=128, steps=300, warmup=20, sample_batches=4, ddim_steps=50,
+FULL = Settings(CIFAR_UNET, CIFAR_SHAPE, batch_size=128, steps=300, warmup=20, sample_batches=4, ddim_steps=50,
                 compile_backend="inductor")
-QUICK = Settings(QUICK_UNET, batch_size=4, steps=3, warmup=1, sample_batches=1, ddim_steps=3, compile_backend="eager")
+QUICK = Settings(QUICK_UNET, CIFAR_SHAPE, batch_size=4, steps=3, warmup=1, sample_batches=1, ddim_steps=3,
+                 compile_backend="eager")
+FULL_DIT = Settings(DIT_B2, LATENT_SHAPE, batch_size=256, steps=100, warmup=10, sample_batches=0, ddim_steps=0,
+                    compile_backend="inductor")
+QUICK_DIT = Settings(QUICK_DIT, LATENT_SHAPE, batch_size=4, steps=3, warmup=1, sample_batches=0, ddim_steps=0,
+                     compile_backend="eager")
 
 
 @dataclass
@@ -85,12 +98,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "the table of known GPUs; none for a CPU)")
     parser.add_argument("--steps", type=int, help="timed training steps per variant (default: 300; --quick: 3)")
     parser.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile variant")
+    parser.add_argument("--no-dit", action="store_true", help="skip the DiT-B/2 check")
     return parser.parse_args(argv)
 
 
 def config(settings: Settings) -> Any:
-    overrides = [*settings.model, "+model.in_channels=3", "+model.image_size=32", "method=ddim",
-                 "method.num_timesteps=1000"]
+    shape = ",".join(str(size) for size in settings.shape)
+    overrides = ["data=synthetic", f"data.shape=[{shape}]", *settings.model, "method=ddim", "method.num_timesteps=1000"]
     return compose_config(overrides)
 
 
@@ -100,7 +114,7 @@ def measure_training(cfg: Any, variant: str, precision: Precision, compile_backe
     parts = build_parts(cfg)
     model, method = parts.model.to(device).train(), parts.method.to(device)
     generator = torch.Generator().manual_seed(0)
-    x0 = (torch.rand((settings.batch_size, *CIFAR_SHAPE), generator=generator) * 2 - 1).to(device)  # (B, 3, 32, 32)
+    x0 = (torch.rand((settings.batch_size, *settings.shape), generator=generator) * 2 - 1).to(device)  # (B, C, H, W)
     flops = step_flops_per_sample(model, method, x0, device, precision) * settings.batch_size
     network = torch.compile(model, backend=compile_backend) if compile_backend else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
@@ -134,7 +148,7 @@ def measure_sampling(cfg: Any, settings: Settings, device: torch.device, precisi
     first), through the Sampler."""
     parts = build_parts(cfg)
     count = settings.batch_size * settings.sample_batches
-    sampler = make_sampler(cfg, parts.model, parts.method, CIFAR_SHAPE, count, settings.ddim_steps, device,
+    sampler = make_sampler(cfg, parts.model, parts.method, settings.shape, count, settings.ddim_steps, device,
                            batch_size=settings.batch_size)
     sampler.precision = precision
     sampler.sample(num_samples=settings.batch_size)
@@ -158,12 +172,30 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
     return None, f"{name!r} is not in PEAK_BF16_TFLOPS (pass --peak-tflops)"
 
 
-def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settings, device: torch.device,
-           peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
+def report(sections: list[tuple[Settings, list[TrainingRow]]], sampling: dict[str, float], settings: Settings,
+           device: torch.device, peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
+    """The machine, then one training table per network checked (the U-Net's followed by its sampling table)."""
+    title = "# GPU check: CIFAR-10 DDPM U-Net and DiT-B/2" + (" (--quick: toy models, figures mean nothing)"
+                                                             if quick else "")
+    lines = [title, "", describe_machine(device).markdown(), ""]
+    for index, (checked, rows) in enumerate(sections):
+        lines += training_section(checked, rows, peak)
+        if index == 0:
+            lines += [*markdown_table(["sampling", "images/s"],
+                                      [[f"DDIM-{settings.ddim_steps}, {name}, batch {settings.batch_size}",
+                                        f"{rate:.1f}"] for name, rate in sampling.items()]), ""]
+    lines += [f"Wall time {seconds / 60:.1f} min. Reproduce: `{reproduce_command('experiments.tools.gpu_check')}`",
+              ""]
+    return "\n".join(lines)
+
+
+def training_section(settings: Settings, rows: list[TrainingRow], peak: tuple[float | None, str]) -> list[str]:
+    """What was trained, and its table: steps/s, images/s, model TFLOP/s, share of the bf16 peak (MFU), memory."""
     tflops, source = peak
+    shape = "x".join(str(size) for size in settings.shape)
     model_line = (
         f"Model: `{' '.join(settings.model)}` "
-        f"{rows[0].parameters / 1e6:.2f}M parameters; synthetic 3x32x32 data, batch {settings.batch_size}, "
+        f"{rows[0].parameters / 1e6:.2f}M parameters; synthetic {shape} data, batch {settings.batch_size}, "
         f"{settings.steps} timed steps per variant after {settings.warmup} warm-up steps. bf16 peak: "
         f"{'n/a' if tflops is None else f'{tflops:g} TFLOP/s'} ({source})."
     )
@@ -174,46 +206,47 @@ def report(rows: list[TrainingRow], sampling: dict[str, float], settings: Settin
         memory = "n/a" if row.peak_memory is None else f"{row.peak_memory / 2**30:.2f} GiB"
         table.append([row.variant, f"{row.steps_per_second:.2f}", f"{row.steps_per_second * settings.batch_size:.0f}",
                       f"{achieved:.3g}", share, memory, f"{row.warmup_seconds:.1f} s"])
-    lines = [
-        "# GPU check: CIFAR-10 DDPM U-Net" + (" (--quick: toy model, figures mean nothing)" if quick else ""), "",
-        describe_machine(device).markdown(), "",
-        model_line, "",
-        *markdown_table(["training variant", "steps/s", "images/s", "model TFLOP/s", "share of bf16 peak",
-                         "peak memory", "warm-up (compile)"], table), "",
-        *markdown_table(["sampling", "images/s"],
-                        [[f"DDIM-{settings.ddim_steps}, {name}, batch {settings.batch_size}", f"{rate:.1f}"]
-                         for name, rate in sampling.items()]), "",
-        f"Wall time {seconds / 60:.1f} min. Reproduce: `{reproduce_command('experiments.tools.gpu_check')}`", "",
-    ]
-    return "\n".join(lines)
+    return [model_line, "", *markdown_table(["training variant", "steps/s", "images/s", "model TFLOP/s",
+                                             "share of bf16 peak", "peak memory", "warm-up (compile)"], table), ""]
+
+
+def train_variants(settings: Settings, variants: list[tuple[str, str, str | None]], device: torch.device,
+                   start: float) -> list[TrainingRow]:
+    """One :class:`TrainingRow` per (name, precision, compile backend)."""
+    cfg = config(settings)
+    rows = []
+    for name, precision, backend in variants:
+        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] training {settings.model[0]}: {name}",
+              file=sys.stderr, flush=True)
+        rows.append(measure_training(cfg, name, precision, backend, settings, device))  # type: ignore[arg-type]
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     start = time.perf_counter()
-    settings = QUICK if args.quick else FULL
+    settings, dit = (QUICK, QUICK_DIT) if args.quick else (FULL, FULL_DIT)
     if args.steps is not None:
         settings = Settings(**{**settings.__dict__, "steps": args.steps})
+        dit = Settings(**{**dit.__dict__, "steps": args.steps})
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no GPU; use --device cpu (with --quick)", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    cfg = config(settings)
-    variants = [("fp32", "fp32", None), ("bf16", "bf16", None),
-                (f"bf16 + torch.compile ({settings.compile_backend})", "bf16", settings.compile_backend)]
-    variants = variants[:2] if args.no_compile else variants
-    rows = []
-    for name, precision, backend in variants:
-        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] training: {name}", file=sys.stderr, flush=True)
-        rows.append(measure_training(cfg, name, precision, backend, settings, device))
+    compiled = [] if args.no_compile else [(f"bf16 + torch.compile ({settings.compile_backend})", "bf16",
+                                            settings.compile_backend)]
+    sections = [(settings, train_variants(settings, [("fp32", "fp32", None), ("bf16", "bf16", None), *compiled],
+                                          device, start))]
     sampling = {}
     for precision in ("bf16", "fp32"):
         print(f"[gpu_check {time.perf_counter() - start:5.0f} s] sampling: DDIM {precision}", file=sys.stderr,
               flush=True)
-        sampling[precision] = measure_sampling(cfg, settings, device, precision)
-    text = report(rows, sampling, settings, device, peak_tflops(device, args.peak_tflops),
+        sampling[precision] = measure_sampling(config(settings), settings, device, precision)
+    if not args.no_dit:
+        sections.append((dit, train_variants(dit, [("bf16", "bf16", None), *compiled], device, start)))
+    text = report(sections, sampling, settings, device, peak_tflops(device, args.peak_tflops),
                   time.perf_counter() - start, args.quick)
     print(text)
     if args.out is not None:

@@ -1,0 +1,143 @@
+"""U-ViT (Bao et al. 2023, "All are Worth Words: A ViT Backbone for Diffusion Models").
+
+Everything is a token: the time (its sinusoid, optionally through an MLP), the class label (when conditional) and
+the ``p x p`` patches, with a learned position embedding over all of them. A plain pre-norm transformer follows,
+with long skip connections from each shallow block to its mirror deep block (Sec. 3, "long skip"):
+
+    in blocks  h_1 .. h_k              (each pushes its output on a stack)
+    mid block                           k = (depth - 1) / 2
+    out blocks h = Linear(concat(h, popped skip))  then the block
+
+then a LayerNorm, a linear map of each patch token to its ``p x p x C`` pixels, unpatchify, and a 3x3
+convolution on the image (which removes patch artefacts, Sec. 3). ``model.size`` picks the paper's Table 1:
+
+    size  layers  width  heads  MLP    params (paper)
+    S     13      512    8      2048   44M   (U-ViT-S/2 on CIFAR-10)
+    M     17      768    12     3072   131M
+    L     21      1024   16     4096   287M
+    H     29      1152   16     4608   501M
+
+(M/L/H's counts are the paper's, at its ImageNet 256 latent settings: 32x32x4, patch 2, 1,000 classes; all
+without the time MLP and without qkv biases, as the paper's configurations.) Attention, the MLP and the shape
+checks are DiT's (:mod:`diffusion.models.dit`), with GELU exact as in the paper's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from diffusion.models.dit import Attention, FeedForward, patch_grid, transformer_shape
+from diffusion.models.embeddings import timestep_embedding
+from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int
+
+#: Table 1 of the paper: size name -> (layers, width, heads); the MLP is 4x the width.
+UVIT_SIZES: dict[str, tuple[int, int, int]] = {"S": (13, 512, 8), "M": (17, 768, 12), "L": (21, 1024, 16),
+                                               "H": (29, 1152, 16)}
+
+
+class UViTBlock(nn.Module):
+    """A pre-norm transformer block; a deep block first merges its long skip: ``h = Linear(concat(h, skip))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, skip: bool = False) -> None:
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_ratio, gelu="none")
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, N, D)`` (and ``skip`` ``(B, N, D)`` for a deep block) -> ``(B, N, D)``."""
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # type: ignore[list-item]
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class UViT(nn.Module):
+    """Predicts ``(B, C, H, W)`` from ``x_t`` ``(B, C, H, W)``, ``t`` ``(B,)`` and optional labels ``y`` ``(B,)``.
+
+    Args:
+        in_channels, image_size: the data's channels and (square) side; ``patch_size`` must divide the side.
+        size: ``S``, ``M``, ``L`` or ``H`` (Table 1). depth (an odd layer count), hidden_size, num_heads: override.
+        patch_size: side of a patch (CIFAR-10: 2).
+        mlp_ratio: the MLP's hidden width over the width (4).
+        mlp_time_embed: pass the time sinusoid through Linear-SiLU-Linear, or use it as the token directly (the
+            paper's configurations, whose parameter counts Table 1 gives).
+        qkv_bias: biases in the query/key/value projection.
+        conv_out: the final 3x3 convolution.
+        num_classes: 0 for unconditional; else a label token, with a null label for classifier-free guidance.
+
+    Raises:
+        ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, size: str = "S", patch_size: int = 2,
+                 depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
+                 mlp_ratio: float = 4.0, mlp_time_embed: bool = False, qkv_bias: bool = False,
+                 conv_out: bool = True, num_classes: int = 0) -> None:
+        super().__init__()
+        depth, dim, heads = transformer_shape(size, depth, hidden_size, num_heads, UVIT_SIZES)
+        if depth % 2 == 0:
+            raise ConfigError(f"model.depth={depth} must be odd: as many shallow as deep blocks, and a middle one")
+        grid = patch_grid(in_channels, image_size, patch_size)
+        check_float(mlp_ratio, "model.mlp_ratio", minimum=0.0, inclusive=False)
+        self.in_channels, self.image_size, self.patch_size, self.dim = in_channels, image_size, patch_size, dim
+        self.num_classes = check_int(num_classes, "model.num_classes", minimum=0)
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)  # (B, D, H/p, W/p)
+        self.time_embed = (nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim))
+                           if check_bool(mlp_time_embed, "model.mlp_time_embed") else nn.Identity())
+        self.label_embed = nn.Embedding(num_classes + 1, dim) if num_classes else None  # row num_classes: null
+        self.extras = 2 if num_classes else 1  # the time token (and the label token) before the patches
+        self.pos_embed = nn.Parameter(torch.zeros(self.extras + grid * grid, dim))
+        qkv_bias = check_bool(qkv_bias, "model.qkv_bias")
+        self.in_blocks = nn.ModuleList(UViTBlock(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth // 2))
+        self.mid_block = UViTBlock(dim, heads, mlp_ratio, qkv_bias)
+        self.out_blocks = nn.ModuleList(UViTBlock(dim, heads, mlp_ratio, qkv_bias, skip=True)
+                                        for _ in range(depth // 2))
+        self.norm = nn.LayerNorm(dim)
+        self.decoder_pred = nn.Linear(dim, patch_size * patch_size * in_channels)
+        self.final_conv = (nn.Conv2d(in_channels, in_channels, 3, padding=1)
+                           if check_bool(conv_out, "model.conv_out") else nn.Identity())
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's code: truncated-normal (std 0.02) linears and position embedding, zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``."""
+        patches = rearrange(self.patch_embed(x), "b d h w -> b (h w) d")  # (B, N, D)
+        tokens = [self.time_embed(timestep_embedding(t, self.dim).to(patches.dtype))[:, None]]  # (B, 1, D)
+        if self.label_embed is not None:
+            tokens.append(self.label_embed(self.labels(t, y))[:, None])
+        elif y is not None:
+            raise ValueError("class labels y were given to a model built with num_classes=0; pass y=None or set "
+                             "model.num_classes to the data set's number of classes")
+        h = torch.cat([*tokens, patches], dim=1) + self.pos_embed  # (B, extras + N, D)
+        skips = []
+        for block in self.in_blocks:
+            h = block(h)
+            skips.append(h)
+        h = self.mid_block(h)
+        for block in self.out_blocks:
+            h = block(h, skips.pop())
+        out = self.decoder_pred(self.norm(h))[:, self.extras:]  # (B, N, p * p * C)
+        side = self.image_size // self.patch_size
+        image = rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=side, p=self.patch_size, q=self.patch_size)
+        return self.final_conv(image)
+
+    def labels(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """``y``, or the null label for every sample when ``y`` is None."""
+        if y is None:
+            return torch.full_like(t, self.num_classes, dtype=torch.long)
+        if y.shape != t.shape:
+            raise ValueError(f"class labels y must have shape {tuple(t.shape)} like t, got {tuple(y.shape)}")
+        return y
