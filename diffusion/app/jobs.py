@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffusion.app.build import NO_EVALUATOR, build, build_network
 from diffusion.app.distill_config import check_distill_option, distill_run_config
@@ -114,9 +114,24 @@ def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
     dist = DistributedContext.from_environment(cfg.sampler.device)
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
-    parts = build(source_config(cfg, source), job, command=cfg,
-                  evaluator=cfg.get("evaluator", NO_EVALUATOR) if cfg.task == "evaluate" else NO_EVALUATOR)
+    run_cfg = source_config(cfg, source)
+    evaluator = evaluation_config(cfg, run_cfg, job) if cfg.task == "evaluate" else NO_EVALUATOR
+    parts = build(run_cfg, job, command=cfg, evaluator=evaluator)
     return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source), dist)
+
+
+def evaluation_config(cfg: DictConfig, run_cfg: DictConfig, job: HydraRun) -> DictConfig:
+    """The evaluator ``task=evaluate`` scores with: the command line's when it chooses one (``evaluator=`` or
+    ``data=``), else the run's own (it fits the run's data), with this command line's ``evaluator.*`` keys on top."""
+    keys = job.keys
+    own = run_cfg.get("evaluator")
+    if "evaluator" in keys or "data" in keys or own is None or own.get("_target_") == NO_EVALUATOR._target_:
+        return cfg.get("evaluator", NO_EVALUATOR)
+    own = own.copy()
+    for key in keys:
+        if key.startswith("evaluator."):
+            OmegaConf.update(own, key.removeprefix("evaluator."), OmegaConf.select(cfg, key), force_add=True)
+    return own
 
 
 def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Old module -> its home now (the package was regrouped into runtime/, storage/, training/, sampling/, tasks/).
+# Module paths of earlier versions -> where the same code lives now.
 MOVED_MODULES = {
     "diffusion.trainer": "diffusion.training.trainer",
     "diffusion.file_manager": "diffusion.storage.file_manager",

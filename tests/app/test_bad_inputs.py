@@ -3,7 +3,7 @@ no file of an earlier run changed.
 
 Every training case points ``resume=`` at an earlier, finished run: an input that slipped through would
 continue that run and change its files, which the digest comparison catches. The cases complement
-``BAD_INPUTS`` in test_run.py. They run in this process (Hydra composes in milliseconds; an interpreter start
+``BAD_INPUTS`` in tests/e2e/test_run_tasks.py. They run in this process (Hydra composes in milliseconds; an interpreter start
 costs seconds), except the ones that need a real command line.
 """
 

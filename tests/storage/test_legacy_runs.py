@@ -3,6 +3,8 @@ sample, evaluate, resume and export, and sample the numbers that version drew.""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -69,3 +71,13 @@ def test_a_legacy_run_evaluates_resumes_and_exports(legacy, tmp_path, monkeypatc
     assert main_in_process(monkeypatch, "task=sample", f"run_dir={exported / 'weights.safetensors'}",
                            f"hydra.run.dir={sampled}", "sampler.num_samples=16") == 0
     assert np.isfinite(np.load(sampled / "samples.npz")["samples"]).all()
+
+
+def test_evaluate_without_an_evaluator_scores_with_the_runs_own(legacy, tmp_path, monkeypatch):
+    """No ``evaluator=`` or ``data=`` on the command line: the run's own evaluator (points, for a moons run), with
+    this command line's ``evaluator.*`` keys on top."""
+    out = tmp_path / "evaluated"
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={legacy / 'ddpm'}", f"hydra.run.dir={out}",
+                           "sampler.num_samples=12", "evaluator.num_samples=12") == 0
+    scores = json.loads((out / "eval.json").read_text())
+    assert "sliced_wasserstein" in scores and scores["num_samples"] == 12
