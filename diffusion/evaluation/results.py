@@ -3,8 +3,10 @@ sampler step count, and as the ``eval.json`` layout of a run."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from diffusion.evaluation.evaluators import MetricValue
@@ -151,6 +153,8 @@ def metric_entry(metric: MetricValue) -> dict[str, Any]:
     bootstrap), ``floor_std`` / ``floor_std_error`` (spread of the draws, error of their mean), ``ratio`` and its
     95% ``ratio_interval`` (where the floor is positive), and ``beats_floor`` with ``near_copies`` when flagged."""
     entry: dict[str, Any] = {"value": _json_float(metric.value), "floor": _json_float(metric.floor)}
+    if metric.higher_is_better:
+        entry["higher_is_better"] = True
     if metric.std_error is not None:
         entry["std_error"] = _json_float(metric.std_error)
     if metric.floor is not None:
@@ -163,3 +167,21 @@ def metric_entry(metric: MetricValue) -> dict[str, Any]:
     if metric.beats_floor:
         entry["near_copies"] = _json_float(metric.near_copies)
     return entry
+
+
+def read_eval_json(path: Path) -> dict[str, MetricValue]:
+    """The metrics of an ``eval.json`` written by :func:`metrics_to_json` (its bookkeeping keys left out); a
+    missing number reads as NaN, a missing error bar as None."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    metrics = {}
+    for name, entry in record.items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            continue
+        number = lambda key: None if entry.get(key) is None else float(entry[key])  # noqa: E731
+        value = number("value")
+        metrics[name] = MetricValue(
+            math.nan if value is None else value, number("floor"), number("std_error"),
+            bool(entry.get("higher_is_better", False)), number("floor_std"), number("floor_std_error"),
+            bool(entry.get("beats_floor", False)), number("near_copies"),
+        )
+    return metrics
