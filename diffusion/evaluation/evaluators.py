@@ -15,47 +15,24 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.floors import Floor, RealSplit, cached_floors, default_cache_dir, estimate_floors, rows_digest
+from diffusion.evaluation.floors import (
+    Floor,
+    RealSplit,
+    cached_floors,
+    default_cache_dir,
+    estimate_floors,
+    rows_digest,
+)
+from diffusion.evaluation.metric_value import NOT_FLAGGED, MetricValue, beats_floor, with_floor  # noqa: F401
 from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
 from diffusion.evaluation.neighbours import memorization_score, precision_recall
 from diffusion.evaluation.uncertainty import bootstrap_std_errors
 from diffusion.runtime.checks import ConfigError, check_int
-
-
-# Scores where doing better than real data is no sign of copying (fewer near-copies than fresh data is fine).
-NOT_FLAGGED = ("memorization",)
-
-
-class MetricValue(NamedTuple):
-    """One score: its ``value``, the real-data ``floor`` at the same sample count (None when there is none; the mean
-    over real draws, see :mod:`~diffusion.evaluation.floors`), the standard error of ``value`` when known, whether
-    larger is better (coverage, confidence), the floor's spread over draws (``floor_std``) and the standard error
-    of its mean (``floor_std_error``), and, for a score better than its floor by more than ``floor_std``
-    (:func:`beats_floor`), ``beats_floor`` with the share of near-copies of training items among the samples."""
-
-    value: float
-    floor: float | None = None
-    std_error: float | None = None
-    higher_is_better: bool = False
-    floor_std: float | None = None
-    floor_std_error: float | None = None
-    beats_floor: bool = False
-    near_copies: float | None = None
-
-
-def beats_floor(metric: MetricValue) -> bool:
-    """Whether ``metric`` is better than real data by more than one draw of real data strays from the floor
-    mean: ``value < floor - floor_std`` (``>`` ``floor + floor_std`` where higher is better)."""
-    if metric.floor is None or metric.floor_std is None or not math.isfinite(metric.value):
-        return False
-    if metric.higher_is_better:
-        return metric.value > metric.floor + metric.floor_std
-    return metric.value < metric.floor - metric.floor_std
 
 
 class BaseEvaluator(ABC):
@@ -263,6 +240,7 @@ class FeatureEvaluator(BaseEvaluator):
         self._val: torch.Tensor | None = None  # (V, F) float64, embedded validation samples
         self._floors: dict[int, dict[str, Floor]] = {}  # by sample count n
         self._rows: list[torch.Tensor] = []
+        self._data_name = ""  # the data set's class, part of the floor's cache key
 
     @abstractmethod
     def _check_data(self, data: BaseData) -> None:
@@ -319,11 +297,9 @@ class FeatureEvaluator(BaseEvaluator):
         real = self._real()
         n = min(num_samples, len(real.heldout))
         if n not in self._floors:
-            fields = {
-                **self._floor_key(), "data": getattr(self, "_data_name", None), "rows": rows_digest(
-                    torch.cat(real)), "reference_size": len(real.reference), "heldout_size": len(real.heldout),
-                "n": n, "draws": self.floor_draws,
-            }
+            sizes = {"reference_size": len(real.reference), "heldout_size": len(real.heldout), "n": n}
+            fields = {**self._floor_key(), "data": self._data_name, "rows": rows_digest(torch.cat(real)), **sizes,
+                      "draws": self.floor_draws}
 
             def score(heldout: torch.Tensor, split: RealSplit) -> dict[str, float]:
                 return {name: m.value for name, m in self._score(heldout, n, split).items()}
@@ -383,7 +359,8 @@ class FeatureEvaluator(BaseEvaluator):
         """
         if not self.neighbour_metrics:
             return {}
-        features, reference, heldout = self._features(rows), self._features(real.reference), self._features(real.heldout)
+        features, reference = self._features(rows), self._features(real.reference)
+        heldout = self._features(real.heldout)
         pairs = [precision_recall(reference, features[part]) for part in chunk_slices(len(features), n)]
         copies = memorization_score(features, reference, heldout)
         return {
@@ -391,14 +368,6 @@ class FeatureEvaluator(BaseEvaluator):
             "recall": mean_of_chunks([pair.recall for pair in pairs], higher_is_better=True),
             "memorization": MetricValue(copies.score),
         }
-
-
-def with_floor(score: MetricValue, floor: Floor | None) -> MetricValue:
-    """``score`` with the floor's mean, std and standard error, and :func:`beats_floor` set."""
-    if floor is None:
-        return score
-    score = score._replace(floor=floor.mean, floor_std=floor.std, floor_std_error=floor.std_error)
-    return score._replace(beats_floor=beats_floor(score))
 
 
 def frechet_and_kid(

@@ -74,7 +74,8 @@ def format_metrics(metrics: Mapping[str, MetricValue]) -> str:
     lines = []
     for name, metric in metrics.items():
         floor, flag = format_floor(metric), format_flag(metric)
-        lines.append(f"{name}: {format_value(metric)}" + (f" ({floor})" if floor else "") + (f" {flag}" if flag else ""))
+        line = f"{name}: {format_value(metric)}" + (f" ({floor})" if floor else "")
+        lines.append(line + (f" {flag}" if flag else ""))
     return "\n".join(lines)
 
 

@@ -37,3 +37,15 @@ def test_copies_of_training_points_are_flagged_with_their_near_copy_share(tmp_pa
     assert all(record[name]["beats_floor"] and record[name]["near_copies"] == 1.0 for name in flagged)
     noise = evaluator.evaluate(3 * torch.randn(60, 2, generator=torch.Generator().manual_seed(1)))
     assert not any(metric.beats_floor or metric.near_copies is not None for metric in noise.values())
+
+
+def test_seed_sets_average_and_keep_the_floor_and_the_flag() -> None:
+    from diffusion.evaluation.metric_value import over_seed_sets
+
+    sets = [MetricValue(v, 1.5, 0.1, floor_std=0.3, floor_std_error=0.03, beats_floor=v < 1.2,
+                        near_copies=0.02 if v < 1.2 else None) for v in (1.0, 1.1, 1.3)]
+    mean = over_seed_sets(sets)
+    assert abs(mean.value - 1.1333333) < 1e-6 and abs(mean.std_error - 0.1527525 / 3**0.5) < 1e-6
+    assert mean.floor == 1.5 and mean.floor_std == 0.3 and mean.floor_std_error == 0.03
+    assert mean.beats_floor and mean.near_copies == 0.02
+    assert not over_seed_sets([MetricValue(1.4, 1.5, floor_std=0.3)]).beats_floor
