@@ -25,8 +25,9 @@ from diffusion.evaluation.floors import (
     RealSplit,
     cached_floors,
     default_cache_dir,
-    estimate_floors,
     rows_digest,
+    score_draws,
+    summarise,
 )
 from diffusion.evaluation.metric_value import NOT_FLAGGED, MetricValue, beats_floor, with_floor  # noqa: F401
 from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
@@ -300,14 +301,20 @@ class FeatureEvaluator(BaseEvaluator):
             sizes = {"reference_size": len(real.reference), "heldout_size": len(real.heldout), "n": n}
             fields = {**self._floor_key(), "data": self._data_name, "rows": rows_digest(torch.cat(real)), **sizes,
                       "draws": self.floor_draws}
-
-            def score(heldout: torch.Tensor, split: RealSplit) -> dict[str, float]:
-                return {name: m.value for name, m in self._score(heldout, n, split).items()}
-
-            self._floors[n] = cached_floors(
-                self.floor_cache_dir, fields, lambda: estimate_floors(real, n, self.floor_draws, self.seed, score)
-            )
+            self._floors[n] = cached_floors(self.floor_cache_dir, fields, lambda: {
+                name: summarise(values) for name, values in self.floor_draw_scores(num_samples).items()})
         return self._floors[n]
+
+    def floor_draw_scores(self, num_samples: int) -> dict[str, list[float]]:
+        """Every real-data draw's scores at ``min(num_samples, len(val))`` (what :meth:`floor` summarises;
+        computed afresh, never cached)."""
+        real = self._real()
+        n = min(num_samples, len(real.heldout))
+
+        def score(heldout: torch.Tensor, split: RealSplit) -> dict[str, float]:
+            return {name: m.value for name, m in self._score(heldout, n, split).items()}
+
+        return score_draws(real, n, self.floor_draws, self.seed, score)
 
     def update(self, samples: torch.Tensor) -> None:
         """Embed a batch of generated samples and keep the rows (float64)."""

@@ -71,13 +71,18 @@ def real_draws(real: RealSplit, n: int, draws: int, seed: int) -> list[tuple[tor
     return pairs
 
 
-def estimate_floors(real: RealSplit, n: int, draws: int, seed: int, score: Scorer) -> dict[str, Floor]:
-    """Each metric's :class:`Floor` over :func:`real_draws`; ``score(heldout_rows, split)`` scores one draw."""
+def score_draws(real: RealSplit, n: int, draws: int, seed: int, score: Scorer) -> dict[str, list[float]]:
+    """Each metric's value on every draw of :func:`real_draws`; ``score(heldout_rows, split)`` scores one."""
     values: dict[str, list[float]] = {}
     for heldout, split in real_draws(real, n, draws, seed):
         for name, value in score(heldout, split).items():
             values.setdefault(name, []).append(value)
-    return {name: summarise(numbers) for name, numbers in values.items()}
+    return values
+
+
+def estimate_floors(real: RealSplit, n: int, draws: int, seed: int, score: Scorer) -> dict[str, Floor]:
+    """Each metric's :class:`Floor`: :func:`summarise` of :func:`score_draws`."""
+    return {name: summarise(numbers) for name, numbers in score_draws(real, n, draws, seed, score).items()}
 
 
 def summarise(numbers: list[float]) -> Floor:
