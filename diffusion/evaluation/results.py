@@ -186,3 +186,19 @@ def read_eval_json(path: Path) -> dict[str, MetricValue]:
             bool(entry.get("beats_floor", False)), number("near_copies"),
         )
     return metrics
+
+
+def summary_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """The run summary a logger keeps (W&B's summary panel) from an ``eval.json`` record: each metric's value and
+    beside it ``<metric>_se``, ``<metric>_floor``, ``<metric>_floor_std``, ``<metric>_ratio`` (with
+    ``_ratio_low``/``_ratio_high``, its 95% interval) and ``<metric>_near_copies`` where flagged; nulls left out."""
+    summary: dict[str, float] = {}
+    for name, entry in record.items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            continue
+        low, high = entry.get("ratio_interval") or (None, None)
+        fields = {"": entry.get("value"), "_se": entry.get("std_error"), "_floor": entry.get("floor"),
+                  "_floor_std": entry.get("floor_std"), "_ratio": entry.get("ratio"), "_ratio_low": low,
+                  "_ratio_high": high, "_near_copies": entry.get("near_copies")}
+        summary |= {name + suffix: float(x) for suffix, x in fields.items() if isinstance(x, (int, float))}
+    return summary

@@ -57,9 +57,10 @@ def ratio_interval(value: float, value_se: float | None, floor: float, floor_se:
 
         se(r) = sqrt(se(value)^2 + r^2 se(floor)^2) / |floor|
 
-    (the two independent: samples vs real draws); None where the floor is not positive (a ratio to 0 or to an
-    unbiased estimate below 0, as KID's can be, says nothing)."""
-    if not (math.isfinite(value) and math.isfinite(floor)) or floor <= 0:
+    (the two independent: samples vs real draws); None where the floor is not clearly positive, i.e. within
+    Z95 standard errors of 0 (a ratio to 0, or to an unbiased estimate that real data puts at 0 as KID's and
+    MMD's, says nothing)."""
+    if not (math.isfinite(value) and math.isfinite(floor)) or floor <= Z95 * (floor_se or 0.0) or floor <= 0:
         return None
     ratio = value / floor
     std_error = math.sqrt((value_se or 0.0) ** 2 + ratio**2 * (floor_se or 0.0) ** 2) / floor

@@ -46,3 +46,4 @@ def test_ratio_interval_is_the_delta_method() -> None:
     assert interval.std_error == pytest.approx(math.sqrt(0.3**2 + 1.5**2 * 0.1**2) / 2.0)
     assert interval.low == pytest.approx(1.5 - 1.959964 * interval.std_error)
     assert ratio_interval(1.0, 0.1, -0.01, 0.01) is None and ratio_interval(1.0, None, 0.0, None) is None
+    assert ratio_interval(1.0, 0.1, 0.0012, 0.0014) is None  # a floor within its error of 0: KID on real data

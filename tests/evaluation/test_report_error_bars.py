@@ -41,3 +41,14 @@ def test_report_shows_value_plus_minus_error_and_the_ratio_to_the_floor(tmp_path
     assert float(rows["0"]["fd"]) == 2.4 and float(rows["0"]["fd_se"]) == 0.3
     low, high = float(rows["0"]["fd_ratio_low"]), float(rows["0"]["fd_ratio_high"])
     assert float(rows["0"]["fd_ratio"]) == 1.5 and low < 1.5 < high
+
+
+def test_summary_values_carry_error_bars_floors_and_ratios() -> None:
+    from diffusion.evaluation.results import summary_values
+
+    fd = MetricValue(2.4, 1.6, 0.3, floor_std=0.5, floor_std_error=0.05)
+    summary = summary_values(metrics_to_json({"fd": fd}, 500, "ddpm", 1000, 0.01))
+    assert summary["fd"] == 2.4 and summary["fd_se"] == 0.3 and summary["fd_floor"] == 1.6
+    assert summary["fd_floor_std"] == 0.5 and abs(summary["fd_ratio"] - 1.5) < 1e-12
+    assert summary["fd_ratio_low"] < 1.5 < summary["fd_ratio_high"] and "fd_near_copies" not in summary
+    assert "num_samples" not in summary and "steps" not in summary
