@@ -127,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "held-out)); `one split`: the default split's held-out set, today's single-draw floor:", "",
         *markdown_table(["data", "metric", "draws", "mean", "std", "se", "min", "max", "se/std", "se/(max-min)",
                          "one split"], floor_table),
-        "", f"Runs: `{command}`, evaluator.num_samples samples each, bootstrap standard errors (200 resamples), ratio to the floor "
-        "with its 95% interval:", "",
+        "", f"Runs: `{command}`, evaluator.num_samples samples each, bootstrap standard errors (200 resamples), "
+        "ratio to the floor with its 95% interval:", "",
         *markdown_table(["run", "metric", "score ± se", "floor ± std", "ratio [95%]", "minutes"], run_rows),
         "", "seed=1 against seed=0: " + ", ".join(
             f"{d.metric} {fmt(d.interval.estimate)} [{fmt(d.interval.low)}, {fmt(d.interval.high)}]"
