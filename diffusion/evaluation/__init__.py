@@ -5,7 +5,15 @@ from diffusion.evaluation.digits import DigitsEvaluator
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue, NoneEvaluator
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.points import PointsEvaluator
-from diffusion.evaluation.results import StepsRow, format_metrics, format_steps_table, metric_values, metrics_to_json
+from diffusion.evaluation.results import (
+    StepsRow,
+    format_metrics,
+    format_steps_table,
+    metric_values,
+    metrics_to_json,
+    read_eval_json,
+    summary_values,
+)
 from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
 from diffusion.evaluation.feature_stats import (
     FeatureStatistics,
@@ -39,6 +47,8 @@ __all__ = [
     "format_steps_table",
     "metric_values",
     "metrics_to_json",
+    "read_eval_json",
+    "summary_values",
     "DigitClassifier",
     "FeatureStatistics",
     "KernelInceptionDistance",

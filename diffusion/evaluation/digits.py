@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Unpack
+from pathlib import Path
+from typing import Any, Literal, Unpack
 
 import torch
 
@@ -16,6 +17,7 @@ from diffusion.evaluation.classifier import (
     load_digit_classifier,
 )
 from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.evaluation.evaluators import (
     FeatureEvaluator,
     FeatureOptions,
@@ -82,13 +84,21 @@ class DigitsEvaluator(FeatureEvaluator):
             labels = self._prepared_reference()[:, -NUM_DIGIT_CLASSES:].argmax(dim=1)
         self._label_histogram = class_histogram(labels, NUM_DIGIT_CLASSES)
 
-    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        reference = self._prepared_reference()[:, :-NUM_DIGIT_CLASSES]
-        features, probs = rows[:, :-NUM_DIGIT_CLASSES], rows[:, -NUM_DIGIT_CLASSES:]  # (N, 128), (N, 10)
+    def _features(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[:, :-NUM_DIGIT_CLASSES]  # (N, 128): the classifier's penultimate features
+
+    def _floor_key(self) -> dict[str, Any]:
+        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size,
+                   "coverage_min_fraction": self.coverage_min_fraction}
+        return {**super()._floor_key(), **options, "network": file_sha256(Path(self.classifier_path))}
+
+    def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
+        reference = self._features(real.reference)
+        features, probs = self._features(rows), rows[:, -NUM_DIGIT_CLASSES:]  # (N, 128), (N, 10)
         predicted = probs.argmax(dim=1)  # (N,)
         confidence = probs.max(dim=1).values  # (N,)
         scores = frechet_and_kid(features, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
-        scores |= self._neighbour_scores(features, reference, self._prepared_val()[:, :-NUM_DIGIT_CLASSES], n)
+        scores |= self._neighbour_scores(rows, n, real)
         coverage = chunk_mean(
             predicted, n, lambda part: class_coverage(part, NUM_DIGIT_CLASSES, self.coverage_min_fraction)
         )

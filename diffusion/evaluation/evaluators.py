@@ -14,24 +14,26 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple, TypedDict
+from pathlib import Path
+from typing import Any, ClassVar, TypedDict
 
 import torch
 
 from diffusion.data.base import BaseData
+from diffusion.evaluation.floors import (
+    Floor,
+    RealSplit,
+    cached_floors,
+    default_cache_dir,
+    rows_digest,
+    score_draws,
+    summarise,
+)
+from diffusion.evaluation.metric_value import NOT_FLAGGED, MetricValue, beats_floor, with_floor  # noqa: F401
 from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
 from diffusion.evaluation.neighbours import memorization_score, precision_recall
+from diffusion.evaluation.uncertainty import bootstrap_std_errors
 from diffusion.runtime.checks import ConfigError, check_int
-
-
-class MetricValue(NamedTuple):
-    """One score: its ``value``, the real-data ``floor`` at the same sample count (None when there is none), the
-    standard error of ``value`` when known, and whether larger is better (coverage, confidence)."""
-
-    value: float
-    floor: float | None = None
-    std_error: float | None = None
-    higher_is_better: bool = False
 
 
 class BaseEvaluator(ABC):
@@ -188,11 +190,17 @@ class FeatureOptions(TypedDict, total=False):
     seed: int
     neighbour_metrics: bool
     seeds: Sequence[int] | None
+    floor_draws: int
+    bootstrap: int
+    floor_cache_dir: str | None
 
 
 class FeatureEvaluator(BaseEvaluator):
     """Embeds samples as float64 rows (:meth:`_embed`) and scores them against the embedded training
-    reference (:meth:`_score`), with floors from the embedded validation split.
+    reference (:meth:`_score`), with floors over ``floor_draws`` draws of the real data
+    (:mod:`~diffusion.evaluation.floors`, cached in ``floor_cache_dir``) and ``bootstrap`` resamples of the
+    generated rows for each score's standard error (:mod:`~diffusion.evaluation.uncertainty`; skipped when
+    ``seeds`` has several sets, whose spread gives it).
 
     ``neighbour_metrics`` adds ``precision``/``recall`` (Kynkaanniemi et al. 2019, k = 3, chunk means) and
     ``memorization`` (all samples) in the evaluator's feature space; they cost O(N x reference) distances.
@@ -212,6 +220,9 @@ class FeatureEvaluator(BaseEvaluator):
         seed: int = 0,
         neighbour_metrics: bool = False,
         seeds: Sequence[int] | None = None,
+        floor_draws: int = 128,
+        bootstrap: int = 200,
+        floor_cache_dir: str | None = None,
     ) -> None:
         super().__init__(num_samples, every_n_epochs, sampler_steps, seeds)
         if reference_size is not None:
@@ -221,10 +232,16 @@ class FeatureEvaluator(BaseEvaluator):
         if not isinstance(neighbour_metrics, bool):
             raise ConfigError(f"evaluator.neighbour_metrics must be true or false, got {neighbour_metrics!r}")
         self.neighbour_metrics = neighbour_metrics
+        self.floor_draws = check_int(floor_draws, "evaluator.floor_draws", minimum=1)
+        self.bootstrap = check_int(bootstrap, "evaluator.bootstrap", minimum=0)
+        if self.bootstrap == 1:
+            raise ConfigError("evaluator.bootstrap must be 0 (off) or at least 2 resamples, got 1")
+        self.floor_cache_dir = Path(floor_cache_dir).expanduser() if floor_cache_dir else default_cache_dir()
         self._reference: torch.Tensor | None = None  # (R, F) float64, embedded training samples
         self._val: torch.Tensor | None = None  # (V, F) float64, embedded validation samples
-        self._floors: dict[int, dict[str, MetricValue]] = {}  # by sample count n
+        self._floors: dict[int, dict[str, Floor]] = {}  # by sample count n
         self._rows: list[torch.Tensor] = []
+        self._data_name = ""  # the data set's class, part of the floor's cache key
 
     @abstractmethod
     def _check_data(self, data: BaseData) -> None:
@@ -235,11 +252,19 @@ class FeatureEvaluator(BaseEvaluator):
         """Rows ``(N, F)`` in float64 that the metrics look at (features, probabilities or the points)."""
 
     @abstractmethod
-    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        """Scores (without floors) of embedded rows ``(N, F)`` against the reference, at sample count ``n``."""
+    def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
+        """Scores (without floors) of embedded rows ``(N, F)`` against ``real.reference``, at sample count ``n``."""
 
     def _prepare_reference(self, data: BaseData) -> None:
         """Extra once-only state from the data (label histogram, kernel bandwidth); runs before any floor."""
+
+    def _features(self, rows: torch.Tensor) -> torch.Tensor:
+        """The columns of embedded rows that nearest-neighbour distances (near-copies) are measured in."""
+        return rows
+
+    def _floor_key(self) -> dict[str, Any]:
+        """What the floor depends on beyond the rows and sizes: the feature network and the scoring options."""
+        return {"evaluator": type(self).__name__, "seed": self.seed, "neighbour_metrics": self.neighbour_metrics}
 
     def prepare(self, data: BaseData) -> None:
         """Embed the training reference and the validation split (at least 2 samples) and score the floor."""
@@ -256,6 +281,7 @@ class FeatureEvaluator(BaseEvaluator):
             reference = _random_subset(splits.train, self.reference_size, self.seed)
             self._reference = self._embed(data.prepare_batch(reference))
             self._val = self._embed(data.prepare_batch(splits.val))
+            self._data_name = type(data).__name__
             self._prepare_reference(data)
             self.floor(self.num_samples)
         except BaseException:  # half-prepared state would make the next prepare() a silent no-op
@@ -263,13 +289,32 @@ class FeatureEvaluator(BaseEvaluator):
             self._floors = {}
             raise
 
-    def floor(self, num_samples: int) -> dict[str, MetricValue]:
-        """Real-data floors for ``num_samples`` samples, scored at ``min(num_samples, len(val))``, once per count."""
-        val = self._prepared_val()
-        n = min(num_samples, len(val))
+    def _real(self) -> RealSplit:
+        return RealSplit(self._prepared_reference(), self._prepared_val())
+
+    def floor(self, num_samples: int) -> dict[str, Floor]:
+        """Real-data floors for ``num_samples`` samples, scored at ``min(num_samples, len(val))``: computed once
+        per count, and read from the on-disk cache when this data, sizes, n and network were seen before."""
+        real = self._real()
+        n = min(num_samples, len(real.heldout))
         if n not in self._floors:
-            self._floors[n] = self._score(val, n)
+            sizes = {"reference_size": len(real.reference), "heldout_size": len(real.heldout), "n": n}
+            fields = {**self._floor_key(), "data": self._data_name, "rows": rows_digest(torch.cat(real)), **sizes,
+                      "draws": self.floor_draws}
+            self._floors[n] = cached_floors(self.floor_cache_dir, fields, lambda: {
+                name: summarise(values) for name, values in self.floor_draw_scores(num_samples).items()})
         return self._floors[n]
+
+    def floor_draw_scores(self, num_samples: int) -> dict[str, list[float]]:
+        """Every real-data draw's scores at ``min(num_samples, len(val))`` (what :meth:`floor` summarises;
+        computed afresh, never cached)."""
+        real = self._real()
+        n = min(num_samples, len(real.heldout))
+
+        def score(heldout: torch.Tensor, split: RealSplit) -> dict[str, float]:
+            return {name: m.value for name, m in self._score(heldout, n, split).items()}
+
+        return score_draws(real, n, self.floor_draws, self.seed, score)
 
     def update(self, samples: torch.Tensor) -> None:
         """Embed a batch of generated samples and keep the rows (float64)."""
@@ -277,16 +322,29 @@ class FeatureEvaluator(BaseEvaluator):
         self._rows.append(self._embed(samples))
 
     def compute(self) -> dict[str, MetricValue]:
-        """Scores of the samples added since :meth:`reset` (at least 2), each with its floor."""
-        val = self._prepared_val()
+        """Scores of the samples added since :meth:`reset` (at least 2), each with its floor, its standard error
+        (bootstrap) and, for a score that beats its floor, the share of near-copies among the samples."""
+        real = self._real()
         total = sum(len(rows) for rows in self._rows)
         if total < 2:
             raise ValueError(f"evaluator needs at least 2 generated samples to score, got {total}")
         rows = torch.cat(self._rows)
         rows = rows[torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))]  # see module docstring
-        scores = self._score(rows, min(total, len(val)))
+        n = min(total, len(real.heldout))
+        scores = self._score(rows, n, real)
+        if self.bootstrap and not (self.seeds and len(self.seeds) > 1):
+            errors = bootstrap_std_errors(
+                rows, lambda r: {k: m.value for k, m in self._score(r, n, real).items()}, self.bootstrap, self.seed
+            )
+            scores = {name: s._replace(std_error=errors.get(name, s.std_error)) for name, s in scores.items()}
         floors = self.floor(total)
-        return {name: score._replace(floor=floors[name].value) for name, score in scores.items()}
+        scores = {name: with_floor(score, floors.get(name)) for name, score in scores.items()}
+        scores = {k: s._replace(beats_floor=False) if k in NOT_FLAGGED else s for k, s in scores.items()}
+        if any(score.beats_floor for score in scores.values()):
+            features = self._features
+            copies = memorization_score(features(rows), features(real.reference), features(real.heldout)).score
+            scores = {k: s._replace(near_copies=copies) if s.beats_floor else s for k, s in scores.items()}
+        return scores
 
     def reset(self) -> None:
         """Forget the generated samples (the reference and floors are kept)."""
@@ -301,14 +359,15 @@ class FeatureEvaluator(BaseEvaluator):
         assert self._reference is not None, "prepare() sets the reference"
         return self._reference
 
-    def _neighbour_scores(
-        self, features: torch.Tensor, reference: torch.Tensor, heldout: torch.Tensor, n: int
-    ) -> dict[str, MetricValue]:
-        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` of ``features`` ``(N, F)`` against
-        ``reference`` ``(R, F)``, ``heldout`` ``(V, F)`` setting the threshold; ``{}`` unless ``neighbour_metrics``.
+    def _neighbour_scores(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
+        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` of rows ``(N, F)`` against the
+        reference, the held-out rows setting the threshold (all in :meth:`_features`); ``{}`` unless
+        ``neighbour_metrics``.
         """
         if not self.neighbour_metrics:
             return {}
+        features, reference = self._features(rows), self._features(real.reference)
+        heldout = self._features(real.heldout)
         pairs = [precision_recall(reference, features[part]) for part in chunk_slices(len(features), n)]
         copies = memorization_score(features, reference, heldout)
         return {

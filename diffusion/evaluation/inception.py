@@ -13,13 +13,14 @@ import importlib.util
 import logging
 import re
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
+from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.metrics import frechet_distance
 from diffusion.runtime.devices import resolve_device
@@ -60,14 +61,6 @@ def inception_unavailable_reason(weights_path: str | Path | None = None) -> str 
         f"at {path}, or point evaluator.weights_path at it. Nothing is downloaded at run time; the run goes on "
         "without them."
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_weights_sha256(path: Path, expected: str) -> None:
@@ -185,8 +178,11 @@ class InceptionEvaluator(FeatureEvaluator):
         features = [self._network(batch.to(self.device)).double().cpu() for batch in pixels.split(self.batch_size)]
         return torch.cat(features)  # (N, 2048)
 
-    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        reference = self._prepared_reference()
-        scores = frechet_and_kid(rows, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
-        neighbours = self._neighbour_scores(rows, reference, self._prepared_val(), n)
+    def _floor_key(self) -> dict[str, Any]:
+        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
+        return {**super()._floor_key(), **options, "network": self.weights_sha256}
+
+    def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
+        scores = frechet_and_kid(rows, real.reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        neighbours = self._neighbour_scores(rows, n, real)
         return {"fid": scores["fd"], "kid": scores["kid"]} | neighbours

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from diffusion.data.base import BaseData
+from diffusion.evaluation.floors import RealSplit
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean
 from diffusion.evaluation.metrics import energy_distance, median_heuristic_bandwidth, mmd_rbf, sliced_wasserstein
 from diffusion.runtime.checks import ConfigError, check_float, check_int
@@ -31,8 +33,12 @@ class PointsEvaluator(FeatureEvaluator):
         num_projections: int = 256,
         bandwidth: float | None = None,
         seeds: Sequence[int] | None = None,
+        floor_draws: int = 32,
+        bootstrap: int = 50,
+        floor_cache_dir: str | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds=seeds)
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds=seeds,
+                         floor_draws=floor_draws, bootstrap=bootstrap, floor_cache_dir=floor_cache_dir)
         self.num_projections = check_int(num_projections, "evaluator.num_projections", minimum=1)
         if bandwidth is not None:
             check_float(bandwidth, "evaluator.bandwidth", 0.0, inclusive=False)
@@ -55,8 +61,11 @@ class PointsEvaluator(FeatureEvaluator):
         if self.bandwidth is None:
             self.bandwidth = median_heuristic_bandwidth(self._prepared_val(), self._prepared_reference())
 
-    def _score(self, rows: torch.Tensor, n: int) -> dict[str, MetricValue]:
-        reference = self._prepared_reference()
+    def _floor_key(self) -> dict[str, Any]:
+        return {**super()._floor_key(), "num_projections": self.num_projections, "bandwidth": self.bandwidth}
+
+    def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
+        reference = real.reference
         return {
             "sliced_wasserstein": chunk_mean(
                 rows, n, lambda part: sliced_wasserstein(part, reference, self.num_projections, seed=self.seed)

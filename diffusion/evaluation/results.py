@@ -1,13 +1,16 @@
-"""Evaluation results as text (``fd: 1.9 (real-data floor 0.4)``), as a table per sampler step count, and as
-the ``eval.json`` layout of a run."""
+"""Evaluation results as text (``fd: 1.9 ± 0.2 (real-data floor 1.8 ± 0.7; 1.05x [0.8, 1.3])``), as a table per
+sampler step count, and as the ``eval.json`` layout of a run."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from diffusion.evaluation.evaluators import MetricValue
+from diffusion.evaluation.uncertainty import Interval, ratio_interval
 
 # Top-level eval.json keys that are not metrics; no metric may take one of these names.
 EVAL_JSON_KEYS = ("num_samples", "sampler", "steps", "nfe", "seconds_per_sample")
@@ -29,25 +32,50 @@ def format_value(metric: MetricValue) -> str:
 
 
 def format_floor(metric: MetricValue, short: bool = False) -> str:
-    """``real-data floor 0.41`` for lower-is-better metrics, ``real data 0.98`` for higher-is-better ones
-    (coverage, confidence: there the real-data value is a ceiling); ``short`` drops the ``real-data`` prefix."""
+    """``real-data floor 0.41 ± 0.12`` (mean ± std over real draws) for lower-is-better metrics, ``real data
+    0.98 ± 0.01`` for higher-is-better ones (coverage, confidence: there the real-data value is a ceiling), then
+    the ratio to it with its 95% interval (``1.5x [1.2, 1.8]``); ``short`` drops the ``real-data`` prefix."""
     if metric.floor is None:
         return ""
     if metric.higher_is_better:
         label = "real" if short else "real data"
     else:
         label = "floor" if short else "real-data floor"
-    return f"{label} {format_number(metric.floor)}"
+    text = f"{label} {format_number(metric.floor)}"
+    if metric.floor_std is not None and math.isfinite(metric.floor_std):
+        text += f" ± {format_number(metric.floor_std)}"
+    ratio = floor_ratio(metric)
+    if ratio is not None:
+        interval = f" [{ratio.low:.3g}, {ratio.high:.3g}]" if ratio.std_error > 0 else ""
+        text += f"; {ratio.estimate:.3g}x{interval}"
+    return text
+
+
+def floor_ratio(metric: MetricValue) -> Interval | None:
+    """``value / floor`` with its 95% interval (None without a positive floor)."""
+    if metric.floor is None:
+        return None
+    return ratio_interval(metric.value, metric.std_error, metric.floor, metric.floor_std_error)
+
+
+def format_flag(metric: MetricValue) -> str:
+    """``BEATS REAL DATA (near-copies 0.4%)`` for a score better than its floor by more than the floor's std."""
+    if not metric.beats_floor:
+        return ""
+    copies = "" if metric.near_copies is None else f" (near-copies of training items: {metric.near_copies:.1%})"
+    return f"BEATS REAL DATA{copies}"
 
 
 def format_metrics(metrics: Mapping[str, MetricValue]) -> str:
-    """One line per metric: ``fd: 1.93 ± 0.05 (real-data floor 0.41)``; ``no metrics`` when empty."""
+    """One line per metric: ``fd: 1.93 ± 0.05 (real-data floor 0.41 ± 0.1; 4.7x [3.4, 6])``, then the
+    beats-real-data flag where set; ``no metrics`` when empty."""
     if not metrics:
         return "no metrics"
     lines = []
     for name, metric in metrics.items():
-        floor = format_floor(metric)
-        lines.append(f"{name}: {format_value(metric)}" + (f" ({floor})" if floor else ""))
+        floor, flag = format_floor(metric), format_flag(metric)
+        line = f"{name}: {format_value(metric)}" + (f" ({floor})" if floor else "")
+        lines.append(line + (f" {flag}" if flag else ""))
     return "\n".join(lines)
 
 
@@ -81,6 +109,7 @@ def format_steps_table(rows: Sequence[StepsRow]) -> str:
             metric = row.metrics.get(name)
             floor = format_floor(metric, short=True) if metric is not None else ""
             cell = "" if metric is None else format_value(metric) + (f" ({floor})" if floor else "")
+            cell += " **beats real data**" if metric is not None and metric.beats_floor else ""
             cells.append(cell)
         cells.append(format_number(row.seconds_per_sample))
         lines.append("| " + " | ".join(cells) + " |")
@@ -100,18 +129,16 @@ def metrics_to_json(
     seconds_per_sample: float | None,
     nfe: int | None = None,
 ) -> dict[str, Any]:
-    """The ``eval.json`` layout: each metric maps to ``{"value", "floor"}`` (and ``"std_error"``), beside
-    ``num_samples``, ``sampler``, ``steps``, ``nfe`` and ``seconds_per_sample``; non-finite numbers become null.
+    """The ``eval.json`` layout: each metric maps to :func:`metric_entry` (``value``, ``floor`` and their error
+    bars, the ratio to the floor, the beats-real-data flag), beside ``num_samples``, ``sampler``, ``steps``,
+    ``nfe`` and ``seconds_per_sample``; non-finite numbers become null.
     """
     clashing = sorted(set(metrics) & set(EVAL_JSON_KEYS))
     if clashing:
         raise ValueError(f"metric names {clashing} clash with eval.json keys {EVAL_JSON_KEYS}")
     record: dict[str, Any] = {}
     for name, metric in metrics.items():
-        entry = {"value": _json_float(metric.value), "floor": _json_float(metric.floor)}
-        if metric.std_error is not None:
-            entry["std_error"] = _json_float(metric.std_error)
-        record[name] = entry
+        record[name] = metric_entry(metric)
     record.update(
         num_samples=int(num_samples),
         sampler=str(sampler),
@@ -120,3 +147,58 @@ def metrics_to_json(
         seconds_per_sample=_json_float(seconds_per_sample),
     )
     return record
+
+
+def metric_entry(metric: MetricValue) -> dict[str, Any]:
+    """One metric of ``eval.json``: ``value``, ``floor`` (mean over real draws), ``std_error`` (seed sets or
+    bootstrap), ``floor_std`` / ``floor_std_error`` (spread of the draws, error of their mean), ``ratio`` and its
+    95% ``ratio_interval`` (where the floor is positive), and ``beats_floor`` with ``near_copies`` when flagged."""
+    entry: dict[str, Any] = {"value": _json_float(metric.value), "floor": _json_float(metric.floor)}
+    if metric.higher_is_better:
+        entry["higher_is_better"] = True
+    if metric.std_error is not None:
+        entry["std_error"] = _json_float(metric.std_error)
+    if metric.floor is not None:
+        entry.update(floor_std=_json_float(metric.floor_std), floor_std_error=_json_float(metric.floor_std_error))
+        ratio = floor_ratio(metric)
+        if ratio is not None:
+            entry.update(ratio=_json_float(ratio.estimate), ratio_interval=[_json_float(ratio.low),
+                                                                            _json_float(ratio.high)])
+        entry["beats_floor"] = bool(metric.beats_floor)
+    if metric.beats_floor:
+        entry["near_copies"] = _json_float(metric.near_copies)
+    return entry
+
+
+def read_eval_json(path: Path) -> dict[str, MetricValue]:
+    """The metrics of an ``eval.json`` written by :func:`metrics_to_json` (its bookkeeping keys left out); a
+    missing number reads as NaN, a missing error bar as None."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    metrics = {}
+    for name, entry in record.items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            continue
+        number = lambda key: None if entry.get(key) is None else float(entry[key])  # noqa: E731
+        value = number("value")
+        metrics[name] = MetricValue(
+            math.nan if value is None else value, number("floor"), number("std_error"),
+            bool(entry.get("higher_is_better", False)), number("floor_std"), number("floor_std_error"),
+            bool(entry.get("beats_floor", False)), number("near_copies"),
+        )
+    return metrics
+
+
+def summary_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """The run summary a logger keeps (W&B's summary panel) from an ``eval.json`` record: each metric's value and
+    beside it ``<metric>_se``, ``<metric>_floor``, ``<metric>_floor_std``, ``<metric>_ratio`` (with
+    ``_ratio_low``/``_ratio_high``, its 95% interval) and ``<metric>_near_copies`` where flagged; nulls left out."""
+    summary: dict[str, float] = {}
+    for name, entry in record.items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            continue
+        low, high = entry.get("ratio_interval") or (None, None)
+        fields = {"": entry.get("value"), "_se": entry.get("std_error"), "_floor": entry.get("floor"),
+                  "_floor_std": entry.get("floor_std"), "_ratio": entry.get("ratio"), "_ratio_low": low,
+                  "_ratio_high": high, "_near_copies": entry.get("near_copies")}
+        summary |= {name + suffix: float(x) for suffix, x in fields.items() if isinstance(x, (int, float))}
+    return summary

@@ -44,6 +44,9 @@ class JobResult:
     best_epoch: int | None = None
     best_val_loss: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)  # eval.json values
+    errors: dict[str, float] = field(default_factory=dict)  # their standard errors (seed sets or bootstrap)
+    ratios: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # value / floor, 95% low, high
+    beats_floor: dict[str, float] = field(default_factory=dict)  # flagged metrics: near-copy share (NaN: unknown)
     wall_time_s: float = math.nan
     val_curve: list[float] = field(default_factory=list)
     varying: list[str] = field(default_factory=list)  # overrides not shared by every job of the sweep
@@ -88,6 +91,7 @@ def read_job(job_dir: Path, now: float | None = None) -> JobResult:
             result.best_epoch = min(finite, key=finite.__getitem__)
             result.best_val_loss = finite[result.best_epoch]
     result.metrics = read_eval(job_dir)
+    result.errors, result.ratios, result.beats_floor = read_eval_error_bars(job_dir)
     result.wall_time_s = wall_time(times) if times else log_wall_time(job_dir / "train.log")
     result.status = job_status(job_dir, result.epochs, now)
     return result
@@ -138,6 +142,26 @@ def read_eval(job_dir: Path) -> dict[str, float]:
         for name, entry in entries
         if isinstance(entry, dict) and _is_number(entry.get("value"))
     }
+
+
+def read_eval_error_bars(
+    job_dir: Path,
+) -> tuple[dict[str, float], dict[str, tuple[float, float, float]], dict[str, float]]:
+    """From ``eval.json``: each metric's ``std_error``, its ``ratio`` to the floor with the 95% interval, and the
+    metrics flagged ``beats_floor`` with their ``near_copies`` share (NaN when not measured)."""
+    try:
+        loaded = json.loads((job_dir / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}, {}, {}
+    entries = [(str(n), e) for n, e in loaded.items() if isinstance(e, dict)] if isinstance(loaded, dict) else []
+    errors = {name: float(e["std_error"]) for name, e in entries if _is_number(e.get("std_error"))}
+    ratios = {
+        name: (float(e["ratio"]), *map(_as_float, e["ratio_interval"]))
+        for name, e in entries
+        if _is_number(e.get("ratio")) and isinstance(e.get("ratio_interval"), list) and len(e["ratio_interval"]) == 2
+    }
+    flagged = {name: _as_float(e.get("near_copies")) for name, e in entries if e.get("beats_floor") is True}
+    return errors, ratios, flagged
 
 
 def wall_time(times: Sequence[float]) -> float:

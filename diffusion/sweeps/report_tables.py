@@ -46,18 +46,51 @@ def split_overrides(jobs: Sequence[JobResult]) -> list[str]:
 def table_rows(
     ranked: Sequence[JobResult], objective: str, all_overrides: bool = True
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of ``report.csv`` (every override) and ``report.md`` (``all_overrides=False``: the
-    overrides that differ between jobs); the first row with a finite objective, not pruned, is marked best."""
+    """Header and cells of ``report.csv`` (every override; each metric's standard error and ratio to the floor in
+    columns of their own) and ``report.md`` (``all_overrides=False``: the overrides that differ between jobs,
+    ``value ± se`` cells and a ``metric / floor`` column with the 95% interval); the first row with a finite
+    objective, not pruned, is marked best."""
     metric_names = sorted({name for job in ranked for name in job.metrics})
+    ratio_names = [name for name in metric_names if any(name in job.ratios for job in ranked)]
+    if all_overrides:
+        extra = [f"{n}_{part}" for n in metric_names for part in ("se",)] + [
+            f"{n}_{part}" for n in ratio_names for part in ("ratio", "ratio_low", "ratio_high")]
+    else:
+        extra = [f"{n} / floor" for n in ratio_names]
     header = ["rank", "best", "job", "status", "overrides", "epochs", "final_train_loss", "final_val_loss"]
-    header += ["best_epoch", "best_val_loss", *metric_names, "wall_time_s"]
+    header += ["best_epoch", "best_val_loss", *metric_names, *extra, "wall_time_s"]
     # A pruned job's value is from before it was stopped: never the best, even when it happens to be lowest.
     best = next((job for job in ranked if math.isfinite(job.value(objective)) and job.status != "pruned"), None)
-    rows = [_row(rank, job, job is best, metric_names, all_overrides) for rank, job in enumerate(ranked, start=1)]
+    rows = [_row(rank, job, job is best, metric_names, ratio_names, all_overrides)
+            for rank, job in enumerate(ranked, start=1)]
     return header, rows
 
 
-def _row(rank: int, job: JobResult, is_best: bool, metric_names: Sequence[str], all_overrides: bool) -> list[str]:
+def _metric_cells(job: JobResult, metric_names: Sequence[str], ratio_names: Sequence[str],
+                  numeric: bool) -> list[str]:
+    """``report.csv``: values, then standard errors, then ratios with interval ends, as numbers; ``report.md``:
+    ``value ± se`` (and ``beats real data``), then ``1.3x [1.1, 1.5]``."""
+    if numeric:
+        cells = [fmt(job.metrics.get(n, math.nan)) for n in metric_names]
+        cells += [fmt(job.errors.get(n, math.nan)) for n in metric_names]
+        return cells + [fmt(x) for n in ratio_names for x in job.ratios.get(n, (math.nan,) * 3)]
+    cells = []
+    for name in metric_names:
+        error = job.errors.get(name, math.nan)
+        cell = fmt(job.metrics.get(name, math.nan), ".4g")
+        cell += f" ± {fmt(error, '.2g')}" if math.isfinite(error) else ""
+        if name in job.beats_floor:
+            copies = job.beats_floor[name]
+            cell += " beats real data" + (f" (near-copies {copies:.1%})" if math.isfinite(copies) else "")
+        cells.append(cell)
+    for name in ratio_names:
+        ratio, low, high = job.ratios.get(name, (math.nan,) * 3)
+        cells.append(f"{ratio:.3g}x [{low:.3g}, {high:.3g}]" if math.isfinite(ratio) else "")
+    return cells
+
+
+def _row(rank: int, job: JobResult, is_best: bool, metric_names: Sequence[str], ratio_names: Sequence[str],
+         all_overrides: bool) -> list[str]:
     return [
         str(rank),
         "best" if is_best else "",
@@ -69,7 +102,7 @@ def _row(rank: int, job: JobResult, is_best: bool, metric_names: Sequence[str], 
         fmt(job.final_val_loss),
         "" if job.best_epoch is None else str(job.best_epoch),
         fmt(job.best_val_loss),
-        *(fmt(job.metrics.get(name, math.nan)) for name in metric_names),
+        *_metric_cells(job, metric_names, ratio_names, numeric=all_overrides),
         fmt(job.wall_time_s, ".1f"),
     ]
 
