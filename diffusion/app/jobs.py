@@ -20,12 +20,13 @@ from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.run_config import load_source_config, require_run_dir, sampling_method_config, search_hooks
 from diffusion.app.run_files import print_config_tree, save_run_config
-from diffusion.runtime.checks import check_bool, check_choice, check_int
+from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
+from diffusion.storage.atomic import atomic_write_text
 from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
-from diffusion.tasks import export, posthoc_ema, sample, summary, train
+from diffusion.tasks import compare, export, posthoc_ema, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
 
 # Keys that moved, as typed on an older command line -> their home now.
@@ -150,6 +151,18 @@ def run_export(cfg: DictConfig, job: HydraRun) -> None:
     export.export(RunSettings(output_dir=job.output_dir, source=source))
 
 
+def run_compare(cfg: DictConfig, job: HydraRun) -> None:
+    """``task=compare run_dir=[a,b,...]``: each evaluated run's scores against the first's, tie or not; printed and
+    written to ``<hydra.run.dir>/compare.md``."""
+    run_dirs = list(cfg.run_dir) if OmegaConf.is_list(cfg.run_dir) else [cfg.run_dir]
+    if None in run_dirs:
+        raise ConfigError("task=compare needs run_dir=[<evaluated run>,<evaluated run>,...]")
+    table = compare.compare([str(path) for path in run_dirs])
+    print(table)
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.output_dir / "compare.md", table + "\n")
+
+
 def run_summary(cfg: DictConfig, job: HydraRun) -> None:
     """``task=summary``: the network's parameters and forward FLOPs for one sample, built on the meta device."""
     with torch.device("meta"):
@@ -173,5 +186,5 @@ def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: o
 
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
-    "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary,
+    "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
 }

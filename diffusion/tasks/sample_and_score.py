@@ -24,7 +24,9 @@ from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue
+from diffusion.evaluation.metric_value import over_seed_sets
 from diffusion.evaluation.results import (
+    summary_values,
     StepsRow,
     format_metrics,
     format_number,
@@ -146,7 +148,7 @@ def sample_save_score(
         ]
     atomic_write_text(directory / "eval.json", json.dumps(payload, indent=2) + "\n")  # a failed write keeps the old
     values = {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
-    logger.log_summary(values)
+    logger.log_summary(summary_values(payload))
     return values
 
 
@@ -204,9 +206,7 @@ def seed_summary(values: Sequence[MetricValue]) -> tuple[MetricValue, float, flo
     standard deviation (0 for one set) and the minimum of the values."""
     numbers = [v.value for v in values]
     std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
-    mean = MetricValue(statistics.fmean(numbers), values[0].floor, std / math.sqrt(len(numbers)),
-                       values[0].higher_is_better)
-    return mean, std, min(numbers)
+    return over_seed_sets(values), std, min(numbers)
 
 
 def format_seeds_table(seeds: Sequence[int], per_seed: Sequence[dict[str, MetricValue]],

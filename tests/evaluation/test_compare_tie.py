@@ -69,3 +69,14 @@ def test_two_seeds_of_one_config_tie_and_a_stopped_run_does_not(tmp_path: Path) 
     assert all(d.tie for d in seeds.differences), seeds.differences
     assert not any(d.tie for d in stopped.differences), stopped.differences
     assert all(d.interval.low > 0 for d in stopped.differences)  # the stopped run is worse on every score
+    result = ok(run_py(tmp_path, "task=compare",
+                       f"run_dir=[{tmp_path / 'seed0'},{tmp_path / 'seed1'},{tmp_path / 'stopped'}]",
+                       f"hydra.run.dir={tmp_path / 'compared'}"))
+    written = (tmp_path / "compared" / "compare.md").read_text()
+    assert "| tie |" in written and "baseline better" in written and written.strip() in result.stdout
+
+
+def test_compare_of_fewer_than_two_runs_is_one_line(tmp_path: Path) -> None:
+    result = run_py(tmp_path, "task=compare", f"run_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "at least two" in result.stderr
