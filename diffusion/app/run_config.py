@@ -14,6 +14,7 @@ from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import check_safe_targets
 from diffusion.storage.legacy import upgrade_targets
 from diffusion.runtime.checks import ConfigError
+from diffusion.loggers.naming import logged_key
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
 # (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays).
@@ -64,7 +65,7 @@ def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
     from diffusion.sweeps.pruning import make_pruner, pruning_hook  # optuna: the sweeps extra
 
     pruner = make_pruner(**OmegaConf.to_container(trial.pruner, resolve=True))  # type: ignore[arg-type]
-    reported = "val/loss" if monitor in ("val_loss", "val/loss") else monitor
+    reported = logged_key(monitor)
     return [pruning_hook(trial.storage, trial.study_name, int(trial.number), pruner, reported, run_dir)]
 
 

@@ -13,6 +13,7 @@ from diffusion.evaluation import NoneEvaluator, metric_values
 from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.loggers import NullLogger
 from diffusion.loggers.base import BaseLogger
+from diffusion.loggers.naming import is_val_loss
 from diffusion.runtime.checks import ConfigError
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.signals import Pruned
@@ -136,7 +137,7 @@ def check_monitor(monitor: str, evaluator: BaseEvaluator) -> None:
     Raises:
         ConfigError: naming ``evaluator.every_n_epochs`` and ``trainer.monitor``.
     """
-    if monitor in ("val_loss", "val/loss"):
+    if is_val_loss(monitor):
         return
     if evaluator.enabled and monitor not in evaluator.metric_names:
         raise ConfigError(

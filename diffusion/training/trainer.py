@@ -31,6 +31,7 @@ from diffusion.training.run_checkpoints import RunCheckpoints
 from diffusion.storage.file_manager import FileManager
 from diffusion.training.validation_loss import FixedDrawValidation
 from diffusion.loggers.base import BaseLogger
+from diffusion.loggers.naming import is_val_loss
 from diffusion.training.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.seeding import rng_state
@@ -332,7 +333,7 @@ class Trainer:
         self.checkpoints.save(self.checkpoint_dict, self.state.global_step, is_best, periodic)
 
     def _monitored_value(self) -> float | None:
-        if self.monitor in ("val_loss", "val/loss"):
+        if is_val_loss(self.monitor):
             return self.state.val_losses[-1]
         value = self.state.metrics.get(self.monitor)
         return None if value is None else float(value)  # e.g. a metric computed every N epochs only
