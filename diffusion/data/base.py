@@ -14,10 +14,8 @@ import torch
 class DataSplits:
     """Train and validation data held as whole tensors (small data sets are batched by index, not by workers).
 
-    ``train``/``val`` are float32, ``(N, C, H, W)`` in ``[-1, 1]`` for images or ``(N, D)`` for points; large image
-    sets (``BaseData.uint8_splits``) keep ``(N, C, H, W)`` uint8 pixels 0..255 instead, 4x less memory, and every
-    batch goes through :meth:`BaseData.prepare_batch` before it reaches a model or a metric.
-    Labels are LongTensors of shape ``(N,)`` when the data set has classes, else ``None``.
+    ``train``/``val``: float32 ``(N, C, H, W)`` in ``[-1, 1]`` or ``(N, D)`` points; large image sets keep uint8
+    pixels (4x less memory) that :meth:`BaseData.prepare_batch` converts. Labels: ``(N,)`` LongTensor or ``None``.
     """
 
     train: torch.Tensor
@@ -42,8 +40,7 @@ class DataSplits:
 class BaseData(ABC):
     """A data set: its sample shape, its kind, its classes, and its fixed train/validation split.
 
-    Constructors check their arguments (raising :class:`~diffusion.runtime.checks.ConfigError`) without loading
-    anything heavy; :meth:`load` does the work once and caches the result.
+    Constructors only check their arguments (ConfigError); :meth:`load` does the work once and caches it.
     """
 
     kind: Literal["image", "points"]
@@ -75,16 +72,9 @@ class BaseData(ABC):
     def prepare_batch(self, x: torch.Tensor, generator_seed: int | None = None) -> torch.Tensor:
         """A batch of rows from :meth:`load`'s splits, made ready for the model: the per-batch half of the data.
 
-        Contract with the caller (the trainer, the evaluators):
-
-        * ``x`` is rows of ``splits.train`` or ``splits.val`` on any device, ``(B, C, H, W)`` or ``(B, D)``.
-        * uint8 rows become float32 in ``[-1, 1]`` (``p / 255 * 2 - 1``) on ``x``'s device; float rows pass as is.
-        * With ``random_flip`` and an integer ``generator_seed``, each image is mirrored left-right with
-          probability 1/2, drawn from a CPU ``torch.Generator`` seeded with ``generator_seed``, so the flips are a
-          pure function of the seed whatever the device. A training step passes
-          ``batch_generator_seed(seed, global_step, micro_batch, rank)``: a killed run resumed at the same step
-          redraws the same flips, bit-exact. ``generator_seed=None`` (validation, evaluation) never flips.
-        * A float data set without ``random_flip`` returns ``x`` itself (no copy).
+        uint8 rows become float32 ``p / 255 * 2 - 1`` on ``x``'s device. With ``random_flip`` and an integer
+        ``generator_seed`` (:func:`batch_generator_seed`) each image is mirrored with probability 1/2 from a CPU
+        generator, so a resumed run redraws the same flips; ``None`` (validation, evaluation) never flips.
         """
         if x.dtype == torch.uint8:
             x = x.float() / 255.0 * 2 - 1
@@ -105,8 +95,7 @@ class BaseData(ABC):
 def batch_generator_seed(seed: int, global_step: int, micro_batch: int = 0, rank: int = 0) -> int:
     """The integer seeding :meth:`BaseData.prepare_batch`'s flips for one (micro-)batch of one training step.
 
-    A hash of the four integers (not a sum: ``seed + step`` would give run 0's step 1 the flips of run 1's step 0),
-    in ``[0, 2**63)`` as ``torch.Generator.manual_seed`` accepts.
+    A hash, not a sum (``seed + step`` would give run 0's step 1 the flips of run 1's step 0).
     """
     key = f"{seed}:{global_step}:{micro_batch}:{rank}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1

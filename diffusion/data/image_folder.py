@@ -22,22 +22,8 @@ _MODES = {1: "L", 3: "RGB"}
 class ImageFolderData(BaseData):
     """Images from ``root``: either all files directly in it (no labels) or one subfolder per class.
 
-    With subfolders, a file's label is the index of its folder among the sorted folder names, and
-    :attr:`class_names` are those names; deeper folders are not searched. Every image is converted to
-    grayscale or RGB, resized so its short side is ``image_size`` (antialiased bicubic), center-cropped to
-    a square and scaled to ``[-1, 1]``.
-
-    The constructor only lists files; decoding happens once, in :meth:`load`.
-
-    Args:
-        root: the folder to read.
-        image_size: side of the square images the data set yields.
-        channels: 1 (grayscale) or 3 (RGB).
-        val_fraction: share of the images held out for validation, in ``(0, 1)``.
-        split_seed: seed of the train/validation split (see :func:`train_val_indices`).
-        extensions: file name endings to read, compared case-insensitively.
-        num_workers: processes that decode and resize the images (a DataLoader with workers; 0 decodes in
-            this process). Decoding is the slow part of a large folder; training then batches from one tensor.
+    A label is the index of its folder among the sorted names (:attr:`class_names`); deeper folders are not
+    searched. The constructor only lists files; :meth:`load` decodes once. Settings: see conf/data/image_folder.yaml.
 
     Raises:
         ConfigError: when ``root`` is missing or holds no images, when it mixes loose images with class

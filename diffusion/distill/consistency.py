@@ -1,12 +1,9 @@
 """Consistency distillation (Song et al. 2023, Alg. 2) from a DDPM/DDIM teacher on the discrete timesteps.
 
-Notation map: the paper's discretisation t_1 = epsilon < t_2 < ... < t_N = T is here the ascending grid
-``round(linspace(0, T - 1, N))`` of timesteps (``distill.num_scales`` = N; 18 in the paper's CIFAR-10 runs); the
-teacher's ODE solver Phi is one deterministic DDIM step t_{n+1} -> t_n (the paper uses EDM's Heun step on an EDM
-teacher); theta^- is the target network, an EMA of the student with decay mu (``distill.target_decay``: 0.95 as in
-the paper's ImageNet 64 and LSUN runs; its CIFAR-10 code uses the stop-gradient student, mu = 0), distinct from the
-Trainer's EMA that samples; d is the squared L2 distance (the paper's best, LPIPS, needs pretrained VGG/AlexNet
-weights this machine does not have).
+Notation map: t_1 < ... < t_N is the timestep grid ``round(linspace(0, T - 1, N))`` (N = ``distill.num_scales``);
+Phi is one deterministic DDIM teacher step t_{n+1} -> t_n (the paper: EDM's Heun step); theta^- is the target
+network, an EMA of the student with decay mu (``distill.target_decay``), not the Trainer's EMA; d is squared L2
+(LPIPS needs pretrained weights).
 """
 
 from __future__ import annotations
@@ -30,21 +27,10 @@ class ConsistencyDistillation(nn.Module):
         loss = || f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta^-(x_hat_{t_n}, t_n) ||^2,
         x_{t_{n+1}} ~ q(x_t | x0),  x_hat_{t_n} = Phi_teacher(x_{t_{n+1}}; t_{n+1} -> t_n),  n ~ U{1, N-1}
 
-    with f the :class:`~diffusion.methods.consistency.Consistency` parameterisation (the boundary condition
-    f(x, t_1) = x / sqrt(abar_{t_1}) holds by construction) and lambda(t_n) = 1 as in the paper.
-
-    The target network theta^- follows the student once per optimizer step (the first loss of a step, before the
-    forward pass, moves it toward the weights the previous step produced). It is not part of the Trainer's
-    checkpoint: a resumed run restarts it at the student's weights (:meth:`restart_target`), which it tracks
-    within about 1 / (1 - mu) steps anyway; with ``target_decay=0`` (theta^- = theta, Song & Dhariwal 2023)
-    resuming is exact.
-
-    Args:
-        method: the student's :class:`Consistency` (the teacher's schedule, T and prediction).
-        teacher: the teacher network, frozen here; the student and the target start as copies of it.
-        num_scales: N, the grid points. target_decay: mu.
-        steps: optimizer steps of the distillation (the Trainer's ``max_steps``).
-        teacher_step: the teacher's solver (see :mod:`diffusion.distill.teacher`).
+    with f the :class:`~diffusion.methods.consistency.Consistency` parameterisation (f(x, t_1) = x / sqrt(abar_{t_1})
+    by construction) and lambda(t_n) = 1. theta^- moves once per optimizer step; it is not checkpointed, so a resumed
+    run restarts it at the student (:meth:`restart_target`), exact only for ``target_decay=0``.
+    Settings: see conf/distill/consistency.yaml.
 
     Raises:
         ConfigError: naming the out-of-range ``distill.*`` key.

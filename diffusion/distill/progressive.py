@@ -7,8 +7,7 @@ Notation (the paper's continuous time mapped to this repository's discrete times
     student grid (N steps)  = spaced_timesteps(T, N, "trailing") = t_0 > t_1 > ... > t_{N-1}, then -1 (data)
     teacher grid (2N steps) = spaced_timesteps(T, 2N, "trailing"), which holds every student t_i at index 2i
 
-``trailing`` spacing is what makes the grids nest for every N (``leading`` needs T divisible by 2N) and starts
-at T - 1, the noisiest step, as few-step sampling needs (Lin et al. 2024).
+``trailing`` spacing makes the grids nest for every N and starts at T - 1, as few-step sampling needs (Lin et al. 2024).
 """
 
 from __future__ import annotations
@@ -52,30 +51,15 @@ class ProgressiveDistillation(nn.Module):
     """The Trainer's "method" during progressive distillation: ``compute_loss(student, x0)`` builds the target from
     the frozen teacher, so the Trainer, its EMA and its checkpoints run unchanged.
 
-    Target space: the loss is taken in x space with the paper's *truncated SNR* weighting,
-    ``max(SNR_t, 1) * ||x_hat - x_tilde||^2`` (Sec. 4): the plain epsilon loss weights x errors by SNR_t, which
-    vanishes at the noisy end where few-step samplers start, and x_hat derived from an epsilon output divides by
-    alpha_t -> 0 there. The student keeps its teacher's output parameterisation (it starts as a copy, so the copy
-    must mean the same function); v (or x0) prediction is the one the paper recommends, and epsilon teachers
-    distil well only down to a few steps. x_tilde comes from two teacher DDIM steps z_t -> z_t' -> z_t'':
+    The loss is in x space with truncated-SNR weighting ``max(SNR_t, 1) ||x_hat - x_tilde||^2`` (Sec. 4), since the
+    epsilon loss vanishes at the noisy end where few-step samplers start. x_tilde is the x whose single DDIM step
+    from z_t lands where two teacher steps z_t -> z_t' -> z_t'' do:
 
         x_tilde = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)      (Alg. 2)
 
-    the x whose single DDIM step from z_t lands on z_t''.
-
-    Rounds: the first round's teacher samples with ``start_steps`` steps, its student with half of them; each
-    round runs ``steps_per_round`` optimizer steps, down to an ``end_steps`` student. At a round's end the
-    callback bound by :meth:`bind` saves and scores the student and returns its EMA weights, which become the
-    teacher (the student keeps training from its own weights and optimizer state). One Trainer run spans all rounds,
-    so the learning rate follows ``trainer.lr_schedule`` over the whole run (``constant`` in ``distill=progressive``)
-    where the paper anneals it linearly to 0 within each round.
-
-    Args:
-        method: the student's Gaussian diffusion (schedule, T, prediction, clipping), the teacher's too.
-        teacher: the teacher network, frozen here.
-        start_steps, end_steps, steps_per_round: see above; ``start_steps = end_steps * 2^k``, k >= 1.
-        teacher_step: the teacher's deterministic solver (default: DDIM, for DDPM/DDIM-trained teachers); the
-            extension point for other teachers (e.g. an EDM-trained one with its own ODE step).
+    At each round's end the callback bound by :meth:`bind` saves the student and returns its EMA weights, the next
+    teacher. ``teacher_step`` is the teacher's deterministic solver (default DDIM). Settings: see
+    conf/distill/progressive.yaml.
 
     Raises:
         ConfigError: naming the ``distill.*`` key that is out of range.

@@ -1,15 +1,9 @@
 """The real-data floor as a property of the data: a mean and a spread over draws of real data, cached on disk.
 
-One held-out split scored against one training reference gives a floor that moves with the split (on digits, six
-split seeds give FD floors from 1.21 to 2.13). So the floor is estimated over ``K`` draws:
-
-- a small held-out set (fewer than :data:`LARGE_HELDOUT_CHUNKS` disjoint chunks of ``n``): ``K`` re-partitions of
-  the pooled real rows (reference + held-out) into a reference and a held-out set of the sizes the run uses;
-- a large one (MNIST test, CIFAR-10 test): its disjoint chunks of ``n`` against the fixed reference (one draw each).
-
-Each draw is scored at sample count ``n`` by the evaluator's own rule, so floor and samples compare. The floor is
-the mean over draws, ``floor_std`` their standard deviation (how far one draw strays: the yardstick a score must
-beat to be flagged) and ``floor_std_error`` = std / sqrt(K) (how well the mean is known).
+One split's floor moves with the split, so it is estimated over ``K`` draws: re-partitions of the pooled real rows
+for a small held-out set (fewer than :data:`LARGE_HELDOUT_CHUNKS` chunks of ``n``), else the held-out set's disjoint
+chunks of ``n``. Each draw is scored at sample count ``n`` by the evaluator's rule; the floor is their mean,
+``floor_std`` their std (the yardstick for the beats-real-data flag), ``floor_std_error`` = std / sqrt(K).
 """
 
 from __future__ import annotations

@@ -10,17 +10,10 @@ Notation: an ODE dx/ds = f(x, s) carries a data point x(s_data) to the prior end
     DDPM, EDM       s = sigma from sigma_min to sigma_max, f = (x - D(x; sigma)) / sigma (EDM eq. 3), std =
                     sigma_max (the data's spread is negligible beside it); x(sigma_min) is the data point itself
 
-The divergence is exact (one backward pass per dimension) or Hutchinson's estimate E[e^T (df/dx) e] with
-Rademacher probes e drawn once per trajectory (FFJORD Sec. 3.1), K probes per point giving the estimate's standard
-error. Discrete data are dequantized uniformly: x + w (u - 1/2), u ~ U[0, 1)^D, w the width of one level (2/255 for
-8-bit images in [-1, 1]), and -log P(level) <= -log p(x~) - D log w; that bound, in bits per dimension, is what
-image papers report. Continuous data (2-D points) report nats. The ODE is solved by torchdiffeq's dopri5.
-
-Meta's ``ODESolver.compute_likelihood`` does this for a flow, and the tests check against it, but it does not fit
-every method here: its time grid must run exactly from 1 to 0 (the vp path starts at 1 - 1e-5, noise prediction
-ends at 1e-3, DDPM and EDM integrate in sigma), its exact divergence indexes ``u[:, i]`` (channels, not the
-flattened dimensions of an image), and its Hutchinson probe comes from the global RNG, one per point, without a
-standard error.
+The divergence is exact (one backward pass per dimension) or Hutchinson's E[e^T (df/dx) e] with Rademacher probes
+drawn once per trajectory (FFJORD Sec. 3.1). Discrete data are dequantized, x + w (u - 1/2) with w one level's width,
+giving the bound -log P(level) <= -log p(x~) - D log w in bits per dimension; points report nats. Solver: dopri5.
+Meta's ``ODESolver.compute_likelihood`` (the tests check against it) only integrates a flow from 1 to 0.
 """
 
 from __future__ import annotations
@@ -137,12 +130,8 @@ def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Te
     """-log p of each point of ``data`` ``(N, ...)`` (the model's space: [-1, 1] images, standardised points) under
     ``method`` with ``network`` (a function of (x, t); pass the unconditional model for a conditional run).
 
-    Args:
-        bin_width: the width of one level of discrete data (2/255 for 8-bit images): dequantize and report bits per
-            dimension; None: continuous data, nats.
-        hutchinson_samples: 0 exact divergence; K > 0 K probes per point (K >= 2 gives the probes' standard error);
-            None: exact up to ``EXACT_MAX_DIM`` dimensions, else 4 probes.
-        atol, rtol: dopri5's tolerances. generator: draws the dequantization noise and the probes.
+    ``bin_width`` (one level of discrete data, 2/255 for 8-bit images) gives bits per dimension, None nats;
+    ``hutchinson_samples`` 0 is the exact divergence, None exact up to ``EXACT_MAX_DIM`` dimensions, else 4 probes.
 
     Raises:
         ConfigError: naming ``evaluator.hutchinson_samples``, ``evaluator.dequantization`` or ``evaluator.likelihood``.

@@ -1,8 +1,7 @@
 """Distances between two feature or point clouds as pure functions: FD, KID, sliced Wasserstein, MMD, energy.
 
-Inputs are torch tensors or numpy arrays ``(N, D)``; everything is computed in float64 on the CPU and returned as
-Python floats. Randomised metrics take a ``seed``. A bad shape or non-finite entry raises ValueError; a bad
-parameter, ConfigError.
+Inputs ``(N, D)`` (torch or numpy) are computed in float64 on the CPU; randomised metrics take a ``seed``. A bad
+shape or non-finite entry raises ValueError; a bad parameter, ConfigError.
 """
 
 from __future__ import annotations
@@ -129,8 +128,7 @@ def kernel_inception_distance(
 ) -> KernelInceptionDistance:
     """KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (gamma x.y + coef0)^degree, by default
     ``(x.y / D + 1)^3``, averaged over ``num_subsets`` subset pairs drawn without replacement (``subset_size``:
-    ``min(1000, N1, N2)`` when None). Returns the mean (unbiased, so it can be slightly negative) and
-    ``std / sqrt(num_subsets)`` (NaN for one subset; it understates the spread when subsets overlap).
+    ``min(1000, N1, N2)`` when None). Returns the mean (can be slightly negative) and ``std / sqrt(num_subsets)``.
     """
     f1, f2 = as_point_clouds(f1, f2, min_points=2)
     check_int(num_subsets, "kernel_inception_distance.num_subsets", minimum=1)

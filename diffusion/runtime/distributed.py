@@ -30,9 +30,8 @@ def export_submitit_task_environment() -> None:
 def restart_store(world_size: int) -> dist.Store | None:
     """The key-value store the process group meets in, one namespace per torchrun restart; None: ``env://``.
 
-    After ``torchrun --max-restarts`` restarts a failed group, the new workers meet in the agent's store again,
-    which still holds the dead group's addresses: a new rank would read them and fail to connect. Each restart
-    (``TORCHELASTIC_RESTART_COUNT``) therefore gets keys of its own."""
+    The agent's store still holds a dead group's addresses after ``torchrun --max-restarts``, which new ranks would
+    fail to connect to; so each ``TORCHELASTIC_RESTART_COUNT`` gets keys of its own."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
@@ -113,8 +112,7 @@ class DistributedContext:
     def shard(self, total: int, block: int = 1) -> range:
         """This rank's contiguous share of ``range(total)`` in whole blocks of ``block`` items (sampling: batches,
         so every rank runs the very batches one process would, and floating-point results do not depend on the
-        number of ranks). The ``B = ceil(total / block)`` blocks are split as ``[r B // W, (r + 1) B // W)``; the
-        shares concatenated in rank order are ``range(total)``. A rank may get none (fewer blocks than ranks)."""
+        number of ranks): blocks ``[r B // W, (r + 1) B // W)`` of ``B = ceil(total / block)``; a rank may get none."""
         blocks = -(-total // block)
         start = self.rank * blocks // self.world_size * block
         return range(min(start, total), min((self.rank + 1) * blocks // self.world_size * block, total))

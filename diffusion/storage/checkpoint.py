@@ -14,8 +14,7 @@ Layout (``FORMAT`` 2)::
     rng_state              Python, NumPy and torch generator states (exact resume); rank 0's in a data-parallel run
     rank_rng_states        (data-parallel runs only, optional) every rank's ``rng_state``, in rank order
 
-Format-1 checkpoints (no ``format`` key) also repeat six train-state values at the top level; they load
-unchanged, as everything is read from ``train_state``.
+Format-1 checkpoints (no ``format`` key) load unchanged: everything is read from ``train_state``.
 """
 
 from __future__ import annotations
@@ -108,9 +107,8 @@ class RankRNG(NamedTuple):
 def rank_rng_state(ckpt: dict[str, Any], rank: int, world_size: int) -> RankRNG:
     """The RNG states ``rank`` of a ``world_size``-process run resumes with, and a ``note`` when not exact.
 
-    At the same world size each rank gets its own and the run continues bit for bit. At another one, ranks the
-    checkpoint holds a state for take it and the others get None (the caller seeds them apart); the batches do not
-    depend on the world size, only the noise and timesteps drawn do.
+    At the same world size the run continues bit for bit; at another, ranks the checkpoint lacks get None (the caller
+    seeds them apart).
     """
     saved = ckpt.get("rank_rng_states") or ([ckpt["rng_state"]] if ckpt.get("rng_state") is not None else [])
     state = saved[rank] if rank < len(saved) else None

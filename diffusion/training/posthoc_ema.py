@@ -14,12 +14,9 @@ Notation map (paper -> code):
     x                 the snapshots' coefficients, solving min_x || p_target - sum_i x_i p_i ||^2 (App. C.2):
                       A x = b with A_ij = <p_i, p_j>, b_i = <p_i, p_target>
 
-Why not ``ema-pytorch``'s ``PostHocEMA`` (which implements the same paper): it writes its own snapshot files to a
-folder it chooses (``checkpoint_folder``) and synthesises by globbing that folder, keeps a reference to the
-online model, and counts steps itself. Here one module owns the checkpoint format (``diffusion.storage.file_manager``),
-only rank 0 writes under DistributedDataParallel, and a resumed run must continue the averages bit for bit from
-the checkpoint. This class is state only (``update`` / ``state_dict`` / ``snapshot``), and
-:func:`reconstruct` is a pure function of snapshots, so the trainer and the file manager decide where they live.
+Unlike ``ema-pytorch``'s ``PostHocEMA``, this class is state only (``update`` / ``state_dict`` / ``snapshot``) and
+:func:`reconstruct` a pure function of snapshots, so one module owns the checkpoint files and a resumed run continues
+the averages bit for bit.
 """
 
 from __future__ import annotations
@@ -66,14 +63,8 @@ def profile_inner_product(t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray,
 
 
 class PosthocEMA(nn.Module):
-    """Power-function EMAs of a model's weights for several relative standard deviations (EDM2 Sec. 3).
-
-    Args:
-        model: the network whose parameters are averaged (deep-copied once per std).
-        stds: the tracked sigma_rel values (EDM2 tracks 0.05 and 0.10); each must be in (0, 0.28).
-
-    ``shadow`` is the average of the last std, for validation and sampling during training. Buffers
-    (normalisation statistics) are copied, not averaged.
+    """Power-function EMAs of ``model``'s weights, one per sigma_rel in ``stds`` (EDM2 Sec. 3; each in (0, 0.28)).
+    ``shadow`` is the last one, used during training; buffers are copied, not averaged.
 
     Raises:
         ConfigError: for an empty ``stds`` or a std outside (0, 0.28), naming ``trainer.ema_stds``.
@@ -112,9 +103,7 @@ class PosthocEMA(nn.Module):
         return {"step": self.num_updates, "stds": list(self.stds), "averages": averages}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        """``averages`` (one state dict per std) and ``shadow``, the last of them under the key the checkpoint
-        readers use for :class:`~diffusion.training.ema.EMA` (``ckpt["ema_state_dict"]["shadow"]``); its tensors are the
-        same objects, which ``torch.save`` stores once."""
+        """``averages`` per std, and the last under ``shadow`` as :class:`~diffusion.training.ema.EMA` stores it."""
         averages = [a.state_dict() for a in self.averages]
         return {"shadow": averages[-1], "averages": averages, "stds": list(self.stds),
                 "num_updates": self.num_updates}
@@ -137,10 +126,8 @@ def reconstruct(
     snapshots: Sequence[Snapshot], std_targets: Sequence[float], step: int | None = None
 ) -> list[dict[str, torch.Tensor]]:
     """The weights of the power-function EMA with each sigma_rel in ``std_targets`` at ``step`` (default: the last
-    snapshot's), as the least-squares combination of every snapshot average (EDM2 App. C.2, Alg. 3).
-
-    Returns one state dict per target (float tensors combined in float64, cast back; others from the last
-    snapshot).
+    snapshot's), as the least-squares combination of every snapshot average (EDM2 App. C.2, Alg. 3); one state
+    dict per target.
 
     Raises:
         ConfigError: for no snapshots or a target std outside (0, 0.28) (``ema.std``).
