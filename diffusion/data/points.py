@@ -19,20 +19,9 @@ _MAX_SEED = 2**32 - 1
 class PointsData(BaseData):
     """A generated 2-D point cloud, standardised to zero mean and unit std per axis.
 
-    Standardising matters because the diffusion prior is N(0, I) and noise schedules are tuned for data of
-    unit scale: then x_T ends close to the prior and both axes see the same signal-to-noise ratio at every t.
-    Raw coordinates do not: the swiss roll reaches about 13 in x, the moons about 2. The mean and std are
-    those of the whole generated set, a fixed property of the distribution, not fitted on the training split.
-
-    Subclasses say how to draw the raw points in :meth:`_generate` and set :attr:`default_noise`.
-
-    Args:
-        num_samples: how many points to draw (train and validation together).
-        noise: std of the Gaussian noise sklearn adds, in the raw (unstandardised) units; ``None`` takes the
-            data set's :attr:`default_noise` (moons 0.05, swiss roll 0.25: a similar blur relative to each shape).
-        val_fraction: share of the points held out for validation, in ``(0, 1)``.
-        split_seed: seed of the train/validation split (see :func:`train_val_indices`).
-        seed: seed of the generator that draws the points.
+    Unit scale matches the N(0, I) prior the schedules are tuned for (the raw swiss roll reaches about 13); the
+    mean and std are the whole generated set's. Subclasses draw the raw points in :meth:`_generate` and set
+    :attr:`default_noise`. Settings: see conf/data/moons.yaml.
 
     Raises:
         ConfigError: when an argument is out of range; the message names ``data.<argument>``.

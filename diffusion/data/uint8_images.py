@@ -34,15 +34,9 @@ class SplitOptions(TypedDict, total=False):
 class Uint8ImageData(BaseData):
     """A labelled image data set with an official train set and (optionally) an official test set.
 
-    Args:
-        test_set: what the official test set becomes. ``"val"`` (default): the validation split, so validation
-            losses and the evaluators' real-data floors are measured on images no model was trained on, as FID
-            papers do, and the whole official train set is trained on (``val_fraction`` is then unused).
-            ``"train"``: it joins the train set and a seeded ``val_fraction`` of the union is held out.
-            A source without a test set (the bundled MNIST subset) always takes the seeded split.
-        val_fraction: share held out for validation when the split is seeded, in ``(0, 1)``.
-        split_seed: seed of that split (see :func:`~diffusion.data.split.train_val_indices`).
-        random_flip: mirror training batches left-right with probability 1/2 (see :meth:`BaseData.prepare_batch`).
+    ``test_set="val"`` makes the official test set the validation split, so floors are measured on unseen images
+    as FID papers do; ``"train"`` joins it and holds out a seeded ``val_fraction``, as does a source without a test
+    set. Settings: see conf/data/mnist.yaml.
 
     Raises:
         ConfigError: when an argument is out of range; the message names ``data.<argument>``.

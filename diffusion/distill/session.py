@@ -29,13 +29,7 @@ Score = Callable[[int], dict[str, float]]  # student steps -> metrics of the EMA
 
 class DistillSession:
     """Binds a distillation to the Trainer's step counter and keeps its round checkpoints and table.
-
-    Args:
-        distillation: the Trainer's method.
-        step_count: optimizer steps done so far (the Trainer's ``state.global_step``).
-        checkpoint_dict: the Trainer's checkpoint of this moment.
-        file_manager, logger: the run's.
-        score: scores the EMA student at a step count (None: no evaluator, rounds are not scored).
+    ``score`` scores the EMA student at a step count (None: rounds are not scored).
     """
 
     def __init__(

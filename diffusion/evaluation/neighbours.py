@@ -51,8 +51,7 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionR
     """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
 
     Each set's manifold is the union of balls around its points of radius the distance to the ``k``-th nearest
-    neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse. Both
-    depend on the sample counts: compare at equal counts.
+    neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse.
     """
     k = check_int(k, "k", minimum=1)
     real, fake = as_point_clouds(real, fake, min_points=k + 1)
@@ -66,8 +65,8 @@ def memorization_score(
 ) -> Memorization:
     """Share of ``samples`` closer to a training item than almost any fresh data point comes.
 
-    The threshold is the ``quantile`` of held-out items' nearest-training distances ``min_j ||h - train_j||``: a
-    model that generalises scores about ``quantile``, one that reproduces training items up to 1.
+    Threshold: the ``quantile`` of held-out items' ``min_j ||h - train_j||``; a generalising model scores about
+    ``quantile``.
     """
     quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
     samples, train = as_point_clouds(samples, train)

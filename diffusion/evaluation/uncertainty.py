@@ -1,8 +1,7 @@
 """Error bars on scores: a bootstrap over generated rows, the interval of a ratio to the floor, and the tie rule.
 
-A score from N generated samples is one draw of a random variable; its standard error says how far another N from
-the same model would move it. Without fresh samples the bootstrap (Efron & Tibshirani 1993, ch. 6) estimates it:
-resample the N embedded rows with replacement B times, rescore, take the standard deviation of the B scores.
+A score's standard error says how far another N samples would move it; the bootstrap (Efron & Tibshirani 1993,
+ch. 6) estimates it without fresh samples.
 """
 
 from __future__ import annotations
@@ -57,9 +56,7 @@ def ratio_interval(value: float, value_se: float | None, floor: float, floor_se:
 
         se(r) = sqrt(se(value)^2 + r^2 se(floor)^2) / |floor|
 
-    (the two independent: samples vs real draws); None where the floor is not clearly positive, i.e. within
-    Z95 standard errors of 0 (a ratio to 0, or to an unbiased estimate that real data puts at 0 as KID's and
-    MMD's, says nothing)."""
+    (the two independent); None where the floor is within Z95 standard errors of 0 (as KID's and MMD's are)."""
     if not (math.isfinite(value) and math.isfinite(floor)) or floor <= Z95 * (floor_se or 0.0) or floor <= 0:
         return None
     ratio = value / floor

@@ -1,8 +1,7 @@
 """Logs a run to Weights & Biases: flattened config, metrics, sample grids, summary, optional checkpoints.
 
-One logger owns one W&B run (``reinit="create_new"``), so multirun jobs sharing a process never log into each
-other's run. The run starts on first use, so building the components creates nothing; a W&B failure after that
-is a warning: training is never lost to logging.
+One logger owns one W&B run (``reinit="create_new"``), started on first use; a W&B failure is a warning, never
+lost training.
 """
 
 from __future__ import annotations
@@ -104,9 +103,8 @@ def exit_code_of(exc_type: type[BaseException] | None, exc: BaseException | None
 class WandbLogger(BaseLogger):
     """A W&B run for one training run, its files under ``<run_dir>/wandb/``.
 
-    The options (``mode``, ``project``, ``log_checkpoints``, ...) are described in ``conf/logger/wandb.yaml``.
-    ``run_id`` continues that W&B run (a resumed training passes the id kept in its checkpoint); ``config`` is logged
-    flattened at start. ``mode=disabled`` needs no wandb installed.
+    ``run_id`` continues that W&B run (a resumed training passes its checkpoint's). Settings: see
+    conf/logger/wandb.yaml.
     """
 
     def __init__(

@@ -1,15 +1,8 @@
 """How many CPU threads a training process should use, and whether the machine is already busy.
 
-PyTorch starts one intra-op thread per core it sees, and it sees every core of the node: four jobs a joblib
-launcher runs at once on 16 cores each start 16 threads, 64 threads fight for 16 cores, and every job runs
-slower than alone (on a tiny model, several times slower). ``num_threads=auto`` divides the CPUs this
-process may use among the processes that run at once on this node:
-
-* CPUs: ``os.sched_getaffinity`` (taskset, SLURM's cpuset), capped by the cgroup CPU quota (v2 ``cpu.max``, v1
-  ``cpu.cfs_quota_us / cpu.cfs_period_us``: docker ``--cpus``, Kubernetes limits), which affinity does not show;
-* processes at once: torchrun's ``LOCAL_WORLD_SIZE`` times the jobs the launcher runs at once on this node
-  (``hydra.launcher.n_jobs`` of the joblib launcher, read by the entry point and passed in, or
-  ``$DIFFUSION_JOBS_PER_NODE``). A SLURM launcher gives each job its own allocation, already seen in affinity.
+PyTorch starts one thread per core of the node, so parallel jobs oversubscribe it and each runs slower than alone.
+``num_threads=auto`` divides the CPUs this process may use (affinity capped by the cgroup quota) among the
+processes running at once on this node (torchrun's ``LOCAL_WORLD_SIZE`` times the launcher's parallel jobs).
 """
 
 from __future__ import annotations
@@ -48,9 +41,7 @@ def cpu_limit(cgroup_root: Path = CGROUP_ROOT) -> tuple[float, str]:
 
 
 def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs the cgroup quota allows (cgroup v2 ``cpu.max``, else v1 ``cpu/cpu.cfs_quota_us``); None if unlimited.
-
-    Reads the controller files at ``root`` (a container's own cgroup is mounted there)."""
+    """CPUs the cgroup quota under ``root`` allows (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None if unlimited."""
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
@@ -114,8 +105,7 @@ def thread_budget(
 def busy_warning(cpus: float, threads: int, loadavg: str | None = None) -> str | None:
     """One warning line when other work already occupies the CPUs this process is about to use, else None.
 
-    ``loadavg`` is the text of ``/proc/loadavg`` (read when None): the 1-minute load and the runnable count
-    (which includes this process). Both are host-wide, also inside a container.
+    ``loadavg`` is the text of ``/proc/loadavg`` (read when None); it is host-wide, also inside a container.
     """
     if loadavg is None:
         try:

@@ -1,7 +1,6 @@
 """Whole-file writes that a kill or a full disk cannot leave half done: a temporary file, fsync, rename.
 
-A reader sees the old contents or the new ones, never a part; a failed write raises :class:`SaveError` naming
-the file, with every earlier file intact and no temporary file left.
+A failed write raises :class:`SaveError` naming the file, with earlier files intact and no temporary file left.
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ from pathlib import Path
 
 
 class SaveError(OSError):
-    """A file could not be written (full disk, quota, I/O error): one line naming the file and the error.
-
-    An ``OSError``, not a ConfigError: the run exits with status 1, not 2.
-    """
+    """A file could not be written (full disk, quota, I/O error); an ``OSError``, so the run exits 1, not 2."""
 
     @classmethod
     def of(cls, path: Path, error: OSError) -> SaveError:
@@ -60,9 +56,8 @@ def sidecar(path: Path) -> Path:
 def atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:
     """Write ``payload`` and its sha256 sidecar, each via a temporary file, fsync and rename.
 
-    With ``keep_previous`` the old file is first hard-linked to ``<stem>.prev<suffix>``. A kill between any two
-    renames leaves every file with its own sidecar or none (it then loads unverified), never with another file's
-    sidecar, which would make an intact file look damaged.
+    With ``keep_previous`` the old file is first hard-linked to ``<stem>.prev<suffix>``. A kill between renames
+    leaves a file with its own sidecar or none, never another file's, which would make it look damaged.
     """
     digest = hashlib.sha256(payload).hexdigest().encode()
     temporaries: list[Path] = []

@@ -1,14 +1,9 @@
 """One writer per run directory: a lock file that names the process writing there.
 
-Two processes writing one run directory (a job started twice, ``resume=auto`` aimed at a live run) interleave
-checkpoints and logs. ``run.lock`` records ``host``, ``pid``, the pid's start time and the boot id. It is created
-by hard-linking a written temporary file (``link`` fails with EEXIST: one creator, never half written, also on
-NFS); taking over a stale lock happens under ``fcntl.flock`` of ``.run.lock.guard``.
-
-Stale: on this host, the pid no longer runs, was reused (another start time) or the host rebooted; on another
-host, the holder's heartbeat (the file's mtime, refreshed by a daemon thread) is older than ``stale_after_s``,
-so that a SLURM requeue on another node resumes after the first node died. Only torchrun rank 0 takes the lock;
-a restarted group's new rank 0 takes over the lock its killed predecessor left.
+``run.lock`` records host, pid, the pid's start time and the boot id; it is created by hard-linking a written
+temporary file (one creator, never half written, also on NFS), and a stale lock is taken over under ``fcntl.flock``.
+Stale: on this host the pid is gone, reused or the host rebooted; on another, the heartbeat (the file's mtime) is
+older than ``stale_after_s``, so a SLURM requeue on another node can resume.
 """
 
 from __future__ import annotations
@@ -55,8 +50,7 @@ class LockHolder:
 class RunLock:
     """Context manager holding ``<run_dir>/run.lock`` while this process writes the run directory.
 
-    Ranks other than 0 take no lock. The holder refreshes the lock's mtime every ``heartbeat_s``; another host's
-    lock older than ``stale_after_s`` is taken over. Entering raises ConfigError naming the live holder.
+    Ranks other than 0 take no lock. Entering raises ConfigError naming the live holder.
     """
 
     def __init__(

@@ -61,18 +61,9 @@ class TrainingDiverged(RuntimeError):
 class Trainer:
     """Trains ``model`` on ``data`` under ``method``'s loss.
 
-    AdamW, linear warmup then constant or cosine LR, gradient clipping and accumulation, autocast, an EMA of
-    the weights (validation and sampling use it), validation every epoch at fixed timesteps and noise,
-    ``last``/``best`` checkpoints (and ``last`` every ``checkpoint_every_n_steps``), data-parallel under
-    ``torchrun``.
-
-    Args:
-        model, method, data, file_manager, logger: the components it drives.
-        max_steps: total optimizer steps, as papers count them; when set it replaces ``epochs``.
-        seed: seeds the per-epoch data order. run_config: the resolved config, stored in checkpoints.
-        epoch_hooks: extra per-epoch work, see :data:`EpochHook`; epoch_end_hooks: see :data:`EpochEndHook`.
-        distributed: the torchrun context (default: single process).
-        The other settings are ``conf/trainer/default.yaml``'s keys, each explained there.
+    AdamW with warmup and a constant or cosine LR, an EMA that validation and sampling use, validation at fixed
+    timesteps and noise, ``last``/``best`` checkpoints, data-parallel under ``torchrun``. ``seed`` fixes the
+    per-epoch data order; ``run_config`` is stored in checkpoints. Settings: see conf/trainer/default.yaml.
 
     Raises:
         ConfigError: for any out-of-range or unknown argument, naming its ``trainer.*`` key.
