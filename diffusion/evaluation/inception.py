@@ -1,9 +1,8 @@
 """FID and KID on InceptionV3 features for image folders, only where the network's weights are already on disk.
 
-The network is the FID Inception torchmetrics wraps (torch-fidelity's port of the TensorFlow graph, 2048-d pool
-features), loaded from an explicit file after its sha256 is checked: another file's FIDs compare with no published
-number. The distances are this package's float64 ones, under the evaluators' sample-count rule and floors. Without
-torchmetrics or the weights, ``prepare`` logs how to get them and the evaluator scores nothing: the run goes on.
+The network is torchmetrics' FID Inception (2048-d pool features), loaded from a file whose sha256 is checked, since
+another file's FIDs compare with no published number. Without torchmetrics or the weights the evaluator scores
+nothing and says how to get them.
 """
 
 from __future__ import annotations
@@ -93,9 +92,8 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 class InceptionEvaluator(FeatureEvaluator):
     """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
 
-    ``reference_stats`` (an ``.npz`` of ``mu``/``sigma``, pytorch-fid's layout) adds ``fid_reference``: the FD of all
-    samples at once against it, the protocol of published numbers; it has no floor, as the validation split is
-    smaller than the sample count. Options: ``conf/evaluator/inception.yaml``.
+    ``reference_stats`` (pytorch-fid's ``.npz``) adds ``fid_reference``, the published protocol, without a floor.
+    Settings: see conf/evaluator/inception.yaml.
     """
 
     METRICS = ("fid", "kid")

@@ -15,11 +15,8 @@ NOT_FLAGGED = ("memorization",)
 
 
 class MetricValue(NamedTuple):
-    """One score: its ``value``, the real-data ``floor`` at the same sample count (None when there is none; the mean
-    over real draws, see :mod:`~diffusion.evaluation.floors`), the standard error of ``value`` when known, whether
-    larger is better (coverage, confidence), the floor's spread over draws (``floor_std``) and the standard error
-    of its mean (``floor_std_error``), and, for a score better than its floor by more than ``floor_std``
-    (:func:`beats_floor`), ``beats_floor`` with the share of near-copies of training items among the samples."""
+    """One score beside its real-data ``floor`` at the same sample count (:mod:`~diffusion.evaluation.floors`), their
+    error bars, and ``beats_floor`` (:func:`beats_floor`) with the share of near-copies when a score beats it."""
 
     value: float
     floor: float | None = None

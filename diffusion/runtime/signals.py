@@ -1,8 +1,7 @@
 """Stop requests from the outside (SIGTERM from a scheduler, Ctrl-C) turned into a flag a loop checks.
 
-A long loop should not die mid-write: inside :class:`StopSignals` the two signals only record themselves, and
-the loop (training: the next step; sampling: the next batch) saves what it must and raises
-:class:`Interrupted` with the exit status the shell convention gives (128 + signal number).
+A long loop should not die mid-write: it saves what it must at the next step and raises :class:`Interrupted`
+with exit status 128 + signal number.
 """
 
 from __future__ import annotations
@@ -29,9 +28,7 @@ class Pruned(Exception):
 
 class StopSignals:
     """While entered, SIGTERM and SIGINT set :attr:`received` instead of ending the process.
-
-    Outside the main thread signals cannot be handled and are left alone. Handlers in place before are put back
-    on exit.
+    Outside the main thread signals are left alone; earlier handlers are put back on exit.
     """
 
     def __init__(self) -> None:

@@ -1,8 +1,7 @@
 """Where a training run continues from: the ``resume`` policy, decided once and read once.
 
-``null`` starts a new run (refusing a directory that holds one), ``auto`` continues the run directory's newest
-intact checkpoint if any (a requeued job), ``<run dir or .pt>`` continues that run in its own directory. The
-chosen checkpoint is read and verified once and handed on as a :class:`ResumePoint`.
+``null`` starts a new run (refusing a directory that holds one), ``auto`` continues the newest intact checkpoint
+if any, ``<run dir or .pt>`` continues that run; the checkpoint is read once into a :class:`ResumePoint`.
 """
 
 from __future__ import annotations

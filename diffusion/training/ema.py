@@ -15,9 +15,8 @@ from diffusion.runtime.checks import ConfigError, check_choice, check_float, che
 class EMA(nn.Module):
     """Keeps ``shadow = decay_k * shadow + (1 - decay_k) * weights`` after each optimizer step.
 
-    With ``warmup`` the effective decay is ``min(decay, (1 + k) / (10 + k))`` at update k, so short runs are
-    not dominated by the random initialisation (the averaged weights otherwise lag ~1 / (1 - decay) steps).
-    Buffers (e.g. normalisation statistics) are copied, not averaged. ``decay = 0`` tracks the weights exactly.
+    With ``warmup`` the decay is ``min(decay, (1 + k) / (10 + k))`` at update k, so short runs are not dominated by
+    the initialisation. Buffers are copied, not averaged.
 
     Raises:
         ConfigError: if ``decay`` is outside [0, 1).
@@ -59,9 +58,8 @@ class EMA(nn.Module):
 
 def make_ema(model: nn.Module, kind: str, decay: float, stds: Sequence[float],
              snapshot_every: int | None) -> tuple[nn.Module, int | None]:
-    """The trainer's weight average: ``ema`` (:class:`EMA` with ``decay``) or ``posthoc`` (EDM2's power-function
-    EMAs with relative ``stds``, :class:`~diffusion.training.posthoc_ema.PosthocEMA`), and the steps between post-hoc
-    snapshots (None for ``ema``).
+    """The trainer's weight average (:class:`EMA` or :class:`~diffusion.training.posthoc_ema.PosthocEMA`) and the
+    steps between post-hoc snapshots (None for ``ema``).
 
     Raises:
         ConfigError: naming ``trainer.ema``, ``trainer.ema_decay``, ``trainer.ema_stds`` or
