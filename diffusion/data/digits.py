@@ -16,14 +16,7 @@ _MAX_INTENSITY = 16.0
 
 class DigitsData(BaseData):
     """1,797 grayscale digits (UCI optdigits), labels 0..9, scaled to ``[-1, 1]``.
-
-    Args:
-        image_size: side of the square images; 8 keeps the originals, any other size is reached by
-            antialiased bilinear interpolation.
-        val_fraction: share of the images held out for validation, in ``(0, 1)``.
-        split_seed: seed of the train/validation split (see :func:`train_val_indices`).
-        channels: must be 1 (the digits are grayscale); accepted so that a config can state ``data.channels``
-            once for the model to read.
+    Settings: see conf/data/digits.yaml.
 
     Raises:
         ConfigError: when an argument is out of range; the message names ``data.<argument>``.

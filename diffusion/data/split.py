@@ -9,12 +9,8 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 def train_val_indices(num_items: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle ``range(num_items)`` with ``seed`` and hold out ``round(val_fraction * num_items)`` items.
-
-    The permutation depends only on ``(num_items, seed)``, so the split is the same on every machine and in
-    every process (training, evaluation, the classifier's training script).
-
-    Returns:
-        ``(train_idx, val_idx)``: sorted LongTensors that partition ``range(num_items)``.
+    Depends only on ``(num_items, seed)``, so every process gets the same split; returns sorted
+    ``(train_idx, val_idx)``.
     """
     check_float(val_fraction, "data.val_fraction", 0.0, 1.0, inclusive=False)
     check_int(seed, "data.split_seed")

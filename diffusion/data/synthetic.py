@@ -16,12 +16,7 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 class SyntheticData(BaseData):
     """``num_samples`` tensors of ``shape`` drawn uniformly in ``[-1, 1]`` (the range of image data) from a
     generator seeded with ``split_seed``, with uniform labels in ``[0, num_classes)`` when ``num_classes > 0``.
-
-    Args:
-        shape: one sample's shape: ``[C, H, W]`` (square images, e.g. ``[4, 32, 32]`` for a latent) or ``[D]``.
-        num_classes: 0 for no labels.
-        num_samples: how many tensors (train and validation together).
-        val_fraction, split_seed: the held-out share and the seed of the split and of the draws.
+    Settings: see conf/data/synthetic.yaml.
 
     Raises:
         ConfigError: naming the ``data.*`` key of an invalid argument.

@@ -1,9 +1,7 @@
 """The teacher's deterministic solver step, the one place a distillation asks the teacher for its trajectory.
 
-A teacher trained as a Gaussian diffusion (:class:`~diffusion.methods.gaussian.GaussianDiffusion`) steps with deterministic DDIM (Song et
-al. 2021, eq. 12 with eta = 0). A teacher trained under another diffusion (e.g. an EDM-trained one) plugs in here:
-write its ``TeacherSolver`` (same signature: the x_t -> x_{t_prev} step of its probability-flow ODE on the
-student's timesteps) and return it from :func:`teacher_solver` for its method class.
+A Gaussian-diffusion teacher steps with deterministic DDIM (Song et al. 2021, eq. 12, eta = 0). Another teacher
+(e.g. EDM-trained) adds its ``TeacherSolver`` (x_t -> x_{t_prev} on its probability-flow ODE) to :func:`teacher_solver`.
 """
 
 from __future__ import annotations

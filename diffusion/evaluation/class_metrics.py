@@ -46,10 +46,8 @@ def _reference_histogram(reference: ArrayLike, num_classes: int) -> torch.Tensor
 
 def class_kl(pred: ArrayLike, reference: ArrayLike, num_classes: int, eps: float = 1e-6) -> float:
     """KL(p || q) = sum_k p_k log(p_k / q_k) of the sample class histogram p against the data's q.
-
-    Both are smoothed, ``p <- (p + eps) / (1 + num_classes * eps)``, so a class missing from the reference costs about
-    ``p_k log(p_k / eps)`` instead of infinity (a shift of O(num_classes * eps * log(1 / eps)), about 1e-4 here).
-    ``reference``: labels ``(M,)`` (integer) or a histogram ``(num_classes,)`` (float, counts or probabilities).
+    Both are smoothed, ``p <- (p + eps) / (1 + num_classes * eps)``, so a missing class costs ``p_k log(p_k / eps)``,
+    not infinity. ``reference``: labels ``(M,)`` or a histogram ``(num_classes,)``.
     """
     check_float(eps, "class_kl.eps", 0.0, inclusive=False)
     p = class_histogram(pred, num_classes)

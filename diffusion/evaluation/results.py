@@ -129,10 +129,8 @@ def metrics_to_json(
     seconds_per_sample: float | None,
     nfe: int | None = None,
 ) -> dict[str, Any]:
-    """The ``eval.json`` layout: each metric maps to :func:`metric_entry` (``value``, ``floor`` and their error
-    bars, the ratio to the floor, the beats-real-data flag), beside ``num_samples``, ``sampler``, ``steps``,
-    ``nfe`` and ``seconds_per_sample``; non-finite numbers become null.
-    """
+    """The ``eval.json`` layout: each metric's :func:`metric_entry` beside ``num_samples``, ``sampler``, ``steps``,
+    ``nfe`` and ``seconds_per_sample``; non-finite numbers become null."""
     clashing = sorted(set(metrics) & set(EVAL_JSON_KEYS))
     if clashing:
         raise ValueError(f"metric names {clashing} clash with eval.json keys {EVAL_JSON_KEYS}")
@@ -150,9 +148,8 @@ def metrics_to_json(
 
 
 def metric_entry(metric: MetricValue) -> dict[str, Any]:
-    """One metric of ``eval.json``: ``value``, ``floor`` (mean over real draws), ``std_error`` (seed sets or
-    bootstrap), ``floor_std`` / ``floor_std_error`` (spread of the draws, error of their mean), ``ratio`` and its
-    95% ``ratio_interval`` (where the floor is positive), and ``beats_floor`` with ``near_copies`` when flagged."""
+    """One metric of ``eval.json``: value and floor with their error bars, the ratio to the floor with its 95%
+    interval, and ``beats_floor`` with ``near_copies`` when flagged."""
     entry: dict[str, Any] = {"value": _json_float(metric.value), "floor": _json_float(metric.floor)}
     if metric.higher_is_better:
         entry["higher_is_better"] = True

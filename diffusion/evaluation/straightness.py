@@ -2,9 +2,8 @@
 
     S(Z) = E integral_0^1 ||(Z_1 - Z_0) - u(Z_t, t)||^2 dt
 
-along the model's own ODE trajectories Z (Euler, uniform t from noise Z_0 to the sample Z_1), per dimension (the
-squared norm divided by D, so images and points compare). S = 0 exactly when every trajectory is a straight line
-walked at constant speed, which one Euler step then integrates exactly; minibatch OT couplings and reflow lower it.
+along the model's own Euler trajectories from noise Z_0 to sample Z_1, divided by D. S = 0 exactly when every
+trajectory is straight at constant speed, which one Euler step integrates exactly.
 """
 
 from __future__ import annotations

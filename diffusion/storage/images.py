@@ -1,7 +1,6 @@
 """Pictures of results: image grids, 2-D scatter plots, denoising trajectories and loss curves.
 
-Plots draw on a :class:`matplotlib.figure.Figure` with its own Agg canvas, never through ``pyplot``, so
-saving a picture neither needs a display nor touches global plotting state (safe in tests and workers).
+Plots use a :class:`matplotlib.figure.Figure` with its own Agg canvas, never ``pyplot``: no display, no global state.
 """
 
 from __future__ import annotations

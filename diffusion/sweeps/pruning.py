@@ -1,9 +1,7 @@
 """The job's side of a pruning Optuna search: report each epoch's objective to its trial, stop when pruned.
 
-When the pruner (median of the other trials at the same epoch, by default) stops the trial, the hook writes
-``pruned.json`` (the report shows the job as ``pruned``), marks the trial PRUNED in the stored study itself
-(whatever the launcher makes of the exception), and raises :class:`TrialPruned`; that epoch's checkpoint stays.
-Optuna does not store the pruner, so the job builds it from plain settings (:func:`make_pruner`, no ``_target_``).
+A pruned trial writes ``pruned.json``, is marked PRUNED in the stored study itself (whatever the launcher makes of
+the exception) and raises :class:`TrialPruned`. Optuna does not store the pruner, so :func:`make_pruner` builds it.
 """
 
 from __future__ import annotations
@@ -55,8 +53,8 @@ def pruning_hook(
     run_dir: str | Path | None = None,
 ) -> EpochEndHook:
     """A per-epoch ``hook(epoch, metrics)`` that reports ``metrics[monitor]`` (when finite) to trial
-    ``trial_number`` of the stored study and raises :class:`TrialPruned`, after writing ``run_dir/pruned.json``, when
-    the ``pruner`` (default: median) stops it. ConfigError when the trial is missing or already finished.
+    ``trial_number`` and raises :class:`TrialPruned` when the ``pruner`` stops it. ConfigError when the trial is
+    missing or already finished.
     """
     store = optuna.storages.get_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner or make_pruner())

@@ -1,8 +1,7 @@
 """Which training samples each optimizer step of an epoch uses, on this rank.
 
 An epoch's order is a pure function of ``(seed, epoch)`` and each rank takes every ``world_size``-th sample of
-each global batch, so a run resumed at any step (with any number of ranks that divides the batch) draws the
-batches the uninterrupted run draws.
+each global batch, so a resumed run draws the batches the uninterrupted one does.
 """
 
 from __future__ import annotations

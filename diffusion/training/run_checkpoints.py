@@ -1,8 +1,7 @@
 """The trainer's checkpoints: written by rank 0 with every rank's RNG states, read back for an exact resume.
 
-Each rank draws its own noise, so a checkpoint keeps one RNG state per rank (gathered: a collective every rank
-joins) and a resume puts back each rank's own stream; a rank the checkpoint has no stream for (an elastic
-restart with more ranks) gets one apart from every other rank's.
+Each rank draws its own noise, so a checkpoint keeps one RNG state per rank (gathered, a collective) and a resume
+puts back each rank's own stream.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The validation loss every epoch: the method's loss on the validation split at timesteps and noise drawn once.
 
-Drawn from their own generators (``trainer.val_seed``), the same draws serve every epoch, so epochs compare and the
-training RNG streams are untouched (exact resume). The noise is redrawn per chunk rather than kept, so validation
-holds no float copy of the split.
+Their own generators (``trainer.val_seed``) give the same draws every epoch, so epochs compare and the training
+RNG streams are untouched (exact resume).
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ class FixedDrawValidation:
 
     def noise(self, start: int, count: int) -> torch.Tensor:
         """The noise of ``val[start:start + count]``, drawn anew each call from a generator seeded by (seed, start):
-        the same every epoch without holding a float32 copy of the whole split (CIFAR-10's 10,000 test images would
-        keep 117 MiB of noise for the whole run)."""
+        the same every epoch without holding a float32 copy of the whole split."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start)
         return torch.randn((count, *self.val.shape[1:]), generator=generator).to(self.val.device)
 
