@@ -14,10 +14,6 @@ from diffusion.data.split import train_val_indices
 class PairedData(BaseData):
     """Rows pack a sample and its noise along dim 1 (``(N, 2 C, H, W)`` or ``(N, 2 D)``); ``sample_shape`` is one
     sample's, so the network is built for samples. Split like every data set (:func:`train_val_indices`).
-
-    Args:
-        samples, noise: ``(N, ...)`` float tensors of one shape. labels: ``(N,)`` classes or None.
-        kind: the teacher data's kind. num_classes: the teacher data's classes (0: none).
     """
 
     def __init__(self, samples: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None,

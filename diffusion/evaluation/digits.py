@@ -30,10 +30,8 @@ from diffusion.runtime.checks import ConfigError, check_choice, check_float, che
 
 class DigitsEvaluator(FeatureEvaluator):
     """Digit images scored through the shipped digit classifier (the role Inception plays in FID).
-
-    ``fd`` and ``kid`` on its penultimate features; from its predicted labels ``class_coverage`` (share of classes
-    holding at least ``coverage_min_fraction`` of the samples), ``class_kl`` (against the training label histogram)
-    and ``confidence`` (mean max softmax), where higher is better. Options: ``conf/evaluator/digits.yaml``.
+    ``fd`` and ``kid`` on its penultimate features; ``class_coverage``, ``class_kl`` and ``confidence`` (mean max
+    softmax) from its labels. Settings: see conf/evaluator/digits.yaml.
     """
 
     METRICS = ("fd", "kid", "class_coverage", "class_kl", "confidence")

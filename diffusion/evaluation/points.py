@@ -16,9 +16,8 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 class PointsEvaluator(FeatureEvaluator):
     """2-D point clouds scored directly: ``sliced_wasserstein``, ``mmd`` (RBF) and ``energy`` against training points.
-
-    The RBF bandwidth is fixed once in :meth:`prepare` (median heuristic over the pooled validation and reference
-    points, unless given), so floors and samples are scored with the same kernel. Options: ``conf/evaluator/points.yaml``.
+    The RBF bandwidth is fixed once in :meth:`prepare`, so floors and samples share a kernel. Settings: see
+    conf/evaluator/points.yaml.
     """
 
     METRICS = ("sliced_wasserstein", "mmd", "energy")

@@ -1,8 +1,7 @@
 """Open loggers from factories (``_partial_: true`` configs) with the run-time context the entry point knows.
 
-Each logger config is a factory still missing ``run_dir`` and, for W&B, the run's ``name``, ``group``, ``config``
-and ``run_id``; a factory receives the context arguments it accepts and its config left unset or null (a
-``logger.group: my-group`` in the config wins over the sweep's group).
+A factory receives the context arguments it accepts (``run_dir``; for W&B ``name``, ``group``, ``config``,
+``run_id``) that its config leaves unset or null.
 """
 
 from __future__ import annotations

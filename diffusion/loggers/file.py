@@ -1,8 +1,7 @@
 """Logs to files in the run directory and to the console.
 
-``train.log`` and ``metrics.jsonl`` grow by appended lines: a failed write (full disk, quota, I/O error) can cut
-at most the line being written (readers skip a cut line) and raises :class:`~diffusion.storage.atomic.SaveError`
-naming the file; whole files (``loss_curve.png``) are replaced at once.
+``train.log`` and ``metrics.jsonl`` grow by appended lines, so a failed write cuts at most one line (readers skip
+it) and raises :class:`~diffusion.storage.atomic.SaveError`; whole files are replaced at once.
 """
 
 from __future__ import annotations

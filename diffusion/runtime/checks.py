@@ -1,8 +1,7 @@
 """Argument checks at component boundaries.
 
-Every check raises :class:`ConfigError` with one line that names the config key the user must change, so that
-``run.py`` can print it and exit with status 2 instead of a traceback. Components pass the dotted key they are
-configured under (``"trainer.lr"``); library users who build components by hand read the same key in the message.
+Every check raises :class:`ConfigError`, one line naming the config key to change (``"trainer.lr"``), so ``run.py``
+prints it and exits with status 2 instead of a traceback.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Weights for sharing: a checkpoint's (EMA) weights as safetensors, with the run's resolved config inside.
 
-A ``.safetensors`` file holds tensors and a str -> str header only, so loading one cannot run code (unlike a
-pickle); the header carries the config as JSON and says which weights these are. ``task=export`` writes one;
-``task=sample run_dir=<file>.safetensors`` reads it.
+Safetensors holds tensors and a str -> str header only, so loading cannot run code (unlike a pickle); the header
+carries the config as JSON.
 """
 
 from __future__ import annotations

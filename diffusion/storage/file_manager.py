@@ -1,9 +1,7 @@
 """The files of a run's checkpoints: ``last`` and ``best``, periodic copies, cleanup, finding the newest intact one.
 
-What a checkpoint holds is :mod:`diffusion.storage.checkpoint`'s business; how a file is written and read back
-safely, :mod:`~diffusion.storage.atomic`'s and :mod:`~diffusion.storage.safe_load`'s. Layout under
-``<run_dir>/checkpoints/``: ``last.pt`` (the one before it kept as ``last.prev.pt``), ``best.pt``,
-``epoch_0010.pt`` (every ``save_every_n_epochs``, the newest ``keep_last_k`` kept), each with a ``.sha256`` sidecar.
+Layout under ``<run_dir>/checkpoints/``: ``last.pt`` (and ``last.prev.pt``), ``best.pt``, ``epoch_0010.pt`` (the
+newest ``keep_last_k``), each with a ``.sha256`` sidecar. Contents: :mod:`diffusion.storage.checkpoint`.
 """
 
 from __future__ import annotations

@@ -187,9 +187,8 @@ def log_wall_time(path: Path) -> float:
 
 
 def job_status(job_dir: Path, epochs_done: int, now: float | None = None) -> str:
-    """``pruned`` when an Optuna search stopped it early, ``failed`` when the job wrote an error marker or stopped
-    before finishing, ``running`` when unfinished but its logs changed in the last :data:`RUNNING_WINDOW_S`, else
-    ``completed`` (last checkpoint present and, when the config says how many, all epochs done)."""
+    """``pruned``, ``failed`` (an error marker, or stopped before finishing), ``running`` (unfinished, logs changed in
+    the last :data:`RUNNING_WINDOW_S`) or ``completed``."""
     if (job_dir / PRUNED_MARKER).exists():
         return "pruned"
     if any((job_dir / marker).exists() for marker in FAILED_MARKERS):
