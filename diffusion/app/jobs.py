@@ -20,13 +20,14 @@ from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.run_config import load_source_config, require_run_dir, sampling_method_config, search_hooks
 from diffusion.app.run_files import print_config_tree, save_run_config
-from diffusion.runtime.checks import check_bool, check_choice, check_int
+from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
 from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.tasks import export, posthoc_ema, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
+from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
 # Keys that moved, as typed on an older command line -> their home now.
 MOVED_KEYS = {"trainer.num_threads": "num_threads"}  # process-wide, not a trainer setting
@@ -50,6 +51,7 @@ def run_job(cfg: DictConfig) -> float | None:
     with guard_user_errors(created_dir=job.output_dir):
         check_choice(cfg.task, "task", tuple(TASKS))
         check_distill_option(cfg)
+        check_ode_score_task(cfg)
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg, job)
         return TASKS[cfg.task](cfg, job)
@@ -168,7 +170,21 @@ def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: o
     return RunSettings(
         output_dir=job.output_dir, seed=cfg.seed, source=source, config=parts.config,  # type: ignore[arg-type]
         save_config=lambda directory: save_run_config(cfg, directory, job.overrides), label=cfg.task,
+        likelihood=LikelihoodSettings(**cfg.get("likelihood", {})),
+        straightness=StraightnessSettings(**cfg.get("straightness", {})),
     )
+
+
+def check_ode_score_task(cfg: DictConfig) -> None:
+    """``likelihood.enabled`` and ``straightness.enabled`` belong to ``task=evaluate``.
+
+    Raises:
+        ConfigError: naming the key, with another task.
+    """
+    for key in ("likelihood", "straightness"):
+        if cfg.get(key) is not None and cfg[key].get("enabled") and cfg.task != "evaluate":
+            raise ConfigError(f"{key}.enabled=true is scored by task=evaluate (got task={cfg.task}); "
+                              f"run task=evaluate run_dir=<run> {key}.enabled=true")
 
 
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
