@@ -48,6 +48,7 @@ class Components:
     make_file_manager: Callable[[Path], FileManager]
     make_logger: Callable[[Path, str | None], BaseLogger]  # (run dir, logger run id to continue)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config they were built from
+    training_data: BaseData | None = None  # what the trainer reads when it is not ``data`` (reflow's pairs)
 
 
 @dataclass
