@@ -62,10 +62,7 @@ def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
     trial = cfg.get("optuna_trial")
     if not trial or trial.get("number") is None:
         return []
-    from diffusion.sweeps.pruning import (  # optuna: the sweeps extra
-        make_pruner,
-        pruning_hook,
-    )
+    from diffusion.sweeps.pruning import make_pruner, pruning_hook  # optuna: the sweeps extra
 
     pruner = make_pruner(**OmegaConf.to_container(trial.pruner, resolve=True))  # type: ignore[arg-type]
     reported = "val/loss" if monitor in ("val_loss", "val/loss") else monitor
