@@ -67,6 +67,14 @@ def add_common_flags(parser: argparse.ArgumentParser, out_help: str, out: Path |
     return parser
 
 
+def add_work_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--work-dir`` (where a benchmark's runs go) and ``--reuse`` (keep the finished ones found there)."""
+    parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs and evaluations an earlier invocation left in --work-dir")
+    return parser
+
+
 def parse_checkpoint_benchmark_args(description: str, trained: str, argv: Sequence[str] | None,
                                     budgets: Sequence[str] = ()) -> argparse.Namespace:
     """The options of a benchmark that trains ``trained`` (or takes ``--run-dir``) and scores its checkpoint;

@@ -18,6 +18,7 @@ from diffusion.app.build import NO_EVALUATOR, build, build_network
 from diffusion.app.distill_config import check_distill_option, distill_run_config
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
+from diffusion.app.reflow_config import reflow_run_config
 from diffusion.app.run_config import load_source_config, require_run_dir, sampling_method_config, search_hooks
 from diffusion.app.run_files import print_config_tree, save_run_config
 from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
@@ -26,8 +27,9 @@ from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
-from diffusion.tasks import compare, export, posthoc_ema, sample, summary, train
+from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
+from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
 # Keys that moved, as typed on an older command line -> their home now.
 MOVED_KEYS = {"trainer.num_threads": "num_threads"}  # process-wide, not a trainer setting
@@ -51,6 +53,7 @@ def run_job(cfg: DictConfig) -> float | None:
     with guard_user_errors(created_dir=job.output_dir):
         check_choice(cfg.task, "task", tuple(TASKS))
         check_distill_option(cfg)
+        check_ode_score_task(cfg)
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg, job)
         return TASKS[cfg.task](cfg, job)
@@ -87,6 +90,19 @@ def run_distill(cfg: DictConfig, job: HydraRun) -> float:
     parts = build(teacher.cfg, job, teacher=teacher)
     settings = training_settings(teacher.cfg, job, parts, parts.method.total_steps)  # type: ignore[attr-defined]
     return train.train(parts, settings, dist, distill=True)
+
+
+def run_reflow(cfg: DictConfig, job: HydraRun) -> float:
+    """``task=reflow run_dir=<flow run>``: the teacher's ODE pairs (``reflow.*``, ``sampler.*``), then a training run
+    on them whose network starts as the teacher's best EMA weights (:func:`diffusion.tasks.reflow.reflow`)."""
+    teacher = reflow_run_config(cfg)
+    check_shared_trainer_keys(teacher.cfg.trainer)
+    dist = DistributedContext.from_environment(teacher.cfg.trainer.device)
+    seed_everything(cfg.seed)
+    parts = build(teacher.cfg, job)
+    settings = training_settings(teacher.cfg, job, parts, teacher.cfg.trainer.max_steps)
+    settings.source = teacher.teacher_dir
+    return reflow.reflow(parts, settings, dist, cfg.reflow.num_pairs, cfg.reflow.chunk_size)
 
 
 def check_shared_trainer_keys(trainer: DictConfig) -> None:
@@ -181,10 +197,25 @@ def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: o
     return RunSettings(
         output_dir=job.output_dir, seed=cfg.seed, source=source, config=parts.config,  # type: ignore[arg-type]
         save_config=lambda directory: save_run_config(cfg, directory, job.overrides), label=cfg.task,
+        likelihood=LikelihoodSettings(**cfg.get("likelihood", {})),
+        straightness=StraightnessSettings(**cfg.get("straightness", {})),
     )
+
+
+def check_ode_score_task(cfg: DictConfig) -> None:
+    """``likelihood.enabled`` and ``straightness.enabled`` belong to ``task=evaluate``.
+
+    Raises:
+        ConfigError: naming the key, with another task.
+    """
+    for key in ("likelihood", "straightness"):
+        if cfg.get(key) is not None and cfg[key].get("enabled") and cfg.task != "evaluate":
+            raise ConfigError(f"{key}.enabled=true is scored by task=evaluate (got task={cfg.task}); "
+                              f"run task=evaluate run_dir=<run> {key}.enabled=true")
 
 
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
     "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
+    "reflow": run_reflow,
 }

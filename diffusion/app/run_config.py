@@ -3,6 +3,7 @@ this command line, the autoguidance guide, and the search's per-epoch hook."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.app.hydra_run import current_job
+from diffusion.runtime.checks import ConfigError
 from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import check_safe_targets
 from diffusion.storage.legacy import upgrade_targets
-from diffusion.runtime.checks import ConfigError
 from diffusion.loggers.naming import logged_key
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
@@ -99,6 +100,33 @@ def load_guide_model(guide: str, run_dir: Path | None, main_prediction: str) -> 
     model = instantiate(guide_cfg.model, _convert_="all")
     model.load_state_dict(weights)
     return model
+
+
+def read_teacher_run(cfg: DictConfig, what: str) -> tuple[Path, DictConfig]:
+    """The run directory ``run_dir`` of a task that trains from an earlier run (``distill``, ``reflow``), and its
+    config.
+
+    Raises:
+        ConfigError: no ``run_dir``, one that is not a run directory, or a data-parallel launch.
+    """
+    teacher_dir = require_run_dir(cfg, what)
+    if teacher_dir.suffix == ".safetensors" or not teacher_dir.is_dir():
+        raise ConfigError(f"task={cfg.task}: run_dir={teacher_dir} must be a run directory holding checkpoints/")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"task={cfg.task} runs in one process; launch it with python, not torchrun")
+    return teacher_dir, load_source_config(teacher_dir)
+
+
+def inherit_teacher(cfg: DictConfig, teacher_cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
+    """A copy of this command's config with the teacher's ``keys`` groups and, unless this command line chose one,
+    its evaluator."""
+    run_cfg = cfg.copy()
+    for key in keys:
+        if key in teacher_cfg:
+            run_cfg[key] = teacher_cfg[key]
+    if "evaluator" not in command_line_keys() and "evaluator" in teacher_cfg:
+        run_cfg.evaluator = teacher_cfg.evaluator
+    return run_cfg
 
 
 def require_run_dir(cfg: DictConfig, what: str) -> Path:

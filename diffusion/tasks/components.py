@@ -21,6 +21,7 @@ from diffusion.methods.base import BaseMethod
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.sampling.sampler import Sampler
 from diffusion.storage.file_manager import FileManager
+from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 from diffusion.training.trainer import EpochEndHook, Trainer
 
 
@@ -47,6 +48,7 @@ class Components:
     make_file_manager: Callable[[Path], FileManager]
     make_logger: Callable[[Path, str | None], BaseLogger]  # (run dir, logger run id to continue)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config they were built from
+    training_data: BaseData | None = None  # what the trainer reads when it is not ``data`` (reflow's pairs)
 
 
 @dataclass
@@ -66,3 +68,5 @@ class RunSettings:
     search_hooks: Callable[[Path], Sequence[EpochEndHook]] = lambda run_dir: ()  # an Optuna trial's report
     ema_stds: Sequence[float] = ()  # task=posthoc_ema: the EMA lengths to reconstruct
     label: str = ""  # the task's name in its log (``sample``, ``evaluate``)
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)  # task=evaluate: the NLL too
+    straightness: StraightnessSettings = field(default_factory=StraightnessSettings)  # and a flow's S(Z)

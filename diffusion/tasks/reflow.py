@@ -7,10 +7,15 @@ chunk files ``pairs_<first index>.npz`` (``noise``, ``samples`` and, for a condi
 written atomically with a ``.sha256`` sidecar. Pair i's noise is the first draw of sample i's own stream
 (:class:`~diffusion.sampling.noise.SampleNoise`), so an interrupted generation continues at the first missing
 chunk and ends with the same file as an uninterrupted one.
+
+``task=reflow`` (:func:`reflow`) draws them into the new run's directory, then trains the new flow there through
+the normal Trainer and resume path (``resume=auto`` continues both the pairs and the training).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,11 +26,18 @@ import numpy as np
 import torch
 
 from diffusion.data.pairs import PairedData
+from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.runtime.distributed import DistributedContext
 from diffusion.sampling.noise import SampleNoise
 from diffusion.sampling.sampler import Sampler
 from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar
+from diffusion.storage.resume import ResumePoint, shared_resume
+from diffusion.storage.run_lock import RunLock
+from diffusion.tasks.components import Components, RunSettings
+from diffusion.tasks.run_files import remove_if_empty
+from diffusion.tasks.train import check_monitor, prepare_training, run_training
 
 PAIRS_DIR = "reflow_pairs"
 ODE_SOLVERS = ("euler", "heun", "midpoint", "dopri5")  # deterministic: a pair is a point of the ODE's coupling
@@ -35,6 +47,49 @@ class Pairs(NamedTuple):
     noise: torch.Tensor  # (N, ...) the start of each trajectory, n ~ N(0, I)
     samples: torch.Tensor  # (N, ...) where the teacher's ODE carried it
     labels: torch.Tensor | None  # (N,) the class it was drawn for (a conditional teacher)
+
+
+def reflow(parts: Components, run: RunSettings, dist: DistributedContext, num_pairs: int, chunk_size: int) -> float:
+    """``task=reflow run_dir=<flow run>``: the teacher's (``run.source``'s best EMA weights) ``num_pairs`` ODE pairs
+    in this run's ``reflow_pairs/``, then ``parts.model``, starting from the teacher's weights, trained on them
+    (``parts.method`` is a :class:`PairedFlowMatching`), sampled and scored against the real data (``parts.data``).
+    Returns the best monitored value. Every check runs before anything is written.
+    """
+    assert run.source is not None, "the app refuses task=reflow without run_dir"
+    num_pairs = check_int(num_pairs, "reflow.num_pairs", minimum=1)
+    chunk_size = check_int(chunk_size, "reflow.chunk_size", minimum=1)
+    resume = shared_resume(dist, run.resume, run.output_dir)
+    if resume.run_dir != run.output_dir:
+        remove_if_empty(run.output_dir)  # Hydra made it for this job; the run lives elsewhere
+    teacher = parts.make_sampler(copy.deepcopy(parts.model), run.source, dist)
+    teacher.load_checkpoint(parts.make_file_manager(run.source), "best")
+    check_teacher(parts.method, teacher.solver, run.source)
+    for path in sorted((resume.run_dir / PAIRS_DIR).glob("pairs_*.npz")):
+        _intact(path)  # a damaged chunk is refused before anything is written
+    _check_training(parts, run, dist, resume, num_pairs)
+    with RunLock(resume.run_dir, rank=dist.rank):
+        pairs = generate_pairs(teacher, resume.run_dir, num_pairs, chunk_size)
+        if resume.state is None:
+            parts.model.load_state_dict(teacher.model.state_dict())
+        data = paired_data(pairs, parts.data.kind, parts.data.num_classes, split_seed=run.seed)
+        paired = dataclasses.replace(parts, training_data=data)
+        return run_training(paired, run, dist, prepare_training(paired, run, dist, resume, distill=False))
+
+
+def _check_training(parts: Components, run: RunSettings, dist: DistributedContext, resume: ResumePoint,
+                    num_pairs: int) -> None:
+    """The trainer's settings checked on stand-in pairs of the real count (zeros), before any pair is drawn.
+
+    Raises:
+        ConfigError: naming the ``trainer.*`` key of a bad setting, or ``trainer.monitor``.
+    """
+    zeros = torch.zeros(1, *parts.data.sample_shape).expand(num_pairs, *parts.data.sample_shape)
+    labels = torch.zeros(num_pairs, dtype=torch.long) if parts.data.num_classes else None
+    stand_in = paired_data(Pairs(zeros, zeros, labels), parts.data.kind, parts.data.num_classes, run.seed)
+    trainer = parts.make_trainer(model=copy.deepcopy(parts.model), method=parts.method, data=stand_in,
+                                 file_manager=parts.make_file_manager(resume.run_dir), logger=NullLogger(),
+                                 seed=run.seed, run_config=run.config, distributed=dist, max_steps=run.max_steps)
+    check_monitor(trainer.monitor, parts.evaluator)
 
 
 def check_teacher(method: BaseMethod, solver: str, run_dir: str | Path) -> None:

@@ -13,6 +13,7 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.storage import checkpoint
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.exits import exit_on_failure
+from diffusion.tasks.ode_scores import add_to_eval_json, check_ode_scores, ode_scores
 from diffusion.tasks.run_files import print_run_files, shared_output_dir
 from diffusion.tasks.sample_and_score import (
     log_unavailable,
@@ -29,6 +30,7 @@ def sample_or_evaluate(parts: Components, run: RunSettings, dist: DistributedCon
     source = run.source
     assert source is not None, "the app refuses task=sample without run_dir"
     sampler = parts.make_sampler(parts.model, source if source.is_dir() else None, dist)
+    width = check_ode_scores(run.likelihood, run.straightness, parts.method, parts.data)
     if source.suffix == ".safetensors":
         sampler.load_weights(source)
         loaded = "exported weights"
@@ -42,6 +44,10 @@ def sample_or_evaluate(parts: Components, run: RunSettings, dist: DistributedCon
         logger.log(f"{run.label}: {source} ({loaded})")
         log_unavailable(parts.evaluator, logger)
         scores = sample_or_stop(source, sampler, parts.evaluator, parts.data, output_dir, logger)
+        if dist.is_main:  # the likelihood and straightness, when asked, beside the evaluator's scores
+            with exit_on_failure(), stop_sampling_on_signal(source):
+                entries = ode_scores(run.likelihood, run.straightness, width, sampler, parts.data, run.seed, logger)
+            add_to_eval_json(output_dir, entries)
     dist.close()
     if dist.is_main:
         print_run_files(output_dir)

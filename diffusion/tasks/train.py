@@ -50,8 +50,9 @@ def prepare_training(parts: Components, run: RunSettings, dist: DistributedConte
     """Build and check the trainer, its hooks and logger (and a distillation's session); writes nothing."""
     run_id = checkpoint.logger_run_id(resume.state) if resume.state else None
     logger = parts.make_logger(resume.run_dir, run_id) if dist.is_main else NullLogger()
+    data = parts.data if parts.training_data is None else parts.training_data  # reflow: the pairs
     trainer = parts.make_trainer(
-        model=parts.model, method=parts.method, data=parts.data, file_manager=parts.make_file_manager(resume.run_dir),
+        model=parts.model, method=parts.method, data=data, file_manager=parts.make_file_manager(resume.run_dir),
         logger=logger, seed=run.seed, run_config=run.config, distributed=dist, max_steps=run.max_steps,
         epoch_hooks=epoch_hooks(parts, resume, logger),
         epoch_end_hooks=run.search_hooks(resume.run_dir) if dist.is_main else (),

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, checks_report, describe_machine, \
+from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, add_work_flags, checks_report, describe_machine, \
     evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, run_into, \
     sampler_rows, set_threads, shown_command, work_dir
 
@@ -209,9 +209,7 @@ def verdicts(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, Sampler
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, out_help="also write the markdown report here")
-    parser.add_argument("--work-dir", type=Path, help="where runs and evaluations go (default: outputs/benchmarks/)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep the finished runs and evaluations an earlier invocation left in --work-dir")
+    add_work_flags(parser)
     parser.add_argument("--budget", choices=("full", "small"), default="full",
                         help="full: the default run's length and precision (the targets'); small: 20 epochs in "
                              "fp32 and 200 samples per row, for a busy CPU")

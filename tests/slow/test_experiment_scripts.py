@@ -165,3 +165,22 @@ def test_benchmark_threads(tmp_path: Path):
     assert [row[1] for row in rows] == ["1", "2", "2"]
     assert rows[2][0].endswith("num_threads=auto, $DIFFUSION_JOBS_PER_NODE=2")
     assert all(re.fullmatch(r"\d+\.\d\d(, \d+\.\d\d)?", row[4]) for row in rows), rows
+
+
+@pytest.mark.slow  # five toy runs (a reflow among them) and eleven evaluations, three seed sets each
+def test_flow_benchmark(tmp_path: Path):
+    out = tmp_path / "results" / "flow.md"
+    result = run_quick("experiments.benchmarks.flow", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, "Flow matching, its solvers, couplings and reflow against DDPM on digits",
+                         "experiments.benchmarks.flow", checks=5)
+    assert "![FD against NFE](flow_fd_vs_nfe.png)" in text
+    assert (out.parent / "flow_fd_vs_nfe.png").read_bytes().startswith(b"\x89PNG")
+    rows = table(text)
+    samplers = {(row[0], row[1]) for row in rows}
+    assert {("DDPM", "DDIM-5"), ("linear + logit-normal", "Heun-2"), ("linear + logit-normal", "dopri5"),
+            ("linear + logit-normal", "Euler-Maruyama-3"), ("2-rectified flow", "Euler-1")} <= samplers
+    couplings = {row[0] for row in rows if len(row) == 2}
+    assert {"linear + logit-normal", "linear + logit-normal + OT", "2-rectified flow"} <= couplings
+    assert sum("bits/dim" in row[1] for row in rows if len(row) == 5) == 2  # the NLL of the DDPM and flow runs

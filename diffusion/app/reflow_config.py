@@ -1,0 +1,43 @@
+"""The config of a ``task=reflow`` run, read from the teacher's run directory: the teacher's data, network and flow,
+trained on the teacher's pairs (:class:`~diffusion.methods.flow_matching.PairedFlowMatching`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from diffusion.app.run_config import inherit_teacher, read_teacher_run
+from diffusion.tasks.reflow import check_teacher
+
+TEACHER_KEYS = ("data", "model", "schedule")  # what the reflowed flow inherits: the network and the data it models
+PAIRED_FLOW = "diffusion.methods.PairedFlowMatching"
+
+
+class ReflowRun(NamedTuple):
+    """The reflow run's config and the teacher's run directory."""
+
+    cfg: DictConfig
+    teacher_dir: Path
+
+
+def reflow_run_config(cfg: DictConfig) -> ReflowRun:
+    """The run's config: the teacher's data, model and flow (``method``; trained on pairs, so with the independent
+    coupling), its evaluator unless this command chose one; this command's ``trainer``, ``sampler`` (which also
+    draws the pairs), ``logger`` and ``reflow``. Saved as the run's ``config.yaml``, so ``task=sample|evaluate``
+    read the reflowed run like any other.
+
+    Raises:
+        ConfigError: no ``run_dir``, a run_dir that is not a run directory, a teacher that is not a flow, a
+            stochastic ``sampler.solver``, or a data-parallel launch.
+    """
+    teacher_dir, teacher_cfg = read_teacher_run(cfg, "the teacher's run directory, a flow run holding checkpoints/")
+    teacher_method = instantiate(teacher_cfg.method, _convert_="all")
+    check_teacher(teacher_method, cfg.sampler.solver or teacher_method.default_solver, teacher_dir)
+    run_cfg = inherit_teacher(cfg, teacher_cfg, TEACHER_KEYS)
+    method = teacher_cfg.method.copy()
+    method._target_, method.coupling = PAIRED_FLOW, "independent"
+    run_cfg.method = method
+    return ReflowRun(run_cfg, teacher_dir)
