@@ -242,7 +242,7 @@ def test_resume_auto_continues_a_killed_distillation_to_the_same_student(progres
 @pytest.mark.slow
 def test_distill_benchmark_quick(tmp_path: Path):
     """``python -m experiments.benchmarks.distill --quick``: five run.py launches (about 4 min on a busy core)."""
-    from test_experiments_smoke import assert_checks_report, run_quick, table
+    from experiment_scripts import assert_checks_report, run_quick, table
 
     out = tmp_path / "distill.md"
     result = run_quick("experiments.benchmarks.distill", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
