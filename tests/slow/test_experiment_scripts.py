@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from experiment_scripts import MACHINE, assert_checks_report, run_quick, table
-from runs import ROOT
 from safetensors import safe_open
 
 
