@@ -69,8 +69,8 @@ class UViT(nn.Module):
         qkv_bias: biases in the query/key/value projection.
         conv_out: the final 3x3 convolution.
         num_classes: 0 for unconditional; else a label token, with a null label for classifier-free guidance.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+        two_times: add the embedding of ``forward``'s ``interval`` (a second time) to the time token
+            (:class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds none.
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
