@@ -2,6 +2,7 @@ from diffusion.methods.base import BaseMethod, GridKind
 from diffusion.methods.consistency import Consistency
 from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
+from diffusion.methods.meanflow import MeanFlow
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
 
@@ -15,6 +16,7 @@ __all__ = [
     "PairedFlowMatching",
     "LOSS_WEIGHTINGS",
     "LossWeighting",
+    "MeanFlow",
     "PREDICTIONS",
     "Prediction",
     "SPACINGS",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diffusion.distill.progressive import DistilledDDIM
-from diffusion.methods import EDM, BaseMethod, Consistency, FlowMatching, GaussianDiffusion
+from diffusion.methods import EDM, BaseMethod, Consistency, FlowMatching, GaussianDiffusion, MeanFlow
 from diffusion.methods.schedules import cosine_betas, linear_betas
 from diffusion.runtime.checks import ConfigError
 from diffusion.sampling.grids import build_grid
@@ -29,19 +29,21 @@ METHODS = {
     "flow_cosine_x0": lambda: FlowMatching("cosine", "x0", "mode", num_timesteps=20, shift=3.0),
     "flow_vp": lambda: FlowMatching("vp", time_sampling="uniform", num_timesteps=20, coupling="ot"),
     "flow_noise": lambda: FlowMatching(prediction="noise", num_timesteps=20, clip_denoised=False),
+    "meanflow": lambda: MeanFlow(num_timesteps=20, clip_denoised=False),
 }
 
 
 class CountingNetwork(nn.Module):
-    """A smooth function of (x, t) that counts its calls."""
+    """A smooth function of (x, t) (and of a two-time network's interval) that counts its calls."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, interval: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
-        return torch.tanh(0.5 * x + t.float().reshape(-1, 1) / 40)
+        span = 0.0 if interval is None else interval.float().reshape(-1, 1) / 80
+        return torch.tanh(0.5 * x + t.float().reshape(-1, 1) / 40 + span)
 
 
 @pytest.mark.parametrize("name", METHODS)
