@@ -1,0 +1,109 @@
+"""``run.py method=meanflow`` end to end: a tiny run trains, samples in 1 step and is sampled again in 2
+(``task=sample``); bad settings are one line naming the key, nothing written; two gloo ranks hold identical
+parameters after their steps (the JVP runs outside the DDP wrapper, the loss's backward inside it); a SIGKILLed
+run resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
+from runs import ONE_EPOCH_MOONS, ROOT, main_in_process, run_py
+
+from diffusion.models import MLP
+
+MEANFLOW = ["method=meanflow", "method.num_timesteps=50"]
+
+
+def test_a_meanflow_run_trains_and_samples_in_one_and_two_steps(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, *MEANFLOW,
+                           "evaluator=points", "evaluator.num_samples=16") == 0
+    scored = json.loads((run_dir / "eval.json").read_text())
+    assert scored["sampler"] == "meanflow" and scored["nfe"] == scored["steps"] == 1
+    config = (run_dir / "config.yaml").read_text()
+    assert "two_times: true" in config and "diffusion.methods.MeanFlow" in config
+    one = np.load(run_dir / "samples.npz")["samples"]
+    assert one.shape == (16, 2) and np.isfinite(one).all()
+    two_steps = tmp_path / "two"
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "sampler.steps=2", "sampler.num_samples=16",
+                           f"hydra.run.dir={two_steps}") == 0
+    two = np.load(two_steps / "samples.npz")["samples"]
+    assert two.shape == one.shape and np.isfinite(two).all() and not np.allclose(one, two)
+
+
+def test_bad_meanflow_settings_are_one_line_and_write_nothing(tmp_path):
+    for override, key in (("sampler.solver=heun", "sampler.solver=heun"),
+                          ("method.r_equals_t_share=2", "method.r_equals_t_share"),
+                          ("model.two_times=false", "model.two_times")):
+        result = run_py(tmp_path, *ONE_EPOCH_MOONS, *MEANFLOW, override, f"hydra.run.dir={tmp_path / 'run'}")
+        error = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and error.startswith("error: ") and key in error, result.stderr
+        assert not (tmp_path / "run").exists()
+
+
+# Two ranks train a two-time MLP with MeanFlow on moons for a few steps; each saves its parameters.
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from diffusion.data import MoonsData
+    from diffusion.loggers import NullLogger
+    from diffusion.methods import MeanFlow
+    from diffusion.models import MLP
+    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.seeding import seed_everything
+    from diffusion.storage.file_manager import FileManager
+    from diffusion.training.trainer import Trainer
+
+    out = Path(sys.argv[1])
+    dist = DistributedContext.from_environment("cpu")
+    torch.manual_seed(0)  # identical initial weights on every rank
+    model = MLP(hidden_dim=16, num_layers=1, time_embed_dim=8, two_times=True)
+    seed_everything(100 + dist.rank)  # each rank draws its own times and noise, so its own JVP tangents
+    trainer = Trainer(model, MeanFlow(num_timesteps=50, clip_denoised=False), MoonsData(num_samples=200),
+                      FileManager(out / f"ckpt{dist.rank}"), NullLogger(), epochs=1, lr=1e-2, batch_size=64,
+                      device="cpu", progress=False, distributed=dist)
+    trainer.train()
+    torch.save([p.detach() for p in model.parameters()], out / f"rank{dist.rank}.pt")
+    dist.close()
+    """
+)
+
+
+def test_two_gloo_ranks_hold_identical_parameters_after_meanflow_steps(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.manual_seed(0)
+    start = list(MLP(hidden_dim=16, num_layers=1, time_embed_dim=8, two_times=True).parameters())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*ranks)), "the ranks' parameters differ after a step"
+    assert not all(torch.equal(a, b) for a, b in zip(ranks[0], start)), "the parameters moved"
+
+
+def test_a_killed_meanflow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    overrides = ["method=meanflow"]
+    reference = Session(tmp_path, tmp_path / "reference", *overrides)
+    assert reference.process.wait(timeout=300) == 0, reference.stderr()
+    run_dir = tmp_path / "run"
+    session = Session(tmp_path, run_dir, *overrides)
+    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
+    reached = session.wait_for_step(target)
+    assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *overrides) == 0
+    assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")
