@@ -16,8 +16,10 @@ import textwrap
 import numpy as np
 import torch
 from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
-from runs import ONE_EPOCH_MOONS, ROOT, main_in_process, run_py
+from hydra import compose, initialize_config_dir
+from runs import ONE_EPOCH_MOONS, ROOT, TINY_DIGITS, main_in_process, run_py
 
+from diffusion.app.build import build
 from diffusion.models import MLP
 
 MEANFLOW = ["method=meanflow", "method.num_timesteps=50"]
@@ -61,7 +63,8 @@ WORKER = textwrap.dedent(
     from diffusion.data import MoonsData
     from diffusion.loggers import NullLogger
     from diffusion.methods import MeanFlow
-    from diffusion.models import MLP
+    from diffusion.app.build import build
+from diffusion.models import MLP
     from diffusion.runtime.distributed import DistributedContext
     from diffusion.runtime.seeding import seed_everything
     from diffusion.storage.file_manager import FileManager
@@ -107,3 +110,15 @@ def test_a_killed_meanflow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
     assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *overrides) == 0
     assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")
+
+
+def test_the_meanflow_presets_train_and_build_two_time_networks(tmp_path, monkeypatch):
+    run_dir = tmp_path / "digits"
+    assert main_in_process(monkeypatch, "experiment=digits_meanflow", *TINY_DIGITS, "evaluator.num_samples=8",
+                           f"hydra.run.dir={run_dir}") == 0
+    scored = json.loads((run_dir / "eval.json").read_text())
+    assert scored["sampler"] == "meanflow" and scored["nfe"] == 1
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        mnist = build(compose(config_name="config", overrides=["experiment=mnist_meanflow"]))
+    assert mnist.config["model"]["two_times"] is True and mnist.model.num_classes == 10
+    assert mnist.method.guidance_scale == 2.0 and mnist.config["sampler"]["guidance_scale"] == 1.0
