@@ -40,6 +40,11 @@ def test_a_meanflow_run_trains_and_samples_in_one_and_two_steps(tmp_path, monkey
                            f"hydra.run.dir={two_steps}") == 0
     two = np.load(two_steps / "samples.npz")["samples"]
     assert two.shape == one.shape and np.isfinite(two).all() and not np.allclose(one, two)
+    scored_steps = tmp_path / "steps"
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={run_dir}", "evaluator=points",
+                           "evaluator.num_samples=16", "evaluator.sampler_steps=[1,2,4]",
+                           f"hydra.run.dir={scored_steps}") == 0
+    assert (scored_steps / "eval.json").is_file()
 
 
 def test_bad_meanflow_settings_are_one_line_and_write_nothing(tmp_path):
