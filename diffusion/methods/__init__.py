@@ -4,6 +4,7 @@ from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
 from diffusion.methods.meanflow import MeanFlow
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
+from diffusion.methods.shortcut import Shortcut
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "PREDICTIONS",
     "Prediction",
     "SPACINGS",
+    "Shortcut",
     "TimestepSpacing",
 ]

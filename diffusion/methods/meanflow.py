@@ -37,7 +37,27 @@ from diffusion.models.embeddings import IntervalEmbedding
 from diffusion.runtime.checks import ConfigError, check_float
 
 
-class MeanFlow(FlowMatching):
+class TwoTimeFlow(FlowMatching):
+    """A flow whose network also embeds the length of a time interval (``model.two_times=true``): its output at
+    interval h is the average velocity over [t, t + h] (MeanFlow's u, a shortcut model's s), the instantaneous
+    velocity at h = 0. Sampled by the steps x_{t + h} = x_t + h u(x_t, t, t + h) of its own solver."""
+
+    grids: ClassVar[tuple[GridKind, ...]] = ("time",)
+    two_times: ClassVar[bool] = True  # the build sets model.two_times=true
+
+    def check_network(self, network: nn.Module) -> None:
+        if not any(isinstance(module, IntervalEmbedding) for module in network.modules()):
+            raise ConfigError(f"method={self.name} needs a network that embeds a second time: set "
+                              "model.two_times=true (every backbone of the package takes it)")
+
+    def average_velocity(self, network: Network, x: torch.Tensor, start: float, end: float) -> torch.Tensor:
+        """u(x, start, end) ``(B, ...)``: the step x_end = x + (end - start) u of the method's solver."""
+        times = torch.full((x.shape[0],), start, dtype=torch.float64, device=x.device)
+        interval = torch.full_like(times, end - start)
+        return network(x, self.network_time(times), interval=self.network_time(interval))
+
+
+class MeanFlow(TwoTimeFlow):
     """MeanFlow on the linear path (``method=meanflow``), sampled in 1 or k steps by the ``meanflow`` solver.
 
     Args:
@@ -56,8 +76,6 @@ class MeanFlow(FlowMatching):
 
     name = "meanflow"
     solvers: ClassVar[tuple[str, ...]] = ("meanflow",)
-    grids: ClassVar[tuple[GridKind, ...]] = ("time",)
-    two_times: ClassVar[bool] = True  # the build sets model.two_times=true
 
     def __init__(self, time_sampling: TimeSampling = "logit_normal", m: float = -0.4, s: float = 1.0,
                  r_equals_t_share: float = 0.75, norm_p: float = 1.0, norm_eps: float = 1e-3,
@@ -72,20 +90,6 @@ class MeanFlow(FlowMatching):
         if self.guidance_scale != 1.0 and self.cond_drop_prob == 0.0:
             raise ConfigError(f"method.guidance_scale={guidance_scale} mixes in the unconditional field, which "
                               "method.cond_drop_prob=0 never trains: set method.cond_drop_prob > 0 (0.1)")
-
-    def check_network(self, network: nn.Module) -> None:
-        if not any(isinstance(module, IntervalEmbedding) for module in network.modules()):
-            raise ConfigError(f"method={self.name} needs a network that embeds a second time: set "
-                              "model.two_times=true (every backbone of the package takes it)")
-
-    # ----------------------------------------------------------------------------------------------------
-    # Sampling
-    # ----------------------------------------------------------------------------------------------------
-    def average_velocity(self, network: Network, x: torch.Tensor, start: float, end: float) -> torch.Tensor:
-        """u(x, start, end) ``(B, ...)``: the step x_end = x + (end - start) u of the ``meanflow`` solver."""
-        times = torch.full((x.shape[0],), start, dtype=torch.float64, device=x.device)
-        interval = torch.full_like(times, end - start)
-        return network(x, self.network_time(times), interval=self.network_time(interval))
 
     # ----------------------------------------------------------------------------------------------------
     # Training
