@@ -1,7 +1,8 @@
-"""``run.py method=meanflow`` end to end: a tiny run trains, samples in 1 step and is sampled again in 2
-(``task=sample``); bad settings are one line naming the key, nothing written; two gloo ranks hold identical
-parameters after their steps (the JVP runs outside the DDP wrapper, the loss's backward inside it); a SIGKILLed
-run resumes bit for bit."""
+"""``run.py method=meanflow`` and ``method=shortcut`` end to end: a tiny run trains, samples in 1 step and is
+sampled again in 2 (``task=sample``) and scored at 1, 2 and 4 (``task=evaluate``); bad settings are one line naming
+the key, nothing written; two gloo ranks hold identical parameters after their steps (the JVP and the
+self-consistency targets run outside the DDP wrapper, the loss's backward inside it); a SIGKILLed run resumes bit
+for bit; the MeanFlow presets train and build."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
 from hydra import compose, initialize_config_dir
@@ -22,17 +24,18 @@ from runs import ONE_EPOCH_MOONS, ROOT, TINY_DIGITS, main_in_process, run_py
 from diffusion.app.build import build
 from diffusion.models import MLP
 
-MEANFLOW = ["method=meanflow", "method.num_timesteps=50"]
+TARGETS = {"meanflow": "MeanFlow", "shortcut": "Shortcut"}
 
 
-def test_a_meanflow_run_trains_and_samples_in_one_and_two_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", TARGETS)
+def test_a_one_step_run_trains_and_samples_in_one_and_two_steps(method, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, *MEANFLOW,
-                           "evaluator=points", "evaluator.num_samples=16") == 0
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *ONE_EPOCH_MOONS, f"method={method}",
+                           "method.num_timesteps=50", "evaluator=points", "evaluator.num_samples=16") == 0
     scored = json.loads((run_dir / "eval.json").read_text())
-    assert scored["sampler"] == "meanflow" and scored["nfe"] == scored["steps"] == 1
+    assert scored["sampler"] == method and scored["nfe"] == scored["steps"] == 1
     config = (run_dir / "config.yaml").read_text()
-    assert "two_times: true" in config and "diffusion.methods.MeanFlow" in config
+    assert "two_times: true" in config and f"diffusion.methods.{TARGETS[method]}" in config
     one = np.load(run_dir / "samples.npz")["samples"]
     assert one.shape == (16, 2) and np.isfinite(one).all()
     two_steps = tmp_path / "two"
@@ -47,17 +50,20 @@ def test_a_meanflow_run_trains_and_samples_in_one_and_two_steps(tmp_path, monkey
     assert (scored_steps / "eval.json").is_file()
 
 
-def test_bad_meanflow_settings_are_one_line_and_write_nothing(tmp_path):
-    for override, key in (("sampler.solver=heun", "sampler.solver=heun"),
-                          ("method.r_equals_t_share=2", "method.r_equals_t_share"),
-                          ("model.two_times=false", "model.two_times")):
-        result = run_py(tmp_path, *ONE_EPOCH_MOONS, *MEANFLOW, override, f"hydra.run.dir={tmp_path / 'run'}")
+def test_bad_one_step_settings_are_one_line_and_write_nothing(tmp_path):
+    for override, key in (("method=meanflow sampler.solver=heun", "sampler.solver=heun"),
+                          ("method=meanflow method.r_equals_t_share=2", "method.r_equals_t_share"),
+                          ("method=meanflow model.two_times=false", "model.two_times"),
+                          ("method=shortcut sampler.steps=3", "sampler.steps=3"),
+                          ("method=shortcut sampler.solver=meanflow", "sampler.solver=meanflow")):
+        result = run_py(tmp_path, *ONE_EPOCH_MOONS, *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
         error = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and error.startswith("error: ") and key in error, result.stderr
         assert not (tmp_path / "run").exists()
 
 
-# Two ranks train a two-time MLP with MeanFlow on moons for a few steps; each saves its parameters.
+# Two ranks train a two-time MLP with MeanFlow or a shortcut model on moons for a few steps; each saves its
+# parameters.
 WORKER = textwrap.dedent(
     """
     import sys
@@ -67,9 +73,8 @@ WORKER = textwrap.dedent(
 
     from diffusion.data import MoonsData
     from diffusion.loggers import NullLogger
-    from diffusion.methods import MeanFlow
-    from diffusion.app.build import build
-from diffusion.models import MLP
+    from diffusion.methods import MeanFlow, Shortcut
+    from diffusion.models import MLP
     from diffusion.runtime.distributed import DistributedContext
     from diffusion.runtime.seeding import seed_everything
     from diffusion.storage.file_manager import FileManager
@@ -80,7 +85,8 @@ from diffusion.models import MLP
     torch.manual_seed(0)  # identical initial weights on every rank
     model = MLP(hidden_dim=16, num_layers=1, time_embed_dim=8, two_times=True)
     seed_everything(100 + dist.rank)  # each rank draws its own times and noise, so its own JVP tangents
-    trainer = Trainer(model, MeanFlow(num_timesteps=50, clip_denoised=False), MoonsData(num_samples=200),
+    method = {"meanflow": MeanFlow, "shortcut": Shortcut}[sys.argv[2]](num_timesteps=50, clip_denoised=False)
+    trainer = Trainer(model, method, MoonsData(num_samples=200),
                       FileManager(out / f"ckpt{dist.rank}"), NullLogger(), epochs=1, lr=1e-2, batch_size=64,
                       device="cpu", progress=False, distributed=dist)
     trainer.train()
@@ -90,12 +96,13 @@ from diffusion.models import MLP
 )
 
 
-def test_two_gloo_ranks_hold_identical_parameters_after_meanflow_steps(tmp_path):
+@pytest.mark.parametrize("method", TARGETS)
+def test_two_gloo_ranks_hold_identical_parameters_after_their_steps(method, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+                             str(script), str(tmp_path), method], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     torch.manual_seed(0)
     start = list(MLP(hidden_dim=16, num_layers=1, time_embed_dim=8, two_times=True).parameters())
@@ -104,8 +111,9 @@ def test_two_gloo_ranks_hold_identical_parameters_after_meanflow_steps(tmp_path)
     assert not all(torch.equal(a, b) for a, b in zip(ranks[0], start)), "the parameters moved"
 
 
-def test_a_killed_meanflow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
-    overrides = ["method=meanflow"]
+@pytest.mark.parametrize("method", TARGETS)
+def test_a_killed_one_step_run_resumes_bit_for_bit(method, tmp_path, monkeypatch):
+    overrides = [f"method={method}"]
     reference = Session(tmp_path, tmp_path / "reference", *overrides)
     assert reference.process.wait(timeout=300) == 0, reference.stderr()
     run_dir = tmp_path / "run"
