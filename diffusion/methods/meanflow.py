@@ -23,6 +23,7 @@ through :class:`~diffusion.models.embeddings.IntervalEmbedding`; interval 0 is t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -166,7 +167,7 @@ class MeanFlow(TwoTimeFlow):
 
 
 @contextmanager
-def eval_mode(network: nn.Module):  # noqa: ANN201 - a generator context manager
+def eval_mode(network: nn.Module) -> Iterator[nn.Module]:
     """``network`` in eval mode for the block, its training flags restored after."""
     flags = [(module, module.training) for module in network.modules()]
     network.eval()

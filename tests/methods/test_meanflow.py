@@ -10,9 +10,8 @@ import math
 
 import pytest
 import torch
+from average_velocity import MU, STD, ExactAverage, T
 from torch import nn
-
-from average_velocity import MU, STD, T, ExactAverage
 
 from diffusion.data import MoonsData
 from diffusion.loggers import NullLogger
@@ -22,6 +21,7 @@ from diffusion.runtime.checks import ConfigError
 from diffusion.sampling.sampler import Sampler
 from diffusion.storage.file_manager import FileManager
 from diffusion.training.trainer import Trainer, TrainingDiverged
+
 
 def test_the_exact_average_velocity_satisfies_the_meanflow_identity_through_the_methods_jvp():
     method, network = MeanFlow(num_timesteps=T), ExactAverage()
@@ -83,7 +83,7 @@ class ConstantField(nn.Module):
 
     num_classes = 3
 
-    def forward(self, x, t, y=None, interval=None):  # noqa: ANN001, ANN201
+    def forward(self, x, t, y=None, interval=None):
         return torch.zeros_like(x) + (y.to(x.dtype)[:, None] + 1)
 
 
@@ -114,7 +114,7 @@ class InfiniteTangent(MLP):
     """A two-time MLP whose output is finite but whose time derivative is not: + 0 * sqrt(t - t), whose derivative
     at 0 is infinite (and 0 * inf = nan in the tangent)."""
 
-    def forward(self, x, t, y=None, interval=None):  # noqa: ANN001, ANN201
+    def forward(self, x, t, y=None, interval=None):
         kink = torch.sqrt(torch.relu(t.float() - t.float().detach()))[:, None]  # 0, with d/dt = inf
         return super().forward(x, t, y, interval) + 0 * kink
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,8 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
 from hydra import compose, initialize_config_dir
+from kill_resume import assert_killed_run_resumes
 from runs import ONE_EPOCH_MOONS, ROOT, TINY_DIGITS, main_in_process, run_py
 
 from diffusion.app.build import build
@@ -113,17 +111,7 @@ def test_two_gloo_ranks_hold_identical_parameters_after_their_steps(method, tmp_
 
 @pytest.mark.parametrize("method", TARGETS)
 def test_a_killed_one_step_run_resumes_bit_for_bit(method, tmp_path, monkeypatch):
-    overrides = [f"method={method}"]
-    reference = Session(tmp_path, tmp_path / "reference", *overrides)
-    assert reference.process.wait(timeout=300) == 0, reference.stderr()
-    run_dir = tmp_path / "run"
-    session = Session(tmp_path, run_dir, *overrides)
-    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
-    reached = session.wait_for_step(target)
-    assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
-    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *overrides) == 0
-    assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")
-
+    assert_killed_run_resumes(tmp_path, monkeypatch, f"method={method}")
 
 def test_the_meanflow_presets_train_and_build_two_time_networks(tmp_path, monkeypatch):
     run_dir = tmp_path / "digits"

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from average_velocity import MU, STD, T, ExactAverage
+from average_velocity import MU, STD, ExactAverage, T
 
 from diffusion.methods import Shortcut
 from diffusion.models import MLP
 from diffusion.runtime.checks import ConfigError
-from diffusion.sampling.sampler import Sampler
+from diffusion.sampling.sampler import SampleNoise, Sampler
 
 
 @pytest.mark.parametrize("full", [1.0, 0.5, 0.125])
@@ -73,3 +73,17 @@ def test_a_step_count_the_model_was_not_trained_for_names_sampler_steps(steps):
 def test_bad_shortcut_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key):
         Shortcut(**override)
+
+
+def test_sampler_guidance_passes_the_step_size_to_both_halves_of_the_guided_batch():
+    torch.manual_seed(0)
+    network = MLP(dim=2, hidden_dim=16, num_layers=1, time_embed_dim=8, num_classes=3, two_times=True).eval()
+    torch.nn.init.normal_(network.fc_out.weight)
+    sampler = Sampler(network, Shortcut(num_timesteps=T), (2,), num_samples=4, steps=1, guidance_scale=2.0,
+                      class_labels=[1], device="cpu")
+    x0 = SampleNoise(sampler.seed, range(4), (2,), torch.device("cpu"))()  # the first draw: the start
+    t, d = torch.zeros(4), torch.full((4,), float(T))  # t = 0, d = 1
+    with torch.no_grad():
+        cond = network(x0, t, torch.ones(4, dtype=torch.long), interval=d)
+        uncond = network(x0, t, torch.full((4,), 3), interval=d)
+    torch.testing.assert_close(sampler.sample().samples, x0 + uncond + 2.0 * (cond - uncond))
