@@ -129,13 +129,13 @@ class MeanFlow(TwoTimeFlow):
         """d/da u(x_a, a, b) ``(B, ...)`` at a = ``start``: one forward-mode JVP (``torch.func.jvp``) with tangent
         (dx/da, da/da) = (v, 1), the interval b - a shrinking as a grows (paper eq. 8 with dr/dt = 0).
 
-        It runs on the network inside a DistributedDataParallel wrapper, without gradients: the target is
+        It runs on the network inside the DistributedDataParallel (and compile) wrappers, without gradients: the target is
         stop-gradient, and the prediction :meth:`compute_loss` backpropagates goes through the wrapper, whose
         gradient hooks average the ranks' gradients. In eval mode (no dropout mask to redraw, and EDM2's forced
         weight normalisation, an in-place write a JVP cannot trace, already done by that forward), with the math
         attention kernel (the fused ones have no forward-mode derivative).
         """
-        network = getattr(model, "module", model)
+        network = bare_network(model)
         scale = float(self.num_timesteps)
         end32 = end.float()
 
@@ -153,7 +153,7 @@ class MeanFlow(TwoTimeFlow):
         y = kwargs.get("y")
         if self.guidance_scale == 1.0 or y is None:
             return velocity
-        network = getattr(model, "module", model)
+        network = bare_network(model)
         null_label = int(model_kwargs.get("null_label", getattr(network, "num_classes", 0)))
         with torch.no_grad():
             unconditional = network(x_t, self.network_time(start), y=torch.full_like(y, null_label)).to(velocity.dtype)
@@ -176,3 +176,10 @@ def eval_mode(network: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+def bare_network(model: nn.Module) -> nn.Module:
+    """The network inside the Trainer's wrappers, ``torch.compile(DistributedDataParallel(network))``: what a target
+    computed without gradients (a JVP, the unconditional field, a shortcut's half steps) runs on."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

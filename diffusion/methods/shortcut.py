@@ -26,7 +26,7 @@ from torch import nn
 
 from diffusion.methods.base import broadcast
 from diffusion.methods.flow_matching import TimeSampling
-from diffusion.methods.meanflow import TwoTimeFlow
+from diffusion.methods.meanflow import TwoTimeFlow, bare_network
 from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
@@ -108,7 +108,7 @@ class Shortcut(TwoTimeFlow):
                        kwargs: dict[str, Any]) -> torch.Tensor:
         """(s_t + s_{t+d}) / 2 ``(count, ...)``: two steps of d = full / 2, on the network inside any DDP wrapper
         (a target: no gradient); the flow's d = 0 where the full step is the finest, 1 / M."""
-        network = getattr(model, "module", model)
+        network = bare_network(model)
         half = torch.where(full * self.max_steps <= 1, torch.zeros_like(full), full / 2)
         interval = self.network_time(half)
         first = network(x_t, self.network_time(times), interval=interval, **kwargs)

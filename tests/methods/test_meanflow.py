@@ -16,6 +16,7 @@ from torch import nn
 from diffusion.data import MoonsData
 from diffusion.loggers import NullLogger
 from diffusion.methods import MeanFlow
+from diffusion.methods.meanflow import bare_network
 from diffusion.models import MLP
 from diffusion.runtime.checks import ConfigError
 from diffusion.sampling.sampler import Sampler
@@ -128,3 +129,10 @@ def test_a_non_finite_tangent_stops_the_trainer_naming_the_step(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 1 \(epoch 1\)"):
         trainer.train()
     assert all(math.isfinite(float(p.detach().abs().sum())) for p in model.parameters()), "no update with a NaN loss"
+
+
+def test_targets_run_on_the_network_inside_the_trainers_compile_and_ddp_wrappers():
+    network = MLP(dim=2, hidden_dim=8, num_layers=1, time_embed_dim=8, two_times=True)
+    ddp_like = nn.Module()
+    ddp_like.module = network  # DistributedDataParallel's attribute
+    assert bare_network(torch.compile(ddp_like)) is network and bare_network(network) is network
