@@ -1,5 +1,6 @@
 """``run.py method=meanflow`` and ``method=shortcut`` end to end: a tiny run trains, samples in 1 step and is
-sampled again in 2 (``task=sample``) and scored at 1, 2 and 4 (``task=evaluate``); bad settings are one line naming
+sampled again in 2 (``task=sample``), scored at 1, 2 and 4 (``task=evaluate``) and exported and sampled from its
+export; bad settings are one line naming
 the key, nothing written; two gloo ranks hold identical parameters after their steps (the JVP and the
 self-consistency targets run outside the DDP wrapper, the loss's backward inside it); a SIGKILLed run resumes bit
 for bit; the MeanFlow presets train and build."""
@@ -46,6 +47,11 @@ def test_a_one_step_run_trains_and_samples_in_one_and_two_steps(method, tmp_path
                            "evaluator.num_samples=16", "evaluator.sampler_steps=[1,2,4]",
                            f"hydra.run.dir={scored_steps}") == 0
     assert (scored_steps / "eval.json").is_file()
+    exported, from_export = tmp_path / "export", tmp_path / "from_export"
+    assert main_in_process(monkeypatch, "task=export", f"run_dir={run_dir}", f"hydra.run.dir={exported}") == 0
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={exported / 'weights.safetensors'}",
+                           "sampler.num_samples=16", "sampler.steps=2", f"hydra.run.dir={from_export}") == 0
+    np.testing.assert_array_equal(np.load(from_export / "samples.npz")["samples"], two)  # the same EMA weights
 
 
 def test_bad_one_step_settings_are_one_line_and_write_nothing(tmp_path):
