@@ -125,3 +125,19 @@ def assert_same_run(run_dir: Path, reference: Path, history: str) -> None:
         assert_identical(comparable(load_checkpoint(run_dir / "checkpoints" / name)),
                          comparable(load_checkpoint(reference / "checkpoints" / name)), f"{history}: {name}")
     assert (run_dir / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes(), history
+
+
+def assert_killed_run_resumes(tmp_path: Path, monkeypatch: Any, *overrides: str) -> None:
+    """A FAULT_RUN with ``overrides`` SIGKILLed at a random step, then resumed in-process, ends bit for bit as an
+    uninterrupted one."""
+    from runs import main_in_process
+
+    reference = Session(tmp_path, tmp_path / "reference", *overrides)
+    assert reference.process.wait(timeout=300) == 0, reference.stderr()
+    run_dir = tmp_path / "run"
+    session = Session(tmp_path, run_dir, *overrides)
+    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
+    reached = session.wait_for_step(target)
+    assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *overrides) == 0
+    assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")

@@ -69,7 +69,7 @@ def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig,
     data = instantiate(cfg.data, _convert_="all")
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
                      job.choices.get("model") or cfg.model._target_)
-    cfg = data_implied(cfg, data, job.keys)
+    cfg = method_implied(data_implied(cfg, data, job.keys), job.keys)
     return data, cfg, instantiate(cfg.model, _convert_="all")
 
 
@@ -111,6 +111,17 @@ def data_implied(cfg: DictConfig, data: BaseData, command_line: set[str]) -> Dic
                                   f"(data.sample_shape={list(shape)}); leave model.{name} unset to take the data's")
         if data.kind == "points" and "clip_denoised" in cfg.method and "method.clip_denoised" not in command_line:
             cfg.method.clip_denoised = False  # standardised points are not confined to [-1, 1]
+    return cfg
+
+
+def method_implied(cfg: DictConfig, command_line: set[str]) -> DictConfig:
+    """``cfg`` with ``model.two_times=true`` for a method whose network takes a second time (MeanFlow), where the
+    network accepts it and the command line leaves it open; ``method.check_network`` refuses the rest."""
+    needs = getattr(get_class(cfg.method._target_), "two_times", False)
+    accepted = inspect.signature(get_class(cfg.model._target_)).parameters
+    if needs and "two_times" in accepted and "model.two_times" not in command_line:
+        with open_dict(cfg):
+            cfg.model.two_times = True
     return cfg
 
 

@@ -72,6 +72,11 @@ class BaseMethod(nn.Module, ABC):
         """The velocity u(x_t, t) ``(B, ...)`` the ``time`` grid's solvers integrate (only where it is offered)."""
         raise NotImplementedError(f"{type(self).__name__} has no velocity field")
 
+    def average_velocity(self, network: Network, x: torch.Tensor, start: float, end: float) -> torch.Tensor:
+        """The average velocity u(x, start, end) ``(B, ...)`` of a one-step generator's ``time`` grid, x_end = x +
+        (end - start) u (only where it is offered: MeanFlow)."""
+        raise NotImplementedError(f"{type(self).__name__} has no average velocity")
+
     def path_coefficients(self, t: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
         """(alpha_t, sigma_t, d_alpha_t, d_sigma_t) of x_t = alpha_t y + sigma_t n (only with a ``time`` grid)."""
         raise NotImplementedError(f"{type(self).__name__} has no affine path")

@@ -80,6 +80,8 @@ class DDPMUNet(nn.Module):
         dropout: inside residual blocks (DDPM CIFAR-10: 0.1).
         num_groups: GroupNorm groups (DDPM: 32).
         num_classes: 0 for unconditional; else class conditioning with a null label for classifier-free guidance.
+        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
+            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
 
     Raises:
         ConfigError: on any invalid argument, naming the config key to change.
@@ -96,6 +98,7 @@ class DDPMUNet(nn.Module):
         dropout: float = 0.1,
         num_groups: int = 32,
         num_classes: int = 0,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         channel_mults, attention_resolutions = _check_arguments(
@@ -104,7 +107,7 @@ class DDPMUNet(nn.Module):
         )
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         emb_dim = 4 * base_channels
-        self.time_embed = TimeEmbedding(base_channels, emb_dim, num_classes)
+        self.time_embed = TimeEmbedding(base_channels, emb_dim, num_classes, two_times)
 
         def stage(c_in: int, c_out: int, res: int, attend: bool = True) -> _Stage:
             return _Stage(c_in, c_out, emb_dim, dropout, num_groups, attend and res in attention_resolutions)
@@ -141,13 +144,14 @@ class DDPMUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # the untrained net predicts 0, the mean of the epsilon target
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``.
 
         Raises:
             ValueError: if ``y`` is given and the net was built with ``num_classes=0``.
         """
-        emb = F.silu(self.time_embed(t, y))  # (B, 4 * base_channels); every block's projection starts with SiLU
+        emb = F.silu(self.time_embed(t, y, interval))  # (B, 4 * base_channels); every block's projection starts with SiLU
         h = self.conv_in(x)
         skips = [h]
         for blocks, downsample in zip(self.down, self.downsample):

@@ -130,6 +130,8 @@ class DiT(nn.Module):
         mlp_ratio: the MLP's hidden width over ``hidden_size`` (4).
         position_embedding: ``sincos`` (fixed, the paper's) or ``learned``.
         num_classes: 0 for unconditional; else a label embedding with a null row for classifier-free guidance.
+        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
+            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
@@ -138,7 +140,7 @@ class DiT(nn.Module):
     def __init__(self, in_channels: int, image_size: int, size: str = "S", patch_size: int = 2,
                  depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
                  mlp_ratio: float = 4.0, position_embedding: Literal["sincos", "learned"] = "sincos",
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, two_times: bool = False) -> None:
         super().__init__()
         depth, dim, heads = transformer_shape(size, depth, hidden_size, num_heads, DIT_SIZES)
         grid = patch_grid(in_channels, image_size, patch_size)
@@ -151,7 +153,7 @@ class DiT(nn.Module):
             self.pos_embed = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
         else:
             self.register_buffer("pos_embed", sincos_position_embedding(dim, grid), persistent=False)
-        self.embed = TimeEmbedding(FREQUENCY_DIM, dim, num_classes)
+        self.embed = TimeEmbedding(FREQUENCY_DIM, dim, num_classes, two_times)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, patch_size, in_channels)
         self.reset_parameters()
@@ -173,10 +175,11 @@ class DiT(nn.Module):
             nn.init.zeros_(zeroed.weight)
             nn.init.zeros_(zeroed.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``."""
         tokens = rearrange(self.patch_embed(x), "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
-        c = self.embed(t, y)  # (B, D)
+        c = self.embed(t, y, interval)  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, c)
         out = self.final(tokens, c)  # (B, N, p * p * C)

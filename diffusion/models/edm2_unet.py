@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.models.embeddings import IntervalEmbedding, add_interval
 from diffusion.models.unet import _check_image_size, _check_int_sequence
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
@@ -165,6 +166,8 @@ class EDM2UNet(nn.Module):
         dropout: inside the residual branches. label_balance, concat_balance: MP-sum / MP-cat blends.
         logvar_channels: Fourier features of the learned uncertainty u(sigma).
         num_classes: 0 for unconditional; else one-hot labels, the null label ``num_classes`` a zero vector.
+        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
+            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
@@ -174,7 +177,7 @@ class EDM2UNet(nn.Module):
                  channel_mults: Sequence[int] = (1, 2, 3, 4), num_blocks: int = 3,
                  attention_resolutions: Sequence[int] = (16, 8), channels_per_head: int = 64,
                  dropout: float = 0.0, label_balance: float = 0.5, concat_balance: float = 0.5,
-                 logvar_channels: int = 128, num_classes: int = 0) -> None:
+                 logvar_channels: int = 128, num_classes: int = 0, two_times: bool = False) -> None:
         super().__init__()
         widths, resolutions, attention = _check_arguments(
             in_channels, image_size, size, model_channels, channel_mults, num_blocks, attention_resolutions,
@@ -188,6 +191,7 @@ class EDM2UNet(nn.Module):
         self.out_gain = nn.Parameter(torch.zeros([]))
         self.emb_fourier = MPFourier(widths[0])
         self.emb_noise = MPConv(widths[0], emb_channels, ())
+        self.interval_embed = IntervalEmbedding.build(two_times, widths[0], emb_channels)
         self.emb_label = MPConv(num_classes, emb_channels, ()) if num_classes else None
         self.conv_in = MPConv(in_channels + 1, widths[0], (3, 3))  # + a constant channel: a bias in effect
         skip_widths = self._build_encoder(widths, resolutions, attention, num_blocks, block)
@@ -231,9 +235,10 @@ class EDM2UNet(nn.Module):
         assert not skip_widths, "every skip is eaten by a decoder block"
         return width
 
-    def embedding(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """MP-SiLU(MP-sum(noise embedding, label embedding)): ``(B, emb_channels)``."""
-        emb = self.emb_noise(self.emb_fourier(t))
+    def embedding(self, t: torch.Tensor, y: torch.Tensor | None, interval: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """MP-SiLU(MP-sum(noise embedding (+ the interval's), label embedding)): ``(B, emb_channels)``."""
+        emb = add_interval(self.emb_noise(self.emb_fourier(t)), self.interval_embed, t, interval)
         if self.emb_label is None:
             if y is not None:
                 raise ValueError("class labels y were given to a model built with num_classes=0; pass y=None or "
@@ -245,9 +250,10 @@ class EDM2UNet(nn.Module):
         emb = mp_sum(emb, self.emb_label(one_hot * math.sqrt(self.num_classes)), t=self.label_balance)
         return mp_silu(emb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` (c_noise), ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``."""
-        emb = self.embedding(t, y)
+        emb = self.embedding(t, y, interval)
         h = self.conv_in(torch.cat([x, torch.ones_like(x[:, :1])], dim=1))
         skips = [h]
         for block in self.enc:

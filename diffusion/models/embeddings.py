@@ -2,6 +2,11 @@
 
 Both :class:`~diffusion.models.UNet` and :class:`~diffusion.models.MLP` build one :class:`TimeEmbedding`, so the
 sinusoid and the "null label" convention for classifier-free guidance live here only.
+
+A one-step generator's network also takes the length of the time interval its output spans (MeanFlow's t - r,
+Geng et al. 2025, Sec. 4.3; a shortcut model's step size d, Frans et al. 2024): every backbone built with
+``two_times=True`` adds :class:`IntervalEmbedding` of it to its time embedding. Built without it, a network has no
+such parameters, so its state dict and outputs are those of a one-time network (older checkpoints load).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from diffusion.runtime.checks import check_bool
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -58,25 +65,29 @@ class TimeEmbedding(nn.Module):
         num_classes: number of real classes; 0 builds no class embedding.
     """
 
-    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int = 0) -> None:
+    def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int = 0, two_times: bool = False) -> None:
         super().__init__()
         self.sinusoid_dim = sinusoid_dim
         self.num_classes = num_classes
         self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         self.class_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
+        self.interval_embed = IntervalEmbedding.build(two_times, sinusoid_dim, out_dim)
 
     @property
     def null_label(self) -> int:
         """The label index meaning "unconditional" (only meaningful when ``num_classes > 0``)."""
         return self.num_classes
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed ``t`` ``(B,)`` and labels ``y`` ``(B,)`` (long, in ``[0, num_classes]``) into ``(B, out_dim)``.
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed ``t`` ``(B,)``, labels ``y`` ``(B,)`` (long, in ``[0, num_classes]``) and, for a two-time network,
+        the ``interval`` ``(B,)`` (:class:`IntervalEmbedding`) into ``(B, out_dim)``.
 
         Raises:
-            ValueError: if labels are given to a model built with ``num_classes=0``, or ``y`` is not ``(B,)``.
+            ValueError: if labels are given to a model built with ``num_classes=0``, or ``y`` is not ``(B,)``; an
+                interval given to a one-time network.
         """
-        emb = self.mlp(timestep_embedding(t, self.sinusoid_dim))  # (B, out_dim)
+        emb = add_interval(self.mlp(timestep_embedding(t, self.sinusoid_dim)), self.interval_embed, t, interval)
         if self.class_embed is None:
             if y is not None:
                 raise ValueError("class labels y were given to a model built with num_classes=0; pass y=None "
@@ -87,3 +98,40 @@ class TimeEmbedding(nn.Module):
         elif y.shape != t.shape:
             raise ValueError(f"class labels y must have shape {tuple(t.shape)} like t, got {tuple(y.shape)}")
         return emb + self.class_embed(y)  # (B, out_dim)
+
+
+class IntervalEmbedding(nn.Module):
+    """The second time of a two-time network: the interval length h ``(B,)``, in the units of t, embedded as t is
+    (sinusoid -> Linear -> SiLU -> Linear) and added to the time embedding. h = 0 (also ``interval=None``) asks
+    for the instantaneous velocity, u(z, t, t) = v(z, t) (MeanFlow eq. 6 at r = t; a shortcut model at d = 0)."""
+
+    def __init__(self, sinusoid_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.sinusoid_dim = sinusoid_dim
+        self.mlp = nn.Sequential(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    @staticmethod
+    def build(two_times: bool, sinusoid_dim: int, out_dim: int) -> IntervalEmbedding | None:
+        """The embedding for a network built with ``model.two_times=true``; None (no parameters) otherwise."""
+        two_times = check_bool(two_times, "model.two_times")
+        return IntervalEmbedding(sinusoid_dim, out_dim) if two_times else None
+
+    def forward(self, t: torch.Tensor, interval: torch.Tensor | None) -> torch.Tensor:
+        """``(B, out_dim)`` for the intervals ``(B,)`` (zeros where None) of the times ``t`` ``(B,)``."""
+        interval = torch.zeros_like(t, dtype=torch.float32) if interval is None else interval
+        return self.mlp(timestep_embedding(interval, self.sinusoid_dim))
+
+
+def add_interval(emb: torch.Tensor, interval_embed: IntervalEmbedding | None, t: torch.Tensor,
+                 interval: torch.Tensor | None) -> torch.Tensor:
+    """``emb`` ``(B, D)`` plus the interval's embedding on a two-time network; ``emb`` itself on a one-time one.
+
+    Raises:
+        ValueError: an ``interval`` given to a network built without ``two_times``.
+    """
+    if interval_embed is None:
+        if interval is not None:
+            raise ValueError("an interval (a second time) was given to a network built with model.two_times=false; "
+                             "set model.two_times=true")
+        return emb
+    return emb + interval_embed(t, interval).to(emb.dtype)

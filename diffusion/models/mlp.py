@@ -42,6 +42,8 @@ class MLP(nn.Module):
         time_embed_dim: width of the sinusoidal features and of the time (+ class) embedding.
         dropout: dropout probability inside blocks, in ``[0, 1)``.
         num_classes: number of classes for class conditioning (0: unconditional); see :class:`TimeEmbedding`.
+        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
+            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
 
     Raises:
         ConfigError: on any invalid argument, naming the config key to change.
@@ -55,6 +57,7 @@ class MLP(nn.Module):
         time_embed_dim: int = 128,
         dropout: float = 0.0,
         num_classes: int = 0,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         self.dim = check_int(dim, "model.dim", minimum=1)
@@ -66,19 +69,21 @@ class MLP(nn.Module):
             raise ConfigError(f"model.dropout must be in [0, 1), got {dropout!r}")
         self.num_classes = check_int(num_classes, "model.num_classes", minimum=0)
 
-        self.time_embed = TimeEmbedding(time_embed_dim, time_embed_dim, num_classes)
+        self.time_embed = TimeEmbedding(time_embed_dim, time_embed_dim, num_classes, two_times)
         self.fc_in = nn.Linear(dim, hidden_dim)
         self.blocks = nn.ModuleList([MLPBlock(hidden_dim, time_embed_dim, dropout) for _ in range(num_layers)])
         self.norm_out = nn.LayerNorm(hidden_dim)
         self.fc_out = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, dim)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, dim)``.
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, dim)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None``, ``interval`` ``(B,)`` or ``None`` ->
+        ``(B, dim)``.
 
         Raises:
             ValueError: if ``y`` is given and the net was built with ``num_classes=0``.
         """
-        emb = F.silu(self.time_embed(t, y))  # (B, time_embed_dim)
+        emb = F.silu(self.time_embed(t, y, interval))  # (B, time_embed_dim)
         h = self.fc_in(x)  # (B, hidden_dim)
         for block in self.blocks:
             h = block(h, emb)

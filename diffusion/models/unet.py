@@ -134,6 +134,8 @@ class UNet(nn.Module):
         num_heads: attention heads; must divide the width of every attention level.
         num_groups: GroupNorm groups; must divide ``base_channels``.
         num_classes: number of classes for class conditioning (0: unconditional); see :class:`TimeEmbedding`.
+        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
+            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
 
     Raises:
         ConfigError: on any invalid argument, naming the config key to change.
@@ -151,6 +153,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         num_groups: int = 8,
         num_classes: int = 0,
+        two_times: bool = False,
     ) -> None:
         super().__init__()
         if channel_mults is None:
@@ -166,7 +169,7 @@ class UNet(nn.Module):
         widths = [base_channels * mult for mult in channel_mults]
 
         emb_dim = 4 * base_channels
-        self.time_embed = TimeEmbedding(base_channels, emb_dim, num_classes)
+        self.time_embed = TimeEmbedding(base_channels, emb_dim, num_classes, two_times)
         heads_at = {res: (num_heads if res in attention_resolutions else 0) for res in resolutions}
 
         def stage(c_in: int, c_out: int, res: int, attend: bool = True) -> UNetStage:
@@ -199,14 +202,16 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``.
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None``, ``interval`` ``(B,)`` or ``None``
+        -> ``(B, C, H, W)``.
 
         Raises:
             ValueError: if ``y`` is given and the net was built with ``num_classes=0``.
         """
         # SiLU once here instead of in every block's projection (ADM applies it per block; same function).
-        emb = F.silu(self.time_embed(t, y))  # (B, 4 * base_channels)
+        emb = F.silu(self.time_embed(t, y, interval))  # (B, 4 * base_channels)
         h = self.conv_in(x)  # (B, base, H, W)
         skips = []
         for blocks, downsample in zip(self.down, self.downsample):

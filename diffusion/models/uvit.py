@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from diffusion.models.dit import Attention, FeedForward, patch_grid, transformer_shape
-from diffusion.models.embeddings import timestep_embedding
+from diffusion.models.embeddings import IntervalEmbedding, add_interval, timestep_embedding
 from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int
 
 #: Table 1 of the paper: size name -> (layers, width, heads); the MLP is 4x the width.
@@ -69,6 +69,8 @@ class UViT(nn.Module):
         qkv_bias: biases in the query/key/value projection.
         conv_out: the final 3x3 convolution.
         num_classes: 0 for unconditional; else a label token, with a null label for classifier-free guidance.
+        two_times: add the embedding of ``forward``'s ``interval`` (a second time) to the time token
+            (:class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds none.
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
@@ -77,7 +79,7 @@ class UViT(nn.Module):
     def __init__(self, in_channels: int, image_size: int, size: str = "S", patch_size: int = 2,
                  depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
                  mlp_ratio: float = 4.0, mlp_time_embed: bool = False, qkv_bias: bool = False,
-                 conv_out: bool = True, num_classes: int = 0) -> None:
+                 conv_out: bool = True, num_classes: int = 0, two_times: bool = False) -> None:
         super().__init__()
         depth, dim, heads = transformer_shape(size, depth, hidden_size, num_heads, UVIT_SIZES)
         if depth % 2 == 0:
@@ -89,6 +91,7 @@ class UViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)  # (B, D, H/p, W/p)
         self.time_embed = (nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim))
                            if check_bool(mlp_time_embed, "model.mlp_time_embed") else nn.Identity())
+        self.interval_embed = IntervalEmbedding.build(two_times, dim, dim)
         self.label_embed = nn.Embedding(num_classes + 1, dim) if num_classes else None  # row num_classes: null
         self.extras = 2 if num_classes else 1  # the time token (and the label token) before the patches
         self.pos_embed = nn.Parameter(torch.zeros(self.extras + grid * grid, dim))
@@ -112,10 +115,12 @@ class UViT(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` long or ``None`` -> ``(B, C, H, W)``."""
         patches = rearrange(self.patch_embed(x), "b d h w -> b (h w) d")  # (B, N, D)
-        tokens = [self.time_embed(timestep_embedding(t, self.dim).to(patches.dtype))[:, None]]  # (B, 1, D)
+        time_token = self.time_embed(timestep_embedding(t, self.dim).to(patches.dtype))  # (B, D)
+        tokens = [add_interval(time_token, self.interval_embed, t, interval)[:, None]]  # (B, 1, D)
         if self.label_embed is not None:
             tokens.append(self.label_embed(self.labels(t, y))[:, None])
         elif y is not None:

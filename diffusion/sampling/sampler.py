@@ -304,16 +304,19 @@ class Sampler:
         denoiser; the first ``recorded`` rows are recorded at the step labels in ``record``, on the VP scale."""
         solver, evaluations = self.solver_entry, [0]
 
-        def network(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            evaluations[0] += 1
+        def network(x_in: torch.Tensor, t: torch.Tensor, **times: torch.Tensor) -> torch.Tensor:
+            evaluations[0] += 1  # ``times``: a two-time network's second time (``interval``)
             with autocast(self.device, self.precision):
-                return self._model_output(x_in, t, y).to(x_in.dtype)
+                return self._model_output(x_in, t, y, times).to(x_in.dtype)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             return self.method.denoise(network, x, sigma)
 
         def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
             return self.method.velocity(network, x_t, t)
+
+        def average(x_t: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+            return self.method.average_velocity(network, x_t, t, t_next)
 
         def callback(i: int, x: torch.Tensor) -> None:
             if grid.labels[i] in record:  # a flow's x_t is already on a variance-bounded scale
@@ -326,7 +329,7 @@ class Sampler:
         if grid.times is None:
             x = solver.function(denoise, noise() * grid.start_scale, grid.sigmas, noise, callback, **options)
         else:
-            flow = FlowField(velocity, self.method.path_coefficients)
+            flow = FlowField(velocity, self.method.path_coefficients, average)
             x = solver.function(flow, noise() * grid.start_scale, grid.times, noise, callback, **options)
         self._evaluations.append(evaluations[0])
         self._bar.update(1)
@@ -334,23 +337,28 @@ class Sampler:
             trajectory.setdefault(-1, []).append(x[:recorded].float().cpu())
         return x
 
-    def _model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The network's output with classifier-free guidance, then autoguidance when a guide model is set."""
-        output = self._classifier_free_output(x, t, y)
+    def _model_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                      times: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The network's output with classifier-free guidance, then autoguidance when a guide model is set;
+        ``times`` (a second time, per sample) go to the network as keywords."""
+        times = times or {}
+        output = self._classifier_free_output(x, t, y, times)
         if self.guide_model is None or self.guide_scale == 1.0:
             return output
-        guide = self.guide_model(x, t, y) if y is not None else self.guide_model(x, t)
+        guide = self.guide_model(x, t, y, **times) if y is not None else self.guide_model(x, t, **times)
         return autoguided_output(output, guide, self.guide_scale)
 
-    def _classifier_free_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _classifier_free_output(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                                times: dict[str, torch.Tensor]) -> torch.Tensor:
         """The network's output, guided for a conditional model: one forward pass on [cond; uncond] batches."""
         w = self.guidance_scale
         if y is None or w == 1.0:
-            return self.model(x, t, y) if y is not None else self.model(x, t)
+            return self.model(x, t, y, **times) if y is not None else self.model(x, t, **times)
         null = torch.full_like(y, self.num_classes)
         if w == 0.0:
-            return self.model(x, t, null)
-        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+            return self.model(x, t, null, **times)
+        doubled = {name: torch.cat([value, value]) for name, value in times.items()}
+        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), **doubled).chunk(2)
         return guided_output(cond, uncond, w)
 
 

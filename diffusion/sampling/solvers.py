@@ -153,11 +153,13 @@ def consistency(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noi
 # Time-grid solvers: a flow's ODE dx_t / dt = u(x_t, t) (Lipman et al. 2023, eq. 1), t from noise (0) to data (1)
 # --------------------------------------------------------------------------------------------------------
 class FlowField(NamedTuple):
-    """What a time-grid solver integrates: the velocity u(x_t, t) (guidance inside) and the path's (alpha_t,
-    sigma_t, d_alpha_t, d_sigma_t) at t, for the score the stochastic sampler needs."""
+    """What a time-grid solver integrates: the velocity u(x_t, t) (guidance inside), the path's (alpha_t,
+    sigma_t, d_alpha_t, d_sigma_t) at t, for the score the stochastic sampler needs, and a one-step generator's
+    average velocity u(x_t, t, t') over [t, t'] (MeanFlow's; None for a flow without one)."""
 
     velocity: Callable[[torch.Tensor, float], torch.Tensor]
     path: Callable[[float], tuple[torch.Tensor, ...]]
+    average: Callable[[torch.Tensor, float, float], torch.Tensor] | None = None
 
 
 @torch.no_grad()
@@ -238,6 +240,19 @@ def euler_maruyama(flow: FlowField, x: torch.Tensor, times: Sequence[float], noi
     return x
 
 
+@torch.no_grad()
+def average_velocity_steps(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
+                           callback: Callback = _no_callback) -> torch.Tensor:
+    """MeanFlow's 1- and k-step sampling (Geng et al. 2025, Alg. 2 and eq. 5) and a shortcut model's (Frans et al.
+    2024, eq. 3): x_{i+1} = x_i + (t_{i+1} - t_i) u(x_i, t_i, t_{i+1}), the average velocity over each interval;
+    one MeanFlow step is the paper's z_0 = z_1 - u(z_1, 0, 1) (its time runs from data to noise)."""
+    assert flow.average is not None, "this solver needs a method with an average velocity"
+    for i in range(len(times) - 1):
+        callback(i, x)
+        x = x + (times[i + 1] - times[i]) * flow.average(x, times[i], times[i + 1])
+    return x
+
+
 class Solver(NamedTuple):
     """A solver, the grid it walks, its default ``sampler.steps`` (None: every schedule level), its denoiser
     evaluations for N steps, and the sampler settings it takes."""
@@ -275,6 +290,8 @@ TIME_SOLVERS: dict[str, Solver] = {
     "midpoint": Solver(flow_midpoint, "time", 18, lambda steps: 2 * steps),
     "dopri5": Solver(dopri5, "time", 1, None, ("atol", "rtol")),  # steps: only where the trajectory is recorded
     "euler_maruyama": Solver(euler_maruyama, "time", 50, _one_per_step, ("diffusion",)),
+    "meanflow": Solver(average_velocity_steps, "time", 1, _one_per_step),  # one step: what it is trained for
+    "shortcut": Solver(average_velocity_steps, "time", 1, _one_per_step),  # 1, 2, 4, ..., method.max_steps
 }
 SOLVER_NAMES: tuple[str, ...] = tuple(dict.fromkeys([*SOLVERS, *TIME_SOLVERS]))  # sampler.solver's choices
 

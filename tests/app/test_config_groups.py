@@ -71,7 +71,7 @@ def test_method_alone_instantiates_ready(method, schedule):
         x0 = torch.zeros(2, 1, 8, 8)
         assert torch.equal(built.q_sample(x0, torch.tensor([0.5, 2.0]), torch.ones_like(x0))[1], torch.full((1, 8, 8), 2.0))
         return
-    if method == "flow_matching":  # an affine path in t in [0, 1]: x_t = t x0 + (1 - t) n on the linear path
+    if method in ("flow_matching", "meanflow", "shortcut"):  # flows: x_t = t x0 + (1 - t) n on the linear path
         x0 = torch.zeros(2, 1, 8, 8)
         assert torch.equal(built.q_sample(x0, torch.tensor([0.0, 0.25]), torch.ones_like(x0))[1], torch.full((1, 8, 8), 0.75))
         return

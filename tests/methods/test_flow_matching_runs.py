@@ -5,15 +5,12 @@ line and writes nothing; a SIGKILLed run resumes bit for bit (the kill/resume ha
 from __future__ import annotations
 
 import json
-import random
-import signal
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kill_resume import assert_killed_run_resumes
 from runs import ONE_EPOCH_MOONS, main_in_process, ok, run_py
-from kill_resume import EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_same_run
 
 FLOW = ["method=flow_matching", "method.coupling=ot"]
 
@@ -75,12 +72,4 @@ def test_a_bad_flow_setting_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_a_killed_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
-    reference = Session(tmp_path, tmp_path / "reference", *FLOW)
-    assert reference.process.wait(timeout=300) == 0, reference.stderr()
-    run_dir = tmp_path / "run"
-    session = Session(tmp_path, run_dir, *FLOW)
-    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
-    reached = session.wait_for_step(target)
-    assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
-    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *FLOW) == 0
-    assert_same_run(run_dir, tmp_path / "reference", f"SIGKILLed after step {reached}")
+    assert_killed_run_resumes(tmp_path, monkeypatch, *FLOW)

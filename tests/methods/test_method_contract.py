@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diffusion.distill.progressive import DistilledDDIM
-from diffusion.methods import EDM, BaseMethod, Consistency, FlowMatching, GaussianDiffusion
+from diffusion.methods import EDM, BaseMethod, Consistency, FlowMatching, GaussianDiffusion, MeanFlow, Shortcut
 from diffusion.methods.schedules import cosine_betas, linear_betas
 from diffusion.runtime.checks import ConfigError
 from diffusion.sampling.grids import build_grid
@@ -29,19 +29,23 @@ METHODS = {
     "flow_cosine_x0": lambda: FlowMatching("cosine", "x0", "mode", num_timesteps=20, shift=3.0),
     "flow_vp": lambda: FlowMatching("vp", time_sampling="uniform", num_timesteps=20, coupling="ot"),
     "flow_noise": lambda: FlowMatching(prediction="noise", num_timesteps=20, clip_denoised=False),
+    "meanflow": lambda: MeanFlow(num_timesteps=20, clip_denoised=False),
+    "shortcut": lambda: Shortcut(max_steps=8, num_timesteps=20, clip_denoised=False),
 }
+STEPS = {"shortcut": 4}  # a power of two: the step sizes a shortcut model is trained for; 3 for the others
 
 
 class CountingNetwork(nn.Module):
-    """A smooth function of (x, t) that counts its calls."""
+    """A smooth function of (x, t) (and of a two-time network's interval) that counts its calls."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, interval: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
-        return torch.tanh(0.5 * x + t.float().reshape(-1, 1) / 40)
+        span = 0.0 if interval is None else interval.float().reshape(-1, 1) / 80
+        return torch.tanh(0.5 * x + t.float().reshape(-1, 1) / 40 + span)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -63,7 +67,7 @@ def test_a_method_denoises_on_every_level_of_its_grids(name):
     for kind in method.grids:
         if kind == "karras" and method.sigma_max == float("inf"):
             continue
-        grid = build_grid(method, kind, 3, "trailing")
+        grid = build_grid(method, kind, STEPS.get(name, 3), "trailing")
         assert grid.sigmas[-1] == 0 and all(a > b for a, b in zip(grid.sigmas, grid.sigmas[1:]))
         for sigma in grid.sigmas[:-1]:
             assert torch.isfinite(method.denoise(CountingNetwork(), torch.randn(4, 2), sigma)).all()
@@ -83,7 +87,8 @@ def test_every_solver_a_method_lists_samples_it_and_the_others_are_refused(name)
             with pytest.raises(ConfigError, match="zero_terminal_snr"):
                 Sampler(network, method, (2,), solver=solver, num_samples=3, steps=3, device="cpu")
             continue
-        result = Sampler(network, method, (2,), solver=solver, num_samples=3, steps=3, device="cpu").sample()
+        result = Sampler(network, method, (2,), solver=solver, num_samples=3, steps=STEPS.get(name, 3),
+                         device="cpu").sample()
         assert torch.isfinite(result.samples).all() and result.samples.shape == (3, 2)
         expected = network.calls if entry.nfe is None else entry.nfe(result.steps)  # adaptive: as counted
         assert result.nfe == network.calls == expected, (solver, network.calls)
