@@ -89,6 +89,11 @@ class SamplerFactory:
                  **overrides: Any) -> Sampler:
         guide = self.sampler.get("guide")
         guide_model = None if guide is None else load_guide_model(str(guide), run_dir, self.method.prediction)
+        if guide_model is not None:
+            try:
+                self.method.check_network(guide_model)  # e.g. a MeanFlow run's guide must embed two times too
+            except ConfigError as error:
+                raise ConfigError(f"sampler.guide={guide}: {error}") from None
         return instantiate(self.sampler, _convert_="all")(
             model=model, method=self.method, sample_shape=self.sample_shape, guide_model=guide_model,
             distributed=dist, **overrides

@@ -129,3 +129,19 @@ def test_the_meanflow_presets_train_and_build_two_time_networks(tmp_path, monkey
         mnist = build(compose(config_name="config", overrides=["experiment=mnist_meanflow"]))
     assert mnist.config["model"]["two_times"] is True and mnist.model.num_classes == 10
     assert mnist.method.guidance_scale == 2.0 and mnist.config["sampler"]["guidance_scale"] == 1.0
+
+
+def test_a_guide_without_the_second_time_is_one_line(tmp_path, monkeypatch, capsys):
+    """A MeanFlow run guided by a plain flow run's weights (one time embedding): refused naming sampler.guide."""
+    main_run, plain = tmp_path / "meanflow", tmp_path / "plain"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={main_run}", *ONE_EPOCH_MOONS, "method=meanflow",
+                           "method.num_timesteps=50", "evaluator=none") == 0
+    assert main_in_process(monkeypatch, f"hydra.run.dir={plain}", *ONE_EPOCH_MOONS, "method=flow_matching",
+                           "method.prediction=velocity", "method.num_timesteps=50", "evaluator=none") == 0
+    capsys.readouterr()
+    out = tmp_path / "guided"
+    code = main_in_process(monkeypatch, "task=sample", f"run_dir={main_run}", f"sampler.guide={plain}",
+                           "sampler.guide_scale=2", f"hydra.run.dir={out}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "sampler.guide=" in err[0] and "two_times" in err[0]
+    assert not (out / "samples.npz").exists()
