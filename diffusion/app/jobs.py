@@ -19,7 +19,8 @@ from diffusion.app.distill_config import check_distill_option, distill_run_confi
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.reflow_config import reflow_run_config
-from diffusion.app.run_config import load_source_config, require_run_dir, sampling_method_config, search_hooks
+from diffusion.app.run_config import (command_line_keys, load_source_config, require_run_dir, sampling_method_config,
+                                      search_hooks)
 from diffusion.app.run_files import print_config_tree, save_run_config
 from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
 from diffusion.storage.atomic import atomic_write_text
@@ -190,7 +191,18 @@ def source_config(cfg: DictConfig, source: object) -> DictConfig:
     """The config of the run read (``run_dir``), sampled with the method this command line chose, if any."""
     run_cfg = load_source_config(source)  # type: ignore[arg-type]
     run_cfg.method = sampling_method_config(cfg, run_cfg)
+    follow_run_precision(cfg, run_cfg)
     return run_cfg
+
+
+def follow_run_precision(cfg: DictConfig, run_cfg: DictConfig) -> None:
+    """Sample a run at the precision it was trained and sampled at (its ``trainer.precision``) unless this command
+    line sets one: ``precision: auto`` resolves per machine (bf16 on CPUs with AVX-512 BF16 or AMX), and a run's
+    samples should not change with the machine that reads it."""
+    keys = command_line_keys()
+    trained = run_cfg.get("trainer", {}).get("precision")
+    if trained is not None and not keys & {"sampler.precision", "trainer.precision"}:
+        cfg.sampler.precision = trained
 
 
 def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object) -> RunSettings:
