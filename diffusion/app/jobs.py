@@ -19,15 +19,20 @@ from diffusion.app.distill_config import check_distill_option, distill_run_confi
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.reflow_config import reflow_run_config
-from diffusion.app.run_config import (command_line_keys, load_source_config, require_run_dir, sampling_method_config,
-                                      search_hooks)
+from diffusion.app.run_config import (
+    command_line_keys,
+    load_source_config,
+    require_run_dir,
+    sampling_method_config,
+    search_hooks,
+)
 from diffusion.app.run_files import print_config_tree, save_run_config
 from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
-from diffusion.storage.atomic import atomic_write_text
 from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
+from diffusion.storage.atomic import atomic_write_text
 from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings

@@ -12,8 +12,8 @@ from diffusion.data.image_folder import ImageFolderData
 from diffusion.data.mnist import MNISTData
 from diffusion.data.pairs import PairedData
 from diffusion.data.points import MoonsData, PointsData, SwissRollData
-from diffusion.data.synthetic import SyntheticData
 from diffusion.data.split import train_val_indices
+from diffusion.data.synthetic import SyntheticData
 from diffusion.data.uint8_images import Uint8ImageData
 
 __all__ = [

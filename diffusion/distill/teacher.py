@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusion.methods.gaussian import GaussianDiffusion
 from diffusion.methods.consistency import Consistency
+from diffusion.methods.gaussian import GaussianDiffusion
 from diffusion.runtime.checks import ConfigError
 
 # (method, teacher network, x_t (B, ...), t (B,), t_prev (B,), model kwargs) -> x_{t_prev} (B, ...)

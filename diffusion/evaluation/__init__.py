@@ -1,20 +1,10 @@
 """Sample-quality evaluation: evaluators with real-data floors, a shipped digit classifier, pure metric functions and
 the formatting of results. Nothing here knows the Trainer or the Sampler: evaluators score the tensors they get."""
 
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
 from diffusion.evaluation.digits import DigitsEvaluator
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue, NoneEvaluator
-from diffusion.evaluation.inception import InceptionEvaluator
-from diffusion.evaluation.points import PointsEvaluator
-from diffusion.evaluation.results import (
-    StepsRow,
-    format_metrics,
-    format_steps_table,
-    metric_values,
-    metrics_to_json,
-    read_eval_json,
-    summary_values,
-)
-from diffusion.evaluation.classifier import DigitClassifier, load_digit_classifier, resize_to_digits
 from diffusion.evaluation.feature_stats import (
     FeatureStatistics,
     feature_statistics,
@@ -22,7 +12,7 @@ from diffusion.evaluation.feature_stats import (
     load_feature_statistics,
     save_feature_statistics,
 )
-from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
+from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
     energy_distance,
@@ -34,6 +24,16 @@ from diffusion.evaluation.metrics import (
     sliced_wasserstein,
 )
 from diffusion.evaluation.neighbours import Memorization, PrecisionRecall, memorization_score, precision_recall
+from diffusion.evaluation.points import PointsEvaluator
+from diffusion.evaluation.results import (
+    StepsRow,
+    format_metrics,
+    format_steps_table,
+    metric_values,
+    metrics_to_json,
+    read_eval_json,
+    summary_values,
+)
 
 __all__ = [
     "BaseEvaluator",

@@ -9,6 +9,7 @@ from typing import Any, Literal, Unpack
 import torch
 
 from diffusion.data.base import BaseData
+from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.evaluation.classifier import (
     MNIST_WEIGHTS_PATH,
     NUM_DIGIT_CLASSES,
@@ -16,8 +17,6 @@ from diffusion.evaluation.classifier import (
     DigitClassifier,
     load_digit_classifier,
 )
-from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
-from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.evaluation.evaluators import (
     FeatureEvaluator,
     FeatureOptions,
@@ -25,6 +24,7 @@ from diffusion.evaluation.evaluators import (
     chunk_mean,
     frechet_and_kid,
 )
+from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
 

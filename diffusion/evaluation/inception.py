@@ -7,7 +7,6 @@ nothing and says how to get them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import re
@@ -19,11 +18,11 @@ from torch import nn
 
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
-from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.evaluation.feature_stats import load_feature_statistics
+from diffusion.evaluation.floors import RealSplit, file_sha256
 from diffusion.evaluation.metrics import frechet_distance
-from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.checks import ConfigError, check_choice, check_int
+from diffusion.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

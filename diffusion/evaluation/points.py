@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.floors import RealSplit
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean
+from diffusion.evaluation.floors import RealSplit
 from diffusion.evaluation.metrics import energy_distance, median_heuristic_bandwidth, mmd_rbf, sliced_wasserstein
 from diffusion.runtime.checks import ConfigError, check_float, check_int
 

@@ -2,10 +2,10 @@ from diffusion.methods.base import BaseMethod, GridKind
 from diffusion.methods.consistency import Consistency
 from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
-from diffusion.methods.meanflow import MeanFlow
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
-from diffusion.methods.shortcut import Shortcut
+from diffusion.methods.meanflow import MeanFlow
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
+from diffusion.methods.shortcut import Shortcut
 
 __all__ = [
     "BaseMethod",

@@ -11,7 +11,6 @@ from collections.abc import Collection, Sequence
 from numbers import Integral, Real
 from typing import Any
 
-
 EXIT_USER_ERROR = 2  # the exit status of a user mistake (a bad key, value or file), as Hydra's own errors
 
 

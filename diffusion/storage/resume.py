@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from diffusion.storage.checkpoint import CheckpointError
-from diffusion.runtime.distributed import DistributedContext
-from diffusion.storage.file_manager import FileManager, load_checkpoint
 from diffusion.runtime.checks import ConfigError
+from diffusion.runtime.distributed import DistributedContext
+from diffusion.storage.checkpoint import CheckpointError
+from diffusion.storage.file_manager import FileManager, load_checkpoint
 
 
 class ResumePoint(NamedTuple):

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from diffusion.runtime.checks import ConfigError, check_choice
+from diffusion.runtime.signals import Pruned
 from diffusion.storage.atomic import atomic_write_text
 from diffusion.sweeps.job_results import PRUNED_MARKER
-from diffusion.runtime.signals import Pruned
-from diffusion.runtime.checks import ConfigError, check_choice
 
 PrunerName = Literal["median", "percentile", "successive_halving", "hyperband", "none"]
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {

@@ -26,20 +26,20 @@ from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue
 from diffusion.evaluation.metric_value import over_seed_sets
 from diffusion.evaluation.results import (
-    summary_values,
     StepsRow,
     format_metrics,
     format_number,
     format_steps_table,
     metric_values,
     metrics_to_json,
+    summary_values,
 )
-from diffusion.storage.file_manager import atomic_write_text
 from diffusion.loggers.base import BaseLogger
-from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
-from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
-from diffusion.training.trainer import EpochHook
 from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
+from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
+from diffusion.storage.file_manager import atomic_write_text
+from diffusion.training.trainer import EpochHook
 
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip, the final sample included
 FINAL = -1  # the trajectory key of the final sample (``t_prev`` of the last step)

@@ -19,24 +19,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion.storage import checkpoint
-from diffusion.storage.checkpoint import TrainState
 from diffusion.data.base import BaseData, DataSplits, batch_generator_seed
-from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision, to_device
-from diffusion.runtime.distributed import DistributedContext
-from diffusion.training.ema import make_ema
-from diffusion.training.optimizer_step import OptimizerStep, wrap_for_training
-from diffusion.training.epoch_batches import EpochBatches, check_batch_split
-from diffusion.training.run_checkpoints import RunCheckpoints
-from diffusion.storage.file_manager import FileManager
-from diffusion.training.validation_loss import FixedDrawValidation
 from diffusion.loggers.base import BaseLogger
 from diffusion.loggers.naming import is_val_loss
-from diffusion.training.lr_schedule import LRSchedule, WarmupThenDecay
 from diffusion.methods.base import BaseMethod
+from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int, check_positive
+from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision, to_device
+from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import rng_state
 from diffusion.runtime.signals import StopSignals
-from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int, check_positive
+from diffusion.storage import checkpoint
+from diffusion.storage.checkpoint import TrainState
+from diffusion.storage.file_manager import FileManager
+from diffusion.training.ema import make_ema
+from diffusion.training.epoch_batches import EpochBatches, check_batch_split
+from diffusion.training.lr_schedule import LRSchedule, WarmupThenDecay
+from diffusion.training.optimizer_step import OptimizerStep, wrap_for_training
+from diffusion.training.run_checkpoints import RunCheckpoints
+from diffusion.training.validation_loss import FixedDrawValidation
 
 # Extra per-epoch work (evaluation, sample grids): called as ``hook(epoch, global_step, ema_model)`` after
 # validation on rank 0; returns metrics to log and monitor, or None. Hooks get their sampler and logger when they

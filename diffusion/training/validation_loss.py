@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.runtime.devices import Precision, autocast
 from diffusion.methods.base import BaseMethod
+from diffusion.runtime.devices import Precision, autocast
 
 
 class FixedDrawValidation:
