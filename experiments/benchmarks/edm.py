@@ -31,26 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.lib import (
-    QUICK_RUN,
-    SamplerRow,
-    add_common_flags,
-    add_work_flags,
-    checks_report,
-    describe_machine,
-    evaluate_checkpoint,
-    finish_report,
-    fmt,
-    fmt_score,
-    markdown_table,
-    read_eval,
-    reproduce_command,
-    run_into,
-    sampler_rows,
-    set_threads,
-    shown_command,
-    work_dir,
-)
+from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, add_work_flags, checks_report, describe_machine, \
+    evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, run_into, \
+    sampler_rows, set_threads, shown_command, work_dir
 
 REUSE = False  # --reuse
 HEUN_BAR = 1.10  # EDM Heun-18 FD at most this multiple of the DDPM run's DDPM-1000 FD

@@ -33,20 +33,8 @@ from diffusion.data.base import BaseData
 from diffusion.evaluation import DigitsEvaluator
 from diffusion.evaluation.results import floor_ratio, read_eval_json
 from diffusion.tasks.compare import compare_runs
-from experiments.lib import (
-    QUICK_RUN,
-    add_common_flags,
-    checks_report,
-    describe_machine,
-    finish_report,
-    fmt,
-    markdown_table,
-    reproduce_command,
-    run_into,
-    set_threads,
-    shown_command,
-    work_dir,
-)
+from experiments.lib import QUICK_RUN, add_common_flags, checks_report, describe_machine, finish_report, fmt, \
+    markdown_table, reproduce_command, run_into, set_threads, shown_command, work_dir
 
 SEEDS = (0, 1)
 METRICS = ("fd", "kid")

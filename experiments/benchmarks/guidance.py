@@ -33,26 +33,9 @@ import numpy as np
 import torch
 
 from diffusion.evaluation import load_digit_classifier
-from experiments.lib import (
-    QUICK_RUN,
-    QUICK_SAMPLES,
-    Machine,
-    SamplerRow,
-    best_epoch,
-    checks_report,
-    describe_machine,
-    evaluate_checkpoint,
-    finish_report,
-    fmt,
-    fmt_score,
-    markdown_table,
-    parse_checkpoint_benchmark_args,
-    reproduce_command,
-    sampler_rows,
-    set_threads,
-    shown_command,
-    trained_run,
-)
+from experiments.lib import QUICK_RUN, QUICK_SAMPLES, Machine, SamplerRow, best_epoch, checks_report, \
+    describe_machine, evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, \
+    parse_checkpoint_benchmark_args, reproduce_command, sampler_rows, set_threads, shown_command, trained_run
 
 GUIDANCE_SCALE = 3.0
 MIN_ACCURACY = 0.95  # share of guided samples classified as their requested class

@@ -30,25 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from experiments.lib import (
-    QUICK_RUN,
-    QUICK_SAMPLES,
-    Machine,
-    SamplerRow,
-    best_epoch,
-    checks_report,
-    describe_machine,
-    evaluate_checkpoint,
-    finish_report,
-    fmt,
-    fmt_score,
-    markdown_table,
-    parse_checkpoint_benchmark_args,
-    reproduce_command,
-    set_threads,
-    shown_command,
-    trained_run,
-)
+from experiments.lib import QUICK_RUN, QUICK_SAMPLES, Machine, SamplerRow, best_epoch, checks_report, \
+    describe_machine, evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, \
+    parse_checkpoint_benchmark_args, reproduce_command, set_threads, shown_command, trained_run
 
 FD_TOLERANCE = 1.25  # DDIM-50's FD may exceed DDPM-1000's by at most 25%
 MIN_SPEEDUP = 15.0  # ... while sampling at least this many times faster

@@ -26,21 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from diffusion.sweeps.report import JobResult, find_jobs, read_job
-from experiments.lib import (
-    QUICK_MODEL,
-    QUICK_NUM_TIMESTEPS,
-    QUICK_SAMPLES,
-    ROOT,
-    Score,
-    add_common_flags,
-    describe_machine,
-    run_py,
-    set_threads,
-    shown_command,
-    shown_path,
-    work_dir,
-    write_results,
-)
+from experiments.lib import QUICK_MODEL, QUICK_NUM_TIMESTEPS, QUICK_SAMPLES, ROOT, Score, add_common_flags, \
+    describe_machine, run_py, set_threads, shown_command, shown_path, work_dir, write_results
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
-from experiments.studies.common import Study, override_value, parse_args, plot_scores, plot_val_curves, still_improving
+from experiments.studies.common import Study, override_value, parse_args, plot_scores, plot_val_curves, \
+    still_improving
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 QUESTION = (

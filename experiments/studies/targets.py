@@ -15,15 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from experiments.lib import Score, fmt, fmt_score, markdown_table, read_eval, scores_of
-from experiments.studies.common import (
-    Study,
-    new_axes,
-    override_value,
-    parse_args,
-    plot_val_curves,
-    save_figure,
-    still_improving,
-)
+from experiments.studies.common import Study, new_axes, override_value, parse_args, plot_val_curves, save_figure, \
+    still_improving
 
 PREDICTIONS = ("epsilon", "x0", "v")
 WEIGHTINGS = ("uniform", "min_snr")

@@ -33,14 +33,8 @@ from diffusion.runtime.devices import Precision, autocast
 from experiments.benchmarks.speed.sampling import make_sampler
 from experiments.benchmarks.speed.timing import synchronize
 from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
-from experiments.lib import (
-    add_common_flags,
-    describe_machine,
-    markdown_table,
-    reproduce_command,
-    set_threads,
-    write_results,
-)
+from experiments.lib import add_common_flags, describe_machine, markdown_table, reproduce_command, set_threads, \
+    write_results
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' data sheets; the first name contained in
 # torch.cuda.get_device_name() wins, so the more specific names come first.

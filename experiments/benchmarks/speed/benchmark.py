@@ -36,30 +36,12 @@ from pathlib import Path
 import torch
 
 from experiments.benchmarks.speed.memory import measure_cifar_sized, measure_default_run
-from experiments.benchmarks.speed.report import (
-    Report,
-    Row,
-    cifar_memory_rows,
-    memory_rows,
-    process_rows,
-    sampling_rows,
-    training_rows,
-)
-from experiments.benchmarks.speed.sampling import (
-    measure_ddim_vs_ddpm,
-    measure_noise_streams,
-    measure_overhead,
-    measure_processes,
-)
+from experiments.benchmarks.speed.report import Report, Row, cifar_memory_rows, memory_rows, process_rows, sampling_rows, training_rows
+from experiments.benchmarks.speed.sampling import measure_ddim_vs_ddpm, measure_noise_streams, measure_overhead, \
+    measure_processes
 from experiments.benchmarks.speed.training import compose_config, measure_training
-from experiments.lib import (
-    add_common_flags,
-    describe_machine,
-    load_average,
-    reproduce_command,
-    set_threads,
-    write_results,
-)
+from experiments.lib import add_common_flags, describe_machine, load_average, reproduce_command, set_threads, \
+    write_results
 
 SECTIONS = ("training", "sampling", "memory")
 _START = time.perf_counter()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.lib import LOG_TAIL_CHARS, ROOT, run_py_command, run_py_env, shown_command
+from experiments.lib import ROOT, LOG_TAIL_CHARS, run_py_command, run_py_env, shown_command
 
 POLL_SECONDS = 0.02
 

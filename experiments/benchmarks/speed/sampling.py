@@ -30,9 +30,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffusion.app.build import SamplerFactory
-from diffusion.methods.base import BaseMethod
 from diffusion.runtime.devices import autocast
 from diffusion.runtime.distributed import DistributedContext
+from diffusion.methods.base import BaseMethod
 from diffusion.sampling.sampler import SampleNoise, Sampler
 from experiments.benchmarks.speed.timing import interleave, median, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config

@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from diffusion.runtime.threads import JOBS_ENV, cpu_limit
 from experiments.lib import (
     LOG_TAIL_CHARS,
     ROOT,
@@ -43,6 +42,7 @@ from experiments.lib import (
     shown_path,
     work_dir,
 )
+from diffusion.runtime.threads import JOBS_ENV, cpu_limit
 
 GOAL = 0.40  # of the alone throughput, each of two concurrent runs
 RUN = ("method=ddim", "sampler.steps=10", "sampler.num_samples=10", "evaluator=none", "trainer.progress=false")

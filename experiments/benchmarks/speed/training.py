@@ -22,11 +22,11 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.app import build
+from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
-from diffusion.runtime.devices import Precision, autocast
-from diffusion.storage.file_manager import FileManager
 from diffusion.tasks.components import Components
+from diffusion.runtime.devices import Precision, autocast
 from diffusion.training.trainer import Trainer
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, synchronize
 from experiments.lib import ROOT
