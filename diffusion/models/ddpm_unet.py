@@ -80,11 +80,9 @@ class DDPMUNet(nn.Module):
         dropout: inside residual blocks (DDPM CIFAR-10: 0.1).
         num_groups: GroupNorm groups (DDPM: 32).
         num_classes: 0 for unconditional; else class conditioning with a null label for classifier-free guidance.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+        two_times: build the second-time embedding ``forward``'s ``interval`` needs (MeanFlow, shortcut).
 
-    Raises:
-        ConfigError: on any invalid argument, naming the config key to change.
+    Raises ConfigError naming the key of an invalid argument.
     """
 
     def __init__(

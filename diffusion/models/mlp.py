@@ -42,11 +42,9 @@ class MLP(nn.Module):
         time_embed_dim: width of the sinusoidal features and of the time (+ class) embedding.
         dropout: dropout probability inside blocks, in ``[0, 1)``.
         num_classes: number of classes for class conditioning (0: unconditional); see :class:`TimeEmbedding`.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+        two_times: embed ``forward``'s second time ``interval`` too (see ``IntervalEmbedding``).
 
-    Raises:
-        ConfigError: on any invalid argument, naming the config key to change.
+    Raises ConfigError naming the key of an invalid argument.
     """
 
     def __init__(
