@@ -1,13 +1,8 @@
 """The DDPM paper's U-Net (Ho et al. 2020, App. B; the ``unet2d16b2`` network of the official TensorFlow code).
 
-For CIFAR-10 (``base_channels=128``, ``channel_mults=(1, 2, 2, 2)``, ``num_res_blocks=2``, attention at 16x16,
-dropout 0.1) it has 35.7M parameters. It differs from :class:`~diffusion.models.UNet` where the paper does:
-
-* the time embedding is *added* to the activations inside each residual block (after the first conv), not a
-  GroupNorm scale-shift;
-* single-head self-attention;
-* every level has ``num_res_blocks + 1`` up blocks, and skips come from ``conv_in``, every down block and every
-  downsample (so the ``+ 1`` block of a level eats the skip saved just before that level's resolution changed)::
+Unlike :class:`~diffusion.models.UNet`: the time embedding is *added* after each block's first conv;
+single-head attention; ``num_res_blocks + 1`` up blocks per level, with skips from ``conv_in``, every down
+block and every downsample (CIFAR-10 layout, 35.7M parameters)::
 
       conv_in 32x32 .............................................. skip 0
       down[0] 32x32  Res 128, Res 128 ............................. skips 1, 2;   downsample -> 16x16 skip 3
@@ -20,9 +15,6 @@ dropout 0.1) it has 35.7M parameters. It differs from :class:`~diffusion.models.
       up[1]   16x16  3 x Res+Attn [h + skips 5, 4, 3] -> 256;            upsample -> 32x32
       up[0]   32x32  3 x Res [h + skips 2, 1, 0] -> 128
       out     GroupNorm, SiLU, conv 128 -> 3 (zero-initialised)
-
-The class embedding for classifier-free guidance (``num_classes > 0``, null label ``num_classes``) is the one
-every model here shares (:class:`~diffusion.models.TimeEmbedding`); the paper's network was unconditional.
 """
 
 from __future__ import annotations
@@ -70,17 +62,7 @@ class _Stage(nn.Module):
 class DDPMUNet(nn.Module):
     """Predicts ``(B, C, H, W)`` from ``x_t`` ``(B, C, H, W)``, ``t`` ``(B,)`` and optional labels ``y`` ``(B,)``.
 
-    Args:
-        in_channels: image channels (the output has as many).
-        image_size: side of the square input; divisible by ``2 ** (len(channel_mults) - 1)``.
-        base_channels: width of the first level (DDPM: 128); the time embedding is ``4 * base_channels`` wide.
-        channel_mults: width multiplier per level (DDPM CIFAR-10: ``(1, 2, 2, 2)``).
-        num_res_blocks: residual blocks per level going down; ``num_res_blocks + 1`` going up.
-        attention_resolutions: feature-map sides with self-attention (DDPM: ``(16,)``).
-        dropout: inside residual blocks (DDPM CIFAR-10: 0.1).
-        num_groups: GroupNorm groups (DDPM: 32).
-        num_classes: 0 for unconditional; else class conditioning with a null label for classifier-free guidance.
-        two_times: build the second-time embedding ``forward``'s ``interval`` needs (MeanFlow, shortcut).
+    Settings: see conf/model/ddpm_unet.yaml (in_channels and image_size come from the data).
 
     Raises ConfigError naming the key of an invalid argument.
     """

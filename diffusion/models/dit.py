@@ -1,15 +1,13 @@
 """DiT, the Diffusion Transformer (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers").
 
-The image is cut into ``p x p`` patches, each a token of width ``D`` (a strided convolution) plus a position
-embedding (fixed 2-D sin-cos, or learned); ``depth`` transformer blocks follow, each conditioned on
-``c = embed(t) + embed(y)`` through adaLN-Zero (Sec. 3.2):
+``p x p`` patches become tokens (strided conv + position embedding); ``depth`` blocks follow, each conditioned
+on ``c = embed(t) + embed(y)`` through adaLN-Zero (Sec. 3.2), so each block is the identity at init:
 
     shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = Linear(SiLU(c))         (zero-initialised)
     h = h + gate_1 * Attention(LayerNorm(h) * (1 + scale_1) + shift_1)
     h = h + gate_2 * MLP(LayerNorm(h) * (1 + scale_2) + shift_2)
 
-so every block is the identity at initialisation. A final adaLN layer maps each token to its ``p x p x C``
-pixels and the tokens are put back in place (unpatchify). ``model.size`` picks Table 1's configuration:
+A final adaLN layer maps tokens back to pixels (unpatchify). Sizes (Table 1):
 
     size  depth  width D  heads   params at 32x32x4, patch 2, 1,000 classes (paper)
     S     12     384      6       33M
@@ -17,13 +15,8 @@ pixels and the tokens are put back in place (unpatchify). ``model.size`` picks T
     L     24     1024     16      458M
     XL    28     1152     16      675M
 
-``depth``, ``hidden_size`` and ``num_heads`` override the size's (the CPU presets use a ~1M-parameter DiT).
-The output has the input's channels: the paper's network also predicts a variance (twice the channels), which
-this project's methods do not train; that changes the parameter count by ``p^2 C D`` (0.003% for DiT-XL/2).
-
-The blocks are written here rather than taken from timm (where DiT's own code takes PatchEmbed, Attention and
-Mlp from): timm requires torchvision, which does not import beside the CPU torch build this project installs.
-Attention goes through ``F.scaled_dot_product_attention`` (flash or memory-efficient kernels on a GPU).
+No learned variance output (this project's methods do not train it). Written here, not taken from timm,
+because timm needs torchvision, which does not import beside the CPU torch build.
 """
 
 from __future__ import annotations
@@ -123,15 +116,7 @@ def sincos_position_embedding(dim: int, grid: int) -> torch.Tensor:
 class DiT(nn.Module):
     """Predicts ``(B, C, H, W)`` from ``x_t`` ``(B, C, H, W)``, ``t`` ``(B,)`` and optional labels ``y`` ``(B,)``.
 
-    Args:
-        in_channels, image_size: the data's channels and (square) side; ``patch_size`` must divide the side.
-        size: ``S``, ``B``, ``L`` or ``XL`` (Table 1). depth, hidden_size, num_heads: override the size's.
-        patch_size: side of a patch (the paper: 2, 4, 8); ``(image_size / patch_size)^2`` tokens.
-        mlp_ratio: the MLP's hidden width over ``hidden_size`` (4).
-        position_embedding: ``sincos`` (fixed, the paper's) or ``learned``.
-        num_classes: 0 for unconditional; else a label embedding with a null row for classifier-free guidance.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+    Settings: see conf/model/dit.yaml (in_channels and image_size come from the data).
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.

@@ -1,7 +1,7 @@
 """The EDM2 U-Net (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models").
 
-Every layer preserves magnitudes: for inputs of unit variance its output has unit variance (Sec. 3), so
-activations and weights neither grow nor shrink during training. The layers (config "G" of the paper):
+Every layer preserves magnitudes (unit-variance in, unit-variance out, Sec. 3), so activations and weights
+neither grow nor shrink in training. The layers (config "G"):
 
     normalize(w)      w / (eps + ||w|| / sqrt(fan_in)), per output channel                      (eq. 47)
     MPConv            forced weight normalisation: the stored weight is renormalised before every training
@@ -12,19 +12,9 @@ activations and weights neither grow nor shrink during training. The layers (con
                       C = sqrt((N_a + N_b) / ((1 - t)^2 + t^2))                                  (eq. 103)
     MP-Fourier        sqrt(2) cos(2 pi (f x + phi)), f ~ N(0, 1), phi ~ U(0, 1) fixed            (eq. 75)
 
-no group norms (pixel normalisation of the encoder's residual path instead), and a learned output gain that
-starts at zero. Encoder and decoder blocks as Fig. 21; attention (cosine attention: q, k, v pixel-normalised)
-at 16x16 and 8x8 and in the decoder's first block. The sizes of Table 3 at ImageNet-512 (64x64x4 latents,
-1,000 classes):
-
-    size  model_channels  params (paper)        size  model_channels  params (paper)
-    XS    128             125M                  L     320             777M
-    S     192             280M                  XL    384             1.1B
-    M     256             498M                  XXL   448             1.5B
-
-``uncertainty(c_noise)`` is the learned log-variance u(sigma) of the loss weighting (Sec. 5, eq. 21), which
-``method=edm`` uses with ``method.loss_weighting=uncertainty``; it lives in the network so the optimizer,
-checkpoints and resume carry it. The network expects EDM's noise label c_noise = ln(sigma) / 4 as ``t``.
+Blocks as Fig. 21; sizes (Table 3) in conf/model/edm2_unet.yaml. ``uncertainty(c_noise)`` is the learned
+log-variance u(sigma) of the loss weighting (eq. 21); it lives in the network so optimizer, checkpoints and
+resume carry it. ``t`` is EDM's noise label c_noise = ln(sigma) / 4.
 """
 
 from __future__ import annotations
@@ -154,20 +144,9 @@ class EDM2Block(nn.Module):
 
 
 class EDM2UNet(nn.Module):
-    """Predicts ``(B, C, H, W)`` from ``x`` ``(B, C, H, W)``, the noise label ``t`` ``(B,)`` and labels ``y``.
+    """Predicts ``(B, C, H, W)`` from ``x_t`` ``(B, C, H, W)``, ``t`` ``(B,)`` and optional labels ``y`` ``(B,)``.
 
-    Args:
-        in_channels, image_size: the data's channels and side (divisible by ``2 ** (len(channel_mults) - 1)``).
-        size: ``XS`` .. ``XXL`` (Table 3); ``model_channels`` overrides its width.
-        channel_mults: width multiplier per resolution (the paper: ``(1, 2, 3, 4)``).
-        num_blocks: encoder blocks per resolution (the decoder has one more).
-        attention_resolutions: sides with self-attention (the paper: 16 and 8).
-        channels_per_head: attention width per head (64); must divide the width of every attention level.
-        dropout: inside the residual branches. label_balance, concat_balance: MP-sum / MP-cat blends.
-        logvar_channels: Fourier features of the learned uncertainty u(sigma).
-        num_classes: 0 for unconditional; else one-hot labels, the null label ``num_classes`` a zero vector.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+    Settings: see conf/model/edm2_unet.yaml (in_channels and image_size come from the data).
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.

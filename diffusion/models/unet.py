@@ -13,8 +13,7 @@ Layout for ``channel_mults=(1, 2)``, ``num_res_blocks=1``, ``attention_resolutio
     up[1]       8x8   Res [2C + skip a] -> C
     conv_out    8x8   GroupNorm, SiLU, conv C -> in_channels
 
-Every down residual block hands its output to the matching up block, so each level has ``num_res_blocks``
-blocks on both sides (lighter than DDPM's ``num_res_blocks + 1`` up blocks; enough for small images).
+Each level has ``num_res_blocks`` blocks on both sides (DDPM has one more up block; not needed for small images).
 """
 
 from __future__ import annotations
@@ -121,21 +120,7 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     """Predicts ``(B, C, H, W)`` (noise, ``x_0`` or ``v``: the method decides) from ``x_t`` and ``t``.
 
-    Args:
-        in_channels: image channels (the output has as many).
-        image_size: side length of the square input; must be divisible by ``2 ** (len(channel_mults) - 1)``.
-        base_channels: width of the first level; level ``i`` has ``base_channels * channel_mults[i]``.
-        channel_mults: one width multiplier per resolution level; each level after the first halves the side.
-            None: sized by the image (:func:`levels_for`: 8 -> ``(1, 2)``, 28 and 32 -> ``(1, 2, 2)``).
-        num_res_blocks: residual blocks per level on each side of the U.
-        attention_resolutions: side lengths (e.g. ``(4,)`` for the 4x4 level) that get self-attention. None: the
-            lowest level's side.
-        dropout: dropout probability inside residual blocks, in ``[0, 1)``.
-        num_heads: attention heads; must divide the width of every attention level.
-        num_groups: GroupNorm groups; must divide ``base_channels``.
-        num_classes: number of classes for class conditioning (0: unconditional); see :class:`TimeEmbedding`.
-        two_times: also embed a second time, ``forward``'s ``interval`` (t - r or a step size; see
-            :class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds no parameters for it.
+    Settings: see conf/model/unet.yaml (in_channels and image_size come from the data).
 
     Raises:
         ConfigError: on any invalid argument, naming the config key to change.

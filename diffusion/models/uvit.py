@@ -1,15 +1,14 @@
 """U-ViT (Bao et al. 2023, "All are Worth Words: A ViT Backbone for Diffusion Models").
 
-Everything is a token: the time (its sinusoid, optionally through an MLP), the class label (when conditional) and
-the ``p x p`` patches, with a learned position embedding over all of them. A plain pre-norm transformer follows,
-with long skip connections from each shallow block to its mirror deep block (Sec. 3, "long skip"):
+Time, class label and ``p x p`` patches are all tokens (learned position embedding); a pre-norm transformer
+with long skips from each shallow block to its mirror deep block (Sec. 3)::
 
     in blocks  h_1 .. h_k              (each pushes its output on a stack)
     mid block                           k = (depth - 1) / 2
     out blocks h = Linear(concat(h, popped skip))  then the block
 
-then a LayerNorm, a linear map of each patch token to its ``p x p x C`` pixels, unpatchify, and a 3x3
-convolution on the image (which removes patch artefacts, Sec. 3). ``model.size`` picks the paper's Table 1:
+then LayerNorm, a per-token linear map to ``p x p x C`` pixels, unpatchify, and a 3x3 conv (removes patch
+artefacts). Sizes (Table 1; M/L/H at ImageNet-256 latent settings):
 
     size  layers  width  heads  MLP    params (paper)
     S     13      512    8      2048   44M   (U-ViT-S/2 on CIFAR-10)
@@ -17,9 +16,7 @@ convolution on the image (which removes patch artefacts, Sec. 3). ``model.size``
     L     21      1024   16     4096   287M
     H     29      1152   16     4608   501M
 
-(M/L/H's counts are the paper's, at its ImageNet 256 latent settings: 32x32x4, patch 2, 1,000 classes; all
-without the time MLP and without qkv biases, as the paper's configurations.) Attention, the MLP and the shape
-checks are DiT's (:mod:`diffusion.models.dit`), with GELU exact as in the paper's code.
+Attention, MLP and shape checks are DiT's (:mod:`diffusion.models.dit`), with exact GELU as in the paper's code.
 """
 
 from __future__ import annotations
@@ -59,18 +56,7 @@ class UViTBlock(nn.Module):
 class UViT(nn.Module):
     """Predicts ``(B, C, H, W)`` from ``x_t`` ``(B, C, H, W)``, ``t`` ``(B,)`` and optional labels ``y`` ``(B,)``.
 
-    Args:
-        in_channels, image_size: the data's channels and (square) side; ``patch_size`` must divide the side.
-        size: ``S``, ``M``, ``L`` or ``H`` (Table 1). depth (an odd layer count), hidden_size, num_heads: override.
-        patch_size: side of a patch (CIFAR-10: 2).
-        mlp_ratio: the MLP's hidden width over the width (4).
-        mlp_time_embed: pass the time sinusoid through Linear-SiLU-Linear, or use it as the token directly (the
-            paper's configurations, whose parameter counts Table 1 gives).
-        qkv_bias: biases in the query/key/value projection.
-        conv_out: the final 3x3 convolution.
-        num_classes: 0 for unconditional; else a label token, with a null label for classifier-free guidance.
-        two_times: add the embedding of ``forward``'s ``interval`` (a second time) to the time token
-            (:class:`~diffusion.models.embeddings.IntervalEmbedding`); false builds none.
+    Settings: see conf/model/uvit.yaml (in_channels and image_size come from the data).
 
     Raises:
         ConfigError: naming the ``model.*`` (or ``data.*``) key of an invalid argument.
