@@ -1,12 +1,8 @@
 """Conditioning embeddings shared by every denoising network: the timestep and, optionally, the class label.
 
-Both :class:`~diffusion.models.UNet` and :class:`~diffusion.models.MLP` build one :class:`TimeEmbedding`, so the
-sinusoid and the "null label" convention for classifier-free guidance live here only.
-
-A one-step generator's network also takes the length of the time interval its output spans (MeanFlow's t - r,
-Geng et al. 2025, Sec. 4.3; a shortcut model's step size d, Frans et al. 2024): every backbone built with
-``two_times=True`` adds :class:`IntervalEmbedding` of it to its time embedding. Built without it, a network has no
-such parameters, so its state dict and outputs are those of a one-time network (older checkpoints load).
+One home for the sinusoid and the classifier-free-guidance "null label". A one-step generator's network also
+embeds its interval length (MeanFlow's t - r, Geng et al. 2025, Sec. 4.3; a shortcut model's step d, Frans et al.
+2024) via :class:`IntervalEmbedding` when built with ``two_times=True``; without it no parameters are added.
 """
 
 from __future__ import annotations
@@ -21,18 +17,10 @@ from diffusion.runtime.checks import check_bool
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of timesteps, as in the Transformer (Vaswani et al. 2017, Sec. 3.5) and DDPM.
+    """Sinusoidal embedding of timesteps ``t`` ``(B,)`` (Vaswani et al. 2017, Sec. 3.5; DDPM); fractional t is fine.
 
-    Args:
-        t: ``(B,)`` timesteps, integer or float, in timestep units (``0 .. num_timesteps - 1``); fractional values
-            are fine (the embedding is smooth in ``t``).
-        dim: width of the embedding; an odd ``dim`` gets a zero last column.
-        max_period: the longest wavelength, in timesteps.
-
-    Returns:
-        ``(B, dim)`` float32 tensor ``[cos(t * f_0), .., cos(t * f_{k-1}), sin(t * f_0), .., sin(t * f_{k-1})]``
-        with ``k = dim // 2`` frequencies ``f_i = max_period ** (-i / k)`` spaced geometrically from 1 to
-        ``1 / max_period``.
+    Returns ``(B, dim)`` float32 ``[cos(t f_0) .. cos(t f_{k-1}), sin(t f_0) .. sin(t f_{k-1})]``, ``k = dim // 2``,
+    ``f_i = max_period ** (-i / k)``; an odd ``dim`` gets a zero last column.
 
     Raises:
         ValueError: if ``t`` is not one-dimensional or ``dim < 2``.
@@ -54,15 +42,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimeEmbedding(nn.Module):
     """Timestep (plus optional class) -> conditioning vector: sinusoid -> Linear -> SiLU -> Linear.
 
-    With ``num_classes > 0`` a learned class embedding is added to the time embedding (as in ADM, Dhariwal &
-    Nichol 2021). The table has ``num_classes + 1`` rows: row ``num_classes`` (:attr:`null_label`) is the
-    "no label" token that classifier-free guidance (Ho & Salimans 2022) trains by dropping labels and samples
-    from as the unconditional model. ``y=None`` means every sample is unconditional.
-
-    Args:
-        sinusoid_dim: width of the sinusoidal timestep features.
-        out_dim: width of the returned embedding.
-        num_classes: number of real classes; 0 builds no class embedding.
+    With ``num_classes > 0`` a learned class embedding is added (ADM, Dhariwal & Nichol 2021); its extra row
+    ``num_classes`` (:attr:`null_label`, also ``y=None``) is the unconditional token classifier-free guidance
+    (Ho & Salimans 2022) trains by dropping labels.
     """
 
     def __init__(self, sinusoid_dim: int, out_dim: int, num_classes: int = 0, two_times: bool = False) -> None:

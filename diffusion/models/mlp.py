@@ -35,16 +35,7 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """Predicts ``(B, dim)`` (noise, ``x_0`` or ``v``: the method decides) from points ``x_t`` and ``t``.
 
-    Args:
-        dim: dimension of a data point.
-        hidden_dim: width of every residual block.
-        num_layers: number of residual blocks.
-        time_embed_dim: width of the sinusoidal features and of the time (+ class) embedding.
-        dropout: dropout probability inside blocks, in ``[0, 1)``.
-        num_classes: number of classes for class conditioning (0: unconditional); see :class:`TimeEmbedding`.
-        two_times: embed ``forward``'s second time ``interval`` too (see ``IntervalEmbedding``).
-
-    Raises ConfigError naming the key of an invalid argument.
+    Settings: see conf/model/mlp.yaml (dim comes from the data). Raises ConfigError naming the key of a bad argument.
     """
 
     def __init__(
