@@ -18,11 +18,9 @@ time runs from noise to data, t = 0 is pure noise and t = 1 the data.
     shift    sampling times 1 - t' = shift (1 - t) / (1 + (shift - 1)(1 - t)) (SD3 eq. 23): shift > 1 spends the
              steps near the noise end
 
-SD3 counts its time from data (0) to noise (1); its 1 - t is this module's t, so m and shift keep SD3's meaning.
-The affine schedulers and the conversions between predictions are Meta's ``flow_matching`` (``CondOTScheduler``,
-``CosineScheduler``, ``VPScheduler``, ``AffineProbPath``), evaluated in float64. Its ``ODESolver`` is not used: a
-solver here is a function of the sampling package that every method shares (the Sampler's one loop, per-sample
-noise, guidance inside the field), and the adaptive one calls ``torchdiffeq`` directly.
+SD3 counts time from data to noise; its 1 - t is this t, so m and shift keep SD3's meaning. Schedulers and
+prediction conversions are Meta's ``flow_matching`` (float64); its ``ODESolver`` is not used: the sampling
+package's solvers are shared by every method.
 """
 
 from __future__ import annotations
@@ -64,19 +62,7 @@ def make_scheduler(path: str) -> Scheduler:
 
 class FlowMatching(BaseMethod):
     """Flow matching on an affine path (``method=flow_matching``); sampled in time by the flow solvers or in sigma
-    space by the Gaussian ones.
-
-    Args:
-        path: ``linear`` | ``cosine`` | ``vp``. prediction: ``velocity`` | ``x0`` | ``noise``, the network's target.
-        time_sampling: training times, ``uniform`` | ``logit_normal`` (``m``, ``s``) | ``mode`` (``scale``).
-        shift: SD3's sampling-time shift (1: none). coupling: ``independent`` or ``ot`` (minibatch exact optimal
-            transport between noise and data, Tong et al. 2023; Pooladian et al. 2023).
-        num_timesteps: the network sees 1000 t (the timestep range of the networks' embeddings) as ``T t``; the
-            trainer's validation passes integer t in [0, T) (the (t + 0.5) / T quantiles of the training times);
-            the ``schedule`` grid of the Gaussian solvers is t = 1 - (k + 1) / T, k < T.
-        sigma_min, sigma_max: the Karras grid's range in sigma space (sigma = sigma_t / alpha_t).
-        clip_denoised: clamp D(x; sigma) to [-1, 1] for the Gaussian solvers (images); the velocity is not clipped.
-        cond_drop_prob: label dropout for classifier-free guidance on the velocity. default_solver: ``null``'s.
+    space by the Gaussian ones. Settings: see conf/method/flow_matching.yaml.
 
     Raises:
         ConfigError: naming the ``method.*`` key of an invalid argument.

@@ -40,15 +40,7 @@ GAUSSIAN_SOLVERS = ("ddpm", "ddim", "dpm_solver", "euler", "heun", "dpmpp_2m_kar
 
 class GaussianDiffusion(BaseMethod):
     """A discrete-time Gaussian diffusion; any of its solvers samples the same trained network.
-
-    Args:
-        schedule: ``num_timesteps -> betas`` (see :mod:`diffusion.methods.schedules`). num_timesteps: T.
-        prediction: the network's target: ``epsilon``, ``x0``, or ``v = sqrt(abar) eps - sqrt(1 - abar) x0``
-            (Salimans & Ho 2022, Sec. 4).
-        clip_denoised: clamp the denoised estimate to [-1, 1] when sampling (images in [-1, 1]).
-        loss_weighting, snr_gamma: ``uniform`` (Ho et al. eq. 14) or ``min_snr`` with gamma (Hang et al. 2023).
-        cond_drop_prob: label dropout for classifier-free guidance (Ho & Salimans 2022, Alg. 1).
-        default_solver: the solver ``sampler.solver=null`` takes.
+    Settings: see conf/method/gaussian.yaml (``schedule``: conf/schedule/*.yaml).
 
     Raises:
         ConfigError: naming the ``method.*`` key of an invalid argument, or epsilon prediction with a
@@ -221,9 +213,9 @@ class GaussianDiffusion(BaseMethod):
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights ``(B,)`` (float64): min-SNR-gamma (Hang et al. 2023) weights the x0-space loss by
-        min(SNR_t, gamma); as ||eps_hat - eps||^2 = SNR_t ||x0_hat - x0||^2 and ||v_hat - v||^2 = (SNR_t + 1)
-        ||x0_hat - x0||^2, the weight on the target's own MSE is min(SNR, gamma) / SNR (epsilon, written so SNR = 0
-        gives 1), min(SNR, gamma) (x0) or min(SNR, gamma) / (SNR + 1) (v). ``uniform`` gives ones."""
+        min(SNR_t, gamma), i.e. the target's own MSE by min(SNR, gamma) / SNR (epsilon; 1 at SNR = 0), min(SNR, gamma)
+        (x0) or min(SNR, gamma) / (SNR + 1) (v). ``uniform`` gives ones.
+        """
         snr = self.snr.to(t.device)[t]  # (B,)
         if self.loss_weighting == "uniform":
             return torch.ones_like(snr)
