@@ -1,9 +1,8 @@
 """MeanFlow (Geng et al. 2025, "Mean Flows for One-step Generative Modeling"): the network models the average
 velocity over a time interval, so one evaluation crosses the whole path from noise to data.
 
-Notation (paper -> code). The paper's time runs from data (0) to noise (1); this project's flows run from noise
-(0) to data (1), so the paper's (r, t) with r <= t are this module's ``end`` = 1 - r and ``start`` = 1 - t, and
-the paper's velocities are this module's with the sign flipped (the path runs the other way):
+Notation (paper -> code): the paper's time runs data (0) -> noise (1), ours noise -> data, so its (r, t), r <= t,
+are ``end`` = 1 - r and ``start`` = 1 - t, and its velocities change sign:
 
     x_t       = t y + (1 - t) n, the linear path of :class:`~diffusion.methods.FlowMatching` (paper eq. 1 reversed)
     v         = y - n, the conditional velocity dx_t / dt (paper v_t = eps - x, eq. 2, negated)
@@ -16,9 +15,8 @@ the paper's velocities are this module's with the sign flipped (the path runs th
     CFG       v is replaced by v~ = omega v + (1 - omega) u_theta(x_a, a, a | null) on labelled samples (paper
               eq. 13-16): the guided field is trained into the network, and sampling takes one evaluation
 
-The network embeds the time T a and, as its second time, the interval T (b - a) (paper Table 1c's (t, t - r)),
-through :class:`~diffusion.models.embeddings.IntervalEmbedding`; interval 0 is the instantaneous velocity, so
-:meth:`velocity` and D(x; sigma) are those of a flow-matching network.
+The network embeds T a and, as its second time, the interval T (b - a) (Table 1c); interval 0 is the
+instantaneous velocity, so :meth:`velocity` and D(x; sigma) are flow matching's.
 """
 
 from __future__ import annotations
@@ -60,16 +58,7 @@ class TwoTimeFlow(FlowMatching):
 
 class MeanFlow(TwoTimeFlow):
     """MeanFlow on the linear path (``method=meanflow``), sampled in 1 or k steps by the ``meanflow`` solver.
-
-    Args:
-        time_sampling, m, s: the two times' distribution (:meth:`FlowMatching.training_times`): the paper's
-            logit-normal(-0.4, 1.0) by default, m and s in the paper's sense (its t = sigmoid(m + s z)).
-        r_equals_t_share: the share of each batch with r = t (plain flow matching at that time; paper Table 1a:
-            75% best); the others draw two times and take the later as t, the earlier as r.
-        norm_p, norm_eps: the adaptive weighting's power p and constant c (p = 0: the plain squared error).
-        guidance_scale: omega of the classifier-free guidance trained into the network (1: none); it needs
-            class labels and ``cond_drop_prob`` > 0, which trains the unconditional field it mixes in.
-        num_timesteps, cond_drop_prob, clip_denoised, default_solver, shift: as :class:`FlowMatching`.
+    Settings: see conf/method/meanflow.yaml.
 
     Raises:
         ConfigError: naming the ``method.*`` key of an invalid argument.
