@@ -49,32 +49,10 @@ class SampleResult:
 
 
 class Sampler:
-    """Batched, seeded sampling from a trained model.
+    """Batched, seeded sampling from a trained model: ``method``'s denoiser D(x; sigma), stepped by ``solver``.
 
-    Args:
-        model: the denoising network (its weights are replaced by :meth:`load_checkpoint`).
-        method: the trained formulation: its denoiser D(x; sigma) and the grids it offers.
-        sample_shape: shape of one sample, ``(C, H, W)`` or ``(D,)`` (from the data set).
-        num_samples: how many samples :meth:`sample` draws. batch_size: samples per forward pass.
-        solver: the algorithm (:data:`~diffusion.sampling.solvers.SOLVERS`; None: ``method.default_solver``).
-        steps: sampling steps (None: the method's or the solver's default; ``ddpm`` always visits all T).
-        eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
-        timestep_spacing: the schedule grid's spacing (:func:`~diffusion.methods.schedules.spaced_timesteps`).
-        seed: seeds the initial noise and every step's noise, sample by sample (:class:`SampleNoise`): same seed,
-            same samples, whatever ``batch_size`` and the number of processes.
-        device: ``auto``, ``cpu`` or ``cuda``. precision: autocast for the network (``fp32`` default).
-        guidance_scale: classifier-free guidance w for class-conditional models (Ho & Salimans 2022):
-            0 unconditional, 1 conditional, > 1 guided.
-        class_labels: classes to draw for a conditional model: a list (cycled over the samples), ``all`` (a
-            grid with one row per class), or None (all classes in turn). Must be None for an unconditional one.
-        grid_every_n_epochs: during training, also save ``samples/epoch_NNNN.png`` every N epochs (None: never).
-        rho, s_churn, s_tmin, s_tmax, s_noise: Karras-grid solvers: rho of EDM eq. 5 and Heun's churn (EDM Alg. 2;
-            ``s_tmax=None`` is infinity).
-        atol, rtol: the adaptive ``dopri5``'s tolerances. diffusion: ``euler_maruyama``'s w_t = diffusion sigma_t.
-        guide_model: autoguidance (Karras et al. 2024): a weaker version of ``model`` (same inputs and prediction
-            target). guide_scale: w of D_guide + w (D_main - D_guide); 1 is the main model alone.
-        distributed: under torchrun, :meth:`sample` splits the samples over the ranks and gathers them on rank 0
-            (None: this process draws them all).
+    ``model``, ``method`` and ``sample_shape`` come from the app; ``guide_model`` is the autoguidance network;
+    ``distributed`` splits the samples over torchrun ranks. Other settings: see conf/sampler/default.yaml.
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -238,12 +216,9 @@ class Sampler:
         trajectory_samples: int = 8,
         first_index: int = 0,
     ) -> SampleResult:
-        """Draw samples ``first_index`` to ``first_index + num_samples - 1`` of this seed's streams, batch by batch;
-        optionally record x_t at ``record_timesteps`` for the first ``trajectory_samples`` (a trajectory strip).
-
-        Under torchrun (``distributed``) each rank draws its :meth:`~DistributedContext.shard` of whole batches and
-        rank 0 gets all samples, labels and frames in sample order, the same as one process draws (the same batches,
-        so bit for bit); the other ranks get their share.
+        """Draw samples ``first_index`` .. ``first_index + num_samples - 1`` of this seed's streams, batch by batch,
+        recording x_t at ``record_timesteps`` for the first ``trajectory_samples``. Under torchrun each rank draws its
+        shard and rank 0 gets all of them in sample order, bit for bit what one process draws.
         """
         total = self.num_samples if num_samples is None else num_samples
         check_int(first_index, "first_index", minimum=0)
