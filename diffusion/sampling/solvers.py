@@ -8,14 +8,9 @@ Notation map (Karras et al. 2022, "EDM" -> code):
     sigma_i           ``sigmas[i]``, descending, ``sigmas[N] = 0`` (:mod:`diffusion.sampling.grids`)
     dx/dsigma         (x - D(x; sigma)) / sigma, the probability-flow ODE (EDM eq. 3)
 
-Every solver is ``(denoise, x, sigmas, noise, callback, **options) -> x_0``: ``x`` enters scaled to ``sigmas[0]``,
-``noise()`` draws fresh per-sample standard-normal noise, ``callback(i, x)`` sees x before step i. Guidance is
-inside ``denoise``, so every solver gets it. :data:`SOLVERS` says which grid each walks and its network calls.
-
-A flow (a method with a ``time`` grid) is integrated in time instead, by the solvers of
-the time-grid solvers below (``(flow, x, times, noise, callback, **options)``: the velocity u(x_t, t) in place of
-D, ascending times t from noise at 0 to data at 1, x = x_t); :func:`solver_for` picks the table: on a flow,
-``euler`` and ``heun`` are the time-grid ones.
+Every solver is ``(denoise, x, sigmas, noise, callback, **options) -> x_0`` (x enters scaled to ``sigmas[0]``;
+guidance lives inside ``denoise``). A flow is integrated in time instead by the ``flow_*`` solvers, with the
+velocity u(x_t, t) in place of D and times ascending from noise (0) to data (1); :func:`solver_for` picks.
 """
 
 from __future__ import annotations
@@ -42,10 +37,8 @@ def ddim(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise: Noi
          callback: Callback = _no_callback, *, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12 with sigma_t of eq. 16 scaled by eta), in sigma space.
 
-    The step to sigma' splits it into sigma_up = eta sigma' sqrt(1 - (sigma'/sigma)^2), fresh noise, and
-    sigma_down = sqrt(sigma'^2 - sigma_up^2), reached by an Euler step of the ODE: x' = D + sigma_down (x - D) /
-    sigma + sigma_up z. eta = 0 is deterministic DDIM (= Euler, = DPM-Solver++ first order); eta = 1 on
-    consecutive levels is DDPM's ancestral step. Noise is drawn at every step when eta > 0.
+    sigma_up = eta sigma' sqrt(1 - (sigma'/sigma)^2), sigma_down = sqrt(sigma'^2 - sigma_up^2), and
+    x' = D + sigma_down (x - D) / sigma + sigma_up z. eta = 0: deterministic DDIM (= Euler); eta = 1: DDPM's step.
     """
     for i in range(len(sigmas) - 1):
         callback(i, x)
@@ -105,11 +98,9 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noise:
              callback: Callback = _no_callback) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) in sigma space, first order on the first and the last step.
 
-    With lambda = -log(sigma) and h = lambda_{i+1} - lambda_i: x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h} - 1)
-    D_i, where D_i = D(x_i) on the first step and (1 + 1/(2r)) D(x_i) - 1/(2r) D(x_{i-1}), r = h_{i-1} / h_i, after
-    it. The step to sigma = 0 returns D(x_{N-1}): a second-order step there amplifies the previous estimate's error
-    (diffusers' ``lower_order_final``). A step from sigma = inf (zero terminal SNR) is D + sigma_{i+1} n, and
-    makes the next one first order (h_{i-1} = inf).
+    With lambda = -log(sigma), h = lambda_{i+1} - lambda_i: x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h} - 1) D_i,
+    D_i = (1 + 1/(2r)) D(x_i) - 1/(2r) D(x_{i-1}), r = h_{i-1} / h_i (D(x_i) on the first step). The last step returns
+    D(x_{N-1}) (diffusers' ``lower_order_final``); a step from sigma = inf is D + sigma_{i+1} n.
     """
     previous: torch.Tensor | None = None  # D(x_{i-1}; sigma_{i-1})
     h_last = 0.0
