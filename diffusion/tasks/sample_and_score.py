@@ -1,9 +1,8 @@
-"""Sample, save, score: what happens after training, for ``task=sample`` / ``task=evaluate``, and every N epochs.
+"""Sample, save, score: what follows training, for ``task=sample`` / ``task=evaluate``, and every N epochs.
 
-This room sits above the Sampler and the evaluators and below the task modules: it draws samples, writes
-``samples.npz`` with its picture and trajectory strip, scores them into ``eval.json`` (and, with
-``evaluator.sampler_steps``, the DDIM paper's table of quality against steps: Song et al. 2021, Table 1), and
-makes the per-epoch hooks the Trainer calls (:data:`~diffusion.training.trainer.EpochHook`).
+Draws samples, writes ``samples.npz`` and its pictures, scores them into ``eval.json`` (with
+``evaluator.sampler_steps``, quality against steps: DDIM, Song et al. 2021, Table 1), and makes the Trainer's
+per-epoch hooks.
 """
 
 from __future__ import annotations
@@ -46,10 +45,8 @@ FINAL = -1  # the trajectory key of the final sample (``t_prev`` of the last ste
 
 
 def prepare_evaluator(evaluator: BaseEvaluator, data: BaseData) -> None:
-    """Fit the evaluator to the data; it raises ConfigError when they do not match, so call it before writing.
-
-    An evaluator that cannot score here also logs why (``unavailable_reason``) through its module's Python
-    logger; :func:`log_unavailable` says it in the run's log, so that record is held back here: said once.
+    """Fit the evaluator to the data (ConfigError when they do not match, so call it before writing); its
+    ``unavailable_reason`` log record is held back so :func:`log_unavailable` says it once.
     """
     if not evaluator.enabled:
         return
@@ -73,11 +70,8 @@ def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
 
 @contextmanager
 def stop_sampling_on_signal(source: Path) -> Iterator[None]:
-    """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.runtime.signals.Interrupted`, whose message says what was
-    kept (``source``: a run directory's checkpoints, or exported weights) and how to sample again.
-
-    Unlike training, which finishes its step and saves, sampling has nothing to save: its samples and scores
-    are written only at its end and are drawn again, the same, from the same checkpoint and seed.
+    """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.runtime.signals.Interrupted`, saying
+    what was kept (``source``) and how to sample again: unlike training, sampling has nothing to save.
     """
     stop = StopSignals()
     kept = f"the checkpoints in {source / 'checkpoints'} are" if source.is_dir() else f"{source} is"
@@ -103,14 +97,11 @@ def stop_sampling_on_signal(source: Path) -> Iterator[None]:
 def sample_save_score(
     sampler: Sampler, evaluator: BaseEvaluator, data: BaseData, directory: Path, logger: BaseLogger
 ) -> dict[str, float] | None:
-    """Sample, write ``samples.npz`` and its pictures into ``directory``, and score (``eval.json``).
+    """Sample once, write ``samples.npz`` and its pictures into ``directory``, and score (``eval.json``).
 
-    One sampling pass serves the picture, ``samples.npz`` and the evaluation (the larger of the two counts).
-    With ``evaluator.sampler_steps`` only those step counts are sampled and scored; the samples of the last one
-    are the ones saved. With ``evaluator.seeds`` one set per seed is scored (:func:`score_over_seeds`); the first
-    seed's samples are saved. Under torchrun (``sampler.distributed``) every rank calls this and draws its share;
-    rank 0 alone writes and scores, the others return None. Returns ``{metric: value}`` (None when nothing was
-    scored).
+    ``evaluator.sampler_steps``: one pass per step count, the last saved; ``evaluator.seeds``: one set per seed
+    (:func:`score_over_seeds`), the first saved. Under torchrun every rank draws its share and rank 0 alone writes
+    and scores. Returns ``{metric: value}`` on rank 0, else (or when nothing was scored) None.
     """
     main = sampler.distributed.is_main
     scoring = sampler.distributed.broadcast_object(evaluator.available)  # rank 0 alone prepared the evaluator
@@ -170,13 +161,9 @@ def score_over_seeds(
     evaluator: BaseEvaluator, sampler: Sampler, first: SampleResult, seconds_per_sample: float, count: int,
     logger: BaseLogger,
 ) -> dict[str, Any]:
-    """``evaluator.seeds``: score ``first`` (the first seed's set) and a fresh set of ``count`` samples per further
-    seed s (sample indices ``s * count`` on: disjoint sets of the same streams), on rank 0; every rank draws.
-
-    Each metric's ``value`` in the eval.json dict is the mean over the sets, its ``std_error`` the standard
-    deviation over them divided by sqrt(number of sets); ``per_seed``, ``std_over_seeds`` (sample standard
-    deviation) and ``min_over_seeds`` (EDM reports the minimum of three) sit beside it, and ``seeds`` at the top.
-    Logs a table with one column per seed. Returns {} on the other ranks.
+    """``evaluator.seeds``: score ``first`` and a fresh, disjoint set of ``count`` samples per further seed s (indices
+    from ``s * count``). Each metric's ``value`` is the mean over sets, ``std_error`` std / sqrt(n), beside
+    ``per_seed``, ``std_over_seeds`` and ``min_over_seeds`` (EDM reports the minimum of three). {} off rank 0.
     """
     seeds = list(evaluator.seeds or [0])
     main = sampler.distributed.is_main
@@ -228,12 +215,9 @@ def _json_number(x: float) -> float | None:
 def evaluate_at_steps(
     sampler: Sampler, evaluator: BaseEvaluator, steps_list: Sequence[int], logger: BaseLogger | None = None
 ) -> tuple[list[StepsRow], SampleResult, float]:
-    """Sample ``evaluator.num_samples`` with each step count in ``steps_list`` and score them.
-
-    The sampler's weights, seed and other settings are kept; only ``sampler.steps`` changes, and it is restored
-    afterwards. A row reports the number of steps the method really ran: DDPM always runs all T, so for DDPM the
-    step counts collapse into one row (a step count whose trajectory was already scored is skipped).
-    ``evaluator.prepare(data)`` must have run. Returns the rows, and the last row's samples and seconds per sample.
+    """Sample ``evaluator.num_samples`` with each step count in ``steps_list`` and score them; only ``sampler.steps``
+    changes, and is restored. A row holds the steps really run (DDPM always runs all T, so its counts collapse
+    into one row). Returns the rows, and the last row's samples and seconds per sample.
 
     Raises:
         ConfigError: if a step count is not in ``[1, method.num_timesteps]``, or the evaluator is ``none``.
