@@ -1,12 +1,8 @@
 """What every trained formulation offers: a training loss, the forward process, and the denoiser any solver steps.
 
-Solvers (:mod:`diffusion.sampling.solvers`) work in sigma space, x = y + sigma n (Karras et al. 2022, eq. 1), and
-ask a method for one thing: D(x; sigma), its estimate of the clean sample y (:meth:`BaseMethod.denoise`). A method
-says which noise-level grids it can be sampled on (``grids``), which solvers make sense for it (``solvers``) and
-which one ``sampler.solver=null`` takes (``default_solver``).
-
-At sigma = inf (a zero-terminal-SNR schedule's last level) x itself would be infinite; there a sample holds its
-unit noise n = lim x / sigma instead, and :func:`noise_estimate` and the denoisers read it that way.
+Solvers work in sigma space, x = y + sigma n (Karras et al. 2022, eq. 1), and ask a method only for
+D(x; sigma), its estimate of y (:meth:`BaseMethod.denoise`); it lists its ``grids``, ``solvers`` and
+``default_solver``. At sigma = inf a sample holds its unit noise n = lim x / sigma (:func:`noise_estimate`).
 """
 
 from __future__ import annotations
@@ -136,10 +132,8 @@ def vp_scale(sigma: float) -> float:
 
 
 def condition_kwargs(model: nn.Module, model_kwargs: dict[str, Any], cond_drop_prob: float) -> dict[str, Any]:
-    """The network's keyword arguments, class labels dropped for classifier-free guidance while ``model.training``.
-
-    A ``null_label`` entry is taken out (it is not for the network); without it the null label is the network's
-    ``num_classes``, looked up through a DistributedDataParallel or compile wrapper.
+    """The network's keyword arguments, class labels dropped for classifier-free guidance while ``model.training``;
+    the null label is a ``null_label`` entry (taken out) or the (unwrapped) network's ``num_classes``.
 
     Raises:
         ValueError: if labels must be dropped and neither ``null_label`` nor ``model.num_classes`` is known.

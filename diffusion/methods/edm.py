@@ -12,13 +12,9 @@ Notation map (EDM Table 1, "Ours" column -> code); F is the network, y a clean s
     lambda(sigma)  = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, the loss weight
     loss           = E[lambda(sigma) ||D(y + sigma n; sigma) - y||^2]                            (eq. 8)
 
-``loss_weighting=uncertainty`` (EDM2, Karras et al. 2024, eq. 21) divides each sample's weighted error by the
-exponential of a learned log-variance u(sigma) and adds u(sigma): E[lambda / e^u ||D - y||^2 + u], which
-balances the noise levels' losses as training goes; the network provides u (``network.uncertainty(c_noise)``,
-as :class:`~diffusion.models.EDM2UNet` does).
-
-With lambda = 1 / c_out^2 the loss is the plain MSE of F against its effective target (eq. 2), so every sigma
-contributes about equally; c_in and c_out keep the network's input and target at unit variance.
+``loss_weighting=uncertainty`` (EDM2, eq. 21): E[lambda / e^u ||D - y||^2 + u], u(sigma) a learned log-variance
+(``network.uncertainty(c_noise)``) that balances the noise levels' losses. With lambda = 1 / c_out^2 the loss is
+F's plain MSE against its effective target (eq. 2); c_in and c_out keep input and target at unit variance.
 """
 
 from __future__ import annotations
@@ -37,15 +33,7 @@ LossWeighting = Literal["edm", "uncertainty"]
 
 class EDM(BaseMethod):
     """EDM training (``method=edm``); the same networks as DDPM, conditioned on c_noise; sampled over Karras sigmas.
-
-    Args:
-        num_timesteps: T of the trainer's fixed validation, which passes integer ``t`` in [0, T): ``t`` maps to
-            the log-normal's (t + 0.5) / T quantile, so a validation loss is a deterministic sweep over the training
-            distribution of sigma. Not a discretisation: sampling uses ``sampler.steps`` Karras sigmas.
-        sigma_data: the data's standard deviation. p_mean, p_std: the log-normal of training sigmas.
-        sigma_min, sigma_max: the sampling range. clip_denoised: clamp D(x; sigma) to [-1, 1] when sampling.
-        cond_drop_prob: label dropout for classifier-free guidance. default_solver: ``sampler.solver=null``'s.
-        loss_weighting: ``edm`` (lambda of Table 1) or ``uncertainty`` (lambda over the network's learned e^u).
+    Settings: see conf/method/edm.yaml.
 
     Raises:
         ConfigError: naming the ``method.*`` key of an out-of-range argument, or for keys of another formulation
