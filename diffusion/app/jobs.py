@@ -1,8 +1,7 @@
 """One Hydra job: check the task, set the process's thread budget, build the components, run the task.
 
-Each function below reads what its task needs from the config (and from the run directory it reads), builds
-the components through :func:`~diffusion.app.build.build` and hands them, with plain settings, to its module in
-:mod:`diffusion.tasks`.
+Each ``run_*`` reads its task's config, builds the components (:func:`~diffusion.app.build.build`) and hands
+them, with plain settings, to its module in :mod:`diffusion.tasks`.
 """
 
 from __future__ import annotations
@@ -201,9 +200,9 @@ def source_config(cfg: DictConfig, source: object) -> DictConfig:
 
 
 def follow_run_precision(cfg: DictConfig, run_cfg: DictConfig) -> None:
-    """Sample a run at the precision it was trained and sampled at (its ``trainer.precision``) unless this command
-    line sets one: ``precision: auto`` resolves per machine (bf16 on CPUs with AVX-512 BF16 or AMX), and a run's
-    samples should not change with the machine that reads it."""
+    """Sample at the run's own ``trainer.precision`` unless this command line sets one: ``auto`` resolves per
+    machine, and a run's samples should not change with the machine that reads it.
+    """
     keys = command_line_keys()
     trained = run_cfg.get("trainer", {}).get("precision")
     if trained is not None and not keys & {"sampler.precision", "trainer.precision"}:

@@ -11,9 +11,7 @@ Notation (paper -> code; the paper's time already runs from noise at 0 to data a
                step 2d = 2^-j, j uniform in {0, ..., log2 M}, t uniform on the multiples of 2d below 1 (paper
                Sec. 3.1); at the smallest full step 1/M the half steps are the flow's d = 0 (the paper's code)
 
-The network embeds the time T t and, as its second time, T d (:class:`~diffusion.models.embeddings.
-IntervalEmbedding`), the same mechanism as MeanFlow's interval: s(x_t, t, d) is an average velocity over
-[t, t + d], so the ``shortcut`` solver takes the steps x_{t+d} = x_t + d s(x_t, t, d).
+The network embeds T t and, as its second time, T d (``IntervalEmbedding``, as MeanFlow's interval).
 """
 
 from __future__ import annotations
@@ -32,13 +30,7 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 class Shortcut(TwoTimeFlow):
     """A shortcut model on the linear path (``method=shortcut``), sampled by the ``shortcut`` solver in a power of
-    two of steps up to ``max_steps``.
-
-    Args:
-        max_steps: M, the finest step 1 / M the self-consistency reaches (128: the paper's); a power of two.
-        consistency_share: the share of each batch trained by self-consistency (the paper's 1/4).
-        time_sampling, m, s: the flow loss's times (:meth:`FlowMatching.training_times`; the paper: uniform).
-        num_timesteps, cond_drop_prob, clip_denoised, default_solver: as :class:`FlowMatching`.
+    two of steps up to ``max_steps``. Settings: see conf/method/shortcut.yaml.
 
     Raises:
         ConfigError: naming the ``method.*`` key of an invalid argument.

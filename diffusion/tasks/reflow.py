@@ -2,14 +2,9 @@
 ODE, then train a new flow on that fixed coupling, starting from the teacher's weights; repeated, the paths
 straighten and fewer Euler steps suffice.
 
-The pairs live in ``<run>/reflow_pairs/``: ``pairs.json`` (what was asked: count, chunk size, seed, sampler) and
-chunk files ``pairs_<first index>.npz`` (``noise``, ``samples`` and, for a conditional teacher, ``labels``), each
-written atomically with a ``.sha256`` sidecar. Pair i's noise is the first draw of sample i's own stream
-(:class:`~diffusion.sampling.noise.SampleNoise`), so an interrupted generation continues at the first missing
-chunk and ends with the same file as an uninterrupted one.
-
-``task=reflow`` (:func:`reflow`) draws them into the new run's directory, then trains the new flow there through
-the normal Trainer and resume path (``resume=auto`` continues both the pairs and the training).
+Pairs live in ``<run>/reflow_pairs/``: ``pairs.json`` (the settings) and atomically written chunks
+``pairs_<first index>.npz`` with ``.sha256`` sidecars. Pair i's noise is the first draw of sample i's own stream,
+so an interrupted generation resumes at the first missing chunk with the same result (``resume=auto``).
 """
 
 from __future__ import annotations
@@ -50,10 +45,9 @@ class Pairs(NamedTuple):
 
 
 def reflow(parts: Components, run: RunSettings, dist: DistributedContext, num_pairs: int, chunk_size: int) -> float:
-    """``task=reflow run_dir=<flow run>``: the teacher's (``run.source``'s best EMA weights) ``num_pairs`` ODE pairs
-    in this run's ``reflow_pairs/``, then ``parts.model``, starting from the teacher's weights, trained on them
-    (``parts.method`` is a :class:`PairedFlowMatching`), sampled and scored against the real data (``parts.data``).
-    Returns the best monitored value. Every check runs before anything is written.
+    """``task=reflow run_dir=<flow run>``: the teacher's ``num_pairs`` ODE pairs in ``reflow_pairs/``, then
+    ``parts.model`` (from the teacher's best EMA weights) trained on them by :class:`PairedFlowMatching`, sampled and
+    scored. Returns the best monitored value. Every check runs before anything is written.
     """
     assert run.source is not None, "the app refuses task=reflow without run_dir"
     num_pairs = check_int(num_pairs, "reflow.num_pairs", minimum=1)
