@@ -25,13 +25,8 @@ from diffusion.runtime.checks import check_float, check_int
 
 
 class Consistency(GaussianDiffusion):
-    """A consistency model sampled by multistep consistency sampling (the ``consistency`` solver) on the
-    ``trailing`` grid, ``distilled_steps`` network evaluations when ``sampler.steps=null``.
-
-    Args:
-        schedule, num_timesteps, prediction, clip_denoised, loss_weighting, snr_gamma, cond_drop_prob: the
-            Gaussian diffusion of the teacher (see :class:`GaussianDiffusion`).
-        sigma_data: the data's standard deviation in c_skip. distilled_steps: ``sampler.steps=null``'s steps.
+    """A consistency model sampled by the ``consistency`` solver on the ``trailing`` grid (``distilled_steps``
+    evaluations when ``sampler.steps=null``); its other settings are the teacher's :class:`GaussianDiffusion`.
 
     Raises:
         ConfigError: ``sigma_data <= 0`` or ``distilled_steps`` outside [1, T].

@@ -1,12 +1,8 @@
 """Noise schedules: pure float64 functions ``(num_timesteps, **params) -> betas``.
 
-Each returns ``betas`` of shape ``(num_timesteps,)`` with ``betas[i]`` the variance added going from step ``i``
-to ``i + 1`` (0-based: ``betas[0]`` is beta_1 of Ho et al. 2020). Everything derived from them (abar_t, the
-posterior coefficients) is computed once, in :class:`diffusion.methods.gaussian.GaussianDiffusion`;
-:func:`spaced_timesteps` picks the subsequences that few-step solvers and distillation visit.
-
-Every schedule takes ``zero_terminal_snr`` (config key ``schedule.zero_terminal_snr``): when true its betas go
-through :func:`rescale_zero_terminal_snr`, so abar_T = 0 exactly and the last step is pure noise.
+``betas[i]`` is the variance added from step ``i`` to ``i + 1`` (``betas[0]`` is Ho et al.'s beta_1); everything
+derived (abar_t, posterior coefficients) is computed once in :class:`~diffusion.methods.gaussian.GaussianDiffusion`.
+``schedule.zero_terminal_snr=true`` rescales the betas (:func:`rescale_zero_terminal_snr`) so abar_T = 0.
 """
 
 from __future__ import annotations
@@ -84,18 +80,9 @@ def sigmoid_betas(
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(abar) so that the last step has zero SNR (Lin et al. 2024, "Common Diffusion Noise
-    Schedules and Sample Steps are Flawed", Alg. 1).
-
-    sqrt(abar_t) -> (sqrt(abar_t) - sqrt(abar_T)) * sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T)) keeps the first
-    value and makes the last exactly 0, so beta_T = 1 and x_T carries no signal. The network must then predict
-    ``v`` or ``x0``: epsilon prediction cannot recover x0 at abar_T = 0 (see :class:`~diffusion.methods.BaseMethod`).
-
-    Args:
-        betas: ``(T,)`` betas of any schedule, T >= 2.
-
-    Returns:
-        ``(T,)`` float64 betas with ``cumprod(1 - betas)[-1] == 0`` exactly and ``betas[-1] == 1``.
+    """Shift and scale sqrt(abar) so the last step has zero SNR (Lin et al. 2024, Alg. 1):
+    sqrt(abar_t) -> (sqrt(abar_t) - sqrt(abar_T)) * sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T)), so the ``(T,)``
+    float64 result has ``betas[-1] == 1`` and abar_T = 0 exactly; the network must then predict ``v`` or ``x0``.
 
     Raises:
         ConfigError: if T < 2 (one step cannot both keep abar_1 and reach abar_T = 0).
