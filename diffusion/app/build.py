@@ -1,9 +1,7 @@
 """One ``build(cfg)``: every component of a run made from the composed config through its ``_target_``.
 
-The entry point, the experiments and the tests all build through here. What the data implies for the other
-groups is derived here, from the built data set, where the config leaves it open: the network's input shape
-(the constructor parameters ``in_channels`` and ``image_size`` of an image network, ``dim`` of a point network,
-from ``data.sample_shape``) and ``method.clip_denoised=false`` for data not confined to [-1, 1] (points).
+Entry point, experiments and tests all build here. Where the config leaves it open, what the data implies is
+derived from the built data set: the network's input shape and ``method.clip_denoised=false`` for points.
 """
 
 from __future__ import annotations
@@ -37,13 +35,9 @@ NO_EVALUATOR = OmegaConf.create({"_target_": "diffusion.evaluation.NoneEvaluator
 
 def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig | None = None,
           evaluator: DictConfig | None = None, teacher: DistillRun | None = None) -> Components:
-    """Instantiate the data, then the network and method (with what the data implies), the evaluator and the
-    factories of the sampler, trainer, checkpoints and logger; each component checks its arguments here, before
-    anything is written.
-
-    ``command``: the config whose sampler (and evaluator) are used, when it is not ``cfg`` (sampling an earlier
-    run: ``cfg`` is that run's). ``evaluator``: an evaluator config to use instead. ``teacher``: the method is
-    the distillation of that run's network (``cfg.distill``), the student starting as a copy of it.
+    """Instantiate data, network and method (with what the data implies), evaluator, and the factories of sampler,
+    trainer, checkpoints and logger; each checks its arguments here, before anything is written. ``command``: the
+    config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation.
     """
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command

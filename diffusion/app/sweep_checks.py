@@ -1,11 +1,8 @@
 """Checks a multirun makes before its first job, as a Hydra callback (registered under ``hydra.callbacks``).
 
-Hydra composes a sweep's jobs one at a time, so a sweep over a key the config lacks fails only when its job
-starts: after the jobs before it have trained, and for Optuna after the study has recorded a trial that never
-ends. Checking the search space against the composed config at the start turns that into one line and exit 2;
-so do a requeuing launcher without ``resume=auto`` and a sweep into an earlier sweep's directory. It also makes
-the folder an Optuna SQLite storage points into (``sqlite:///<sweep dir>/optuna.db``), which Optuna opens
-before any launcher has created the sweep directory.
+Hydra composes a sweep's jobs one at a time, so a bad swept key would fail only when its job starts (for
+Optuna, after recording a trial that never ends). These checks make that one line and exit 2 up front, and
+create the folder of an Optuna SQLite storage before Optuna opens it.
 """
 
 from __future__ import annotations
@@ -75,9 +72,8 @@ def check_requeue_resumes(config: DictConfig) -> None:
 
 
 def check_sweep_dir_is_new(config: DictConfig) -> None:
-    """Job numbers restart at 0 in every multirun, so a sweep into an earlier sweep's directory meets that
-    sweep's runs; without ``resume=auto`` (continue each of them) its first job would stop there, and an Optuna
-    study would keep a trial that never finishes.
+    """Job numbers restart at 0 in every multirun, so a sweep into an earlier sweep's directory would stop at its runs
+    (an Optuna study would keep an unfinished trial) unless ``resume=auto``.
 
     Raises:
         ConfigError: a job directory of ``hydra.sweep.dir`` already holds checkpoints and ``resume`` is unset.

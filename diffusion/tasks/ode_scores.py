@@ -2,8 +2,7 @@
 held-out data (``likelihood.enabled``; :mod:`diffusion.evaluation.likelihood`) and a flow's straightness S(Z)
 (``straightness.enabled``; :mod:`diffusion.evaluation.straightness`).
 
-Both are checked before the task writes anything (:func:`check_ode_scores`) and computed after the evaluator has
-written ``eval.json``, which is then read and written again, atomically, with two more entries:
+Both are checked before anything is written (:func:`check_ode_scores`), then added to ``eval.json`` atomically:
 
     "nll":          {"value", "std_error", "unit" (bits/dim | nats), "hutchinson_std_error", "num_points",
                      "divergence" (exact | hutchinson), "dequantization" (the level width, or null), "nfe"}
