@@ -24,10 +24,8 @@ class ReflowRun(NamedTuple):
 
 
 def reflow_run_config(cfg: DictConfig) -> ReflowRun:
-    """The run's config: the teacher's data, model and flow (``method``; trained on pairs, so with the independent
-    coupling), its evaluator unless this command chose one; this command's ``trainer``, ``sampler`` (which also
-    draws the pairs), ``logger`` and ``reflow``. Saved as the run's ``config.yaml``, so ``task=sample|evaluate``
-    read the reflowed run like any other.
+    """The run's config: the teacher's data, model, flow (independent coupling) and evaluator unless chosen here; this
+    command's ``trainer``, ``sampler`` (which draws the pairs), ``logger`` and ``reflow``. Saved as ``config.yaml``.
 
     Raises:
         ConfigError: no ``run_dir``, a run_dir that is not a run directory, a teacher that is not a flow, a

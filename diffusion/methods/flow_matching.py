@@ -234,9 +234,8 @@ class FlowMatching(BaseMethod):
 
 
 class PairedFlowMatching(FlowMatching):
-    """Flow matching on a fixed coupling (reflow: Liu et al. 2023, rectified flow, Alg. 1 with the teacher's ODE
-    pairs): each training row packs a sample and the noise the teacher's ODE carried to it along dim 1, ``(B, 2 C,
-    ...)`` or ``(B, 2 D)``; the pair's noise replaces any drawn or passed one. Sampled as :class:`FlowMatching`.
+    """Flow matching on a fixed coupling (reflow, Liu et al. 2023, Alg. 1): each row packs a sample and the noise the
+    teacher's ODE carried to it along dim 1, ``(B, 2 C, ...)`` or ``(B, 2 D)``; that noise replaces any other.
 
     Raises:
         ConfigError: ``method.coupling=ot`` (the pairs are the coupling).

@@ -115,14 +115,11 @@ class MeanFlow(TwoTimeFlow):
 
     def total_derivative(self, model: nn.Module, x_t: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
                          velocity: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """d/da u(x_a, a, b) ``(B, ...)`` at a = ``start``: one forward-mode JVP (``torch.func.jvp``) with tangent
-        (dx/da, da/da) = (v, 1), the interval b - a shrinking as a grows (paper eq. 8 with dr/dt = 0).
+        """d/da u(x_a, a, b) ``(B, ...)`` at a = ``start``: one forward-mode JVP with tangent (dx/da, da/da) = (v, 1),
+        the interval b - a shrinking as a grows (paper eq. 8 with dr/dt = 0).
 
-        It runs on the network inside the DistributedDataParallel (and compile) wrappers, without gradients: the target is
-        stop-gradient, and the prediction :meth:`compute_loss` backpropagates goes through the wrapper, whose
-        gradient hooks average the ranks' gradients. In eval mode (no dropout mask to redraw, and EDM2's forced
-        weight normalisation, an in-place write a JVP cannot trace, already done by that forward), with the math
-        attention kernel (the fused ones have no forward-mode derivative).
+        Runs without gradients (the target is stop-gradient) in eval mode (no dropout redraw; EDM2's in-place weight
+        normalisation already done) with the math attention kernel (fused ones have no forward-mode derivative).
         """
         network = bare_network(model)
         scale = float(self.num_timesteps)

@@ -11,11 +11,8 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class MLPBlock(nn.Module):
-    """Pre-norm residual block ``h + W2 dropout(SiLU(W1 LayerNorm(h) + time))``.
-
-    The time embedding is added to the hidden pre-activation of every block (not only the input), so the noise
-    level can steer each layer; an additive bias is enough here, unlike the U-Net's scale-shift, since there are
-    no normalised feature maps whose per-channel gain would need to change with ``t``.
+    """Pre-norm residual block ``h + W2 dropout(SiLU(W1 LayerNorm(h) + time))``: the time is added in every block so
+    the noise level steers each layer (no normalised feature maps here that would need the U-Net's scale-shift).
     """
 
     def __init__(self, hidden_dim: int, emb_dim: int, dropout: float) -> None:

@@ -31,10 +31,8 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 class ResidualBlock(nn.Module):
     """GroupNorm -> SiLU -> conv -> scale-shift by time -> SiLU -> dropout -> conv, plus a skip path.
-
-    The time embedding modulates the second GroupNorm as ``norm(h) * (1 + scale) + shift`` (ADM, Dhariwal &
-    Nichol 2021, Sec. 3) rather than being added: the noise level changes feature statistics a lot across ``t``,
-    and a per-channel gain lets each block rescale for it, which ADM found to improve FID at little cost.
+    The time modulates the second GroupNorm, ``norm(h) * (1 + scale) + shift`` (ADM, Dhariwal & Nichol 2021,
+    Sec. 3): feature statistics change a lot with ``t``, and a per-channel gain lets each block follow.
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, num_groups: int) -> None:

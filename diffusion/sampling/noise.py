@@ -17,13 +17,9 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 class SampleNoise:
-    """Standard-normal noise for a batch of samples, each row from its own CPU generator seeded with
-    :func:`sample_seed` of its global sample index (EDM's ``generate.py`` does the same with one generator per
-    seed). Sample i's initial noise and every step's noise are then the same whatever the batch size, and
-    whichever process draws it.
-
-    Each call draws the next ``(B, *sample_shape)`` tensor, on ``device``; drawn on the CPU so that samples are
-    identical on every device.
+    """Standard-normal noise for a batch, each row from its own CPU generator seeded by :func:`sample_seed` of its
+    global sample index (as EDM's ``generate.py``), so sample i's noise is the same whatever the batch size, process
+    or device. Each call draws the next ``(B, *sample_shape)`` tensor, on ``device``.
     """
 
     def __init__(self, seed: int, indices: Sequence[int], sample_shape: Sequence[int],

@@ -34,11 +34,8 @@ __all__ = ["SampleNoise", "SampleResult", "Sampler", "sample_seed", "save_sample
 
 @dataclass
 class SampleResult:
-    """Generated samples ``(N, *sample_shape)`` on the CPU, float32, in the data's range.
-
-    ``trajectory`` maps a recorded step label (:attr:`Grid.labels`; -1 after the last step) to the first
-    ``trajectory_samples`` samples there, on the variance-preserving scale x / sqrt(1 + sigma^2). ``nfe``: network
-    evaluations per sample (a guided evaluation counted once; Heun's 18 steps are 35).
+    """Samples ``(N, *sample_shape)``, CPU float32, in the data's range; ``trajectory``: step label (-1: after the last)
+    -> the first ``trajectory_samples`` there, on the VP scale x / sqrt(1 + sigma^2); ``nfe``: evaluations per sample.
     """
 
     samples: torch.Tensor
