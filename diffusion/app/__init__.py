@@ -1,8 +1,5 @@
-"""The Hydra adapter: the one package under ``diffusion/`` that knows Hydra and OmegaConf objects.
-
-``run.py`` hands each job to :func:`run_job` (``jobs.py``): Hydra's view of the job is read once
-(``hydra_run.py``), every component is built by :func:`build` (``build.py``, also what experiments and tests
-call), and the task runs from :mod:`diffusion.tasks`. User errors become one line and exit 2 (``errors.py``).
+"""The Hydra adapter: the one package under ``diffusion/`` that knows Hydra and OmegaConf.
+``run.py`` -> :func:`run_job` (``jobs.py``) -> :func:`build` (``build.py``) -> a task of :mod:`diffusion.tasks`.
 """
 
 from diffusion.app.build import build

@@ -1,8 +1,6 @@
 """User mistakes become one line on stderr and exit status 2; bugs keep their traceback.
-
-Two layers: :func:`guard_user_errors` around the task (component checks, missing keys, files that
-cannot be written), and :func:`guard_command_line` around the Hydra entry point, for what Hydra reports before
-the task starts (an unknown group option or key, an unparsable override, an output directory it cannot make).
+:func:`guard_user_errors` wraps the task; :func:`guard_command_line` wraps the Hydra entry point (what Hydra
+reports before the task starts).
 """
 
 from __future__ import annotations

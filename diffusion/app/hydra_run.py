@@ -1,8 +1,5 @@
-"""Hydra's view of this job, read once at the job's start into a plain object the rest of the app is handed.
-
-Hydra keeps the job's output directory, command-line overrides, chosen group options and launcher in a
-process-wide singleton (``HydraConfig``); reading it in one place keeps everything below testable with a
-plain :class:`HydraRun`.
+"""Hydra's view of this job (output directory, overrides, chosen options, launcher), read once from the
+``HydraConfig`` singleton into a plain :class:`HydraRun`, so everything below stays testable.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""The descending noise levels a solver visits: a discrete schedule's own (spaced) timesteps, Karras sigmas, or a
-flow's times.
+"""The descending noise levels a solver visits: a schedule's (spaced) timesteps, Karras sigmas, or a flow's times.
 
-Every grid is a list of sigmas ending in 0 (clean data); a sample starts at ``start_scale * n``, n ~ N(0, I):
-the variance-preserving start x_T = n of DDPM and DDIM (sigma-space x = sqrt(1 + sigma_0^2) n) on the schedule's
-levels, EDM's x = sigma_max n on Karras sigmas. ``labels`` name the steps in trajectory pictures: the timestep t
-on the schedule, the step index counted down to 0 on Karras sigmas and flow times. A flow's ``time`` grid also
-holds its ascending times t (noise at 0, data at 1): its solvers step x_t = alpha_t y + sigma_t n, not sigma-space x.
+Every grid is sigmas ending in 0; a sample starts at ``start_scale * n`` (DDPM/DDIM's x_T = n on the schedule,
+EDM's sigma_max n on Karras sigmas). ``labels`` name steps in trajectory pictures. A flow's ``time`` grid also
+holds ascending times t (noise 0, data 1), and its solvers step x_t, not sigma-space x.
 """
 
 from __future__ import annotations

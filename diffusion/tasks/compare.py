@@ -1,9 +1,7 @@
 """``task=compare run_dir=[a,b,...]``: is one run's score really better than another's, or a tie?
 
-Each evaluated run's ``eval.json`` holds every score with its standard error (over seed sets, else a bootstrap
-over its samples). Against the first run, each other run's difference d = b - a has standard error
-sqrt(se_a^2 + se_b^2) (independent sample sets), a 95% interval d ± 1.96 se, and is a *tie* where that interval
-holds zero. Runs compare only when scored on the same data by the same evaluator: their floors must agree.
+Against the first run, d = b - a has se = sqrt(se_a^2 + se_b^2) (independent sample sets) and is a *tie* where
+d ± 1.96 se holds zero. Runs compare only when scored on the same data by the same evaluator (equal floors).
 """
 
 from __future__ import annotations

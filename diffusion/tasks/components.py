@@ -1,8 +1,5 @@
-"""What a task is handed: the built components of the run and this command's plain settings.
-
-The app (``diffusion.app.build``) makes both from the composed config; a task never sees the config. Factories
-stand where a component needs something only the task knows (the run directory, the distributed context, the
-weights to sample from).
+"""What a task is handed: the run's built components and this command's plain settings (made by
+``diffusion.app.build``; a task never sees the config). Factories stand where only the task knows an input.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""``task=summary``: the composed network's parameter count and forward FLOPs for one sample, printed as
-``params=<int>``, ``gflops=<float>`` and ``gmacs=<float>`` lines; nothing is trained or written.
-
-FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; elementwise
-operations are not counted) and count a multiply-add as two operations; ``gmacs`` counts it as one, the
-convention of the DiT and U-ViT papers' "GFLOPs" (DiT-XL/2: 118.6). The network can live on the meta device,
-so a billion-parameter configuration costs no memory.
+"""``task=summary``: the network's parameters and forward FLOPs for one sample, as ``params=``, ``gflops=`` and
+``gmacs=`` lines (``FlopCounterMode``: a multiply-add is two FLOPs, one MAC; DiT and U-ViT's "GFLOPs" are
+MACs, DiT-XL/2: 118.6). Built on the meta device, so a paper-sized network costs no memory.
 """
 
 from __future__ import annotations
