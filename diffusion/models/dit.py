@@ -7,16 +7,8 @@ on ``c = embed(t) + embed(y)`` through adaLN-Zero (Sec. 3.2), so each block is t
     h = h + gate_1 * Attention(LayerNorm(h) * (1 + scale_1) + shift_1)
     h = h + gate_2 * MLP(LayerNorm(h) * (1 + scale_2) + shift_2)
 
-A final adaLN layer maps tokens back to pixels (unpatchify). Sizes (Table 1):
-
-    size  depth  width D  heads   params at 32x32x4, patch 2, 1,000 classes (paper)
-    S     12     384      6       33M
-    B     12     768      12      130M
-    L     24     1024     16      458M
-    XL    28     1152     16      675M
-
-No learned variance output (this project's methods do not train it). Written here, not taken from timm,
-because timm needs torchvision, which does not import beside the CPU torch build.
+A final adaLN layer maps tokens back to pixels. Sizes (Table 1): :data:`DIT_SIZES`, conf/model/dit.yaml. No
+learned variance output (not trained here). Not taken from timm: it needs torchvision, absent beside CPU torch.
 """
 
 from __future__ import annotations

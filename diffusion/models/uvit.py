@@ -8,15 +8,8 @@ with long skips from each shallow block to its mirror deep block (Sec. 3)::
     out blocks h = Linear(concat(h, popped skip))  then the block
 
 then LayerNorm, a per-token linear map to ``p x p x C`` pixels, unpatchify, and a 3x3 conv (removes patch
-artefacts). Sizes (Table 1; M/L/H at ImageNet-256 latent settings):
-
-    size  layers  width  heads  MLP    params (paper)
-    S     13      512    8      2048   44M   (U-ViT-S/2 on CIFAR-10)
-    M     17      768    12     3072   131M
-    L     21      1024   16     4096   287M
-    H     29      1152   16     4608   501M
-
-Attention, MLP and shape checks are DiT's (:mod:`diffusion.models.dit`), with exact GELU as in the paper's code.
+artefacts). Sizes (Table 1): :data:`UVIT_SIZES`, conf/model/uvit.yaml. Attention, MLP and shape checks are
+DiT's (:mod:`diffusion.models.dit`), with exact GELU as in the paper's code.
 """
 
 from __future__ import annotations
