@@ -36,9 +36,8 @@ def check_distill_option(cfg: DictConfig) -> None:
 
 
 def distill_run_config(cfg: DictConfig) -> DistillRun:
-    """The run's config: the teacher's data, model, schedule and diffusion (``method`` keys), sampled with the
-    student's method (``student``); this command's ``distill``, ``trainer``, ``sampler`` and ``logger``; the
-    teacher's evaluator unless this command chose one.
+    """The run's config: the teacher's data, model, schedule and ``method`` keys sampled with the student's method;
+    this command's ``distill``, ``trainer``, ``sampler`` and ``logger``; the teacher's evaluator unless chosen here.
 
     Raises:
         ConfigError: no ``distill=`` option, no ``run_dir``, a run_dir without config.yaml or checkpoints, a

@@ -111,8 +111,8 @@ def run_reflow(cfg: DictConfig, job: HydraRun) -> float:
 
 
 def check_shared_trainer_keys(trainer: DictConfig) -> None:
-    """The trainer keys the sampler follows (``sampler.device: ${trainer.device}``, ``progress``), checked under
-    the name the user sets: the epoch hooks' sampler is built before the trainer.
+    """The trainer keys the sampler follows (``device``, ``progress``), checked under the trainer's name, as the
+    epoch hooks' sampler is built first.
 
     Raises:
         ConfigError: naming ``trainer.device`` or ``trainer.progress``.

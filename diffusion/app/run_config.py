@@ -71,9 +71,8 @@ def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
 
 
 def load_guide_model(guide: str, run_dir: Path | None, main_prediction: str) -> Any:
-    """The autoguidance guide (``sampler.guide``): a checkpoint name of the sampled run (``epoch_0010``), a
-    checkpoint file, another run's directory (its best EMA weights) or exported weights; its network built from its
-    own config and loaded with its EMA weights.
+    """The autoguidance guide (``sampler.guide``: a checkpoint name of this run, a checkpoint file, a run directory
+    or exported weights), built from its own config and loaded with its EMA weights.
 
     Raises:
         ConfigError: no such guide, or a guide trained to predict something else than the main model.

@@ -39,12 +39,11 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 def build_grid(method: BaseMethod, kind: GridKind, steps: int | None, spacing: TimestepSpacing,
                rho: float = 7.0) -> Grid:
-    """The grid of ``kind`` for ``method``: ``steps=None`` visits every schedule level (DDPM's ancestral sampler);
-    ``method.timestep_spacing`` (a student's own grid) overrides ``spacing``.
+    """The grid of ``kind`` for ``method`` (``steps=None``: every schedule level, DDPM's); a student's own
+    ``method.timestep_spacing`` overrides ``spacing``.
 
     Raises:
-        ConfigError: naming ``sampler.solver`` when Karras sigmas would need sigma_max = inf (a zero-terminal-SNR
-            schedule).
+        ConfigError: naming ``sampler.solver`` when Karras sigmas would need sigma_max = inf (zero terminal SNR).
     """
     assert kind in method.grids, f"{method.name} lists a solver on {kind} grids but offers {method.grids}"
     if kind == "schedule":

@@ -102,11 +102,11 @@ def check_teacher(method: BaseMethod, solver: str, run_dir: str | Path) -> None:
 
 def generate_pairs(sampler: Sampler, run_dir: Path, num_pairs: int, chunk_size: int = 1000,
                    log: Any = print) -> Pairs:
-    """The teacher's ``num_pairs`` pairs in ``run_dir/reflow_pairs`` (the chunks already there are verified and
-    kept), then all of them loaded. ``sampler`` holds the teacher's weights and its ODE solver.
+    """The teacher's ``num_pairs`` pairs in ``run_dir/reflow_pairs`` (chunks already there verified and kept), all
+    loaded; ``sampler`` holds the teacher's weights and ODE solver.
 
     Raises:
-        ConfigError: naming ``reflow.num_pairs`` or ``reflow.chunk_size`` (< 1), or a damaged chunk file, or a
+        ConfigError: naming ``reflow.num_pairs`` or ``reflow.chunk_size`` (< 1), a damaged chunk file, or a
             directory holding pairs of other settings.
     """
     num_pairs = check_int(num_pairs, "reflow.num_pairs", minimum=1)

@@ -1,6 +1,6 @@
 """``task=train`` and ``task=distill``: train (or resume) under the run lock, then sample from the best EMA
-checkpoint and score. A distillation is a training run whose method is the distillation of a teacher, with round
-checkpoints and per-round scores kept by a :class:`~diffusion.distill.session.DistillSession`."""
+checkpoint and score; a distillation keeps round checkpoints and scores in a ``DistillSession``.
+"""
 
 from __future__ import annotations
 
