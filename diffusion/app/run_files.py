@@ -10,9 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def save_run_config(cfg: DictConfig | Mapping[str, Any], run_dir: Path, overrides: Sequence[str]) -> None:
-    """``config.yaml`` (resolved, what ``task=sample`` rebuilds the model from) and ``overrides.yaml``.
-
-    A resumed run keeps the config it started with under ``config.yaml`` and gets ``config.resume.yaml``.
+    """``config.yaml`` (resolved: what ``task=sample`` rebuilds from) and ``overrides.yaml``; a resumed run keeps its
+    first ``config.yaml`` and gets ``config.resume.yaml``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     name = "config.resume.yaml" if (run_dir / "config.yaml").exists() else "config.yaml"

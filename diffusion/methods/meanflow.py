@@ -37,9 +37,9 @@ from diffusion.runtime.checks import ConfigError, check_float
 
 
 class TwoTimeFlow(FlowMatching):
-    """A flow whose network also embeds the length of a time interval (``model.two_times=true``): its output at
-    interval h is the average velocity over [t, t + h] (MeanFlow's u, a shortcut model's s), the instantaneous
-    velocity at h = 0. Sampled by the steps x_{t + h} = x_t + h u(x_t, t, t + h) of its own solver."""
+    """A flow whose network also embeds an interval length h (``model.two_times=true``): its output is the average
+    velocity over [t, t + h] (instantaneous at h = 0), sampled by x_{t + h} = x_t + h u(x_t, t, t + h).
+    """
 
     grids: ClassVar[tuple[GridKind, ...]] = ("time",)
     two_times: ClassVar[bool] = True  # the build sets model.two_times=true

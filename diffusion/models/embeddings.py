@@ -83,9 +83,9 @@ class TimeEmbedding(nn.Module):
 
 
 class IntervalEmbedding(nn.Module):
-    """The second time of a two-time network: the interval length h ``(B,)``, in the units of t, embedded as t is
-    (sinusoid -> Linear -> SiLU -> Linear) and added to the time embedding. h = 0 (also ``interval=None``) asks
-    for the instantaneous velocity, u(z, t, t) = v(z, t) (MeanFlow eq. 6 at r = t; a shortcut model at d = 0)."""
+    """The interval length h ``(B,)`` of a two-time network, embedded as t is and added to the time embedding; h = 0
+    (or ``interval=None``) gives the instantaneous velocity u(z, t, t) = v(z, t) (MeanFlow eq. 6 at r = t).
+    """
 
     def __init__(self, sinusoid_dim: int, out_dim: int) -> None:
         super().__init__()

@@ -174,10 +174,7 @@ class Sampler:
         return max(1, total // self.num_classes) if self.class_labels == "all" else None
 
     def labels_for(self, total: int) -> torch.Tensor | None:
-        """The class of each of ``total`` samples (None for an unconditional model).
-
-        ``all`` gives ``total // num_classes`` samples of each class in class order (rows of the grid).
-        """
+        """The class of each of ``total`` samples (None if unconditional); ``all``: ``total // num_classes`` per class, in order."""
         if self.num_classes == 0:
             return None
         if self.class_labels == "all":

@@ -144,9 +144,9 @@ def consistency(denoise: Denoiser, x: torch.Tensor, sigmas: Sequence[float], noi
 # Time-grid solvers: a flow's ODE dx_t / dt = u(x_t, t) (Lipman et al. 2023, eq. 1), t from noise (0) to data (1)
 # --------------------------------------------------------------------------------------------------------
 class FlowField(NamedTuple):
-    """What a time-grid solver integrates: the velocity u(x_t, t) (guidance inside), the path's (alpha_t,
-    sigma_t, d_alpha_t, d_sigma_t) at t, for the score the stochastic sampler needs, and a one-step generator's
-    average velocity u(x_t, t, t') over [t, t'] (MeanFlow's; None for a flow without one)."""
+    """What a time-grid solver integrates: the velocity u(x_t, t) (guidance inside), the path's coefficients at t
+    (for the SDE's score), and a one-step generator's average velocity u(x_t, t, t') (None without one).
+    """
 
     velocity: Callable[[torch.Tensor, float], torch.Tensor]
     path: Callable[[float], tuple[torch.Tensor, ...]]
@@ -213,11 +213,10 @@ def dopri5(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: Nois
 @torch.no_grad()
 def euler_maruyama(flow: FlowField, x: torch.Tensor, times: Sequence[float], noise: NoiseSource,
                    callback: Callback = _no_callback, *, diffusion: float = 1.0) -> torch.Tensor:
-    """SiT's SDE sampler (Ma et al. 2024, eq. 8): dx = [u + w_t s / 2] dt + sqrt(w_t) dW with the same marginals as
-    the ODE, Euler-Maruyama steps. The score s = -n_hat / sigma_t comes from the velocity (n_hat solves x_t = alpha
-    y + sigma n, u = d_alpha y + d_sigma n); w_t = ``diffusion`` sigma_t (SiT's ``sigma`` form), so the drift is
-    u - diffusion n_hat / 2. The last step is a deterministic Euler step (SiT's ``Mean`` last step). Noise is drawn
-    at every step (the last one's is unused)."""
+    """SiT's SDE sampler (Ma et al. 2024, eq. 8): dx = [u + w_t s / 2] dt + sqrt(w_t) dW, the ODE's marginals, in
+    Euler-Maruyama steps; s = -n_hat / sigma_t from the velocity, w_t = ``diffusion`` sigma_t, so the drift is
+    u - diffusion n_hat / 2. The last step is a deterministic Euler step (SiT's ``Mean``).
+    """
     for i in range(len(times) - 1):
         callback(i, x)
         t, h = times[i], times[i + 1] - times[i]
