@@ -174,7 +174,9 @@ class Sampler:
         return max(1, total // self.num_classes) if self.class_labels == "all" else None
 
     def labels_for(self, total: int) -> torch.Tensor | None:
-        """The class of each of ``total`` samples (None if unconditional); ``all``: ``total // num_classes`` per class, in order."""
+        """The class of each of ``total`` samples (None if unconditional); ``all``: ``total // num_classes`` of each
+        class, in class order.
+        """
         if self.num_classes == 0:
             return None
         if self.class_labels == "all":
