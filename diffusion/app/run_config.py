@@ -14,8 +14,8 @@ from diffusion.app.hydra_run import current_job
 from diffusion.loggers.naming import logged_key
 from diffusion.runtime.checks import ConfigError
 from diffusion.storage.export import load_exported
-from diffusion.storage.file_manager import check_safe_targets
 from diffusion.storage.legacy import upgrade_targets
+from diffusion.storage.safe_load import check_safe_targets
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
 # (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays).

@@ -21,7 +21,8 @@ from diffusion.distill.consistency import ConsistencyDistillation
 from diffusion.distill.progressive import ProgressiveDistillation
 from diffusion.loggers.base import BaseLogger
 from diffusion.storage import checkpoint
-from diffusion.storage.file_manager import FileManager, atomic_write_text, load_checkpoint
+from diffusion.storage.atomic import atomic_write_text
+from diffusion.storage.file_manager import FileManager, load_checkpoint
 
 Distillation = ProgressiveDistillation | ConsistencyDistillation
 Score = Callable[[int], dict[str, float]]  # student steps -> metrics of the EMA student sampled with them

@@ -26,8 +26,9 @@ from diffusion.sampling.guidance import autoguided_output, guided_output
 from diffusion.sampling.noise import SampleNoise, sample_seed
 from diffusion.sampling.solvers import SOLVER_NAMES, FlowField, Solver, solver_for
 from diffusion.storage import checkpoint
+from diffusion.storage.atomic import atomic_write_bytes
 from diffusion.storage.export import load_exported
-from diffusion.storage.file_manager import FileManager, atomic_write_bytes
+from diffusion.storage.file_manager import FileManager
 
 __all__ = ["SampleNoise", "SampleResult", "Sampler", "sample_seed", "save_samples"]
 

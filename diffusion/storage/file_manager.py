@@ -15,20 +15,9 @@ import torch
 
 from diffusion.runtime.checks import check_int
 from diffusion.storage import checkpoint
-from diffusion.storage.atomic import (  # noqa: F401 - callers import these from here too
-    SaveError,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_text,
-    remove_stale_temporaries,
-    sidecar,
-)
+from diffusion.storage.atomic import SaveError, atomic_write, remove_stale_temporaries, sidecar
 from diffusion.storage.checkpoint import CheckpointError
-from diffusion.storage.safe_load import (  # noqa: F401 - as above
-    check_safe_targets,
-    load_checkpoint,
-    read_safely,
-)
+from diffusion.storage.safe_load import load_checkpoint, read_safely  # noqa: F401 - callers load checkpoints here
 
 _PERIODIC = re.compile(r"epoch_(\d+)\.pt$")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from diffusion.runtime.signals import Interrupted
-from diffusion.storage.file_manager import SaveError
+from diffusion.storage.atomic import SaveError
 from diffusion.training.trainer import TrainingDiverged
 
 EXIT_FAILURE = 1

@@ -37,7 +37,7 @@ from diffusion.loggers.base import BaseLogger
 from diffusion.runtime.checks import ConfigError, check_int
 from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
-from diffusion.storage.file_manager import atomic_write_text
+from diffusion.storage.atomic import atomic_write_text
 from diffusion.training.trainer import EpochHook
 
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip, the final sample included

@@ -296,7 +296,7 @@ def test_forged_checkpoint_is_refused_everywhere_and_its_code_never_runs(referen
 
 def test_run_config_that_would_call_arbitrary_code_is_refused(reference, tmp_path, monkeypatch, capsys):
     """``task=sample`` instantiates the config.yaml of the run it samples from: its targets must be ours.
-    Needs run.py's load_run_config to call check_safe_targets."""
+    Needs the app's load_source_config to call check_safe_targets."""
     marker = tmp_path / "code-ran"
     run_dir = tmp_path / "shared-run"
     shutil.copytree(reference, run_dir)
