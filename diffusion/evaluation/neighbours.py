@@ -27,8 +27,10 @@ class Memorization(NamedTuple):
     threshold: float
 
 
-def _kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row of ``x`` ``(N, D)`` to its ``k``-th nearest other row ``(N,)``."""
+def kth_neighbour_distances(x: ArrayLike, k: int = 3) -> torch.Tensor:
+    """Distance from each row of ``x`` ``(N, D)`` to its ``k``-th nearest other row ``(N,)``: the radii of the
+    k-NN manifold estimate. An evaluator computes its reference's once and hands them to :func:`precision_recall`."""
+    x = torch.as_tensor(x, dtype=torch.float64)
     distances = []
     for block in x.split(BLOCK):
         dist = torch.cdist(block, x)  # (block, N); each row holds its own 0
@@ -47,30 +49,57 @@ def _share_inside_balls(queries: torch.Tensor, centres: torch.Tensor, radii: tor
     return inside / len(queries)
 
 
-def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionRecall:
+def precision_recall(
+    real: ArrayLike, fake: ArrayLike, k: int = 3, real_radii: torch.Tensor | None = None
+) -> PrecisionRecall:
     """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
 
     Each set's manifold is the union of balls around its points of radius the distance to the ``k``-th nearest
     neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse.
+    ``real_radii``: :func:`kth_neighbour_distances` of ``real`` when already known (the R x R distances are most
+    of the cost, and the reference is the same for every sample set, bootstrap resample and chunk).
     """
     k = check_int(k, "k", minimum=1)
     real, fake = as_point_clouds(real, fake, min_points=k + 1)
-    precision = _share_inside_balls(fake, real, _kth_neighbour_distances(real, k))
-    recall = _share_inside_balls(real, fake, _kth_neighbour_distances(fake, k))
+    if real_radii is None:
+        real_radii = kth_neighbour_distances(real, k)
+    elif real_radii.shape != (len(real),):
+        raise ValueError(f"real_radii must hold one radius per real row ({len(real)}), got {tuple(real_radii.shape)}")
+    precision = _share_inside_balls(fake, real, real_radii.to(real))
+    recall = _share_inside_balls(real, fake, kth_neighbour_distances(fake, k))
     return PrecisionRecall(precision, recall)
 
 
+def memorization_threshold(train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01) -> float:
+    """The ``quantile`` of held-out items' ``min_j ||h - train_j||``: how close a fresh draw of the data comes."""
+    quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
+    heldout, train = as_point_clouds(heldout, train)
+    return torch.quantile(_nearest_distances(heldout, train), quantile).item()
+
+
 def memorization_score(
-    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01
+    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01, threshold: float | None = None
 ) -> Memorization:
     """Share of ``samples`` closer to a training item than almost any fresh data point comes.
 
-    Threshold: the ``quantile`` of held-out items' ``min_j ||h - train_j||``; a generalising model scores about
-    ``quantile``.
+    Threshold: :func:`memorization_threshold` of ``train`` and ``heldout`` (or ``threshold``, when already known);
+    a generalising model scores about ``quantile``.
     """
-    quantile = check_float(quantile, "quantile", 0.0, 1.0, inclusive=False)
+    if threshold is None:
+        threshold = memorization_threshold(train, heldout, quantile)
     samples, train = as_point_clouds(samples, train)
-    heldout, _ = as_point_clouds(heldout, train)
-    threshold = torch.quantile(_nearest_distances(heldout, train), quantile).item()
     score = (_nearest_distances(samples, train) < threshold).double().mean().item()
     return Memorization(score, threshold)
+
+
+class RealNeighbours(NamedTuple):
+    """What every sample set scored against one real split shares: the reference's k-NN ``radii`` (precision) and
+    the memorization ``threshold``; computed once, they are most of the neighbour metrics' cost."""
+
+    radii: torch.Tensor
+    threshold: float
+
+
+def real_neighbours(train: ArrayLike, heldout: ArrayLike, k: int = 3, quantile: float = 0.01) -> RealNeighbours:
+    """:func:`kth_neighbour_distances` of ``train`` and :func:`memorization_threshold` of the split."""
+    return RealNeighbours(kth_neighbour_distances(train, k), memorization_threshold(train, heldout, quantile))

@@ -15,7 +15,8 @@ from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class PointsEvaluator(FeatureEvaluator):
-    """2-D point clouds scored directly: ``sliced_wasserstein``, ``mmd`` (RBF) and ``energy`` against training points.
+    """2-D point clouds scored directly: ``sliced_wasserstein``, ``mmd`` (RBF) and ``energy`` against training points,
+    and with ``neighbour_metrics`` precision, recall and memorization in the plane.
     The RBF bandwidth is fixed once in :meth:`prepare`, so floors and samples share a kernel. Settings: see
     conf/evaluator/points.yaml.
     """
@@ -29,6 +30,7 @@ class PointsEvaluator(FeatureEvaluator):
         sampler_steps: Sequence[int] | None = None,
         reference_size: int | None = 2000,
         seed: int = 0,
+        neighbour_metrics: bool = False,
         num_projections: int = 256,
         bandwidth: float | None = None,
         seeds: Sequence[int] | None = None,
@@ -36,7 +38,7 @@ class PointsEvaluator(FeatureEvaluator):
         bootstrap: int = 50,
         floor_cache_dir: str | None = None,
     ) -> None:
-        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, seeds=seeds,
+        super().__init__(num_samples, every_n_epochs, sampler_steps, reference_size, seed, neighbour_metrics, seeds,
                          floor_draws=floor_draws, bootstrap=bootstrap, floor_cache_dir=floor_cache_dir)
         self.num_projections = check_int(num_projections, "evaluator.num_projections", minimum=1)
         if bandwidth is not None:
@@ -71,4 +73,5 @@ class PointsEvaluator(FeatureEvaluator):
             ),
             "mmd": chunk_mean(rows, n, lambda part: mmd_rbf(part, reference, bandwidth=self.bandwidth)),
             "energy": chunk_mean(rows, n, lambda part: energy_distance(part, reference)),
+            **self._neighbour_scores(rows, n, real),
         }
