@@ -20,6 +20,7 @@ from diffusion.app.distill_config import DistillRun
 from diffusion.app.hydra_run import HydraRun
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
+from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
@@ -55,6 +56,12 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
         make_logger=partial(open_run_logger, cfg, job),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
+
+
+def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
+    """The data set and evaluator alone: what scoring a sample file made elsewhere needs (no network, no method)."""
+    data = instantiate(cfg.data, _convert_="all")
+    return data, instantiate(cfg.get("evaluator", NO_EVALUATOR), _convert_="all")
 
 
 def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.app.build import NO_EVALUATOR, build, build_network
+from diffusion.app.build import NO_EVALUATOR, build, build_network, build_scoring
 from diffusion.app.distill_config import check_distill_option, distill_run_config
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
@@ -32,7 +33,7 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, summary, train
+from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, score_file, summary, train
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
@@ -136,10 +137,29 @@ def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
     dist = DistributedContext.from_environment(cfg.sampler.device)
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
+    if source.suffix == ".npz":
+        return run_score_file(cfg, job, source)
     run_cfg = source_config(cfg, source)
     evaluator = evaluation_config(cfg, run_cfg, job) if cfg.task == "evaluate" else NO_EVALUATOR
     parts = build(run_cfg, job, command=cfg, evaluator=evaluator)
     return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source), dist)
+
+
+def run_score_file(cfg: DictConfig, job: HydraRun, source: Path) -> float | None:
+    """``task=evaluate run_dir=<samples .npz>``: a sample file made elsewhere (the ADM suite's, or a samples.npz),
+    scored with this command line's ``data=`` and its evaluator into this command's output folder."""
+    if cfg.task != "evaluate":
+        raise ConfigError(f"run_dir={source} is a sample file: score it with task=evaluate (task={cfg.task} needs a "
+                          "run directory or a .safetensors)")
+    if not source.is_file():
+        raise ConfigError(f"run_dir={source}: no such sample file")
+    for key in ("likelihood", "straightness"):
+        if cfg.get(key) is not None and cfg[key].get("enabled"):
+            raise ConfigError(f"{key}.enabled=true needs a model; run_dir={source} holds samples only")
+    data, evaluator = build_scoring(cfg)
+    settings = RunSettings(output_dir=job.output_dir, seed=cfg.seed, source=source, label=cfg.task,
+                           save_config=lambda directory: save_run_config(cfg, directory, job.overrides))
+    return score_file.score_sample_file(data, evaluator, settings)
 
 
 def evaluation_config(cfg: DictConfig, run_cfg: DictConfig, job: HydraRun) -> DictConfig:

@@ -46,6 +46,10 @@ class SampleResult:
     nfe: int = 0
 
 
+SampleFormat = Literal["npz", "adm"]
+SAMPLE_FORMATS = ("npz", "adm")  # samples.npz (float32, this project's) | the ADM suite's uint8 .npz
+
+
 class Sampler:
     """Batched, seeded sampling from a trained model: ``method``'s denoiser D(x; sigma), stepped by ``solver``.
 
@@ -74,6 +78,7 @@ class Sampler:
         guidance_scale: float = 1.0,
         class_labels: Sequence[int] | Literal["all"] | None = None,
         grid_every_n_epochs: int | None = None,
+        format: SampleFormat = "npz",
         progress: bool = False,
         rho: float = 7.0,
         s_churn: float = 0.0,
@@ -113,6 +118,10 @@ class Sampler:
         self.class_labels = self._check_labels(class_labels)
         every = grid_every_n_epochs
         self.grid_every_n_epochs = None if every is None else check_int(every, "sampler.grid_every_n_epochs", 1)
+        self.format: SampleFormat = check_choice(format, "sampler.format", SAMPLE_FORMATS)
+        if self.format == "adm" and len(self.sample_shape) != 3:
+            raise ConfigError(f"sampler.format=adm writes images (N x H x W x C), but these samples have shape "
+                              f"{list(self.sample_shape)}; use sampler.format=npz")
         self.progress = check_bool(progress, "sampler.progress")
         self._bar: Any = tqdm(disable=True)  # replaced by each sample() call
         self.rho = check_float(rho, "sampler.rho", minimum=0.0, inclusive=False)
@@ -340,21 +349,27 @@ def save_samples(
     reference: torch.Tensor | None = None,
     grid: torch.Tensor | None = None,
     nrow: int | None = None,
+    format: SampleFormat = "npz",
 ) -> list[Path]:
-    """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional) and a picture of ``grid``
+    """Write ``samples.npz`` (all samples, float32, plus ``labels`` when conditional; with ``format="adm"`` the ADM
+    suite's ``samples_NxHxWxC.npz`` instead, :mod:`~diffusion.storage.sample_files`) and a picture of ``grid``
     (default: all samples): an image grid for ``(N, C, H, W)`` samples with ``nrow`` images per row, a scatter plot
     (over ``reference`` points if given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
     from diffusion.storage.images import save_image_grid, save_scatter, save_trajectory_strip
+    from diffusion.storage.sample_files import write_adm_npz
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {"samples": result.samples.numpy().astype(np.float32)}
-    if result.labels is not None:
-        arrays["labels"] = result.labels.numpy()
-    npz = directory / "samples.npz"
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(npz, buffer.getvalue())  # a failed write (full disk) keeps the previous file
+    if format == "adm":
+        npz = write_adm_npz(directory, result.samples, result.labels)
+    else:
+        arrays: dict[str, np.ndarray] = {"samples": result.samples.numpy().astype(np.float32)}
+        if result.labels is not None:
+            arrays["labels"] = result.labels.numpy()
+        npz = directory / "samples.npz"
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(npz, buffer.getvalue())  # a failed write (full disk) keeps the previous file
     shown = result.samples if grid is None else grid
     if result.samples.dim() == 4:
         written = [save_image_grid(shown, directory / "samples.png", nrow=nrow)]

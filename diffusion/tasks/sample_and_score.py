@@ -116,7 +116,7 @@ def sample_save_score(
     if main:
         reference = None if data.kind == "image" else data.load().val
         images, nrow = grid_selection(sampler, result)
-        written = save_samples(result, directory, reference=reference, grid=images, nrow=nrow)
+        written = save_samples(result, directory, reference=reference, grid=images, nrow=nrow, format=sampler.format)
         logger.log_image("samples", written[1])
         logger.log(f"sampled {len(result.samples)} in {seconds * len(result.samples):.1f} s "
                    f"({seconds * 1e3:.2f} ms/sample)")
