@@ -53,9 +53,7 @@ class BaseEvaluator(ABC):
         every = 0 if every_n_epochs is None else check_int(every_n_epochs, "evaluator.every_n_epochs", minimum=0)
         self.every_n_epochs: int | None = every or None
         self.sampler_steps = _check_steps(sampler_steps)
-        self.seeds = _check_seeds(seeds)
-        if self.seeds is not None and self.sampler_steps is not None:
-            raise ConfigError("evaluator.seeds and evaluator.sampler_steps cannot be combined: set one of them to null")
+        self.seeds = _check_seeds(seeds)  # with sampler_steps: each step count scored on every seed's set
         #: Set by :meth:`prepare` when this evaluator cannot score on this machine (one line saying how to fix it).
         self.unavailable_reason: str | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -86,34 +87,108 @@ def metric_values(metrics: Mapping[str, MetricValue]) -> dict[str, float]:
 
 class StepsRow(NamedTuple):
     """One row of a step-count table (``evaluator.sampler_steps``): the method's name, the steps it actually ran,
-    the network evaluations they cost, its scores, and sampling wall seconds per sample (evaluation excluded)."""
+    the network evaluations they cost, its scores, and sampling wall seconds per sample (evaluation excluded).
+    With ``evaluator.seeds``, ``metrics`` are the means over the sets and ``per_seed`` each set's scores."""
 
     sampler: str
     steps: int
     metrics: dict[str, MetricValue]
     seconds_per_sample: float
     nfe: int | None = None
+    per_seed: list[dict[str, MetricValue]] | None = None
+
+
+class Rank(NamedTuple):
+    """A row's place: ``position`` 1 for the best (None without a finite value); ``tied``: within the standard
+    error of the difference of its group's leader, so it shares the leader's place instead of being ranked."""
+
+    position: int | None
+    tied: bool = False
+
+    @property
+    def label(self) -> str:
+        """``3``, ``1=`` (tied for first), or empty without a value."""
+        return "" if self.position is None else f"{self.position}{'=' if self.tied else ''}"
+
+
+def tie_ranks(values: Sequence[float], std_errors: Sequence[float | None],
+              higher_is_better: bool = False) -> list[Rank]:
+    """Rank rows by value, best first, treating as ties rows whose means differ by less than their standard
+    errors: |m_a - m_b| < sqrt(se_a^2 + se_b^2), the standard error of the difference (EDM2 reports a mean over
+    seeds; closer than that, an order is noise). Each row is compared with its group's leader, so ties never chain
+    past one standard error; a row without a standard error ties nothing."""
+    def key(index: int) -> tuple[bool, float]:
+        value = values[index]
+        finite = math.isfinite(value)
+        return (not finite, (-value if higher_is_better else value) if finite else 0.0)
+
+    ranks = [Rank(None)] * len(values)
+    leader: int | None = None
+    for position, index in enumerate(sorted(range(len(values)), key=key), start=1):
+        if not math.isfinite(values[index]):
+            continue
+        if leader is not None and _within_errors(values[index], std_errors[index], values[leader],
+                                                 std_errors[leader]):
+            ranks[index] = Rank(ranks[leader].position, tied=True)
+            ranks[leader] = ranks[leader]._replace(tied=True)
+        else:
+            leader, ranks[index] = index, Rank(position)
+    return ranks
+
+
+def _within_errors(a: float, se_a: float | None, b: float, se_b: float | None) -> bool:
+    if se_a is None or se_b is None or not (math.isfinite(se_a) and math.isfinite(se_b)):
+        return False
+    return abs(a - b) < math.sqrt(se_a**2 + se_b**2)
+
+
+def seed_spread(per_seed: Sequence[Mapping[str, MetricValue]], name: str) -> tuple[float, float]:
+    """A metric's sample standard deviation over the ``evaluator.seeds`` sets (0 for one) and its minimum."""
+    numbers = [scores[name].value for scores in per_seed if name in scores]
+    std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    return std, min(numbers)
 
 
 def format_steps_table(rows: Sequence[StepsRow]) -> str:
-    """A markdown table: one row per step count, one column per metric (``value ± se (floor f)``), and
-    ``s/sample``. Metric columns appear in the order they are first met."""
+    """A markdown table: one row per step count, one column per metric (``value ± se (floor f)``; with
+    ``evaluator.seeds``, ``mean ± std, min m (floor f)`` and the best row per metric marked ``best``, rows within
+    standard errors of it ``tie``), and ``s/sample``. Metric columns appear in the order they are first met."""
     names: list[str] = []
     for row in rows:
         names += [name for name in row.metrics if name not in names]
     header = ["sampler", "steps", "NFE", *names, "s/sample"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
+    marks = {name: _best_marks(rows, name) for name in names}
+    for position, row in enumerate(rows):
         cells = [row.sampler, str(row.steps), str(row.nfe if row.nfe is not None else row.steps)]
         for name in names:
-            metric = row.metrics.get(name)
-            floor = format_floor(metric, short=True) if metric is not None else ""
-            cell = "" if metric is None else format_value(metric) + (f" ({floor})" if floor else "")
-            cell += " **beats real data**" if metric is not None and metric.beats_floor else ""
-            cells.append(cell)
+            cells.append(_steps_cell(row, name) + marks[name][position])
         cells.append(format_number(row.seconds_per_sample))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _steps_cell(row: StepsRow, name: str) -> str:
+    metric = row.metrics.get(name)
+    if metric is None:
+        return ""
+    if row.per_seed:
+        std, minimum = seed_spread(row.per_seed, name)
+        text = f"{format_number(metric.value)} ± {format_number(std)}, min {format_number(minimum)}"
+    else:
+        text = format_value(metric)
+    floor = format_floor(metric, short=True)
+    text += f" ({floor})" if floor else ""
+    return text + (" **beats real data**" if metric.beats_floor else "")
+
+
+def _best_marks(rows: Sequence[StepsRow], name: str) -> list[str]:
+    """`` best`` / `` tie`` (within standard errors of the best) per row, for rows scored over several seeds."""
+    if not all(row.per_seed and len(row.per_seed) > 1 and name in row.metrics for row in rows) or len(rows) < 2:
+        return [""] * len(rows)
+    metrics = [row.metrics[name] for row in rows]
+    ranks = tie_ranks([m.value for m in metrics], [m.std_error for m in metrics], metrics[0].higher_is_better)
+    return [" best" if r.position == 1 and not r.tied else " tie" if r.position == 1 else "" for r in ranks]
 
 
 def _json_float(x: float | None) -> float | None:

@@ -68,8 +68,11 @@ def read_sample_file(path: str | Path, sample_shape: tuple[int, ...]) -> SampleF
     where = f"run_dir={path}"
     try:
         loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array: no named arrays to tell layouts apart
-            raise ValueError("a single .npy array, not an .npz archive")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ConfigError(f"{where}: not a readable .npz sample file ({type(error).__name__}: {error})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array: no named arrays to tell layouts apart
+        raise ConfigError(f"{where}: not a readable .npz sample file (a single .npy array, not an .npz archive)")
+    try:
         with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:

@@ -47,6 +47,7 @@ class JobResult:
     errors: dict[str, float] = field(default_factory=dict)  # their standard errors (seed sets or bootstrap)
     ratios: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # value / floor, 95% low, high
     beats_floor: dict[str, float] = field(default_factory=dict)  # flagged metrics: near-copy share (NaN: unknown)
+    spreads: dict[str, tuple[float, float]] = field(default_factory=dict)  # evaluator.seeds: (std, min) over sets
     wall_time_s: float = math.nan
     val_curve: list[float] = field(default_factory=list)
     varying: list[str] = field(default_factory=list)  # overrides not shared by every job of the sweep
@@ -92,6 +93,7 @@ def read_job(job_dir: Path, now: float | None = None) -> JobResult:
             result.best_val_loss = finite[result.best_epoch]
     result.metrics = read_eval(job_dir)
     result.errors, result.ratios, result.beats_floor = read_eval_error_bars(job_dir)
+    result.spreads = read_seed_spreads(job_dir)
     result.wall_time_s = wall_time(times) if times else log_wall_time(job_dir / "train.log")
     result.status = job_status(job_dir, result.epochs, now)
     return result
@@ -162,6 +164,18 @@ def read_eval_error_bars(
     }
     flagged = {name: _as_float(e.get("near_copies")) for name, e in entries if e.get("beats_floor") is True}
     return errors, ratios, flagged
+
+
+def read_seed_spreads(job_dir: Path) -> dict[str, tuple[float, float]]:
+    """From an ``eval.json`` scored over ``evaluator.seeds``: each metric's ``std_over_seeds`` and
+    ``min_over_seeds``; {} for a single sample set."""
+    try:
+        loaded = json.loads((job_dir / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    entries = [(str(n), e) for n, e in loaded.items() if isinstance(e, dict)] if isinstance(loaded, dict) else []
+    return {name: (float(e["std_over_seeds"]), float(e["min_over_seeds"])) for name, e in entries
+            if _is_number(e.get("std_over_seeds")) and _is_number(e.get("min_over_seeds"))}
 
 
 def wall_time(times: Sequence[float]) -> float:

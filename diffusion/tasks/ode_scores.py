@@ -27,7 +27,7 @@ from diffusion.runtime.checks import ConfigError, check_bool, check_float, check
 from diffusion.sampling.noise import SampleNoise
 from diffusion.sampling.sampler import Sampler
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks.sample_and_score import _json_number
+from diffusion.tasks.seed_sets import json_number as _json_number
 
 EIGHT_BIT_WIDTH = 2 / 255  # one level of 8-bit pixels p in [0, 255] mapped to p / 127.5 - 1
 

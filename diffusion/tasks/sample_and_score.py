@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
-import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,12 +20,10 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import BaseEvaluator, MetricValue
-from diffusion.evaluation.metric_value import over_seed_sets
+from diffusion.evaluation.evaluators import BaseEvaluator
 from diffusion.evaluation.results import (
     StepsRow,
     format_metrics,
-    format_number,
     format_steps_table,
     metric_values,
     metrics_to_json,
@@ -38,6 +34,7 @@ from diffusion.runtime.checks import ConfigError, check_int
 from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
 from diffusion.storage.atomic import atomic_write_text
+from diffusion.tasks.seed_sets import add_seed_fields, seed_means, seed_set_scores, seeds_payload
 from diffusion.training.trainer import EpochHook
 
 TRAJECTORY_POINTS = 8  # columns of the denoising-trajectory strip, the final sample included
@@ -100,7 +97,7 @@ def sample_save_score(
     """Sample once, write ``samples.npz`` and its pictures into ``directory``, and score (``eval.json``).
 
     ``evaluator.sampler_steps``: one pass per step count, the last saved; ``evaluator.seeds``: one set per seed
-    (:func:`score_over_seeds`), the first saved. Under torchrun every rank draws its share and rank 0 alone writes
+    (:mod:`~diffusion.tasks.seed_sets`), the first saved. Under torchrun every rank draws its share and rank 0 alone writes
     and scores. Returns ``{metric: value}`` on rank 0, else (or when nothing was scored) None.
     """
     main = sampler.distributed.is_main
@@ -122,8 +119,9 @@ def sample_save_score(
                    f"({seconds * 1e3:.2f} ms/sample)")
     if not scoring:
         return None
-    if len(seeds) > 1:
-        payload = score_over_seeds(evaluator, sampler, result, seconds, count, logger)
+    if len(seeds) > 1:  # the last step count's sets, when there are rows
+        per_seed = (rows[-1].per_seed or []) if rows else seed_set_scores(evaluator, sampler, result, count)
+        payload = seeds_payload(evaluator, sampler, per_seed, result, seconds, logger) if main else {}
     else:
         payload = score(evaluator, sampler, result, seconds, logger) if main else {}
     if not main:
@@ -132,15 +130,17 @@ def sample_save_score(
         table = format_steps_table(rows)
         atomic_write_text(directory / "eval_steps.md", table + "\n")
         logger.log("scores per sampler step count:\n" + table)
-        payload["sampler_steps"] = [
-            metrics_to_json(row.metrics, evaluator.num_samples, row.sampler, row.steps, row.seconds_per_sample,
-                            nfe=row.nfe)
-            for row in rows
-        ]
+        payload["sampler_steps"] = [steps_entry(row, evaluator.num_samples) for row in rows]
     atomic_write_text(directory / "eval.json", json.dumps(payload, indent=2) + "\n")  # a failed write keeps the old
     values = {name: entry["value"] for name, entry in payload.items() if isinstance(entry, dict)}
     logger.log_summary(summary_values(payload))
     return values
+
+
+def steps_entry(row: StepsRow, num_samples: int) -> dict[str, Any]:
+    """One step count's ``eval.json`` record (with its seed sets' fields under ``evaluator.seeds``)."""
+    entry = metrics_to_json(row.metrics, num_samples, row.sampler, row.steps, row.seconds_per_sample, nfe=row.nfe)
+    return add_seed_fields(entry, row.per_seed) if row.per_seed and len(row.per_seed) > 1 else entry
 
 
 def score(
@@ -157,67 +157,13 @@ def score(
     return payload
 
 
-def score_over_seeds(
-    evaluator: BaseEvaluator, sampler: Sampler, first: SampleResult, seconds_per_sample: float, count: int,
-    logger: BaseLogger,
-) -> dict[str, Any]:
-    """``evaluator.seeds``: score ``first`` and a fresh, disjoint set of ``count`` samples per further seed s (indices
-    from ``s * count``). Each metric's ``value`` is the mean over sets, ``std_error`` std / sqrt(n), beside
-    ``per_seed``, ``std_over_seeds`` and ``min_over_seeds`` (EDM reports the minimum of three). {} off rank 0.
-    """
-    seeds = list(evaluator.seeds or [0])
-    main = sampler.distributed.is_main
-    per_seed: list[dict[str, MetricValue]] = []
-    for position, seed in enumerate(seeds):
-        result = first if position == 0 else sampler.sample(num_samples=count, first_index=seed * count)
-        if main:
-            per_seed.append(evaluator.evaluate(result.samples[: evaluator.num_samples]))
-    if not main:
-        return {}
-    summary = {name: seed_summary([m[name] for m in per_seed]) for name in per_seed[0]}
-    payload = metrics_to_json({name: mean for name, (mean, _, _) in summary.items()}, evaluator.num_samples,
-                              sampler.name, first.steps, seconds_per_sample, nfe=first.nfe)
-    for name, (_, std, minimum) in summary.items():
-        payload[name].update(per_seed=[_json_number(m[name].value) for m in per_seed],
-                             std_over_seeds=_json_number(std), min_over_seeds=_json_number(minimum))
-    payload["seeds"] = seeds
-    logger.log(f"evaluation of {len(seeds)} disjoint sets of {evaluator.num_samples} samples (evaluator.seeds="
-               f"{seeds}; {sampler.name}, {first.steps} steps, {first.nfe} NFE):\n"
-               + format_seeds_table(seeds, per_seed, summary))
-    logger.log(metric_values({name: mean for name, (mean, _, _) in summary.items()}))
-    return payload
-
-
-def seed_summary(values: Sequence[MetricValue]) -> tuple[MetricValue, float, float]:
-    """The mean over the sets (as a MetricValue: the first set's floor, standard error std / sqrt(n)), the sample
-    standard deviation (0 for one set) and the minimum of the values."""
-    numbers = [v.value for v in values]
-    std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
-    return over_seed_sets(values), std, min(numbers)
-
-
-def format_seeds_table(seeds: Sequence[int], per_seed: Sequence[dict[str, MetricValue]],
-                       summary: dict[str, tuple[MetricValue, float, float]]) -> str:
-    """A markdown table: one row per metric, one column per seed, then mean, std, min and the real-data floor."""
-    header = ["metric", *(f"seed {s}" for s in seeds), "mean", "std", "min", "floor"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, (mean, std, minimum) in summary.items():
-        cells = [name, *(format_number(m[name].value) for m in per_seed), format_number(mean.value),
-                 format_number(std), format_number(minimum), format_number(mean.floor)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _json_number(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def evaluate_at_steps(
     sampler: Sampler, evaluator: BaseEvaluator, steps_list: Sequence[int], logger: BaseLogger | None = None
 ) -> tuple[list[StepsRow], SampleResult, float]:
-    """Sample ``evaluator.num_samples`` with each step count in ``steps_list`` and score them; only ``sampler.steps``
-    changes, and is restored. A row holds the steps really run (DDPM always runs all T, so its counts collapse
-    into one row). Returns the rows, and the last row's samples and seconds per sample.
+    """Sample ``evaluator.num_samples`` with each step count in ``steps_list`` and score them (with
+    ``evaluator.seeds``, on each seed's disjoint set: the row holds the means and ``per_seed``); only
+    ``sampler.steps`` changes, and is restored. A row holds the steps really run (DDPM always runs all T, so its
+    counts collapse into one row). Returns the rows, and the last row's first samples and seconds per sample.
 
     Raises:
         ConfigError: if a step count is not in ``[1, method.num_timesteps]``, or the evaluator is ``none``.
@@ -239,9 +185,13 @@ def evaluate_at_steps(
             sampler.steps = steps
             if logger is not None:
                 logger.log(f"sampling {evaluator.num_samples} with {sampler.name} at {len(sequence)} steps")
-            result, seconds = timed_sample(sampler, evaluator.num_samples, trajectory_timesteps(sequence))
-            metrics = evaluator.evaluate(result.samples) if sampler.distributed.is_main else {}
-            rows.append(StepsRow(sampler.name, result.steps, metrics, seconds, result.nfe))
+            count = evaluator.num_samples
+            seeds = evaluator.seeds or [0]
+            result, seconds = timed_sample(sampler, count, trajectory_timesteps(sequence), seeds[0] * count)
+            per_seed = seed_set_scores(evaluator, sampler, result, count)
+            metrics = (seed_means(per_seed) if len(seeds) > 1 else per_seed[0]) if per_seed else {}
+            rows.append(StepsRow(sampler.name, result.steps, metrics, seconds, result.nfe,
+                                 per_seed if len(seeds) > 1 else None))
             last = (result, seconds)
     finally:
         sampler.steps = original_steps

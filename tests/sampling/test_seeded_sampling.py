@@ -170,9 +170,30 @@ def test_bad_seeds_are_one_line_errors_naming_the_key(seeds, message):
         PointsEvaluator(seeds=seeds)
 
 
-def test_seeds_and_sampler_steps_do_not_combine():
-    with pytest.raises(ConfigError, match="evaluator.seeds and evaluator.sampler_steps"):
-        PointsEvaluator(seeds=[0, 1], sampler_steps=[5])
+def test_seeds_with_sampler_steps_score_every_step_count_on_every_set(tmp_path):
+    """EDM2's reporting per step count: each row is the mean over the seeds' disjoint sets, with their std and min,
+    in eval_steps.md and eval.json; the final scores are the last row's, not sampled again."""
+    data = MoonsData(num_samples=300)
+    evaluator = PointsEvaluator(num_samples=30, reference_size=200, num_projections=8, seeds=[0, 1, 2],
+                                sampler_steps=[2, 5], floor_draws=4, bootstrap=0, floor_cache_dir=str(tmp_path))
+    evaluator.prepare(data)
+    build, _ = STOCHASTIC["ddim_eta1"]
+    sampler = tiny_sampler(build, 16, eta=1.0)
+    with FileLogger(tmp_path, console=False) as logger:
+        values = sample_save_score(sampler, evaluator, data, tmp_path, logger)
+    payload = json.loads((tmp_path / "eval.json").read_text())
+    rows = payload["sampler_steps"]
+    assert [row["steps"] for row in rows] == [2, 5] and payload["seeds"] == [0, 1, 2]
+    for row in rows:
+        per_seed = row["energy"]["per_seed"]
+        assert len(set(per_seed)) == 3 and row["energy"]["value"] == pytest.approx(statistics.fmean(per_seed))
+        assert row["energy"]["std_over_seeds"] == pytest.approx(statistics.stdev(per_seed))
+        assert row["energy"]["min_over_seeds"] == min(per_seed)
+    assert payload["energy"]["per_seed"] == rows[-1]["energy"]["per_seed"] and values["energy"] == rows[-1][
+        "energy"]["value"]
+    table = (tmp_path / "eval_steps.md").read_text()
+    std, minimum = rows[0]["energy"]["std_over_seeds"], rows[0]["energy"]["min_over_seeds"]
+    assert f"± {std:.4g}, min {minimum:.4g}" in table
 
 
 def test_seeds_score_disjoint_sets_and_report_mean_std_min(tmp_path):

@@ -202,3 +202,36 @@ def test_pruned_job_is_reported_as_pruned_and_never_best(sweep: Path) -> None:
     assert [r["status"] for r in rows if r["job"] == "2"] == ["pruned"]
     assert (rows[0]["job"], rows[0]["best"]) == ("3", "") and rows[1]["best"] == "best"
     assert "2 pruned" in (sweep / "report.md").read_text()
+
+
+def _seeded_eval(job: Path, per_seed: list[float]) -> None:
+    """An eval.json scored over evaluator.seeds: the mean as value, std / sqrt(n) as its standard error."""
+    import statistics
+
+    std = statistics.stdev(per_seed)
+    entry = {"value": statistics.fmean(per_seed), "floor": 0.1, "std_error": std / len(per_seed) ** 0.5,
+             "per_seed": per_seed, "std_over_seeds": std, "min_over_seeds": min(per_seed)}
+    (job / "eval.json").write_text(json.dumps({"fd": entry, "num_samples": 100, "seeds": [0, 1, 2]}))
+
+
+def test_evaluator_seeds_show_mean_std_min_and_near_jobs_tie(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for name, lr, per_seed in (("0", "1e-4", [2.0, 2.2, 2.4]), ("1", "3e-4", [2.1, 2.3, 2.5]),
+                               ("2", "1e-3", [5.0, 5.1, 5.2])):
+        _seeded_eval(write_job(sweep, name, [f"trainer.lr={lr}"], [1.0]), per_seed)
+    write_report(sweep)
+    rows = {row["job"]: row for row in read_csv(sweep / "report.csv")}
+    # 2.2 and 2.3 differ by 0.1, less than sqrt(se0^2 + se1^2) = 0.163: a tie, not a ranking.
+    assert [(rows[j]["rank"], rows[j]["best"]) for j in "012"] == [("1=", "tie"), ("1=", "tie"), ("3", "")]
+    assert float(rows["0"]["fd_std_over_seeds"]) == pytest.approx(0.2) and float(rows["0"]["fd_min_over_seeds"]) == 2.0
+    markdown = (sweep / "report.md").read_text()
+    assert "| 1= | **tie** | 0 |" in markdown and "2.2 ± 0.2, min 2" in markdown
+
+
+def test_seed_groups_within_their_standard_errors_tie_and_show_the_minimum(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for index, (lr, seed, fd) in enumerate([("1e-4", 0, 2.0), ("3e-4", 0, 2.1), ("1e-4", 1, 2.4), ("3e-4", 1, 2.3)]):
+        write_job(sweep, str(index), [f"trainer.lr={lr}", f"seed={seed}"], [1.0], eval_metrics={"fd": fd})
+    write_report(sweep)
+    groups = read_csv(sweep / "report_seeds.csv")
+    assert [(g["rank"], g["best"], g["fd_min"]) for g in groups] == [("1=", "tie", "2"), ("1=", "tie", "2.1")]
