@@ -30,6 +30,10 @@ class BaseLogger(ABC):
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Called once at the end of training with the full per-epoch histories."""
 
+    def log_curve(self, key: str, x_name: str, curves: dict[str, list[tuple[float, float]]]) -> None:
+        """Named curves of ``(x, y)`` points, e.g. each score against training images seen; file loggers have the
+        picture on disk already, a tracker may draw them as charts."""
+
     def close(self) -> None:
         """Flush and release resources; idempotent."""
 
@@ -85,6 +89,10 @@ class LoggerCollection(BaseLogger):
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         for logger in self.loggers:
             logger.log_loss_curve(train, val)
+
+    def log_curve(self, key: str, x_name: str, curves: dict[str, list[tuple[float, float]]]) -> None:
+        for logger in self.loggers:
+            logger.log_curve(key, x_name, curves)
 
     def close(self) -> None:
         for logger in self.loggers:

@@ -228,6 +228,21 @@ class WandbLogger(BaseLogger):
     def log_loss_curve(self, train: Sequence[float], val: Sequence[float]) -> None:
         """Nothing to do: W&B plots ``train/loss`` and ``val/loss`` from the history."""
 
+    def log_curve(self, key: str, x_name: str, curves: dict[str, list[tuple[float, float]]]) -> None:
+        """One W&B line chart per curve, ``<key>/<name>``, with ``x_name`` on its x axis (a table of the points
+        and its plot, so the chart does not depend on the history's step axis)."""
+        run = self._active_run()
+        if run is None or self._wandb is None:
+            return
+        wandb = self._wandb
+        with self._guard(f"logging chart {key}"):
+            charts = {
+                f"{key}/{name}": wandb.plot.line(wandb.Table(columns=[x_name, name], data=[list(p) for p in points]),
+                                                 x_name, name, title=f"{name} against {x_name}")
+                for name, points in curves.items()
+            }
+            run.log(charts)
+
     def _upload(self, run: Any, files: dict[str, Path], name: str, type: str, aliases: Sequence[str]) -> None:
         assert self._wandb is not None
         with self._guard(f"logging artifact {name}"):

@@ -34,6 +34,7 @@ from diffusion.runtime.checks import ConfigError, check_int
 from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
 from diffusion.storage.atomic import atomic_write_text
+from diffusion.tasks.score_curve import KIMG, kimg
 from diffusion.tasks.seed_sets import add_seed_fields, seed_means, seed_set_scores, seeds_payload
 from diffusion.training.trainer import EpochHook
 
@@ -249,9 +250,12 @@ def write_posthoc_table(rows: Sequence[tuple[float, dict[str, float] | None]], d
     return written
 
 
-def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLogger) -> EpochHook:
+def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLogger,
+                     images_per_step: int | None = None) -> EpochHook:
     """A trainer hook that scores ``evaluator.num_samples`` samples of the EMA weights (drawn by ``sampler``, whose
-    network takes them) every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``."""
+    network takes them) every ``evaluator.every_n_epochs``; its metrics are logged and can be ``trainer.monitor``.
+    With ``images_per_step`` (the global batch) it logs ``kimg`` beside them, the x axis of the score curve
+    (:mod:`~diffusion.tasks.score_curve`)."""
 
     def hook(epoch: int, global_step: int, ema_model: nn.Module) -> dict[str, float] | None:
         if not evaluator.is_due(epoch):
@@ -260,7 +264,8 @@ def epoch_evaluation(evaluator: BaseEvaluator, sampler: Sampler, logger: BaseLog
         samples = sampler.sample(num_samples=evaluator.num_samples).samples
         metrics = evaluator.evaluate(samples)
         logger.log(f"epoch {epoch} evaluation ({len(samples)} samples):\n{format_metrics(metrics)}")
-        return metric_values(metrics)
+        seen = {} if images_per_step is None else {KIMG: kimg(global_step, images_per_step)}
+        return metric_values(metrics) | seen
 
     return hook
 

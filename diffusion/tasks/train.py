@@ -25,6 +25,7 @@ from diffusion.tasks.exits import exit_on_failure
 from diffusion.tasks.run_files import print_run_files, remove_if_empty
 from diffusion.tasks.sample import sample_or_stop
 from diffusion.tasks.sample_and_score import epoch_evaluation, epoch_sample_grid, log_unavailable, prepare_evaluator
+from diffusion.tasks.score_curve import write_score_curve
 from diffusion.training.trainer import EpochHook, Trainer
 
 
@@ -71,7 +72,8 @@ def epoch_hooks(parts: Components, resume: ResumePoint, logger: BaseLogger) -> l
     sampler = parts.make_sampler(copy.deepcopy(parts.model))
     hooks = []
     if parts.evaluator.every_n_epochs:
-        hooks.append(epoch_evaluation(parts.evaluator, sampler, logger))
+        batch = parts.config.get("trainer", {}).get("batch_size")  # the global batch: kimg on the score curve
+        hooks.append(epoch_evaluation(parts.evaluator, sampler, logger, batch if isinstance(batch, int) else None))
     if sampler.grid_every_n_epochs:
         hooks.append(epoch_sample_grid(sampler, resume.run_dir, sampler.grid_every_n_epochs, logger))
     return hooks
@@ -106,6 +108,8 @@ def run_training(parts: Components, run: RunSettings, dist: DistributedContext, 
             logger.log_hyperparams(run.config)
             log_unavailable(parts.evaluator, logger)
         summary, finished = train_or_stop(trainer)
+        if dist.is_main and parts.evaluator.every_n_epochs:
+            write_score_curve(run_dir, parts.evaluator.metric_names, logger)
         if job.session is not None and finished:
             with exit_on_failure():
                 job.session.finish()
