@@ -49,9 +49,10 @@ def test_sample_writes_the_adm_npz_and_evaluate_scores_it(conditional_run, tmp_p
     assert all(math.isfinite(report[name]["value"]) for name in ("fd", "precision", "recall", "memorization"))
 
 
-def test_evaluate_scores_a_file_made_elsewhere_like_the_evaluator_does(tmp_path, monkeypatch):
+def test_evaluate_scores_a_file_made_elsewhere_like_the_evaluator_does(tmp_path, monkeypatch, capsys):
     """A file made as ADM's image_sample.py makes it (np.savez(path, arr, label_arr), uint8 NHWC) from held-out
-    digits: its scores are those of the evaluator on the same images, and nothing is written beside it."""
+    digits: its scores are those of the evaluator on the same images (the default digits evaluator: with precision,
+    recall and memorization, each printed beside its floor), and nothing is written beside it."""
     data = DigitsData()
     split = data.load()
     pixels = ((split.val[:24] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -63,6 +64,9 @@ def test_evaluate_scores_a_file_made_elsewhere_like_the_evaluator_does(tmp_path,
                            f"hydra.run.dir={out}", "evaluator.num_samples=24", "evaluator.floor_draws=8",
                            "evaluator.bootstrap=0") == 0
     assert sorted(p.name for p in foreign.iterdir()) == ["samples_24x8x8x1.npz"]
+    printed = capsys.readouterr().out
+    for line in ("precision: ", "recall: ", "memorization: "):
+        assert any(row.startswith(line) and "real" in row for row in printed.splitlines()), line
     assert {"eval.json", "config.yaml", "samples.png", "train.log"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "eval.json").read_text())
     evaluator = DigitsEvaluator(num_samples=24, floor_draws=8, bootstrap=0, neighbour_metrics=True)

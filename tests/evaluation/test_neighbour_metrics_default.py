@@ -1,0 +1,46 @@
+"""Precision, recall and memorization by default: every data set's evaluator config turns them on, each score
+with its real-data floor; the reference's neighbour radii are computed once per real split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from diffusion.data import MoonsData
+from diffusion.evaluation.neighbours import kth_neighbour_distances, precision_recall
+from diffusion.evaluation.points import PointsEvaluator
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+EVALUATORS = ["digits", "mnist", "points", "moons", "swissroll", "cifar10", "image_folder"]
+
+
+@pytest.mark.parametrize("name", EVALUATORS)
+def test_every_evaluator_config_scores_the_neighbour_metrics(name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"evaluator={name}"])
+    assert cfg.evaluator.neighbour_metrics is True
+    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    assert {"precision", "recall", "memorization"} <= set(evaluator.metric_names)
+
+
+def test_points_evaluator_scores_them_beside_their_floors(tmp_path):
+    data = MoonsData(num_samples=300)
+    evaluator = PointsEvaluator(num_samples=40, reference_size=200, num_projections=8, neighbour_metrics=True,
+                                floor_draws=4, bootstrap=0, floor_cache_dir=str(tmp_path))
+    evaluator.prepare(data)
+    scores = evaluator.evaluate(data.load().val[:40])
+    for name in ("precision", "recall", "memorization"):
+        assert scores[name].floor is not None and scores[name].floor_std is not None, name
+    assert scores["precision"].higher_is_better and scores["recall"].higher_is_better
+
+
+def test_known_radii_give_the_same_precision_and_recall():
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(60, 3, generator=generator), torch.randn(30, 3, generator=generator) + 0.3
+    assert precision_recall(real, fake, real_radii=kth_neighbour_distances(real)) == precision_recall(real, fake)
+    with pytest.raises(ValueError, match="one radius per real row"):
+        precision_recall(real, fake, real_radii=torch.ones(5))
