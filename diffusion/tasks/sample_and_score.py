@@ -95,11 +95,13 @@ def stop_sampling_on_signal(source: Path) -> Iterator[None]:
 def sample_save_score(
     sampler: Sampler, evaluator: BaseEvaluator, data: BaseData, directory: Path, logger: BaseLogger
 ) -> dict[str, float] | None:
-    """Sample once, write ``samples.npz`` and its pictures into ``directory``, and score (``eval.json``).
+    """Sample once, write ``samples.npz`` (``sampler.format=adm``: the ADM suite's file) and its pictures into
+    ``directory``, and score (``eval.json``).
 
     ``evaluator.sampler_steps``: one pass per step count, the last saved; ``evaluator.seeds``: one set per seed
-    (:mod:`~diffusion.tasks.seed_sets`), the first saved. Under torchrun every rank draws its share and rank 0 alone writes
-    and scores. Returns ``{metric: value}`` on rank 0, else (or when nothing was scored) None.
+    (:mod:`~diffusion.tasks.seed_sets`; with step counts, per step count), the first saved. Under torchrun every
+    rank draws its share and rank 0 alone writes and scores. Returns ``{metric: value}`` on rank 0, else (or when
+    nothing was scored) None.
     """
     main = sampler.distributed.is_main
     scoring = sampler.distributed.broadcast_object(evaluator.available)  # rank 0 alone prepared the evaluator
