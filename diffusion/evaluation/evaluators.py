@@ -28,7 +28,7 @@ from diffusion.evaluation.floors import (
 )
 from diffusion.evaluation.metric_value import NOT_FLAGGED, MetricValue, beats_floor, with_floor  # noqa: F401
 from diffusion.evaluation.metrics import frechet_distance_from_features, kernel_inception_distance
-from diffusion.evaluation.neighbours import RealNeighbours, memorization_score, precision_recall, real_neighbours
+from diffusion.evaluation.neighbours import RealNeighbours, memorization_score, real_neighbours
 from diffusion.evaluation.uncertainty import bootstrap_std_errors
 from diffusion.runtime.checks import ConfigError, check_int
 
@@ -360,10 +360,8 @@ class FeatureEvaluator(BaseEvaluator):
         known = self._neighbours
         if known is None or known[0].reference is not real.reference or known[0].heldout is not real.heldout:
             known = self._neighbours = (real, real_neighbours(reference, heldout))  # once per split, not per resample
-        shared = known[1]
-        pairs = [precision_recall(reference, features[part], real_radii=shared.radii)
-                 for part in chunk_slices(len(features), n)]
-        copies = memorization_score(features, reference, heldout, threshold=shared.threshold)
+        pairs = [known[1].precision_recall(features[part]) for part in chunk_slices(len(features), n)]
+        copies = known[1].memorization(features)
         return {
             "precision": mean_of_chunks([pair.precision for pair in pairs], higher_is_better=True),
             "recall": mean_of_chunks([pair.recall for pair in pairs], higher_is_better=True),

@@ -27,10 +27,9 @@ class Memorization(NamedTuple):
     threshold: float
 
 
-def kth_neighbour_distances(x: ArrayLike, k: int = 3) -> torch.Tensor:
-    """Distance from each row of ``x`` ``(N, D)`` to its ``k``-th nearest other row ``(N,)``: the radii of the
-    k-NN manifold estimate. An evaluator computes its reference's once and hands them to :func:`precision_recall`."""
-    x = torch.as_tensor(x, dtype=torch.float64)
+def kth_neighbour_distances(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Distance from each row of ``x`` ``(N, D)`` float64 to its ``k``-th nearest other row ``(N,)``: the radii of
+    the k-NN manifold estimate."""
     distances = []
     for block in x.split(BLOCK):
         dist = torch.cdist(block, x)  # (block, N); each row holds its own 0
@@ -49,23 +48,19 @@ def _share_inside_balls(queries: torch.Tensor, centres: torch.Tensor, radii: tor
     return inside / len(queries)
 
 
-def precision_recall(
-    real: ArrayLike, fake: ArrayLike, k: int = 3, real_radii: torch.Tensor | None = None
-) -> PrecisionRecall:
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> PrecisionRecall:
     """Improved precision and recall of ``fake`` against ``real`` features (Kynkaanniemi et al. 2019, Sec. 3).
 
     Each set's manifold is the union of balls around its points of radius the distance to the ``k``-th nearest
     neighbour in the same set; precision is the share of fake points in the real manifold, recall the reverse.
-    ``real_radii``: :func:`kth_neighbour_distances` of ``real`` when already known (the R x R distances are most
-    of the cost, and the reference is the same for every sample set, bootstrap resample and chunk).
     """
     k = check_int(k, "k", minimum=1)
     real, fake = as_point_clouds(real, fake, min_points=k + 1)
-    if real_radii is None:
-        real_radii = kth_neighbour_distances(real, k)
-    elif real_radii.shape != (len(real),):
-        raise ValueError(f"real_radii must hold one radius per real row ({len(real)}), got {tuple(real_radii.shape)}")
-    precision = _share_inside_balls(fake, real, real_radii.to(real))
+    return _precision_recall(real, kth_neighbour_distances(real, k), fake, k)
+
+
+def _precision_recall(real: torch.Tensor, real_radii: torch.Tensor, fake: torch.Tensor, k: int) -> PrecisionRecall:
+    precision = _share_inside_balls(fake, real, real_radii)
     recall = _share_inside_balls(real, fake, kth_neighbour_distances(fake, k))
     return PrecisionRecall(precision, recall)
 
@@ -78,28 +73,46 @@ def memorization_threshold(train: ArrayLike, heldout: ArrayLike, quantile: float
 
 
 def memorization_score(
-    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01, threshold: float | None = None
+    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, quantile: float = 0.01
 ) -> Memorization:
     """Share of ``samples`` closer to a training item than almost any fresh data point comes.
 
-    Threshold: :func:`memorization_threshold` of ``train`` and ``heldout`` (or ``threshold``, when already known);
-    a generalising model scores about ``quantile``.
+    Threshold: :func:`memorization_threshold` of ``train`` and ``heldout``; a generalising model scores about
+    ``quantile``.
     """
-    if threshold is None:
-        threshold = memorization_threshold(train, heldout, quantile)
+    threshold = memorization_threshold(train, heldout, quantile)
     samples, train = as_point_clouds(samples, train)
-    score = (_nearest_distances(samples, train) < threshold).double().mean().item()
-    return Memorization(score, threshold)
+    return _memorization(samples, train, threshold)
+
+
+def _memorization(samples: torch.Tensor, train: torch.Tensor, threshold: float) -> Memorization:
+    return Memorization((_nearest_distances(samples, train) < threshold).double().mean().item(), threshold)
 
 
 class RealNeighbours(NamedTuple):
-    """What every sample set scored against one real split shares: the reference's k-NN ``radii`` (precision) and
-    the memorization ``threshold``; computed once, they are most of the neighbour metrics' cost."""
+    """One real split made ready for scoring many sample sets (chunks, bootstrap resamples, seeds): the checked
+    float64 ``reference`` rows, their k-NN ``radii`` and the memorization ``threshold``, computed once (the
+    R x R distances are most of the neighbour metrics' cost). Build it with :func:`real_neighbours`."""
 
-    radii: torch.Tensor
+    reference: torch.Tensor  # (R, D) float64
+    radii: torch.Tensor  # (R,)
     threshold: float
+    k: int
+
+    def precision_recall(self, fake: ArrayLike) -> PrecisionRecall:
+        """:func:`precision_recall` of ``fake`` ``(N, D)`` against the reference."""
+        fake, _ = as_point_clouds(fake, self.reference[: self.k + 1], min_points=self.k + 1)
+        return _precision_recall(self.reference, self.radii, fake, self.k)
+
+    def memorization(self, samples: ArrayLike) -> Memorization:
+        """:func:`memorization_score` of ``samples`` ``(N, D)`` against the reference."""
+        samples, _ = as_point_clouds(samples, self.reference[:1])
+        return _memorization(samples, self.reference, self.threshold)
 
 
 def real_neighbours(train: ArrayLike, heldout: ArrayLike, k: int = 3, quantile: float = 0.01) -> RealNeighbours:
-    """:func:`kth_neighbour_distances` of ``train`` and :func:`memorization_threshold` of the split."""
-    return RealNeighbours(kth_neighbour_distances(train, k), memorization_threshold(train, heldout, quantile))
+    """``train`` (the reference) with its :func:`kth_neighbour_distances` and the split's
+    :func:`memorization_threshold`."""
+    k = check_int(k, "k", minimum=1)
+    train, heldout = as_point_clouds(train, heldout, min_points=k + 1)
+    return RealNeighbours(train, kth_neighbour_distances(train, k), memorization_threshold(train, heldout, quantile), k)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from diffusion.data import MoonsData
-from diffusion.evaluation.neighbours import kth_neighbour_distances, precision_recall
+from diffusion.evaluation.neighbours import memorization_score, precision_recall, real_neighbours
 from diffusion.evaluation.points import PointsEvaluator
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -38,9 +38,12 @@ def test_points_evaluator_scores_them_beside_their_floors(tmp_path):
     assert scores["precision"].higher_is_better and scores["recall"].higher_is_better
 
 
-def test_known_radii_give_the_same_precision_and_recall():
+def test_a_prepared_real_split_scores_as_the_plain_functions():
     generator = torch.Generator().manual_seed(0)
-    real, fake = torch.randn(60, 3, generator=generator), torch.randn(30, 3, generator=generator) + 0.3
-    assert precision_recall(real, fake, real_radii=kth_neighbour_distances(real)) == precision_recall(real, fake)
-    with pytest.raises(ValueError, match="one radius per real row"):
-        precision_recall(real, fake, real_radii=torch.ones(5))
+    real, heldout = torch.randn(60, 3, generator=generator), torch.randn(20, 3, generator=generator)
+    fake = torch.randn(30, 3, generator=generator) + 0.3
+    known = real_neighbours(real, heldout)
+    assert known.precision_recall(fake) == precision_recall(real, fake)
+    assert known.memorization(fake) == memorization_score(fake, real, heldout)
+    with pytest.raises(ValueError, match="feature dimension"):
+        known.precision_recall(torch.randn(30, 4))
