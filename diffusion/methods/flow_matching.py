@@ -210,12 +210,18 @@ class FlowMatching(BaseMethod):
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the network regresses: u_t = d_alpha y + d_sigma n (eq. 4.62), y, or n."""
+        return self.interpolate(x0, t, noise)[1]
+
+    def interpolate(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, the training target) from one evaluation of the path's coefficients: a training step's small
+        tensor operations are its overhead on a small network."""
+        alpha, sigma, d_alpha, d_sigma = (broadcast(c, x0) for c in self.path_coefficients(t.to(x0.device)))
+        x_t = alpha * x0 + sigma * noise
         if self.prediction == "x0":
-            return x0
+            return x_t, x0
         if self.prediction == "noise":
-            return noise
-        _, _, d_alpha, d_sigma = self.path_coefficients(t.to(x0.device))
-        return broadcast(d_alpha, x0) * x0 + broadcast(d_sigma, x0) * noise
+            return x_t, noise
+        return x_t, d_alpha * x0 + d_sigma * noise
 
     def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
                      noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
@@ -224,9 +230,9 @@ class FlowMatching(BaseMethod):
         dropped in training with ``cond_drop_prob``."""
         times = self.training_times(t, x0.shape[0], x0.device)  # (B,) float64
         noise = self.couple(x0, torch.randn_like(x0)) if noise is None else noise
-        x_t = self.q_sample(x0, times, noise)
+        x_t, target = self.interpolate(x0, times, noise)
         output = model(x_t, self.network_time(times), **self.condition_kwargs(model, model_kwargs))
-        return (output.float() - self.training_target(x0, times, noise).float()).pow(2).mean()
+        return (output.float() - target.float()).pow(2).mean()
 
     def extra_repr(self) -> str:
         return (f"path={self.path!r}, prediction={self.prediction!r}, time_sampling={self.time_sampling!r}, "

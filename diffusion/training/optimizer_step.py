@@ -51,6 +51,10 @@ class OptimizerStep:
         ``1 / len(micro_losses)``; returns the mean loss (this rank's)."""
         self.optimizer.zero_grad(set_to_none=True)
         count = len(micro_losses)
+        if count == 1:  # the common case without the averaging's small tensor operations (the same numbers)
+            loss = micro_losses[0]()
+            self.scaler.scale(loss).backward()
+            return loss.detach()
         total = torch.zeros((), device=device)
         for i, micro_loss in enumerate(micro_losses):
             with self._no_sync(i < count - 1):
