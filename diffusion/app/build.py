@@ -42,7 +42,7 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command
     data, cfg, model = build_network(cfg, job)
-    method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    method = instantiate(checked(cfg.method, "method"), _convert_="all")  # what samples: the student's method when distilling
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
     return Components(
@@ -60,11 +60,30 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
 def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:
     """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
     ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
-    data = instantiate(cfg.data, _convert_="all")
+    data = instantiate(checked(cfg.data, "data"), _convert_="all")
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
                      job.choices.get("model") or cfg.model._target_)
     cfg = method_implied(data_implied(cfg, data, job.keys), job.keys)
-    return data, cfg, instantiate(cfg.model, _convert_="all")
+    return data, cfg, instantiate(checked(cfg.model, "model"), _convert_="all")
+
+
+def checked(node: DictConfig, group: str) -> DictConfig:
+    """``node``, after checking that its ``_target_`` takes every key it sets: a key left by a preset written for
+    another option (``experiment=mnist_dit model=edm2_unet`` keeps ``model.patch_size``) is one line, not a
+    TypeError inside Hydra.
+
+    Raises:
+        ConfigError: naming ``<group>.<key>``.
+    """
+    parameters = inspect.signature(get_class(node._target_)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return node
+    names = {p.name for p in parameters}
+    for key in node:
+        if not str(key).startswith("_") and key not in names:
+            raise ConfigError(f"{group}.{key} is not an argument of {node._target_}: drop it with ~{group}.{key} "
+                              f"(a preset such as experiment=... may set it for its own {group})")
+    return node
 
 
 def _instantiate_partial(node: DictConfig, **arguments: Any) -> Any:
