@@ -42,7 +42,8 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command
     data, cfg, model = build_network(cfg, job)
-    method = instantiate(checked(cfg.method, "method"), _convert_="all")  # what samples: the student's method when distilling
+    # What samples: the student's method when distilling.
+    method = instantiate(checked(cfg.method, "method"), _convert_="all")
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
     return Components(

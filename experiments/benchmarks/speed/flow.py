@@ -182,7 +182,8 @@ def report(figures: Figures) -> tuple[list[str], list[tuple[bool, str]]]:
     # Speed ratio of the Sampler against a loop: the loop's seconds per step over the Sampler's (> 1: faster).
     speed = {name: paired_ratio(values, sampling["sampler"]) for name, values in sampling.items()}
     sample_rows = [[name, f"{median(values) * 1e3:.3f}", f"{speed[name]:.3f}",
-                    "-" if name == "sampler" else f"{figures.agreement[name]:.1e}"] for name, values in sampling.items()]
+                    "-" if name == "sampler" else f"{figures.agreement[name]:.1e}"]
+                   for name, values in sampling.items()]
     table = [
         f"Training (steps/s, medians over rounds; ratio: median of per-round ratios to the bare loop):", "",
         *markdown_table(["loop", "steps/s", "ratio to bare"], train_rows), "",
