@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, paired_ratio, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
@@ -150,7 +151,9 @@ def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
         steps = max(1, round(budget.unet_steps * ratio))
         run_dir = work / name.lower().replace(" ", "_").replace("-", "")
         seconds = 0.0
-        if not (reuse and (run_dir / "eval.json").is_file()):
+        if reuse and (run_dir / "eval.json").is_file():  # the steps it was trained with, not today's share
+            steps = int(yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"])
+        else:
             seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
         fd = read_eval(run_dir)["fd"]
         samples = median(figures.rates) * budget.batch_size
