@@ -249,7 +249,8 @@ class Trainer:
     def _inputs(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
         # uint8 data sets convert here, per batch; random flips are seeded by (seed, step, micro-batch, rank), so a
         # resumed run draws the same ones. Read before the step counter moves on.
-        seed = batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
+        seed = (batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
+                if self.data.random_flip else None)  # the hash costs a small network's step a few per cent
         x0 = self.data.prepare_batch(self.splits.train[index], seed)
         return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
 
