@@ -45,13 +45,12 @@ class ClassifierPatchFeatures(nn.Module):
 
 
 class Dinov2PatchFeatures(nn.Module):
-    """DINOv2's patch tokens as a map ``(B, D, 16, 16)`` of RGB images ``(B, 3, 224, 224)`` in [-1, 1]."""
+    """DINOv2's patch tokens as a map ``(B, D, 16, 16)`` of RGB images ``(B, 3, 224, 224)`` in [-1, 1], from a
+    ``transformers`` ``Dinov2Model`` (:func:`load_patch_encoder` reads one from a local folder)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, network: nn.Module) -> None:
         super().__init__()
-        from transformers import Dinov2Model  # only this encoder needs transformers
-
-        self.network = Dinov2Model.from_pretrained(str(folder), local_files_only=True).eval().requires_grad_(False)
+        self.network = network.eval().requires_grad_(False)
         self.input_size, self.channels = DINOV2_INPUT_SIZE, 3
         self.dim = int(self.network.config.hidden_size)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -76,7 +75,9 @@ def load_patch_encoder(name: PatchEncoderName, path: str | None = None) -> nn.Mo
         if path is None or not (Path(path) / "config.json").is_file():
             raise ConfigError(f"repa.encoder_path={path} must be a local folder holding a DINOv2 model "
                               "(config.json and weights, as Dinov2Model.save_pretrained writes them)")
-        encoder: nn.Module = Dinov2PatchFeatures(path)
+        from transformers import Dinov2Model  # only this encoder needs transformers
+
+        encoder: nn.Module = Dinov2PatchFeatures(Dinov2Model.from_pretrained(path, local_files_only=True))
     else:
         weights = Path(path) if path is not None else (MNIST_WEIGHTS_PATH if name == "mnist" else WEIGHTS_PATH)
         if not weights.is_file():

@@ -49,7 +49,8 @@ class Settings:
 
 
 FULL = Settings(("trainer.progress=false",), epochs=24, num_samples=500)  # the preset's 25 epochs, rounded to quarters
-QUICK = Settings(("model.depth=2", "model.hidden_size=32", "model.num_heads=2", "trainer.batch_size=256",
+QUICK = Settings(("data.val_fraction=0.9", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
+                  "trainer.batch_size=64",
                   "trainer.warmup_steps=5", "trainer.precision=fp32", "trainer.progress=false", "sampler.steps=5",
                   "repa.projector_dim=16", "evaluator.floor_draws=2", "evaluator.bootstrap=0",
                   "evaluator.neighbour_metrics=false", "evaluator.kid_subsets=2", "evaluator.reference_size=200"),
@@ -118,8 +119,8 @@ def table(curves: dict[str, list[CurvePoint]]) -> list[str]:
     rows = []
     for share, plain, repa in zip(("1/4", "1/2", "3/4", "all"), curves["plain"], curves["repa"], strict=True):
         assert plain.steps == repa.steps, "the runs must compare at equal optimizer steps"
-        rows.append([str(plain.steps), share, f"{fmt(plain.fd.value)} ± {fmt(plain.fd_std, '.2g')}",
-                     f"{fmt(repa.fd.value)} ± {fmt(repa.fd_std, '.2g')}", fmt(repa.fd.value / plain.fd.value, ".2f")])
+        scores = [f"{fmt(p.fd.value, '.4g')} ± {fmt(p.fd_std, '.2g')}" for p in (plain, repa)]
+        rows.append([str(plain.steps), share, *scores, fmt(repa.fd.value / plain.fd.value, ".2f")])
     return markdown_table(header, rows)
 
 
