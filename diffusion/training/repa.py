@@ -161,5 +161,6 @@ def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize
         return False
     if not resize:
         raise ConfigError(f"repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
-                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them")
+                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them (or choose a "
+                          "repa.encoder of their size)")
     return True

@@ -13,6 +13,7 @@ from diffusion.evaluation.patch_features import ClassifierPatchFeatures, load_pa
 from diffusion.models import DiT, UViT
 from diffusion.models.unet import UNet
 from diffusion.runtime.checks import ConfigError
+from diffusion.storage.checkpoint import restore_trainable
 from diffusion.training.repa import RepresentationAlignment, alignment_loss, token_targets
 
 METHODS = ["ddpm", "edm", "flow_matching", "meanflow", "shortcut"]
@@ -165,3 +166,15 @@ def test_a_killed_repa_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     kill_resume.assert_killed_run_resumes(tmp_path, monkeypatch)
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert "trainable_state_dict" in checkpoint  # the projector is trained state
+    sampled = tmp_path / "sampled"  # sampling needs neither the encoder nor the projector
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={tmp_path / 'run'}", f"hydra.run.dir={sampled}") == 0
+    assert (sampled / "samples.npz").is_file()
+
+
+def test_a_checkpoint_with_or_without_the_projector_fits_only_a_run_alike():
+    projector = torch.nn.Linear(2, 2)
+    restore_trainable({"trainable_state_dict": projector.state_dict()}, torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="needs"):
+        restore_trainable({}, projector)  # resuming a run trained without REPA with repa.weight > 0
+    with pytest.raises(ValueError, match="holds"):
+        restore_trainable({"trainable_state_dict": projector.state_dict()}, None)
