@@ -3,6 +3,11 @@ the forward pass unchanged, the one-line refusals, and a killed REPA run that re
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -178,3 +183,51 @@ def test_a_checkpoint_with_or_without_the_projector_fits_only_a_run_alike():
         restore_trainable({}, projector)  # resuming a run trained without REPA with repa.weight > 0
     with pytest.raises(ValueError, match="holds"):
         restore_trainable({"trainable_state_dict": projector.state_dict()}, None)
+
+
+# Two ranks train a tiny DiT with REPA on the digits for a few steps (each its own batches, times and noise);
+# each saves its network and projector parameters.
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from diffusion.data import DigitsData
+    from diffusion.evaluation.patch_features import load_patch_encoder
+    from diffusion.loggers import NullLogger
+    from diffusion.methods import FlowMatching
+    from diffusion.models import DiT
+    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.seeding import seed_everything
+    from diffusion.storage.file_manager import FileManager
+    from diffusion.training.repa import RepresentationAlignment
+    from diffusion.training.trainer import Trainer
+
+    out = Path(sys.argv[1])
+    dist = DistributedContext.from_environment("cpu")
+    torch.manual_seed(0)  # identical initial weights (network and projector) on every rank
+    model = DiT(in_channels=1, image_size=8, patch_size=2, depth=2, hidden_size=16, num_heads=2)
+    method = RepresentationAlignment(FlowMatching(num_timesteps=50), model, load_patch_encoder("digits"), (1, 8, 8),
+                                     projector_dim=8)
+    seed_everything(100 + dist.rank)
+    trainer = Trainer(model, method, DigitsData(), FileManager(out / f"ckpt{dist.rank}"), NullLogger(), epochs=1,
+                      max_steps=3, lr=1e-2, batch_size=64, device="cpu", progress=False, distributed=dist)
+    trainer.train()
+    torch.save([p.detach() for p in [*model.parameters(), *method.trainable.parameters()]], out / f"rank{dist.rank}.pt")
+    dist.close()
+    """
+)
+
+
+@pytest.mark.slow  # torchrun with two gloo ranks: 20-40 s on 2 busy cores; fails when the projector's gradients are
+def test_two_gloo_ranks_hold_identical_network_and_projector_after_their_steps(tmp_path):  # not averaged
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*ranks)), "the ranks' parameters differ after their steps"
