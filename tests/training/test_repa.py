@@ -221,8 +221,9 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # torchrun with two gloo ranks: 20-40 s on 2 busy cores; fails when the projector's gradients are
-def test_two_gloo_ranks_hold_identical_network_and_projector_after_their_steps(tmp_path):  # not averaged
+# Fails when the projector's gradients (outside the DDP wrapper) are not averaged over the ranks.
+@pytest.mark.slow  # torchrun with two gloo ranks: 20-40 s on 2 busy cores
+def test_two_gloo_ranks_hold_identical_network_and_projector_after_their_steps(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
