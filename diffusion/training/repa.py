@@ -75,8 +75,8 @@ class TokenCapture:
 
 class RepresentationAlignment(nn.Module):
     """The Trainer's "method" with REPA on: ``method``'s loss plus ``weight`` times L_REPA on ``network``'s tokens
-    after block ``depth`` (1-based; None: a third of the blocks, SiT-B/2's 4 of 12). ``trainable`` (the projector)
-    is trained, clipped and checkpointed with the network. Settings: ``repa`` in conf/config.yaml.
+    after block ``depth`` (1-based; None: a third of the blocks, near the paper's 8 of 28). ``trainable`` (the
+    projector) is trained, clipped and checkpointed with the network. Settings: ``repa`` in conf/config.yaml.
 
     Raises:
         ConfigError: naming the ``repa.*`` key (or ``model``) that does not fit.
@@ -161,6 +161,6 @@ def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize
         return False
     if not resize:
         raise ConfigError(f"repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
-                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them (or choose a "
-                          "repa.encoder of their size)")
+                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them (or "
+                          "choose a repa.encoder of their size)")
     return True

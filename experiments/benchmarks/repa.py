@@ -1,8 +1,8 @@
 """REPA on MNIST: the pixel-space DiT preset trained with and without representation alignment, FD against steps.
 
 Two ``python run.py experiment=mnist_dit`` runs with the same budget and seed, one with ``repa.weight=0.5`` (the
-paper's lambda; encoder: the shipped MNIST classifier, whose last conv map is 7 x 7 like the DiT's 49 tokens;
-block 1 of 3, a third of the depth as SiT-B/2's 4 of 12; projector width 256). Each keeps an epoch checkpoint at
+paper's lambda; encoder: the shipped MNIST classifier, whose last conv map is 7 x 7 like the DiT's 49 tokens; block
+1 of 3, a third of the depth (the paper: 8 of SiT-XL's 28); projector width 256). Each keeps an epoch checkpoint at
 every quarter of the budget; each checkpoint's EMA weights are sampled with the preset's sampler (DPM-Solver++(2M),
 20 steps, guidance 2) on 3 disjoint seed sets of ``evaluator.num_samples`` and scored by the MNIST evaluator's FD
 (mean ± std over the sets), at equal optimizer steps for the two runs.
@@ -157,9 +157,10 @@ def report(curves: dict[str, list[CurvePoint]], runs: dict[str, tuple[Path, floa
     method = (
         f"Two `python run.py {' '.join(run_overrides(settings, False))}` runs, the second with `{' '.join(REPA)}`; "
         f"training took {runs['plain'][1] / 60:.1f} min (plain) and {runs['repa'][1] / 60:.1f} min (REPA) "
-        f"(run.py's wall time, launch and final sampling included; with --reuse the sum of its epochs). Each quarter's epoch checkpoint (EMA weights) is sampled with the "
-        f"preset's sampler on {len(SEEDS)} disjoint seed sets of {settings.num_samples} and scored by the MNIST "
-        f"classifier's FD (mean ± std over the sets). Plot: `{shown_path(plot_path)}`."
+        f"(run.py's wall time, launch and final sampling included; with --reuse the sum of its epochs). Each "
+        f"quarter's epoch checkpoint (EMA weights) is sampled with the preset's sampler on {len(SEEDS)} disjoint "
+        f"seed sets of {settings.num_samples} and scored by the MNIST classifier's FD (mean ± std over the sets). "
+        f"Plot: `{shown_path(plot_path)}`."
     )
     return checks_report("REPA on the MNIST DiT (CPU)", describe_machine(), method, table(curves), [verdict(curves)],
                          seconds, reproduce_command("experiments.benchmarks.repa", argv))
