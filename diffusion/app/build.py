@@ -20,6 +20,7 @@ from diffusion.app.distill_config import DistillRun
 from diffusion.app.hydra_run import HydraRun
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
+from diffusion.evaluation.patch_features import load_patch_encoder
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
@@ -29,15 +30,17 @@ from diffusion.sampling.sampler import Sampler
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint
 from diffusion.tasks.components import Components
+from diffusion.training.repa import RepresentationAlignment
 
 NO_EVALUATOR = OmegaConf.create({"_target_": "diffusion.evaluation.NoneEvaluator"})  # task=sample scores nothing
 
 
 def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig | None = None,
-          evaluator: DictConfig | None = None, teacher: DistillRun | None = None) -> Components:
+          evaluator: DictConfig | None = None, teacher: DistillRun | None = None, align: bool = False) -> Components:
     """Instantiate data, network and method (with what the data implies), evaluator, and the factories of sampler,
     trainer, checkpoints and logger; each checks its arguments here, before anything is written. ``command``: the
-    config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation.
+    config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation;
+    ``align``: train with REPA where ``repa.weight`` > 0 (:func:`make_alignment`).
     """
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command
@@ -46,6 +49,8 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     method = instantiate(checked(cfg.method, "method"), _convert_="all")
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
+    if align and cfg.get("repa") and cfg.repa.weight:
+        trained = make_alignment(cfg.repa, method, model, data.sample_shape)
     return Components(
         data, model, trained,
         evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
@@ -168,6 +173,14 @@ def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, t
     student.load_state_dict(weights)
     return instantiate(cfg.distill, _convert_="all")(method=method, teacher=teacher_model,
                                                      teacher_step=teacher.teacher_step)
+
+
+def make_alignment(settings: DictConfig, method: BaseMethod, model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """The Trainer's "method" with REPA on (``repa.*``): the method's loss plus the alignment of ``model``'s tokens
+    with the frozen encoder's patch features."""
+    encoder = load_patch_encoder(settings.encoder, settings.encoder_path)
+    return RepresentationAlignment(method, model, encoder, shape, weight=settings.weight, depth=settings.depth,
+                                   projector_dim=settings.projector_dim, resize=settings.resize)
 
 
 def open_run_logger(cfg: DictConfig, job: HydraRun, run_dir: Path, run_id: str | None) -> BaseLogger:

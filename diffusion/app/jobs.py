@@ -81,7 +81,7 @@ def run_train(cfg: DictConfig, job: HydraRun) -> float:
     check_shared_trainer_keys(cfg.trainer)
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
-    parts = build(cfg, job)
+    parts = build(cfg, job, align=True)
     return train.train(parts, training_settings(cfg, job, parts, cfg.trainer.max_steps), dist)
 
 

@@ -140,8 +140,10 @@ class Trainer:
         self.train_model = wrap_for_training(self.model, self.dist, self.device, check_bool(compile, "trainer.compile"))
         self._load_data(val_seed)
         self.lr_factor = WarmupThenDecay(warmup_steps, self.total_steps, lr_schedule, min_lr_ratio)
+        self.trainable: nn.Module | None = getattr(method, "trainable", None)  # REPA's projector, if any
         self.step = OptimizerStep(self.model, self.train_model, lr=self.lr, betas=betas, weight_decay=weight_decay,
-                                  grad_clip=self.grad_clip, lr_factor=self.lr_factor, precision=self.precision)
+                                  grad_clip=self.grad_clip, lr_factor=self.lr_factor, precision=self.precision,
+                                  trainable=self.trainable, dist=self.dist)
         self.optimizer, self.scheduler, self.scaler = self.step.optimizer, self.step.scheduler, self.step.scaler
         self.state = TrainState()
         self._signals = StopSignals()
@@ -348,7 +350,8 @@ class Trainer:
         self.state = self.checkpoints.restore(ckpt, self._parts(), source)
 
     def _parts(self) -> checkpoint.TrainingParts:
-        return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler)
+        return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler,
+                                        self.trainable)
 
     def get_loss_histories(self) -> LossHistories:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))
