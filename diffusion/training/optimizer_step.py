@@ -60,14 +60,15 @@ class OptimizerStep:
         if count == 1:  # the common case without the averaging's small tensor operations (the same numbers)
             loss = micro_losses[0]()
             self.scaler.scale(loss).backward()
-            return loss.detach()
-        total = torch.zeros((), device=device)
-        for i, micro_loss in enumerate(micro_losses):
-            with self._no_sync(i < count - 1):
-                loss = micro_loss()
-            self.scaler.scale(loss / count).backward()
-            total += loss.detach() / count
-        for parameter in self.extra if self.dist.enabled else ():
+            total = loss.detach()
+        else:
+            total = torch.zeros((), device=device)
+            for i, micro_loss in enumerate(micro_losses):
+                with self._no_sync(i < count - 1):
+                    loss = micro_loss()
+                self.scaler.scale(loss / count).backward()
+                total += loss.detach() / count
+        for parameter in self.extra if self.dist.enabled else ():  # trained outside the DDP wrapper
             if parameter.grad is not None:
                 parameter.grad = self.dist.mean(parameter.grad)
         return total
