@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -19,10 +18,15 @@ from torch import nn
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
 from diffusion.evaluation.feature_stats import load_feature_statistics
-from diffusion.evaluation.floors import RealSplit, file_sha256
+from diffusion.evaluation.floors import RealSplit
 from diffusion.evaluation.metrics import frechet_distance
-from diffusion.runtime.checks import ConfigError, check_choice, check_int
-from diffusion.runtime.devices import resolve_device
+from diffusion.evaluation.pretrained import (
+    check_sha256_option,
+    check_weights_sha256,
+    evaluator_device,
+    to_uint8_rgb,
+)
+from diffusion.runtime.checks import ConfigError, check_int
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +65,6 @@ def inception_unavailable_reason(weights_path: str | Path | None = None) -> str 
     )
 
 
-def check_weights_sha256(path: Path, expected: str) -> None:
-    """Refuse (ConfigError naming ``evaluator.weights_path``) a weights file whose sha256 is not ``expected``."""
-    actual = file_sha256(path)
-    if not actual.startswith(expected):
-        raise ConfigError(
-            f"evaluator.weights_path={path}: sha256 {actual} is not the expected {expected} (a corrupt or different "
-            "file: fetch it again, or set evaluator.weights_sha256 to the digest of the weights you mean to use)"
-        )
-
-
 def load_inception(weights_path: str | Path) -> nn.Module:
     """The FID InceptionV3 of torchmetrics (2048-d features), weights read from ``weights_path``, never fetched."""
     from torchmetrics.image.fid import NoTrainInceptionV3
@@ -78,14 +72,6 @@ def load_inception(weights_path: str | Path) -> nn.Module:
     return NoTrainInceptionV3(
         name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights_path)
     )
-
-
-def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images ``(N, 1 or 3, H, W)`` in ``[-1, 1]`` as the ``uint8`` RGB ``(N, 3, H, W)`` Inception reads."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"inception features need images (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
 
 
 class InceptionEvaluator(FeatureEvaluator):
@@ -113,21 +99,14 @@ class InceptionEvaluator(FeatureEvaluator):
         **options: Unpack[FeatureOptions],
     ) -> None:
         super().__init__(**options)
-        expected = INCEPTION_WEIGHTS_SHA256 if weights_sha256 is None else str(weights_sha256).strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
-            raise ConfigError(f"evaluator.weights_sha256={weights_sha256!r}: expected 8 to 64 hexadecimal digits of "
-                              "the weights file's sha256")
-        self.weights_sha256 = expected
+        self.weights_sha256 = check_sha256_option(weights_sha256) or INCEPTION_WEIGHTS_SHA256
         # Read now: a wrong path fails at start-up, not after training.
         self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
-        check_choice(device, "evaluator.device", ("auto", "cpu", "cuda"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("evaluator.device=cuda but no CUDA device is available; use auto or cpu")
-        self.device = resolve_device(device, "evaluator.device")
+        self.device = evaluator_device(device)
         self._network: nn.Module | None = None
 
     def prepare(self, data: BaseData) -> None:
