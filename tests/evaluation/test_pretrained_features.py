@@ -4,7 +4,6 @@ estimator against a direct computation."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -22,24 +21,7 @@ from diffusion.runtime.checks import ConfigError
 
 transformers = pytest.importorskip("transformers")
 
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-        "patch_size": 14, "image_size": 28}
-
-
-def save_tiny_dinov2(folder: Path) -> str:
-    """A 1-layer DINOv2 (seeded random weights) saved in the Hugging Face layout; returns its weights' sha256."""
-    torch.manual_seed(0)
-    transformers.Dinov2Model(transformers.Dinov2Config(**TINY)).save_pretrained(folder)
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-
-
-def save_tiny_clip(folder: Path) -> str:
-    """A 1-layer CLIP vision tower with projection (seeded random weights); returns its weights' sha256."""
-    torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(**TINY, projection_dim=8)
-    transformers.CLIPVisionModelWithProjection(config).save_pretrained(folder)
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-
+from tiny_networks import save_tiny_clip, save_tiny_dinov2  # noqa: E402
 
 @pytest.fixture(scope="module")
 def digits() -> DigitsData:
@@ -200,3 +182,14 @@ def test_cmmd_evaluator_scores_with_floor_and_refuses_sizes_clip_does_not_take(t
         other = CMMDEvaluator(weights=str(folder), weights_sha256=digest, resize=resize, **_options(tmp_path))
         with pytest.raises(ConfigError, match=rf"^evaluator\.resize{message}"):
             other.prepare(digits)
+
+
+@pytest.mark.parametrize(("name", "kind"), [("dinov2", DINOv2Evaluator), ("cmmd", CMMDEvaluator)])
+def test_evaluator_configs_compose_and_instantiate(name, kind):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"evaluator={name}", "trainer.device=cpu"])
+    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    assert isinstance(evaluator, kind) and evaluator.neighbour_metrics and evaluator.weights_sha256 is None
