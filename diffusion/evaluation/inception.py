@@ -1,4 +1,5 @@
-"""FID and KID on InceptionV3 features for image folders, only where the network's weights are already on disk.
+"""FID, KID, Inception Score and sFID on InceptionV3 for image folders, only where the network's weights are already
+on disk.
 
 The network is torchmetrics' FID Inception (2048-d pool features), loaded from a file whose sha256 is checked, since
 another file's FIDs compare with no published number. Without torchmetrics or the weights the evaluator scores
@@ -16,17 +17,23 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
+from diffusion.evaluation.evaluators import (
+    FeatureEvaluator,
+    FeatureOptions,
+    MetricValue,
+    chunk_mean,
+    frechet_and_kid,
+)
 from diffusion.evaluation.feature_stats import load_feature_statistics
 from diffusion.evaluation.floors import RealSplit
-from diffusion.evaluation.metrics import frechet_distance
+from diffusion.evaluation.metrics import frechet_distance, frechet_distance_from_features
 from diffusion.evaluation.pretrained import (
     check_sha256_option,
     check_weights_sha256,
     evaluator_device,
     to_uint8_rgb,
 )
-from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.runtime.checks import ConfigError, check_bool, check_int
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +81,47 @@ def load_inception(weights_path: str | Path) -> nn.Module:
     )
 
 
+SPATIAL_CHANNELS = 7  # sFID keeps the first 7 of mixed_6/conv's 192 channels: 17 x 17 x 7 = 2,023 features
+
+
+class InceptionHeads(nn.Module):
+    """The FID Inception's pool features ``(N, 2048)`` with two more views of each image:
+
+    - ``probs`` ``(N, 1008)``: softmax of the unbiased logits (pool @ fc.weight^T, torch-fidelity's
+      ``logits_unbiased``), what the Inception Score reads;
+    - ``spatial`` ``(N, 2023)``: the first 7 channels of the 17 x 17 map of ``mixed_6/conv`` (TF graph name;
+      ``Mixed_6d.branch1x1`` here, after its ReLU), flattened height, width, channel as ADM's evaluator does, so its
+      statistics compare with the ``mu_s``/``sigma_s`` of ADM's reference batches (sFID, Nash et al. 2021).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self._spatial: torch.Tensor | None = None
+        network.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._spatial = output[:, :SPATIAL_CHANNELS]  # (N, 7, 17, 17)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        pool = self.network(pixels).float()  # (N, 2048)
+        assert self._spatial is not None, "the forward pass runs Mixed_6d"
+        logits = pool @ self.network.fc.weight.T.float()  # (N, 1008)
+        return {"pool": pool, "probs": logits.softmax(dim=1),
+                "spatial": self._spatial.permute(0, 2, 3, 1).flatten(1).float()}
+
+
+def inception_score(probs: torch.Tensor) -> float:
+    """IS = exp(E_x KL(p(y|x) || p(y))) of class probabilities ``(N, C)``, p(y) their mean (Salimans et al. 2016,
+    Sec. 4); higher is better, at most C."""
+    marginal = probs.mean(0, keepdim=True)  # (1, C)
+    log_ratio = probs.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log()
+    return (probs * log_ratio).sum(1).mean().exp().item()
+
+
 class InceptionEvaluator(FeatureEvaluator):
-    """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
+    """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images;
+    ``inception_score`` and ``sfid`` (FD on the spatial features) when asked for, at the same chunk size ``n``.
 
     ``reference_stats`` (pytorch-fid's ``.npz``) adds ``fid_reference``, the published protocol, without a floor.
     Settings: see conf/evaluator/inception.yaml.
@@ -85,7 +131,8 @@ class InceptionEvaluator(FeatureEvaluator):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return (*super().metric_names, *(("fid_reference",) if self.reference_stats is not None else ()))
+        extra = (("inception_score",) if self.inception_score else ()) + (("sfid",) if self.sfid else ())
+        return (*super().metric_names, *extra, *(("fid_reference",) if self.reference_stats is not None else ()))
 
     def __init__(
         self,
@@ -96,9 +143,13 @@ class InceptionEvaluator(FeatureEvaluator):
         device: str = "cpu",
         reference_stats: str | None = None,
         weights_sha256: str | None = None,
+        inception_score: bool = False,
+        sfid: bool = False,
         **options: Unpack[FeatureOptions],
     ) -> None:
         super().__init__(**options)
+        self.inception_score = check_bool(inception_score, "evaluator.inception_score")
+        self.sfid = check_bool(sfid, "evaluator.sfid")
         self.weights_sha256 = check_sha256_option(weights_sha256) or INCEPTION_WEIGHTS_SHA256
         # Read now: a wrong path fails at start-up, not after training.
         self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
@@ -108,6 +159,7 @@ class InceptionEvaluator(FeatureEvaluator):
         self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
         self.device = evaluator_device(device)
         self._network: nn.Module | None = None
+        self._widths: dict[str, int] = {}  # columns of each view in an embedded row: pool, then probs, spatial
 
     def prepare(self, data: BaseData) -> None:
         """Check for torchmetrics and the weights; with them, embed the reference and the floor, else log how to
@@ -119,7 +171,9 @@ class InceptionEvaluator(FeatureEvaluator):
             if self.unavailable_reason is None:
                 check_weights_sha256(self.weights_path, self.weights_sha256)
                 try:
-                    self._network = load_inception(self.weights_path).to(self.device).eval()
+                    network = load_inception(self.weights_path)
+                    heads = self.inception_score or self.sfid
+                    self._network = (InceptionHeads(network) if heads else network).to(self.device).eval()
                 except ImportError as error:  # e.g. torchvision missing under torch-fidelity
                     self.unavailable_reason = f"evaluator=inception: no FID/KID (import failed: {error})"
             if self.unavailable_reason is not None:
@@ -138,7 +192,7 @@ class InceptionEvaluator(FeatureEvaluator):
             return {}
         scores = super().compute()
         if self.reference_stats is not None:
-            rows = torch.cat(self._rows)  # (N, 2048): every sample, one Gaussian
+            rows = self._features(torch.cat(self._rows))  # (N, 2048): every sample, one Gaussian
             mu, sigma = self.reference_stats
             scores["fid_reference"] = MetricValue(frechet_distance(rows.mean(0), torch.cov(rows.T), mu, sigma))
         return scores
@@ -151,14 +205,42 @@ class InceptionEvaluator(FeatureEvaluator):
     def _embed(self, samples: torch.Tensor) -> torch.Tensor:
         assert self._network is not None, "prepare() loads the network before embedding"
         pixels = to_uint8_rgb(samples.detach().cpu())
-        features = [self._network(batch.to(self.device)).double().cpu() for batch in pixels.split(self.batch_size)]
-        return torch.cat(features)  # (N, 2048)
+        rows = [self._row(self._network(batch.to(self.device))) for batch in pixels.split(self.batch_size)]
+        return torch.cat(rows)  # (N, 2048 [+ 1008] [+ 2023])
+
+    def _row(self, output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """One float64 row per image: the pool features, then the class probabilities and spatial features asked
+        for (their widths kept in ``_widths``)."""
+        views = output if isinstance(output, dict) else {"pool": output}
+        wanted = ["pool", *(["probs"] if self.inception_score else []), *(["spatial"] if self.sfid else [])]
+        self._widths = {name: views[name].shape[1] for name in wanted}
+        return torch.cat([views[name].double().cpu() for name in wanted], dim=1)
+
+    def _view(self, rows: torch.Tensor, name: str) -> torch.Tensor:
+        start = 0
+        for view, width in self._widths.items():
+            if view == name:
+                return rows[:, start:start + width]
+            start += width
+        raise KeyError(name)
+
+    def _features(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._view(rows, "pool") if self._widths else rows  # (N, 2048)
 
     def _floor_key(self) -> dict[str, Any]:
-        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
+        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size,
+                   "inception_score": self.inception_score, "sfid": self.sfid}
         return {**super()._floor_key(), **options, "network": self.weights_sha256}
 
     def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
-        scores = frechet_and_kid(rows, real.reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
-        neighbours = self._neighbour_scores(rows, n, real)
-        return {"fid": scores["fd"], "kid": scores["kid"]} | neighbours
+        pool, reference = self._features(rows), self._features(real.reference)
+        scores = frechet_and_kid(pool, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        scores = {"fid": scores["fd"], "kid": scores["kid"]}
+        if self.inception_score:
+            value = chunk_mean(self._view(rows, "probs"), n, inception_score)
+            scores["inception_score"] = value._replace(higher_is_better=True)
+        if self.sfid:
+            spatial = self._view(real.reference, "spatial")
+            scores["sfid"] = chunk_mean(self._view(rows, "spatial"), n,
+                                        lambda chunk: frechet_distance_from_features(chunk, spatial))
+        return scores | self._neighbour_scores(rows, n, real)
