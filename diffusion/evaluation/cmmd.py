@@ -62,9 +62,9 @@ def load_clip_vision(weights_file: Path) -> nn.Module:
     (a whole CLIP checkpoint works: the text tower's weights are left out)."""
     from transformers import CLIPVisionModelWithProjection
 
-    quiet_loading()
-    return CLIPVisionModelWithProjection.from_pretrained(str(weights_file.parent), local_files_only=True,
-                                                         use_safetensors=weights_file.suffix == ".safetensors")
+    with quiet_loading():
+        return CLIPVisionModelWithProjection.from_pretrained(str(weights_file.parent), local_files_only=True,
+                                                             use_safetensors=weights_file.suffix == ".safetensors")
 
 
 class CMMDEvaluator(PretrainedFeatureEvaluator):

@@ -32,9 +32,9 @@ def load_dinov2(weights_file: Path) -> nn.Module:
     """``Dinov2Model`` saved beside ``weights_file`` (``config.json``), its weights from that file, never fetched."""
     from transformers import Dinov2Model
 
-    quiet_loading()
-    return Dinov2Model.from_pretrained(str(weights_file.parent), local_files_only=True,
-                                       use_safetensors=weights_file.suffix == ".safetensors")
+    with quiet_loading():
+        return Dinov2Model.from_pretrained(str(weights_file.parent), local_files_only=True,
+                                           use_safetensors=weights_file.suffix == ".safetensors")
 
 
 class DINOv2Evaluator(PretrainedFeatureEvaluator):

@@ -13,6 +13,8 @@ import importlib.util
 import logging
 import re
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
@@ -217,8 +219,17 @@ class PretrainedFeatureEvaluator(FeatureEvaluator):
         return {**super()._floor_key(), "network": self.weights_sha256, "input_size": self._size}
 
 
-def quiet_loading() -> None:
-    """No progress bars from ``transformers`` while a model loads (they would fill the run's log)."""
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """While entered, ``transformers`` shows no progress bars and only errors while a model loads: its notes on
+    weights a vision tower leaves out (the text half of a whole CLIP checkpoint) would fill the run's log."""
     from transformers.utils import logging as transformers_logging
 
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()

@@ -176,8 +176,16 @@ def test_cmmd_evaluator_scores_with_floor_and_refuses_sizes_clip_does_not_take(t
     noise = evaluator.evaluate(_noise(32))
     assert set(real) == {"cmmd"} and real["cmmd"].floor is not None and real["cmmd"].std_error is not None
     assert noise["cmmd"].value > real["cmmd"].value + 3 * real["cmmd"].std_error
-    rows = evaluator._embed(_noise(4))
-    assert torch.allclose(rows.norm(dim=1), torch.ones(4, dtype=torch.float64))
+    images = torch.rand(3, 3, 28, 28) * 2 - 1
+    pixels = ((images + 1) * 127.5).round() / 255
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    with torch.inference_mode():
+        whole = transformers.CLIPModel.from_pretrained(folder).eval()  # the checkpoint as downloaded
+        expected = whole.get_image_features(pixel_values=(pixels - mean) / std)
+        expected = getattr(expected, "pooler_output", expected)  # a tensor, or an output holding it
+        expected = expected / expected.norm(dim=1, keepdim=True)
+        assert torch.allclose(evaluator._embed(images), expected.double(), atol=1e-5)
     for resize, message in ((None, "=null leaves the data's 8x8 images"), (42, "=42: this CLIP takes 28x28")):
         other = CMMDEvaluator(weights=str(folder), weights_sha256=digest, resize=resize, **_options(tmp_path))
         with pytest.raises(ConfigError, match=rf"^evaluator\.resize{message}"):

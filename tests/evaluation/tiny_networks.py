@@ -21,9 +21,12 @@ def save_tiny_dinov2(folder: Path) -> str:
 
 
 def save_tiny_clip(folder: Path) -> str:
-    """A 1-layer CLIP vision tower with projection (seeded random weights); returns its weights' sha256."""
+    """A whole 1-layer CLIP (text and vision towers, seeded random weights) saved as the Hub's CLIP checkpoints are:
+    the CMMD evaluator reads its vision tower and projection out of it. Returns its weights' sha256."""
     torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(**TINY, projection_dim=8)
-    transformers.CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    layers = {key: TINY[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    text = {**layers, "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    vision = {**TINY, "projection_dim": 8}
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    transformers.CLIPModel(config).save_pretrained(folder)
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-
