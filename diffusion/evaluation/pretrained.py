@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions
+from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue
 from diffusion.evaluation.floors import default_cache_dir, file_sha256
 from diffusion.runtime.checks import ConfigError, check_choice, check_int
 from diffusion.runtime.devices import resolve_device
@@ -181,7 +181,7 @@ class PretrainedFeatureEvaluator(FeatureEvaluator):
         if self.unavailable_reason is None:
             super().update(samples)
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> dict[str, MetricValue]:
         """The scores with floors; ``{}`` when the network is unavailable (see ``unavailable_reason``)."""
         return {} if self.unavailable_reason is not None else super().compute()
 

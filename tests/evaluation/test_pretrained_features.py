@@ -126,13 +126,17 @@ def test_weights_are_checked_by_sha256_before_loading(tmp_path, digits, tiny_din
         DINOv2Evaluator(weights=str(tmp_path / "weights.bin")).prepare(digits)
 
 
-def test_without_weights_it_says_how_to_get_them_and_scores_nothing(tmp_path, digits, caplog):
+def test_without_weights_it_says_how_to_get_them_and_scores_nothing(tmp_path, digits, caplog, monkeypatch):
     evaluator = CMMDEvaluator(weights=str(tmp_path / "absent"), every_n_epochs=1)
     with caplog.at_level(logging.WARNING):
         evaluator.prepare(digits)
     message = caplog.records[-1].getMessage()
     assert "\n" not in message and "huggingface-cli download openai/clip-vit-large-patch14-336" in message
     assert evaluator.evaluate(_noise(4)) == {} and not evaluator.is_due(1)
+    from diffusion.evaluation import pretrained
+
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    assert "transformers not installed: pip install -e '.[protocol]'" in DINOv2Evaluator().unavailable()
 
 
 # --------------------------------------------------------------------------------------------------------- CMMD
