@@ -6,7 +6,7 @@ resized bicubically to the network's input side (336 for the paper's ``openai/cl
 normalised by CLIP's statistics; then, with the Gaussian RBF kernel k(x, y) = exp(-||x - y||^2 / (2 sigma^2)),
 sigma = 10, and the paper's scale of 1000 (so the numbers read like FIDs),
 
-    CMMD = 1000 * [ sum_{i!=j} k(x_i, x_j) / (n(n-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1)) - 2 sum_{i,j} k(x_i, y_j) / (nm) ]
+    CMMD = 1000 [ sum_{i!=j} k(x_i,x_j) / (n(n-1)) + sum_{i!=j} k(y_i,y_j) / (m(m-1)) - 2 sum_{i,j} k(x_i,y_j) / (nm) ]
 
 the unbiased estimator of MMD^2 (Gretton et al. 2012, Lemma 6): no Gaussian assumption, no bias in the sample
 count, about 0 (either sign) for two sets from one distribution. The paper's code uses the V-statistic, which adds

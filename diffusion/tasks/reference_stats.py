@@ -26,8 +26,8 @@ def reference_stats(evaluator: BaseEvaluator, data: BaseData, output_dir: Path, 
         ConfigError: naming ``evaluator`` when it has no feature space or cannot run here, before anything is written.
     """
     if not isinstance(evaluator, FeatureEvaluator):
-        raise ConfigError(f"task=reference_stats needs an evaluator with a feature space, got evaluator={evaluator_name}"
-                          "; use digits, mnist, inception, dinov2 or cmmd")
+        raise ConfigError(f"task=reference_stats needs an evaluator with a feature space, got "
+                          f"evaluator={evaluator_name}; use digits, mnist, inception, dinov2 or cmmd")
     prepare_evaluator(evaluator, data)  # also computes (and caches) the floors a later evaluation reads
     if evaluator.unavailable_reason is not None:
         raise ConfigError(f"task=reference_stats: {evaluator.unavailable_reason}")

@@ -24,7 +24,7 @@ def save_tiny_clip(folder: Path) -> str:
     """A whole 1-layer CLIP (text and vision towers, seeded random weights) saved as the Hub's CLIP checkpoints are:
     the CMMD evaluator reads its vision tower and projection out of it. Returns its weights' sha256."""
     torch.manual_seed(0)
-    layers = {key: TINY[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    layers = {key: value for key, value in TINY.items() if key not in ("patch_size", "image_size")}
     text = {**layers, "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
     vision = {**TINY, "projection_dim": 8}
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
