@@ -57,7 +57,7 @@ def test_evaluator_scores_inception_score_and_sfid_with_floors(tmp_path, monkeyp
     data = DigitsData()
     evaluator = InceptionEvaluator(weights_path=str(weights), weights_sha256=hashlib.sha256(b"stand-in").hexdigest(),
                                    inception_score=True, sfid=True, num_samples=32, reference_size=256,
-                                   floor_draws=4, floor_cache_dir=str(tmp_path / "floors"))
+                                   floor_draws=4, floor_cache_dir=str(tmp_path / "floors"), neighbour_metrics=False)
     evaluator.prepare(data)
     real = evaluator.evaluate(data.prepare_batch(data.load().val[:32]))
     noise = evaluator.evaluate(torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1)

@@ -42,7 +42,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def _options(tmp_path: Path) -> dict:
     return {"num_samples": 32, "reference_size": 128, "floor_draws": 4, "bootstrap": 4,
-            "floor_cache_dir": str(tmp_path / "floors")}
+            "floor_cache_dir": str(tmp_path / "floors"), "neighbour_metrics": False}
 
 
 def _noise(count: int) -> torch.Tensor:
@@ -54,8 +54,8 @@ def _noise(count: int) -> torch.Tensor:
 
 def test_dinov2_scores_real_digits_near_their_floor_and_noise_far_above(tmp_path, digits, tiny_dinov2):
     folder, digest = tiny_dinov2
-    evaluator = DINOv2Evaluator(weights=str(folder), weights_sha256=digest, resize=28, neighbour_metrics=True,
-                                **_options(tmp_path))
+    evaluator = DINOv2Evaluator(weights=str(folder), weights_sha256=digest, resize=28,
+                                **{**_options(tmp_path), "neighbour_metrics": True})
     evaluator.prepare(digits)
     real = evaluator.evaluate(digits.prepare_batch(digits.load().val[:32]))
     noise = evaluator.evaluate(_noise(32))
