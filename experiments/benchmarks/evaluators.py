@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,8 @@ from diffusion.evaluation.cmmd import CMMDEvaluator
 from diffusion.evaluation.digits import DigitsEvaluator
 from diffusion.evaluation.dinov2 import EDM2_SIZE, DINOv2Evaluator
 from diffusion.evaluation.evaluators import FeatureEvaluator
-from diffusion.evaluation.inception import InceptionEvaluator
+from diffusion.evaluation.inception import InceptionEvaluator, inception_unavailable_reason
+from diffusion.evaluation.pretrained import find_weights_file
 from experiments.lib import QUICK_RUN, add_common_flags, checks_report, describe_machine, finish_report, fmt, \
     markdown_table, reproduce_command, run_into, set_threads, shown_path, work_dir
 
@@ -72,7 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name, what in (("dinov2", "directory of facebook/dinov2-large"),
                        ("clip", "directory of openai/clip-vit-large-patch14-336"),
                        ("inception", "weights-inception-2015-12-05-6726825d.pth")):
-        parser.add_argument(f"--{name}", type=Path, help=f"the {what} (absent: not run)")
+        parser.add_argument(f"--{name}", type=Path, help=f"the {what} (default: the evaluator's default place)")
         parser.add_argument(f"--{name}-sha256", help="its weights file's sha256 (inception: torch-fidelity's)")
     return parser.parse_args(argv)
 
@@ -118,23 +120,29 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def entries(args: argparse.Namespace, stand_ins: Path | None) -> list[Entry]:
-    """Every evaluator: the digit classifier always; the pretrained ones where their weights were given."""
+    """Every evaluator: the digit classifier always; the pretrained ones where their weights are on this machine
+    (the flags' paths, else each evaluator's default place) with their sha256 given."""
     common = options(args)
     found = [Entry("digits", "fd", lambda: DigitsEvaluator(**common), "shipped digit classifier (always)")]
-    for name, metric, kind, folder, digest in (
-            ("dinov2", "fd_dinov2", DINOv2Evaluator, args.dinov2, args.dinov2_sha256),
-            ("cmmd", "cmmd", CMMDEvaluator, args.clip, args.clip_sha256)):
-        if folder is None or not folder.exists():
-            found.append(Entry(name, metric, None, f"not run: no weights (--{'clip' if name == 'cmmd' else name})"))
+    for name, metric, kind, flag in (("dinov2", "fd_dinov2", DINOv2Evaluator, "dinov2"),
+                                     ("cmmd", "cmmd", CMMDEvaluator, "clip")):
+        folder, digest = getattr(args, flag), getattr(args, f"{flag}_sha256")
+        probe = kind(weights=None if folder is None else str(folder), weights_sha256=digest, **common)
+        if importlib.util.find_spec("transformers") is None:
+            found.append(Entry(name, metric, None, "not run: transformers not installed"))
+        elif find_weights_file(probe.weights) is None:
+            found.append(Entry(name, metric, None, f"not run: no weights in {shown_path(probe.weights)} (--{flag})"))
+        elif digest is None:
+            found.append(Entry(name, metric, None, f"not run: no --{flag}-sha256 for {shown_path(probe.weights)}"))
         else:
-            found.append(Entry(name, metric, lambda kind=kind, folder=folder, digest=digest: kind(
-                weights=str(folder), weights_sha256=digest, **common), f"weights {shown_path(folder)}"))
-    if args.inception is None or not args.inception.is_file():
-        found.append(Entry("inception", "fid", None, "not run: no weights (--inception) or torch-fidelity"))
+            found.append(Entry(name, metric, lambda probe=probe: probe, f"weights {shown_path(probe.weights)}"))
+    inception = InceptionEvaluator(weights_path=None if args.inception is None else str(args.inception),
+                                   weights_sha256=args.inception_sha256, **common)
+    if inception_unavailable_reason(inception.weights_path) is not None:
+        note = f"not run: torchmetrics/torch-fidelity or {shown_path(inception.weights_path)} missing (--inception)"
+        found.append(Entry("inception", "fid", None, note))
     else:
-        found.append(Entry("inception", "fid", lambda: InceptionEvaluator(
-            weights_path=str(args.inception), weights_sha256=args.inception_sha256, **common),
-            f"weights {shown_path(args.inception)}"))
+        found.append(Entry("inception", "fid", lambda: inception, f"weights {shown_path(inception.weights_path)}"))
     if stand_ins is not None:
         for name, metric, kind in (("dinov2", "fd_dinov2", DINOv2Evaluator), ("cmmd", "cmmd", CMMDEvaluator)):
             folder = stand_ins / name

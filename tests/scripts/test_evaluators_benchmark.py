@@ -24,7 +24,7 @@ def test_quick_evaluators_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     text = out.read_text()
     assert "| digits | fd |" in text and "| dinov2 (stand-in) | fd_dinov2 |" in text
-    assert "| cmmd | cmmd | not run |" in text and "not run: no weights (--clip)" in text
+    assert "| cmmd | cmmd | not run |" in text and "(--clip) |" in text
     for network in ("digit classifier", "DINOv2 ViT-L/14 (tiny)", "CLIP ViT-L/14 (tiny)", "FID Inception-v3"):
         assert f"| {network} |" in text
     assert text.count("**PASS**") + text.count("**FAIL**") == 1  # digits' ranking: the one evaluator with weights
