@@ -99,8 +99,9 @@ def sample_sets(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]
         if given is None:
             seconds = run_into([*base, *epochs], run_dir)
             made.append(f"{label}: `python run.py {' '.join([*base, *epochs])}` ({seconds / 60:.1f} min)")
-        else:
-            made.append(f"{label}: {shown_path(run_dir)} (given)")
+        else:  # how it was made: its own overrides.yaml (a list of key=value lines)
+            overrides = (run_dir / "overrides.yaml").read_text().replace("- ", "").split()
+            made.append(f"{label}: {shown_path(run_dir)}, made by `python run.py {' '.join(overrides)}`")
         with np.load(run_dir / "samples.npz", allow_pickle=False) as archive:
             samples[label] = torch.from_numpy(archive["samples"][:count])
     return samples, "; ".join(made)
