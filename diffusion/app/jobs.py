@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.app.build import NO_EVALUATOR, build, build_network
@@ -32,7 +33,7 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, summary, train
+from diffusion.tasks import compare, export, posthoc_ema, reference_stats, reflow, sample, summary, train
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
@@ -184,6 +185,16 @@ def run_compare(cfg: DictConfig, job: HydraRun) -> None:
     atomic_write_text(job.output_dir / "compare.md", table + "\n")
 
 
+def run_reference_stats(cfg: DictConfig, job: HydraRun) -> None:
+    """``task=reference_stats data=<data set> evaluator=<feature network>``: ``<hydra.run.dir>/reference_stats.npz``
+    (``mu``, ``sigma`` of the training images' features), for ``evaluator.reference_stats`` and the FID tools."""
+    seed_everything(cfg.seed)
+    data = instantiate(cfg.data, _convert_="all")
+    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    name = job.choices.get("evaluator") or cfg.evaluator._target_
+    reference_stats.reference_stats(evaluator, data, job.output_dir, name)
+
+
 def run_summary(cfg: DictConfig, job: HydraRun) -> None:
     """``task=summary``: the network's parameters and forward FLOPs for one sample, built on the meta device."""
     with torch.device("meta"):
@@ -233,5 +244,5 @@ def check_ode_score_task(cfg: DictConfig) -> None:
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
     "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
-    "reflow": run_reflow,
+    "reflow": run_reflow, "reference_stats": run_reference_stats,
 }
