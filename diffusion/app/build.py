@@ -21,6 +21,7 @@ from diffusion.app.hydra_run import HydraRun
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator
+from diffusion.evaluation.patch_features import load_patch_encoder
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
@@ -30,22 +31,27 @@ from diffusion.sampling.sampler import Sampler
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint
 from diffusion.tasks.components import Components
+from diffusion.training.repa import RepresentationAlignment
 
 NO_EVALUATOR = OmegaConf.create({"_target_": "diffusion.evaluation.NoneEvaluator"})  # task=sample scores nothing
 
 
 def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig | None = None,
-          evaluator: DictConfig | None = None, teacher: DistillRun | None = None) -> Components:
+          evaluator: DictConfig | None = None, teacher: DistillRun | None = None, align: bool = False) -> Components:
     """Instantiate data, network and method (with what the data implies), evaluator, and the factories of sampler,
     trainer, checkpoints and logger; each checks its arguments here, before anything is written. ``command``: the
-    config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation.
+    config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation;
+    ``align``: train with REPA where ``repa.weight`` > 0 (:func:`make_alignment`).
     """
     job = job or HydraRun(output_dir=Path("."))
     command = cfg if command is None else command
     data, cfg, model = build_network(cfg, job)
-    method = instantiate(cfg.method, _convert_="all")  # what samples: the student's method when distilling
+    # What samples: the student's method when distilling.
+    method = instantiate(checked(cfg.method, "method"), _convert_="all")
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
+    if align and cfg.get("repa") and cfg.repa.weight:
+        trained = make_alignment(cfg.repa, method, model, data.sample_shape)
     return Components(
         data, model, trained,
         evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
@@ -67,11 +73,30 @@ def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
 def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:
     """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
     ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
-    data = instantiate(cfg.data, _convert_="all")
+    data = instantiate(checked(cfg.data, "data"), _convert_="all")
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
                      job.choices.get("model") or cfg.model._target_)
     cfg = method_implied(data_implied(cfg, data, job.keys), job.keys)
-    return data, cfg, instantiate(cfg.model, _convert_="all")
+    return data, cfg, instantiate(checked(cfg.model, "model"), _convert_="all")
+
+
+def checked(node: DictConfig, group: str) -> DictConfig:
+    """``node``, after checking that its ``_target_`` takes every key it sets: a key left by a preset written for
+    another option (``experiment=mnist_dit model=edm2_unet`` keeps ``model.patch_size``) is one line, not a
+    TypeError inside Hydra.
+
+    Raises:
+        ConfigError: naming ``<group>.<key>``.
+    """
+    parameters = inspect.signature(get_class(node._target_)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return node
+    names = {p.name for p in parameters}
+    for key in node:
+        if not str(key).startswith("_") and key not in names:
+            raise ConfigError(f"{group}.{key} is not an argument of {node._target_}: drop it with ~{group}.{key} "
+                              f"(a preset such as experiment=... may set it for its own {group})")
+    return node
 
 
 def _instantiate_partial(node: DictConfig, **arguments: Any) -> Any:
@@ -155,6 +180,14 @@ def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, t
     student.load_state_dict(weights)
     return instantiate(cfg.distill, _convert_="all")(method=method, teacher=teacher_model,
                                                      teacher_step=teacher.teacher_step)
+
+
+def make_alignment(settings: DictConfig, method: BaseMethod, model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """The Trainer's "method" with REPA on (``repa.*``): the method's loss plus the alignment of ``model``'s tokens
+    with the frozen encoder's patch features."""
+    encoder = load_patch_encoder(settings.encoder, settings.encoder_path)
+    return RepresentationAlignment(method, model, encoder, shape, weight=settings.weight, depth=settings.depth,
+                                   projector_dim=settings.projector_dim, resize=settings.resize)
 
 
 def open_run_logger(cfg: DictConfig, job: HydraRun, run_dir: Path, run_id: str | None) -> BaseLogger:

@@ -33,7 +33,7 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, score_file, summary, train
+from diffusion.tasks import compare, export, posthoc_ema, reference_stats, reflow, sample, score_file, summary, train
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
@@ -82,7 +82,7 @@ def run_train(cfg: DictConfig, job: HydraRun) -> float:
     check_shared_trainer_keys(cfg.trainer)
     dist = DistributedContext.from_environment(cfg.trainer.device)
     seed_everything(cfg.seed + dist.rank)  # each rank draws its own noise and timesteps
-    parts = build(cfg, job)
+    parts = build(cfg, job, align=True)
     return train.train(parts, training_settings(cfg, job, parts, cfg.trainer.max_steps), dist)
 
 
@@ -204,6 +204,15 @@ def run_compare(cfg: DictConfig, job: HydraRun) -> None:
     atomic_write_text(job.output_dir / "compare.md", table + "\n")
 
 
+def run_reference_stats(cfg: DictConfig, job: HydraRun) -> None:
+    """``task=reference_stats data=<data set> evaluator=<feature network>``: ``<hydra.run.dir>/reference_stats.npz``
+    (``mu``, ``sigma`` of the training images' features), for ``evaluator.reference_stats`` and the FID tools."""
+    seed_everything(cfg.seed)
+    data, evaluator = build_scoring(cfg)
+    name = job.choices.get("evaluator") or cfg.evaluator._target_
+    reference_stats.reference_stats(evaluator, data, job.output_dir, name)
+
+
 def run_summary(cfg: DictConfig, job: HydraRun) -> None:
     """``task=summary``: the network's parameters and forward FLOPs for one sample, built on the meta device."""
     with torch.device("meta"):
@@ -253,5 +262,5 @@ def check_ode_score_task(cfg: DictConfig) -> None:
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
     "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
-    "reflow": run_reflow,
+    "reflow": run_reflow, "reference_stats": run_reference_stats,
 }

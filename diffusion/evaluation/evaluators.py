@@ -280,6 +280,10 @@ class FeatureEvaluator(BaseEvaluator):
             self._floors = {}
             raise
 
+    def reference_features(self) -> torch.Tensor:
+        """The training reference's feature rows ``(R, D)``, those FD compares against (after :meth:`prepare`)."""
+        return self._features(self._prepared_reference())
+
     def _real(self) -> RealSplit:
         return RealSplit(self._prepared_reference(), self._prepared_val())
 

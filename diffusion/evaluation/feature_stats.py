@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from typing import NamedTuple
@@ -13,6 +14,7 @@ import torch
 
 from diffusion.evaluation.metrics import ArrayLike, frechet_distance
 from diffusion.runtime.checks import ConfigError
+from diffusion.storage.atomic import atomic_write_bytes
 
 
 class FeatureStatistics(NamedTuple):
@@ -31,8 +33,11 @@ def feature_statistics(features: ArrayLike) -> FeatureStatistics:
 
 
 def save_feature_statistics(path: str | os.PathLike[str], stats: FeatureStatistics) -> None:
-    """Write ``stats`` as an uncompressed ``.npz`` with keys ``mu`` and ``sigma``."""
-    np.savez(path, mu=np.asarray(stats.mu, dtype=np.float64), sigma=np.asarray(stats.sigma, dtype=np.float64))
+    """Write ``stats`` as an uncompressed ``.npz`` with keys ``mu`` and ``sigma`` (float64), all at once: a killed
+    write leaves the old file or none, never half of one."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=np.asarray(stats.mu, dtype=np.float64), sigma=np.asarray(stats.sigma, dtype=np.float64))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_feature_statistics(path: str | os.PathLike[str], key: str = "evaluator.reference_stats") -> FeatureStatistics:

@@ -1,4 +1,5 @@
-"""FID and KID on InceptionV3 features for image folders, only where the network's weights are already on disk.
+"""FID, KID, Inception Score and sFID on InceptionV3 for image folders, only where the network's weights are already
+on disk.
 
 The network is torchmetrics' FID Inception (2048-d pool features), loaded from a file whose sha256 is checked, since
 another file's FIDs compare with no published number. Without torchmetrics or the weights the evaluator scores
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -17,12 +17,23 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue, frechet_and_kid
+from diffusion.evaluation.evaluators import (
+    FeatureEvaluator,
+    FeatureOptions,
+    MetricValue,
+    chunk_mean,
+    frechet_and_kid,
+)
 from diffusion.evaluation.feature_stats import load_feature_statistics
-from diffusion.evaluation.floors import RealSplit, file_sha256
-from diffusion.evaluation.metrics import frechet_distance
-from diffusion.runtime.checks import ConfigError, check_choice, check_int
-from diffusion.runtime.devices import resolve_device
+from diffusion.evaluation.floors import RealSplit
+from diffusion.evaluation.metrics import frechet_distance, frechet_distance_from_features
+from diffusion.evaluation.pretrained import (
+    check_sha256_option,
+    check_weights_sha256,
+    evaluator_device,
+    to_uint8_rgb,
+)
+from diffusion.runtime.checks import ConfigError, check_bool, check_int
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +72,6 @@ def inception_unavailable_reason(weights_path: str | Path | None = None) -> str 
     )
 
 
-def check_weights_sha256(path: Path, expected: str) -> None:
-    """Refuse (ConfigError naming ``evaluator.weights_path``) a weights file whose sha256 is not ``expected``."""
-    actual = file_sha256(path)
-    if not actual.startswith(expected):
-        raise ConfigError(
-            f"evaluator.weights_path={path}: sha256 {actual} is not the expected {expected} (a corrupt or different "
-            "file: fetch it again, or set evaluator.weights_sha256 to the digest of the weights you mean to use)"
-        )
-
-
 def load_inception(weights_path: str | Path) -> nn.Module:
     """The FID InceptionV3 of torchmetrics (2048-d features), weights read from ``weights_path``, never fetched."""
     from torchmetrics.image.fid import NoTrainInceptionV3
@@ -80,16 +81,47 @@ def load_inception(weights_path: str | Path) -> nn.Module:
     )
 
 
-def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Images ``(N, 1 or 3, H, W)`` in ``[-1, 1]`` as the ``uint8`` RGB ``(N, 3, H, W)`` Inception reads."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"inception features need images (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+SPATIAL_CHANNELS = 7  # sFID keeps the first 7 of mixed_6/conv's 192 channels: 17 x 17 x 7 = 2,023 features
+
+
+class InceptionHeads(nn.Module):
+    """The FID Inception's pool features ``(N, 2048)`` with two more views of each image:
+
+    - ``probs`` ``(N, 1008)``: softmax of the unbiased logits (pool @ fc.weight^T, torch-fidelity's
+      ``logits_unbiased``), what the Inception Score reads;
+    - ``spatial`` ``(N, 2023)``: the first 7 channels of the 17 x 17 map of ``mixed_6/conv`` (TF graph name;
+      ``Mixed_6d.branch1x1`` here, after its ReLU), flattened height, width, channel as ADM's evaluator does, so its
+      statistics compare with the ``mu_s``/``sigma_s`` of ADM's reference batches (sFID, Nash et al. 2021).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self._spatial: torch.Tensor | None = None
+        network.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._spatial = output[:, :SPATIAL_CHANNELS]  # (N, 7, 17, 17)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        pool = self.network(pixels).float()  # (N, 2048)
+        assert self._spatial is not None, "the forward pass runs Mixed_6d"
+        logits = pool @ self.network.fc.weight.T.float()  # (N, 1008)
+        return {"pool": pool, "probs": logits.softmax(dim=1),
+                "spatial": self._spatial.permute(0, 2, 3, 1).flatten(1).float()}
+
+
+def inception_score(probs: torch.Tensor) -> float:
+    """IS = exp(E_x KL(p(y|x) || p(y))) of class probabilities ``(N, C)``, p(y) their mean (Salimans et al. 2016,
+    Sec. 4); higher is better, at most C."""
+    marginal = probs.mean(0, keepdim=True)  # (1, C)
+    log_ratio = probs.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log()
+    return (probs * log_ratio).sum(1).mean().exp().item()
 
 
 class InceptionEvaluator(FeatureEvaluator):
-    """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images.
+    """``fid`` and ``kid`` (with ``std_error``) on FID-Inception features, against the training images;
+    ``inception_score`` and ``sfid`` (FD on the spatial features) when asked for, at the same chunk size ``n``.
 
     ``reference_stats`` (pytorch-fid's ``.npz``) adds ``fid_reference``, the published protocol, without a floor.
     Settings: see conf/evaluator/inception.yaml.
@@ -99,7 +131,8 @@ class InceptionEvaluator(FeatureEvaluator):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return (*super().metric_names, *(("fid_reference",) if self.reference_stats is not None else ()))
+        extra = (("inception_score",) if self.inception_score else ()) + (("sfid",) if self.sfid else ())
+        return (*super().metric_names, *extra, *(("fid_reference",) if self.reference_stats is not None else ()))
 
     def __init__(
         self,
@@ -110,25 +143,23 @@ class InceptionEvaluator(FeatureEvaluator):
         device: str = "cpu",
         reference_stats: str | None = None,
         weights_sha256: str | None = None,
+        inception_score: bool = False,
+        sfid: bool = False,
         **options: Unpack[FeatureOptions],
     ) -> None:
         super().__init__(**options)
-        expected = INCEPTION_WEIGHTS_SHA256 if weights_sha256 is None else str(weights_sha256).strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
-            raise ConfigError(f"evaluator.weights_sha256={weights_sha256!r}: expected 8 to 64 hexadecimal digits of "
-                              "the weights file's sha256")
-        self.weights_sha256 = expected
+        self.inception_score = check_bool(inception_score, "evaluator.inception_score")
+        self.sfid = check_bool(sfid, "evaluator.sfid")
+        self.weights_sha256 = check_sha256_option(weights_sha256) or INCEPTION_WEIGHTS_SHA256
         # Read now: a wrong path fails at start-up, not after training.
         self.reference_stats = None if reference_stats is None else load_feature_statistics(reference_stats)
         self.weights_path = Path(weights_path).expanduser() if weights_path else default_inception_weights_path()
         self.kid_subsets = check_int(kid_subsets, "evaluator.kid_subsets", minimum=1)
         self.kid_subset_size = check_int(kid_subset_size, "evaluator.kid_subset_size", minimum=2)
         self.batch_size = check_int(batch_size, "evaluator.batch_size", minimum=1)
-        check_choice(device, "evaluator.device", ("auto", "cpu", "cuda"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("evaluator.device=cuda but no CUDA device is available; use auto or cpu")
-        self.device = resolve_device(device, "evaluator.device")
+        self.device = evaluator_device(device)
         self._network: nn.Module | None = None
+        self._widths: dict[str, int] = {}  # columns of each view in an embedded row: pool, then probs, spatial
 
     def prepare(self, data: BaseData) -> None:
         """Check for torchmetrics and the weights; with them, embed the reference and the floor, else log how to
@@ -140,7 +171,9 @@ class InceptionEvaluator(FeatureEvaluator):
             if self.unavailable_reason is None:
                 check_weights_sha256(self.weights_path, self.weights_sha256)
                 try:
-                    self._network = load_inception(self.weights_path).to(self.device).eval()
+                    network = load_inception(self.weights_path)
+                    heads = self.inception_score or self.sfid
+                    self._network = (InceptionHeads(network) if heads else network).to(self.device).eval()
                 except ImportError as error:  # e.g. torchvision missing under torch-fidelity
                     self.unavailable_reason = f"evaluator=inception: no FID/KID (import failed: {error})"
             if self.unavailable_reason is not None:
@@ -159,7 +192,7 @@ class InceptionEvaluator(FeatureEvaluator):
             return {}
         scores = super().compute()
         if self.reference_stats is not None:
-            rows = torch.cat(self._rows)  # (N, 2048): every sample, one Gaussian
+            rows = self._features(torch.cat(self._rows))  # (N, 2048): every sample, one Gaussian
             mu, sigma = self.reference_stats
             scores["fid_reference"] = MetricValue(frechet_distance(rows.mean(0), torch.cov(rows.T), mu, sigma))
         return scores
@@ -172,14 +205,42 @@ class InceptionEvaluator(FeatureEvaluator):
     def _embed(self, samples: torch.Tensor) -> torch.Tensor:
         assert self._network is not None, "prepare() loads the network before embedding"
         pixels = to_uint8_rgb(samples.detach().cpu())
-        features = [self._network(batch.to(self.device)).double().cpu() for batch in pixels.split(self.batch_size)]
-        return torch.cat(features)  # (N, 2048)
+        rows = [self._row(self._network(batch.to(self.device))) for batch in pixels.split(self.batch_size)]
+        return torch.cat(rows)  # (N, 2048 [+ 1008] [+ 2023])
+
+    def _row(self, output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """One float64 row per image: the pool features, then the class probabilities and spatial features asked
+        for (their widths kept in ``_widths``)."""
+        views = output if isinstance(output, dict) else {"pool": output}
+        wanted = ["pool", *(["probs"] if self.inception_score else []), *(["spatial"] if self.sfid else [])]
+        self._widths = {name: views[name].shape[1] for name in wanted}
+        return torch.cat([views[name].double().cpu() for name in wanted], dim=1)
+
+    def _view(self, rows: torch.Tensor, name: str) -> torch.Tensor:
+        start = 0
+        for view, width in self._widths.items():
+            if view == name:
+                return rows[:, start:start + width]
+            start += width
+        raise KeyError(name)
+
+    def _features(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._view(rows, "pool") if self._widths else rows  # (N, 2048)
 
     def _floor_key(self) -> dict[str, Any]:
-        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size}
+        options = {"kid_subsets": self.kid_subsets, "kid_subset_size": self.kid_subset_size,
+                   "inception_score": self.inception_score, "sfid": self.sfid}
         return {**super()._floor_key(), **options, "network": self.weights_sha256}
 
     def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
-        scores = frechet_and_kid(rows, real.reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
-        neighbours = self._neighbour_scores(rows, n, real)
-        return {"fid": scores["fd"], "kid": scores["kid"]} | neighbours
+        pool, reference = self._features(rows), self._features(real.reference)
+        scores = frechet_and_kid(pool, reference, n, self.kid_subsets, self.kid_subset_size, self.seed)
+        scores = {"fid": scores["fd"], "kid": scores["kid"]}
+        if self.inception_score:
+            value = chunk_mean(self._view(rows, "probs"), n, inception_score)
+            scores["inception_score"] = value._replace(higher_is_better=True)
+        if self.sfid:
+            spatial = self._view(real.reference, "spatial")
+            scores["sfid"] = chunk_mean(self._view(rows, "spatial"), n,
+                                        lambda chunk: frechet_distance_from_features(chunk, spatial))
+        return scores | self._neighbour_scores(rows, n, real)

@@ -142,9 +142,8 @@ def _within_errors(a: float, se_a: float | None, b: float, se_b: float | None) -
     return abs(a - b) < math.sqrt(se_a**2 + se_b**2)
 
 
-def seed_spread(per_seed: Sequence[Mapping[str, MetricValue]], name: str) -> tuple[float, float]:
+def seed_spread(numbers: Sequence[float]) -> tuple[float, float]:
     """A metric's sample standard deviation over the ``evaluator.seeds`` sets (0 for one) and its minimum."""
-    numbers = [scores[name].value for scores in per_seed if name in scores]
     std = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
     return std, min(numbers)
 
@@ -173,7 +172,7 @@ def _steps_cell(row: StepsRow, name: str) -> str:
     if metric is None:
         return ""
     if row.per_seed:
-        std, minimum = seed_spread(row.per_seed, name)
+        std, minimum = seed_spread([scores[name].value for scores in row.per_seed])
         text = f"{format_number(metric.value)} ± {format_number(std)}, min {format_number(minimum)}"
     else:
         text = format_value(metric)

@@ -29,6 +29,7 @@ import math
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from flow_matching.path import AffineProbPath
 from flow_matching.path.scheduler import CondOTScheduler, CosineScheduler, Scheduler, VPScheduler
 from scipy.optimize import linear_sum_assignment
@@ -124,8 +125,9 @@ class FlowMatching(BaseMethod):
 
     def velocity(self, network: Network, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """The velocity field u(x_t, t) ``(B, ...)`` of the network, whatever it predicts (the flow solvers' field)."""
-        if self.prediction != "velocity":
-            t = min(t, _DATA_END)
+        if self.prediction == "velocity":  # no conversion: the float32 network time, as network_time rounds it
+            return network(x_t, torch.full((x_t.shape[0],), t, device=x_t.device).mul_(self.num_timesteps))
+        t = min(t, _DATA_END)
         times = torch.full((x_t.shape[0],), t, dtype=torch.float64, device=x_t.device)
         return self.convert(network(x_t, self.network_time(times)), self.prediction, "velocity", x_t, times)
 
@@ -187,6 +189,9 @@ class FlowMatching(BaseMethod):
     def training_times(self, t: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """``(B,)`` float64 times: draws of ``time_sampling`` (global RNG), or for integer ``t`` (validation) its
         (t + 0.5) / T quantiles, so the validation loss is a fixed sweep over the training distribution."""
+        if t is None and self.time_sampling == "logit_normal":  # t = 1 - sigmoid(m + s z), z drawn directly
+            z = torch.randn(batch, device=device, dtype=torch.float64)
+            return z.mul_(-self.s).sub_(self.m).sigmoid_()
         if t is None:
             u = torch.rand(batch, device=device, dtype=torch.float64)
         else:
@@ -210,12 +215,19 @@ class FlowMatching(BaseMethod):
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the network regresses: u_t = d_alpha y + d_sigma n (eq. 4.62), y, or n."""
-        if self.prediction == "x0":
-            return x0
-        if self.prediction == "noise":
-            return noise
-        _, _, d_alpha, d_sigma = self.path_coefficients(t.to(x0.device))
-        return broadcast(d_alpha, x0) * x0 + broadcast(d_sigma, x0) * noise
+        return self.interpolate(x0, t, noise)[1]
+
+    def interpolate(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, the training target) from one evaluation of the path's coefficients: a training step's small
+        tensor operations are its overhead on a small network."""
+        if self.path == "linear":  # alpha = t, sigma = 1 - t in closed form: x_t = n + t (y - n), u = y - n
+            velocity = x0 - noise
+            x_t = torch.addcmul(noise, broadcast(t.to(x0.device), x0), velocity)
+        else:
+            alpha, sigma, d_alpha, d_sigma = (broadcast(c, x0) for c in self.path_coefficients(t.to(x0.device)))
+            x_t = torch.addcmul(sigma * noise, alpha, x0)
+            velocity = torch.addcmul(d_sigma * noise, d_alpha, x0)
+        return x_t, {"x0": x0, "noise": noise, "velocity": velocity}[self.prediction]
 
     def compute_loss(self, model: nn.Module, x0: torch.Tensor, *, t: torch.Tensor | None = None,
                      noise: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
@@ -224,9 +236,9 @@ class FlowMatching(BaseMethod):
         dropped in training with ``cond_drop_prob``."""
         times = self.training_times(t, x0.shape[0], x0.device)  # (B,) float64
         noise = self.couple(x0, torch.randn_like(x0)) if noise is None else noise
-        x_t = self.q_sample(x0, times, noise)
+        x_t, target = self.interpolate(x0, times, noise)
         output = model(x_t, self.network_time(times), **self.condition_kwargs(model, model_kwargs))
-        return (output.float() - self.training_target(x0, times, noise).float()).pow(2).mean()
+        return F.mse_loss(output.float(), target.float())
 
     def extra_repr(self) -> str:
         return (f"path={self.path!r}, prediction={self.prediction!r}, time_sampling={self.time_sampling!r}, "

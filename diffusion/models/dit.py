@@ -13,7 +13,7 @@ learned variance output (not trained here). Not taken from timm: it needs torchv
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,17 @@ from diffusion.runtime.checks import ConfigError, check_choice, check_float, che
 DIT_SIZES: dict[str, tuple[int, int, int]] = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
                                               "XL": (28, 1152, 16)}
 FREQUENCY_DIM = 256  # width of the sinusoidal timestep features (the paper's TimestepEmbedder)
+
+
+class TokenLayout(NamedTuple):
+    """Where a transformer backbone's patch tokens are: its blocks in the order they run (a forward hook on one gives
+    its output ``(B, prefix + side^2, width)``), the leading non-patch tokens to skip, the token width and the patch
+    grid's side. What representation alignment (REPA) reads; the forward pass is unchanged."""
+
+    blocks: list[nn.Module]
+    prefix: int
+    width: int
+    side: int
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -132,6 +143,7 @@ class DiT(nn.Module):
             self.register_buffer("pos_embed", sincos_position_embedding(dim, grid), persistent=False)
         self.embed = TimeEmbedding(FREQUENCY_DIM, dim, num_classes, two_times)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.hidden_size = dim
         self.final = FinalLayer(dim, patch_size, in_channels)
         self.reset_parameters()
 
@@ -151,6 +163,10 @@ class DiT(nn.Module):
         for zeroed in [*(block.modulation[1] for block in self.blocks), self.final.modulation[1], self.final.linear]:
             nn.init.zeros_(zeroed.weight)
             nn.init.zeros_(zeroed.bias)
+
+    def token_layout(self) -> TokenLayout:
+        """The blocks whose outputs are the patch tokens ``(B, N, D)``, in row-major patch order."""
+        return TokenLayout(list(self.blocks), 0, self.hidden_size, self.image_size // self.patch_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 interval: torch.Tensor | None = None) -> torch.Tensor:

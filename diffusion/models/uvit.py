@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from diffusion.models.dit import Attention, FeedForward, patch_grid, transformer_shape
+from diffusion.models.dit import Attention, FeedForward, TokenLayout, patch_grid, transformer_shape
 from diffusion.models.embeddings import IntervalEmbedding, add_interval, timestep_embedding
 from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int
 
@@ -93,6 +93,12 @@ class UViT(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def token_layout(self) -> TokenLayout:
+        """In blocks, mid block, out blocks (the order they run); each output holds the time (and label) token before
+        the patch tokens, in row-major patch order."""
+        blocks = [*self.in_blocks, self.mid_block, *self.out_blocks]
+        return TokenLayout(blocks, self.extras, self.dim, self.image_size // self.patch_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 interval: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,7 @@ Layout (``FORMAT`` 2)::
     config                 the run's resolved config (what ``task=sample`` rebuilds the model from)
     rng_state              Python, NumPy and torch generator states (exact resume); rank 0's in a data-parallel run
     rank_rng_states        (data-parallel runs only, optional) every rank's ``rng_state``, in rank order
+    trainable_state_dict   (optional) weights the trained method learns beside the network (REPA's projector)
 
 Format-1 checkpoints (no ``format`` key) load unchanged: everything is read from ``train_state``.
 """
@@ -74,6 +75,7 @@ class TrainingParts(NamedTuple):
     optimizer: Any
     scheduler: Any
     scaler: Any
+    trainable: Any = None  # the trained method's own weights beside the network (REPA's projector), if any
 
 
 def build(parts: TrainingParts, state: TrainState, monitor: str, config: dict[str, Any],
@@ -94,6 +96,8 @@ def build(parts: TrainingParts, state: TrainState, monitor: str, config: dict[st
     }
     if len(rng) > 1:
         ckpt["rank_rng_states"] = list(rng)
+    if parts.trainable is not None:
+        ckpt["trainable_state_dict"] = parts.trainable.state_dict()
     return ckpt
 
 
@@ -131,6 +135,7 @@ def restore(ckpt: dict[str, Any], parts: TrainingParts, source: str | Path) -> T
         parts.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
         if "scaler_state_dict" in ckpt:
             parts.scaler.load_state_dict(ckpt["scaler_state_dict"])
+        restore_trainable(ckpt, parts.trainable)
         return train_state(ckpt)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -138,6 +143,17 @@ def restore(ckpt: dict[str, Any], parts: TrainingParts, source: str | Path) -> T
             f"resume: checkpoint {source} does not fit this configuration ({first_line[:200]}); resume "
             "with the options the run was trained with (its overrides.yaml)"
         ) from error
+
+
+def restore_trainable(ckpt: dict[str, Any], trainable: Any) -> None:
+    """Load the method's own weights; a checkpoint with them for a method without (or the reverse) does not fit."""
+    saved = ckpt.get("trainable_state_dict")
+    if (saved is None) != (trainable is None):
+        held = "holds" if saved is not None else "lacks"
+        raise ValueError(f"it {held} weights of the method beside the network (repa) that this one "
+                         f"{'lacks' if trainable is None else 'needs'}")
+    if trainable is not None:
+        trainable.load_state_dict(saved)
 
 
 def check_format(ckpt: dict[str, Any], source: str | Path) -> None:

@@ -34,6 +34,12 @@ def seed_set_scores(evaluator: BaseEvaluator, sampler: Sampler, first: SampleRes
     return per_seed
 
 
+def seed_summary(values: Sequence[MetricValue]) -> tuple[MetricValue, float, float]:
+    """One metric over the sets: its mean (as a MetricValue: the first set's floor, standard error std / sqrt(n)),
+    the sample standard deviation (0 for one set) and the minimum."""
+    return over_seed_sets(values), *seed_spread([v.value for v in values])
+
+
 def seed_means(per_seed: SeedScores) -> dict[str, MetricValue]:
     """Each metric's mean over the sets (standard error std / sqrt(sets), the first set's floor)."""
     return {name: over_seed_sets([scores[name] for scores in per_seed]) for name in per_seed[0]}
@@ -43,7 +49,7 @@ def add_seed_fields(entries: dict[str, Any], per_seed: SeedScores) -> dict[str, 
     """``per_seed``, ``std_over_seeds`` and ``min_over_seeds`` (EDM reports the minimum of three) beside each
     metric's entry of an ``eval.json`` record; returns ``entries``."""
     for name in per_seed[0]:
-        std, minimum = seed_spread(per_seed, name)
+        std, minimum = seed_spread([scores[name].value for scores in per_seed])
         entries[name].update(per_seed=[json_number(scores[name].value) for scores in per_seed],
                              std_over_seeds=json_number(std), min_over_seeds=json_number(minimum))
     return entries
@@ -71,7 +77,7 @@ def format_seeds_table(seeds: Sequence[int], per_seed: SeedScores, means: dict[s
     header = ["metric", *(f"seed {s}" for s in seeds), "mean", "std", "min", "floor"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, mean in means.items():
-        std, minimum = seed_spread(per_seed, name)
+        std, minimum = seed_spread([scores[name].value for scores in per_seed])
         cells = [name, *(format_number(scores[name].value) for scores in per_seed), format_number(mean.value),
                  format_number(std), format_number(minimum), format_number(mean.floor)]
         lines.append("| " + " | ".join(cells) + " |")

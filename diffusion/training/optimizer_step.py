@@ -28,7 +28,9 @@ def wrap_for_training(model: nn.Module, dist: DistributedContext, device: torch.
 
 class OptimizerStep:
     """AdamW (``trainer.lr``, ``betas``, ``weight_decay``), the LR factor per step ``lr_factor(step)``, gradient
-    clipping to ``grad_clip`` (0: none) and fp16 gradient scaling.
+    clipping to ``grad_clip`` (0: none) and fp16 gradient scaling, over the network's parameters and those of
+    ``trainable`` (a method's own weights, REPA's projector: outside the DDP wrapper, so their gradients are
+    averaged over the ranks here).
 
     Raises:
         ConfigError: naming ``trainer.betas`` or ``trainer.weight_decay``.
@@ -36,10 +38,14 @@ class OptimizerStep:
 
     def __init__(self, model: nn.Module, train_model: nn.Module, *, lr: float, betas: Sequence[float],
                  weight_decay: float, grad_clip: float, lr_factor: Callable[[int], float],
-                 precision: Precision) -> None:
+                 precision: Precision, trainable: nn.Module | None = None,
+                 dist: DistributedContext | None = None) -> None:
         self.model, self.train_model, self.grad_clip = model, train_model, grad_clip
+        self.extra = [] if trainable is None else list(trainable.parameters())
+        self.parameters = [*model.parameters(), *self.extra]
+        self.dist = dist or DistributedContext()
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, betas=check_betas(betas, "trainer.betas"),
+            self.parameters, lr=lr, betas=check_betas(betas, "trainer.betas"),
             weight_decay=check_float(weight_decay, "trainer.weight_decay", minimum=0.0),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
@@ -51,19 +57,27 @@ class OptimizerStep:
         ``1 / len(micro_losses)``; returns the mean loss (this rank's)."""
         self.optimizer.zero_grad(set_to_none=True)
         count = len(micro_losses)
-        total = torch.zeros((), device=device)
-        for i, micro_loss in enumerate(micro_losses):
-            with self._no_sync(i < count - 1):
-                loss = micro_loss()
-            self.scaler.scale(loss / count).backward()
-            total += loss.detach() / count
+        if count == 1:  # the common case without the averaging's small tensor operations (the same numbers)
+            loss = micro_losses[0]()
+            self.scaler.scale(loss).backward()
+            total = loss.detach()
+        else:
+            total = torch.zeros((), device=device)
+            for i, micro_loss in enumerate(micro_losses):
+                with self._no_sync(i < count - 1):
+                    loss = micro_loss()
+                self.scaler.scale(loss / count).backward()
+                total += loss.detach() / count
+        for parameter in self.extra if self.dist.enabled else ():  # trained outside the DDP wrapper
+            if parameter.grad is not None:
+                parameter.grad = self.dist.mean(parameter.grad)
         return total
 
     def apply(self) -> None:
         """Clip, step the optimizer and the LR schedule."""
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -140,8 +140,10 @@ class Trainer:
         self.train_model = wrap_for_training(self.model, self.dist, self.device, check_bool(compile, "trainer.compile"))
         self._load_data(val_seed)
         self.lr_factor = WarmupThenDecay(warmup_steps, self.total_steps, lr_schedule, min_lr_ratio)
+        self.trainable: nn.Module | None = getattr(method, "trainable", None)  # REPA's projector, if any
         self.step = OptimizerStep(self.model, self.train_model, lr=self.lr, betas=betas, weight_decay=weight_decay,
-                                  grad_clip=self.grad_clip, lr_factor=self.lr_factor, precision=self.precision)
+                                  grad_clip=self.grad_clip, lr_factor=self.lr_factor, precision=self.precision,
+                                  trainable=self.trainable, dist=self.dist)
         self.optimizer, self.scheduler, self.scaler = self.step.optimizer, self.step.scheduler, self.step.scaler
         self.state = TrainState()
         self._signals = StopSignals()
@@ -249,7 +251,8 @@ class Trainer:
     def _inputs(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
         # uint8 data sets convert here, per batch; random flips are seeded by (seed, step, micro-batch, rank), so a
         # resumed run draws the same ones. Read before the step counter moves on.
-        seed = batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
+        seed = (batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
+                if self.data.random_flip else None)  # the hash costs a small network's step a few per cent
         x0 = self.data.prepare_batch(self.splits.train[index], seed)
         return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
 
@@ -347,7 +350,8 @@ class Trainer:
         self.state = self.checkpoints.restore(ckpt, self._parts(), source)
 
     def _parts(self) -> checkpoint.TrainingParts:
-        return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler)
+        return checkpoint.TrainingParts(self.model, self.ema, self.optimizer, self.scheduler, self.scaler,
+                                        self.trainable)
 
     def get_loss_histories(self) -> LossHistories:
         return LossHistories(list(self.state.train_losses), list(self.state.val_losses))

@@ -14,8 +14,14 @@ parameters, 1,000 classes) trains at batch 256 (the paper's) on synthetic 4x32x3
 at least 40% on an H100. fp32 keeps torch's defaults: cuDNN convolutions may use TF32, matmuls do not. Each
 training step is the project's loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW.
 FLOPs are counted once by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward)
-and divided by the measured seconds per step. ``--quick`` uses 8 channels (a one-block DiT of width 32), batch 4,
-3 steps and torch.compile's ``eager`` backend (tracing without code generation): its figures mean nothing.
+and divided by the measured seconds per step. SiT-B/2 (the same DiT-B/2 trained by flow matching, ``method=
+flow_matching``: Ma et al. 2024) is timed in bf16 without and with REPA (Yu et al. 2025: lambda 0.5, block 4 of 12
+(a third, the default), projector 2048 wide) in two forms: with the encoder's features stored beside the latents
+(DINOv2-B's 768 x 16 x 16 patch features per image, synthetic here: REPA adds only the projector and the loss) and
+with a DINOv2-B forward on 3x256x256 images resized to 224 every step (random weights of DINOv2-B's shape: the same
+cost); the REPA overhead is the plain run's steps/s over each. ``--quick`` uses 8 channels (a one-block DiT of width
+32, a one-layer DINOv2 of width 16), batch 4, 3 steps and torch.compile's ``eager`` backend (tracing without code
+generation): its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from diffusion.evaluation.patch_features import DINOV2_INPUT_SIZE, Dinov2PatchFeatures
 from diffusion.runtime.devices import Precision, autocast
+from diffusion.training.repa import RepresentationAlignment
 from experiments.benchmarks.speed.sampling import make_sampler
 from experiments.benchmarks.speed.timing import synchronize
 from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
@@ -56,6 +64,9 @@ DIT_B2 = ("model=dit", "model.size=B", "model.patch_size=2", "data.num_classes=1
 QUICK_DIT = ("model=dit", "model.depth=1", "model.hidden_size=32", "model.num_heads=2", "model.patch_size=2",
              "data.num_classes=10")
 LATENT_SHAPE = (4, 32, 32)  # 256x256 images through a /8 autoencoder
+IMAGE_SHAPE = (3, 256, 256)  # the images behind those latents, what REPA's encoder sees
+DINOV2_B = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+QUICK_DINOV2 = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class Settings:
     sample_batches: int  # DDIM-50 batches timed (after one warm-up batch)
     ddim_steps: int
     compile_backend: str
+    method: str = "ddim"
+    encoder: dict[str, int] | None = None  # REPA's encoder (a Dinov2Config's sizes): the SiT check only
+    projector_dim: int = 2048
 
 
 FULL = Settings(CIFAR_UNET, CIFAR_SHAPE, batch_size=128, steps=300, warmup=20, sample_batches=4, ddim_steps=50,
@@ -78,6 +92,11 @@ FULL_DIT = Settings(DIT_B2, LATENT_SHAPE, batch_size=256, steps=100, warmup=10, 
                     compile_backend="inductor")
 QUICK_DIT = Settings(QUICK_DIT, LATENT_SHAPE, batch_size=4, steps=3, warmup=1, sample_batches=0, ddim_steps=0,
                      compile_backend="eager")
+FULL_SIT = Settings(DIT_B2, LATENT_SHAPE, batch_size=256, steps=100, warmup=10, sample_batches=0, ddim_steps=0,
+                    compile_backend="inductor", method="flow_matching", encoder=DINOV2_B)
+QUICK_SIT = Settings(QUICK_DIT.model, LATENT_SHAPE, batch_size=4, steps=3, warmup=1, sample_batches=0, ddim_steps=0,
+                     compile_backend="eager", method="flow_matching", encoder=QUICK_DINOV2, projector_dim=16)
+RepaForm = Literal["stored features", "DINOv2-B forward"]
 
 
 @dataclass
@@ -99,30 +118,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed training steps per variant (default: 300; --quick: 3)")
     parser.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile variant")
     parser.add_argument("--no-dit", action="store_true", help="skip the DiT-B/2 check")
+    parser.add_argument("--no-repa", action="store_true", help="skip the SiT-B/2 + REPA check")
     return parser.parse_args(argv)
 
 
 def config(settings: Settings) -> Any:
     shape = ",".join(str(size) for size in settings.shape)
-    overrides = ["data=synthetic", f"data.shape=[{shape}]", *settings.model, "method=ddim", "method.num_timesteps=1000"]
+    overrides = ["data=synthetic", f"data.shape=[{shape}]", *settings.model, f"method={settings.method}",
+                 "method.num_timesteps=1000"]
     return compose_config(overrides)
 
 
 def measure_training(cfg: Any, variant: str, precision: Precision, compile_backend: str | None, settings: Settings,
-                     device: torch.device) -> TrainingRow:
-    """Seconds per step of ``settings.steps`` steps (loss, backward, AdamW) after ``settings.warmup`` ones."""
+                     device: torch.device, repa: RepaForm | None = None) -> TrainingRow:
+    """Seconds per step of ``settings.steps`` steps (loss, backward, AdamW) after ``settings.warmup`` ones; the
+    FLOPs are the network's (the method's loss without REPA)."""
     parts = build_parts(cfg)
     model, method = parts.model.to(device).train(), parts.method.to(device)
     generator = torch.Generator().manual_seed(0)
     x0 = (torch.rand((settings.batch_size, *settings.shape), generator=generator) * 2 - 1).to(device)  # (B, C, H, W)
     flops = step_flops_per_sample(model, method, x0, device, precision) * settings.batch_size
     network = torch.compile(model, backend=compile_backend) if compile_backend else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    loss_of, projector = training_loss(method, model, x0, settings, device, repa)
+    optimizer = torch.optim.AdamW([*model.parameters(), *projector], lr=2e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            loss = method.compute_loss(network, x0)
+            loss = loss_of(network)
         loss.backward()
         optimizer.step()
 
@@ -141,6 +164,29 @@ def measure_training(cfg: Any, variant: str, precision: Precision, compile_backe
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     parameters = sum(p.numel() for p in model.parameters())
     return TrainingRow(variant, 1 / seconds, flops, parameters, peak, warmup)
+
+
+def training_loss(method: Any, model: torch.nn.Module, x0: torch.Tensor, settings: Settings, device: torch.device,
+                  repa: RepaForm | None) -> tuple[Callable[[torch.nn.Module], torch.Tensor], list[torch.nn.Parameter]]:
+    """The step's loss of the network, and the projector's parameters: the method's loss alone, or with REPA on
+    synthetic stored features ``(B, 768, 16, 16)`` or on a DINOv2 forward of synthetic images each step."""
+    if repa is None:
+        return (lambda network: method.compute_loss(network, x0)), []
+    from transformers import Dinov2Config, Dinov2Model
+
+    assert settings.encoder is not None, "the REPA check needs settings.encoder"
+    encoder = Dinov2PatchFeatures(Dinov2Model(Dinov2Config(**settings.encoder))).to(device)
+    aligned = RepresentationAlignment(method, model, encoder, IMAGE_SHAPE, weight=0.5,
+                                      projector_dim=settings.projector_dim, resize=True).to(device)
+    generator = torch.Generator().manual_seed(1)
+    batch, side = len(x0), DINOV2_INPUT_SIZE // int(encoder.network.config.patch_size)
+    if repa == "stored features":
+        features = torch.randn((batch, encoder.dim, side, side), generator=generator).to(device)  # (B, D, 16, 16)
+        return (lambda network: aligned.compute_loss(network, x0, encoder_features=features)), \
+            list(aligned.trainable.parameters())
+    images = (torch.rand((batch, *IMAGE_SHAPE), generator=generator) * 2 - 1).to(device)  # (B, 3, 256, 256)
+    return (lambda network: aligned.compute_loss(network, x0, encoder_features=aligned.encode(images))), \
+        list(aligned.trainable.parameters())
 
 
 def measure_sampling(cfg: Any, settings: Settings, device: torch.device, precision: Precision) -> float:
@@ -175,11 +221,13 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 def report(sections: list[tuple[Settings, list[TrainingRow]]], sampling: dict[str, float], settings: Settings,
            device: torch.device, peak: tuple[float | None, str], seconds: float, quick: bool) -> str:
     """The machine, then one training table per network checked (the U-Net's followed by its sampling table)."""
-    title = "# GPU check: CIFAR-10 DDPM U-Net and DiT-B/2" + (" (--quick: toy models, figures mean nothing)"
-                                                             if quick else "")
+    title = "# GPU check: CIFAR-10 DDPM U-Net, DiT-B/2 and SiT-B/2 + REPA" + (
+        " (--quick: toy models, figures mean nothing)" if quick else "")
     lines = [title, "", describe_machine(device).markdown(), ""]
     for index, (checked, rows) in enumerate(sections):
         lines += training_section(checked, rows, peak)
+        if checked.encoder is not None:
+            lines += repa_overhead(rows)
         if index == 0:
             lines += [*markdown_table(["sampling", "images/s"],
                                       [[f"DDIM-{settings.ddim_steps}, {name}, batch {settings.batch_size}",
@@ -194,7 +242,7 @@ def training_section(settings: Settings, rows: list[TrainingRow], peak: tuple[fl
     tflops, source = peak
     shape = "x".join(str(size) for size in settings.shape)
     model_line = (
-        f"Model: `{' '.join(settings.model)}` "
+        f"Model: `{' '.join(settings.model)} method={settings.method}` "
         f"{rows[0].parameters / 1e6:.2f}M parameters; synthetic {shape} data, batch {settings.batch_size}, "
         f"{settings.steps} timed steps per variant after {settings.warmup} warm-up steps. bf16 peak: "
         f"{'n/a' if tflops is None else f'{tflops:g} TFLOP/s'} ({source})."
@@ -210,15 +258,22 @@ def training_section(settings: Settings, rows: list[TrainingRow], peak: tuple[fl
                                              "share of bf16 peak", "peak memory", "warm-up (compile)"], table), ""]
 
 
-def train_variants(settings: Settings, variants: list[tuple[str, str, str | None]], device: torch.device,
+def repa_overhead(rows: list[TrainingRow]) -> list[str]:
+    """The plain row's steps/s over each REPA row's: what REPA costs per step."""
+    plain = rows[0].steps_per_second
+    ratios = [f"{row.variant.split(', ', 1)[1]} {plain / row.steps_per_second:.3f}x" for row in rows[1:]]
+    return [f"REPA overhead (plain steps/s over REPA steps/s, SiT-B/2 in bf16): {'; '.join(ratios)}.", ""]
+
+
+def train_variants(settings: Settings, variants: list[tuple[Any, ...]], device: torch.device,
                    start: float) -> list[TrainingRow]:
-    """One :class:`TrainingRow` per (name, precision, compile backend)."""
+    """One :class:`TrainingRow` per (name, precision, compile backend[, REPA form])."""
     cfg = config(settings)
     rows = []
-    for name, precision, backend in variants:
-        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] training {settings.model[0]}: {name}",
-              file=sys.stderr, flush=True)
-        rows.append(measure_training(cfg, name, precision, backend, settings, device))  # type: ignore[arg-type]
+    for name, precision, backend, *repa in variants:
+        print(f"[gpu_check {time.perf_counter() - start:5.0f} s] training {settings.model[0]} ({settings.method}): "
+              f"{name}", file=sys.stderr, flush=True)
+        rows.append(measure_training(cfg, name, precision, backend, settings, device, *repa))
     return rows
 
 
@@ -226,10 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     start = time.perf_counter()
-    settings, dit = (QUICK, QUICK_DIT) if args.quick else (FULL, FULL_DIT)
+    settings, dit, sit = (QUICK, QUICK_DIT, QUICK_SIT) if args.quick else (FULL, FULL_DIT, FULL_SIT)
     if args.steps is not None:
-        settings = Settings(**{**settings.__dict__, "steps": args.steps})
-        dit = Settings(**{**dit.__dict__, "steps": args.steps})
+        settings, dit, sit = (Settings(**{**s.__dict__, "steps": args.steps}) for s in (settings, dit, sit))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no GPU; use --device cpu (with --quick)", file=sys.stderr)
         return 2
@@ -246,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampling[precision] = measure_sampling(config(settings), settings, device, precision)
     if not args.no_dit:
         sections.append((dit, train_variants(dit, [("bf16", "bf16", None), *compiled], device, start)))
+    if not args.no_repa:
+        sections.append((sit, train_variants(sit, [("bf16", "bf16", None)] + [
+            (f"bf16 + REPA, {form}", "bf16", None, form) for form in ("stored features", "DINOv2-B forward")],
+            device, start)))
     text = report(sections, sampling, settings, device, peak_tflops(device, args.peak_tflops),
                   time.perf_counter() - start, args.quick)
     print(text)

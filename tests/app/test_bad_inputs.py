@@ -196,3 +196,13 @@ def test_missing_plugin_option_names_the_install_command():
     error = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = _composition_message(error)
     assert "optuna" in message and "pip install" in message and "\n" not in message
+
+
+
+def test_a_key_the_chosen_option_does_not_take_is_one_line(tmp_path):
+    """A preset's model keys kept after choosing another model: one line naming the key, exit 2."""
+    result = run_py(tmp_path, "task=summary", "experiment=mnist_dit", "model=edm2_unet")
+    assert result.returncode == 2
+    assert "model.patch_size is not an argument of diffusion.models.EDM2UNet: drop it with ~model.patch_size" \
+        in result.stderr
+    assert "Traceback" not in result.stderr

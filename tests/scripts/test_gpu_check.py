@@ -21,6 +21,8 @@ def test_quick_run_writes_the_training_and_sampling_tables(tmp_path):
     assert "| DDIM-3, bf16, batch 4 |" in text and "| DDIM-3, fp32, batch 4 |" in text
     assert "bf16 peak: 1 TFLOP/s (--peak-tflops)" in text
     assert "Model: `model=dit " in text and "synthetic 4x32x32 data" in text  # the DiT-B/2 check's section
+    assert "method=flow_matching` " in text and "| bf16 + REPA, stored features |" in text  # SiT-B/2 + REPA
+    assert "| bf16 + REPA, DINOv2-B forward |" in text and "REPA overhead (plain steps/s over REPA steps/s" in text
 
 
 @pytest.mark.slow  # torch.compile's tracing: about 20 s on a busy 2-core machine

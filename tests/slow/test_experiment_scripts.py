@@ -153,3 +153,17 @@ def test_flow_benchmark(tmp_path: Path):
     couplings = {row[0] for row in rows if len(row) == 2}
     assert {"linear + logit-normal", "linear + logit-normal + OT", "2-rectified flow"} <= couplings
     assert sum("bits/dim" in row[1] for row in rows if len(row) == 5) == 2  # the NLL of the DDPM and flow runs
+
+
+@pytest.mark.slow  # four toy runs, three seed sets each, after a side-by-side throughput measurement
+def test_backbones_benchmark(tmp_path: Path):
+    out = tmp_path / "results" / "backbones.md"
+    result = run_quick("experiments.benchmarks.backbones", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, "Backbones at equal parameters and equal wall time (mnist budget)",
+                         "experiments.benchmarks.backbones", checks=6)
+    rows = table(text)
+    assert [row[0] for row in rows] == ["U-Net", "DiT", "U-ViT", "EDM2 U-Net"]
+    assert rows[0][2] == "1.00x" and rows[0][7] == "1.00x"  # the U-Net is the reference of both ratios
+    assert all(int(row[3]) >= 1 and row[5].endswith("%") for row in rows)

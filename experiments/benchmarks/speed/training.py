@@ -55,10 +55,11 @@ class TimedTrainer:
     ``train()`` calls it) instead of the whole ``train()``.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, **trainer_kwargs: Any) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, model: torch.nn.Module | None = None,
+                 **trainer_kwargs: Any) -> None:
         parts = build_parts(cfg)
         self.trainer: Trainer = parts.make_trainer(
-            model=parts.model, method=parts.method, data=parts.data, file_manager=FileManager(run_dir),
+            model=parts.model if model is None else model, method=parts.method, data=parts.data, file_manager=FileManager(run_dir),
             logger=NullLogger(), epochs=1, device=str(device), progress=False, **trainer_kwargs,
         )
         self.epoch_seconds = 0.0
@@ -88,11 +89,11 @@ class BareLoop:
     EMA lerp as the Trainer; no LR schedule, logging, loss bookkeeping, checkpoints or stop checks.
     """
 
-    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, device: torch.device, model: torch.nn.Module | None = None) -> None:
         parts = build_parts(cfg)
         trainer_cfg = cfg.trainer
         self.device = device
-        self.model = parts.model.to(device).train()
+        self.model = (parts.model if model is None else model).to(device).train()
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=trainer_cfg.lr, betas=tuple(trainer_cfg.betas),

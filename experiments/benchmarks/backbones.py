@@ -1,0 +1,209 @@
+"""The four backbone families at about equal parameter counts and equal training wall time: U-Net, DiT, U-ViT and
+EDM2's magnitude-preserving U-Net, on the MNIST preset's recipe (and, with ``--budget default``, the default run's).
+
+For each budget the U-Net trains the preset's own steps; every other family trains as many optimizer steps as it
+runs in the U-Net's wall time. That share comes from its training steps/s measured side by side with the U-Net's in
+this process (the same batch, optimizer step and precision, interleaved rounds), so a busy shared machine slows
+all families alike instead of the one training last. Each run is scored by ``python run.py`` itself on 3 disjoint
+seed sets of 500 samples (FD: mean and standard deviation over the sets), with the same sampler for every family.
+Also reported: training samples/s and model FLOP/s (forward and backward, counted by ``FlopCounterMode``, one
+multiply-add = 2 FLOPs) as a share of this machine's measured fp32 matmul peak.
+
+    python -m experiments.benchmarks.backbones --threads 1 --out experiments/benchmarks/backbones_cpu.md
+    python -m experiments.benchmarks.backbones --budget default --threads 1 --out .../backbones_default_cpu.md
+    python -m experiments.benchmarks.backbones --quick --out /tmp/backbones.md     # toy runs: proves it works
+
+The targets (MNIST budget): each family's FD within 1.5x of the U-Net's, and its training FLOP/s share of the peak no
+lower than the U-Net's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, paired_ratio, timed
+from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
+from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
+    finish_report, fmt, markdown_table, read_eval, reproduce_command, run_into, set_threads, shown_command, work_dir
+
+FD_BAR = 1.5  # each family's FD at most this multiple of the U-Net's
+_NOT_DIT = ("~model.patch_size", "~model.depth", "~model.hidden_size", "~model.num_heads")  # mnist_dit's DiT keys
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget: the U-Net's run, each family's network (about the U-Net's parameters) and what every run shares."""
+
+    families: dict[str, tuple[str, ...]]  # family -> run.py overrides (the first: the U-Net, the reference)
+    shared: tuple[str, ...]  # training length, scoring, sampler (every family the same)
+    unet_steps: int  # the U-Net's optimizer steps (the preset's)
+    batch_size: int
+    rounds: int  # interleaved timing rounds
+    steps_per_round: int
+
+
+MNIST = Budget(
+    families={
+        "U-Net": ("experiment=mnist",),  # 0.50M
+        "DiT": ("experiment=mnist_dit", "model.hidden_size=72", "model.depth=5"),  # 0.51M, patch 4
+        "U-ViT": ("experiment=mnist_dit", "model=uvit", "model.hidden_size=88", "model.depth=5"),  # 0.51M, patch 4
+        "EDM2 U-Net": ("experiment=mnist_dit", "model=edm2_unet", *_NOT_DIT, "model.model_channels=21",
+                       "model.channel_mults=[1,2,2]", "model.num_blocks=1", "model.attention_resolutions=[7]",
+                       "model.channels_per_head=21"),  # 0.52M
+    },
+    shared=("evaluator.num_samples=500", "evaluator.seeds=[0,1,2]", "trainer.progress=false"),
+    unet_steps=900, batch_size=128, rounds=5, steps_per_round=3)
+DEFAULT = Budget(
+    families={
+        "U-Net": (),  # the default run's network: 0.91M
+        "DiT": ("experiment=digits_dit", "model.hidden_size=124"),  # 0.92M, patch 2
+        "U-ViT": ("experiment=digits_dit", "model=uvit", "model.depth=5", "model.hidden_size=120"),  # 0.93M
+        "EDM2 U-Net": ("model=edm2_unet", "model.model_channels=30", "model.channel_mults=[1,2]", "model.num_blocks=2",
+                       "model.attention_resolutions=[4]", "model.channels_per_head=30"),  # 0.89M
+    },
+    # DPM-Solver++(2M) 20 steps for every family: the default DDPM-1000 would cost minutes per seed set.
+    shared=("evaluator.num_samples=500", "evaluator.seeds=[0,1,2]", "trainer.progress=false", "trainer.precision=fp32",
+            "method=dpm_solver", "sampler.steps=20", "sampler.timestep_spacing=trailing"),
+    unet_steps=1300, batch_size=128, rounds=5, steps_per_round=3)
+QUICK = Budget(
+    families={"U-Net": QUICK_RUN[:2],
+              "DiT": ("model=dit", "model.depth=1", "model.hidden_size=32", "model.num_heads=2"),
+              "U-ViT": ("model=uvit", "model.depth=1", "model.hidden_size=32", "model.num_heads=2"),
+              "EDM2 U-Net": ("model=edm2_unet", "model.model_channels=8", "model.channel_mults=[1,2]",
+                             "model.num_blocks=1", "model.attention_resolutions=[4]", "model.channels_per_head=8")},
+    shared=("evaluator.num_samples=20", "evaluator.seeds=[0,1,2]", "trainer.progress=false", "method.num_timesteps=20",
+            "trainer.precision=fp32"),
+    unet_steps=4, batch_size=64, rounds=2, steps_per_round=1)
+BUDGETS = {"mnist": MNIST, "default": DEFAULT}
+
+
+@dataclass
+class Throughput:
+    """Side-by-side training speed of one family: steps/s per round, FLOPs per sample, parameters."""
+
+    rates: list[float]
+    flops_per_sample: float
+    params: int
+
+
+def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[float]]:
+    """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
+    the Trainer around it is the same), interleaved with the fp32 matmul peak; the peak's per-round FLOP/s."""
+    device = torch.device("cpu")
+    steppers, parts_of = {}, {}
+    for name, overrides in budget.families.items():
+        training = [o for o in budget.shared if not o.startswith("evaluator.")]  # timing scores nothing
+        cfg = compose_config([*overrides, *training, "trainer.precision=fp32"])
+        parts = parts_of[name] = build_parts(cfg)
+        model = parts.model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x0 = parts.data.load().train[: budget.batch_size]
+        labels = parts.data.load().train_labels
+        kwargs = {"y": labels[: budget.batch_size]} if getattr(model, "num_classes", 0) and labels is not None else {}
+
+        def step(model=model, optimizer=optimizer, method=parts.method, x0=x0, kwargs=kwargs) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            method.compute_loss(model, x0, **kwargs).backward()
+            optimizer.step()
+
+        step()  # warm-up
+        steppers[name] = lambda step=step: budget.steps_per_round / timed(
+            lambda: [step() for _ in range(budget.steps_per_round)], device)
+    runs = interleave({**steppers, "peak": lambda: matmul_flops_per_second(1024, torch.float32, device)},
+                      budget.rounds)
+    result = {}
+    for name, parts in parts_of.items():
+        x0 = parts.data.load().train[: budget.batch_size]
+        flops = step_flops_per_sample(parts.model, parts.method, x0, device, "fp32")
+        result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()))
+    return result, runs["peak"]
+
+
+@dataclass
+class Row:
+    family: str
+    params: int
+    steps: int
+    speed_ratio: float  # steps/s against the U-Net's (median of per-round ratios)
+    samples_per_second: float
+    flop_share: float  # model FLOP/s over the fp32 matmul peak
+    fd: float
+    std: float
+    floor: float | None
+    minutes: float  # the run's wall time (training and scoring, as the log measured it)
+
+
+def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
+    throughput, peak = measure_throughput(budget)
+    reference = throughput["U-Net"].rates
+    rows = []
+    for name, overrides in budget.families.items():
+        figures = throughput[name]
+        ratio = paired_ratio(figures.rates, reference)
+        steps = max(1, round(budget.unet_steps * ratio))
+        run_dir = work / name.lower().replace(" ", "_").replace("-", "")
+        seconds = 0.0
+        if reuse and (run_dir / "eval.json").is_file():  # the steps it was trained with, not today's share
+            steps = int(yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"])
+        else:
+            seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
+        fd = read_eval(run_dir)["fd"]
+        samples = median(figures.rates) * budget.batch_size
+        rows.append(Row(name, figures.params, steps, ratio, samples,
+                        samples * figures.flops_per_sample / median(peak), float(fd["value"]),
+                        float(fd.get("std_over_seeds") or 0), fd.get("floor"), seconds / 60))
+    return rows
+
+
+def report(rows: Sequence[Row], budget: Budget) -> tuple[list[str], list[tuple[bool, str]]]:
+    header = ["family", "params", "steps/s vs U-Net", "optimizer steps", "train samples/s", "FLOP/s share of fp32 peak",
+              "FD (mean ± std of 3 sets)", "FD / U-Net's", "FD floor", "run minutes"]
+    unet = rows[0]
+    cells = [[r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", str(r.steps), fmt(r.samples_per_second),
+              f"{r.flop_share:.1%}", f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
+              f"{r.minutes:.1f}" if r.minutes else "reused"] for r in rows]
+    checks = []
+    for r in rows[1:]:
+        checks.append((r.fd <= FD_BAR * unet.fd, f"{r.family} FD within {FD_BAR:g}x of the U-Net's at equal parameters "
+                       f"and wall time: {r.fd:.3g} vs {unet.fd:.3g} ({r.fd / unet.fd:.2f}x)"))
+        checks.append((r.flop_share >= unet.flop_share, f"{r.family} training FLOP/s share of the peak no lower than "
+                       f"the U-Net's: {r.flop_share:.1%} vs {unet.flop_share:.1%}"))
+    return markdown_table(header, cells), checks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_flags(parser, out_help="also write the markdown report here")
+    add_work_flags(parser)
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="mnist",
+                        help="mnist: experiment=mnist's recipe (default) | default: the default digits run's")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    budget = QUICK if args.quick else BUDGETS[args.budget]
+    start, machine = time.perf_counter(), describe_machine()
+    work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
+    rows = train_and_score(budget, work, args.reuse)
+    table, checks = report(rows, budget)
+    method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''}: the U-Net trains {budget.unet_steps} "
+              "optimizer steps; each other family the steps it runs in the same time, from its steps/s measured "
+              f"beside the U-Net's ({budget.rounds} interleaved rounds of {budget.steps_per_round} steps, batch "
+              f"{budget.batch_size}, fp32). Runs: "
+              f"`{shown_command(['<family>', *budget.shared, 'trainer.max_steps=<steps>'])}`, scored by the run itself "
+              "(its best EMA checkpoint); the families:"
+              + "".join(f"\n- {name}: `{' '.join(o) or '(the default run)'}`" for name, o in budget.families.items()))
+    text, passed = checks_report(f"Backbones at equal parameters and equal wall time ({args.budget} budget)", machine,
+                                 method, table, checks, time.perf_counter() - start,
+                                 reproduce_command("experiments.benchmarks.backbones", argv))
+    return finish_report(text, passed, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
