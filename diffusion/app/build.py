@@ -54,8 +54,7 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
         trained = make_alignment(cfg.repa, method, model, data.sample_shape)
     return Components(
         data, model, trained,
-        evaluator=instantiate(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator,
-                              _convert_="all"),
+        evaluator=make_evaluator(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator),
         make_sampler=SamplerFactory(command, method, data.sample_shape),
         make_trainer=partial(_instantiate_partial, cfg.trainer),
         make_file_manager=lambda run_dir: instantiate(cfg.checkpoint)(run_dir=run_dir),
@@ -67,7 +66,21 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
 def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
     """The data set and evaluator alone: what scoring a sample file made elsewhere needs (no network, no method)."""
     data = instantiate(cfg.data, _convert_="all")
-    return data, instantiate(cfg.get("evaluator", NO_EVALUATOR), _convert_="all")
+    return data, make_evaluator(cfg.get("evaluator", NO_EVALUATOR))
+
+
+# The evaluator group's keys that task=evaluate reads itself (conf/common/ode_scores.yaml): not the evaluator's.
+ODE_SCORE_KEYS = ("likelihood", "hutchinson_samples", "dequantization", "likelihood_samples", "straightness",
+                  "straightness_steps", "straightness_samples")
+
+
+def make_evaluator(node: DictConfig) -> BaseEvaluator:
+    """The evaluator of ``node``, without the probability-flow ODE scores' keys that every evaluator config holds."""
+    own = copy.deepcopy(node)
+    with open_dict(own):
+        for key in ODE_SCORE_KEYS:
+            own.pop(key, None)
+    return instantiate(own, _convert_="all")
 
 
 def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:

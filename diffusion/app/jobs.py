@@ -153,9 +153,9 @@ def run_score_file(cfg: DictConfig, job: HydraRun, source: Path) -> float | None
                           "run directory or a .safetensors)")
     if not source.is_file():
         raise ConfigError(f"run_dir={source}: no such sample file")
-    for key in ("likelihood", "straightness"):
-        if cfg.get(key) is not None and cfg[key].get("enabled"):
-            raise ConfigError(f"{key}.enabled=true needs a model; run_dir={source} holds samples only")
+    for key, settings in zip(("likelihood", "straightness"), ode_score_settings(cfg)):
+        if settings.enabled:
+            raise ConfigError(f"evaluator.{key}=true needs a model; run_dir={source} holds samples only")
     data, evaluator = build_scoring(cfg)
     settings = RunSettings(output_dir=job.output_dir, seed=cfg.seed, source=source, label=cfg.task,
                            save_config=lambda directory: save_run_config(cfg, directory, job.overrides))
@@ -239,24 +239,35 @@ def follow_run_precision(cfg: DictConfig, run_cfg: DictConfig) -> None:
 
 
 def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object) -> RunSettings:
+    likelihood, straightness = ode_score_settings(cfg)
     return RunSettings(
         output_dir=job.output_dir, seed=cfg.seed, source=source, config=parts.config,  # type: ignore[arg-type]
         save_config=lambda directory: save_run_config(cfg, directory, job.overrides), label=cfg.task,
-        likelihood=LikelihoodSettings(**cfg.get("likelihood", {})),
-        straightness=StraightnessSettings(**cfg.get("straightness", {})),
+        likelihood=likelihood, straightness=straightness,
     )
 
 
+def ode_score_settings(cfg: DictConfig) -> tuple[LikelihoodSettings, StraightnessSettings]:
+    """``evaluator.likelihood`` / ``evaluator.straightness`` and their options, from this command line's evaluator."""
+    node = cfg.get("evaluator") or {}
+    return (LikelihoodSettings(enabled=node.get("likelihood", False),
+                               hutchinson_samples=node.get("hutchinson_samples"),
+                               dequantization=node.get("dequantization"),
+                               num_samples=node.get("likelihood_samples", 500)),
+            StraightnessSettings(enabled=node.get("straightness", False), steps=node.get("straightness_steps", 100),
+                                 num_samples=node.get("straightness_samples", 500)))
+
+
 def check_ode_score_task(cfg: DictConfig) -> None:
-    """``likelihood.enabled`` and ``straightness.enabled`` belong to ``task=evaluate``.
+    """``evaluator.likelihood`` and ``evaluator.straightness`` belong to ``task=evaluate``.
 
     Raises:
         ConfigError: naming the key, with another task.
     """
-    for key in ("likelihood", "straightness"):
-        if cfg.get(key) is not None and cfg[key].get("enabled") and cfg.task != "evaluate":
-            raise ConfigError(f"{key}.enabled=true is scored by task=evaluate (got task={cfg.task}); "
-                              f"run task=evaluate run_dir=<run> {key}.enabled=true")
+    for key, settings in zip(("likelihood", "straightness"), ode_score_settings(cfg)):
+        if settings.enabled and cfg.task != "evaluate":
+            raise ConfigError(f"evaluator.{key}=true is scored by task=evaluate (got task={cfg.task}); "
+                              f"run task=evaluate run_dir=<run> evaluator.{key}=true")
 
 
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {

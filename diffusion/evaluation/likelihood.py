@@ -56,14 +56,14 @@ def probability_flow(method: BaseMethod, network: Network) -> ProbabilityFlow:
     """The probability-flow ODE of ``method``'s unclipped denoiser (or a flow's velocity) for ``network``.
 
     Raises:
-        ConfigError: naming ``likelihood.enabled`` for a schedule whose sigma_max is infinite (zero terminal SNR).
+        ConfigError: naming ``evaluator.likelihood`` for a schedule whose sigma_max is infinite (zero terminal SNR).
     """
     if "time" in method.grids:  # a flow: its own ODE in t, and an exact Gaussian prior at its start
         start, end = method.sampling_times(1)[0], getattr(method, "end_time", 1.0)
         return ProbabilityFlow(lambda x, t: method.velocity(network, x, t), end, start,
                                float(method.path_coefficients(start)[1]))
     if math.isinf(method.sigma_max):
-        raise ConfigError("likelihood.enabled=true needs a finite sigma_max: the prior of a zero-terminal-SNR "
+        raise ConfigError("evaluator.likelihood=true needs a finite sigma_max: the prior of a zero-terminal-SNR "
                           "schedule is not a Gaussian at a finite level; set schedule.zero_terminal_snr=false")
 
     def field(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -134,12 +134,12 @@ def negative_log_likelihood(method: BaseMethod, network: Network, data: torch.Te
     ``hutchinson_samples`` 0 is the exact divergence, None exact up to ``EXACT_MAX_DIM`` dimensions, else 4 probes.
 
     Raises:
-        ConfigError: naming ``likelihood.hutchinson_samples``, ``likelihood.dequantization`` or ``likelihood.enabled``.
+        ConfigError: naming ``evaluator.hutchinson_samples``, ``evaluator.dequantization`` or ``evaluator.likelihood``.
     """
     data = data.clone()  # a normal tensor (autograd) even when the caller made it under inference mode
     dim = data[0].numel()
     samples = hutchinson_samples if hutchinson_samples is not None else (0 if dim <= EXACT_MAX_DIM else 4)
-    samples = check_int(samples, "likelihood.hutchinson_samples", minimum=0)
+    samples = check_int(samples, "evaluator.hutchinson_samples", minimum=0)
     x = data if bin_width is None else dequantize(data, bin_width, generator)
     copies = max(samples, 1)
     batch = x.repeat_interleave(copies, dim=0)  # (N K, ...): each copy of a point with its own probe
@@ -164,9 +164,9 @@ def dequantize(data: torch.Tensor, bin_width: float, generator: torch.Generator 
     """x + w (u - 1/2), u ~ U[0, 1)^D: each level spread uniformly over its bin of width ``bin_width``.
 
     Raises:
-        ConfigError: naming ``likelihood.dequantization`` unless ``bin_width`` > 0.
+        ConfigError: naming ``evaluator.dequantization`` unless ``bin_width`` > 0.
     """
-    check_float(bin_width, "likelihood.dequantization", minimum=0.0, inclusive=False)
+    check_float(bin_width, "evaluator.dequantization", minimum=0.0, inclusive=False)
     u = torch.rand(data.shape, generator=generator, dtype=data.dtype, device=_draw_device(generator, data))
     return data + bin_width * (u.to(data.device) - 0.5)
 

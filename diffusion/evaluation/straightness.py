@@ -31,13 +31,13 @@ def straightness(method: BaseMethod, network: Network, noise: torch.Tensor, step
     steps in uniform t (no shift), the integral a left Riemann sum over the same steps.
 
     Raises:
-        ConfigError: naming ``straightness.enabled`` for a method that is not a flow (no velocity in time), or
-            ``straightness.steps`` < 1.
+        ConfigError: naming ``evaluator.straightness`` for a method that is not a flow (no velocity in time), or
+            ``evaluator.straightness_steps`` < 1.
     """
     if "time" not in method.grids:
-        raise ConfigError(f"straightness.enabled=true needs a flow (method=flow_matching); method {method.name} "
+        raise ConfigError(f"evaluator.straightness=true needs a flow (method=flow_matching); method {method.name} "
                           "has no velocity in time")
-    steps = check_int(steps, "straightness.steps", minimum=1)
+    steps = check_int(steps, "evaluator.straightness_steps", minimum=1)
     start = method.sampling_times(1)[0]
     times = torch.linspace(start, 1.0, steps + 1, dtype=torch.float64).tolist()
     x = noise * float(method.path_coefficients(start)[1])

@@ -1,6 +1,6 @@
 """Scores along the probability-flow ODE that ``task=evaluate`` adds to ``eval.json``: the negative log-likelihood of
-held-out data (``likelihood.enabled``; :mod:`diffusion.evaluation.likelihood`) and a flow's straightness S(Z)
-(``straightness.enabled``; :mod:`diffusion.evaluation.straightness`).
+held-out data (``evaluator.likelihood``; :mod:`diffusion.evaluation.likelihood`) and a flow's straightness S(Z)
+(``evaluator.straightness``; :mod:`diffusion.evaluation.straightness`).
 
 Both are checked before anything is written (:func:`check_ode_scores`), then added to ``eval.json`` atomically:
 
@@ -34,8 +34,9 @@ EIGHT_BIT_WIDTH = 2 / 255  # one level of 8-bit pixels p in [0, 255] mapped to p
 
 @dataclass(frozen=True)
 class LikelihoodSettings:
-    """``likelihood.*``: score the NLL of the first ``num_samples`` validation points; ``dequantization`` is the
-    width of one level of discrete data in the model's space (None: 2/255 for 8-bit images, none for points)."""
+    """``evaluator.likelihood`` and its keys: score the NLL of the first ``num_samples`` validation points;
+    ``dequantization`` is the width of one level of discrete data in the model's space (None: 2/255 for 8-bit
+    images, none for points)."""
 
     enabled: bool = False
     hutchinson_samples: int | None = None
@@ -45,7 +46,7 @@ class LikelihoodSettings:
 
 @dataclass(frozen=True)
 class StraightnessSettings:
-    """``straightness.*``: S(Z) of ``num_samples`` Euler trajectories of ``steps`` steps (a flow only)."""
+    """``evaluator.straightness*``: S(Z) of ``num_samples`` Euler trajectories of ``steps`` steps (a flow only)."""
 
     enabled: bool = False
     steps: int = 100
@@ -57,20 +58,21 @@ def check_ode_scores(likelihood: LikelihoodSettings, path_straightness: Straight
     """Check both settings against the run; returns the dequantization width the likelihood uses (None: nats).
 
     Raises:
-        ConfigError: naming the ``likelihood.*`` or ``straightness.*`` key: a bad value, straightness of a run that
-            is not a flow, or the likelihood of image data that is not 8-bit without ``likelihood.dequantization``.
+        ConfigError: naming the ``evaluator.likelihood*`` or ``evaluator.straightness*`` key: a bad value,
+            straightness of a run that is not a flow, or the likelihood of image data that is not 8-bit without
+            ``evaluator.dequantization``.
     """
     width = None
-    if check_bool(likelihood.enabled, "likelihood.enabled"):
-        check_int(likelihood.num_samples, "likelihood.num_samples", minimum=1)
+    if check_bool(likelihood.enabled, "evaluator.likelihood"):
+        check_int(likelihood.num_samples, "evaluator.likelihood_samples", minimum=1)
         if likelihood.hutchinson_samples is not None:
-            check_int(likelihood.hutchinson_samples, "likelihood.hutchinson_samples", minimum=0)
+            check_int(likelihood.hutchinson_samples, "evaluator.hutchinson_samples", minimum=0)
         width = level_width(likelihood.dequantization, data)
-    if check_bool(path_straightness.enabled, "straightness.enabled"):
-        check_int(path_straightness.steps, "straightness.steps", minimum=1)
-        check_int(path_straightness.num_samples, "straightness.num_samples", minimum=1)
+    if check_bool(path_straightness.enabled, "evaluator.straightness"):
+        check_int(path_straightness.steps, "evaluator.straightness_steps", minimum=1)
+        check_int(path_straightness.num_samples, "evaluator.straightness_samples", minimum=1)
         if "time" not in method.grids:
-            raise ConfigError(f"straightness.enabled=true needs a flow run (method=flow_matching); method "
+            raise ConfigError(f"evaluator.straightness=true needs a flow run (method=flow_matching); method "
                               f"{method.name} has no velocity in time")
     return width
 
@@ -80,15 +82,15 @@ def level_width(dequantization: float | None, data: BaseData) -> float | None:
     (continuous: nats) for points.
 
     Raises:
-        ConfigError: naming ``likelihood.dequantization`` for image data whose values are not 8-bit levels.
+        ConfigError: naming ``evaluator.dequantization`` for image data whose values are not 8-bit levels.
     """
     if dequantization is not None:
-        return check_float(dequantization, "likelihood.dequantization", minimum=0.0, inclusive=False)
+        return check_float(dequantization, "evaluator.dequantization", minimum=0.0, inclusive=False)
     if data.kind == "points":
         return None
     if data.uint8_splits or _on_8bit_levels(data.load().val):
         return EIGHT_BIT_WIDTH
-    raise ConfigError("likelihood.dequantization is needed: this run's images are not 8-bit (their values are not "
+    raise ConfigError("evaluator.dequantization is needed: this run's images are not 8-bit (their values are not "
                       "levels p / 127.5 - 1); give the width of one level in [-1, 1] (17 levels: 0.125)")
 
 

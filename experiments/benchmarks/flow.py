@@ -80,12 +80,12 @@ FULL = Settings(
     train=("evaluator.seeds=[0,1,2]",), score=("evaluator.num_samples=500", "evaluator.seeds=[0,1,2]"),
     euler_steps=(4, 8, 16, 32), heun_steps=(9, 18), em_steps=(50,), reflow_steps=(1, 2, 4), ddim_steps=50,
     dpm_steps=20, reflow=("reflow.num_pairs=10000", "sampler.solver=dopri5", "sampler.atol=1e-4", "sampler.rtol=1e-4"),
-    likelihood=("likelihood.num_samples=200",), every_solver=("flow", "cosine", "ot"))
+    likelihood=("evaluator.likelihood_samples=200",), every_solver=("flow", "cosine", "ot"))
 QUICK = Settings(
     train=(*QUICK_RUN, "evaluator.seeds=[0,1,2]"), score=("evaluator.seeds=[0,1,2]",), euler_steps=(2,),
     heun_steps=(2,), em_steps=(3,), reflow_steps=(1,), ddim_steps=5, dpm_steps=5,
     reflow=("reflow.num_pairs=40", "reflow.chunk_size=20", "sampler.solver=euler", "sampler.steps=4"),
-    likelihood=("likelihood.num_samples=4", "likelihood.hutchinson_samples=1"), every_solver=("flow",))
+    likelihood=("evaluator.likelihood_samples=4", "evaluator.hutchinson_samples=1"), every_solver=("flow",))
 FLOWS = {"flow": "linear + logit-normal", "cosine": "cosine + logit-normal", "ot": "linear + logit-normal + OT"}
 
 
@@ -140,8 +140,8 @@ def ddpm_rows(runs: dict[str, Path], work: Path, settings: Settings) -> list[Row
     scored = [
         row_of("DDPM", f"DDPM-{steps}", read_eval(ddpm)),  # the run's own final evaluation
         row_of("DDPM", f"DDIM-{settings.ddim_steps}", evaluate(ddpm, work / "ddpm_ddim", [
-            "method=ddim", f"sampler.steps={settings.ddim_steps}", "likelihood.enabled=true",
-            f"likelihood.dequantization={DIGITS_LEVEL}", *settings.likelihood], settings)),
+            "method=ddim", f"sampler.steps={settings.ddim_steps}", "evaluator.likelihood=true",
+            f"evaluator.dequantization={DIGITS_LEVEL}", *settings.likelihood], settings)),
         row_of("DDPM", f"DPM-Solver++-{settings.dpm_steps}", evaluate(ddpm, work / "ddpm_dpm", [
             "method=dpm_solver", "sampler.timestep_spacing=trailing", f"sampler.steps={settings.dpm_steps}"],
             settings)),
@@ -166,9 +166,9 @@ def flow_rows(runs: dict[str, Path], work: Path, settings: Settings) -> list[Row
         if name == "reflow":
             samplers = [(f"Euler-{n}", ["sampler.solver=euler", f"sampler.steps={n}"]) for n in settings.reflow_steps]
         for position, (sampler, overrides) in enumerate(samplers):
-            extra = [] if position else ["straightness.enabled=true"]
+            extra = [] if position else ["evaluator.straightness=true"]
             if name == "flow" and not position:
-                extra += ["likelihood.enabled=true", f"likelihood.dequantization={DIGITS_LEVEL}", *settings.likelihood]
+                extra += ["evaluator.likelihood=true", f"evaluator.dequantization={DIGITS_LEVEL}", *settings.likelihood]
             out = work / f"{name}_{sampler.lower().replace('-', '_')}"
             rows.append(row_of(label, sampler, evaluate(runs[name], out, [*overrides, *extra], settings)))
     return rows

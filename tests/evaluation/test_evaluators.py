@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 from runs import ROOT
 from torch import nn
 
+from diffusion.app.build import make_evaluator
 from diffusion.data import DigitsData, MoonsData
 from diffusion.evaluation import inception
 from diffusion.evaluation.digits import DigitsEvaluator
@@ -296,9 +296,11 @@ def test_evaluate_at_steps_scores_each_step_count_with_its_time(
 
 @pytest.mark.parametrize("name", ["digits", "points", "inception", "none"])
 def test_every_evaluator_config_instantiates(name: str) -> None:
-    group_file = OmegaConf.load(ROOT / "conf" / "evaluator" / f"{name}.yaml")
-    cfg = OmegaConf.create({"trainer": {"device": "cpu"}, "evaluator": group_file})
-    evaluator = instantiate(cfg.evaluator)
+    """Each evaluator config, as composed (with the ODE-score keys every one includes), builds its evaluator."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"evaluator={name}", "trainer.device=cpu"])
+    assert cfg.evaluator.likelihood is False and cfg.evaluator.straightness_steps == 100
+    evaluator = make_evaluator(cfg.evaluator)
     assert isinstance(evaluator, BaseEvaluator)
     assert evaluator.enabled == (name != "none")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
+from diffusion.app.build import make_evaluator
 from diffusion.data import MoonsData
 from diffusion.evaluation.neighbours import memorization_score, precision_recall, real_neighbours
 from diffusion.evaluation.points import PointsEvaluator
@@ -23,7 +23,7 @@ def test_every_evaluator_config_scores_the_neighbour_metrics(name):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"evaluator={name}"])
     assert cfg.evaluator.neighbour_metrics is True
-    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    evaluator = make_evaluator(cfg.evaluator)
     assert {"precision", "recall", "memorization"} <= set(evaluator.metric_names)
 
 

@@ -199,9 +199,9 @@ def test_cmmd_evaluator_scores_with_floor_and_refuses_sizes_clip_does_not_take(t
 @pytest.mark.parametrize(("name", "kind"), [("dinov2", DINOv2Evaluator), ("cmmd", CMMDEvaluator)])
 def test_evaluator_configs_compose_and_instantiate(name, kind):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from diffusion.app.build import make_evaluator
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base=None):
         cfg = compose("config", overrides=[f"evaluator={name}", "trainer.device=cpu"])
-    evaluator = instantiate(cfg.evaluator, _convert_="all")
+    evaluator = make_evaluator(cfg.evaluator)
     assert isinstance(evaluator, kind) and evaluator.neighbour_metrics and evaluator.weights_sha256 is None

@@ -153,7 +153,7 @@ def test_inception_on_uint8_data_with_reference_stats_and_neighbour_metrics(tmp_
 
 def test_mnist_evaluator_scores_neighbour_metrics_on_uint8_digits(tmp_path):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from diffusion.app.build import make_evaluator
 
     from diffusion.data import MNISTData
 
@@ -167,7 +167,7 @@ def test_mnist_evaluator_scores_neighbour_metrics_on_uint8_digits(tmp_path):
     conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
         cfg = compose("config", overrides=["data=mnist", "evaluator.num_samples=16"])
-    evaluator = instantiate(cfg.evaluator)
+    evaluator = make_evaluator(cfg.evaluator)
     evaluator.prepare(data)
     scores = evaluator.evaluate(data.prepare_batch(data.load().val))
     assert {"precision", "recall", "memorization"} <= set(scores)

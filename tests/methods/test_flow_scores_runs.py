@@ -1,6 +1,6 @@
-"""``task=evaluate likelihood.enabled=true straightness.enabled=true`` on a tiny flow run: the NLL (nats for points,
+"""``task=evaluate evaluator.likelihood=true evaluator.straightness=true`` on a tiny flow run: the NLL (nats for points,
 bits/dim for images) and S(Z) land in eval.json beside the evaluator's scores; image data that is not 8-bit without
-``likelihood.dequantization``, straightness of a run that is not a flow, and either key with another task are one
+``evaluator.dequantization``, straightness of a run that is not a flow, and either key with another task are one
 line naming the key, exit 2, nothing written."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from diffusion.runtime.checks import ConfigError
 from diffusion.tasks.ode_scores import level_width
 
 TINY_FLOW = [*ONE_EPOCH_MOONS, "method=flow_matching", "evaluator=points", "evaluator.num_samples=16"]
-SCORES = ["likelihood.enabled=true", "likelihood.num_samples=8", "straightness.enabled=true",
-          "straightness.num_samples=16", "straightness.steps=10"]
+SCORES = ["evaluator.likelihood=true", "evaluator.likelihood_samples=8", "evaluator.straightness=true",
+          "evaluator.straightness_samples=16", "evaluator.straightness_steps=10"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def test_evaluate_reports_the_nll_in_nats_and_the_straightness_of_a_flow(flow_ru
 def test_hutchinson_probes_report_their_standard_error(flow_run, tmp_path, monkeypatch):
     out = tmp_path / "probes"
     assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={flow_run}", "evaluator=none",
-                           "likelihood.enabled=true", "likelihood.num_samples=4", "likelihood.hutchinson_samples=3",
+                           "evaluator.likelihood=true", "evaluator.likelihood_samples=4",
+                           "evaluator.hutchinson_samples=3",
                            f"hydra.run.dir={out}") == 0
     nll = json.loads((out / "eval.json").read_text())["nll"]  # evaluator=none: eval.json holds the NLL alone
     assert nll["divergence"] == "hutchinson" and nll["hutchinson_std_error"] > 0 and math.isfinite(nll["value"])
@@ -66,11 +67,11 @@ def test_hutchinson_probes_report_their_standard_error(flow_run, tmp_path, monke
 def test_bad_likelihood_or_straightness_requests_are_one_line_and_write_nothing(flow_run, digits_run, tmp_path,
                                                                                 monkeypatch, capsys):
     cases = [
-        (["task=evaluate", f"run_dir={digits_run}", "likelihood.enabled=true"], "likelihood.dequantization"),
-        (["task=evaluate", f"run_dir={digits_run}", "straightness.enabled=true"], "straightness.enabled"),
-        (["task=evaluate", f"run_dir={flow_run}", "likelihood.enabled=true", "likelihood.hutchinson_samples=-1"],
-         "likelihood.hutchinson_samples"),
-        (["task=sample", f"run_dir={flow_run}", "straightness.enabled=true"], "straightness.enabled"),
+        (["task=evaluate", f"run_dir={digits_run}", "evaluator.likelihood=true"], "evaluator.dequantization"),
+        (["task=evaluate", f"run_dir={digits_run}", "evaluator.straightness=true"], "evaluator.straightness"),
+        (["task=evaluate", f"run_dir={flow_run}", "evaluator.likelihood=true", "evaluator.hutchinson_samples=-1"],
+         "evaluator.hutchinson_samples"),
+        (["task=sample", f"run_dir={flow_run}", "evaluator.straightness=true"], "evaluator.straightness"),
     ]
     for overrides, key in cases:
         capsys.readouterr()
@@ -83,9 +84,9 @@ def test_bad_likelihood_or_straightness_requests_are_one_line_and_write_nothing(
 
 def test_a_given_level_width_gives_bits_per_dimension_for_a_diffusion_run(digits_run, tmp_path, monkeypatch):
     out = tmp_path / "bits"
-    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={digits_run}", "likelihood.enabled=true",
-                           "likelihood.num_samples=2", "likelihood.hutchinson_samples=1",
-                           "likelihood.dequantization=0.125", "evaluator.num_samples=8", f"hydra.run.dir={out}") == 0
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={digits_run}", "evaluator.likelihood=true",
+                           "evaluator.likelihood_samples=2", "evaluator.hutchinson_samples=1",
+                           "evaluator.dequantization=0.125", "evaluator.num_samples=8", f"hydra.run.dir={out}") == 0
     nll = json.loads((out / "eval.json").read_text())["nll"]
     assert nll["unit"] == "bits/dim" and nll["dequantization"] == 0.125 and math.isfinite(nll["value"])
 
@@ -109,5 +110,5 @@ def test_8bit_images_are_dequantized_over_one_level_and_other_levels_need_the_wi
     levels = torch.randint(0, 256, (4, 1, 2, 2), generator=torch.Generator().manual_seed(0)).float()
     assert level_width(None, Images(levels / 127.5 - 1)) == pytest.approx(2 / 255)
     assert level_width(0.125, Images(levels / 8 - 1)) == 0.125
-    with pytest.raises(ConfigError, match="likelihood.dequantization"):
+    with pytest.raises(ConfigError, match="evaluator.dequantization"):
         level_width(None, Images(torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1) / 16 * 2 - 1 + 0.01))

@@ -102,7 +102,7 @@ def test_dequantized_levels_are_reported_in_bits_per_dimension():
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    ({"hutchinson_samples": -1}, "likelihood.hutchinson_samples"), ({"bin_width": 0.0}, "likelihood.dequantization"),
+    ({"hutchinson_samples": -1}, "evaluator.hutchinson_samples"), ({"bin_width": 0.0}, "evaluator.dequantization"),
 ])
 def test_bad_likelihood_settings_are_one_line_naming_their_key(kwargs, key):
     method = FlowMatching()
@@ -112,7 +112,7 @@ def test_bad_likelihood_settings_are_one_line_naming_their_key(kwargs, key):
 
 def test_a_zero_terminal_snr_schedule_has_no_gaussian_prior():
     method = GaussianDiffusion(partial(linear_betas, zero_terminal_snr=True), num_timesteps=20, prediction="v")
-    with pytest.raises(ConfigError, match="likelihood.enabled"):
+    with pytest.raises(ConfigError, match="evaluator.likelihood"):
         negative_log_likelihood(method, lambda x, t: x, points(2, 2, 0.0, 1.0))
 
 

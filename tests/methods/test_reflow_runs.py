@@ -54,8 +54,8 @@ def test_reflow_draws_pairs_and_trains_from_the_teachers_weights(teacher, reflow
 
 def test_a_reflowed_run_evaluates_like_any_other(reflowed, tmp_path, monkeypatch):
     out = tmp_path / "evaluated"
-    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={reflowed}", "straightness.enabled=true",
-                           "straightness.num_samples=8", "straightness.steps=4", "sampler.steps=1",
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={reflowed}", "evaluator.straightness=true",
+                           "evaluator.straightness_samples=8", "evaluator.straightness_steps=4", "sampler.steps=1",
                            f"hydra.run.dir={out}") == 0
     scored = json.loads((out / "eval.json").read_text())
     assert scored["steps"] == 1 and scored["straightness"]["value"] >= 0

@@ -32,8 +32,8 @@ def test_gaussian_to_gaussian_paths_match_their_closed_form():
 
 
 def test_straightness_needs_a_flow_and_steps():
-    with pytest.raises(ConfigError, match="straightness.enabled"):
+    with pytest.raises(ConfigError, match="evaluator.straightness"):
         straightness(EDM(), lambda x, t: x, torch.randn(2, 2))
     method = FlowMatching()
-    with pytest.raises(ConfigError, match="straightness.steps"):
+    with pytest.raises(ConfigError, match="evaluator.straightness_steps"):
         straightness(method, GaussianOracle(method, 0.0, 1.0), torch.randn(2, 2), steps=0)
