@@ -4,6 +4,7 @@ from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
 from diffusion.methods.meanflow import MeanFlow
+from diffusion.methods.scm import SCM
 from diffusion.methods.schedules import SPACINGS, TimestepSpacing
 from diffusion.methods.shortcut import Shortcut
 
@@ -20,6 +21,7 @@ __all__ = [
     "MeanFlow",
     "PREDICTIONS",
     "Prediction",
+    "SCM",
     "SPACINGS",
     "Shortcut",
     "TimestepSpacing",
