@@ -1,5 +1,6 @@
 from diffusion.methods.base import BaseMethod, GridKind
 from diffusion.methods.consistency import Consistency
+from diffusion.methods.ect import ConsistencyTuning
 from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching, PairedFlowMatching
 from diffusion.methods.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, LossWeighting, Prediction
@@ -11,6 +12,7 @@ from diffusion.methods.shortcut import Shortcut
 __all__ = [
     "BaseMethod",
     "Consistency",
+    "ConsistencyTuning",
     "EDM",
     "FlowMatching",
     "GaussianDiffusion",
