@@ -96,7 +96,7 @@ def tuned_steps(tune: DictConfig, teacher_steps: int) -> int:
     """``tune.steps``, or ``tune.share`` of the teacher's optimizer steps (at least one)."""
     if tune.steps is not None:
         return check_int(tune.steps, "tune.steps", minimum=1)
-    return max(1, round(check_float(tune.share, "tune.share", 0.0, 1.0, inclusive=False) * teacher_steps))
+    return max(1, round(check_float(tune.share, "tune.share", minimum=0.0, inclusive=False) * teacher_steps))
 
 
 def ect_method(teacher_method: DictConfig, tune: DictConfig, steps: int) -> DictConfig:
