@@ -33,7 +33,16 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks import compare, export, posthoc_ema, reflow, sample, summary, train, tune
+from diffusion.tasks import (
+    compare,
+    export,
+    posthoc_ema,
+    reflow,
+    sample,
+    summary,
+    train,
+    tune,
+)
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 

@@ -48,8 +48,6 @@ from diffusion.runtime.checks import check_bool, check_float, check_int
 
 HALF_PI = math.pi / 2
 WEIGHT_NAME = "trigflow_weight"  # the attribute of the network holding u(t)
-# Where the teacher's denoiser is read: D(x; sigma) at per-sample sigma (B,) float64, with the labels.
-TeacherDenoiser = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
 
 
 class AdaptiveWeight(nn.Module):

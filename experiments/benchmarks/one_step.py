@@ -149,13 +149,15 @@ def verdicts(rows: Sequence[Row]) -> list[tuple[bool, str]]:
     ect = next(r for r in rows if r.run == "ECT" and r.steps == 2)
     share = ect.optimizer_steps / teacher.optimizer_steps
     return [
-        (one.fd <= ONE_STEP_BAR * ddpm.fd, f"best 1-step FD ({one.run}) at most {ONE_STEP_BAR:g}x {ddpm.sampler}'s: "
-                                           f"{one.fd:.3g} vs {ddpm.fd:.3g} ({one.fd / ddpm.fd:.2f}x)"),
-        (two.fd <= TWO_STEP_BAR * ddpm.fd, f"best 2-step FD ({two.run}) at most {TWO_STEP_BAR:g}x {ddpm.sampler}'s: "
-                                           f"{two.fd:.3g} vs {ddpm.fd:.3g} ({two.fd / ddpm.fd:.2f}x)"),
+        (one.fd <= ONE_STEP_BAR * ddpm.fd,
+         (f"best 1-step FD ({one.run}) at most {ONE_STEP_BAR:g}x {ddpm.sampler}'s: {one.fd:.3g} vs {ddpm.fd:.3g} "
+          f"({one.fd / ddpm.fd:.2f}x)")),
+        (two.fd <= TWO_STEP_BAR * ddpm.fd,
+         (f"best 2-step FD ({two.run}) at most {TWO_STEP_BAR:g}x {ddpm.sampler}'s: {two.fd:.3g} vs {ddpm.fd:.3g} "
+          f"({two.fd / ddpm.fd:.2f}x)")),
         (ect.fd <= TWO_STEP_BAR * ddpm.fd and share <= ECT_STEP_SHARE,
-         f"ECT's 2-step FD at most {TWO_STEP_BAR:g}x {ddpm.sampler}'s with at most {ECT_STEP_SHARE:.0%} of the "
-         f"teacher's optimizer steps: {ect.fd:.3g} ({ect.fd / ddpm.fd:.2f}x) with {share:.0%}"),
+         (f"ECT's 2-step FD at most {TWO_STEP_BAR:g}x {ddpm.sampler}'s with at most {ECT_STEP_SHARE:.0%} of the "
+          f"teacher's optimizer steps: {ect.fd:.3g} ({ect.fd / ddpm.fd:.2f}x) with {share:.0%}")),
     ]
 
 

@@ -6,12 +6,17 @@ and adaptive weight) resumes bit for bit."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from kill_resume import assert_killed_run_resumes
-from runs import ONE_EPOCH_MOONS, main_in_process
+from runs import ONE_EPOCH_MOONS, ROOT, main_in_process
 
 from diffusion.storage.file_manager import FileManager, load_checkpoint
 
@@ -91,6 +96,53 @@ def test_bad_settings_and_wrong_teachers_are_one_line_and_write_nothing(tmp_path
         error = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(error) == 1 and error[0].startswith("error: ") and key in error[0], (overrides, error)
         assert not (tmp_path / "bad").exists()
+
+
+# Two ranks train an MLP with sCT on moons for a few steps (its adaptive weight is used outside the DDP forward,
+# the JVP on the bare network); each saves its parameters.
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from diffusion.data import MoonsData
+    from diffusion.loggers import NullLogger
+    from diffusion.methods import SCM
+    from diffusion.models import MLP
+    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.seeding import seed_everything
+    from diffusion.storage.file_manager import FileManager
+    from diffusion.training.trainer import Trainer
+
+    out = Path(sys.argv[1])
+    dist = DistributedContext.from_environment("cpu")
+    torch.manual_seed(0)  # identical initial weights on every rank
+    model, method = MLP(hidden_dim=16, num_layers=1, time_embed_dim=8), SCM(clip_denoised=False, sigma_data=1.0)
+    method.check_network(model)
+    with torch.no_grad():
+        model.trigflow_weight.linear.bias.fill_(0.1)  # nonzero, so its gradient reaches the network's too
+    seed_everything(100 + dist.rank)  # each rank draws its own times and noise, so its own tangents
+    trainer = Trainer(model, method, MoonsData(num_samples=200), FileManager(out / f"ckpt{dist.rank}"), NullLogger(),
+                      epochs=1, lr=1e-2, batch_size=64, device="cpu", progress=False, distributed=dist)
+    trainer.train()
+    torch.save([p.detach() for p in model.parameters()], out / f"rank{dist.rank}.pt")
+    dist.close()
+    """
+)
+
+
+def test_two_gloo_ranks_hold_identical_parameters_after_sct_steps(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*ranks)), "the ranks' parameters differ after a step"
+    assert ranks[0][-2].abs().sum() > 0, "the adaptive weight moved"
 
 
 @pytest.mark.parametrize("method", ["scm"])

@@ -4,6 +4,8 @@ is the stop-gradient network at r with the same noise; 1 and 2 steps sample thro
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def test_the_gap_shrinks_q_fold_each_stage_and_starts_as_the_diffusion_loss():
         torch.testing.assert_close(r, (sigma * (1 - n / 4.0 ** (stage + 1))).clamp(min=0))
         gaps.append(sigma - r)
     assert method.shrunk_sigmas(sigma)[0] > 0 and gaps[0][0] == sigma[0]  # stage 0: r = 0 at small t
-    assert all((later <= earlier).all() for earlier, later in zip(gaps, gaps[1:]))
+    assert all((later <= earlier).all() for earlier, later in itertools.pairwise(gaps))
     step[0] = 10_000
     assert method.stage() == 3  # the last stage holds after total_steps
 
