@@ -59,7 +59,17 @@ def tune_run_config(cfg: DictConfig, job: HydraRun) -> TuneRun:
         run_cfg.trainer.max_steps = steps
         if not distill:
             run_cfg.method = ect_method(teacher_cfg.method, cfg.tune, steps)
+            tuning_trainer(run_cfg.trainer, teacher_cfg.trainer, cfg.tune, job.keys)
     return TuneRun(run_cfg, teacher_cfg, checkpoint.ema_weights(state), teacher_steps, distill)
+
+
+def tuning_trainer(trainer: DictConfig, teacher_trainer: DictConfig, tune: DictConfig, command_line: set[str]) -> None:
+    """ECT tunes trained weights: no LR warm-up, and ``tune.lr_scale`` of the teacher's LR (the paper's 1e-4 after
+    EDM's 1e-3), unless this command line sets ``trainer.warmup_steps`` or ``trainer.lr``."""
+    if "trainer.warmup_steps" not in command_line:
+        trainer.warmup_steps = 0
+    if "trainer.lr" not in command_line:
+        trainer.lr = check_float(tune.lr_scale, "tune.lr_scale", minimum=0.0, inclusive=False) * teacher_trainer.lr
 
 
 def tune_student(job: HydraRun) -> bool:

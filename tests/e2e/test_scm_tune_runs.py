@@ -59,6 +59,8 @@ def test_ect_tunes_an_edm_run_at_a_share_of_its_steps(tmp_path, monkeypatch):
                            f"hydra.run.dir={tuned}") == 0
     config = yaml.safe_load((tuned / "config.yaml").read_text())
     assert config["method"]["_target_"] == "diffusion.methods.ConsistencyTuning"
+    teacher_lr = yaml.safe_load((teacher / "config.yaml").read_text())["trainer"]["lr"]
+    assert config["trainer"]["warmup_steps"] == 0 and config["trainer"]["lr"] == pytest.approx(0.1 * teacher_lr)
     assert config["trainer"]["max_steps"] == config["method"]["total_steps"] == max(1, round(0.5 * teacher_steps))
     assert load_checkpoint(tuned / "checkpoints" / "last.pt")["train_state"]["global_step"] == max(
         1, round(0.5 * teacher_steps))
