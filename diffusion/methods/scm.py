@@ -118,8 +118,9 @@ class SCM(BaseMethod):
 
     def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.0, p_std: float = 1.4, t_mid: float = 1.1,
                  tangent_norm_c: float = 0.1, tangent_warmup_steps: int = 100, adaptive_weighting: bool = True,
-                 num_timesteps: int = 1000, clip_denoised: bool = True, cond_drop_prob: float = 0.0,
-                 default_solver: str = "consistency", teacher: TrigFlowTeacher | None = None) -> None:
+                 time_scale: float | None = None, num_timesteps: int = 1000, clip_denoised: bool = True,
+                 cond_drop_prob: float = 0.0, default_solver: str = "consistency",
+                 teacher: TrigFlowTeacher | None = None) -> None:
         super().__init__()
         self.sigma_data = check_float(sigma_data, "method.sigma_data", minimum=0.0, inclusive=False)
         self.p_mean = check_float(p_mean, "method.p_mean")
@@ -129,6 +130,8 @@ class SCM(BaseMethod):
         self.tangent_warmup_steps = check_int(tangent_warmup_steps, "method.tangent_warmup_steps", minimum=0)
         self.adaptive_weighting = check_bool(adaptive_weighting, "method.adaptive_weighting")
         self.num_timesteps = check_int(num_timesteps, "method.num_timesteps", minimum=1)
+        scale = self.num_timesteps / HALF_PI if time_scale is None else time_scale
+        self.time_scale = check_float(scale, "method.time_scale", minimum=0.0, inclusive=False)
         self.clip_denoised = bool(clip_denoised)
         self.cond_drop_prob = check_float(cond_drop_prob, "method.cond_drop_prob", 0.0, 1.0)
         self.default_solver = self.check_solver(default_solver)
@@ -152,8 +155,8 @@ class SCM(BaseMethod):
     # TrigFlow
     # ----------------------------------------------------------------------------------------------------
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
-        """c_noise(t) = (2T / pi) t ``(B,)`` float32."""
-        return t.float() * (self.num_timesteps / HALF_PI)
+        """c_noise(t) = ``time_scale`` t ``(B,)`` float32."""
+        return t.float() * self.time_scale
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = cos(t) x_0 + sin(t) sigma_d n at per-sample times ``t`` ``(B,)`` in [0, pi / 2]."""
@@ -234,10 +237,9 @@ class SCM(BaseMethod):
         cos(t) sin(t) (dx_t / dt, 1), without gradients (F^- is stop-gradient), in eval mode, with the math
         attention kernel (as :meth:`MeanFlow.total_derivative`)."""
         network = bare_network(model)
-        scale = self.num_timesteps / HALF_PI
 
         def trigflow_network(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-            return network(x / self.sigma_data, times * scale, **kwargs)
+            return network(x / self.sigma_data, times * self.time_scale, **kwargs)
 
         weight = (t.cos() * t.sin()).float()  # (B,)
         tangents = (broadcast(weight, x_t) * velocity.to(x_t.dtype), weight)
