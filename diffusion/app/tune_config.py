@@ -42,7 +42,8 @@ class TuneRun(NamedTuple):
 
 def tune_run_config(cfg: DictConfig, job: HydraRun) -> TuneRun:
     """The tuned run's config: the teacher's data and model, this command's trainer (for ``tune.steps``, or
-    ``tune.share`` of the teacher's steps), sampler, logger and evaluator (the teacher's unless chosen here).
+    ``tune.share`` of the teacher's steps), sampler, logger and evaluator (the teacher's unless chosen here, with
+    this command's ``evaluator.*`` keys).
 
     Raises:
         ConfigError: naming ``run_dir`` for a teacher of a formulation the recipe cannot start from, ``method``
@@ -56,6 +57,8 @@ def tune_run_config(cfg: DictConfig, job: HydraRun) -> TuneRun:
     steps = tuned_steps(cfg.tune, teacher_steps)
     run_cfg = inherit_teacher(cfg, teacher_cfg, TEACHER_KEYS)
     with open_dict(run_cfg):
+        for key in sorted(k for k in job.keys if k.startswith("evaluator.")):  # on the teacher's evaluator too
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
         run_cfg.trainer.max_steps = steps
         if not distill:
             run_cfg.method = ect_method(teacher_cfg.method, cfg.tune, steps)
