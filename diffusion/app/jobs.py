@@ -27,13 +27,15 @@ from diffusion.app.run_config import (
     search_hooks,
 )
 from diffusion.app.run_files import print_config_tree, save_run_config
+from diffusion.app.tune_config import tune_run_config, with_teacher
 from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
 from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
-from diffusion.tasks import compare, export, posthoc_ema, reference_stats, reflow, sample, score_file, summary, train
+from diffusion.tasks import (compare, export, posthoc_ema, reference_stats, reflow, sample, score_file,
+                             summary, train, tune)
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.ode_scores import LikelihoodSettings, StraightnessSettings
 
@@ -109,6 +111,19 @@ def run_reflow(cfg: DictConfig, job: HydraRun) -> float:
     settings = training_settings(teacher.cfg, job, parts, teacher.cfg.trainer.max_steps)
     settings.source = teacher.teacher_dir
     return reflow.reflow(parts, settings, dist, cfg.reflow.num_pairs, cfg.reflow.chunk_size)
+
+
+def run_tune(cfg: DictConfig, job: HydraRun) -> float:
+    """``task=tune run_dir=<EDM run>``: ECT, the run's network tuned into a 1-2 step consistency model (``tune.*``);
+    with ``method=scm`` (and an EDM or flow run), sCD: a TrigFlow consistency model trained on the run's ODE."""
+    tuned = tune_run_config(cfg, job)
+    check_shared_trainer_keys(tuned.cfg.trainer)
+    dist = DistributedContext.from_environment(tuned.cfg.trainer.device)
+    seed_everything(tuned.cfg.seed + dist.rank)
+    parts = build(tuned.cfg, job)
+    parts = with_teacher(parts, tuned) if tuned.distill else parts
+    settings = training_settings(tuned.cfg, job, parts, tuned.cfg.trainer.max_steps)
+    return tune.tune(parts, settings, dist, None if tuned.distill else tuned.teacher_weights)
 
 
 def check_shared_trainer_keys(trainer: DictConfig) -> None:
@@ -273,5 +288,5 @@ def check_ode_score_task(cfg: DictConfig) -> None:
 TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
     "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
-    "reflow": run_reflow, "reference_stats": run_reference_stats,
+    "reflow": run_reflow, "reference_stats": run_reference_stats, "tune": run_tune,
 }

@@ -60,6 +60,8 @@ def prepare_training(parts: Components, run: RunSettings, dist: DistributedConte
     )
     if resume.state is not None:
         trainer.restore(resume.state, resume.checkpoint)  # a checkpoint that does not fit fails before any write
+    if hasattr(parts.method, "follow_steps"):  # a loss that changes with the step (sCM's warm-up, ECT's schedule)
+        parts.method.follow_steps(lambda: trainer.state.global_step)
     session = distill_session(parts, trainer, resume) if distill else None
     check_monitor(trainer.monitor, parts.evaluator)
     if dist.is_main:

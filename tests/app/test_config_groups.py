@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,11 @@ def test_method_alone_instantiates_ready(method, schedule):
     if method in ("flow_matching", "meanflow", "shortcut"):  # flows: x_t = t x0 + (1 - t) n on the linear path
         x0 = torch.zeros(2, 1, 8, 8)
         assert torch.equal(built.q_sample(x0, torch.tensor([0.0, 0.25]), torch.ones_like(x0))[1], torch.full((1, 8, 8), 0.75))
+        return
+    if method == "scm":  # TrigFlow: x_t = cos(t) x0 + sin(t) sigma_d n
+        x0 = torch.zeros(2, 1, 8, 8)
+        assert torch.allclose(built.q_sample(x0, torch.tensor([0.0, math.pi / 2]), torch.ones_like(x0))[1],
+                              torch.full((1, 8, 8), 0.5))
         return
     assert isinstance(built, BaseMethod)
     assert built.num_timesteps == 1000

@@ -11,7 +11,17 @@ import torch
 from torch import nn
 
 from diffusion.distill.progressive import DistilledDDIM
-from diffusion.methods import EDM, BaseMethod, Consistency, FlowMatching, GaussianDiffusion, MeanFlow, Shortcut
+from diffusion.methods import (
+    EDM,
+    SCM,
+    BaseMethod,
+    Consistency,
+    ConsistencyTuning,
+    FlowMatching,
+    GaussianDiffusion,
+    MeanFlow,
+    Shortcut,
+)
 from diffusion.methods.schedules import cosine_betas, linear_betas
 from diffusion.runtime.checks import ConfigError
 from diffusion.sampling.grids import build_grid
@@ -31,8 +41,11 @@ METHODS = {
     "flow_noise": lambda: FlowMatching(prediction="noise", num_timesteps=20, clip_denoised=False),
     "meanflow": lambda: MeanFlow(num_timesteps=20, clip_denoised=False),
     "shortcut": lambda: Shortcut(max_steps=8, num_timesteps=20, clip_denoised=False),
+    "scm": lambda: SCM(num_timesteps=20, clip_denoised=False, adaptive_weighting=False),
+    "ect": lambda: ConsistencyTuning(total_steps=10, num_timesteps=20, clip_denoised=False),
 }
-STEPS = {"shortcut": 4}  # a power of two: the step sizes a shortcut model is trained for; 3 for the others
+# A power of two: the step sizes a shortcut model is trained for; sCM and ECT sample in 1 or 2; 3 for the others.
+STEPS = {"shortcut": 4, "scm": 2, "ect": 2}
 
 
 class CountingNetwork(nn.Module):

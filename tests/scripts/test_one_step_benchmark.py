@@ -1,0 +1,30 @@
+"""``python -m experiments.benchmarks.one_step --quick`` as a user runs it, into a temporary directory: it exits 0
+and writes its checks report with one row per run and step count. Structure only (toy runs' scores mean nothing):
+six trainings and eight evaluations, about two minutes on a busy core, hence ``slow``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from experiment_scripts import assert_checks_report, run_quick, table
+
+
+@pytest.mark.slow
+def test_one_step_benchmark(tmp_path: Path):
+    out = tmp_path / "results" / "one_step.md"
+    result = run_quick("experiments.benchmarks.one_step", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, "One- and two-step generators on digits: sCT, ECT and sCD",
+                         "experiments.benchmarks.one_step", checks=3)
+    rows = table(text)
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("DDPM", "20", "20"), ("EDM", "18", "35"),
+        *((run, str(k), str(k)) for run in ("sCT", "sCT, 2x budget", "ECT", "sCD") for k in (1, 2))]
+    for row in rows:
+        assert re.fullmatch(r"\d+(\.\d+)? ± \d+(\.\d+)?(e-\d+)?", row[4]), row  # FD over the seed sets
+        assert re.fullmatch(r"\d+\.\d\d", row[6]) and row[7].isdigit(), row  # training ratio, optimizer steps
+    ect, teacher = next(r for r in rows if r[0] == "ECT"), rows[1]
+    assert int(ect[7]) < int(teacher[7])  # tuned at a share of the teacher's steps
