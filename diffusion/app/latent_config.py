@@ -20,6 +20,7 @@ from diffusion.storage.safe_load import check_safe_targets
 
 LATENT_DATA = f"{LatentData.__module__}.{LatentData.__name__}"
 PIXEL_SPACE = {"name": "none"}
+SOURCE_KEYS = ("_target_", "name", "weights", "weights_sha256", "scale", "run_dir")  # which weights, how scaled
 
 
 def chosen_autoencoder(cfg: DictConfig) -> DictConfig | None:
@@ -58,7 +59,7 @@ def autoencoder_implied(cfg: DictConfig, data: BaseData) -> DictConfig:
                               f"autoencoder={chosen.get('name')}, then train with data=latents data.path=<that run>")
         return cfg
     recorded = data.manifest["autoencoder_config"]
-    if chosen is not None and OmegaConf.to_container(chosen, resolve=True) != recorded:
+    if chosen is not None and _source(chosen) != _source(recorded):
         raise ConfigError(f"autoencoder={chosen.get('name')}: the latents in data.path={data.path} were made by "
                           f"autoencoder={recorded.get('name')} ({_where(recorded)}); leave autoencoder unset to "
                           "use theirs")
@@ -77,9 +78,7 @@ def check_command_autoencoder(run_cfg: DictConfig, command: DictConfig, command_
     if not any(key.split(".")[0] == "autoencoder" for key in command_line):
         return
     own = run_cfg.get("autoencoder") or PIXEL_SPACE
-    given = OmegaConf.to_container(command.autoencoder, resolve=True)
-    own = OmegaConf.to_container(own, resolve=True) if isinstance(own, DictConfig) else own
-    if given != own:
+    if _source(command.autoencoder) != _source(own):
         raise ConfigError(f"autoencoder={command.autoencoder.get('name')}: run_dir was trained with autoencoder="
                           f"{own.get('name')} ({_where(own)}); leave autoencoder unset to decode with its own")
 
@@ -99,6 +98,12 @@ def latent_decoder(cfg: DictConfig, data: BaseData) -> LatentDecoder | None:
         raise ConfigError(f"autoencoder ({_where(cfg.autoencoder)}): its weights (sha256 {autoencoder.digest[:12]}...) "
                           f"are not those that made the latents in data.path={data.path} ({made_by[:12]}...)")
     return LatentDecoder(autoencoder.scaled(data.scale, data.shift), data.manifest["image_shape"])
+
+
+def _source(node: Any) -> dict[str, Any]:
+    """The keys that decide an autoencoder's weights and scale (a recorded ``network`` is what it was trained as)."""
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    return {key: node.get(key) for key in SOURCE_KEYS}
 
 
 def _where(node: Any) -> str:

@@ -101,8 +101,8 @@ def read_split(directory: Path, split: str, count: int, shard_size: int) -> dict
 class LatentData(BaseData):
     """``data=latents data.path=<encoded folder>``: the latents of an image data set as training data.
 
-    A row packs ``[mean, std]`` (and ``[flip_mean, flip_std]``) along dim 1, ``(N, 2 or 4, c, h, w)``;
-    :meth:`prepare_batch` draws z' = ((mean + std * eps) - shift) * scale with a flip chosen per image, both from
+    A training row packs ``[mean, std]`` (and ``[flip_mean, flip_std]``) along dim 1, ``(N, 2 or 4, c, h, w)``;
+    a validation row is the mean ``(N, c, h, w)``. :meth:`prepare_batch` draws z' = ((mean + std * eps) - shift) * scale with a flip chosen per image, both from
     the batch's seeded generator (a resumed run redraws them), and the mean without a seed (validation).
     ``pixels``: the image data they encode, what evaluators score against (:attr:`scored_data`).
 
@@ -138,13 +138,15 @@ class LatentData(BaseData):
         split = {name: read_split(self.path, name, self.manifest["counts"][name], self.manifest["shard_size"])
                  for name in SPLITS}
         fields = ("mean", "std", "flip_mean", "flip_std") if self.manifest["flips"] else ("mean", "std")
-        rows = {name: torch.stack([arrays[f].float() for f in fields], dim=1) for name, arrays in split.items()}
-        labels = {name: arrays.get("labels") for name, arrays in split.items()}
-        return DataSplits(rows["train"], rows["val"], labels["train"], labels["val"])
+        train = torch.stack([split["train"][name].float() for name in fields], dim=1)  # (N, 2 or 4, c, h, w)
+        val = split["val"]["mean"].float()  # (N, c, h, w): validation and likelihoods see the posterior mean
+        return DataSplits(train, val, split["train"].get("labels"), split["val"].get("labels"))
 
     def prepare_batch(self, x: torch.Tensor, generator_seed: int | None = None) -> torch.Tensor:
-        if generator_seed is None:
-            z = x[:, 0]  # (B, c, h, w): the posterior mean, the same every epoch
+        if x.dim() == 4:
+            z = x  # validation rows: the posterior mean
+        elif generator_seed is None:
+            z = x[:, 0]
         else:
             generator = torch.Generator().manual_seed(generator_seed)
             rows = torch.arange(len(x), device=x.device)
@@ -152,6 +154,6 @@ class LatentData(BaseData):
             if x.shape[1] == 4:  # the flipped image's posterior with probability 1/2
                 pair = (torch.rand(len(x), generator=generator) < 0.5).long()
             pair = pair.to(x.device)
-            mean, std = x[rows, 2 * pair], x[rows, 2 * pair + 1]
+            mean, std = x[rows, 2 * pair], x[rows, 2 * pair + 1]  # (B, c, h, w)
             z = mean + std * torch.randn(mean.shape, generator=generator).to(x.device)
         return (z - self.shift) * self.scale
