@@ -34,6 +34,7 @@ from diffusion.data.latents import (
     write_shard,
 )
 from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.storage.atomic import remove_stale_temporaries
 from diffusion.storage.run_lock import RunLock
 
 SETTLED = ("scale", "shift", "format")  # written when the encoding finishes: not part of what must match
@@ -75,6 +76,7 @@ def encode(autoencoder: LatentAutoencoder, data: BaseData, autoencoder_config: d
     check_folder(run_dir, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
+        remove_stale_temporaries(run_dir)  # a killed encode's half-written shard
         if not (run_dir / MANIFEST).is_file():
             write_manifest(run_dir, manifest)
         total = sum(manifest["counts"].values())  # type: ignore[arg-type]
