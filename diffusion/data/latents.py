@@ -102,8 +102,8 @@ class LatentData(BaseData):
     """``data=latents data.path=<encoded folder>``: the latents of an image data set as training data.
 
     A training row packs ``[mean, std]`` (and ``[flip_mean, flip_std]``) along dim 1, ``(N, 2 or 4, c, h, w)``;
-    a validation row is the mean ``(N, c, h, w)``. :meth:`prepare_batch` draws z' = ((mean + std * eps) - shift) * scale with a flip chosen per image, both from
-    the batch's seeded generator (a resumed run redraws them), and the mean without a seed (validation).
+    a validation row is the mean ``(N, c, h, w)``. :meth:`prepare_batch` draws z' = ((mean + std * eps) - shift)
+    * scale with a flip chosen per image, both from the batch's seeded generator (a resumed run redraws them).
     ``pixels``: the image data they encode, what evaluators score against (:attr:`scored_data`).
 
     Raises:

@@ -113,3 +113,19 @@ def test_encoding_into_another_autoencoders_latents_is_refused(strangers, monkey
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "holds latents of another autoencoder" in lines[0], lines
     assert tree_digest(strangers["enc"]) == before
+
+
+def test_the_mnist_presets_compose_and_build(latent_path):
+    from hydra import compose, initialize_config_dir
+    from runs import ROOT
+
+    from diffusion.app import build
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        autoencoder = compose(config_name="config", overrides=["experiment=mnist_autoencoder"])
+        latent = compose(config_name="config", overrides=["experiment=mnist_latent",
+                                                          f"data.path={latent_path / 'enc'}"])
+    assert autoencoder.task == "train_autoencoder" and autoencoder.autoencoder.name == "own"
+    parts = build(latent)
+    assert parts.data.sample_shape == (2, 8, 8) and parts.model.num_classes == 10
+    assert parts.config["autoencoder"]["run_dir"] == str(latent_path / "ae")  # the latents' own
