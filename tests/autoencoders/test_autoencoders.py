@@ -28,7 +28,7 @@ def test_pretrained_takes_scale_and_shift_from_its_config_and_records_its_digest
 
 
 def test_missing_folder_and_other_weights_are_refused_naming_the_key(vae_folder, tmp_path):
-    folder, digest = vae_folder
+    folder, _ = vae_folder
     with pytest.raises(ConfigError, match=r"^autoencoder\.weights="):
         load_pretrained(str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=r"^autoencoder\.weights_sha256=0000"):
