@@ -127,5 +127,5 @@ def test_the_mnist_presets_compose_and_build(latent_path):
                                                           f"data.path={latent_path / 'enc'}"])
     assert autoencoder.task == "train_autoencoder" and autoencoder.autoencoder.name == "own"
     parts = build(latent)
-    assert parts.data.sample_shape == (2, 8, 8) and parts.model.num_classes == 10
+    assert parts.data.sample_shape == (2, 4, 4) and parts.model.num_classes == 10
     assert parts.config["autoencoder"]["run_dir"] == str(latent_path / "ae")  # the latents' own
