@@ -18,6 +18,7 @@ from torch import nn
 
 from diffusion.app.distill_config import DistillRun
 from diffusion.app.hydra_run import HydraRun
+from diffusion.app.latent_config import autoencoder_implied, build_data, check_command_autoencoder, latent_decoder
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator
@@ -27,7 +28,7 @@ from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.checks import ConfigError
 from diffusion.runtime.distributed import DistributedContext
-from diffusion.sampling.sampler import Sampler
+from diffusion.sampling.sampler import Decoder, Sampler
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint
 from diffusion.tasks.components import Components
@@ -44,8 +45,11 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     ``align``: train with REPA where ``repa.weight`` > 0 (:func:`make_alignment`).
     """
     job = job or HydraRun(output_dir=Path("."))
+    sampled = command is not None  # an earlier run's config, sampled with this command line's settings
     command = cfg if command is None else command
     data, cfg, model = build_network(cfg, job)
+    if sampled:
+        check_command_autoencoder(cfg, command, job.keys)
     # What samples: the student's method when distilling.
     method = instantiate(checked(cfg.method, "method"), _convert_="all")
     method.check_network(model)
@@ -55,7 +59,7 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     return Components(
         data, model, trained,
         evaluator=make_evaluator(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator),
-        make_sampler=SamplerFactory(command, method, data.sample_shape),
+        make_sampler=SamplerFactory(command, method, data.sample_shape, latent_decoder(cfg, data)),
         make_trainer=partial(_instantiate_partial, cfg.trainer),
         make_file_manager=lambda run_dir: instantiate(cfg.checkpoint)(run_dir=run_dir),
         make_logger=partial(open_run_logger, cfg, job),
@@ -86,12 +90,12 @@ def make_evaluator(node: DictConfig) -> BaseEvaluator:
 def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:
     """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
     ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
-    data = instantiate(checked(cfg.data, "data"), _convert_="all")
+    checked(cfg.data, "data")
+    data = build_data(cfg)  # latents: with the images they encode
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
                      job.choices.get("model") or cfg.model._target_)
-    cfg = method_implied(data_implied(cfg, data, job.keys), job.keys)
+    cfg = method_implied(data_implied(autoencoder_implied(cfg, data), data, job.keys), job.keys)
     return data, cfg, instantiate(checked(cfg.model, "model"), _convert_="all")
-
 
 def checked(node: DictConfig, group: str) -> DictConfig:
     """``node``, after checking that its ``_target_`` takes every key it sets: a key left by a preset written for
@@ -118,11 +122,14 @@ def _instantiate_partial(node: DictConfig, **arguments: Any) -> Any:
 
 class SamplerFactory:
     """The configured sampler (``sampler`` of ``command``) for a network; with ``sampler.guide`` its autoguidance
-    guide is loaded too (a checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``)."""
+    guide is loaded too (a checkpoint name such as ``epoch_0010`` is looked up in ``run_dir``); ``decoder``: a latent
+    run's, through which samples become images."""
 
-    def __init__(self, command: DictConfig, method: BaseMethod, sample_shape: tuple[int, ...]) -> None:
+    def __init__(self, command: DictConfig, method: BaseMethod, sample_shape: tuple[int, ...],
+                 decoder: Decoder | None = None) -> None:
         self.sampler = command.sampler
         self.method, self.sample_shape = method, sample_shape
+        self.decoding = {} if decoder is None else {"decoder": decoder}  # pixel runs: the sampler as before
 
     def __call__(self, model: nn.Module, run_dir: Path | None = None, dist: DistributedContext | None = None,
                  **overrides: Any) -> Sampler:
@@ -135,7 +142,7 @@ class SamplerFactory:
                 raise ConfigError(f"sampler.guide={guide}: {error}") from None
         return instantiate(self.sampler, _convert_="all")(
             model=model, method=self.method, sample_shape=self.sample_shape, guide_model=guide_model,
-            distributed=dist, **overrides
+            distributed=dist, **self.decoding, **overrides
         )
 
 

@@ -18,6 +18,7 @@ from diffusion.app.build import NO_EVALUATOR, build, build_network, build_scorin
 from diffusion.app.distill_config import check_distill_option, distill_run_config
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
+from diffusion.app.latent_jobs import run_encode, run_train_autoencoder
 from diffusion.app.reflow_config import reflow_run_config
 from diffusion.app.run_config import (
     command_line_keys,
@@ -289,4 +290,5 @@ TASKS: dict[str, Callable[[DictConfig, HydraRun], float | None]] = {
     "train": run_train, "sample": run_sample, "evaluate": run_sample, "export": run_export,
     "posthoc_ema": run_posthoc_ema, "distill": run_distill, "summary": run_summary, "compare": run_compare,
     "reflow": run_reflow, "reference_stats": run_reference_stats, "tune": run_tune,
+    "train_autoencoder": run_train_autoencoder, "encode": run_encode,
 }

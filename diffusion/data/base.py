@@ -65,6 +65,11 @@ class BaseData(ABC):
         return [str(i) for i in range(self.num_classes)]
 
     @property
+    def scored_data(self) -> BaseData:
+        """The data evaluators score samples against: this data set; latents: the images they encode."""
+        return self
+
+    @property
     def uint8_splits(self) -> bool:
         """True when :meth:`load` returns uint8 images (0..255) that :meth:`prepare_batch` converts per batch."""
         return False

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,16 @@ from diffusion.storage.file_manager import FileManager
 __all__ = ["SampleNoise", "SampleResult", "Sampler", "sample_seed", "save_samples"]
 
 
+class Decoder(Protocol):
+    """Latents ``(B, *sample_shape)`` -> images ``(B, *image_shape)`` in [-1, 1] (a latent run's autoencoder)."""
+
+    image_shape: tuple[int, ...]
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Decoder: ...
+
+
 @dataclass
 class SampleResult:
     """Samples ``(N, *sample_shape)``, CPU float32, in the data's range; ``trajectory``: step label (-1: after the last)
@@ -54,7 +64,9 @@ class Sampler:
     """Batched, seeded sampling from a trained model: ``method``'s denoiser D(x; sigma), stepped by ``solver``.
 
     ``model``, ``method`` and ``sample_shape`` come from the app; ``guide_model`` is the autoguidance network;
-    ``distributed`` splits the samples over torchrun ranks. Other settings: see conf/sampler/default.yaml.
+    ``distributed`` splits the samples over torchrun ranks; ``decoder`` (a latent run's autoencoder, with its
+    ``image_shape``) turns each batch of latents into images before they are returned, so every caller (pictures,
+    ``samples.npz``, evaluators) sees pixels. Other settings: see conf/sampler/default.yaml.
 
     Raises:
         ConfigError: for out-of-range arguments, naming their ``sampler.*`` key.
@@ -92,6 +104,7 @@ class Sampler:
         guide_model: nn.Module | None = None,
         guide_scale: float = 1.0,
         distributed: DistributedContext | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.num_samples = check_int(num_samples, "sampler.num_samples", minimum=1)
         self.batch_size = check_int(batch_size, "sampler.batch_size", minimum=1)
@@ -110,6 +123,8 @@ class Sampler:
         self.model = model.to(self.device).eval()
         self.method = method.to(self.device)
         self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.decoder = None if decoder is None else decoder.to(self.device)
+        self.output_shape = self.sample_shape if decoder is None else tuple(decoder.image_shape)
         self.num_classes = int(getattr(model, "num_classes", 0))
         self.guidance_scale = check_float(guidance_scale, "sampler.guidance_scale")
         if self.num_classes == 0 and self.guidance_scale != 1.0:
@@ -231,7 +246,7 @@ class Sampler:
         grid = self.grid()
         labels = self.labels_for(total)
         share = self.distributed.shard(total, self.batch_size)
-        chunks: list[torch.Tensor] = [torch.empty((0, *self.sample_shape))]
+        chunks: list[torch.Tensor] = [torch.empty((0, *self.output_shape))]
         trajectory: dict[int, list[torch.Tensor]] = {}
         self._evaluations = []
         self._bar = self._progress_bar(len(range(share.start, share.stop, self.batch_size)), len(grid.labels), total)
@@ -242,15 +257,19 @@ class Sampler:
             recorded = max(0, min(stop, trajectory_samples) - start)  # rows of this batch in the strip
             y = None if labels is None else labels[start:stop].to(self.device)
             x = self._solve(grid, noise, y, record_timesteps if recorded else (), recorded, trajectory)
-            chunks.append(x.float().cpu())
+            chunks.append(self._decoded(x).float().cpu())
         self._bar.close()
         samples = torch.cat(chunks)
-        frames = {t: torch.cat(xs) for t, xs in trajectory.items()}
+        frames = {t: self._decoded(torch.cat(xs)) for t, xs in trajectory.items()}
         if self.distributed.enabled:
             samples, frames = self._gather(samples, frames)
         own = labels if labels is None or self.distributed.is_main else labels[share.start : share.stop]
         return SampleResult(samples=samples, steps=len(grid.labels), labels=own, trajectory=frames,
                             nfe=self._nfe(len(grid.labels)))
+
+    def _decoded(self, x: torch.Tensor) -> torch.Tensor:
+        """Images of latents ``x`` (a latent run), or ``x`` itself; per sample, so the seeds still decide."""
+        return x if self.decoder is None else self.decoder(x)
 
     def _nfe(self, steps: int) -> int:
         """Network evaluations per sample: the solver's count for ``steps``, or for an adaptive one the mean of

@@ -55,7 +55,7 @@ def prepare_evaluator(evaluator: BaseEvaluator, data: BaseData) -> None:
 
     module_log.addFilter(not_the_reason)
     try:
-        evaluator.prepare(data)
+        evaluator.prepare(data.scored_data)  # latents: the images they encode
     finally:
         module_log.removeFilter(not_the_reason)
 

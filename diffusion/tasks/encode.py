@@ -1,0 +1,159 @@
+"""``task=encode``: an image data set's train and validation splits encoded once into latent shards in the run
+directory (the folder ``data=latents data.path=`` then names), so training runs no autoencoder at all.
+
+Each shard holds the posterior's mean and std per image (and per horizontal flip where the data flips) and the
+labels, written atomically with a sha256 sidecar (:mod:`diffusion.data.latents` owns the format). An interrupted
+encode, run again into the same folder, keeps the intact shards and continues at the first missing one; the
+latent scale is measured last where the autoencoder defines none (1 / std, Rombach et al. 2022, Sec. 4.3.2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion.autoencoders.kl import LatentAutoencoder, measured_scale
+from diffusion.data.base import BaseData
+from diffusion.data.latents import (
+    MANIFEST,
+    SPLITS,
+    read_manifest,
+    shard_intact,
+    shard_path,
+    shard_starts,
+    write_manifest,
+    write_shard,
+)
+from diffusion.runtime.checks import ConfigError, check_int
+from diffusion.storage.atomic import remove_stale_temporaries
+from diffusion.storage.run_lock import RunLock
+
+SETTLED = ("scale", "shift", "format")  # written when the encoding finishes: not part of what must match
+
+
+@dataclass
+class EncodeSettings:
+    """Where and how to encode: the run directory, images per forward pass, images per shard, a progress bar."""
+
+    run_dir: Path
+    batch_size: int = 64
+    shard_size: int = 1024
+    progress: bool = True
+
+
+def encode(autoencoder: LatentAutoencoder, data: BaseData, autoencoder_config: dict[str, Any],
+           data_config: dict[str, Any], settings: EncodeSettings, log: Callable[[str], None] = print) -> Path:
+    """Encode ``data``'s splits into ``settings.run_dir`` (continuing an interrupted encode there); returns it.
+
+    Raises:
+        ConfigError: for point data, bad ``encode.*`` sizes, or a folder holding another autoencoder's (or other
+            settings') latents; checked before anything is written.
+    """
+    started = time.perf_counter()
+    if data.kind != "image":
+        raise ConfigError(f"task=encode needs image data, got {data.kind} data (data.sample_shape="
+                          f"{list(data.sample_shape)})")
+    batch_size = check_int(settings.batch_size, "encode.batch_size", minimum=1)
+    shard_size = check_int(settings.shard_size, "encode.shard_size", minimum=1)
+    splits = data.load()
+    manifest = {
+        "autoencoder": autoencoder.identity, "autoencoder_config": autoencoder_config, "data": data_config,
+        "image_shape": list(data.sample_shape), "latent_shape": list(autoencoder.latent_shape(data.sample_shape)),
+        "flips": bool(data.random_flip), "shard_size": shard_size, "num_classes": data.num_classes,
+        "counts": {"train": len(splits.train), "val": len(splits.val)}, "scale": None, "shift": None,
+    }
+    manifest = json.loads(json.dumps(manifest))  # as it reads back from latents.json (tuples become lists)
+    run_dir = settings.run_dir
+    check_folder(run_dir, manifest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        remove_stale_temporaries(run_dir)  # a killed encode's half-written shard
+        if not (run_dir / MANIFEST).is_file():
+            write_manifest(run_dir, manifest)
+        total = sum(manifest["counts"].values())  # type: ignore[arg-type]
+        shown = settings.progress and sys.stderr.isatty()
+        with tqdm(total=total, unit="image", desc="encoding", disable=not shown, leave=False) as bar:
+            for split in SPLITS:
+                images, labels = (splits.train, splits.train_labels) if split == "train" else (splits.val,
+                                                                                              splits.val_labels)
+                encode_split(autoencoder, data, images, labels, run_dir, split, shard_size, batch_size, bar.update)
+        scale, shift = autoencoder.scale, autoencoder.shift
+        if scale is None:
+            scale = measure_scale(run_dir, len(splits.train), shard_size)
+        write_manifest(run_dir, {**manifest, "scale": scale, "shift": shift})
+    log(f"encoded {total} images ({manifest['counts']['train']} train, {manifest['counts']['val']} val"
+        f"{', each also flipped' if manifest['flips'] else ''}) of shape {tuple(data.sample_shape)} into latents "
+        f"of shape {tuple(manifest['latent_shape'])} (scale {scale:.4g}) in {time.perf_counter() - started:.1f} s: "
+        f"{run_dir}")
+    return run_dir
+
+
+def check_folder(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """A folder that already holds latents may only be continued with the same autoencoder and settings.
+
+    Raises:
+        ConfigError: naming the folder's ``latents.json`` and what differs.
+    """
+    if not (run_dir / MANIFEST).is_file():
+        return
+    recorded = read_manifest(run_dir, key="hydra.run.dir")
+    if recorded.get("autoencoder") != manifest["autoencoder"]:
+        made_by = recorded.get("autoencoder") or {}
+        raise ConfigError(f"{run_dir / MANIFEST} holds latents of another autoencoder ({made_by.get('name')}, "
+                          f"weights sha256 {str(made_by.get('weights_sha256'))[:12]}...); encode into a new folder "
+                          "(hydra.run.dir=<new>)")
+    differing = sorted(key for key in set(recorded) | set(manifest)
+                       if key not in SETTLED and recorded.get(key) != manifest.get(key))
+    if differing:
+        raise ConfigError(f"{run_dir / MANIFEST} holds latents of other settings ({', '.join(differing)} differ); "
+                          "encode into a new folder (hydra.run.dir=<new>) or with the same settings")
+
+
+def encode_split(autoencoder: LatentAutoencoder, data: BaseData, images: torch.Tensor, labels: torch.Tensor | None,
+                 run_dir: Path, split: str, shard_size: int, batch_size: int, advance: Callable[[int], Any]) -> None:
+    """Every missing shard of ``split``: intact shards (a finished part of an interrupted encode) are kept."""
+    for start in shard_starts(len(images), shard_size):
+        rows = slice(start, start + shard_size)
+        path = shard_path(run_dir, split, start)
+        if not shard_intact(path):
+            arrays = encode_images(autoencoder, data, images[rows], batch_size)
+            if labels is not None:
+                arrays["labels"] = labels[rows].numpy()
+            write_shard(path, arrays)
+        advance(len(images[rows]))
+
+
+def encode_images(autoencoder: LatentAutoencoder, data: BaseData, images: torch.Tensor,
+                  batch_size: int) -> dict[str, np.ndarray]:
+    """The posterior mean and std of each image ``(n, c, h, w)``, and of its mirror image where the data flips."""
+    fields: dict[str, list[torch.Tensor]] = {}
+    for chunk in images.split(batch_size):
+        x = data.prepare_batch(chunk).float()  # [-1, 1]; no seed: no random flip
+        views = {"": x, "flip_": x.flip(-1)} if data.random_flip else {"": x}
+        for prefix, view in views.items():
+            posterior = autoencoder.encode(view)
+            fields.setdefault(prefix + "mean", []).append(posterior.mean.cpu())
+            fields.setdefault(prefix + "std", []).append(posterior.std.cpu())
+    return {name: torch.cat(parts).numpy().astype(np.float32) for name, parts in fields.items()}
+
+
+def measure_scale(run_dir: Path, count: int, shard_size: int) -> float:
+    """1 / std of z ~ q(z | x) over every latent entry of the encoded training split (read back, so an encode
+    continued after a kill measures the same)."""
+    sums = np.zeros(3)  # sum of means, of squared means, of variances
+    entries = 0
+    for start in shard_starts(count, shard_size):
+        with np.load(shard_path(run_dir, "train", start), allow_pickle=False) as shard:
+            mean, std = shard["mean"].astype(np.float64), shard["std"].astype(np.float64)
+        sums += (mean.sum(), (mean**2).sum(), (std**2).sum())
+        entries += mean.size
+    return measured_scale(sums[0], sums[1], sums[2], entries)
