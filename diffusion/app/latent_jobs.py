@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion.app.build import NO_EVALUATOR, _instantiate_partial, open_run_logger
+from diffusion.app.build import NO_EVALUATOR, _instantiate_partial, make_evaluator, open_run_logger
 from diffusion.app.hydra_run import HydraRun
 from diffusion.app.latent_config import build_data, chosen_autoencoder
 from diffusion.app.run_files import print_config_tree, save_run_config
@@ -50,7 +50,7 @@ def run_train_autoencoder(cfg: DictConfig, job: HydraRun) -> float:
     config = OmegaConf.to_container(cfg, resolve=True)
     parts = train_autoencoder.AutoencoderParts(
         data, autoencoder_kl(**OmegaConf.to_container(cfg.autoencoder.network, resolve=True)),  # type: ignore[arg-type]
-        AutoencoderLoss(cfg.autoencoder.kl_weight), instantiate(cfg.get("evaluator", NO_EVALUATOR), _convert_="all"),
+        AutoencoderLoss(cfg.autoencoder.kl_weight), make_evaluator(cfg.get("evaluator", NO_EVALUATOR)),
         make_trainer=partial(_instantiate_partial, cfg.trainer),
         make_file_manager=lambda run_dir: instantiate(cfg.checkpoint)(run_dir=run_dir),
         make_logger=partial(open_run_logger, cfg, job),
