@@ -32,6 +32,7 @@ from diffusion.sampling.sampler import Decoder, Sampler
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint
 from diffusion.tasks.components import Components
+from diffusion.tasks.ode_scores import ODE_SCORE_KEYS
 from diffusion.training.repa import RepresentationAlignment
 
 NO_EVALUATOR = OmegaConf.create({"_target_": "diffusion.evaluation.NoneEvaluator"})  # task=sample scores nothing
@@ -71,11 +72,6 @@ def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
     """The data set and evaluator alone: what scoring a sample file made elsewhere needs (no network, no method)."""
     data = instantiate(cfg.data, _convert_="all")
     return data, make_evaluator(cfg.get("evaluator", NO_EVALUATOR))
-
-
-# The evaluator group's keys that task=evaluate reads itself (conf/common/ode_scores.yaml): not the evaluator's.
-ODE_SCORE_KEYS = ("likelihood", "hutchinson_samples", "dequantization", "likelihood_samples", "straightness",
-                  "straightness_steps", "straightness_samples")
 
 
 def make_evaluator(node: DictConfig) -> BaseEvaluator:

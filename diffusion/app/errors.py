@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
 from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
+from diffusion.tasks.ode_scores import ODE_SCORE_KEYS
 from diffusion.tasks.run_files import remove_if_empty
 
 DEBUG_ENV = "DIFFUSION_DEBUG"  # set to 1 for the full traceback of a user error (HYDRA_FULL_ERROR=1 too)
@@ -131,6 +132,9 @@ def _unknown_key_message(error: ConfigKeyError | ConfigAttributeError) -> str:
     known = [] if error.parent_node is None else [str(k) for k in error.parent_node.keys()]
     known = sorted(k for k in known if k != "hydra" and not k.startswith("_"))
     where = parent or "the config"
+    if parent == "evaluator" and set(known) <= set(ODE_SCORE_KEYS):  # evaluator=none: the ODE scores' keys only
+        return (f"{error.full_key}: evaluator={_chosen_option(parent)} scores no samples and has no such key; "
+                f"choose an evaluator (e.g. evaluator=digits) or drop {error.full_key}")
     near = near_key(name, known)
     if near is not None:
         return f"{error.full_key} is not a key of {where}; did you mean {parent + '.' if parent else ''}{near}?"

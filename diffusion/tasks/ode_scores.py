@@ -29,6 +29,9 @@ from diffusion.sampling.sampler import Sampler
 from diffusion.storage.atomic import atomic_write_text
 from diffusion.tasks.seed_sets import json_number as _json_number
 
+# Every evaluator config's keys for these scores (conf/common/ode_scores.yaml): task=evaluate's, not the evaluator's.
+ODE_SCORE_KEYS = ("likelihood", "hutchinson_samples", "dequantization", "likelihood_samples", "straightness",
+                  "straightness_steps", "straightness_samples")
 EIGHT_BIT_WIDTH = 2 / 255  # one level of 8-bit pixels p in [0, 255] mapped to p / 127.5 - 1
 
 
