@@ -10,7 +10,6 @@ that rebuilds it, the image data's config, shapes, counts, the latent scale and 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from diffusion.data.base import BaseData, DataSplits
 from diffusion.runtime.checks import ConfigError
-from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar
+from diffusion.storage.atomic import atomic_write, atomic_write_text, written_intact
 
 FORMAT = "diffusion-latents/1"
 MANIFEST = "latents.json"
@@ -62,17 +61,8 @@ def shard_starts(count: int, shard_size: int) -> range:
 
 
 def shard_intact(path: Path) -> bool:
-    """``path`` and its sidecar exist with equal digests (False: not written yet, e.g. killed before its sidecar).
-
-    Raises:
-        ConfigError: naming ``path`` when its sha256 differs from its sidecar's (a damaged shard).
-    """
-    if not path.is_file() or not sidecar(path).is_file():
-        return False
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sidecar(path).read_text().strip():
-        raise ConfigError(f"{path} is damaged (its sha256 differs from {sidecar(path).name}); delete it and run "
-                          f"task=encode again into {path.parent} to encode it anew")
-    return True
+    """``path`` and its sidecar exist with equal digests (False: not written yet); a damaged shard is one line."""
+    return written_intact(path, f"delete it and run task=encode again into {path.parent} to encode it anew")
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:

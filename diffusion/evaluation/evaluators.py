@@ -312,13 +312,19 @@ class FeatureEvaluator(BaseEvaluator):
         return score_draws(real, n, self.floor_draws, self.seed, score)
 
     def update(self, samples: torch.Tensor) -> None:
-        """Embed a batch of generated samples and keep the rows (float64)."""
+        """Embed a batch of generated samples and keep the rows (float64); nothing when the feature network is
+        unavailable (``unavailable_reason``: weights not on this machine)."""
+        if self.unavailable_reason is not None:
+            return
         self._prepared_val()
         self._rows.append(self._embed(samples))
 
     def compute(self) -> dict[str, MetricValue]:
         """Scores of the samples added since :meth:`reset` (at least 2), each with its floor, its standard error
-        (bootstrap) and, for a score that beats its floor, the share of near-copies among the samples."""
+        (bootstrap) and, for a score that beats its floor, the share of near-copies among the samples; ``{}`` when
+        the feature network is unavailable."""
+        if self.unavailable_reason is not None:
+            return {}
         real = self._real()
         total = sum(len(rows) for rows in self._rows)
         if total < 2:

@@ -181,16 +181,11 @@ class InceptionEvaluator(FeatureEvaluator):
         if self.unavailable_reason is None:
             super().prepare(data)
 
-    def update(self, samples: torch.Tensor) -> None:
-        """Embed a batch of generated images (nothing when FID is unavailable)."""
-        if self.unavailable_reason is None:
-            super().update(samples)
-
     def compute(self) -> dict[str, MetricValue]:
         """``fid`` and ``kid`` with floors; ``{}`` when FID is unavailable (see ``unavailable_reason``)."""
-        if self.unavailable_reason is not None:
-            return {}
         scores = super().compute()
+        if not scores:
+            return scores
         if self.reference_stats is not None:
             rows = self._features(torch.cat(self._rows))  # (N, 2048): every sample, one Gaussian
             mu, sigma = self.reference_stats

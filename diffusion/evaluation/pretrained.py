@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from diffusion.data.base import BaseData
-from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions, MetricValue
+from diffusion.evaluation.evaluators import FeatureEvaluator, FeatureOptions
 from diffusion.evaluation.floors import default_cache_dir, file_sha256
 from diffusion.runtime.checks import ConfigError, check_choice, check_int
 from diffusion.runtime.devices import resolve_device
@@ -176,14 +176,6 @@ class PretrainedFeatureEvaluator(FeatureEvaluator):
         if self.unavailable_reason is None:
             super().prepare(data)
 
-    def update(self, samples: torch.Tensor) -> None:
-        """Embed a batch of generated images (nothing when the network is unavailable)."""
-        if self.unavailable_reason is None:
-            super().update(samples)
-
-    def compute(self) -> dict[str, MetricValue]:
-        """The scores with floors; ``{}`` when the network is unavailable (see ``unavailable_reason``)."""
-        return {} if self.unavailable_reason is not None else super().compute()
 
     def _check_digest(self, weights_file: Path) -> None:
         if self.weights_sha256 is None:

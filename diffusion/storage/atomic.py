@@ -12,6 +12,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from diffusion.runtime.checks import ConfigError
+
 
 class SaveError(OSError):
     """A file could not be written (full disk, quota, I/O error); an ``OSError``, so the run exits 1, not 2."""
@@ -51,6 +53,19 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 def sidecar(path: Path) -> Path:
     """The ``.sha256`` file that holds the digest :func:`atomic_write` wrote for ``path``."""
     return path.with_name(path.name + ".sha256")
+
+
+def written_intact(path: Path, remedy: str) -> bool:
+    """``path`` and its sidecar exist with equal digests (False: not written yet, e.g. killed before its sidecar).
+
+    Raises:
+        ConfigError: naming ``path``, with ``remedy``, when its sha256 differs from its sidecar's (a damaged file).
+    """
+    if not path.is_file() or not sidecar(path).is_file():
+        return False
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sidecar(path).read_text().strip():
+        raise ConfigError(f"{path} is damaged (its sha256 differs from {sidecar(path).name}); {remedy}")
+    return True
 
 
 def atomic_write(payload: bytes, path: Path, keep_previous: bool = False) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ from diffusion.runtime.checks import ConfigError, check_int
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.sampling.noise import SampleNoise
 from diffusion.sampling.sampler import Sampler
-from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar
+from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar, written_intact
 from diffusion.storage.resume import ResumePoint, shared_resume
 from diffusion.storage.run_lock import RunLock
 from diffusion.tasks.components import Components, RunSettings
@@ -159,17 +158,8 @@ def paired_data(pairs: Pairs, kind: str, num_classes: int, split_seed: int = 0) 
 
 
 def _intact(path: Path) -> bool:
-    """``path`` exists, and its sidecar too, with the file's sha256 (a kill before the sidecar: not written).
-
-    Raises:
-        ConfigError: naming ``path`` when its digest differs from its sidecar's (a damaged file).
-    """
-    if not path.exists() or not sidecar(path).exists():
-        return False
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sidecar(path).read_text().strip():
-        raise ConfigError(f"{path} is damaged (its sha256 differs from {sidecar(path).name}); delete it and rerun "
-                          "task=reflow to draw it again")
-    return True
+    """``path`` and its sidecar exist with equal digests (False: not written yet); a damaged file is one line."""
+    return written_intact(path, "delete it and rerun task=reflow to draw it again")
 
 
 def _check_manifest(directory: Path, settings: dict[str, Any]) -> None:
