@@ -3,7 +3,6 @@ down a grid of noise levels, batch by batch, with per-sample noise streams."""
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections.abc import Sequence
@@ -11,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -26,7 +24,6 @@ from diffusion.sampling.guidance import autoguided_output, guided_output
 from diffusion.sampling.noise import SampleNoise, sample_seed
 from diffusion.sampling.solvers import SOLVER_NAMES, FlowField, Solver, solver_for
 from diffusion.storage import checkpoint
-from diffusion.storage.atomic import atomic_write_bytes
 from diffusion.storage.export import load_exported
 from diffusion.storage.file_manager import FileManager
 
@@ -375,20 +372,12 @@ def save_samples(
     (default: all samples): an image grid for ``(N, C, H, W)`` samples with ``nrow`` images per row, a scatter plot
     (over ``reference`` points if given) for ``(N, 2)``; plus ``trajectory.png`` when a trajectory was recorded."""
     from diffusion.storage.images import save_image_grid, save_scatter, save_trajectory_strip
-    from diffusion.storage.sample_files import write_adm_npz
+    from diffusion.storage.sample_files import write_adm_npz, write_samples_npz
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if format == "adm":
-        npz = write_adm_npz(directory, result.samples, result.labels)
-    else:
-        arrays: dict[str, np.ndarray] = {"samples": result.samples.numpy().astype(np.float32)}
-        if result.labels is not None:
-            arrays["labels"] = result.labels.numpy()
-        npz = directory / "samples.npz"
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(npz, buffer.getvalue())  # a failed write (full disk) keeps the previous file
+    write = write_adm_npz if format == "adm" else write_samples_npz
+    npz = write(directory, result.samples, result.labels)
     shown = result.samples if grid is None else grid
     if result.samples.dim() == 4:
         written = [save_image_grid(shown, directory / "samples.png", nrow=nrow)]

@@ -51,9 +51,22 @@ def write_adm_npz(directory: str | Path, samples: torch.Tensor, labels: torch.Te
         raise ValueError(f"the ADM format holds images (N, C, H, W), got samples of shape {tuple(samples.shape)}")
     pixels = to_uint8(samples).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C)
     arrays = [pixels] if labels is None else [pixels, labels.cpu().numpy().astype(np.int64)]
+    return _write_npz(Path(directory) / adm_file_name(*pixels.shape), *arrays)  # positional: arr_0, arr_1
+
+
+def write_samples_npz(directory: str | Path, samples: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
+    """Write this project's ``samples.npz`` into ``directory`` (atomically): ``samples`` float32 in the data's
+    range, ``labels`` when given."""
+    arrays: dict[str, np.ndarray] = {"samples": samples.numpy().astype(np.float32)}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    return _write_npz(Path(directory) / "samples.npz", **arrays)
+
+
+def _write_npz(path: Path, *arrays: np.ndarray, **named: np.ndarray) -> Path:
+    """``np.savez`` written atomically: a failed write (a full disk) keeps the previous file."""
     buffer = io.BytesIO()
-    np.savez(buffer, *arrays)  # positional arrays are stored as arr_0, arr_1
-    path = Path(directory) / adm_file_name(*pixels.shape)
+    np.savez(buffer, *arrays, **named)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
