@@ -266,12 +266,14 @@ def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: o
 def ode_score_settings(cfg: DictConfig) -> tuple[LikelihoodSettings, StraightnessSettings]:
     """``evaluator.likelihood`` / ``evaluator.straightness`` and their options, from this command line's evaluator."""
     node = cfg.get("evaluator") or {}
-    return (LikelihoodSettings(enabled=node.get("likelihood", False),
-                               hutchinson_samples=node.get("hutchinson_samples"),
-                               dequantization=node.get("dequantization"),
-                               num_samples=node.get("likelihood_samples", 500)),
-            StraightnessSettings(enabled=node.get("straightness", False), steps=node.get("straightness_steps", 100),
-                                 num_samples=node.get("straightness_samples", 500)))
+
+    def fields(names: dict[str, str]) -> dict[str, object]:  # config key -> settings field, the keys it sets
+        return {field: node[key] for key, field in names.items() if key in node}
+
+    return (LikelihoodSettings(**fields({"likelihood": "enabled", "hutchinson_samples": "hutchinson_samples",
+                                         "dequantization": "dequantization", "likelihood_samples": "num_samples"})),
+            StraightnessSettings(**fields({"straightness": "enabled", "straightness_steps": "steps",
+                                           "straightness_samples": "num_samples"})))
 
 
 def check_ode_score_task(cfg: DictConfig) -> None:
