@@ -37,3 +37,14 @@ def assert_checks_report(text: str, title: str, module: str, checks: int) -> Non
     assert MACHINE.match(lines[2]), lines[2]
     assert len(re.findall(r"^- \*\*(PASS|FAIL)\*\* ", text, re.M)) == checks
     assert re.search(rf"^Benchmark wall time \d+\.\d min\. Reproduce: `python -m {module} --quick ", text, re.M)
+
+
+def quick_report(module: str, tmp_path, title: str, checks: int) -> str:
+    """Run ``module --quick`` into ``tmp_path`` (runs under ``runs/``, the report ``results/<name>.md``), check that it
+    printed the report and that the report has the shape of a checks report with ``checks`` checks; return its text."""
+    out = tmp_path / "results" / f"{module.rpartition('.')[2]}.md"
+    result = run_quick(module, "--work-dir", str(tmp_path / "runs"), "--out", str(out))
+    text = out.read_text()
+    assert text.strip() in result.stdout
+    assert_checks_report(text, title, module, checks=checks)
+    return text

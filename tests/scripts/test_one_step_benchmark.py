@@ -8,17 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from experiment_scripts import assert_checks_report, run_quick, table
+from experiment_scripts import quick_report, table
 
 
 @pytest.mark.slow
 def test_one_step_benchmark(tmp_path: Path):
-    out = tmp_path / "results" / "one_step.md"
-    result = run_quick("experiments.benchmarks.one_step", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
-    text = out.read_text()
-    assert text.strip() in result.stdout
-    assert_checks_report(text, "One- and two-step generators on digits: sCT, ECT and sCD",
-                         "experiments.benchmarks.one_step", checks=3)
+    text = quick_report("experiments.benchmarks.one_step", tmp_path,
+                        "One- and two-step generators on digits: sCT, ECT and sCD", checks=3)
     rows = table(text)
     assert [(r[0], r[2], r[3]) for r in rows] == [
         ("DDPM", "20", "20"), ("EDM", "18", "35"),

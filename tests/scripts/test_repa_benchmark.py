@@ -8,16 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from experiment_scripts import assert_checks_report, run_quick, table
+from experiment_scripts import quick_report, table
 
 
 @pytest.mark.slow
 def test_repa_benchmark_quick(tmp_path: Path):
-    out = tmp_path / "results" / "repa.md"
-    result = run_quick("experiments.benchmarks.repa", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
-    text = out.read_text()
-    assert text.strip() in result.stdout
-    assert_checks_report(text, "REPA on the MNIST DiT (CPU)", "experiments.benchmarks.repa", checks=1)
+    text = quick_report("experiments.benchmarks.repa", tmp_path, "REPA on the MNIST DiT (CPU)", checks=1)
     rows = table(text)
     assert [row[1] for row in rows] == ["1/4", "1/2", "3/4", "all"]
     steps = [int(row[0]) for row in rows]

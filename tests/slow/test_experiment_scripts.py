@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from experiment_scripts import MACHINE, assert_checks_report, run_quick, table
+from experiment_scripts import MACHINE, assert_checks_report, quick_report, run_quick, table
 from safetensors import safe_open
 
 
@@ -157,12 +157,8 @@ def test_flow_benchmark(tmp_path: Path):
 
 @pytest.mark.slow  # four toy runs, three seed sets each, after a side-by-side throughput measurement
 def test_backbones_benchmark(tmp_path: Path):
-    out = tmp_path / "results" / "backbones.md"
-    result = run_quick("experiments.benchmarks.backbones", "--work-dir", str(tmp_path / "runs"), "--out", str(out))
-    text = out.read_text()
-    assert text.strip() in result.stdout
-    assert_checks_report(text, "Backbones at equal parameters and equal wall time (mnist budget)",
-                         "experiments.benchmarks.backbones", checks=6)
+    text = quick_report("experiments.benchmarks.backbones", tmp_path,
+                        "Backbones at equal parameters and equal wall time (mnist budget)", checks=6)
     rows = table(text)
     assert [row[0] for row in rows] == ["U-Net", "DiT", "U-ViT", "EDM2 U-Net"]
     assert rows[0][2] == "1.00x" and rows[0][7] == "1.00x"  # the U-Net is the reference of both ratios
