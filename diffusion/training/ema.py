@@ -11,6 +11,8 @@ from torch import nn
 
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
+Tensors = list[torch.Tensor]
+
 
 class EMA(nn.Module):
     """Keeps ``shadow = decay_k * shadow + (1 - decay_k) * weights`` after each optimizer step.
@@ -30,6 +32,7 @@ class EMA(nn.Module):
         self.warmup = warmup
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self.num_updates = 0
+        self._listed: tuple[nn.Module, Tensors, Tensors, bool] | None = None
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -40,13 +43,20 @@ class EMA(nn.Module):
     def update(self, model: nn.Module, step: int | None = None) -> None:
         """Fold in the weights after an optimizer step (``step`` is accepted for the post-hoc EMA's interface; this
         EMA counts its own updates for the warmup)."""
-        decay = self.current_decay()
-        shadow_params = list(self.shadow.parameters())
-        model_params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(shadow_params, model_params, 1.0 - decay)
-        for shadow_buffer, buffer in zip(self.shadow.buffers(), model.buffers()):
-            shadow_buffer.copy_(buffer)
+        shadow_params, model_params, has_buffers = self._lists(model)
+        torch._foreach_lerp_(shadow_params, model_params, 1.0 - self.current_decay())
+        for shadow_buffer, buffer in zip(self.shadow.buffers(), model.buffers()) if has_buffers else ():
+            shadow_buffer.copy_(buffer)  # walked each time: a module may assign a new buffer tensor in forward
         self.num_updates += 1
+
+    def _lists(self, model: nn.Module) -> tuple[Tensors, Tensors, bool]:
+        """The shadow's and ``model``'s parameters (and whether there are buffers), listed once per model: walking
+        the module tree every step costs a small network's step several per cent. The lists hold the modules' own
+        Parameter objects, which ``load_state_dict`` and ``.to()`` update in place, so they stay valid."""
+        if self._listed is None or self._listed[0] is not model:
+            has_buffers = next(model.buffers(), None) is not None
+            self._listed = (model, list(self.shadow.parameters()), list(model.parameters()), has_buffers)
+        return self._listed[1:]
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return {"shadow": self.shadow.state_dict(), "num_updates": self.num_updates, "decay": self.decay}

@@ -48,4 +48,6 @@ class EpochBatches:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.num_train, generator=generator).to(self.device)
         batches = list(order.split(self.batch_size))[: self.steps_per_epoch]
+        if self.dist.world_size == 1:
+            return batches
         return [batch[self.dist.rank :: self.dist.world_size] for batch in batches]

@@ -217,7 +217,8 @@ class Trainer:
 
     def _train_step(self, index: torch.Tensor) -> torch.Tensor:
         """One optimizer step over ``index`` in ``accumulate`` micro-batches; returns the mean loss."""
-        micro_losses = [partial(self._loss, micro, i) for i, micro in enumerate(index.chunk(self.accumulate))]
+        micro_batches = index.chunk(self.accumulate) if self.accumulate > 1 else (index,)
+        micro_losses = [partial(self._loss, micro, i) for i, micro in enumerate(micro_batches)]
         total = self.step.backward(micro_losses, self.device)
         mean_loss = float(self.dist.mean(total))  # one all-reduce and one host sync per step
         if not self._finite(mean_loss):

@@ -11,6 +11,7 @@ import torch
 
 from diffusion.data import MoonsData
 from diffusion.training.ema import EMA
+from diffusion.training.optimizer_step import fused_supported
 from diffusion.storage.file_manager import CheckpointError, FileManager, load_checkpoint
 from diffusion.loggers import FileLogger
 from diffusion.methods import GaussianDiffusion
@@ -100,6 +101,32 @@ def test_ema_tracks_and_warms_up():
     for _ in range(2000):
         ema.update(model)
     assert torch.allclose(ema.shadow.weight, model.weight, atol=1e-6)
+
+
+def test_ema_follows_weights_loaded_or_moved_after_its_first_update():
+    # The EMA lists the parameters once; weights loaded into the model, or a new model, must still be averaged.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.5, warmup=False)
+    ema.update(model)
+    target = {k: torch.full_like(v, 3.0) for k, v in model.state_dict().items()}
+    model.load_state_dict(target)
+    model.to(torch.float64)  # replaces every parameter's data: the listed Parameter objects see it
+    ema.shadow.to(torch.float64)
+    for _ in range(60):
+        ema.update(model)
+    assert torch.allclose(ema.shadow[0].weight, torch.full((2, 2), 3.0, dtype=torch.float64))
+    assert torch.equal(ema.shadow[1].running_mean, model[1].running_mean)  # buffers copied
+    other = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).double()
+    torch.nn.init.constant_(other[0].weight, -1.0)
+    for _ in range(60):
+        ema.update(other)
+    assert torch.allclose(ema.shadow[0].weight, torch.full((2, 2), -1.0, dtype=torch.float64))
+
+
+def test_trainer_steps_with_pytorchs_fused_adamw_on_the_cpu(tmp_path):
+    trainer, _, _ = small_parts(tmp_path)
+    assert trainer.step.optimizer.defaults["fused"] is True
+    assert not fused_supported([torch.zeros(2, dtype=torch.long)]) and not fused_supported([])
 
 
 def test_file_manager_keeps_last_k_and_refuses_code(tmp_path):

@@ -28,6 +28,7 @@ from diffusion.methods.base import BaseMethod
 from diffusion.tasks.components import Components
 from diffusion.runtime.devices import Precision, autocast
 from diffusion.training.trainer import Trainer
+from diffusion.training.optimizer_step import fused_supported
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, synchronize
 from experiments.lib import ROOT
 
@@ -85,8 +86,9 @@ class TimedTrainer:
 class BareLoop:
     """The work of one Trainer step written inline in plain PyTorch: the baseline of the trainer-overhead figure.
 
-    Same model (same initial weights), data, batches, AdamW settings, autocast precision, gradient clipping and
-    EMA lerp as the Trainer; no LR schedule, logging, loss bookkeeping, checkpoints or stop checks.
+    Same model (same initial weights), data, batches, AdamW settings and kernel (fused where the Trainer fuses it:
+    this figure is the loop's overhead, not the optimizer's), autocast precision, gradient clipping and EMA lerp
+    as the Trainer; no LR schedule, logging, loss bookkeeping, checkpoints or stop checks.
     """
 
     def __init__(self, cfg: DictConfig, device: torch.device, model: torch.nn.Module | None = None) -> None:
@@ -97,7 +99,7 @@ class BareLoop:
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=trainer_cfg.lr, betas=tuple(trainer_cfg.betas),
-            weight_decay=trainer_cfg.weight_decay,
+            weight_decay=trainer_cfg.weight_decay, fused=fused_supported(list(self.model.parameters())) or None,
         )
         self.x = parts.data.load().train.to(device)  # (N, C, H, W)
         self.num_timesteps = parts.method.num_timesteps
