@@ -1,18 +1,23 @@
-"""On digits: one- and two-step generators trained as such (continuous-time consistency, sCT), tuned from an EDM
-run (ECT) or distilled from it (sCD), against the default DDPM run and the EDM teacher's 35-NFE Heun.
+"""On digits: one- and two-step generators trained as such (MeanFlow, shortcut models, continuous-time consistency
+sCT), tuned from an EDM run (ECT) or distilled from it (sCD), against the default DDPM run and the EDM teacher's
+35-NFE Heun.
 
 Trains at the default run's budget (its network, epochs and trainer) with ``python run.py``, as a user would:
 
     DDPM        the default run: its DDPM-1000 FD is the bars' reference
     EDM         method=edm: the teacher of ECT and sCD, scored with its Heun-18 (35 NFE)
-    sCT         method=scm (TrigFlow, JVP tangent, adaptive weighting), at the default budget and at twice it
+    MeanFlow    experiment=digits_meanflow (average velocity by JVP, adaptive weighting), at the default budget and
+                at twice it
+    shortcut    method=shortcut (step-size conditioned flow, self-consistency), at both budgets
+    sCT         method=scm (TrigFlow, JVP tangent, adaptive weighting), at both budgets
     ECT         task=tune run_dir=<EDM>: the EDM network tuned at tune.share of the teacher's optimizer steps
     sCD         task=tune run_dir=<EDM> method=scm: a TrigFlow student of the EDM run's ODE, the teacher's steps
 
 and scores each one-step run's best EMA checkpoint (kept by its 1-step FD every few epochs, ``trainer.monitor=fd``:
-their loss does not rank checkpoints) at 1 and 2 steps (``task=evaluate sampler.steps=k``) with 3
+their loss does not rank checkpoints) at 1, 2 and 4 steps (consistency models: 1 and 2; ``task=evaluate sampler.steps=k``) with 3
 disjoint seed sets of 500 samples (``evaluator.seeds=[0,1,2]``; FD: mean and standard deviation over the sets),
-with each run's training seconds (the sum of its ``epoch_seconds``) as a ratio to the DDPM run's. Bars: some
+with each run's training seconds (the sum of its ``epoch_seconds``) as a ratio to the DDPM run's, beside the
+distillation benchmark's progressive and consistency students (distill_cpu.md, quoted). Bars: some
 method's 1-step FD at most 2x the DDPM-1000 FD, some method's 2-step FD at most 1.5x it; ECT's 2-step FD at most
 1.5x it with at most 20% of the teacher's optimizer steps.
 
@@ -57,6 +62,11 @@ from experiments.lib import (
 REUSE = False  # --reuse
 ONE_STEP_BAR, TWO_STEP_BAR = 2.0, 1.5  # multiples of the DDPM run's DDPM-1000 FD
 ECT_STEP_SHARE = 0.2  # ECT's optimizer steps at most this share of its teacher's
+TRAINED = ("MeanFlow", "MeanFlow, 2x budget", "shortcut", "shortcut, 2x budget", "sCT", "sCT, 2x budget")
+SCORED_STEPS = (1, 2, 4)  # the consistency models (sCT, ECT, sCD) sample in 1 or 2 steps, as their papers do
+# experiments/benchmarks/distill_cpu.md (its teacher: the default run with v-prediction, 100 epochs): quoted, not
+# re-run here; (student, steps, FD mean, std over 3 sets).
+DISTILLED = (("progressive", 4, 3.58, 0.13), ("consistency", 1, 7.17, 0.28), ("consistency", 2, 5.35, 0.36))
 
 
 @dataclass(frozen=True)
@@ -118,11 +128,13 @@ def evaluate(run_dir: Path, out: Path, steps: int, settings: Settings) -> dict[s
 
 
 def train_runs(work: Path, settings: Settings) -> dict[str, Path]:
-    """The DDPM and EDM runs, sCT at one and two budgets, and ECT and sCD from the EDM run."""
+    """The DDPM and EDM runs, MeanFlow, shortcut and sCT at one and two budgets, and ECT and sCD from the EDM run."""
     runs = {"DDPM": train(settings.train, work / "ddpm"), "EDM": train(["method=edm", *settings.train], work / "edm")}
-    sct = ["method=scm", *settings.train, *settings.select]
-    runs["sCT"] = train(sct, work / "sct")
-    runs["sCT, 2x budget"] = train([*sct, *settings.double], work / "sct_double")
+    for name, folder, overrides in (("MeanFlow", "meanflow", ["experiment=digits_meanflow"]),
+                                    ("shortcut", "shortcut", ["method=shortcut"]), ("sCT", "sct", ["method=scm"])):
+        trained = [*overrides, *settings.train, *settings.select]
+        runs[name] = train(trained, work / folder)
+        runs[f"{name}, 2x budget"] = train([*trained, *settings.double], work / f"{folder}_double")
     teacher = f"run_dir={shown_path(runs['EDM'])}"
     runs["ECT"] = train(["task=tune", teacher, f"tune.share={settings.ect_share}", *settings.tune,
                          *settings.ect_select], work / "ect")
@@ -136,19 +148,22 @@ def score_rows(runs: dict[str, Path], work: Path, settings: Settings) -> list[Ro
     ddpm_seconds = training_seconds(runs["DDPM"])
     rows = [row_of("DDPM", f"DDPM-{settings.ddpm_steps}", read_eval(runs["DDPM"]), runs["DDPM"], ddpm_seconds),
             row_of("EDM", "Heun-18", read_eval(runs["EDM"]), runs["EDM"], ddpm_seconds)]
-    for name in ("sCT", "sCT, 2x budget", "ECT", "sCD"):
-        for steps in (1, 2):
+    for name in (*TRAINED, "ECT", "sCD"):
+        for steps in SCORED_STEPS if name.split(",")[0] in ("MeanFlow", "shortcut") else SCORED_STEPS[:2]:
             out = work / f"{runs[name].name}_{steps}_steps"
-            rows.append(row_of(name, f"consistency-{steps}", evaluate(runs[name], out, steps, settings), runs[name],
-                               ddpm_seconds))
+            rows.append(row_of(name, f"{name.split(',')[0]}-{steps}", evaluate(runs[name], out, steps, settings),
+                               runs[name], ddpm_seconds))
     return rows
 
 
 def table(rows: Sequence[Row]) -> list[str]:
     header = ["run", "sampler", "steps", "NFE", "FD (mean ± std of 3 sets)", "FD floor", "training s / DDPM's",
               "optimizer steps"]
-    return markdown_table(header, [[r.run, r.sampler, str(r.steps), str(r.nfe), f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}",
-                                    fmt(r.floor), f"{r.train_ratio:.2f}", str(r.optimizer_steps)] for r in rows])
+    distilled = [[f"{name} student (distill_cpu.md)", name, str(steps), str(steps), f"{fd:.3g} ± {std:.2g}", "", "",
+                  ""] for name, steps, fd, std in DISTILLED]
+    return markdown_table(header, [*([r.run, r.sampler, str(r.steps), str(r.nfe), f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}",
+                                      fmt(r.floor), f"{r.train_ratio:.2f}", str(r.optimizer_steps)] for r in rows),
+                                   *distilled])
 
 
 def verdicts(rows: Sequence[Row]) -> list[tuple[bool, str]]:
@@ -182,15 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", "one_step")).resolve()
     rows = score_rows(train_runs(work, settings), work, settings)
-    method = (f"Runs: `{shown_command(settings.train)}` (DDPM), + `method=edm` (EDM), + `method=scm` (sCT; twice the "
-              f"budget: + `{' '.join(settings.double)}`), `task=tune run_dir=<EDM> tune.share={settings.ect_share}` "
+    method = (f"Runs: `{shown_command(settings.train)}` (DDPM), + `method=edm` (EDM), + `experiment=digits_meanflow` "
+              "(MeanFlow), + `method=shortcut` (shortcut), + `method=scm` (sCT); each of the three also at twice the "
+              f"budget (+ `{' '.join(settings.double)}`), `task=tune run_dir=<EDM> tune.share={settings.ect_share}` "
               "(ECT), `task=tune run_dir=<EDM> method=scm tune.share=1.0` (sCD); the one-step runs keep their best "
               f"checkpoint by 1-step FD (`{' '.join(settings.select)}`; ECT every "
               f"{settings.ect_select[-1].split('=')[-1]}), as their loss does not rank checkpoints. Scored: each run's "
               f"best EMA checkpoint, `{' '.join(settings.score)}` (disjoint sample sets of one stream); FD on the "
               "digit classifier's features, floors from held-out real digits; ± is the standard deviation over the "
               "sets. Training seconds: the sum of each run's epoch_seconds over the DDPM run's.")
-    text, passed = checks_report("One- and two-step generators on digits: sCT, ECT and sCD", machine, method,
+    text, passed = checks_report("One- and two-step generators on digits: MeanFlow, shortcut, sCT, ECT and sCD",
+                                 machine, method,
                                  table(rows), verdicts(rows), time.perf_counter() - start,
                                  reproduce_command("experiments.benchmarks.one_step", argv))
     return finish_report(text, passed, args)
