@@ -19,6 +19,7 @@ from torch import nn
 from diffusion.app.distill_config import DistillRun
 from diffusion.app.hydra_run import HydraRun
 from diffusion.app.latent_config import autoencoder_implied, build_data, check_command_autoencoder, latent_decoder
+from diffusion.app.method_config import formulation_config, repa_settings
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import BaseEvaluator
@@ -43,7 +44,7 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     """Instantiate data, network and method (with what the data implies), evaluator, and the factories of sampler,
     trainer, checkpoints and logger; each checks its arguments here, before anything is written. ``command``: the
     config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation;
-    ``align``: train with REPA where ``repa.weight`` > 0 (:func:`make_alignment`).
+    ``align``: train with REPA where ``method.repa.weight`` > 0 (:func:`make_alignment`).
     """
     job = job or HydraRun(output_dir=Path("."))
     sampled = command is not None  # an earlier run's config, sampled with this command line's settings
@@ -52,11 +53,12 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     if sampled:
         check_command_autoencoder(cfg, command, job.keys)
     # What samples: the student's method when distilling.
-    method = instantiate(checked(cfg.method, "method"), _convert_="all")
+    method = instantiate(checked(formulation_config(cfg.method), "method"), _convert_="all")
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
-    if align and cfg.get("repa") and cfg.repa.weight:
-        trained = make_alignment(cfg.repa, method, model, data.sample_shape)
+    alignment = repa_settings(cfg.method)
+    if align and alignment is not None:
+        trained = make_alignment(alignment, method, model, data.sample_shape)
     return Components(
         data, model, trained,
         evaluator=make_evaluator(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator),
@@ -199,8 +201,8 @@ def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, t
 
 
 def make_alignment(settings: DictConfig, method: BaseMethod, model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """The Trainer's "method" with REPA on (``repa.*``): the method's loss plus the alignment of ``model``'s tokens
-    with the frozen encoder's patch features."""
+    """The Trainer's "method" with REPA on (``method.repa.*``): the method's loss plus the alignment of ``model``'s
+    tokens with the frozen encoder's patch features."""
     encoder = load_patch_encoder(settings.encoder, settings.encoder_path)
     return RepresentationAlignment(method, model, encoder, shape, weight=settings.weight, depth=settings.depth,
                                    projector_dim=settings.projector_dim, resize=settings.resize)

@@ -68,12 +68,12 @@ def load_patch_encoder(name: PatchEncoderName, path: str | None = None) -> nn.Mo
     folder ``path``. It has ``input_size``, ``channels`` and ``dim`` attributes.
 
     Raises:
-        ConfigError: naming ``repa.encoder`` or ``repa.encoder_path``.
+        ConfigError: naming ``method.repa.encoder`` or ``method.repa.encoder_path``.
     """
-    check_choice(name, "repa.encoder", PATCH_ENCODERS)
+    check_choice(name, "method.repa.encoder", PATCH_ENCODERS)
     if name == "dinov2":
         if path is None or not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"repa.encoder_path={path} must be a local folder holding a DINOv2 model "
+            raise ConfigError(f"method.repa.encoder_path={path} must be a local folder holding a DINOv2 model "
                               "(config.json and weights, as Dinov2Model.save_pretrained writes them)")
         from transformers import Dinov2Model  # only this encoder needs transformers
 
@@ -81,6 +81,6 @@ def load_patch_encoder(name: PatchEncoderName, path: str | None = None) -> nn.Mo
     else:
         weights = Path(path) if path is not None else (MNIST_WEIGHTS_PATH if name == "mnist" else WEIGHTS_PATH)
         if not weights.is_file():
-            raise ConfigError(f"repa.encoder_path={path}: no classifier weights at {weights}")
+            raise ConfigError(f"method.repa.encoder_path={path}: no classifier weights at {weights}")
         encoder = ClassifierPatchFeatures(weights)
     return encoder.eval().requires_grad_(False)

@@ -76,10 +76,10 @@ class TokenCapture:
 class RepresentationAlignment(nn.Module):
     """The Trainer's "method" with REPA on: ``method``'s loss plus ``weight`` times L_REPA on ``network``'s tokens
     after block ``depth`` (1-based; None: a third of the blocks, near the paper's 8 of 28). ``trainable`` (the
-    projector) is trained, clipped and checkpointed with the network. Settings: ``repa`` in conf/config.yaml.
+    projector) is trained, clipped and checkpointed with the network. Settings: ``method.repa`` (conf/common/repa.yaml).
 
     Raises:
-        ConfigError: naming the ``repa.*`` key (or ``model``) that does not fit.
+        ConfigError: naming the ``method.repa.*`` key (or ``model``) that does not fit.
     """
 
     def __init__(self, method: BaseMethod, network: nn.Module, encoder: nn.Module, image_shape: tuple[int, ...], *,
@@ -87,15 +87,15 @@ class RepresentationAlignment(nn.Module):
                  resize: bool = False) -> None:
         super().__init__()
         if not hasattr(network, "token_layout"):
-            raise ConfigError(f"repa.weight={weight} aligns patch tokens, which {type(network).__name__} has "
-                              "none of: use model=dit or model=uvit, or set repa.weight=0")
+            raise ConfigError(f"method.repa.weight={weight} aligns patch tokens, which {type(network).__name__} has "
+                              "none of: use model=dit or model=uvit, or set method.repa.weight=0")
         layout = network.token_layout()
         self.depth = check_depth(depth, len(layout.blocks))
-        self.weight = check_float(weight, "repa.weight", minimum=0.0, inclusive=False)
+        self.weight = check_float(weight, "method.repa.weight", minimum=0.0, inclusive=False)
         self.method, self.encoder, self.prefix, self.side = method, encoder, layout.prefix, layout.side
         self.num_timesteps = method.num_timesteps
-        self.resize = check_encoder_input(encoder, image_shape, check_bool(resize, "repa.resize"))
-        self.projector = Projector(layout.width, check_int(projector_dim, "repa.projector_dim", minimum=1),
+        self.resize = check_encoder_input(encoder, image_shape, check_bool(resize, "method.repa.resize"))
+        self.projector = Projector(layout.width, check_int(projector_dim, "method.repa.projector_dim", minimum=1),
                                    encoder.dim)
         self.capture = TokenCapture(layout.blocks[self.depth - 1])
 
@@ -134,14 +134,14 @@ def check_depth(depth: int | None, blocks: int) -> int:
     """The aligned block, 1-based: ``depth``, or a third of the ``blocks`` for None.
 
     Raises:
-        ConfigError: naming ``repa.depth`` when it is not a block of the backbone.
+        ConfigError: naming ``method.repa.depth`` when it is not a block of the backbone.
     """
     if depth is None:
         return max(1, round(blocks / 3))
-    check_int(depth, "repa.depth")
+    check_int(depth, "method.repa.depth")
     if not 1 <= depth <= blocks:
-        raise ConfigError(f"repa.depth={depth} is not a block of this backbone, which has {blocks} (model.depth):"
-                          f" choose 1..{blocks}")
+        raise ConfigError(f"method.repa.depth={depth} is not a block of this backbone, which has {blocks} "
+                          f"(model.depth): choose 1..{blocks}")
     return depth
 
 
@@ -149,18 +149,19 @@ def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize
     """Whether images of ``image_shape`` (C, H, W) must be resized to the encoder's input; refuses what cannot fit.
 
     Raises:
-        ConfigError: naming ``repa.resize`` (sizes) or ``repa.encoder`` (channels).
+        ConfigError: naming ``method.repa.resize`` (sizes) or ``method.repa.encoder`` (channels).
     """
     if len(image_shape) != 3:
-        raise ConfigError(f"repa needs image data (C, H, W); the data's samples have shape {list(image_shape)}")
+        raise ConfigError(f"method.repa.weight > 0 needs image data (C, H, W); the data's samples have shape "
+                          f"{list(image_shape)}")
     channels, height, width = image_shape
     if channels != encoder.channels and channels != 1:
-        raise ConfigError(f"repa.encoder takes {encoder.channels}-channel images; the data's have {channels}: "
+        raise ConfigError(f"method.repa.encoder takes {encoder.channels}-channel images; the data's have {channels}: "
                           "choose an encoder for them")
     if (height, width) == (encoder.input_size, encoder.input_size):
         return False
     if not resize:
-        raise ConfigError(f"repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
-                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them (or "
-                          "choose a repa.encoder of their size)")
+        raise ConfigError(f"method.repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
+                          f"images and the data's are {height}x{width}; set method.repa.resize=true to resize them (or "
+                          "choose a method.repa.encoder of their size)")
     return True
