@@ -177,5 +177,5 @@ def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize
     if not resize:
         raise ConfigError(f"method.repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
                           f"images and the data's are {height}x{width}; set method.repa.resize=true to resize them (or "
-                          f"choose a {key} of their size)")
+                          f"choose an encoder of their size with {key})")
     return True

@@ -57,3 +57,18 @@ def test_features_that_do_not_fit_are_one_line_exit_2(encoded, tmp_path, monkeyp
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and key in lines[0], lines
     assert not (tmp_path / "new").exists() and tree_digest(encoded / folder) == before
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["encode.features=inception"], "encode.features"),  # not a patch encoder
+    (["encode.features=mnist"], "method.repa.resize"),  # 28x28 input, 8x8 digits
+    (["encode.features=dinov2"], "method.repa.encoder_path"),  # no model folder
+])
+def test_encode_features_that_cannot_be_made_are_one_line_exit_2(encoded, tmp_path, monkeypatch, capsys, overrides,
+                                                                 key):
+    capsys.readouterr()
+    code = main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'new'}", "task=encode", "autoencoder=sd_vae",
+                           f"autoencoder.weights={encoded / 'vae'}", "autoencoder.scale=measure", *overrides)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and key in lines[0], lines
+    assert not (tmp_path / "new").exists()
