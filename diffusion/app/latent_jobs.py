@@ -101,9 +101,9 @@ def feature_encoder(cfg: DictConfig, image_shape: tuple[int, ...],
     name = cfg.encode.get("features")
     if name is None:
         return None
-    settings = cfg.method.repa
-    encoder = load_patch_encoder(name, settings.encoder_path, key="encode.features")
-    resize = check_encoder_input(encoder, image_shape, check_bool(settings.resize, "method.repa.resize"),
+    settings = cfg.method.get("repa") or {}  # a method config without REPA's keys: their defaults
+    encoder = load_patch_encoder(name, settings.get("encoder_path"), key="encode.features")
+    resize = check_encoder_input(encoder, image_shape, check_bool(settings.get("resize", False), "method.repa.resize"),
                                  key="encode.features")
     return encode.FeatureEncoder(encoder.to(device), encoder_identity(name, encoder), resize)
 
