@@ -1,5 +1,6 @@
 """What the latent-space tests share: a tiny randomly initialised ``AutoencoderKL`` saved by ``save_pretrained``
-(a stand-in for the SD-VAE folder; nothing is downloaded), and tiny run settings for every step of the latent path.
+(a stand-in for the SD-VAE folder; nothing is downloaded), tiny run settings for every step of the latent path, and
+twelve images that flip.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ import hashlib
 from pathlib import Path
 
 import torch
+
+from diffusion.data.base import BaseData, DataSplits
 
 TINY_OWN = [  # task=train_autoencoder on digits: 8x8 -> 4x4x2, a few steps
     "task=train_autoencoder", "autoencoder=own", "trainer=fast", "trainer.epochs=1", "trainer.max_steps=2",
@@ -32,3 +35,22 @@ def save_tiny_vae(folder: Path, seed: int = 0, **config: object) -> str:
                 "latent_channels": 2, "sample_size": 8, **config}
     AutoencoderKL(**settings).save_pretrained(folder)  # type: ignore[arg-type]
     return hashlib.sha256((folder / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+
+
+class FlippingImages(BaseData):
+    """Twelve labelled 8x8 images that flip (as CIFAR-10 does)."""
+
+    kind, random_flip = "image", True
+
+    @property
+    def sample_shape(self):
+        return (1, 8, 8)
+
+    @property
+    def num_classes(self):
+        return 3
+
+    def _load(self):
+        images = torch.linspace(-1, 1, 12 * 64).reshape(12, 1, 8, 8)
+        labels = torch.arange(12) % 3
+        return DataSplits(images[:9], images[9:], labels[:9], labels[9:])

@@ -19,10 +19,12 @@ from torch import nn
 from diffusion.app.distill_config import DistillRun
 from diffusion.app.hydra_run import HydraRun
 from diffusion.app.latent_config import autoencoder_implied, build_data, check_command_autoencoder, latent_decoder
+from diffusion.app.method_config import formulation_config, repa_settings
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
+from diffusion.data.latents import LatentData
 from diffusion.evaluation.evaluators import BaseEvaluator
-from diffusion.evaluation.patch_features import load_patch_encoder
+from diffusion.evaluation.patch_features import encoder_identity, load_patch_encoder
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.loggers.base import BaseLogger
 from diffusion.methods.base import BaseMethod
@@ -43,20 +45,21 @@ def build(cfg: DictConfig, job: HydraRun | None = None, *, command: DictConfig |
     """Instantiate data, network and method (with what the data implies), evaluator, and the factories of sampler,
     trainer, checkpoints and logger; each checks its arguments here, before anything is written. ``command``: the
     config whose sampler (and evaluator) are used when sampling an earlier run; ``teacher``: build a distillation;
-    ``align``: train with REPA where ``repa.weight`` > 0 (:func:`make_alignment`).
+    ``align``: train with REPA where ``method.repa.weight`` > 0 (:func:`make_alignment`).
     """
     job = job or HydraRun(output_dir=Path("."))
     sampled = command is not None  # an earlier run's config, sampled with this command line's settings
     command = cfg if command is None else command
-    data, cfg, model = build_network(cfg, job)
+    alignment = repa_settings(cfg.method) if align else None
+    data, cfg, model = build_network(cfg, job, features=alignment is not None)
     if sampled:
         check_command_autoencoder(cfg, command, job.keys)
     # What samples: the student's method when distilling.
-    method = instantiate(checked(cfg.method, "method"), _convert_="all")
+    method = instantiate(checked(formulation_config(cfg.method), "method"), _convert_="all")
     method.check_network(model)
     trained = method if teacher is None else make_distillation(cfg, model, method, teacher)
-    if align and cfg.get("repa") and cfg.repa.weight:
-        trained = make_alignment(cfg.repa, method, model, data.sample_shape)
+    if alignment is not None:
+        trained = make_alignment(alignment, method, model, data)
     return Components(
         data, model, trained,
         evaluator=make_evaluator(command.get("evaluator", NO_EVALUATOR) if evaluator is None else evaluator),
@@ -83,11 +86,12 @@ def make_evaluator(node: DictConfig) -> BaseEvaluator:
     return instantiate(own, _convert_="all")
 
 
-def build_network(cfg: DictConfig, job: HydraRun) -> tuple[BaseData, DictConfig, nn.Module]:
+def build_network(cfg: DictConfig, job: HydraRun, features: bool = False) -> tuple[BaseData, DictConfig, nn.Module]:
     """The data set, the config with what it implies (:func:`data_implied`) and the network built from it; under
-    ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so)."""
+    ``torch.device("meta")`` the network takes no memory (``task=summary`` counts a paper-sized one so).
+    ``features``: latents load the REPA encoder features stored with them."""
     checked(cfg.data, "data")
-    data = build_data(cfg)  # latents: with the images they encode
+    data = build_data(cfg, features)  # latents: with the images they encode
     check_compatible(data, get_class(cfg.model._target_), job.choices.get("data") or cfg.data._target_,
                      job.choices.get("model") or cfg.model._target_)
     cfg = method_implied(data_implied(autoencoder_implied(cfg, data), data, job.keys), job.keys)
@@ -198,12 +202,34 @@ def make_distillation(cfg: DictConfig, student: nn.Module, method: BaseMethod, t
                                                      teacher_step=teacher.teacher_step)
 
 
-def make_alignment(settings: DictConfig, method: BaseMethod, model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """The Trainer's "method" with REPA on (``repa.*``): the method's loss plus the alignment of ``model``'s tokens
-    with the frozen encoder's patch features."""
+def make_alignment(settings: DictConfig, method: BaseMethod, model: nn.Module, data: BaseData) -> nn.Module:
+    """The Trainer's "method" with REPA on (``method.repa.*``): the method's loss plus the alignment of ``model``'s
+    tokens with the frozen encoder's patch features: of each image batch, or those stored with latents."""
     encoder = load_patch_encoder(settings.encoder, settings.encoder_path)
+    shape = None if isinstance(data, LatentData) else data.sample_shape
+    if isinstance(data, LatentData):
+        check_stored_features(data, settings, encoder_identity(settings.encoder, encoder))
     return RepresentationAlignment(method, model, encoder, shape, weight=settings.weight, depth=settings.depth,
                                    projector_dim=settings.projector_dim, resize=settings.resize)
+
+
+def check_stored_features(data: LatentData, settings: DictConfig, identity: dict[str, str]) -> None:
+    """REPA on latents aligns with the features ``task=encode`` stored beside them (the images are not in the
+    batch): they must exist and be those of the encoder ``method.repa.*`` names.
+
+    Raises:
+        ConfigError: naming ``encode.features`` (none stored) or ``method.repa.encoder`` (another encoder's).
+    """
+    stored = data.manifest.get("features")
+    if stored is None:
+        raise ConfigError(f"method.repa.weight={settings.weight} on latents aligns with encoder features stored with "
+                          f"them, and data.path={data.path} has none: encode again into it with "
+                          f"encode.features={settings.encoder} (the latents are kept)")
+    if {key: stored[key] for key in identity} != identity:
+        raise ConfigError(f"method.repa.encoder={settings.encoder} (weights sha256 {identity['weights_sha256'][:12]}"
+                          f"...): the features stored in data.path={data.path} are encode.features={stored['encoder']}"
+                          f"'s (weights sha256 {stored['weights_sha256'][:12]}...); set method.repa.encoder (and "
+                          "encoder_path) to theirs, or encode the latents with this encoder")
 
 
 def open_run_logger(cfg: DictConfig, job: HydraRun, run_dir: Path, run_id: str | None) -> BaseLogger:

@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, MissingMandatoryValue
 
 from diffusion.runtime.checks import EXIT_USER_ERROR, ConfigError
+from diffusion.storage.legacy import MOVED_KEYS
 from diffusion.tasks.ode_scores import ODE_SCORE_KEYS
 from diffusion.tasks.run_files import remove_if_empty
 
@@ -132,6 +133,8 @@ def _unknown_key_message(error: ConfigKeyError | ConfigAttributeError) -> str:
     known = [] if error.parent_node is None else [str(k) for k in error.parent_node.keys()]
     known = sorted(k for k in known if k != "hydra" and not k.startswith("_"))
     where = parent or "the config"
+    if not parent and name in MOVED_KEYS:
+        return _moved_key_message(name)
     if parent == "evaluator" and set(known) <= set(ODE_SCORE_KEYS):  # evaluator=none: the ODE scores' keys only
         return (f"{error.full_key}: evaluator={_chosen_option(parent)} scores no samples and has no such key; "
                 f"choose an evaluator (e.g. evaluator=digits) or drop {error.full_key}")
@@ -143,6 +146,14 @@ def _unknown_key_message(error: ConfigKeyError | ConfigAttributeError) -> str:
                 f"choose another {parent} option or drop {error.full_key}")
     return (f"{error.full_key} is not a key of {where} (its keys: {', '.join(known)}); "
             f"to add a new key use +{error.full_key}=...")
+
+
+def _moved_key_message(name: str) -> str:
+    """A top-level key of an earlier version (``repa.weight=0.5``): the key it is now (``method.repa.weight``)."""
+    given = [w.partition("=")[0].lstrip("+~") for w in sys.argv[1:]]
+    old = next((key for key in given if key == name or key.startswith(f"{name}.")), name)
+    new = MOVED_KEYS[name] + old[len(name):]
+    return f"{old} is now {new}: set {new}=... instead"
 
 
 def _chosen_option(group: str) -> str:

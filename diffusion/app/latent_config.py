@@ -29,9 +29,10 @@ def chosen_autoencoder(cfg: DictConfig) -> DictConfig | None:
     return node if node is not None and node.get("_target_") is not None else None
 
 
-def build_data(cfg: DictConfig) -> BaseData:
+def build_data(cfg: DictConfig, features: bool = False) -> BaseData:
     """``cfg.data`` instantiated; latents get the image data they encode (its config is in their
-    ``latents.json``), which the evaluators score against.
+    ``latents.json``), which the evaluators score against, and with ``features`` (a REPA run) load the encoder
+    features stored with them.
 
     Raises:
         ConfigError: naming ``data.path`` when it is unset or holds no latents.
@@ -42,7 +43,7 @@ def build_data(cfg: DictConfig) -> BaseData:
     manifest = read_manifest(path)
     check_safe_targets(manifest["data"], f"{path}/{MANIFEST}")
     pixels = instantiate(OmegaConf.create(manifest["data"]), _convert_="all")
-    return instantiate(cfg.data, pixels=pixels, _convert_="all")
+    return instantiate(cfg.data, pixels=pixels, features=features, _convert_="all")
 
 
 def autoencoder_implied(cfg: DictConfig, data: BaseData) -> DictConfig:

@@ -9,6 +9,7 @@ import copy
 from functools import partial
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -19,6 +20,7 @@ from diffusion.app.run_files import print_config_tree, save_run_config
 from diffusion.autoencoders import AutoencoderLoss, autoencoder_kl
 from diffusion.data.base import BaseData
 from diffusion.data.latents import LatentData
+from diffusion.evaluation.patch_features import encoder_identity, load_patch_encoder
 from diffusion.runtime.checks import ConfigError, check_bool
 from diffusion.runtime.devices import resolve_device
 from diffusion.runtime.distributed import DistributedContext
@@ -26,6 +28,7 @@ from diffusion.runtime.seeding import seed_everything
 from diffusion.tasks import encode, train_autoencoder
 from diffusion.tasks.components import RunSettings
 from diffusion.tasks.run_files import remove_if_empty
+from diffusion.training.repa import check_encoder_input
 
 
 def run_train_autoencoder(cfg: DictConfig, job: HydraRun) -> float:
@@ -72,17 +75,37 @@ def run_encode(cfg: DictConfig, job: HydraRun) -> None:
         raise ConfigError("task=encode needs an autoencoder: autoencoder=sd_vae autoencoder.weights=<folder> or "
                           "autoencoder=own autoencoder.run_dir=<a task=train_autoencoder run>")
     data = image_data(cfg)
-    autoencoder = instantiate(cfg.autoencoder, _convert_="all").to(resolve_device(cfg.encode.device, "encode.device"))
+    device = resolve_device(cfg.encode.device, "encode.device")
+    autoencoder = instantiate(cfg.autoencoder, _convert_="all").to(device)
     run_dir = job.output_dir if cfg.resume in (None, "auto") else Path(str(cfg.resume)).expanduser()
     if run_dir != job.output_dir and not (run_dir / "latents.json").is_file():
         raise ConfigError(f"resume={cfg.resume}: no latents.json there to continue; leave resume unset to encode "
                           "into a new run directory")
     settings = encode.EncodeSettings(run_dir, cfg.encode.batch_size, cfg.encode.shard_size,
-                                     check_bool(cfg.trainer.progress, "trainer.progress"))
+                                     check_bool(cfg.trainer.progress, "trainer.progress"),
+                                     feature_encoder(cfg, data.sample_shape, device))
     encode.encode(autoencoder, data, OmegaConf.to_container(cfg.autoencoder, resolve=True),  # type: ignore[arg-type]
                   OmegaConf.to_container(cfg.data, resolve=True), settings)  # type: ignore[arg-type]
     if run_dir != job.output_dir:
         remove_if_empty(job.output_dir)  # Hydra made it; the latents live in the folder continued
+
+
+def feature_encoder(cfg: DictConfig, image_shape: tuple[int, ...],
+                    device: torch.device) -> encode.FeatureEncoder | None:
+    """``encode.features=<encoder>``: the REPA encoder whose features are stored beside the latents, with the
+    weights (``method.repa.encoder_path``) and ``method.repa.resize`` a REPA run would use; None when unset.
+
+    Raises:
+        ConfigError: naming ``encode.features`` or the ``method.repa.*`` key that does not fit the images.
+    """
+    name = cfg.encode.get("features")
+    if name is None:
+        return None
+    settings = cfg.method.get("repa") or {}  # a method config without REPA's keys: their defaults
+    encoder = load_patch_encoder(name, settings.get("encoder_path"), key="encode.features")
+    resize = check_encoder_input(encoder, image_shape, check_bool(settings.get("resize", False), "method.repa.resize"),
+                                 key="encode.features")
+    return encode.FeatureEncoder(encoder.to(device), encoder_identity(name, encoder), resize)
 
 
 def image_data(cfg: DictConfig) -> BaseData:

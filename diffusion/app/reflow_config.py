@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from diffusion.app.method_config import make_method
 from diffusion.app.run_config import inherit_teacher, read_teacher_run
 from diffusion.tasks.reflow import check_teacher
 
@@ -32,7 +32,7 @@ def reflow_run_config(cfg: DictConfig) -> ReflowRun:
             stochastic ``sampler.solver``, or a data-parallel launch.
     """
     teacher_dir, teacher_cfg = read_teacher_run(cfg, "the teacher's run directory, a flow run holding checkpoints/")
-    teacher_method = instantiate(teacher_cfg.method, _convert_="all")
+    teacher_method = make_method(teacher_cfg.method)
     check_teacher(teacher_method, cfg.sampler.solver or teacher_method.default_solver, teacher_dir)
     run_cfg = inherit_teacher(cfg, teacher_cfg, TEACHER_KEYS)
     method = teacher_cfg.method.copy()

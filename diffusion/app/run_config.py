@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.app.hydra_run import current_job
+from diffusion.app.method_config import make_method
 from diffusion.loggers.naming import logged_key
 from diffusion.runtime.checks import ConfigError
 from diffusion.storage.export import load_exported
-from diffusion.storage.legacy import upgrade_targets
+from diffusion.storage.legacy import upgrade_config
 from diffusion.storage.safe_load import check_safe_targets
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
@@ -34,13 +35,13 @@ def load_source_config(source: Path) -> DictConfig:
         ConfigError: no ``config.yaml`` there; CheckpointError: a config whose ``_target_`` leaves this package.
     """
     if source.suffix == ".safetensors":
-        return OmegaConf.create(upgrade_targets(load_exported(source)[1]))
+        return OmegaConf.create(upgrade_config(load_exported(source)[1]))
     path = source / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={source}: no config.yaml there; is it a run directory made by run.py?")
     config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     check_safe_targets(config, path)  # instantiating it must not run foreign code
-    return OmegaConf.create(upgrade_targets(config))
+    return OmegaConf.create(upgrade_config(config))
 
 
 def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
@@ -91,8 +92,8 @@ def load_guide_model(guide: str, run_dir: Path | None, main_prediction: str) -> 
     else:
         raise ConfigError(f"sampler.guide={guide}: no such checkpoint, run directory or exported weights")
     check_safe_targets(config, source)
-    guide_cfg = OmegaConf.create(upgrade_targets(config))
-    trained = instantiate(guide_cfg.method, _convert_="all").prediction
+    guide_cfg = OmegaConf.create(upgrade_config(config))
+    trained = make_method(guide_cfg.method).prediction
     if trained != main_prediction:
         raise ConfigError(f"sampler.guide={guide} predicts {trained} but the main model predicts {main_prediction}; "
                           "a guide must share the main model's prediction target")

@@ -16,6 +16,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.app.hydra_run import HydraRun
+from diffusion.app.method_config import make_method
 from diffusion.app.run_config import inherit_teacher, read_teacher_run
 from diffusion.methods import EDM, ConsistencyTuning, FlowMatching
 from diffusion.methods.meanflow import TwoTimeFlow
@@ -124,6 +125,6 @@ def with_teacher(parts: Components, tuned: TuneRun) -> Components:
     network and method, its EMA weights, frozen); the sampler keeps the method built without it."""
     network = instantiate(tuned.teacher_cfg.model, _convert_="all")
     network.load_state_dict(tuned.teacher_weights)
-    method = instantiate(tuned.teacher_cfg.method, _convert_="all")
+    method = make_method(tuned.teacher_cfg.method)
     teacher = TrigFlowTeacher(network, method, parts.method.sigma_data)  # type: ignore[arg-type]
-    return dataclasses.replace(parts, method=instantiate(tuned.cfg.method, _convert_="all", teacher=teacher))
+    return dataclasses.replace(parts, method=make_method(tuned.cfg.method, teacher=teacher))

@@ -70,6 +70,18 @@ class BaseData(ABC):
         return self
 
     @property
+    def random_batches(self) -> bool:
+        """True when :meth:`prepare_batch` draws at random (flips; latents' z ~ q(z | x)): the trainer then seeds
+        each batch (:func:`batch_generator_seed`), so a resumed run draws the same."""
+        return self.random_flip
+
+    def loss_inputs(self, index: torch.Tensor, generator_seed: int | None = None) -> dict[str, torch.Tensor]:
+        """What the training loss takes beside the train split's rows ``index``, as keyword arguments of
+        ``compute_loss``, drawn as :meth:`prepare_batch` drew from ``generator_seed``: nothing here (latents stored with
+        REPA's encoder features: ``encoder_features``)."""
+        return {}
+
+    @property
     def uint8_splits(self) -> bool:
         """True when :meth:`load` returns uint8 images (0..255) that :meth:`prepare_batch` converts per batch."""
         return False

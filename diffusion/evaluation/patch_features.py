@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from diffusion.autoencoders.kl import state_digest
 from diffusion.evaluation.classifier import MNIST_WEIGHTS_PATH, WEIGHTS_PATH, load_digit_classifier
 from diffusion.runtime.checks import ConfigError, check_choice
 
@@ -63,17 +64,17 @@ class Dinov2PatchFeatures(nn.Module):
         return tokens.transpose(1, 2).reshape(len(images), self.dim, side, side)
 
 
-def load_patch_encoder(name: PatchEncoderName, path: str | None = None) -> nn.Module:
+def load_patch_encoder(name: PatchEncoderName, path: str | None = None, key: str = "method.repa.encoder") -> nn.Module:
     """The frozen encoder ``name`` in eval mode: the shipped classifier weights (or those at ``path``), or the DINOv2
-    folder ``path``. It has ``input_size``, ``channels`` and ``dim`` attributes.
+    folder ``path``. It has ``input_size``, ``channels`` and ``dim`` attributes. ``key``: the config key naming it.
 
     Raises:
-        ConfigError: naming ``repa.encoder`` or ``repa.encoder_path``.
+        ConfigError: naming ``key`` or ``method.repa.encoder_path``.
     """
-    check_choice(name, "repa.encoder", PATCH_ENCODERS)
+    check_choice(name, key, PATCH_ENCODERS)
     if name == "dinov2":
         if path is None or not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"repa.encoder_path={path} must be a local folder holding a DINOv2 model "
+            raise ConfigError(f"method.repa.encoder_path={path} must be a local folder holding a DINOv2 model "
                               "(config.json and weights, as Dinov2Model.save_pretrained writes them)")
         from transformers import Dinov2Model  # only this encoder needs transformers
 
@@ -81,6 +82,12 @@ def load_patch_encoder(name: PatchEncoderName, path: str | None = None) -> nn.Mo
     else:
         weights = Path(path) if path is not None else (MNIST_WEIGHTS_PATH if name == "mnist" else WEIGHTS_PATH)
         if not weights.is_file():
-            raise ConfigError(f"repa.encoder_path={path}: no classifier weights at {weights}")
+            raise ConfigError(f"method.repa.encoder_path={path}: no classifier weights at {weights}")
         encoder = ClassifierPatchFeatures(weights)
     return encoder.eval().requires_grad_(False)
+
+
+def encoder_identity(name: str, encoder: nn.Module) -> dict[str, str]:
+    """What made a set of patch features: the encoder's name and the sha256 of its weights (whatever file held them),
+    recorded with stored features and compared with the encoder a run names."""
+    return {"encoder": name, "weights_sha256": state_digest(encoder.state_dict())}

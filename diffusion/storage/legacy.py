@@ -1,5 +1,6 @@
-"""Configs written by earlier versions of this package: their ``_target_`` paths, mapped to where the same
-component lives now, so that an old run directory or export still samples, evaluates, resumes and exports."""
+"""Configs written by earlier versions of this package: their ``_target_`` paths and moved keys, mapped to where
+the same component or setting lives now, so that an old run directory or export still samples, evaluates, resumes
+and exports."""
 
 from __future__ import annotations
 
@@ -27,8 +28,26 @@ SOLVER_METHODS = {
     "diffusion.methods.dpm_solver.DPMSolver": "dpm_solver",
     **{f"diffusion.methods.sigma_space.{name}": name for name in ("euler", "heun", "dpmpp_2m_karras")},
 }
+# Top-level config keys that moved into a group: old key -> new dotted key (REPA's settings belong to the method).
+MOVED_KEYS = {"repa": "method.repa"}
 # EDM's old ``solver`` key named the Karras solvers by their function.
 EDM_SOLVERS = {"heun": "heun", "euler": "euler", "dpmpp_2m": "dpmpp_2m_karras"}
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A whole run config (plain dicts) of an earlier version as this version writes it: its ``_target_`` paths
+    (:func:`upgrade_targets`) and its :data:`MOVED_KEYS` (a key already at its new place wins)."""
+    upgraded = upgrade_targets(config)
+    for old, new in MOVED_KEYS.items():
+        if old not in upgraded:
+            continue
+        value = upgraded.pop(old)
+        *parents, name = new.split(".")
+        node = upgraded
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(name, value)
+    return upgraded
 
 
 def upgrade_targets(node: Any) -> Any:

@@ -13,9 +13,10 @@ DiT on 28 x 28 MNIST exactly). The wrapper works for every method: it captures t
 forward pass that runs with gradients inside ``method.compute_loss`` (the prediction trained; the targets that
 MeanFlow and shortcut models compute run without gradients), so no method changes.
 
-Latent data: the clean image is not in the batch, so its features must come with it: ``compute_loss`` takes
-``encoder_features`` ``(B, D_enc, h, w)`` in ``model_kwargs`` (stored beside the latents by the encoding step) and
-then runs no encoder at all.
+Latent data: the clean image is not in the batch, so its features come with it: built without an image shape,
+the wrapper takes ``encoder_features`` ``(B, D_enc, h, w)`` in ``compute_loss``'s keyword arguments (stored beside
+the latents by ``task=encode encode.features=<encoder>``, :meth:`diffusion.data.latents.LatentData.loss_inputs`)
+and runs no encoder at all.
 """
 
 from __future__ import annotations
@@ -76,26 +77,30 @@ class TokenCapture:
 class RepresentationAlignment(nn.Module):
     """The Trainer's "method" with REPA on: ``method``'s loss plus ``weight`` times L_REPA on ``network``'s tokens
     after block ``depth`` (1-based; None: a third of the blocks, near the paper's 8 of 28). ``trainable`` (the
-    projector) is trained, clipped and checkpointed with the network. Settings: ``repa`` in conf/config.yaml.
+    projector) is trained, clipped and checkpointed with the network. Settings: ``method.repa`` (conf/common/repa.yaml).
+    ``image_shape`` None: the batch is not the images (latents), whose features each batch brings; the encoder is
+    then never run (its ``dim`` sizes the projector).
 
     Raises:
-        ConfigError: naming the ``repa.*`` key (or ``model``) that does not fit.
+        ConfigError: naming the ``method.repa.*`` key (or ``model``) that does not fit.
     """
 
-    def __init__(self, method: BaseMethod, network: nn.Module, encoder: nn.Module, image_shape: tuple[int, ...], *,
-                 weight: float = 0.5, depth: int | None = None, projector_dim: int = 2048,
+    def __init__(self, method: BaseMethod, network: nn.Module, encoder: nn.Module, image_shape: tuple[int, ...] | None,
+                 *, weight: float = 0.5, depth: int | None = None, projector_dim: int = 2048,
                  resize: bool = False) -> None:
         super().__init__()
         if not hasattr(network, "token_layout"):
-            raise ConfigError(f"repa.weight={weight} aligns patch tokens, which {type(network).__name__} has "
-                              "none of: use model=dit or model=uvit, or set repa.weight=0")
+            raise ConfigError(f"method.repa.weight={weight} aligns patch tokens, which {type(network).__name__} has "
+                              "none of: use model=dit or model=uvit, or set method.repa.weight=0")
         layout = network.token_layout()
         self.depth = check_depth(depth, len(layout.blocks))
-        self.weight = check_float(weight, "repa.weight", minimum=0.0, inclusive=False)
+        self.weight = check_float(weight, "method.repa.weight", minimum=0.0, inclusive=False)
         self.method, self.encoder, self.prefix, self.side = method, encoder, layout.prefix, layout.side
         self.num_timesteps = method.num_timesteps
-        self.resize = check_encoder_input(encoder, image_shape, check_bool(resize, "repa.resize"))
-        self.projector = Projector(layout.width, check_int(projector_dim, "repa.projector_dim", minimum=1),
+        resize = check_bool(resize, "method.repa.resize")
+        self.stored_features = image_shape is None
+        self.resize = False if image_shape is None else check_encoder_input(encoder, image_shape, resize)
+        self.projector = Projector(layout.width, check_int(projector_dim, "method.repa.projector_dim", minimum=1),
                                    encoder.dim)
         self.capture = TokenCapture(layout.blocks[self.depth - 1])
 
@@ -115,52 +120,62 @@ class RepresentationAlignment(nn.Module):
             tokens = self.capture.take()
         if tokens is None:
             return loss
+        assert features is not None or not self.stored_features, "a latent batch comes with its encoder features"
         targets = token_targets(self.encode(x0) if features is None else features, self.side)  # (B, N, D_enc)
         projected = self.projector(tokens[:, self.prefix:])  # (B, N, D_enc)
         return loss + self.weight * alignment_loss(projected, targets.to(projected.device))
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """y_*: the frozen encoder's map ``(B, D_enc, h, w)`` of clean images ``(B, C, H, W)`` in [-1, 1]."""
-        if self.resize:
-            size = (self.encoder.input_size, self.encoder.input_size)
-            images = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-        if images.shape[1] != self.encoder.channels:
-            images = images.expand(-1, self.encoder.channels, -1, -1)  # grey to RGB
-        return self.encoder(images.float())
+        return encoder_features(self.encoder, images, self.resize)
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, images: torch.Tensor, resize: bool) -> torch.Tensor:
+    """y_*: ``encoder``'s map ``(B, D_enc, h, w)`` of clean images ``(B, C, H, W)`` in [-1, 1], resized to its input
+    first where ``resize`` (what training computes each step, and ``task=encode`` stores beside latents)."""
+    if resize:
+        size = (encoder.input_size, encoder.input_size)
+        images = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+    if images.shape[1] != encoder.channels:
+        images = images.expand(-1, encoder.channels, -1, -1)  # grey to RGB
+    return encoder(images.float())
 
 
 def check_depth(depth: int | None, blocks: int) -> int:
     """The aligned block, 1-based: ``depth``, or a third of the ``blocks`` for None.
 
     Raises:
-        ConfigError: naming ``repa.depth`` when it is not a block of the backbone.
+        ConfigError: naming ``method.repa.depth`` when it is not a block of the backbone.
     """
     if depth is None:
         return max(1, round(blocks / 3))
-    check_int(depth, "repa.depth")
+    check_int(depth, "method.repa.depth")
     if not 1 <= depth <= blocks:
-        raise ConfigError(f"repa.depth={depth} is not a block of this backbone, which has {blocks} (model.depth):"
-                          f" choose 1..{blocks}")
+        raise ConfigError(f"method.repa.depth={depth} is not a block of this backbone, which has {blocks} "
+                          f"(model.depth): choose 1..{blocks}")
     return depth
 
 
-def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize: bool) -> bool:
+def check_encoder_input(encoder: nn.Module, image_shape: tuple[int, ...], resize: bool,
+                        key: str = "method.repa.encoder") -> bool:
     """Whether images of ``image_shape`` (C, H, W) must be resized to the encoder's input; refuses what cannot fit.
+    ``key``: the config key naming the encoder.
 
     Raises:
-        ConfigError: naming ``repa.resize`` (sizes) or ``repa.encoder`` (channels).
+        ConfigError: naming ``method.repa.resize`` (sizes) or ``key`` (channels).
     """
     if len(image_shape) != 3:
-        raise ConfigError(f"repa needs image data (C, H, W); the data's samples have shape {list(image_shape)}")
+        raise ConfigError(f"method.repa.weight > 0 needs image data (C, H, W); the data's samples have shape "
+                          f"{list(image_shape)}")
     channels, height, width = image_shape
     if channels != encoder.channels and channels != 1:
-        raise ConfigError(f"repa.encoder takes {encoder.channels}-channel images; the data's have {channels}: "
+        raise ConfigError(f"{key} takes {encoder.channels}-channel images; the data's have {channels}: "
                           "choose an encoder for them")
     if (height, width) == (encoder.input_size, encoder.input_size):
         return False
     if not resize:
-        raise ConfigError(f"repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
-                          f"images and the data's are {height}x{width}; set repa.resize=true to resize them (or "
-                          "choose a repa.encoder of their size)")
+        raise ConfigError(f"method.repa.resize=false: the encoder sees {encoder.input_size}x{encoder.input_size} "
+                          f"images and the data's are {height}x{width}; set method.repa.resize=true to resize them (or "
+                          f"choose an encoder of their size with {key})")
     return True

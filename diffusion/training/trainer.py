@@ -246,15 +246,16 @@ class Trainer:
         return False
 
     def _loss(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            return self.method.compute_loss(self.train_model, self._inputs(index, micro_batch), **self._labels(index))
-
-    def _inputs(self, index: torch.Tensor, micro_batch: int) -> torch.Tensor:
-        # uint8 data sets convert here, per batch; random flips are seeded by (seed, step, micro-batch, rank), so a
-        # resumed run draws the same ones. Read before the step counter moves on.
+        # A batch's random draws (flips, latents' z) are seeded by (seed, step, micro-batch, rank), so a resumed run
+        # draws the same ones. Read before the step counter moves on.
         seed = (batch_generator_seed(self.seed, self.state.global_step, micro_batch, self.dist.rank)
-                if self.data.random_flip else None)  # the hash costs a small network's step a few per cent
-        x0 = self.data.prepare_batch(self.splits.train[index], seed)
+                if self.data.random_batches else None)  # the hash costs a small network's step a few per cent
+        with autocast(self.device, self.precision):
+            return self.method.compute_loss(self.train_model, self._inputs(index, seed), **self._labels(index),
+                                            **self.data.loss_inputs(index, seed))
+
+    def _inputs(self, index: torch.Tensor, seed: int | None) -> torch.Tensor:
+        x0 = self.data.prepare_batch(self.splits.train[index], seed)  # uint8 data sets convert here, per batch
         return x0.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.dim() == 4 else x0
 
     def _labels(self, index: torch.Tensor) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """REPA on MNIST: the pixel-space DiT preset trained with and without representation alignment, FD against steps.
 
-Two ``python run.py experiment=mnist_dit`` runs with the same budget and seed, one with ``repa.weight=0.5`` (the
+Two ``python run.py experiment=mnist_dit`` runs with the same budget and seed, one with ``method.repa.weight=0.5`` (the
 paper's lambda; encoder: the shipped MNIST classifier, whose last conv map is 7 x 7 like the DiT's 49 tokens; block
 1 of 3, a third of the depth (the paper: 8 of SiT-XL's 28); projector width 256). Each keeps an epoch checkpoint at
 every quarter of the budget; each checkpoint's EMA weights are sampled with the preset's sampler (DPM-Solver++(2M),
@@ -37,7 +37,7 @@ from diffusion.tasks.seed_sets import seed_summary
 from experiments.lib import ROOT, add_common_flags, add_work_flags, checks_report, describe_machine, finish_report, \
     fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, work_dir
 
-REPA = ("repa.weight=0.5", "repa.encoder=mnist", "repa.depth=1", "repa.projector_dim=256")
+REPA = ("method.repa.weight=0.5", "method.repa.encoder=mnist", "method.repa.depth=1", "method.repa.projector_dim=256")
 SEEDS = (0, 1, 2)
 HALF_BAR = 1.0  # the REPA run's FD at half the steps at most this multiple of the plain run's at all of them
 
@@ -53,7 +53,7 @@ FULL = Settings(("trainer.progress=false",), epochs=24, num_samples=500)  # the 
 QUICK = Settings(("data.val_fraction=0.9", "model.depth=2", "model.hidden_size=32", "model.num_heads=2",
                   "trainer.batch_size=64",
                   "trainer.warmup_steps=5", "trainer.precision=fp32", "trainer.progress=false", "sampler.steps=5",
-                  "repa.projector_dim=16", "evaluator.floor_draws=2", "evaluator.bootstrap=0",
+                  "method.repa.projector_dim=16", "evaluator.floor_draws=2", "evaluator.bootstrap=0",
                   "evaluator.neighbour_metrics=false", "evaluator.kid_subsets=2", "evaluator.reference_size=200"),
                  epochs=4, num_samples=20)
 # The curve's scoring needs the FD of each seed set alone: no bootstrap errors, no neighbour metrics.

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from diffusion.app import build
+from diffusion.app.method_config import make_method
 from diffusion.data import BaseData
 from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import BaseLogger
@@ -71,7 +72,7 @@ def test_every_group_has_its_options():
 @pytest.mark.parametrize("schedule", options("schedule"))
 def test_method_alone_instantiates_ready(method, schedule):
     cfg = compose_config([f"method={method}", f"schedule={schedule}"])
-    built = instantiate(cfg.method)
+    built = make_method(cfg.method)  # its repa settings are the Trainer's wrapper's
     if method == "edm":  # sigma space: no betas; the forward process is x0 + sigma n
         x0 = torch.zeros(2, 1, 8, 8)
         assert torch.equal(built.q_sample(x0, torch.tensor([0.5, 2.0]), torch.ones_like(x0))[1], torch.full((1, 8, 8), 2.0))
@@ -94,8 +95,8 @@ def test_method_alone_instantiates_ready(method, schedule):
 
 
 def test_schedule_choice_reaches_the_method():
-    linear = instantiate(compose_config(["schedule=linear"]).method)
-    cosine = instantiate(compose_config(["schedule=cosine"]).method)
+    linear = make_method(compose_config(["schedule=linear"]).method)
+    cosine = make_method(compose_config(["schedule=cosine"]).method)
     assert not torch.allclose(linear.alphas_cumprod, cosine.alphas_cumprod)
 
 
@@ -122,7 +123,7 @@ def test_every_data_option_builds_with_its_model(data, image_root, cifar_root):
 @pytest.mark.parametrize("experiment", [option for option in options("experiment") if option not in LATENT_OPTIONS])
 def test_every_experiment_composes(experiment, cifar_root):
     cfg = compose_config([f"experiment={experiment}", *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
-    assert isinstance(instantiate(cfg.method), BaseMethod)
+    assert isinstance(make_method(cfg.method), BaseMethod)
     assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
     assert isinstance(build(cfg).model, torch.nn.Module)
 

@@ -8,35 +8,15 @@ import json
 import pytest
 import torch
 from runs import tree_digest
-from tiny_autoencoders import save_tiny_vae
+from tiny_autoencoders import FlippingImages, save_tiny_vae
 
 from diffusion.autoencoders import load_pretrained
 from diffusion.data import DigitsData
-from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.latents import LatentData, shard_path
 from diffusion.runtime.checks import ConfigError
 from diffusion.tasks.encode import EncodeSettings, encode
 
 DIGITS_CONFIG = {"_target_": "diffusion.data.DigitsData"}
-
-
-class FlippingImages(BaseData):
-    """Twelve labelled 8x8 images that flip (as CIFAR-10 does)."""
-
-    kind, random_flip = "image", True
-
-    @property
-    def sample_shape(self):
-        return (1, 8, 8)
-
-    @property
-    def num_classes(self):
-        return 3
-
-    def _load(self):
-        images = torch.linspace(-1, 1, 12 * 64).reshape(12, 1, 8, 8)
-        labels = torch.arange(12) % 3
-        return DataSplits(images[:9], images[9:], labels[:9], labels[9:])
 
 
 @pytest.fixture(scope="module")

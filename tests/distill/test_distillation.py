@@ -118,12 +118,14 @@ def test_every_distill_option_composes_and_builds_on_a_teacher_method(option):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from diffusion.app.method_config import make_method
+
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["task=distill", f"distill={option}", "method=ddim",
                                                        "method.num_timesteps=64", "method.prediction=v"])
     teacher_method = OmegaConf.create(OmegaConf.to_container(cfg.method, resolve=True))  # as a config.yaml holds it
     student = OmegaConf.to_container(cfg.student, resolve=True)
-    student_method = instantiate(OmegaConf.merge(teacher_method, student), _convert_="all")
+    student_method = make_method(OmegaConf.merge(teacher_method, student))
     distillation = instantiate(cfg.distill, _convert_="all")(method=student_method, teacher=tiny_network())
     assert distillation.total_steps >= 1
     assert student_method.default_steps(student_method.default_solver) == cfg.student.distilled_steps

@@ -376,12 +376,14 @@ def test_exported_config_naming_foreign_code_is_refused(tmp_path):
 def test_sampler_loads_exported_weights(reference, tmp_path):
     """The Sampler samples from an export exactly as from the checkpoint. Needs Sampler.load_weights."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    from diffusion.app.method_config import make_method
     from diffusion.sampling.sampler import Sampler
 
     weights_path = export_weights(reference / "checkpoints" / "best.pt", tmp_path / "moons.safetensors")
     _, config = load_exported(weights_path)
-    model, method = instantiate(config["model"]), instantiate(config["method"])
+    model, method = instantiate(config["model"]), make_method(OmegaConf.create(config["method"]))
     sampler = Sampler(model, method, (2,), num_samples=16, seed=config["seed"], device="cpu")
     assert sampler.load_weights(weights_path) == config
     expected = np.load(reference / "samples.npz")["samples"]

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from diffusion.app.method_config import make_method
 from diffusion.storage.file_manager import load_checkpoint
 from diffusion.methods import EDM, GaussianDiffusion
 from diffusion.models import MLP
@@ -126,16 +127,16 @@ def test_method_options_compose_and_sample_a_run_of_either_kind(option):
     for trained in ("ddpm", "edm"):
         run_method = compose_config(f"method={trained}", "data=moons").method.copy()
         run_method.default_solver = chosen.default_solver
-        method = instantiate(run_method, _convert_="all")
+        method = make_method(run_method)
         assert isinstance(method, EDM if trained == "edm" else GaussianDiffusion) and method.default_solver == solver
     sampler = instantiate(compose_config(f"method={option}", "data=moons").sampler, _convert_="all")
     model = MLP(dim=2, hidden_dim=8, num_layers=1)
-    built = sampler(model=model, method=instantiate(chosen, _convert_="all"), sample_shape=(2,))
+    built = sampler(model=model, method=make_method(chosen), sample_shape=(2,))
     assert isinstance(built, Sampler) and built.rho == 7.0 and built.guide_model is None and built.solver == solver
 
 
 def test_heun_option_trains_like_ddpm():
-    method = instantiate(compose_config("method=heun", "data=moons").method, _convert_="all")
+    method = make_method(compose_config("method=heun", "data=moons").method)
     assert isinstance(method, GaussianDiffusion) and method.default_solver == "heun"
     loss = method.compute_loss(MLP(dim=2, hidden_dim=8, num_layers=1), torch.randn(4, 2))
     assert torch.isfinite(loss)

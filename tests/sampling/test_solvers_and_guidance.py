@@ -431,13 +431,14 @@ def test_new_keys_compose_and_reach_the_method():
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+
+    from diffusion.app.method_config import make_method
 
     overrides = ["method=dpm_solver", "schedule=cosine", "schedule.zero_terminal_snr=true", "method.prediction=v",
                  "method.loss_weighting=min_snr", "method.snr_gamma=3.0", "method.cond_drop_prob=0.2"]
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    method = instantiate(cfg.method)
+    method = make_method(cfg.method)
     assert isinstance(method, GaussianDiffusion) and method.default_solver == "dpm_solver"
     assert method.alphas_cumprod[-1].item() == 0.0
     assert (method.loss_weighting, method.snr_gamma, method.cond_drop_prob) == ("min_snr", 3.0, 0.2)

@@ -20,5 +20,5 @@ def test_repa_benchmark_quick(tmp_path: Path):
     assert steps == sorted(steps) and steps[-1] == 4 * steps[0]  # equal steps for both runs, every quarter
     for row in rows:
         assert all(re.fullmatch(r"[\d.e+]+ ± [\d.e+-]+", cell) for cell in row[2:4]), row  # FD over 3 sets
-    assert "repa.weight=0.5 repa.encoder=mnist" in text
+    assert "method.repa.weight=0.5 method.repa.encoder=mnist" in text
     assert (tmp_path / "results" / "repa_fd_vs_steps.png").stat().st_size > 0

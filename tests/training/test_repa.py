@@ -11,14 +11,17 @@ import textwrap
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from runs import ROOT, main_in_process
+
+from diffusion.app.method_config import make_method
 
 from diffusion.evaluation.patch_features import ClassifierPatchFeatures, load_patch_encoder
 from diffusion.models import DiT, UViT
 from diffusion.models.unet import UNet
 from diffusion.runtime.checks import ConfigError
 from diffusion.storage.checkpoint import restore_trainable
+from diffusion.storage.legacy import upgrade_config
 from diffusion.training.repa import RepresentationAlignment, alignment_loss, token_targets
 
 METHODS = ["ddpm", "edm", "flow_matching", "meanflow", "shortcut"]
@@ -37,7 +40,7 @@ def tiny(backbone: str, two_times: bool = False, image_size: int = 8) -> torch.n
 
 
 def aligned(method: str, network: torch.nn.Module, **settings) -> RepresentationAlignment:
-    formulation = instantiate(compose_config(f"method={method}", "method.num_timesteps=50").method, _convert_="all")
+    formulation = make_method(compose_config(f"method={method}", "method.num_timesteps=50").method)
     encoder = load_patch_encoder("digits")
     return RepresentationAlignment(formulation, network, encoder, (1, 8, 8), **{"projector_dim": 16, **settings})
 
@@ -101,14 +104,18 @@ def test_every_method_adds_lambda_times_the_alignment_and_trains_the_projector(m
     assert network.patch_embed.weight.grad.abs().sum() > 0
 
 
+def unet() -> UNet:
+    return UNet(in_channels=1, image_size=8, base_channels=16, num_res_blocks=1, num_groups=4)
+
+
 @pytest.mark.parametrize(("network", "settings", "key"), [
-    (lambda: UNet(in_channels=1, image_size=8, base_channels=16, num_res_blocks=1, num_groups=4), {}, "repa.weight"),
-    (lambda: tiny("dit"), {"depth": 4}, "repa.depth"),
-    (lambda: tiny("uvit"), {"depth": 0}, "repa.depth"),
-    (lambda: tiny("dit", image_size=16), {}, "repa.resize"),
+    (unet, {}, "method.repa.weight"),
+    (lambda: tiny("dit"), {"depth": 4}, "method.repa.depth"),
+    (lambda: tiny("uvit"), {"depth": 0}, "method.repa.depth"),
+    (lambda: tiny("dit", image_size=16), {}, "method.repa.resize"),
 ])
 def test_what_does_not_fit_is_refused_naming_the_key(network, settings, key):
-    formulation = instantiate(compose_config("method=ddpm").method, _convert_="all")
+    formulation = make_method(compose_config("method=ddpm").method)
     built = network()
     shape = (1, built.image_size, built.image_size)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -117,7 +124,7 @@ def test_what_does_not_fit_is_refused_naming_the_key(network, settings, key):
 
 def test_resize_brings_other_images_to_the_encoders_size():
     network = tiny("dit", image_size=16)
-    formulation = instantiate(compose_config("method=ddpm").method, _convert_="all")
+    formulation = make_method(compose_config("method=ddpm").method)
     repa = RepresentationAlignment(formulation, network, load_patch_encoder("mnist"), (1, 16, 16), resize=True,
                                    projector_dim=8)
     assert repa.encode(torch.zeros(2, 1, 16, 16)).shape == (2, 64, 7, 7)  # interpolated to the 8 x 8 tokens later
@@ -132,21 +139,22 @@ def test_dinov2_patch_tokens_from_a_local_folder(tmp_path):
     encoder = load_patch_encoder("dinov2", str(tmp_path / "dinov2"))
     assert (encoder.input_size, encoder.channels, encoder.dim) == (224, 3, 16)
     assert encoder(torch.zeros(1, 3, 224, 224)).shape == (1, 16, 16, 16)
-    with pytest.raises(ConfigError, match="repa.encoder_path"):
+    with pytest.raises(ConfigError, match="method.repa.encoder_path"):
         load_patch_encoder("dinov2", str(tmp_path / "absent"))
 
 
-RUN = ["experiment=digits_dit", "model.depth=2", "model.hidden_size=16", "model.num_heads=2", "repa.encoder=digits",
-       "repa.projector_dim=16", "method.num_timesteps=20", "trainer.progress=false", "evaluator=none",
-       "sampler.num_samples=8"]
+RUN = ["experiment=digits_dit", "model.depth=2", "model.hidden_size=16", "model.num_heads=2",
+       "method.repa.encoder=digits", "method.repa.projector_dim=16", "method.num_timesteps=20",
+       "trainer.progress=false", "evaluator=none", "sampler.num_samples=8"]
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
-    (["data=digits", "trainer=fast", "evaluator=none", "repa.weight=0.5"], "repa.weight"),  # a U-Net: no tokens
-    ([*RUN, "repa.weight=0.5", "repa.depth=3"], "repa.depth"),
-    ([*RUN, "repa.weight=0.5", "repa.encoder=mnist"], "repa.resize"),
-    ([*RUN, "repa.weight=0.5", "repa.encoder=dinov2"], "repa.encoder_path"),
-    ([*RUN, "repa.weight=-1"], "repa.weight"),
+    (["data=digits", "trainer=fast", "evaluator=none", "method.repa.weight=0.5"], "method.repa.weight"),  # a U-Net
+    ([*RUN, "method.repa.weight=0.5", "method.repa.depth=3"], "method.repa.depth"),
+    ([*RUN, "method.repa.weight=0.5", "method.repa.encoder=mnist"], "method.repa.resize"),
+    ([*RUN, "method.repa.weight=0.5", "method.repa.encoder=dinov2"], "method.repa.encoder_path"),
+    ([*RUN, "method.repa.weight=-1"], "method.repa.weight"),
+    ([*RUN, "repa.weight=0.5"], "method.repa.weight"),  # the key's place before it moved into the method
 ])
 def test_bad_repa_settings_are_one_line_exit_2_and_write_nothing(overrides, key, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
@@ -162,7 +170,7 @@ def test_a_killed_repa_run_resumes_bit_for_bit(tmp_path, monkeypatch):
 
     steps = 8
     monkeypatch.setattr(kill_resume, "FAULT_RUN", [
-        *RUN, "repa.weight=0.5", "trainer.batch_size=32", f"trainer.max_steps={steps}", "trainer.warmup_steps=2",
+        *RUN, "method.repa.weight=0.5", "trainer.batch_size=32", f"trainer.max_steps={steps}", "trainer.warmup_steps=2",
         "trainer.log_every_n_steps=1", "++trainer.checkpoint_every_n_steps=1", "trainer.precision=fp32",
         "resume=auto",
     ])
@@ -176,11 +184,26 @@ def test_a_killed_repa_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert (sampled / "samples.npz").is_file()
 
 
+def test_flow_matching_trains_a_dit_with_repa_and_a_run_of_the_old_layout_still_samples(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *RUN, "method=flow_matching",
+                           "method.repa.weight=0.5", "trainer.max_steps=2") == 0
+    assert "trainable_state_dict" in torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    assert config["method"]["repa"]["weight"] == 0.5 and "repa" not in config
+    config["repa"] = config["method"].pop("repa")  # as runs were saved while REPA's keys were top-level
+    assert upgrade_config(config)["method"]["repa"]["weight"] == 0.5 and "repa" not in upgrade_config(config)
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    sampled = tmp_path / "sampled"
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", f"hydra.run.dir={sampled}") == 0
+    assert (sampled / "samples.npz").is_file()
+
+
 def test_a_checkpoint_with_or_without_the_projector_fits_only_a_run_alike():
     projector = torch.nn.Linear(2, 2)
     restore_trainable({"trainable_state_dict": projector.state_dict()}, torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="needs"):
-        restore_trainable({}, projector)  # resuming a run trained without REPA with repa.weight > 0
+        restore_trainable({}, projector)  # resuming a run trained without REPA with method.repa.weight > 0
     with pytest.raises(ValueError, match="holds"):
         restore_trainable({"trainable_state_dict": projector.state_dict()}, None)
 
