@@ -10,6 +10,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from diffusion.evaluation import metrics
 from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.evaluation.metrics import (
     energy_distance,
@@ -99,6 +100,22 @@ def test_kid_with_one_full_subset_matches_brute_force_formula() -> None:
     x, y = _gaussian(12, 3, seed=0).numpy(), _gaussian(12, 3, shift=0.3, seed=1).numpy()
     kid = kernel_inception_distance(x, y, num_subsets=1, subset_size=12)
     assert kid.mean == pytest.approx(_brute_force_unbiased_mmd2(x, y), rel=1e-10)
+
+
+def test_kid_with_every_sample_in_each_subset_matches_the_subset_by_subset_estimates() -> None:
+    # subset_size = len(x) takes the shortcut (x-x term once, x-y by column means); the estimates are those of
+    # brute-force MMD^2 on each subset pair, drawn as the function draws them; the reference term is remembered,
+    # and a reference changed in place is not served the old term.
+    x, y = _gaussian(10, 3, seed=0), _gaussian(25, 3, shift=0.3, seed=1)
+    _, y_idx = metrics._draw_subsets(10, 25, 4, 10, seed=5)
+    expected = [_brute_force_unbiased_mmd2(x.numpy(), y[rows].numpy()) for rows in y_idx]
+    for _ in range(2):
+        kid = kernel_inception_distance(x, y, num_subsets=4, subset_size=10, seed=5)
+        assert kid.mean == pytest.approx(np.mean(expected), rel=1e-10)
+        assert kid.std_error == pytest.approx(np.std(expected, ddof=1) / 2, rel=1e-8)
+    y.mul_(2.0)
+    moved = np.mean([_brute_force_unbiased_mmd2(x.numpy(), y[rows].numpy()) for rows in y_idx])
+    assert kernel_inception_distance(x, y, num_subsets=4, subset_size=10, seed=5).mean == pytest.approx(moved, rel=1e-10)
 
 
 def test_kid_is_unbiased_for_equal_distributions() -> None:
