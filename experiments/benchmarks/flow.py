@@ -26,6 +26,7 @@ Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says o
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -206,16 +207,19 @@ def tables(rows: Sequence[Row]) -> list[str]:
 
 def plot_fd_vs_nfe(rows: Sequence[Row], path: Path) -> Path:
     """FD against network evaluations: one line per run and solver family, single settings as stars."""
+    import matplotlib.pyplot as plt
+
     from experiments.studies.common import new_axes
 
     figure, axes = new_axes(6.5, 4.2)
     groups: dict[str, list[Row]] = {}
     for r in rows:
         groups.setdefault(f"{r.run}, {family(r) if r.run != 'DDPM' else r.sampler}", []).append(r)
-    for label, group in groups.items():
+    colors = plt.get_cmap("tab20").colors  # more lines than the default cycle's ten colours
+    for (label, group), color in zip(groups.items(), itertools.cycle(colors)):
         single = len(group) == 1
         axes.errorbar([r.nfe for r in group], [r.fd for r in group], yerr=[r.std for r in group], capsize=2,
-                      marker="*" if single else "o", markersize=10 if single else 4, label=label)
+                      marker="*" if single else "o", markersize=10 if single else 4, label=label, color=color)
     floor = rows[0].floor
     if floor is not None:
         axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
