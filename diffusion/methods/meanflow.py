@@ -21,7 +21,7 @@ instantaneous velocity, so :meth:`velocity` and D(x; sigma) are flow matching's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -118,8 +118,7 @@ class MeanFlow(TwoTimeFlow):
         """d/da u(x_a, a, b) ``(B, ...)`` at a = ``start``: one forward-mode JVP with tangent (dx/da, da/da) = (v, 1),
         the interval b - a shrinking as a grows (paper eq. 8 with dr/dt = 0).
 
-        Runs without gradients (the target is stop-gradient) in eval mode (no dropout redraw; EDM2's in-place weight
-        normalisation already done) with the math attention kernel (fused ones have no forward-mode derivative).
+        Computed by :func:`target_jvp`.
         """
         network = bare_network(model)
         scale = float(self.num_timesteps)
@@ -128,9 +127,7 @@ class MeanFlow(TwoTimeFlow):
         def u(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             return network(x, a * scale, interval=(end32 - a) * scale, **kwargs)
 
-        with torch.no_grad(), eval_mode(network), sdpa_kernel([SDPBackend.MATH]):
-            _, tangent = jvp(u, (x_t, start.float()), (velocity.to(x_t.dtype), torch.ones_like(end32)))
-        return tangent
+        return target_jvp(network, u, (x_t, start.float()), (velocity.to(x_t.dtype), torch.ones_like(end32)))
 
     def guided_velocity(self, model: nn.Module, x_t: torch.Tensor, start: torch.Tensor, velocity: torch.Tensor,
                         kwargs: dict[str, Any], model_kwargs: dict[str, Any]) -> torch.Tensor:
@@ -162,6 +159,21 @@ def eval_mode(network: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+def target_jvp(network: nn.Module, function: Callable[..., torch.Tensor], primals: tuple[torch.Tensor, ...],
+               tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The forward-mode derivative of ``function`` (which runs ``network``) at ``primals`` along ``tangents``
+    (``torch.func.jvp``: one extra forward's cost), for a stop-gradient target: without gradients, in eval mode (no
+    dropout redraw; EDM2's in-place weight normalisation already done), with the math attention kernel (fused ones
+    have no forward-mode derivative) and in float32 outside any autocast (forward-mode AD through autocast's weight
+    casts fails on the CPU, and a derivative in bfloat16 would lose the digits the target needs)."""
+    device_type = primals[0].device.type
+    primals = tuple(p.float() for p in primals)
+    tangents = tuple(t.float() for t in tangents)
+    with (torch.no_grad(), eval_mode(network), sdpa_kernel([SDPBackend.MATH]),
+          torch.autocast(device_type, enabled=False)):
+        return jvp(function, primals, tangents)[1]
 
 
 def bare_network(model: nn.Module) -> nn.Module:

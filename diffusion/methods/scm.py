@@ -37,13 +37,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.func import jvp
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffusion.methods.base import BaseMethod, GridKind, Network, broadcast
 from diffusion.methods.edm import EDM
 from diffusion.methods.flow_matching import FlowMatching
-from diffusion.methods.meanflow import bare_network, eval_mode
+from diffusion.methods.meanflow import bare_network, target_jvp
 from diffusion.models.embeddings import timestep_embedding
 from diffusion.runtime.checks import check_bool, check_float, check_int
 
@@ -234,8 +232,7 @@ class SCM(BaseMethod):
     def time_derivative(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, velocity: torch.Tensor,
                         kwargs: dict[str, Any]) -> torch.Tensor:
         """cos(t) sin(t) dF^-/dt ``(B, ...)``: one forward-mode JVP of F(x_t / sigma_d, c_noise(t)) with tangent
-        cos(t) sin(t) (dx_t / dt, 1), without gradients (F^- is stop-gradient), in eval mode, with the math
-        attention kernel (as :meth:`MeanFlow.total_derivative`)."""
+        cos(t) sin(t) (dx_t / dt, 1), without gradients (F^- is stop-gradient): :func:`target_jvp`."""
         network = bare_network(model)
 
         def trigflow_network(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -243,9 +240,7 @@ class SCM(BaseMethod):
 
         weight = (t.cos() * t.sin()).float()  # (B,)
         tangents = (broadcast(weight, x_t) * velocity.to(x_t.dtype), weight)
-        with torch.no_grad(), eval_mode(network), sdpa_kernel([SDPBackend.MATH]):
-            _, derivative = jvp(trigflow_network, (x_t, t.float()), tangents)
-        return derivative
+        return target_jvp(network, trigflow_network, (x_t, t.float()), tangents)
 
     def extra_repr(self) -> str:
         return (f"sigma_data={self.sigma_data}, p_mean={self.p_mean}, p_std={self.p_std}, t_mid={self.t_mid}, "

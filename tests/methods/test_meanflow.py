@@ -136,3 +136,24 @@ def test_targets_run_on_the_network_inside_the_trainers_compile_and_ddp_wrappers
     ddp_like = nn.Module()
     ddp_like.module = network  # DistributedDataParallel's attribute
     assert bare_network(torch.compile(ddp_like)) is network and bare_network(network) is network
+
+
+@pytest.mark.parametrize("method", ["meanflow", "scm"])
+def test_the_jvp_targets_run_under_the_trainers_bfloat16_autocast(method):
+    # The default run trains in bfloat16: the JVP runs in float32 outside the autocast (forward-mode AD through
+    # autocast's weight casts fails on the CPU), so the loss under autocast is finite and its target is the fp32 one.
+    from diffusion.methods import SCM
+    from diffusion.models import UNet
+
+    torch.manual_seed(0)
+    network = UNet(in_channels=1, image_size=8, base_channels=8, channel_mults=(1,), num_res_blocks=1, num_groups=4,
+                   two_times=method == "meanflow")
+    trained = MeanFlow() if method == "meanflow" else SCM()
+    trained.check_network(network)  # sCM: adds its adaptive weight u(t)
+    x0 = torch.randn(4, 1, 8, 8)
+    torch.manual_seed(1)
+    reference = trained.compute_loss(network, x0)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = trained.compute_loss(network, x0)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(reference.item(), rel=0.1)
