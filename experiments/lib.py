@@ -75,6 +75,17 @@ def add_work_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_work_args(doc: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags of a benchmark that trains its own runs (common flags, ``--work-dir``, ``--reuse``), parsed, with
+    the thread count applied: the description is the first paragraph of the script's ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_common_flags(parser, out_help="also write the markdown report here")
+    add_work_flags(parser)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    return args
+
+
 def parse_checkpoint_benchmark_args(description: str, trained: str, argv: Sequence[str] | None,
                                     budgets: Sequence[str] = ()) -> argparse.Namespace:
     """The options of a benchmark that trains ``trained`` (or takes ``--run-dir``) and scores its checkpoint;

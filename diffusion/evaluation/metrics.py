@@ -106,7 +106,7 @@ def _offdiagonal_mean(k: torch.Tensor) -> torch.Tensor:
 
 # The reference's term of KID's subsets, kept for the last few references: an evaluation scores many sample sets
 # (seed sets, bootstrap resamples, floor draws) against one reference, whose term does not change.
-_REFERENCE_TERMS: list[tuple[torch.Tensor, int, torch.Tensor, tuple[object, ...], torch.Tensor]] = []
+_REFERENCE_TERMS: list[tuple[torch.Tensor, tuple[float, ...], torch.Tensor, tuple[object, ...], torch.Tensor]] = []
 _REFERENCE_TERMS_KEPT = 2
 
 
@@ -114,16 +114,21 @@ def _reference_terms(f2: torch.Tensor, y_idx: torch.Tensor, kernel: Callable[[to
                      options: tuple[object, ...]) -> torch.Tensor:
     """``sum_{i != j} k(y_i, y_j) / (s (s - 1))`` of each subset ``y_idx[b]`` of ``f2`` ``(S,)``; remembered for an
     equal ``f2`` (compared entry by entry: a cheap pass next to the kernels) with the same subsets and kernel. The
-    tensor kept is not copied: its version counter tells whether it was written in place since."""
-    for reference, version, subsets, known, terms in _REFERENCE_TERMS:
-        if (known == options and reference._version == version and reference.shape == f2.shape
+    tensor kept is not copied: a fingerprint of its entries tells whether it was written in place since (inference
+    tensors have no version counter)."""
+    for reference, fingerprint, subsets, known, terms in _REFERENCE_TERMS:
+        if (known == options and reference.shape == f2.shape and _fingerprint(reference) == fingerprint
                 and subsets.shape == y_idx.shape and torch.equal(subsets, y_idx) and torch.equal(reference, f2)):
             return terms
     batch = max(1, _MAX_KERNEL_ENTRIES // y_idx.shape[1] ** 2)
     terms = torch.cat([_offdiagonal_mean(kernel(f2[rows], f2[rows])) for rows in y_idx.split(batch)])
-    _REFERENCE_TERMS.insert(0, (f2, f2._version, y_idx, options, terms))
+    _REFERENCE_TERMS.insert(0, (f2, _fingerprint(f2), y_idx, options, terms))
     del _REFERENCE_TERMS[_REFERENCE_TERMS_KEPT:]
     return terms
+
+
+def _fingerprint(x: torch.Tensor) -> tuple[float, ...]:
+    return float(x.sum()), float(x.square().sum()), float(x[::3].abs().sum())
 
 
 def _draw_subsets(n: int, m: int, num_subsets: int, subset_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

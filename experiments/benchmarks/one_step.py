@@ -29,7 +29,6 @@ Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says o
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -43,17 +42,15 @@ from experiments.benchmarks.distill import training_seconds
 from experiments.lib import (
     QUICK_RUN,
     QUICK_SAMPLES,
-    add_common_flags,
-    add_work_flags,
     checks_report,
     describe_machine,
     finish_report,
     fmt,
     markdown_table,
+    parse_work_args,
     read_eval,
     reproduce_command,
     run_into,
-    set_threads,
     shown_command,
     shown_path,
     work_dir,
@@ -186,11 +183,7 @@ def verdicts(rows: Sequence[Row]) -> list[tuple[bool, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_flags(parser, out_help="also write the markdown report here")
-    add_work_flags(parser)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
+    args = parse_work_args(__doc__, argv)
     global REUSE
     REUSE = args.reuse
     settings = QUICK if args.quick else FULL
