@@ -54,13 +54,14 @@ def test_moons_run_samples_points(tmp_path):
     assert (run_dir / "samples.png").is_file()
 
 
-def test_resume_continues_step_count_and_histories(tmp_path):
+def test_resume_continues_step_count_and_histories(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS))
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *TINY_MOONS) == 0
     first = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    result = ok(run_py(tmp_path, f"hydra.run.dir={tmp_path / 'other'}", *TINY_MOONS, "trainer.epochs=3",
-                       f"resume={run_dir}"))
-    assert "resumed from" in result.stdout
+    capsys.readouterr()
+    assert main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'other'}", *TINY_MOONS, "trainer.epochs=3",
+                           f"resume={run_dir}") == 0
+    assert "resumed from" in capsys.readouterr().out
     second = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert second["train_state"]["epoch"] == 3
     assert second["train_state"]["global_step"] == first["train_state"]["global_step"] * 3 // 2
@@ -69,7 +70,7 @@ def test_resume_continues_step_count_and_histories(tmp_path):
     assert len(second["train_state"]["val_losses"]) == 3
     assert not (tmp_path / "other").exists(), "a resumed run writes into its own directory"
     # resume=auto on the same run directory continues it too.
-    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=4", "resume=auto"))
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=4", "resume=auto") == 0
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] == 4
 
 
@@ -176,11 +177,11 @@ def test_unknown_group_option_lists_the_options(tmp_path):
     assert "ddim" in result.stderr and "ddpm" in result.stderr  # Hydra's message lists the available options
 
 
-def test_monitor_an_evaluation_metric(tmp_path):
+def test_monitor_an_evaluation_metric(tmp_path, monkeypatch):
     """trainer.monitor=<metric> with evaluations during training: best.pt is the epoch with the lowest value."""
     run_dir = tmp_path / "run"
-    ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=3", "evaluator.every_n_epochs=1",
-              "trainer.monitor=sliced_wasserstein"))
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *TINY_MOONS, "trainer.epochs=3",
+                           "evaluator.every_n_epochs=1", "trainer.monitor=sliced_wasserstein") == 0
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     values = {r["epoch"]: r["sliced_wasserstein"] for r in epochs if "sliced_wasserstein" in r and "epoch" in r}
     assert sorted(values) == [1, 2, 3]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from runs import ok, run_py
+from runs import main_in_process
 
 from diffusion.evaluation.evaluators import MetricValue
 from diffusion.evaluation.results import metrics_to_json
@@ -59,26 +59,27 @@ MOONS_RUN = [
 ]
 
 
-def test_two_seeds_of_one_config_tie_and_a_stopped_run_does_not(tmp_path: Path) -> None:
+def test_two_seeds_of_one_config_tie_and_a_stopped_run_does_not(tmp_path: Path, monkeypatch, capsys) -> None:
     runs = {
         "seed0": ["trainer.epochs=20", "seed=0"],
         "seed1": ["trainer.epochs=20", "seed=1"],
         "stopped": ["trainer.max_steps=2", "seed=0"],  # two optimizer steps: barely moved from initialisation
     }
     for name, overrides in runs.items():
-        ok(run_py(tmp_path, *MOONS_RUN, *overrides, f"hydra.run.dir={tmp_path / name}"))
+        assert main_in_process(monkeypatch, *MOONS_RUN, *overrides, f"hydra.run.dir={tmp_path / name}") == 0
     seeds, stopped = compare_runs([tmp_path / "seed0", tmp_path / "seed1", tmp_path / "stopped"])
     assert all(d.tie for d in seeds.differences), seeds.differences
     assert not any(d.tie for d in stopped.differences), stopped.differences
     assert all(d.interval.low > 0 for d in stopped.differences)  # the stopped run is worse on every score
-    result = ok(run_py(tmp_path, "task=compare",
-                       f"run_dir=[{tmp_path / 'seed0'},{tmp_path / 'seed1'},{tmp_path / 'stopped'}]",
-                       f"hydra.run.dir={tmp_path / 'compared'}"))
+    capsys.readouterr()
+    assert main_in_process(monkeypatch, "task=compare",
+                           f"run_dir=[{tmp_path / 'seed0'},{tmp_path / 'seed1'},{tmp_path / 'stopped'}]",
+                           f"hydra.run.dir={tmp_path / 'compared'}") == 0
     written = (tmp_path / "compared" / "compare.md").read_text()
-    assert "| tie |" in written and "baseline better" in written and written.strip() in result.stdout
+    assert "| tie |" in written and "baseline better" in written and written.strip() in capsys.readouterr().out
 
 
-def test_compare_of_fewer_than_two_runs_is_one_line(tmp_path: Path) -> None:
-    result = run_py(tmp_path, "task=compare", f"run_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "at least two" in result.stderr
+def test_compare_of_fewer_than_two_runs_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    code = main_in_process(monkeypatch, "task=compare", f"run_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}")
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "at least two" in error

@@ -10,20 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kill_resume import assert_killed_run_resumes
-from runs import ONE_EPOCH_MOONS, main_in_process, ok, run_py
+from runs import ONE_EPOCH_MOONS, main_in_process
 
 FLOW = ["method=flow_matching", "method.coupling=ot"]
 
 
-def test_a_flow_run_trains_samples_and_scores_and_dopri5_reports_its_nfe(tmp_path):
+def test_a_flow_run_trains_samples_and_scores_and_dopri5_reports_its_nfe(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    ok(run_py(tmp_path, *ONE_EPOCH_MOONS, *FLOW, "evaluator=points", "evaluator.num_samples=16",
-              f"hydra.run.dir={run_dir}"))
+    assert main_in_process(monkeypatch, *ONE_EPOCH_MOONS, *FLOW, "evaluator=points", "evaluator.num_samples=16",
+                           f"hydra.run.dir={run_dir}") == 0
     scored = json.loads((run_dir / "eval.json").read_text())
     assert scored["sampler"] == "flow_matching" and scored["nfe"] == scored["steps"] == 16
     evaluated = tmp_path / "evaluated"
-    ok(run_py(tmp_path, "task=evaluate", f"run_dir={run_dir}", "evaluator=points", "evaluator.num_samples=16",
-              "sampler.solver=dopri5", "sampler.atol=1e-4", "sampler.rtol=1e-4", f"hydra.run.dir={evaluated}"))
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={run_dir}", "evaluator=points",
+                           "evaluator.num_samples=16", "sampler.solver=dopri5", "sampler.atol=1e-4", "sampler.rtol=1e-4",
+                           f"hydra.run.dir={evaluated}") == 0
     adaptive = json.loads((evaluated / "eval.json").read_text())
     assert adaptive["sampler"] == "flow_matching_dopri5" and adaptive["nfe"] >= 6  # at least one dopri5 step
     assert f"{adaptive['nfe']} NFE" in (evaluated / "train.log").read_text()
@@ -61,14 +62,15 @@ def test_autoguidance_by_a_shorter_ema_of_a_flow_run(posthoc_flow_run, tmp_path,
     assert not np.allclose(samples["w3"], samples["w1"])
 
 
-def test_a_bad_flow_setting_is_one_line_and_writes_nothing(tmp_path):
-    for override, key in (("method.path=straight", "method.path"), ("method.shift=0", "method.shift"),
-                          ("sampler.solver=rk4", "sampler.solver"), ("sampler.steps=0", "sampler.steps")):
-        result = run_py(tmp_path, *ONE_EPOCH_MOONS, "method=flow_matching", override,
-                        f"hydra.run.dir={tmp_path / 'run'}")
-        error = result.stderr.strip().splitlines()[-1]
-        assert result.returncode == 2 and error.startswith("error: ") and key in error, result.stderr
-        assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize(("override", "key"), [("method.path=straight", "method.path"),
+                                             ("method.shift=0", "method.shift"), ("sampler.solver=rk4", "sampler.solver"),
+                                             ("sampler.steps=0", "sampler.steps")])
+def test_a_bad_flow_setting_is_one_line_and_writes_nothing(override, key, tmp_path, monkeypatch, capsys):
+    code = main_in_process(monkeypatch, *ONE_EPOCH_MOONS, "method=flow_matching", override,
+                           f"hydra.run.dir={tmp_path / 'run'}")
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and error.startswith("error: ") and key in error, error
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_killed_flow_run_resumes_bit_for_bit(tmp_path, monkeypatch):
