@@ -186,23 +186,29 @@ def encode_split(autoencoder: LatentAutoencoder, data: BaseData, images: torch.T
 def encode_images(autoencoder: LatentAutoencoder, data: BaseData, images: torch.Tensor,
                   batch_size: int) -> dict[str, np.ndarray]:
     """The posterior mean and std of each image ``(n, c, h, w)``, and of its mirror image where the data flips."""
-    fields: dict[str, list[torch.Tensor]] = {}
-    for views in image_views(data, images, batch_size):
-        for prefix, view in views.items():
-            posterior = autoencoder.encode(view)
-            fields.setdefault(prefix + "mean", []).append(posterior.mean.cpu())
-            fields.setdefault(prefix + "std", []).append(posterior.std.cpu())
-    return {name: torch.cat(parts).numpy().astype(np.float32) for name, parts in fields.items()}
+    def posterior(view: torch.Tensor) -> dict[str, torch.Tensor]:
+        encoded = autoencoder.encode(view)
+        return {"mean": encoded.mean.float(), "std": encoded.std.float()}
+
+    return per_view(data, images, batch_size, posterior)
 
 
 def encode_features(features: FeatureEncoder, data: BaseData, images: torch.Tensor,
                     batch_size: int) -> dict[str, np.ndarray]:
     """The encoder's features of each image ``(n, D, h, w)``, and of its mirror image where the data flips: the
     views :func:`encode_images` encodes, so a latent and its features are of the same picture."""
+    return per_view(data, images, batch_size, lambda view: {"features": features(view)})
+
+
+def per_view(data: BaseData, images: torch.Tensor, batch_size: int,
+             outputs: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """``outputs`` of every stored view of ``images`` (:func:`image_views`), each field concatenated over the batches
+    under its view's prefix (``mean``, ``flip_mean``, ...)."""
     fields: dict[str, list[torch.Tensor]] = {}
     for views in image_views(data, images, batch_size):
         for prefix, view in views.items():
-            fields.setdefault(prefix + "features", []).append(features(view))
+            for name, value in outputs(view).items():
+                fields.setdefault(prefix + name, []).append(value.cpu())
     return {name: torch.cat(parts).numpy() for name, parts in fields.items()}
 
 
