@@ -127,7 +127,7 @@ class MeanFlow(TwoTimeFlow):
         def u(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             return network(x, a * scale, interval=(end32 - a) * scale, **kwargs)
 
-        return target_jvp(network, u, (x_t, start.float()), (velocity.to(x_t.dtype), torch.ones_like(end32)))
+        return target_jvp(network, u, (x_t, start), (velocity, torch.ones_like(end32)))
 
     def guided_velocity(self, model: nn.Module, x_t: torch.Tensor, start: torch.Tensor, velocity: torch.Tensor,
                         kwargs: dict[str, Any], model_kwargs: dict[str, Any]) -> torch.Tensor:

@@ -240,7 +240,7 @@ class SCM(BaseMethod):
 
         weight = (t.cos() * t.sin()).float()  # (B,)
         tangents = (broadcast(weight, x_t) * velocity.to(x_t.dtype), weight)
-        return target_jvp(network, trigflow_network, (x_t, t.float()), tangents)
+        return target_jvp(network, trigflow_network, (x_t, t), tangents)
 
     def extra_repr(self) -> str:
         return (f"sigma_data={self.sigma_data}, p_mean={self.p_mean}, p_std={self.p_std}, t_mid={self.t_mid}, "
