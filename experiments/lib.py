@@ -199,6 +199,17 @@ def work_dir(kind: str, name: str) -> Path:
     return ROOT / "outputs" / kind / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The end-of-epoch records of ``<run_dir>/metrics.jsonl`` (those with ``epoch_seconds``), in order."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in (json.loads(line) for line in lines if line.strip()) if "epoch_seconds" in record]
+
+
+def training_seconds(run_dir: Path) -> float:
+    """Sum of the run's ``epoch_seconds``: its training time without start-up, sampling or scoring."""
+    return sum(record["epoch_seconds"] for record in epoch_records(run_dir))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading eval.json (diffusion.sweeps.report.read_eval keeps only the values; the scripts need floors and errors too)
 # ----------------------------------------------------------------------------------------------------

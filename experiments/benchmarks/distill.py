@@ -50,6 +50,7 @@ from experiments.lib import (
     shown_command,
     shown_path,
     trained_run,
+    training_seconds,
 )
 
 MAX_FD_RATIO = 1.5  # the 4-step progressive student's FD at most this multiple of the teacher's DDIM-50 FD
@@ -87,12 +88,6 @@ QUICK = Settings(
     teacher_steps=10, num_samples=QUICK_SAMPLES,
 )
 DISTILL_COMMON = ("trainer.progress=false",)
-
-
-def training_seconds(run_dir: Path) -> float:
-    """Sum of the run's ``epoch_seconds`` (metrics.jsonl)."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return sum(json.loads(line).get("epoch_seconds", 0.0) for line in lines if line.strip())
 
 
 def distill(run_dir: Path, work: Path, name: str, overrides: Sequence[str], num_samples: int | None) -> Path:

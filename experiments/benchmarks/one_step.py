@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import load_checkpoint
-from experiments.benchmarks.distill import training_seconds
 from experiments.lib import (
     QUICK_RUN,
     QUICK_SAMPLES,
@@ -53,6 +52,7 @@ from experiments.lib import (
     run_into,
     shown_command,
     shown_path,
+    training_seconds,
     work_dir,
 )
 

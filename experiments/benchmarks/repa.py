@@ -19,7 +19,6 @@ Runs go under ``outputs/benchmarks/`` (git-ignored) unless ``--work-dir`` says o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from diffusion.storage.file_manager import FileManager
 from diffusion.tasks.sample_and_score import prepare_evaluator
 from diffusion.tasks.seed_sets import seed_summary
 from experiments.lib import ROOT, add_common_flags, add_work_flags, checks_report, describe_machine, finish_report, \
-    fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, work_dir
+    fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, training_seconds, work_dir
 
 REPA = ("method.repa.weight=0.5", "method.repa.encoder=mnist", "method.repa.depth=1", "method.repa.projector_dim=256")
 SEEDS = (0, 1, 2)
@@ -83,11 +82,6 @@ def train_runs(work: Path, settings: Settings, reuse: bool) -> dict[str, tuple[P
     done = {name: reuse and (work / name / "samples.npz").is_file() for name in runs}
     return {name: (work / name, training_seconds(work / name) if done[name] else run_into(overrides, work / name))
             for name, overrides in runs.items()}
-
-
-def training_seconds(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return sum(r.get("epoch_seconds", 0.0) for r in records)
 
 
 def curve(run_dir: Path, settings: Settings, repa: bool) -> list[CurvePoint]:
