@@ -194,6 +194,11 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def figure_path(args: argparse.Namespace, work: Path, name: str) -> Path:
+    """Where a benchmark's figure goes: beside its report (``<out stem>_<name>``) with ``--out``, else in ``work``."""
+    return args.out.with_name(f"{args.out.stem}_{name}") if args.out is not None else work / name
+
+
 def work_dir(kind: str, name: str) -> Path:
     """A fresh ``outputs/<kind>/<name>-<time>/`` (git-ignored) for the runs of one script invocation."""
     return ROOT / "outputs" / kind / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"

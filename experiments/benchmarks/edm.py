@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, add_work_flags, checks_report, describe_machine, \
-    evaluate_checkpoint, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, run_into, \
-    sampler_rows, set_threads, shown_command, work_dir
+    evaluate_checkpoint, figure_path, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, \
+    run_into, sampler_rows, set_threads, shown_command, work_dir
 
 REUSE = False  # --reuse
 HEUN_BAR = 1.10  # EDM Heun-18 FD at most this multiple of the DDPM run's DDPM-1000 FD
@@ -161,7 +161,7 @@ def tables(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRo
 
 def plot_fd_vs_nfe(rows: dict[str, list[SamplerRow]], path: Path) -> Path:
     """FD against network evaluations, one line per checkpoint and solver (DDPM-1000 as a star), floor dashed."""
-    from experiments.studies.common import new_axes
+    from experiments.studies.common import new_axes, save_fd_figure
 
     figure, axes = new_axes(6.5, 4.2)
     for key, group in rows.items():
@@ -171,15 +171,9 @@ def plot_fd_vs_nfe(rows: dict[str, list[SamplerRow]], path: Path) -> Path:
         axes.plot([nfe_of(r) for r in group], [fd(r) for r in group], marker="*" if single else "o",
                   markersize=11 if single else 5, label=f"{group[0].label}" + (f" {group[0].steps}" if single else ""))
     floor = rows["ddpm-1000"][0].scores["fd"].floor
-    if floor is not None:
-        axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
-    axes.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FD (lower is better)",
-             title="FD against sampling cost: EDM and DDPM checkpoints")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return save_fd_figure(figure, axes, path, floor, {"fontsize": 7}, xscale="log", yscale="log",
+                          xlabel="network evaluations (NFE)", ylabel="FD (lower is better)",
+                          title="FD against sampling cost: EDM and DDPM checkpoints")
 
 
 def verdicts(rows: dict[str, list[SamplerRow]], posthoc: list[tuple[str, SamplerRow]],
@@ -228,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"trained in {times} (same epochs and network: "
               "the same budget). Scored: each run's best EMA checkpoint, the evaluator's samples per row from sampler "
               "seed 0; FD on the digit classifier's features, floors from held-out real digits; ± standard error.")
-    plot = plot_fd_vs_nfe(rows, args.out.with_name(args.out.stem + "_fd_vs_nfe.png") if args.out is not None
-                          else work / "fd_vs_nfe.png")
+    plot = plot_fd_vs_nfe(rows, figure_path(args, work, "fd_vs_nfe.png"))
     table = [*tables(rows, posthoc, settings), "", f"![FD against NFE]({plot.name})"]
     text, passed = checks_report("EDM, sigma-space samplers, post-hoc EMA and autoguidance on digits",
                                  machine, method, table, verdicts(rows, posthoc, settings),

@@ -40,6 +40,7 @@ from experiments.lib import (
     QUICK_RUN,
     checks_report,
     describe_machine,
+    figure_path,
     finish_report,
     fmt,
     markdown_table,
@@ -206,7 +207,7 @@ def plot_fd_vs_nfe(rows: Sequence[Row], path: Path) -> Path:
     """FD against network evaluations: one line per run and solver family, single settings as stars."""
     import matplotlib.pyplot as plt
 
-    from experiments.studies.common import new_axes
+    from experiments.studies.common import new_axes, save_fd_figure
 
     figure, axes = new_axes(6.5, 4.2)
     groups: dict[str, list[Row]] = {}
@@ -217,16 +218,9 @@ def plot_fd_vs_nfe(rows: Sequence[Row], path: Path) -> Path:
         single = len(group) == 1
         axes.errorbar([r.nfe for r in group], [r.fd for r in group], yerr=[r.std for r in group], capsize=2,
                       marker="*" if single else "o", markersize=10 if single else 4, label=label, color=color)
-    floor = rows[0].floor
-    if floor is not None:
-        axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
-    axes.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel="FD (lower is better)",
-             title="FD against sampling cost: flow matching and DDPM on digits")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=6, ncol=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return save_fd_figure(figure, axes, path, rows[0].floor, {"fontsize": 6, "ncol": 2}, xscale="log", yscale="log",
+                          xlabel="network evaluations (NFE)", ylabel="FD (lower is better)",
+                          title="FD against sampling cost: flow matching and DDPM on digits")
 
 
 def find(rows: Sequence[Row], run: str, solver: str, largest: bool = True) -> Row:
@@ -276,8 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"each run's best EMA checkpoint, `{' '.join(settings.score)}` (disjoint sample sets of one stream); FD "
               "on the digit classifier's features, floors from held-out real digits; ± is the standard deviation "
               "over the sets (straightness and NLL: the standard error).")
-    plot = plot_fd_vs_nfe(rows, args.out.with_name(args.out.stem + "_fd_vs_nfe.png") if args.out is not None
-                          else work / "fd_vs_nfe.png")
+    plot = plot_fd_vs_nfe(rows, figure_path(args, work, "fd_vs_nfe.png"))
     table = [*tables(rows), "", f"![FD against NFE]({plot.name})"]
     text, passed = checks_report("Flow matching, its solvers, couplings and reflow against DDPM on digits", machine,
                                  method, table, verdicts(rows, settings), time.perf_counter() - start,

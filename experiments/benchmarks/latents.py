@@ -109,7 +109,8 @@ def tables(steps: dict[str, Step]) -> tuple[list[str], dict[str, Any]]:
     """The runs' table and the figures the verdicts read."""
     autoencoder = read_eval(steps["autoencoder"].run_dir)
     manifest = json.loads((steps["encode"].run_dir / "latents.json").read_text())
-    figures: dict[str, Any] = {"recipe_minutes": sum(steps[n].seconds for n in ("autoencoder", "encode", "latent")) / 60}
+    recipe = sum(steps[name].seconds for name in ("autoencoder", "encode", "latent"))
+    figures: dict[str, Any] = {"recipe_minutes": recipe / 60}
     rows = []
     for name, label in (("latent", "latent DiT (7x7x4, patch 1)"), ("pixel", "pixel DiT (28x28x1, patch 4)")):
         per_second, seconds, optimizer_steps = training_figures(steps[name].run_dir)

@@ -14,7 +14,8 @@ Trains at the default run's budget (its network, epochs and trainer) with ``pyth
     sCD         task=tune run_dir=<EDM> method=scm: a TrigFlow student of the EDM run's ODE, the teacher's steps
 
 and scores each one-step run's best EMA checkpoint (kept by its 1-step FD every few epochs, ``trainer.monitor=fd``:
-their loss does not rank checkpoints) at 1, 2 and 4 steps (consistency models: 1 and 2; ``task=evaluate sampler.steps=k``) with 3
+their loss does not rank checkpoints) at 1, 2 and 4 steps (consistency models: 1 and 2; ``task=evaluate
+sampler.steps=k``) with 3
 disjoint seed sets of 500 samples (``evaluator.seeds=[0,1,2]``; FD: mean and standard deviation over the sets),
 with each run's training seconds (the sum of its ``epoch_seconds``) as a ratio to the DDPM run's, beside the
 distillation benchmark's progressive and consistency students (distill_cpu.md, quoted). Bars: some

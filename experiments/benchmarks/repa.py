@@ -33,8 +33,8 @@ from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import FileManager
 from diffusion.tasks.sample_and_score import prepare_evaluator
 from diffusion.tasks.seed_sets import seed_summary
-from experiments.lib import ROOT, add_common_flags, add_work_flags, checks_report, describe_machine, finish_report, \
-    fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, training_seconds, work_dir
+from experiments.lib import ROOT, add_common_flags, add_work_flags, checks_report, describe_machine, figure_path, \
+    finish_report, fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, training_seconds, work_dir
 
 REPA = ("method.repa.weight=0.5", "method.repa.encoder=mnist", "method.repa.depth=1", "method.repa.projector_dim=256")
 SEEDS = (0, 1, 2)
@@ -121,23 +121,16 @@ def table(curves: dict[str, list[CurvePoint]]) -> list[str]:
 
 def plot(curves: dict[str, list[CurvePoint]], path: Path) -> Path:
     """FD against optimizer steps, one line per run, the std over seed sets as error bars, the floor dashed."""
-    from experiments.studies.common import new_axes
+    from experiments.studies.common import new_axes, save_fd_figure
 
     figure, axes = new_axes(6.0, 4.0)
     for name, label in (("plain", "DiT"), ("repa", "DiT + REPA (MNIST classifier)")):
         points = curves[name]
         axes.errorbar([p.steps for p in points], [p.fd.value for p in points], yerr=[p.fd_std for p in points],
                       marker="o", capsize=3, label=label)
-    floor = curves["plain"][0].fd.floor
-    if floor is not None:
-        axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
-    axes.set(yscale="log", xlabel="optimizer steps", ylabel="FD (lower is better)",
-             title="MNIST DiT: FD against training steps, with and without REPA")
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return save_fd_figure(figure, axes, path, curves["plain"][0].fd.floor, {"fontsize": 8}, yscale="log",
+                          xlabel="optimizer steps", ylabel="FD (lower is better)",
+                          title="MNIST DiT: FD against training steps, with and without REPA")
 
 
 def verdict(curves: dict[str, list[CurvePoint]]) -> tuple[bool, str]:
@@ -172,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     runs = train_runs(work, settings, args.reuse)
     curves = {name: curve(run_dir, settings, repa=name == "repa") for name, (run_dir, _) in runs.items()}
-    out_plot = args.out.with_name(args.out.stem + "_fd_vs_steps.png") if args.out else work / "fd_vs_steps.png"
+    out_plot = figure_path(args, work, "fd_vs_steps.png")
     plot_path = plot(curves, out_plot)
     text, passed = report(curves, runs, plot_path, settings, time.perf_counter() - start, argv)
     return finish_report(text, passed, args)

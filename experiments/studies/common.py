@@ -208,6 +208,20 @@ def new_axes(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
     return figure, figure.add_subplot()
 
 
+def save_fd_figure(figure: Figure, axes: Any, path: Path, floor: float | None, legend: dict[str, Any],
+                   **settings: Any) -> Path:
+    """Finish an FD plot and write it (PNG, 120 dpi) to ``path``: the real-data ``floor`` dashed (when known), the
+    axes ``settings`` (scales, labels, title), a light grid and the legend (``legend``: its keyword arguments)."""
+    if floor is not None:
+        axes.axhline(floor, color="gray", linestyle="--", label=f"real-data floor {floor:.3g}")
+    axes.set(**settings)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(**legend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def save_figure(figure: Figure, study: Study, name: str) -> str:
     """Write ``<out>/<name>`` (PNG, 120 dpi) and return the markdown that shows it."""
     study.out.mkdir(parents=True, exist_ok=True)
