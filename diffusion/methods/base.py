@@ -109,6 +109,11 @@ def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def kwargs_rows(kwargs: dict[str, Any], rows: slice | torch.Tensor) -> dict[str, Any]:
+    """The per-sample keyword arguments (class labels) of ``rows`` (a slice, an index or a boolean mask)."""
+    return {name: value[rows] if isinstance(value, torch.Tensor) else value for name, value in kwargs.items()}
+
+
 def extract(coefficients: torch.Tensor, t: torch.Tensor, like: torch.Tensor, clean: float | None = None
             ) -> torch.Tensor:
     """``coefficients[t]`` for a batch ``t`` ``(B,)``, broadcast against ``like``; with ``clean``, t = -1 (the

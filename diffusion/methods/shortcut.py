@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from diffusion.methods.base import broadcast
+from diffusion.methods.base import broadcast, kwargs_rows
 from diffusion.methods.flow_matching import TimeSampling
 from diffusion.methods.meanflow import TwoTimeFlow, bare_network
 from diffusion.runtime.checks import ConfigError, check_float, check_int
@@ -91,7 +91,7 @@ class Shortcut(TwoTimeFlow):
         steps = torch.cat([full, torch.zeros_like(flow_times)])  # 2d, 0 for the flow rows
         x_t = self.q_sample(x0, times, noise)
         with torch.no_grad():
-            jump = self.two_half_steps(model, x_t[:count], jump_times, full, _rows(kwargs, slice(0, count)))
+            jump = self.two_half_steps(model, x_t[:count], jump_times, full, kwargs_rows(kwargs, slice(0, count)))
         target = torch.cat([jump, (x0 - noise)[count:]])
         output = model(x_t, self.network_time(times), interval=self.network_time(steps), **kwargs)
         return (output.float() - target.float()).pow(2).mean()
@@ -112,7 +112,3 @@ class Shortcut(TwoTimeFlow):
         return (f"max_steps={self.max_steps}, consistency_share={self.consistency_share}, "
                 f"time_sampling={self.time_sampling!r}, default_solver={self.default_solver!r}")
 
-
-def _rows(kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
-    """The per-sample keyword arguments (class labels) of ``rows``."""
-    return {name: value[rows] if isinstance(value, torch.Tensor) else value for name, value in kwargs.items()}

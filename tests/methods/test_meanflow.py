@@ -75,8 +75,35 @@ def test_the_jvp_matches_central_finite_differences_on_a_two_time_network():
         return network(x + eps * v, a.float(), interval=(end - a).float()).double()
 
     eps = 1e-2
+    moving = end > start
     assert tangent.abs().max() > 0.01
-    torch.testing.assert_close(tangent.double(), (u(eps) - u(-eps)) / (2 * eps), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(tangent.double()[moving], ((u(eps) - u(-eps)) / (2 * eps))[moving], atol=2e-3,
+                               rtol=2e-3)
+    # The r = t row is never differentiated: the target multiplies its derivative by t - r = 0.
+    assert torch.equal(tangent[~moving], torch.zeros_like(tangent[~moving]))
+
+
+def test_the_loss_with_the_jvp_on_the_r_below_t_rows_only_equals_the_whole_batch_jvp_loss():
+    torch.manual_seed(0)
+    network = MLP(dim=3, hidden_dim=32, num_layers=2, time_embed_dim=16, two_times=True)
+    method = MeanFlow(r_equals_t_share=0.5, time_sampling="uniform", norm_p=0.0)
+    x0 = torch.randn(64, 3)
+    torch.manual_seed(1)
+    loss = method.compute_loss(network, x0)
+    torch.manual_seed(1)  # the same draws: times, noise
+    start, end = method.interval_times(None, 64, x0.device)
+    noise = torch.randn_like(x0)
+    x_t, scale = method.q_sample(x0, start, noise), float(method.num_timesteps)
+    assert 0 < int((end > start).sum()) < 64
+
+    def u(x, a):
+        return network(x, a * scale, interval=(end.float() - a) * scale)
+
+    with torch.no_grad():
+        derivative = torch.func.jvp(u, (x_t, start.float()), (x0 - noise, torch.ones(64)))[1]
+    target = (x0 - noise) + (end - start).float()[:, None] * derivative
+    expected = (u(x_t, start.float()) - target).pow(2).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
 class ConstantField(nn.Module):
