@@ -27,7 +27,7 @@ from diffusion.storage.file_manager import FileManager, load_checkpoint
 from diffusion.tasks.components import Components
 
 TEACHER_KEYS = ("data", "model")  # what the tuned run keeps of its teacher's: what it models, with what network
-ECT_KEYS = ("stages", "q", "k", "b", "huber_c", "sigma_mid", "p_mean", "p_std")  # tune.* -> the method
+ECT_KEYS = ("stages", "q", "k", "b", "huber_c", "weighting", "sigma_mid", "p_mean", "p_std")  # tune.* -> the method
 
 
 class TuneRun(NamedTuple):

@@ -13,7 +13,8 @@ Notation (paper -> code; EDM's sigma space, the paper's t is sigma):
                q-fold at every stage (the "dt -> 0" schedule); at r = 0 the target is the data itself
     loss       w(t) d(f(x_t, t), sg(f(x_r, r))), x_t = y + t n, x_r = y + r n with the same n and the same
                dropout mask; d(a, b) = sqrt(||a - b||^2 + c^2) - c (c = 0: the L2 norm, the paper's adaptive
-               weighting with p = 1/2); w(t) = 1 / c_out(t)^2 = (t^2 + sigma_d^2) / (t sigma_d)^2
+               weighting with p = 1/2); w = 1 / (t - r) (``weighting=gap``, the paper's and its official code's) or
+               1 / c_out(t)^2 = (t^2 + sigma_d^2) / (t sigma_d)^2 (``weighting=edm``, EDM's loss weight)
     sampling   the ``consistency`` solver: 1 step from sigma_max, 2 steps through sigma_mid (the paper's 0.821)
 
 Sampling walks the two-level grid {sigma_max, sigma_mid}: its first level starts at x = sqrt(1 + sigma_max^2) n,
@@ -31,7 +32,7 @@ from torch import nn
 from diffusion.methods.base import GridKind, broadcast
 from diffusion.methods.edm import EDM
 from diffusion.methods.meanflow import bare_network
-from diffusion.runtime.checks import check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
 class ConsistencyTuning(EDM):
@@ -49,7 +50,7 @@ class ConsistencyTuning(EDM):
     timestep_spacing: ClassVar[str | None] = "trailing"  # 1 step: sigma_max; 2 steps: sigma_max, sigma_mid
 
     def __init__(self, total_steps: int = 1000, stages: int = 4, q: float = 4.0, k: float = 8.0, b: float = 1.0,
-                 huber_c: float = 0.0, sigma_mid: float = 0.821, p_mean: float = -1.1, p_std: float = 2.0,
+                 huber_c: float = 0.0, weighting: str = "edm", sigma_mid: float = 0.821, p_mean: float = -1.1, p_std: float = 2.0,
                  default_solver: str = "consistency", **edm: Any) -> None:
         super().__init__(p_mean=p_mean, p_std=p_std, default_solver=default_solver, **edm)
         self.total_steps = check_int(total_steps, "tune.steps", minimum=1)
@@ -58,6 +59,10 @@ class ConsistencyTuning(EDM):
         self.k = check_float(k, "tune.k", minimum=0.0)
         self.b = check_float(b, "tune.b", minimum=0.0)
         self.huber_c = check_float(huber_c, "tune.huber_c", minimum=0.0)
+        if weighting not in ("gap", "edm"):
+            raise ConfigError(f"tune.weighting must be gap (1 / (t - r), the paper's) or edm (1 / c_out(t)^2), "
+                              f"got {weighting!r}")
+        self.weighting = weighting
         self.sigma_mid = check_float(sigma_mid, "tune.sigma_mid", 0.0, self.sigma_max, inclusive=False)
         self._step_count: Callable[[], int] = lambda: 0
 
@@ -90,13 +95,15 @@ class ConsistencyTuning(EDM):
         noise = torch.randn_like(x0) if noise is None else noise
         kwargs = self.condition_kwargs(model, model_kwargs)
         devices = [x0.device] if x0.device.type == "cuda" else []
+        r = self.shrunk_sigmas(sigma)
         with torch.random.fork_rng(devices=devices):  # the prediction below redraws the same dropout masks
-            target = self.target(model, x0, noise, self.shrunk_sigmas(sigma), kwargs)
+            target = self.target(model, x0, noise, r, kwargs)
         prediction = self.precondition(lambda x_in, c_noise: model(x_in, c_noise, **kwargs),
                                        self.q_sample(x0, sigma, noise), sigma).float()
         distance = (prediction - target).flatten(1).pow(2).sum(dim=1)  # (B,)
         distance = (distance + self.huber_c**2).sqrt() - self.huber_c
-        return (self.loss_weights(sigma).float() * distance).mean()
+        weight = 1 / (sigma - r) if self.weighting == "gap" else self.loss_weights(sigma)  # r < t: n(t) / q^s > 0
+        return (weight.float() * distance).mean()
 
     @torch.no_grad()
     def target(self, model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, r: torch.Tensor,
@@ -111,5 +118,5 @@ class ConsistencyTuning(EDM):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, total_steps={self.total_steps}, stages={self.stages}, q={self.q}, "
-                f"k={self.k}, b={self.b}, huber_c={self.huber_c}, sigma_mid={self.sigma_mid}")
+                f"k={self.k}, b={self.b}, huber_c={self.huber_c}, weighting={self.weighting!r}, sigma_mid={self.sigma_mid}")
 
