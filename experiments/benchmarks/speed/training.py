@@ -36,9 +36,13 @@ CONF_DIR = ROOT / "conf"
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The default run's config (``python run.py`` with ``overrides``), without an evaluator."""
+    """The default run's config (``python run.py`` with ``overrides``), without an evaluator: ``evaluator=none``
+    replaces the whole block after composing, since a preset's own evaluator keys (experiment=mnist's num_samples)
+    do not fit the none evaluator."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=["evaluator=none", *overrides])
+        cfg = compose(config_name="config", overrides=list(overrides))
+        cfg.evaluator = compose(config_name="config", overrides=["evaluator=none"]).evaluator
+        return cfg
 
 
 def build_parts(cfg: DictConfig, seed: int = 0) -> Components:
