@@ -112,7 +112,7 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
         parts = parts_of[name] = build_parts(cfg)
         model = parts.model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x0 = parts.data.load().train[: budget.batch_size]
+        x0 = parts.data.prepare_batch(parts.data.load().train[: budget.batch_size])  # MNIST's rows are uint8
         labels = parts.data.load().train_labels
         kwargs = {"y": labels[: budget.batch_size]} if getattr(model, "num_classes", 0) and labels is not None else {}
 
@@ -128,7 +128,7 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
                       budget.rounds)
     result = {}
     for name, parts in parts_of.items():
-        x0 = parts.data.load().train[: budget.batch_size]
+        x0 = parts.data.prepare_batch(parts.data.load().train[: budget.batch_size])  # MNIST's rows are uint8
         flops = step_flops_per_sample(parts.model, parts.method, x0, device, "fp32")
         result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()))
     return result, runs["peak"]

@@ -145,7 +145,7 @@ def training_flops_per_sample(cfg: DictConfig, device: torch.device, precision: 
     """Model FLOPs (matmuls, convolutions, attention) of one training step, forward and backward, per sample."""
     parts = build_parts(cfg)
     model, method = parts.model.to(device).train(), parts.method.to(device)
-    x0 = parts.data.load().train[: int(cfg.trainer.batch_size)].to(device)
+    x0 = parts.data.prepare_batch(parts.data.load().train[: int(cfg.trainer.batch_size)]).to(device)
     return step_flops_per_sample(model, method, x0, device, precision)
 
 
