@@ -62,7 +62,7 @@ class ConsistencyTuning(EDM):
         if weighting not in ("gap", "edm"):
             raise ConfigError(f"tune.weighting must be gap (1 / (t - r), the paper's) or edm (1 / c_out(t)^2), "
                               f"got {weighting!r}")
-        self.weighting = weighting
+        self.weighting = weighting  # tune.weighting's default is gap; edm here keeps runs saved before it as they were
         self.sigma_mid = check_float(sigma_mid, "tune.sigma_mid", 0.0, self.sigma_max, inclusive=False)
         self._step_count: Callable[[], int] = lambda: 0
 

@@ -44,6 +44,22 @@ def test_at_r_zero_the_loss_is_the_weighted_distance_of_d_to_the_data():
     torch.testing.assert_close(method.compute_loss(network, x0, t=t, noise=noise), expected)
 
 
+def test_the_gap_weighting_divides_each_distance_by_t_minus_r():
+    torch.manual_seed(0)
+    network = MLP(dim=2, hidden_dim=16, num_layers=1, time_embed_dim=8)
+    method = ConsistencyTuning(weighting="gap", total_steps=100)
+    x0, noise, t = torch.randn(8, 2), torch.randn(8, 2), torch.arange(8) * 100 + 50
+    sigma = method.training_sigmas(t, 8, x0.device)
+    r = method.shrunk_sigmas(sigma)
+    assert ((r > 0) & (r < sigma)).any() and (r < sigma).all()
+    denoised = method.precondition(network, x0 + sigma[:, None].float() * noise, sigma)
+    target = method.target(network, x0, noise, r, {})
+    expected = ((denoised - target).pow(2).sum(1).sqrt() / (sigma - r).float()).mean()
+    torch.testing.assert_close(method.compute_loss(network, x0, t=t, noise=noise), expected)
+    with pytest.raises(ConfigError, match="tune.weighting must be gap"):
+        ConsistencyTuning(weighting="snr")
+
+
 def test_the_target_is_the_network_at_r_with_the_same_noise():
     torch.manual_seed(0)
     network, method = MLP(dim=2, hidden_dim=16, num_layers=1, time_embed_dim=8), ConsistencyTuning()
