@@ -50,7 +50,8 @@ class ConsistencyTuning(EDM):
     timestep_spacing: ClassVar[str | None] = "trailing"  # 1 step: sigma_max; 2 steps: sigma_max, sigma_mid
 
     def __init__(self, total_steps: int = 1000, stages: int = 4, q: float = 4.0, k: float = 8.0, b: float = 1.0,
-                 huber_c: float = 0.0, weighting: str = "edm", sigma_mid: float = 0.821, p_mean: float = -1.1, p_std: float = 2.0,
+                 huber_c: float = 0.0, weighting: str = "edm", sigma_mid: float = 0.821, p_mean: float = -1.1,
+                 p_std: float = 2.0,
                  default_solver: str = "consistency", **edm: Any) -> None:
         super().__init__(p_mean=p_mean, p_std=p_std, default_solver=default_solver, **edm)
         self.total_steps = check_int(total_steps, "tune.steps", minimum=1)
@@ -118,5 +119,6 @@ class ConsistencyTuning(EDM):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, total_steps={self.total_steps}, stages={self.stages}, q={self.q}, "
-                f"k={self.k}, b={self.b}, huber_c={self.huber_c}, weighting={self.weighting!r}, sigma_mid={self.sigma_mid}")
+                f"k={self.k}, b={self.b}, huber_c={self.huber_c}, weighting={self.weighting!r}, "
+                f"sigma_mid={self.sigma_mid}")
 
