@@ -51,8 +51,7 @@ class ConsistencyTuning(EDM):
 
     def __init__(self, total_steps: int = 1000, stages: int = 4, q: float = 4.0, k: float = 8.0, b: float = 1.0,
                  huber_c: float = 0.0, weighting: str = "edm", sigma_mid: float = 0.821, p_mean: float = -1.1,
-                 p_std: float = 2.0,
-                 default_solver: str = "consistency", **edm: Any) -> None:
+                 p_std: float = 2.0, default_solver: str = "consistency", **edm: Any) -> None:
         super().__init__(p_mean=p_mean, p_std=p_std, default_solver=default_solver, **edm)
         self.total_steps = check_int(total_steps, "tune.steps", minimum=1)
         self.stages = check_int(stages, "tune.stages", minimum=1)
