@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.app import build
@@ -41,7 +41,8 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     do not fit the none evaluator."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
-        cfg.evaluator = compose(config_name="config", overrides=["evaluator=none"]).evaluator
+        with open_dict(cfg):  # data without an evaluator of its own (synthetic) composes none at all
+            cfg.evaluator = compose(config_name="config", overrides=["evaluator=none"]).evaluator
         return cfg
 
 
