@@ -32,7 +32,7 @@ from torch import nn
 from diffusion.methods.base import GridKind, broadcast
 from diffusion.methods.edm import EDM
 from diffusion.methods.meanflow import bare_network
-from diffusion.runtime.checks import ConfigError, check_float, check_int
+from diffusion.runtime.checks import check_choice, check_float, check_int
 
 
 class ConsistencyTuning(EDM):
@@ -59,10 +59,8 @@ class ConsistencyTuning(EDM):
         self.k = check_float(k, "tune.k", minimum=0.0)
         self.b = check_float(b, "tune.b", minimum=0.0)
         self.huber_c = check_float(huber_c, "tune.huber_c", minimum=0.0)
-        if weighting not in ("gap", "edm"):
-            raise ConfigError(f"tune.weighting must be gap (1 / (t - r), the paper's) or edm (1 / c_out(t)^2), "
-                              f"got {weighting!r}")
-        self.weighting = weighting  # tune.weighting's default is gap; edm here keeps runs saved before it as they were
+        # tune.weighting's default is gap; edm here keeps runs saved before the key existed as they were
+        self.weighting = check_choice(weighting, "tune.weighting", ("gap", "edm"))
         self.sigma_mid = check_float(sigma_mid, "tune.sigma_mid", 0.0, self.sigma_max, inclusive=False)
         self._step_count: Callable[[], int] = lambda: 0
 

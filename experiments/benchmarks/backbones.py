@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, paired_ratio, timed
-from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample
+from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
     finish_report, fmt, markdown_table, read_eval, reproduce_command, run_into, set_threads, shown_command, work_dir
 
@@ -110,14 +110,14 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
     the Trainer around it is the same), interleaved with the fp32 matmul peak; the peak's per-round FLOP/s."""
     device = torch.device("cpu")
-    steppers, parts_of = {}, {}
+    steppers, parts_of, batches = {}, {}, {}
     for name, overrides in budget.families.items():
         training = [o for o in budget.shared if not o.startswith("evaluator.")]  # timing scores nothing
         cfg = compose_config([*overrides, *training, "trainer.precision=fp32"])
         parts = parts_of[name] = build_parts(cfg)
         model = parts.model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x0 = parts.data.prepare_batch(parts.data.load().train[: budget.batch_size])  # MNIST's rows are uint8
+        x0 = batches[name] = training_batch(parts, budget.batch_size)
         labels = parts.data.load().train_labels
         kwargs = {"y": labels[: budget.batch_size]} if getattr(model, "num_classes", 0) and labels is not None else {}
 
@@ -133,8 +133,7 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
                       budget.rounds)
     result = {}
     for name, parts in parts_of.items():
-        x0 = parts.data.prepare_batch(parts.data.load().train[: budget.batch_size])  # MNIST's rows are uint8
-        flops = step_flops_per_sample(parts.model, parts.method, x0, device, "fp32")
+        flops = step_flops_per_sample(parts.model, parts.method, batches[name], device, "fp32")
         result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()))
     return result, runs["peak"]
 

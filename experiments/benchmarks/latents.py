@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lib import checks_report, describe_machine, epoch_records, finish_report, fmt, markdown_table, \
-    parse_work_args, read_eval, reproduce_command, run_into, shown_path, training_seconds, work_dir
+    parse_work_args, read_eval, reproduce_command, run_into, shown_path, work_dir
 
 FD_BAR = 1.5  # the latent DiT's FD at most this multiple of the pixel DiT's
 RECIPE_MINUTES = 20.0  # the three commands together
@@ -96,7 +96,7 @@ def run_all(work: Path, settings: Settings, reuse: bool) -> dict[str, Step]:
 def training_figures(run_dir: Path) -> tuple[float, float, int]:
     """(median training samples/s over the epochs, training seconds, optimizer steps) of a run."""
     records = epoch_records(run_dir)
-    return (statistics.median(r["samples_per_second"] for r in records), training_seconds(run_dir),
+    return (statistics.median(r["samples_per_second"] for r in records), sum(r["epoch_seconds"] for r in records),
             max(int(r.get("step", 0)) for r in records))
 
 

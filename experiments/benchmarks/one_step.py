@@ -62,12 +62,12 @@ ONE_STEP_BAR, TWO_STEP_BAR = 2.0, 1.5  # multiples of the DDPM run's DDPM-1000 F
 ECT_STEP_SHARE = 0.2  # ECT's optimizer steps at most this share of its teacher's
 TRAINED = ("MeanFlow", "MeanFlow, 2x budget", "shortcut", "shortcut, 2x budget", "sCT", "sCT, 2x budget")
 SCORED_STEPS = (1, 2, 4)  # the consistency models (sCT, ECT, sCD) sample in 1 or 2 steps, as their papers do
-# experiments/benchmarks/distill_cpu.md (its teacher: the default run with v-prediction, 100 epochs): quoted, not
-# re-run here; (student, steps, FD mean, std over 3 sets).
-# ECT's learning rate for a tuning this short (260 steps): 0.3x the teacher's, chosen by the sweep in the report
+# ECT's learning rate for a tuning this short (208 steps): 0.3x the teacher's, chosen by the sweep in the report
 # (0.1 is the paper's, for tunings of many thousand steps); the loss weighting is tune.weighting's default, the
 # paper's 1 / (t - r).
 ECT_SETTINGS = ("tune.lr_scale=0.3",)
+# experiments/benchmarks/distill_cpu.md (its teacher: the default run with v-prediction, 100 epochs): quoted, not
+# re-run here; (student, steps, FD mean, std over 3 sets).
 DISTILLED = (("progressive", 4, 3.58, 0.13), ("consistency", 1, 7.17, 0.28), ("consistency", 2, 5.35, 0.36))
 
 
@@ -201,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = (f"Runs: `{shown_command(settings.train)}` (DDPM), + `method=edm` (EDM), + `experiment=digits_meanflow` "
               "(MeanFlow), + `method=shortcut` (shortcut), + `method=scm` (sCT); each of the three also at twice the "
               f"budget (+ `{' '.join(settings.double)}`), `task=tune run_dir=<EDM> tune.share={settings.ect_share} "
-              f"{' '.join(settings.ect)}` (ECT), `task=tune run_dir=<EDM> method=scm tune.share=1.0` (sCD); the one-step runs keep their best "
-              f"checkpoint by 1-step FD (`{' '.join(settings.select)}`; ECT every "
+              f"{' '.join(settings.ect)}` (ECT), `task=tune run_dir=<EDM> method=scm tune.share=1.0` (sCD); the "
+              f"one-step runs keep their best checkpoint by 1-step FD (`{' '.join(settings.select)}`; ECT every "
               f"{settings.ect_select[-1].split('=')[-1]}), as their loss does not rank checkpoints. Scored: each run's "
               f"best EMA checkpoint, `{' '.join(settings.score)}` (disjoint sample sets of one stream); FD on the "
               "digit classifier's features, floors from held-out real digits; ± is the standard deviation over the "

@@ -56,7 +56,7 @@ def test_the_gap_weighting_divides_each_distance_by_t_minus_r():
     target = method.target(network, x0, noise, r, {})
     expected = ((denoised - target).pow(2).sum(1).sqrt() / (sigma - r).float()).mean()
     torch.testing.assert_close(method.compute_loss(network, x0, t=t, noise=noise), expected)
-    with pytest.raises(ConfigError, match="tune.weighting must be gap"):
+    with pytest.raises(ConfigError, match=r"tune.weighting must be one of \['edm', 'gap'\], got 'snr'"):
         ConsistencyTuning(weighting="snr")
 
 

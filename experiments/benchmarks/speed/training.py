@@ -46,6 +46,12 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return cfg
 
 
+def training_batch(parts: Components, size: int) -> torch.Tensor:
+    """The first ``size`` training rows, made ready for the model as the Trainer makes them (uint8 MNIST rows become
+    floats in [-1, 1]; no flips)."""
+    return parts.data.prepare_batch(parts.data.load().train[:size])
+
+
 def build_parts(cfg: DictConfig, seed: int = 0) -> Components:
     """The components of ``cfg``, built as ``run.py`` builds them; the seed gives every variant the same initial
     weights."""
@@ -146,7 +152,7 @@ def training_flops_per_sample(cfg: DictConfig, device: torch.device, precision: 
     """Model FLOPs (matmuls, convolutions, attention) of one training step, forward and backward, per sample."""
     parts = build_parts(cfg)
     model, method = parts.model.to(device).train(), parts.method.to(device)
-    x0 = parts.data.prepare_batch(parts.data.load().train[: int(cfg.trainer.batch_size)]).to(device)
+    x0 = training_batch(parts, int(cfg.trainer.batch_size)).to(device)
     return step_flops_per_sample(model, method, x0, device, precision)
 
 
