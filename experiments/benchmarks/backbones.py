@@ -9,7 +9,9 @@ seed sets of 500 samples (FD: mean and standard deviation over the sets). The tr
 recipe (formulation, sampler) at a higher learning rate (on the MNIST budget); the EDM2 U-Net on its paper's (EDM,
 Heun-18, a learning rate for magnitude-preserving weights).
 Also reported: training samples/s and model FLOP/s (forward and backward, counted by ``FlopCounterMode``, one
-multiply-add = 2 FLOPs) as a share of this machine's measured fp32 matmul peak.
+multiply-add = 2 FLOPs) as a share of this machine's measured fp32 matmul peak, and for each transformer the share
+its first MLP matmul alone reaches at the training batch's shape (tokens x width x 4 width): the ceiling its
+matmuls put on its FLOP/s share.
 
     python -m experiments.benchmarks.backbones --threads 1 --out experiments/benchmarks/backbones_cpu.md
     python -m experiments.benchmarks.backbones --budget default --threads 1 --out .../backbones_default_cpu.md
@@ -31,7 +33,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, paired_ratio, timed
+from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleave, matmul_flops_per_second, median, \
+    paired_ratio, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config, step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
     finish_report, fmt, markdown_table, read_eval, reproduce_command, run_into, set_threads, shown_command, work_dir
@@ -102,18 +105,21 @@ BUDGETS = {"mnist": MNIST, "default": DEFAULT}
 
 @dataclass
 class Throughput:
-    """Side-by-side training speed of one family: steps/s per round, FLOPs per sample, parameters."""
+    """Side-by-side training speed of one family: steps/s per round, FLOPs per sample, parameters, and for a
+    transformer the FLOP/s per round of its first MLP matmul alone at the training batch's shape."""
 
     rates: list[float]
     flops_per_sample: float
     params: int
+    mlp_gemm_rates: list[float] | None
 
 
 def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[float]]:
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
-    the Trainer around it is the same), interleaved with the fp32 matmul peak; the peak's per-round FLOP/s."""
+    the Trainer around it is the same), interleaved with the fp32 matmul peak and each transformer's MLP matmul
+    (what bounds its FLOP/s share); the peak's per-round FLOP/s."""
     device = torch.device("cpu")
-    steppers, parts_of, batches = {}, {}, {}
+    steppers, gemms, parts_of, batches = {}, {}, {}, {}
     for name, overrides in budget.families.items():
         training = [o for o in budget.shared if not o.startswith("evaluator.")]  # timing scores nothing
         cfg = compose_config([*overrides, *training, "trainer.precision=fp32"])
@@ -132,12 +138,18 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
         step()  # warm-up
         steppers[name] = lambda step=step: budget.steps_per_round / timed(
             lambda: [step() for _ in range(budget.steps_per_round)], device)
-    runs = interleave({**steppers, "peak": lambda: matmul_flops_per_second(1024, torch.float32, device)},
-                      budget.rounds)
+        if hasattr(model, "token_layout"):
+            layout = model.token_layout()
+            linear = layout.blocks[0].mlp[0]  # the MLP's first layer: width -> mlp_ratio x width
+            shape = (budget.batch_size * (layout.prefix + layout.side**2), linear.in_features, linear.out_features)
+            gemms[name] = lambda shape=shape: gemm_flops_per_second(shape, torch.float32, device)
+    runs = interleave({**steppers, **{f"gemm {name}": gemm for name, gemm in gemms.items()},
+                       "peak": lambda: matmul_flops_per_second(1024, torch.float32, device)}, budget.rounds)
     result = {}
     for name, parts in parts_of.items():
         flops = step_flops_per_sample(parts.model, parts.method, batches[name], device, "fp32")
-        result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()))
+        result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()),
+                                  runs.get(f"gemm {name}"))
     return result, runs["peak"]
 
 
@@ -149,6 +161,7 @@ class Row:
     speed_ratio: float  # steps/s against the U-Net's (median of per-round ratios)
     samples_per_second: float
     flop_share: float  # model FLOP/s over the fp32 matmul peak
+    mlp_gemm_share: float | None  # a transformer's MLP matmul alone over the peak
     fd: float
     std: float
     floor: float | None
@@ -171,18 +184,20 @@ def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
             seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
         fd = read_eval(run_dir)["fd"]
         samples = median(figures.rates) * budget.batch_size
+        gemm = None if figures.mlp_gemm_rates is None else median(figures.mlp_gemm_rates) / median(peak)
         rows.append(Row(name, figures.params, steps, ratio, samples,
-                        samples * figures.flops_per_sample / median(peak), float(fd["value"]),
+                        samples * figures.flops_per_sample / median(peak), gemm, float(fd["value"]),
                         float(fd.get("std_over_seeds") or 0), fd.get("floor"), seconds / 60))
     return rows
 
 
 def report(rows: Sequence[Row], budget: Budget) -> tuple[list[str], list[tuple[bool, str]]]:
     header = ["family", "params", "steps/s vs U-Net", "optimizer steps", "train samples/s", "FLOP/s share of fp32 peak",
-              "FD (mean ± std of 3 sets)", "FD / U-Net's", "FD floor", "run minutes"]
+              "its MLP matmul alone", "FD (mean ± std of 3 sets)", "FD / U-Net's", "FD floor", "run minutes"]
     unet = rows[0]
     cells = [[r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", str(r.steps), fmt(r.samples_per_second),
-              f"{r.flop_share:.1%}", f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
+              f"{r.flop_share:.1%}", "—" if r.mlp_gemm_share is None else f"{r.mlp_gemm_share:.0%}",
+              f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
               f"{r.minutes:.1f}" if r.minutes else "reused"] for r in rows]
     checks = []
     for r in rows[1:]:

@@ -161,5 +161,6 @@ def test_backbones_benchmark(tmp_path: Path):
                         "Backbones at equal parameters and equal wall time (mnist budget)", checks=6)
     rows = table(text)
     assert [row[0] for row in rows] == ["U-Net", "DiT", "U-ViT", "EDM2 U-Net"]
-    assert rows[0][2] == "1.00x" and rows[0][7] == "1.00x"  # the U-Net is the reference of both ratios
+    assert rows[0][2] == "1.00x" and rows[0][8] == "1.00x"  # the U-Net is the reference of both ratios
     assert all(int(row[3]) >= 1 and row[5].endswith("%") for row in rows)
+    assert [row[6].endswith("%") for row in rows] == [False, True, True, False]  # an MLP matmul: the transformers

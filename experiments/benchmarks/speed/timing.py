@@ -54,9 +54,16 @@ def timed(function: Callable[[], object], device: torch.device) -> float:
 
 def matmul_flops_per_second(size: int, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
     """FLOP/s of ``repeats`` square ``size x size`` matmuls (2 size^3 FLOPs each): this machine's dense peak."""
+    return gemm_flops_per_second((size, size, size), dtype, device, repeats)
+
+
+def gemm_flops_per_second(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device,
+                          repeats: int = 3) -> float:
+    """FLOP/s of ``repeats`` ``(m, k) @ (k, n)`` matmuls, ``shape = (m, k, n)`` (2 m k n FLOPs each)."""
+    m, k, n = shape
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
     a @ b  # first call picks and caches the kernel
     seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
-    return 2 * size**3 * repeats / seconds
+    return 2 * m * k * n * repeats / seconds
