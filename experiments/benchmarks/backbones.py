@@ -117,7 +117,7 @@ class Throughput:
 def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[float]]:
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
     the Trainer around it is the same), interleaved with the fp32 matmul peak and each transformer's MLP matmul
-    (what bounds its FLOP/s share); the peak's per-round FLOP/s."""
+    (a ceiling on its FLOP/s share); the peak's per-round FLOP/s."""
     device = torch.device("cpu")
     steppers, gemms, parts_of, batches = {}, {}, {}, {}
     for name, overrides in budget.families.items():
