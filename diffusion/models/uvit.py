@@ -14,13 +14,16 @@ DiT's (:mod:`diffusion.models.dit`), with exact GELU as in the paper's code.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from einops import rearrange
 from torch import nn
 
-from diffusion.models.dit import Attention, FeedForward, TokenLayout, patch_grid, transformer_shape
+from diffusion.models.dit import (Attention, FeedForward, TokenLayout, patch_grid, sincos_position_embedding,
+                                  transformer_shape)
 from diffusion.models.embeddings import IntervalEmbedding, add_interval, timestep_embedding
-from diffusion.runtime.checks import ConfigError, check_bool, check_float, check_int
+from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_float, check_int
 
 #: Table 1 of the paper: size name -> (layers, width, heads); the MLP is 4x the width.
 UVIT_SIZES: dict[str, tuple[int, int, int]] = {"S": (13, 512, 8), "M": (17, 768, 12), "L": (21, 1024, 16),
@@ -58,7 +61,9 @@ class UViT(nn.Module):
     def __init__(self, in_channels: int, image_size: int, size: str = "S", patch_size: int = 2,
                  depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
                  mlp_ratio: float = 4.0, mlp_time_embed: bool = False, qkv_bias: bool = False,
-                 conv_out: bool = True, num_classes: int = 0, two_times: bool = False) -> None:
+                 conv_out: bool = True, init: Literal["trunc_normal", "xavier_zero"] = "trunc_normal",
+                 position_init: Literal["trunc_normal", "sincos"] = "trunc_normal", num_classes: int = 0,
+                 two_times: bool = False) -> None:
         super().__init__()
         depth, dim, heads = transformer_shape(size, depth, hidden_size, num_heads, UVIT_SIZES)
         if depth % 2 == 0:
@@ -74,6 +79,8 @@ class UViT(nn.Module):
         self.label_embed = nn.Embedding(num_classes + 1, dim) if num_classes else None  # row num_classes: null
         self.extras = 2 if num_classes else 1  # the time token (and the label token) before the patches
         self.pos_embed = nn.Parameter(torch.zeros(self.extras + grid * grid, dim))
+        self.init = check_choice(init, "model.init", ("trunc_normal", "xavier_zero"))
+        self.position_init = check_choice(position_init, "model.position_init", ("trunc_normal", "sincos"))
         qkv_bias = check_bool(qkv_bias, "model.qkv_bias")
         self.in_blocks = nn.ModuleList(UViTBlock(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth // 2))
         self.mid_block = UViTBlock(dim, heads, mlp_ratio, qkv_bias)
@@ -86,13 +93,29 @@ class UViT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The paper's code: truncated-normal (std 0.02) linears and position embedding, zero biases."""
+        """``init="trunc_normal"`` (the paper's code): truncated-normal (std 0.02) linears, zero biases.
+        ``"xavier_zero"``: Xavier-uniform linears (DiT's) and each block's attention and MLP output projections at
+        zero, so every block starts as the identity; std 0.02 is about 1 / sqrt(width) at the paper's widths of
+        512-1,152 but a fifth of it at a CPU width of 88. The position embedding: truncated normal (std 0.02, the
+        paper's) or, ``position_init="sincos"``, learned from the fixed 2-D sin-cos (zero on the extra tokens)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                if self.init == "xavier_zero":
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.init == "xavier_zero":
+            for block in [*self.in_blocks, self.mid_block, *self.out_blocks]:
+                nn.init.zeros_(block.attn.proj.weight)
+                nn.init.zeros_(block.mlp[-1].weight)
+        with torch.no_grad():
+            if self.position_init == "sincos":
+                grid = self.image_size // self.patch_size
+                self.pos_embed.zero_()[self.extras:] = sincos_position_embedding(self.dim, grid)
+            else:
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def token_layout(self) -> TokenLayout:
         """In blocks, mid block, out blocks (the order they run); each output holds the time (and label) token before

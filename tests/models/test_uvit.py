@@ -51,11 +51,24 @@ def test_unconditional_network_has_one_extra_token_and_refuses_labels():
         net(torch.randn(1, 2, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long))
 
 
+def test_xavier_zero_init_makes_every_block_the_identity_and_sincos_positions_start_learned():
+    torch.manual_seed(0)
+    net = tiny(init="xavier_zero", position_init="sincos")
+    h = torch.randn(3, 2 + 16, 32)
+    for block in [*net.in_blocks, net.mid_block]:
+        torch.testing.assert_close(block(h), h)
+    assert not torch.allclose(tiny().mid_block(h), h)  # the paper's initialisation: not the identity
+    assert net.pos_embed.requires_grad and net.pos_embed[:2].abs().sum() == 0  # extras start at zero
+    assert net.pos_embed[2:].std() > 0.5 > tiny().pos_embed.std()  # patches start at sin-cos, not std 0.02
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"depth": 4}, "model.depth"),
     ({"patch_size": 3}, "model.patch_size"),
     ({"num_heads": 5}, "model.num_heads"),
     ({"size": "XL", "depth": None, "hidden_size": None, "num_heads": None}, "model.size"),
+    ({"position_init": "rope"}, "model.position_init"),
+    ({"init": "kaiming"}, "model.init"),
 ])
 def test_bad_arguments_name_their_key(overrides, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
