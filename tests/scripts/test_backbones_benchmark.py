@@ -1,0 +1,35 @@
+"""The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.benchmarks.backbones import MNIST, trained_as
+from experiments.benchmarks.speed.training import CONF_DIR
+
+
+def stored_run(run_dir: Path, overrides: list[str], steps: int) -> Path:
+    """A run folder as run.py leaves it: the resolved config (with the data's shape filled in) and a score."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    config["trainer"]["max_steps"], config["num_threads"] = steps, 1
+    config["model"].update(in_channels=1, image_size=28)
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "eval.json").write_text("{}")
+    return run_dir
+
+
+def test_reuse_needs_the_same_configuration_but_not_the_same_length(tmp_path: Path):
+    uvit = [*MNIST.families["U-ViT"], *MNIST.shared]
+    run = stored_run(tmp_path / "uvit", uvit, steps=2189)
+    assert trained_as(run, uvit)  # another length and thread count, data-filled keys: still this run
+    assert not trained_as(run, [*uvit, "model.hidden_size=88"])
+    assert not trained_as(run, [*uvit, "trainer.lr=3e-3"])
+    assert not trained_as(run, [*uvit, "evaluator.seeds=[0]"])
+    (run / "eval.json").unlink()
+    assert not trained_as(run, uvit)  # never scored
