@@ -13,7 +13,7 @@ from paper_sizes import relative_gap, summary_of
 
 from diffusion.methods import EDM
 from diffusion.models import EDM2UNet, UNet
-from diffusion.models.edm2_unet import MPConv, MPFourier, mp_cat, mp_silu, mp_sum
+from diffusion.models.edm2_unet import EDM2Block, MPConv, MPFourier, mp_cat, mp_silu, mp_sum
 from diffusion.runtime.checks import ConfigError
 
 IMAGENET_512 = ["task=summary", "data=synthetic", "data.shape=[4,64,64]", "data.num_classes=1000", "model=edm2_unet"]
@@ -55,6 +55,16 @@ def test_mp_activation_sum_concat_and_fourier_keep_unit_variance():
     assert abs(mp_cat(wide, narrow, t=0.5).var().item() - 1) < 0.02
     fourier = MPFourier(512)
     assert abs(fourier(unit_variance(20_000)).var().item() - 1) < 0.1
+
+
+def test_a_blocks_residual_branch_keeps_unit_magnitude():
+    # res_balance 1: the block's output is its residual branch alone, MP-SiLU -> conv -> gain -> MP-SiLU -> conv, with
+    # MP-SiLU's 1 / 0.596 on the convolutions' gains (without them E[y^2] would be 0.596^4 = 0.13)
+    torch.manual_seed(0)
+    block = EDM2Block(32, 32, 64, flavor="enc", res_balance=1.0, clip_act=0.0)
+    with torch.no_grad():
+        y = block(unit_variance(64, 32, 16, 16), unit_variance(64, 64))[:, :, 1:-1, 1:-1]
+    assert 0.75 < y.pow(2).mean().item() < 1.25
 
 
 def tiny(**overrides) -> EDM2UNet:
