@@ -28,7 +28,7 @@ def test_reuse_needs_the_same_configuration_but_not_the_same_length(tmp_path: Pa
     uvit = [*MNIST.families["U-ViT"], *MNIST.shared]
     run = stored_run(tmp_path / "uvit", uvit, steps=2189)
     assert trained_as(run, uvit)  # another length and thread count, data-filled keys: still this run
-    assert not trained_as(run, [*uvit, "model.hidden_size=88"])
+    assert not trained_as(run, [*uvit, "model.depth=9"])
     assert not trained_as(run, [*uvit, "trainer.lr=3e-3"])
     assert not trained_as(run, [*uvit, "evaluator.seeds=[0]"])
     (run / "eval.json").unlink()
