@@ -113,7 +113,8 @@ def sincos_position_embedding(dim: int, grid: int) -> torch.Tensor:
         angles = p.reshape(-1, 1) * omega  # (grid^2, dim / 4)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(cols), encode(rows)], dim=1).float()  # (grid^2, dim)
+    table = torch.cat([encode(cols), encode(rows)], dim=1).float()  # (grid^2, 4 * (dim // 4))
+    return F.pad(table, (0, dim - table.shape[1]))  # a width not divisible by 4: zero last columns
 
 
 class DiT(nn.Module):

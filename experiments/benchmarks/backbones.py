@@ -177,8 +177,8 @@ class Row:
 def trained_as(run_dir: Path, overrides: Sequence[str]) -> bool:
     """Whether ``run_dir`` holds a scored run of the configuration ``overrides`` compose now: its ``config.yaml``
     equal in every key but the training length (``trainer.max_steps``, which replaces ``trainer.epochs``),
-    ``num_threads`` and the keys the build fills from the data (absent or null when composed). A family whose command changed
-    trains again rather than reporting the old run's score under the new command."""
+    ``num_threads`` and the keys the build fills from the data (absent or null when composed). A family whose
+    command changed trains again rather than reporting the old run's score under the new command."""
     if not (run_dir / "eval.json").is_file():
         return False
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -64,6 +64,12 @@ def test_patchify_and_unpatchify_round_trip_the_image_shape(patch_size, position
     assert (net(changed, torch.tensor([3.0, 7.0])) - out).abs().flatten(2).amax(-1).min() > 0
 
 
+def test_a_width_not_divisible_by_four_gets_a_full_width_sincos_table():
+    net = tiny(hidden_size=30, num_heads=3)  # 7 row and 7 column frequencies: 28 columns, 2 zero ones
+    assert net.pos_embed.shape == (16, 30) and net.pos_embed[:, 28:].abs().sum() == 0
+    assert net(torch.randn(1, 2, 8, 8), torch.tensor([3.0])).shape == (1, 2, 8, 8)
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"patch_size": 3}, "model.patch_size"),
     ({"hidden_size": 30}, "model.num_heads"),
