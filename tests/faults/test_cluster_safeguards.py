@@ -27,6 +27,20 @@ TINY_MOONS_NO_SCORES = [o for o in TINY_MOONS if not o.startswith(("evaluator.",
 SMALL_RUN = [*TINY_MOONS_NO_SCORES, "trainer.batch_size=32", "resume=auto"]
 
 
+def wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once every thread of ``pid`` is stopped (state T in /proc/<pid>/task/*/stat)."""
+    def running(task: Path) -> bool:
+        try:
+            return (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "tT"
+        except FileNotFoundError:  # a thread that ended meanwhile
+            return False
+
+    deadline = time.monotonic() + timeout
+    while any(running(task) for task in Path(f"/proc/{pid}/task").iterdir()):
+        assert time.monotonic() < deadline, f"pid {pid} did not stop within {timeout} s of SIGSTOP"
+        time.sleep(0.01)
+
+
 def test_a_second_process_on_a_live_run_is_refused_in_one_line_and_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={run_dir}", *SMALL_RUN,
@@ -38,6 +52,7 @@ def test_a_second_process_on_a_live_run_is_refused_in_one_line_and_changes_nothi
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-3000:]
             time.sleep(0.05)
         first.send_signal(signal.SIGSTOP)  # alive, holding the lock, and writing nothing while we compare
+        wait_until_stopped(first.pid)  # the signal lands asynchronously: a save may still be writing its .tmp
         before = tree_digest(run_dir)
         second = run_py(tmp_path, f"hydra.run.dir={run_dir}", *SMALL_RUN)
         assert second.returncode == 2, second.stderr[-3000:]
