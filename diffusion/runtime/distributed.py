@@ -124,10 +124,6 @@ class DistributedContext:
             return [value]
         gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
         dist.gather_object(value, gathered, dst=0)
-        # A rank that left right after its send and tore down the group (``close``) while rank 0 was still
-        # gathering aborted now and then under load ("terminate called without an active exception"); the barrier
-        # keeps every rank in the group until the gather has completed everywhere.
-        dist.barrier()
         return gathered or []
 
     def barrier(self) -> None:
