@@ -32,13 +32,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleave, matmul_flops_per_second, median, \
     paired_ratio, timed
-from experiments.benchmarks.speed.training import CONF_DIR, build_parts, compose_config, step_flops_per_sample, \
-    training_batch
+from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
+    step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
     finish_report, fmt, markdown_table, read_eval, reproduce_command, run_into, set_threads, shown_command, work_dir
 
@@ -174,16 +173,17 @@ class Row:
     minutes: float  # the run's wall time (training and scoring, as the log measured it)
 
 
-def trained_as(run_dir: Path, overrides: Sequence[str]) -> bool:
-    """Whether ``run_dir`` holds a scored run of the configuration ``overrides`` compose now: its ``config.yaml``
-    equal in every key but the training length (``trainer.max_steps``, which replaces ``trainer.epochs``),
-    ``num_threads`` and the keys the build fills from the data (absent or null when composed). A family whose
-    command changed trains again rather than reporting the old run's score under the new command."""
+def reusable_steps(run_dir: Path, overrides: Sequence[str]) -> int | None:
+    """The optimizer steps of the scored run in ``run_dir`` when ``overrides`` compose its configuration now: its
+    ``config.yaml`` equal in every key but the training length (``trainer.max_steps``, which replaces
+    ``trainer.epochs``), ``num_threads`` and the keys the build fills from the data (absent or null when composed).
+    None otherwise: a family whose command changed trains again rather than reporting the old run's score under the
+    new command."""
     if not (run_dir / "eval.json").is_file():
-        return False
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        now = OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+        return None
+    now = OmegaConf.to_container(compose_run_config(overrides), resolve=True)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    steps = int(stored["trainer"]["max_steps"])
     for config in (now, stored):
         config.pop("num_threads", None)
         config["trainer"].pop("max_steps", None)
@@ -194,7 +194,7 @@ def trained_as(run_dir: Path, overrides: Sequence[str]) -> bool:
             return set(composed) <= set(kept) and all(same(composed[k], kept[k]) for k in composed)
         return composed is None or composed == kept
 
-    return same(now, stored)
+    return steps if same(now, stored) else None
 
 
 def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
@@ -207,8 +207,9 @@ def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
         steps = max(1, round(budget.unet_steps * ratio))
         run_dir = work / name.lower().replace(" ", "_").replace("-", "")
         seconds = 0.0
-        if reuse and trained_as(run_dir, [*overrides, *budget.shared]):  # the steps it trained, not today's share
-            steps = int(yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"])
+        kept = reusable_steps(run_dir, [*overrides, *budget.shared]) if reuse else None
+        if kept is not None:  # the steps it trained, not today's share
+            steps = kept
         else:
             seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
         fd = read_eval(run_dir)["fd"]

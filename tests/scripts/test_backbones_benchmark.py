@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, trained_as
-from experiments.benchmarks.speed.training import CONF_DIR
+from experiments.benchmarks.backbones import MNIST, reusable_steps
+from experiments.benchmarks.speed.training import compose_run_config
 
 
 def stored_run(run_dir: Path, overrides: list[str], steps: int) -> Path:
     """A run folder as run.py leaves it: the resolved config (with the data's shape filled in) and a score."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    config = OmegaConf.to_container(compose_run_config(overrides), resolve=True)
     config["trainer"]["max_steps"], config["num_threads"] = steps, 1
     config["model"].update(in_channels=1, image_size=28)
     run_dir.mkdir()
@@ -27,9 +25,9 @@ def stored_run(run_dir: Path, overrides: list[str], steps: int) -> Path:
 def test_reuse_needs_the_same_configuration_but_not_the_same_length(tmp_path: Path):
     uvit = [*MNIST.families["U-ViT"], *MNIST.shared]
     run = stored_run(tmp_path / "uvit", uvit, steps=2189)
-    assert trained_as(run, uvit)  # another length and thread count, data-filled keys: still this run
-    assert not trained_as(run, [*uvit, "model.depth=9"])
-    assert not trained_as(run, [*uvit, "trainer.lr=3e-3"])
-    assert not trained_as(run, [*uvit, "evaluator.seeds=[0]"])
+    assert reusable_steps(run, uvit) == 2189  # another length and thread count, data-filled keys: still this run
+    assert reusable_steps(run, [*uvit, "model.depth=9"]) is None
+    assert reusable_steps(run, [*uvit, "trainer.lr=3e-3"]) is None
+    assert reusable_steps(run, [*uvit, "evaluator.seeds=[0]"]) is None
     (run / "eval.json").unlink()
-    assert not trained_as(run, uvit)  # never scored
+    assert reusable_steps(run, uvit) is None  # never scored

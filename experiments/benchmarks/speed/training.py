@@ -39,11 +39,16 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The default run's config (``python run.py`` with ``overrides``), without an evaluator: ``evaluator=none``
     replaces the whole block after composing, since a preset's own evaluator keys (experiment=mnist's num_samples)
     do not fit the none evaluator."""
+    cfg = compose_run_config(overrides)
+    with open_dict(cfg):  # data without an evaluator of its own (synthetic) composes none at all
+        cfg.evaluator = compose_run_config(["evaluator=none"]).evaluator
+    return cfg
+
+
+def compose_run_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python run.py <overrides>`` composes, evaluator included (unresolved)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-        with open_dict(cfg):  # data without an evaluator of its own (synthetic) composes none at all
-            cfg.evaluator = compose(config_name="config", overrides=["evaluator=none"]).evaluator
-        return cfg
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def training_batch(parts: Components, size: int) -> torch.Tensor:
