@@ -197,17 +197,17 @@ def pid_alive(pid: int) -> bool:
 
 def _not_zombie(pid: int) -> bool:
     # A killed child not yet reaped by its parent still answers kill(pid, 0); it writes nothing any more.
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat is None or stat[0] != "Z"
 
 
 def process_start(pid: int) -> str | None:
     """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat); None off Linux."""
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat[19] if stat is not None else None
 
 
-def _proc_stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (state first); None when unavailable."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()

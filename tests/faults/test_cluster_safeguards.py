@@ -20,6 +20,7 @@ from test_disk_full import FailingOS
 import diffusion.storage.atomic as atomic
 from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import FileManager, load_checkpoint
+from diffusion.storage.run_lock import proc_stat
 
 STEPS_PER_EPOCH = 17  # 540 training points in batches of 32
 TINY_MOONS_NO_SCORES = [o for o in TINY_MOONS if not o.startswith(("evaluator.", "sampler."))] + [
@@ -28,12 +29,10 @@ SMALL_RUN = [*TINY_MOONS_NO_SCORES, "trainer.batch_size=32", "resume=auto"]
 
 
 def wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
-    """Return once every thread of ``pid`` is stopped (state T in /proc/<pid>/task/*/stat)."""
+    """Return once every thread of ``pid`` is stopped (state T in /proc/<thread id>/stat)."""
     def running(task: Path) -> bool:
-        try:
-            return (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "tT"
-        except FileNotFoundError:  # a thread that ended meanwhile
-            return False
+        stat = proc_stat(int(task.name))  # None: a thread that ended meanwhile
+        return stat is not None and stat[0] not in "tT"
 
     deadline = time.monotonic() + timeout
     while any(running(task) for task in Path(f"/proc/{pid}/task").iterdir()):
