@@ -31,7 +31,7 @@ from diffusion.app.run_files import print_config_tree, save_run_config
 from diffusion.app.tune_config import tune_run_config, with_teacher
 from diffusion.runtime.checks import ConfigError, check_bool, check_choice, check_int
 from diffusion.runtime.devices import resolve_device
-from diffusion.runtime.distributed import DistributedContext
+from diffusion.runtime.distributed import DistributedContext, exit_process, joined_process_group
 from diffusion.runtime.seeding import seed_everything
 from diffusion.runtime.threads import busy_warning, cpu_limit, thread_budget
 from diffusion.storage.atomic import atomic_write_text
@@ -47,13 +47,21 @@ MOVED_KEYS = {"trainer.num_threads": "num_threads"}  # process-wide, not a train
 @contextmanager
 def command_line() -> Iterator[None]:
     """Around the Hydra entry point: one-line user errors (:func:`guard_command_line`), and moved keys typed
-    under their old name take their new one."""
+    under their old name take their new one. A torchrun rank then ends through
+    :func:`~diffusion.runtime.distributed.exit_process` (PyTorch's exit race with gloo's worker threads)."""
     for index, word in enumerate(sys.argv[1:], start=1):
         key, equals, value = word.partition("=")
         if equals and key in MOVED_KEYS:
             sys.argv[index] = f"{MOVED_KEYS[key]}={value}"
-    with guard_command_line():
-        yield
+    try:
+        with guard_command_line():
+            yield
+    except SystemExit as stop:
+        if joined_process_group():
+            exit_process(stop.code)
+        raise
+    if joined_process_group():
+        exit_process(0)
 
 
 def run_job(cfg: DictConfig) -> float | None:

@@ -6,9 +6,11 @@ context is a single process and every collective is a no-op, so the trainer has 
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -36,6 +38,35 @@ def restart_store(world_size: int) -> dist.Store | None:
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
     return dist.PrefixStore(f"diffusion/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+_joined = False  # this process has joined a process group (it stays true after the group is destroyed)
+
+
+def joined_process_group() -> bool:
+    return _joined
+
+
+def exit_process(status: int | str | None = 0) -> NoReturn:
+    """Leave the process with ``status`` (a ``SystemExit`` code) the way Python would, but, in a process that has
+    joined a process group, without the interpreter's finalisation.
+
+    Once DistributedDataParallel has wrapped a model, a gloo process group's worker threads outlive
+    ``destroy_process_group`` (something on PyTorch's C++ side keeps the group). A worker that drops the last reference to a finished
+    collective after the interpreter has begun to finalise must take the GIL to free that collective's Python
+    tensors, and a thread cannot take it then: the C++ runtime aborts ("terminate called without an active
+    exception", SIGABRT), torchrun reports the rank as failed and stops the other ranks, even those still sampling
+    or scoring. The race is PyTorch's (pytorch/pytorch#190489, open); its window is wide on a loaded machine. What
+    finalisation would still do for us is flushing: standard streams and ``logging`` handlers are flushed here."""
+    if not _joined:
+        sys.exit(status)
+    if status is not None and not isinstance(status, int):
+        print(status, file=sys.stderr)  # what Python does with a message as the exit status
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,8 @@ class DistributedContext:
             backend = "nccl" if use_cuda else "gloo"
             dist.init_process_group(backend=backend, store=restart_store(world_size), rank=rank,
                                     world_size=world_size)
+        global _joined
+        _joined = True
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
 
     def device(self, device: torch.device) -> torch.device:

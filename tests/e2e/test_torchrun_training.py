@@ -22,7 +22,7 @@ WORKER = textwrap.dedent(
     import torch
 
     from diffusion.data import MoonsData
-    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.distributed import DistributedContext, exit_process
     from diffusion.storage.file_manager import FileManager
     from diffusion.loggers import FileLogger, NullLogger
     from diffusion.methods import GaussianDiffusion
@@ -47,6 +47,7 @@ WORKER = textwrap.dedent(
                 "steps": trainer.state.global_step}, out / f"rank{dist.rank}.pt")
     logger.close()
     dist.close()
+    exit_process()  # a DDP rank skips finalisation (its docstring: PyTorch's exit race)
     """
 )
 

@@ -79,7 +79,7 @@ WORKER = textwrap.dedent(
     from diffusion.loggers import NullLogger
     from diffusion.methods import MeanFlow, Shortcut
     from diffusion.models import MLP
-    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.distributed import DistributedContext, exit_process
     from diffusion.runtime.seeding import seed_everything
     from diffusion.storage.file_manager import FileManager
     from diffusion.training.trainer import Trainer
@@ -96,6 +96,7 @@ WORKER = textwrap.dedent(
     trainer.train()
     torch.save([p.detach() for p in model.parameters()], out / f"rank{dist.rank}.pt")
     dist.close()
+    exit_process()  # a DDP rank skips finalisation (its docstring: PyTorch's exit race)
     """
 )
 

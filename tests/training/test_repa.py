@@ -222,7 +222,7 @@ WORKER = textwrap.dedent(
     from diffusion.loggers import NullLogger
     from diffusion.methods import FlowMatching
     from diffusion.models import DiT
-    from diffusion.runtime.distributed import DistributedContext
+    from diffusion.runtime.distributed import DistributedContext, exit_process
     from diffusion.runtime.seeding import seed_everything
     from diffusion.storage.file_manager import FileManager
     from diffusion.training.repa import RepresentationAlignment
@@ -240,6 +240,7 @@ WORKER = textwrap.dedent(
     trainer.train()
     torch.save([p.detach() for p in [*model.parameters(), *method.trainable.parameters()]], out / f"rank{dist.rank}.pt")
     dist.close()
+    exit_process()  # a DDP rank skips finalisation (its docstring: PyTorch's exit race)
     """
 )
 
