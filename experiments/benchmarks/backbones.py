@@ -198,6 +198,22 @@ def reusable_steps(run_dir: Path, overrides: Sequence[str]) -> int | None:
     return steps if same(now, stored) else None
 
 
+def set_aside(run_dir: Path) -> None:
+    """Move an earlier run of a family (another command, or ``--reuse`` not given) to ``<name>_before_<n>`` with its
+    log, so the family trains again into ``run_dir`` and nothing is lost."""
+    if not run_dir.exists():
+        return
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}_before_{n}").exists():
+        n += 1
+    kept = run_dir.with_name(f"{run_dir.name}_before_{n}")
+    run_dir.rename(kept)
+    log = run_dir.with_suffix(".log")
+    if log.is_file():
+        log.rename(kept.with_suffix(".log"))
+    print(f"{run_dir} trains again; the earlier run is now {kept}")
+
+
 def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
     throughput, peak = measure_throughput(budget)
     reference = throughput["U-Net"].rates
@@ -212,6 +228,7 @@ def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
         if kept is not None:  # the steps it trained, not today's share
             steps = kept
         else:
+            set_aside(run_dir)
             seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
         fd = read_eval(run_dir)["fd"]
         samples = median(figures.rates) * budget.batch_size

@@ -1,4 +1,5 @@
-"""The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration."""
+"""The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration;
+another run trains beside the earlier one, which is kept."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, reusable_steps
+from experiments.benchmarks.backbones import MNIST, reusable_steps, set_aside
 from experiments.benchmarks.speed.training import compose_run_config
 
 
@@ -31,3 +32,18 @@ def test_reuse_needs_the_same_configuration_but_not_the_same_length(tmp_path: Pa
     assert reusable_steps(run, [*uvit, "evaluator.seeds=[0]"]) is None
     (run / "eval.json").unlink()
     assert reusable_steps(run, uvit) is None  # never scored
+
+
+def test_a_family_that_trains_again_keeps_its_earlier_run_beside(tmp_path: Path):
+    run = tmp_path / "uvit"
+    for n in (1, 2):  # the second replacement finds the first one's name taken
+        run.mkdir()
+        (run / "eval.json").write_text(f'{{"run": {n}}}')
+        run.with_suffix(".log").write_text(f"log {n}")
+        set_aside(run)
+        assert not run.exists() and not run.with_suffix(".log").exists()
+        assert (tmp_path / f"uvit_before_{n}" / "eval.json").read_text() == f'{{"run": {n}}}'
+        assert (tmp_path / f"uvit_before_{n}.log").read_text() == f"log {n}"
+    set_aside(run)  # nothing there: nothing to move
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uvit_before_1", "uvit_before_1.log", "uvit_before_2",
+                                                          "uvit_before_2.log"]
