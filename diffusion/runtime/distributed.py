@@ -44,6 +44,7 @@ _joined = False  # this process has joined a process group (it stays true after 
 
 
 def joined_process_group() -> bool:
+    """Whether this process joined a process group (a torchrun rank), even one destroyed since."""
     return _joined
 
 
@@ -52,12 +53,13 @@ def exit_process(status: int | str | None = 0) -> NoReturn:
     joined a process group, without the interpreter's finalisation.
 
     Once DistributedDataParallel has wrapped a model, a gloo process group's worker threads outlive
-    ``destroy_process_group`` (something on PyTorch's C++ side keeps the group). A worker that drops the last reference to a finished
-    collective after the interpreter has begun to finalise must take the GIL to free that collective's Python
-    tensors, and a thread cannot take it then: the C++ runtime aborts ("terminate called without an active
-    exception", SIGABRT), torchrun reports the rank as failed and stops the other ranks, even those still sampling
-    or scoring. The race is PyTorch's (pytorch/pytorch#190489, open); its window is wide on a loaded machine. What
-    finalisation would still do for us is flushing: standard streams and ``logging`` handlers are flushed here."""
+    ``destroy_process_group`` (something on PyTorch's C++ side keeps the group). A worker that drops the last
+    reference to a finished collective after the interpreter has begun to finalise must take the GIL to free that
+    collective's Python tensors, and a thread cannot take it then: the C++ runtime aborts ("terminate called without
+    an active exception", SIGABRT), and torchrun reports the rank as failed and stops the others, even one still
+    sampling or scoring. The race is PyTorch's (pytorch/pytorch#190489, open); a loaded machine opens it (here 1
+    torchrun run in 80 beside other jobs). What finalisation would still do for us is flushing: the standard streams
+    and ``logging`` handlers are flushed here."""
     if not _joined:
         sys.exit(status)
     if status is not None and not isinstance(status, int):
