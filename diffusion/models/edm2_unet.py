@@ -134,14 +134,18 @@ class EDM2Block(nn.Module):
         x = mp_sum(x, y, t=self.res_balance)
         if self.num_heads:
             x = mp_sum(x, self.attention(x), t=self.attn_balance)
-        return x.clamp(-self.clip_act, self.clip_act) if self.clip_act else x
+        # hardtanh is clamp's forward; its backward is one fused kernel where clamp's takes three passes (its
+        # gradient differs only at exactly +-clip_act)
+        return F.hardtanh(x, -self.clip_act, self.clip_act) if self.clip_act else x
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine self-attention: q, k and v pixel-normalised per head, then scaled dot-product attention."""
         batch, channels, height, width = x.shape
         qkv = self.attn_qkv(x).reshape(batch, self.num_heads, -1, 3, height * width)  # type: ignore[misc]
-        q, k, v = normalize(qkv, dim=2).unbind(3)  # each (B, heads, C / heads, HW)
-        y = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        # each (B, heads, HW, C / heads) with its channels contiguous, which SDPA's fused CPU kernel needs (strided
+        # ones fall back to its slower math path)
+        q, k, v = normalize(qkv, dim=2).permute(3, 0, 1, 4, 2).contiguous().unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
         return self.attn_proj(y.transpose(2, 3).reshape(batch, channels, height, width))  # type: ignore[misc]
 
 
