@@ -96,8 +96,24 @@ def test_only_rank_zero_writes(single_and_ddp):
     assert len((ddp / "metrics.jsonl").read_text().splitlines()) >= 4
 
 
+# Imported by every Python process of the run (torchrun's agent and its ranks): a rank that reaches interpreter
+# finalisation leaves a file behind, which exit_process (diffusion/runtime/distributed.py) must prevent.
+FINALISATION_WITNESS = textwrap.dedent(
+    """
+    import atexit, os, pathlib
+
+    if "RANK" in os.environ and "WITNESS_DIR" in os.environ:
+        atexit.register(lambda: (pathlib.Path(os.environ["WITNESS_DIR"]) / f"rank{os.environ['RANK']}").touch())
+    """
+)
+
+
 def test_torchrun_run_py_makes_one_run_directory(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    (witness / "sitecustomize.py").write_text(FINALISATION_WITNESS)
+    env = {**os.environ, "PYTHONPATH": f"{witness}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1",
+           "WITNESS_DIR": str(witness)}
     args = ["experiment=moons_mlp", "trainer.epochs=1", "trainer.progress=false", "data.num_samples=600",
             "model.hidden_dim=16", "model.num_layers=1", "method.num_timesteps=20", "sampler.num_samples=16",
             "evaluator.num_samples=16", "trainer.device=cpu"]
@@ -107,6 +123,9 @@ def test_torchrun_run_py_makes_one_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.pt").is_file()
+    # Both ranks ended without interpreter finalisation, where PyTorch's gloo worker threads can abort a rank
+    assert sorted(p.name for p in witness.iterdir() if p.name.startswith("rank")) == []
+    assert "sampled 16" in result.stdout  # and rank 0 had sampled and flushed its output
 
 
 def test_batch_not_divisible_by_world_size_is_one_line(tmp_path):
