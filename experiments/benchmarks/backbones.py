@@ -204,7 +204,7 @@ def set_aside(run_dir: Path) -> None:
     if not run_dir.exists():
         return
     n = 1
-    while run_dir.with_name(f"{run_dir.name}_before_{n}").exists():
+    while any(run_dir.with_name(f"{run_dir.name}_before_{n}{end}").exists() for end in ("", ".log")):
         n += 1
     kept = run_dir.with_name(f"{run_dir.name}_before_{n}")
     run_dir.rename(kept)

@@ -47,3 +47,9 @@ def test_a_family_that_trains_again_keeps_its_earlier_run_beside(tmp_path: Path)
     set_aside(run)  # nothing there: nothing to move
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uvit_before_1", "uvit_before_1.log", "uvit_before_2",
                                                           "uvit_before_2.log"]
+    (tmp_path / "uvit_before_3.log").write_text("a stray log")  # a name taken by a log alone is taken too
+    run.mkdir()
+    run.with_suffix(".log").write_text("log 4")
+    set_aside(run)
+    assert (tmp_path / "uvit_before_3.log").read_text() == "a stray log"
+    assert (tmp_path / "uvit_before_4.log").read_text() == "log 4" and (tmp_path / "uvit_before_4").is_dir()
