@@ -162,6 +162,29 @@ def run_into(overrides: Sequence[str], run_dir: Path) -> float:
     return run_py([*overrides, f"hydra.run.dir={shown_path(run_dir)}"], run_dir.with_suffix(".log"))
 
 
+def set_aside(run_dir: Path) -> None:
+    """Move an earlier run in ``run_dir`` (one ``--reuse`` did not take, or a crashed one) to ``<name>_before_<n>``
+    with its log, so a run can train into ``run_dir`` again and nothing is lost."""
+    if not run_dir.exists():
+        return
+    n = 1
+    while any(run_dir.with_name(f"{run_dir.name}_before_{n}{end}").exists() for end in ("", ".log")):
+        n += 1
+    kept = run_dir.with_name(f"{run_dir.name}_before_{n}")
+    run_dir.rename(kept)
+    log = run_dir.with_suffix(".log")
+    if log.is_file():
+        log.rename(kept.with_suffix(".log"))
+    print(f"{run_dir} trains again; the earlier run is now {kept}")
+
+
+def train_into(overrides: Sequence[str], run_dir: Path) -> float:
+    """:func:`run_into` a training run, after :func:`set_aside` of what ``run_dir`` held (run.py refuses a folder
+    that already holds a run)."""
+    set_aside(run_dir)
+    return run_into(overrides, run_dir)
+
+
 def evaluate_checkpoint(run_dir: Path, directory: Path, label: str, overrides: Sequence[str],
                         spacing: str = "leading", num_samples: int | None = None) -> list[SamplerRow]:
     """Score ``run_dir``'s best checkpoint with ``python run.py task=evaluate <overrides>`` into ``directory``: one

@@ -39,7 +39,8 @@ from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleav
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
     step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
-    finish_report, fmt, markdown_table, read_eval, reproduce_command, run_into, set_threads, shown_command, work_dir
+    finish_report, fmt, markdown_table, read_eval, reproduce_command, set_threads, shown_command, train_into, \
+    work_dir
 
 FD_BAR = 1.5  # each family's FD at most this multiple of the U-Net's
 _NOT_DIT = ("~model.patch_size", "~model.depth", "~model.hidden_size", "~model.num_heads")  # mnist_dit's DiT keys
@@ -198,22 +199,6 @@ def reusable_steps(run_dir: Path, overrides: Sequence[str]) -> int | None:
     return steps if same(now, stored) else None
 
 
-def set_aside(run_dir: Path) -> None:
-    """Move an earlier run of a family (another command, or ``--reuse`` not given) to ``<name>_before_<n>`` with its
-    log, so the family trains again into ``run_dir`` and nothing is lost."""
-    if not run_dir.exists():
-        return
-    n = 1
-    while any(run_dir.with_name(f"{run_dir.name}_before_{n}{end}").exists() for end in ("", ".log")):
-        n += 1
-    kept = run_dir.with_name(f"{run_dir.name}_before_{n}")
-    run_dir.rename(kept)
-    log = run_dir.with_suffix(".log")
-    if log.is_file():
-        log.rename(kept.with_suffix(".log"))
-    print(f"{run_dir} trains again; the earlier run is now {kept}")
-
-
 def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
     throughput, peak = measure_throughput(budget)
     reference = throughput["U-Net"].rates
@@ -228,8 +213,7 @@ def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
         if kept is not None:  # the steps it trained, not today's share
             steps = kept
         else:
-            set_aside(run_dir)
-            seconds = run_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
+            seconds = train_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
         fd = read_eval(run_dir)["fd"]
         samples = median(figures.rates) * budget.batch_size
         gemm = None if figures.mlp_gemm_rates is None else median(figures.mlp_gemm_rates) / median(peak)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from experiments.lib import QUICK_RUN, SamplerRow, add_common_flags, add_work_flags, checks_report, describe_machine, \
     evaluate_checkpoint, figure_path, finish_report, fmt, fmt_score, markdown_table, read_eval, reproduce_command, \
-    run_into, sampler_rows, set_threads, shown_command, work_dir
+    run_into, sampler_rows, set_threads, shown_command, train_into, work_dir
 
 REUSE = False  # --reuse
 HEUN_BAR = 1.10  # EDM Heun-18 FD at most this multiple of the DDPM run's DDPM-1000 FD
@@ -88,7 +88,8 @@ def evaluate(run_dir: Path, directory: Path, label: str, overrides: Sequence[str
 
 
 def train_runs(work: Path, settings: Settings) -> dict[str, tuple[Path, float]]:
-    """The three runs and their wall seconds (with ``--reuse``, finished runs in the work folder are kept)."""
+    """The three runs and their wall seconds (with ``--reuse``, finished runs in the work folder are kept; any other
+    run found there is set aside)."""
     runs = {
         "ddpm": list(settings.train),
         "edm": [*settings.train, "method=edm"],
@@ -96,7 +97,7 @@ def train_runs(work: Path, settings: Settings) -> dict[str, tuple[Path, float]]:
                     *settings.posthoc_sampler],
     }
     done = {name: reused_seconds(work / name) if REUSE else None for name in runs}
-    return {name: (work / name, done[name] if done[name] is not None else run_into(overrides, work / name))
+    return {name: (work / name, done[name] if done[name] is not None else train_into(overrides, work / name))
             for name, overrides in runs.items()}
 
 

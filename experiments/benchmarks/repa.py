@@ -35,7 +35,8 @@ from diffusion.storage.file_manager import FileManager
 from diffusion.tasks.sample_and_score import prepare_evaluator
 from diffusion.tasks.seed_sets import seed_summary
 from experiments.lib import ROOT, add_common_flags, add_work_flags, checks_report, describe_machine, figure_path, \
-    finish_report, fmt, markdown_table, reproduce_command, run_into, set_threads, shown_path, training_seconds, work_dir
+    finish_report, fmt, markdown_table, reproduce_command, set_threads, shown_path, train_into, training_seconds, \
+    work_dir
 
 REPA = ("method.repa.weight=0.5", "method.repa.encoder=mnist", "method.repa.depth=1", "method.repa.projector_dim=256")
 SEEDS = (0, 1, 2)
@@ -81,10 +82,10 @@ def run_overrides(settings: Settings, repa: bool) -> list[str]:
 
 def train_runs(work: Path, settings: Settings, reuse: bool) -> dict[str, tuple[Path, float]]:
     """The plain and the REPA run and their wall seconds (``--reuse``: a finished run is kept, its training seconds
-    summed from ``metrics.jsonl``)."""
+    summed from ``metrics.jsonl``; any other run found there is set aside)."""
     runs = {"plain": run_overrides(settings, repa=False), "repa": run_overrides(settings, repa=True)}
     done = {name: reuse and (work / name / "samples.npz").is_file() for name in runs}
-    return {name: (work / name, training_seconds(work / name) if done[name] else run_into(overrides, work / name))
+    return {name: (work / name, training_seconds(work / name) if done[name] else train_into(overrides, work / name))
             for name, overrides in runs.items()}
 
 

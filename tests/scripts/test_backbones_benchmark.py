@@ -8,8 +8,9 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, reusable_steps, set_aside
+from experiments.benchmarks.backbones import MNIST, reusable_steps
 from experiments.benchmarks.speed.training import compose_run_config
+from experiments.lib import set_aside
 
 
 def stored_run(run_dir: Path, overrides: list[str], steps: int) -> Path:
