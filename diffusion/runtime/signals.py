@@ -7,6 +7,8 @@ with exit status 128 + signal number.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -56,3 +58,30 @@ class StopSignals:
         continue>``."""
         stop = signal.Signals(self.received or signal.SIGTERM)
         return Interrupted(f"stopped by {stop.name} {where_and_what_was_kept}", EXIT_ON_SIGNAL.get(stop, 143))
+
+
+@contextmanager
+def stop_at_once(where_and_what_was_kept: str) -> Iterator[None]:
+    """While entered, SIGTERM and SIGINT raise :class:`Interrupted` at once, wherever the main thread is, so the
+    enclosing ``with`` blocks still run: a log is closed, a run lock released. For work with nothing to save
+    (sampling), and around the setup and teardown of work that saves through :class:`StopSignals`, which takes
+    over while entered inside. The message is ``stopped by SIGTERM <where_and_what_was_kept>``.
+    Outside the main thread signals are left alone.
+    """
+    stop = StopSignals()
+
+    def raise_now(signum: int, frame: Any) -> None:
+        stop.received = signum
+        raise stop.interrupted(where_and_what_was_kept)
+
+    previous: dict[int, Any] = {}
+    try:
+        for sig in EXIT_ON_SIGNAL:
+            previous[sig] = signal.signal(sig, raise_now)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

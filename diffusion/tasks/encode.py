@@ -41,7 +41,7 @@ from diffusion.data.latents import (
 )
 from diffusion.runtime.checks import ConfigError, check_int
 from diffusion.storage.atomic import remove_stale_temporaries
-from diffusion.storage.run_lock import RunLock
+from diffusion.tasks.exits import holding_run
 from diffusion.training.repa import encoder_features
 
 SETTLED = ("scale", "shift", "format")  # written when the encoding finishes: not part of what must match
@@ -105,7 +105,8 @@ def encode(autoencoder: LatentAutoencoder, data: BaseData, autoencoder_config: d
     run_dir = settings.run_dir
     recorded = check_folder(run_dir, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
+    with holding_run(run_dir, None, f"while encoding; the shards written in {run_dir} are kept: run the same "
+                     "command to encode the rest"):
         remove_stale_temporaries(run_dir)  # a killed encode's half-written shard
         if not recorded or recorded.get("features") != manifest["features"]:  # new, or gaining features
             write_manifest(run_dir, {**manifest, "scale": recorded.get("scale"), "shift": recorded.get("shift")})

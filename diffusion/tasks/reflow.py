@@ -28,7 +28,7 @@ from diffusion.sampling.noise import SampleNoise
 from diffusion.sampling.sampler import Sampler
 from diffusion.storage.atomic import atomic_write, atomic_write_text, sidecar, written_intact
 from diffusion.storage.resume import ResumePoint, shared_resume
-from diffusion.storage.run_lock import RunLock
+from diffusion.tasks.exits import holding_run, stopped_outside_the_loop
 from diffusion.tasks.components import Components, RunSettings
 from diffusion.tasks.run_files import remove_if_empty
 from diffusion.tasks.train import check_monitor, prepare_training, run_training
@@ -60,7 +60,7 @@ def reflow(parts: Components, run: RunSettings, dist: DistributedContext, num_pa
     for path in sorted((resume.run_dir / PAIRS_DIR).glob("pairs_*.npz")):
         _intact(path)  # a damaged chunk is refused before anything is written
     _check_training(parts, run, dist, resume, num_pairs)
-    with RunLock(resume.run_dir, rank=dist.rank):
+    with holding_run(resume.run_dir, dist.rank, stopped_outside_the_loop(resume.run_dir)):
         pairs = generate_pairs(teacher, resume.run_dir, num_pairs, chunk_size)
         if resume.state is None:
             parts.model.load_state_dict(teacher.model.state_dict())

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from diffusion.evaluation.results import (
 )
 from diffusion.loggers.base import BaseLogger
 from diffusion.runtime.checks import ConfigError, check_int
-from diffusion.runtime.signals import EXIT_ON_SIGNAL, StopSignals
+from diffusion.runtime.signals import stop_at_once
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
 from diffusion.storage.atomic import atomic_write_text
 from diffusion.tasks.score_curve import KIMG, kimg
@@ -66,30 +65,12 @@ def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
         logger.log(f"warning: {evaluator.unavailable_reason}")
 
 
-@contextmanager
-def stop_sampling_on_signal(source: Path) -> Iterator[None]:
+def stop_sampling_on_signal(source: Path) -> AbstractContextManager[None]:
     """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.runtime.signals.Interrupted`, saying
     what was kept (``source``) and how to sample again: unlike training, sampling has nothing to save.
     """
-    stop = StopSignals()
     kept = f"the checkpoints in {source / 'checkpoints'} are" if source.is_dir() else f"{source} is"
-
-    def raise_now(signum: int, frame: object) -> None:
-        stop.received = signum
-        raise stop.interrupted(f"while sampling; {kept} kept: sample again with "
-                               f"python run.py task=sample run_dir={source}")
-
-    previous: dict[int, object] = {}
-    try:
-        for sig in EXIT_ON_SIGNAL:
-            previous[sig] = signal.signal(sig, raise_now)
-    except ValueError:  # not the main thread: signals cannot be handled here
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+    return stop_at_once(f"while sampling; {kept} kept: sample again with python run.py task=sample run_dir={source}")
 
 
 def sample_save_score(

@@ -19,9 +19,8 @@ from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.signals import Pruned
 from diffusion.storage import checkpoint
 from diffusion.storage.resume import ResumePoint, shared_resume
-from diffusion.storage.run_lock import RunLock
 from diffusion.tasks.components import Components, RunSettings
-from diffusion.tasks.exits import exit_on_failure
+from diffusion.tasks.exits import exit_on_failure, holding_run, stopped_outside_the_loop
 from diffusion.tasks.run_files import print_run_files, remove_if_empty
 from diffusion.tasks.sample import sample_or_stop
 from diffusion.tasks.sample_and_score import epoch_evaluation, epoch_sample_grid, log_unavailable, prepare_evaluator
@@ -42,7 +41,8 @@ def train(parts: Components, run: RunSettings, dist: DistributedContext, distill
     if resume.run_dir != run.output_dir:
         remove_if_empty(run.output_dir)  # Hydra made it for this job; the run lives elsewhere (resumed, rank 0's)
     job = prepare_training(parts, run, dist, resume, distill)  # every check; nothing written yet
-    with RunLock(resume.run_dir, rank=dist.rank):  # one writer per run directory (a requeued twin is refused)
+    # One writer per run directory (a requeued twin is refused)
+    with holding_run(resume.run_dir, dist.rank, stopped_outside_the_loop(resume.run_dir)):
         return run_training(parts, run, dist, job)
 
 

@@ -28,9 +28,8 @@ from diffusion.storage import checkpoint
 from diffusion.storage.atomic import atomic_write_text
 from diffusion.storage.file_manager import FileManager
 from diffusion.storage.resume import shared_resume
-from diffusion.storage.run_lock import RunLock
 from diffusion.tasks.components import RunSettings
-from diffusion.tasks.exits import exit_on_failure
+from diffusion.tasks.exits import exit_on_failure, holding_run, stopped_outside_the_loop
 from diffusion.tasks.run_files import print_run_files, remove_if_empty
 from diffusion.tasks.sample_and_score import log_unavailable, prepare_evaluator
 from diffusion.tasks.train import train_or_stop
@@ -68,7 +67,7 @@ def train_autoencoder(parts: AutoencoderParts, run: RunSettings, dist: Distribut
         trainer.restore(resume.state, resume.checkpoint)
     if dist.is_main:
         prepare_evaluator(parts.evaluator, parts.data)
-    with RunLock(resume.run_dir, rank=dist.rank):
+    with holding_run(resume.run_dir, dist.rank, stopped_outside_the_loop(resume.run_dir)):
         if dist.is_main:
             run.save_config(resume.run_dir)
             run.print_config()

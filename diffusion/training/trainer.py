@@ -27,7 +27,7 @@ from diffusion.runtime.checks import ConfigError, check_bool, check_float, check
 from diffusion.runtime.devices import Precision, autocast, resolve_device, resolve_precision, to_device
 from diffusion.runtime.distributed import DistributedContext
 from diffusion.runtime.seeding import rng_state
-from diffusion.runtime.signals import StopSignals
+from diffusion.runtime.signals import Interrupted, StopSignals
 from diffusion.storage import checkpoint
 from diffusion.storage.checkpoint import TrainState
 from diffusion.storage.file_manager import FileManager
@@ -192,6 +192,8 @@ class Trainer:
                 self.logger.log(self.state.metrics, step=self.state.global_step)
                 for hook in self.epoch_end_hooks if self.dist.is_main else ():
                     hook(epoch, self.state.metrics)
+        if self.dist.any(self._signals.received is not None, self.device):  # came after the last step's check
+            raise self._interrupted()  # the last epoch's checkpoint holds this state
         self.logger.log_loss_curve(*self.get_loss_histories())
         return self.summary()
 
@@ -280,14 +282,16 @@ class Trainer:
     def _maybe_stop_or_checkpoint(self) -> None:
         if self.dist.any(self._signals.received is not None, self.device):
             self._save(is_best=False, periodic=False)
-            raise self._signals.interrupted(
-                f"at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir / 'last.pt'}. To "
-                f"resume, run the same command with resume=auto (same hydra.run.dir) or "
-                f"resume={self.file_manager.run_dir}"
-            )
+            raise self._interrupted()
         every = self.checkpoint_every_n_steps
         if every and self.state.global_step % every == 0:
             self._save(is_best=False, periodic=False)
+
+    def _interrupted(self) -> Interrupted:
+        return self._signals.interrupted(
+            f"at step {self.state.global_step}; saved {self.file_manager.checkpoint_dir / 'last.pt'}. To "
+            f"resume, run the same command with resume=auto (same hydra.run.dir) or resume={self.file_manager.run_dir}"
+        )
 
     def validate(self) -> float:
         """Mean loss of the EMA model on the validation split, at fixed timesteps and noise."""

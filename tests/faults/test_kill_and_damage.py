@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from kill_resume import (CHAOS, EPOCHS, FAULT_RUN, STEPS_PER_EPOCH, Session, assert_identical, assert_same_run,
                          comparable, saved_step)
-from runs import child_env, main_in_process, tree_digest
+from runs import ROOT, child_env, main_in_process, tree_digest
 from safetensors.torch import save as save_safetensors
 
 from diffusion.storage.checkpoint import CHECKPOINT_KEYS, FORMAT
@@ -96,6 +96,54 @@ def test_sigterm_and_sigint_save_exit_with_their_codes_and_resume_exactly(refere
     finish_in_process(monkeypatch, run_dir)
     assert_same_run(run_dir, reference, f"stopped at {stops}")
 
+
+SIGTERM_AT = """
+import os, signal, sys, time
+import diffusion.training.trainer as trainer
+
+where = os.environ["SIGTERM_AT"]
+loop, validate = trainer.Trainer.train, trainer.Trainer.validate
+
+
+def train_then_sigterm(self):
+    summary = loop(self)
+    if where == "after the loop":  # as torchrun stops a surviving rank: the loop's own handling has ended
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    return summary
+
+
+def validate_then_sigterm(self):
+    if where == "last validation" and self.state.epoch + 1 == self.epochs:  # after the last step's check
+        os.kill(os.getpid(), signal.SIGTERM)
+    return validate(self)
+
+
+trainer.Trainer.train, trainer.Trainer.validate = train_then_sigterm, validate_then_sigterm
+"""
+
+
+@pytest.mark.parametrize(("where", "message"), [("after the loop", "outside the training loop"),
+                                                ("last validation", f"at step {STEPS_PER_EPOCH};")])
+def test_sigterm_around_the_training_loop_releases_the_lock_and_exits_143_before_sampling(tmp_path, where, message):
+    """A stop signal in a run's setup or teardown, outside the loop's own handling, ends it through every ``with``:
+    the run lock is released, the log closed, one line says what was kept. Before, SIGTERM's default action ended
+    the process there and left ``run.lock`` to be taken over as stale (the elastic restart test's flake). One that
+    came after the last step's check (the last epoch's validation) stops the run before it samples."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SIGTERM_AT)
+    run_dir = tmp_path / "run"
+    env = child_env(PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{child_env()['PYTHONPATH']}", SIGTERM_AT=where)
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={run_dir}", *FAULT_RUN,
+                             "trainer.epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert lines[-1].startswith(f"stopped by SIGTERM {message}"), lines
+    assert f"resume={run_dir}" in lines[-1] and "Traceback" not in result.stderr
+    assert not (run_dir / "run.lock").exists()
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["train_state"]["global_step"] == STEPS_PER_EPOCH
+    assert "sampling from" not in result.stdout and not (run_dir / "samples.npz").exists()
 
 WRITER = """
 import sys, torch
