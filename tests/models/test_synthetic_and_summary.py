@@ -49,3 +49,25 @@ def test_summary_task_prints_its_lines_and_trains_nothing(tmp_path, monkeypatch,
     assert code == 0
     assert re.search(r"^params=\d+$", out, re.M) and re.search(r"^gflops=[\d.]+$", out, re.M)
     assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def test_the_flop_counter_counts_cpu_attention_as_the_math_path_does():
+    """PyTorch 2.13's FlopCounterMode counts 0 FLOPs for CPU's fused attention kernel (#195460); ours counts it
+    as the same matmuls written out, forward and backward (model FLOPs: no recomputed scores)."""
+    import torch.nn.functional as F
+
+    from diffusion.tasks.summary import flop_counter
+
+    def attention_flops(fused: bool) -> tuple[int, set[str]]:
+        q, k, v = (torch.randn(3, 4, 49, 22, requires_grad=True) for _ in range(3))
+        with flop_counter() as counted:
+            out = (F.scaled_dot_product_attention(q, k, v) if fused
+                   else torch.softmax(q @ k.transpose(-2, -1) / 22 ** 0.5, dim=-1) @ v)
+            out.square().sum().backward()
+        return counted.get_total_flops(), {str(op) for op in counted.get_flop_counts()["Global"]}
+
+    written_out, _ = attention_flops(False)
+    assert written_out == 3 * 2 * 2 * (3 * 4 * 49 * 49 * 22)  # forward 2 matmuls, backward 4; 2 FLOPs a multiply-add
+    fused, ops = attention_flops(True)
+    assert "aten._scaled_dot_product_flash_attention_for_cpu" in ops  # the fused kernel ran
+    assert fused == written_out

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.app import build
 from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.tasks.components import Components
+from diffusion.tasks.summary import flop_counter
 from diffusion.runtime.devices import Precision, autocast
 from diffusion.training.trainer import Trainer
 from diffusion.training.optimizer_step import fused_supported
@@ -164,7 +164,7 @@ def training_flops_per_sample(cfg: DictConfig, device: torch.device, precision: 
 def step_flops_per_sample(model: torch.nn.Module, method: BaseMethod, x0: torch.Tensor, device: torch.device,
                           precision: Precision) -> float:
     """Model FLOPs of one ``method.compute_loss`` forward and backward on the batch ``x0``, per sample."""
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         with autocast(device, precision):
             loss = method.compute_loss(model, x0)
         loss.backward()
