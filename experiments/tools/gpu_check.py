@@ -15,9 +15,10 @@ at least 40% on an H100. fp32 keeps torch's defaults: cuDNN convolutions may use
 training step is the project's loss (``method.compute_loss``: epsilon MSE at uniform t), backward and AdamW.
 FLOPs are counted once by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; forward and backward;
 through :func:`diffusion.tasks.summary.flop_counter`, so attention's backward is its four gradient matmuls, not the
-fused kernels' recomputed scores: model FLOPs, as MFU counts them) and divided by the measured seconds per step. SiT-B/2 (the same DiT-B/2 trained by flow matching, ``method=
-flow_matching``: Ma et al. 2024) is timed in bf16 without and with REPA (Yu et al. 2025: lambda 0.5, block 4 of 12
-(a third, the default), projector 2048 wide) in two forms: with the encoder's features stored beside the latents
+fused kernels' recomputed scores: model FLOPs, as MFU counts them) and divided by the measured seconds per step.
+SiT-B/2 (the same DiT-B/2 trained by flow matching, ``method=flow_matching``: Ma et al. 2024) is timed in bf16
+without and with REPA (Yu et al. 2025: lambda 0.5, block 4 of 12 (a third, the default), projector 2048 wide) in
+two forms: with the encoder's features stored beside the latents
 (DINOv2-B's 768 x 16 x 16 patch features per image, synthetic here: REPA adds only the projector and the loss) and
 with a DINOv2-B forward on 3x256x256 images resized to 224 every step (random weights of DINOv2-B's shape: the same
 cost); the REPA overhead is the plain run's steps/s over each. ``--quick`` uses 8 channels (a one-block DiT of width

@@ -98,7 +98,7 @@ def test_sigterm_and_sigint_save_exit_with_their_codes_and_resume_exactly(refere
 
 
 SIGTERM_AT = """
-import os, signal, sys, time
+import os, signal, time
 import diffusion.training.trainer as trainer
 
 where = os.environ["SIGTERM_AT"]
@@ -144,6 +144,7 @@ def test_sigterm_around_the_training_loop_releases_the_lock_and_exits_143_before
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["train_state"]["global_step"] == STEPS_PER_EPOCH
     assert "sampling from" not in result.stdout and not (run_dir / "samples.npz").exists()
+
 
 WRITER = """
 import sys, torch

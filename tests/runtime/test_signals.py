@@ -30,7 +30,8 @@ def test_stop_at_once_raises_with_the_signals_status_and_unwinds_every_with(sig,
             finally:
                 closed.append("lock")
             closed.append("after the signal")  # never reached
-    assert stop.value.exit_code == code and str(stop.value) == f"stopped by {sig.name} in the teardown; everything is kept"
+    assert stop.value.exit_code == code
+    assert str(stop.value) == f"stopped by {sig.name} in the teardown; everything is kept"
     assert closed == ["lock"]
     assert signal.getsignal(sig) is before
 
