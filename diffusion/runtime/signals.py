@@ -7,8 +7,6 @@ with exit status 128 + signal number.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -29,17 +27,21 @@ class Pruned(Exception):
 
 
 class StopSignals:
-    """While entered, SIGTERM and SIGINT set :attr:`received` instead of ending the process.
+    """While entered, SIGTERM and SIGINT set :attr:`received` instead of ending the process; with ``at_once`` (the
+    rest of the message, see :meth:`interrupted`) they also raise :class:`Interrupted` at once (:func:`stop_at_once`).
     Outside the main thread signals are left alone; earlier handlers are put back on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: str | None = None) -> None:
         self.received: int | None = None
+        self._at_once = at_once
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
         def handle(signum: int, frame: Any) -> None:
             self.received = signum
+            if self._at_once is not None:
+                raise self.interrupted(self._at_once)
 
         try:
             for sig in EXIT_ON_SIGNAL:
@@ -60,28 +62,10 @@ class StopSignals:
         return Interrupted(f"stopped by {stop.name} {where_and_what_was_kept}", EXIT_ON_SIGNAL.get(stop, 143))
 
 
-@contextmanager
-def stop_at_once(where_and_what_was_kept: str) -> Iterator[None]:
+def stop_at_once(where_and_what_was_kept: str) -> StopSignals:
     """While entered, SIGTERM and SIGINT raise :class:`Interrupted` at once, wherever the main thread is, so the
     enclosing ``with`` blocks still run: a log is closed, a run lock released. For work with nothing to save
-    (sampling), and around the setup and teardown of work that saves through :class:`StopSignals`, which takes
-    over while entered inside. The message is ``stopped by SIGTERM <where_and_what_was_kept>``.
-    Outside the main thread signals are left alone.
+    (sampling), and around the setup and teardown of work that saves through a plain :class:`StopSignals`, which
+    takes over while entered inside. The message is ``stopped by SIGTERM <where_and_what_was_kept>``.
     """
-    stop = StopSignals()
-
-    def raise_now(signum: int, frame: Any) -> None:
-        stop.received = signum
-        raise stop.interrupted(where_and_what_was_kept)
-
-    previous: dict[int, Any] = {}
-    try:
-        for sig in EXIT_ON_SIGNAL:
-            previous[sig] = signal.signal(sig, raise_now)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return StopSignals(at_once=where_and_what_was_kept)

@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from diffusion.evaluation.results import (
 )
 from diffusion.loggers.base import BaseLogger
 from diffusion.runtime.checks import ConfigError, check_int
-from diffusion.runtime.signals import stop_at_once
+from diffusion.runtime.signals import StopSignals, stop_at_once
 from diffusion.sampling.sampler import Sampler, SampleResult, save_samples
 from diffusion.storage.atomic import atomic_write_text
 from diffusion.tasks.score_curve import KIMG, kimg
@@ -65,7 +64,7 @@ def log_unavailable(evaluator: BaseEvaluator, logger: BaseLogger) -> None:
         logger.log(f"warning: {evaluator.unavailable_reason}")
 
 
-def stop_sampling_on_signal(source: Path) -> AbstractContextManager[None]:
+def stop_sampling_on_signal(source: Path) -> StopSignals:
     """While entered, SIGTERM/SIGINT end sampling at once with :class:`~diffusion.runtime.signals.Interrupted`, saying
     what was kept (``source``) and how to sample again: unlike training, sampling has nothing to save.
     """
