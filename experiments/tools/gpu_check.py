@@ -18,12 +18,11 @@ through :func:`diffusion.tasks.summary.flop_counter`, so attention's backward is
 fused kernels' recomputed scores: model FLOPs, as MFU counts them) and divided by the measured seconds per step.
 SiT-B/2 (the same DiT-B/2 trained by flow matching, ``method=flow_matching``: Ma et al. 2024) is timed in bf16
 without and with REPA (Yu et al. 2025: lambda 0.5, block 4 of 12 (a third, the default), projector 2048 wide) in
-two forms: with the encoder's features stored beside the latents
-(DINOv2-B's 768 x 16 x 16 patch features per image, synthetic here: REPA adds only the projector and the loss) and
-with a DINOv2-B forward on 3x256x256 images resized to 224 every step (random weights of DINOv2-B's shape: the same
-cost); the REPA overhead is the plain run's steps/s over each. ``--quick`` uses 8 channels (a one-block DiT of width
-32, a one-layer DINOv2 of width 16), batch 4, 3 steps and torch.compile's ``eager`` backend (tracing without code
-generation): its figures mean nothing.
+two forms: with the encoder's features stored beside the latents (DINOv2-B's 768 x 16 x 16 patch features per
+image, synthetic here: REPA adds only the projector and the loss) and with a DINOv2-B forward on 3x256x256 images
+resized to 224 every step (random weights of DINOv2-B's shape: the same cost); the REPA overhead is the plain
+run's steps/s over each. ``--quick`` uses 8 channels (a one-block DiT of width 32, a one-layer DINOv2 of width 16),
+batch 4, 3 steps and torch.compile's ``eager`` backend (tracing without code generation): its figures mean nothing.
 """
 
 from __future__ import annotations
