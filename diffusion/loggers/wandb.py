@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from diffusion.loggers.base import BaseLogger
+from diffusion.runtime.signals import Interrupted
 from diffusion.loggers.file import metrics_line, plain
 from diffusion.loggers.naming import flatten_config
 from diffusion.runtime.checks import ConfigError, check_choice
@@ -91,12 +92,16 @@ def resolve_mode(mode: Mode) -> Mode:
 
 
 def exit_code_of(exc_type: type[BaseException] | None, exc: BaseException | None) -> int:
-    """The exit code a job leaving with this exception reports: 0 for none or ``SystemExit(0)``, else non-zero."""
+    """The exit code a job leaving with this exception reports: 0 for none or ``SystemExit(0)``, a stop signal's
+    128 + signal number for :class:`Interrupted` (raised at once outside the training loop, it reaches the logger
+    before ``exit_on_failure`` turns it into that exit), else non-zero."""
     if exc_type is None:
         return 0
     if isinstance(exc, SystemExit):
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(exc, Interrupted):
+        return exc.exit_code
     return 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from diffusion.loggers.naming import (
     sweep_group,
 )
 from diffusion.runtime.checks import ConfigError
+from diffusion.runtime.signals import Interrupted, stop_at_once
 
 wandb = pytest.importorskip("wandb")
 WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
@@ -163,6 +165,16 @@ def test_failed_job_marks_the_run_failed(tmp_path: Path, seen: list[SeenRun]) ->
             raise RuntimeError("out of memory")
     assert seen[1].exit_code == 1
     assert (both_dir / "metrics.jsonl").is_file()
+
+
+def test_a_stop_signal_outside_the_loop_is_recorded_with_its_exit_code(tmp_path: Path, seen: list[SeenRun]) -> None:
+    """SIGTERM in setup or teardown raises Interrupted at once (stop_at_once), through the logger's ``with`` before
+    exit_on_failure turns it into exit 143: the W&B run records 143 as the process exits with, not 1."""
+    with pytest.raises(Interrupted):
+        with stop_at_once("stopped"), WandbLogger(tmp_path / "run", project="tests") as logger:
+            logger.log({"loss": 1.0}, step=1)
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert seen[0].exit_code == 143
 
 
 def test_resumed_training_continues_the_same_run(tmp_path: Path, seen: list[SeenRun]) -> None:
