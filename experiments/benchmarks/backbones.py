@@ -16,6 +16,10 @@ matmuls put on its FLOP/s share.
     python -m experiments.benchmarks.backbones --threads 1 --out experiments/benchmarks/backbones_cpu.md
     python -m experiments.benchmarks.backbones --budget default --threads 1 --out .../backbones_default_cpu.md
     python -m experiments.benchmarks.backbones --quick --out /tmp/backbones.md     # toy runs: proves it works
+    python -m experiments.benchmarks.backbones --threads 1 --train-seeds 0,1,2 --reuse ...  # 3 training seeds each
+
+With ``--train-seeds`` each family trains once per seed and its FD is the mean over those runs (each itself a mean
+over the 3 evaluation sets): one training seed says how one run scores, not how the recipe does.
 
 The targets (MNIST budget): each family's FD within 1.5x of the U-Net's, and its training FLOP/s share of the peak no
 lower than the U-Net's.
@@ -24,6 +28,7 @@ lower than the U-Net's.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -39,8 +44,8 @@ from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleav
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
     step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
-    finish_report, fmt, markdown_table, read_eval, reproduce_command, set_threads, shown_command, train_into, \
-    work_dir
+    finish_report, fmt, markdown_table, non_negative_int, read_eval, reproduce_command, set_threads, shown_command, \
+    train_into, work_dir
 
 FD_BAR = 1.5  # each family's FD at most this multiple of the U-Net's
 _NOT_DIT = ("~model.patch_size", "~model.depth", "~model.hidden_size", "~model.num_heads")  # mnist_dit's DiT keys
@@ -164,15 +169,20 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
 class Row:
     family: str
     params: int
-    steps: int
+    steps: str  # the optimizer steps its runs trained ("2300", or "2300/2322" when reused runs differ)
     speed_ratio: float  # steps/s against the U-Net's (median of per-round ratios)
     samples_per_second: float
     flop_share: float  # model FLOP/s over the fp32 matmul peak
     mlp_gemm_share: float | None  # a transformer's MLP matmul alone over the peak
-    fd: float
-    std: float
+    fds: list[float]  # per training seed: the mean over the evaluation's seed sets
+    stds: list[float]  # per training seed: the standard deviation over those sets
     floor: float | None
-    minutes: float  # the run's wall time (training and scoring, as the log measured it)
+    minutes: float  # the runs' wall time (training and scoring, as their logs measured it)
+
+    @property
+    def fd(self) -> float:
+        """The mean over the training seeds of each run's FD: what the bar compares."""
+        return statistics.fmean(self.fds)
 
 
 def reusable_steps(run_dir: Path, overrides: Sequence[str]) -> int | None:
@@ -199,42 +209,72 @@ def reusable_steps(run_dir: Path, overrides: Sequence[str]) -> int | None:
     return steps if same(now, stored) else None
 
 
-def train_and_score(budget: Budget, work: Path, reuse: bool) -> list[Row]:
+def seed_list(text: str) -> tuple[int, ...]:
+    """``--train-seeds``: distinct whole numbers >= 0, comma-separated."""
+    seeds = tuple(non_negative_int(part.strip()) for part in text.split(","))
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"each seed once, got {text!r}")
+    return seeds
+
+
+def seeded_run(work: Path, family: str, seed: int) -> tuple[Path, tuple[str, ...]]:
+    """The run directory of ``family`` trained with ``seed`` and the overrides that seed adds: seed 0 (the config's
+    default) is ``<family>`` with none, so runs of a single-seed invocation stay where they were."""
+    run_dir = work / family.lower().replace(" ", "_").replace("-", "")
+    return (run_dir, ()) if seed == 0 else (run_dir.with_name(f"{run_dir.name}_seed{seed}"), (f"seed={seed}",))
+
+
+def train_and_score(budget: Budget, work: Path, reuse: bool, train_seeds: Sequence[int] = (0,)) -> list[Row]:
+    """Time the families side by side, then train and score each once per training seed (``seed=``)."""
     throughput, peak = measure_throughput(budget)
     reference = throughput["U-Net"].rates
     rows = []
     for name, overrides in budget.families.items():
         figures = throughput[name]
         ratio = paired_ratio(figures.rates, reference)
-        steps = max(1, round(budget.unet_steps * ratio))
-        run_dir = work / name.lower().replace(" ", "_").replace("-", "")
-        seconds = 0.0
-        kept = reusable_steps(run_dir, [*overrides, *budget.shared]) if reuse else None
-        if kept is not None:  # the steps it trained, not today's share
-            steps = kept
-        else:
-            seconds = train_into([*overrides, *budget.shared, f"trainer.max_steps={steps}"], run_dir)
-        fd = read_eval(run_dir)["fd"]
+        granted = max(1, round(budget.unet_steps * ratio))
+        steps, fds, stds, floor, seconds = set(), [], [], None, 0.0
+        for seed in train_seeds:
+            run_dir, seeded = seeded_run(work, name, seed)
+            command = [*overrides, *seeded, *budget.shared]
+            kept = reusable_steps(run_dir, command) if reuse else None
+            if kept is None:
+                seconds += train_into([*command, f"trainer.max_steps={granted}"], run_dir)
+            steps.add(granted if kept is None else kept)  # a reused run: the steps it trained, not today's share
+            fd = read_eval(run_dir)["fd"]
+            fds.append(float(fd["value"]))
+            stds.append(float(fd.get("std_over_seeds") or 0))
+            floor = fd.get("floor")
         samples = median(figures.rates) * budget.batch_size
         gemm = None if figures.mlp_gemm_rates is None else median(figures.mlp_gemm_rates) / median(peak)
-        rows.append(Row(name, figures.params, steps, ratio, samples,
-                        samples * figures.flops_per_sample / median(peak), gemm, float(fd["value"]),
-                        float(fd.get("std_over_seeds") or 0), fd.get("floor"), seconds / 60))
+        rows.append(Row(name, figures.params, "/".join(map(str, sorted(steps))), ratio, samples,
+                        samples * figures.flops_per_sample / median(peak), gemm, fds, stds, floor, seconds / 60))
     return rows
 
 
 def report(rows: Sequence[Row], budget: Budget) -> tuple[list[str], list[tuple[bool, str]]]:
+    """The table and the checks. With one training seed the FD column is that run's mean ± standard deviation over
+    the evaluation's seed sets; with several, the mean ± standard deviation over the training seeds of the runs'
+    means, each run's own in the column before it."""
+    several = len(rows[0].fds) > 1
+    fd_header = f"FD over {len(rows[0].fds)} training seeds (mean ± std)" if several else "FD (mean ± std of 3 sets)"
     header = ["family", "params", "steps/s vs U-Net", "optimizer steps", "train samples/s", "FLOP/s share of fp32 peak",
-              "its MLP matmul alone", "FD (mean ± std of 3 sets)", "FD / U-Net's", "FD floor", "run minutes"]
+              "its MLP matmul alone", *(["FD per training seed (each: mean ± std of its sets)"] if several else []),
+              fd_header, "FD / U-Net's", "FD floor", "run minutes"]
     unet = rows[0]
-    cells = [[r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", str(r.steps), fmt(r.samples_per_second),
-              f"{r.flop_share:.1%}", "—" if r.mlp_gemm_share is None else f"{r.mlp_gemm_share:.0%}",
-              f"{fmt(r.fd)} ± {fmt(r.std, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
-              f"{r.minutes:.1f}" if r.minutes else "reused"] for r in rows]
+    cells = []
+    for r in rows:
+        per_seed = [" / ".join(f"{fmt(fd)} ± {fmt(std, '.2g')}" for fd, std in zip(r.fds, r.stds))] if several else []
+        spread = statistics.stdev(r.fds) if several else r.stds[0]
+        cells.append([r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", r.steps, fmt(r.samples_per_second),
+                      f"{r.flop_share:.1%}", "—" if r.mlp_gemm_share is None else f"{r.mlp_gemm_share:.0%}", *per_seed,
+                      f"{fmt(r.fd)} ± {fmt(spread, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
+                      f"{r.minutes:.1f}" if r.minutes else "reused"])
     checks = []
     for r in rows[1:]:
+        over = f" (means over {len(r.fds)} training seeds)" if several else ""
         checks.append((r.fd <= FD_BAR * unet.fd, f"{r.family} FD within {FD_BAR:g}x of the U-Net's at equal parameters "
-                       f"and wall time: {r.fd:.3g} vs {unet.fd:.3g} ({r.fd / unet.fd:.2f}x)"))
+                       f"and wall time: {r.fd:.3g} vs {unet.fd:.3g}{over} ({r.fd / unet.fd:.2f}x)"))
         checks.append((r.flop_share >= unet.flop_share, f"{r.family} training FLOP/s share of the peak no lower than "
                        f"the U-Net's: {r.flop_share:.1%} vs {unet.flop_share:.1%}"))
     return markdown_table(header, cells), checks
@@ -246,19 +286,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_work_flags(parser)
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="mnist",
                         help="mnist: experiment=mnist's recipe (default) | default: the default digits run's")
+    parser.add_argument("--train-seeds", type=seed_list, default=(0,),
+                        help="training seeds, comma-separated (default 0): each family trains once per seed "
+                             "(seed=<s>, into <family>_seed<s>; seed 0 into <family>) and its FD is the mean over them")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     budget = QUICK if args.quick else BUDGETS[args.budget]
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
-    rows = train_and_score(budget, work, args.reuse)
+    rows = train_and_score(budget, work, args.reuse, args.train_seeds)
     table, checks = report(rows, budget)
     method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''}: the U-Net trains {budget.unet_steps} "
               "optimizer steps; each other family the steps it runs in the same time, from its steps/s measured "
               f"beside the U-Net's ({budget.rounds} interleaved rounds of {budget.steps_per_round} steps, batch "
               f"{budget.batch_size}, fp32). Runs: "
               f"`{shown_command(['<family>', *budget.shared, 'trainer.max_steps=<steps>'])}`, scored by the run itself "
-              "(its best EMA checkpoint); the families:"
+              "(its best EMA checkpoint)"
+              + (f", once per training seed (`seed=` {', '.join(map(str, args.train_seeds))})"
+                 if len(args.train_seeds) > 1 else "") + "; the families:"
               + "".join(f"\n- {name}: `{' '.join(o) or '(the default run)'}`" for name, o in budget.families.items()))
     text, passed = checks_report(f"Backbones at equal parameters and equal wall time ({args.budget} budget)", machine,
                                  method, table, checks, time.perf_counter() - start,

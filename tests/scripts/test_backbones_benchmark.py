@@ -1,14 +1,16 @@
 """The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration;
-another run trains beside the earlier one, which is kept."""
+another run trains beside the earlier one, which is kept. --train-seeds: one run per seed, the FD their mean."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, reusable_steps
+from experiments.benchmarks.backbones import MNIST, Row, report, reusable_steps, seed_list, seeded_run
 from experiments.benchmarks.speed.training import compose_run_config
 from experiments.lib import set_aside
 
@@ -54,3 +56,30 @@ def test_a_family_that_trains_again_keeps_its_earlier_run_beside(tmp_path: Path)
     set_aside(run)
     assert (tmp_path / "uvit_before_3.log").read_text() == "a stray log"
     assert (tmp_path / "uvit_before_4.log").read_text() == "log 4" and (tmp_path / "uvit_before_4").is_dir()
+
+
+def test_each_training_seed_is_its_own_run_and_reused_only_as_that_seed(tmp_path: Path):
+    dit = [*MNIST.families["DiT"], *MNIST.shared]
+    assert seeded_run(tmp_path, "EDM2 U-Net", 0) == (tmp_path / "edm2_unet", ())  # where single-seed runs were
+    run_dir, seeded = seeded_run(tmp_path, "DiT", 2)
+    assert (run_dir, seeded) == (tmp_path / "dit_seed2", ("seed=2",))
+    run = stored_run(run_dir, [*MNIST.families["DiT"], *seeded, *MNIST.shared], steps=2828)
+    assert reusable_steps(run, [*MNIST.families["DiT"], *seeded, *MNIST.shared]) == 2828
+    assert reusable_steps(run, dit) is None  # trained with seed 2: not the seed-0 run
+    assert seed_list("0, 1,2") == (0, 1, 2)
+    for bad in ("0,0", "1,-1", "a"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)
+
+
+def test_with_several_training_seeds_the_bar_compares_their_means():
+    def row(family: str, fds: list[float]) -> Row:
+        return Row(family, 500_000, "900", 1.0, 100.0, 0.5, None, fds, [0.2] * len(fds), 2.9, 0.0)
+
+    rows = [row("U-Net", [4.0, 5.0, 6.0]), row("DiT", [5.0, 7.0, 9.0]), row("U-ViT", [6.0, 11.0, 10.0])]
+    table, checks = report(rows, MNIST)
+    assert "FD per training seed" in table[0] and "over 3 training seeds" in table[0]
+    assert "| 5 ± 0.2 / 7 ± 0.2 / 9 ± 0.2 | 7 ± 2 | 1.40x |" in table[3]  # the DiT: mean 7, std 2 over the seeds
+    assert [passed for passed, _ in checks[::2]] == [True, False]  # 7 <= 1.5 x 5; 9 > 7.5, though 6 alone would pass
+    single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])], MNIST)
+    assert "FD (mean ± std of 3 sets)" in single[0] and "| 7 ± 0.2 | 1.75x |" in single[3] and not checks[0][0]
