@@ -272,9 +272,9 @@ def report(rows: Sequence[Row], budget: Budget) -> tuple[list[str], list[tuple[b
                       f"{r.minutes:.1f}" if r.minutes else "reused"])
     checks = []
     for r in rows[1:]:
-        over = f" (means over {len(r.fds)} training seeds)" if several else ""
+        over = f"; means over {len(r.fds)} training seeds" if several else ""
         checks.append((r.fd <= FD_BAR * unet.fd, f"{r.family} FD within {FD_BAR:g}x of the U-Net's at equal parameters "
-                       f"and wall time: {r.fd:.3g} vs {unet.fd:.3g}{over} ({r.fd / unet.fd:.2f}x)"))
+                       f"and wall time: {r.fd:.3g} vs {unet.fd:.3g} ({r.fd / unet.fd:.2f}x{over})"))
         checks.append((r.flop_share >= unet.flop_share, f"{r.family} training FLOP/s share of the peak no lower than "
                        f"the U-Net's: {r.flop_share:.1%} vs {unet.flop_share:.1%}"))
     return markdown_table(header, cells), checks
