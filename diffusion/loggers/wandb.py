@@ -19,10 +19,10 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from diffusion.loggers.base import BaseLogger
-from diffusion.runtime.signals import Interrupted
 from diffusion.loggers.file import metrics_line, plain
 from diffusion.loggers.naming import flatten_config
 from diffusion.runtime.checks import ConfigError, check_choice
+from diffusion.runtime.signals import Interrupted
 
 Mode = Literal["online", "offline", "disabled"]
 MODES = ("online", "offline", "disabled")
