@@ -23,7 +23,7 @@ from diffusion.app.method_config import formulation_config, repa_settings
 from diffusion.app.run_config import load_guide_model
 from diffusion.data.base import BaseData
 from diffusion.data.latents import LatentData
-from diffusion.evaluation.evaluators import BaseEvaluator
+from diffusion.evaluation.evaluators import BaseEvaluator, NoneEvaluator
 from diffusion.evaluation.patch_features import encoder_identity, load_patch_encoder
 from diffusion.loggers import open_logger, run_name_from_overrides, sweep_group
 from diffusion.loggers.base import BaseLogger
@@ -78,7 +78,11 @@ def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
 
 
 def make_evaluator(node: DictConfig) -> BaseEvaluator:
-    """The evaluator of ``node``, without the probability-flow ODE scores' keys that every evaluator config holds."""
+    """The evaluator of ``node``, without the probability-flow ODE scores' keys that every evaluator config holds.
+    ``evaluator=none`` drops every other key too: a preset's scoring settings (``experiment=mnist`` sets
+    ``evaluator.num_samples``) have nothing to configure when nothing is scored."""
+    if issubclass(get_class(node._target_), NoneEvaluator):
+        return NoneEvaluator()
     own = copy.deepcopy(node)
     with open_dict(own):
         for key in ODE_SCORE_KEYS:

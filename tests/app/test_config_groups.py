@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from diffusion.app import build
+from diffusion.app.build import make_evaluator
 from diffusion.app.method_config import make_method
 from diffusion.data import BaseData
+from diffusion.evaluation import NoneEvaluator
 from diffusion.storage.file_manager import FileManager
 from diffusion.loggers import BaseLogger
 from diffusion.methods import BaseMethod
@@ -126,6 +128,16 @@ def test_every_experiment_composes(experiment, cifar_root):
     assert isinstance(make_method(cfg.method), BaseMethod)
     assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
     assert isinstance(build(cfg).model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("experiment", [option for option in options("experiment") if option not in LATENT_OPTIONS])
+def test_evaluator_none_turns_off_every_presets_scoring(experiment, cifar_root):
+    # the presets set evaluator.num_samples (and more): with evaluator=none those keys have nothing to configure,
+    # where they once reached NoneEvaluator's constructor as a TypeError
+    cfg = compose_config([f"experiment={experiment}", "evaluator=none",
+                          *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
+    evaluator = make_evaluator(cfg.evaluator)
+    assert isinstance(evaluator, NoneEvaluator) and not evaluator.enabled
 
 
 def test_experiment_presets_hold_their_choices():
