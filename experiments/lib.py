@@ -262,6 +262,14 @@ def read_eval(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def spread_score(payload: dict[str, Any], key: str = "fd") -> tuple[float, float, float | None]:
+    """One metric of an ``eval.json`` payload as (value, spread, floor): the spread is the standard deviation over
+    the evaluator's seed sets when it scored several, else the one set's standard error (0 when neither)."""
+    entry = payload[key]
+    spread = entry.get("std_over_seeds") or entry.get("std_error") or 0.0
+    return float(entry["value"]), float(spread), entry.get("floor")
+
+
 def eval_records(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """One record per scored step count: the ``sampler_steps`` entries, or the top level when there are none."""
     return payload.get("sampler_steps") or [payload]

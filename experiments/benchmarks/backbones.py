@@ -45,7 +45,7 @@ from experiments.benchmarks.speed.training import build_parts, compose_config, c
     step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
     finish_report, fmt, markdown_table, non_negative_int, read_eval, reproduce_command, set_threads, shown_command, \
-    train_into, work_dir
+    spread_score, train_into, work_dir
 
 FD_BAR = 1.5  # each family's FD at most this multiple of the U-Net's
 _NOT_DIT = ("~model.patch_size", "~model.depth", "~model.hidden_size", "~model.num_heads")  # mnist_dit's DiT keys
@@ -241,10 +241,9 @@ def train_and_score(budget: Budget, work: Path, reuse: bool, train_seeds: Sequen
             if kept is None:
                 seconds += train_into([*command, f"trainer.max_steps={granted}"], run_dir)
             steps.add(granted if kept is None else kept)  # a reused run: the steps it trained, not today's share
-            fd = read_eval(run_dir)["fd"]
-            fds.append(float(fd["value"]))
-            stds.append(float(fd.get("std_over_seeds") or 0))
-            floor = fd.get("floor")
+            fd, std, floor = spread_score(read_eval(run_dir))
+            fds.append(fd)
+            stds.append(std)
         samples = median(figures.rates) * budget.batch_size
         gemm = None if figures.mlp_gemm_rates is None else median(figures.mlp_gemm_rates) / median(peak)
         rows.append(Row(name, figures.params, "/".join(map(str, sorted(steps))), ratio, samples,
@@ -252,7 +251,7 @@ def train_and_score(budget: Budget, work: Path, reuse: bool, train_seeds: Sequen
     return rows
 
 
-def report(rows: Sequence[Row], budget: Budget) -> tuple[list[str], list[tuple[bool, str]]]:
+def report(rows: Sequence[Row]) -> tuple[list[str], list[tuple[bool, str]]]:
     """The table and the checks. With one training seed the FD column is that run's mean ± standard deviation over
     the evaluation's seed sets; with several, the mean ± standard deviation over the training seeds of the runs'
     means, each run's own in the column before it."""
@@ -295,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
     rows = train_and_score(budget, work, args.reuse, args.train_seeds)
-    table, checks = report(rows, budget)
+    table, checks = report(rows)
     method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''}: the U-Net trains {budget.unet_steps} "
               "optimizer steps; each other family the steps it runs in the same time, from its steps/s measured "
               f"beside the U-Net's ({budget.rounds} interleaved rounds of {budget.steps_per_round} steps, batch "

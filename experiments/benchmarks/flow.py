@@ -50,6 +50,7 @@ from experiments.lib import (
     run_into,
     shown_command,
     shown_path,
+    spread_score,
     work_dir,
 )
 
@@ -103,9 +104,9 @@ class Row(NamedTuple):
 
 
 def row_of(run: str, sampler: str, payload: dict[str, Any]) -> Row:
-    fd = payload["fd"]
-    return Row(run, sampler, payload["steps"], payload["nfe"], float(fd["value"]), float(fd.get("std_over_seeds") or 0),
-               fd.get("floor"), payload["seconds_per_sample"] * 1e3, payload)
+    fd, std, floor = spread_score(payload)
+    return Row(run, sampler, payload["steps"], payload["nfe"], fd, std, floor, payload["seconds_per_sample"] * 1e3,
+               payload)
 
 
 def evaluate(run_dir: Path, out: Path, overrides: Sequence[str], settings: Settings) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lib import checks_report, describe_machine, epoch_records, finish_report, fmt, markdown_table, \
-    parse_work_args, read_eval, reproduce_command, run_into, shown_path, work_dir
+    parse_work_args, read_eval, reproduce_command, run_into, shown_path, spread_score, work_dir
 
 FD_BAR = 1.5  # the latent DiT's FD at most this multiple of the pixel DiT's
 RECIPE_MINUTES = 20.0  # the three commands together
@@ -100,11 +100,6 @@ def training_figures(run_dir: Path) -> tuple[float, float, int]:
             max(int(r.get("step", 0)) for r in records))
 
 
-def score(payload: dict[str, Any], key: str = "fd") -> tuple[float, float, float | None]:
-    fd = payload[key]
-    return float(fd["value"]), float(fd.get("std_over_seeds") or fd.get("std_error") or 0.0), fd.get("floor")
-
-
 def tables(steps: dict[str, Step]) -> tuple[list[str], dict[str, Any]]:
     """The runs' table and the figures the verdicts read."""
     autoencoder = read_eval(steps["autoencoder"].run_dir)
@@ -114,11 +109,11 @@ def tables(steps: dict[str, Step]) -> tuple[list[str], dict[str, Any]]:
     rows = []
     for name, label in (("latent", "latent DiT (7x7x4, patch 1)"), ("pixel", "pixel DiT (28x28x1, patch 4)")):
         per_second, seconds, optimizer_steps = training_figures(steps[name].run_dir)
-        fd, std, floor = score(read_eval(steps[name].run_dir))
+        fd, std, floor = spread_score(read_eval(steps[name].run_dir))
         figures[name] = {"fd": fd, "std": std, "floor": floor, "per_second": per_second, "seconds": seconds}
         rows.append([label, str(optimizer_steps), f"{per_second:.0f}", f"{seconds / 60:.1f}",
                      f"{steps[name].seconds / 60:.1f}", f"{fmt(fd)} ± {fmt(std, '.2g')}", fmt(floor)])
-    ae_fd, ae_std, ae_floor = score(autoencoder)
+    ae_fd, ae_std, ae_floor = spread_score(autoencoder)
     saved = figures["pixel"]["seconds"] - figures["latent"]["seconds"]
     text = [
         *markdown_table(["run", "optimizer steps", "training samples/s (median epoch)", "training min",

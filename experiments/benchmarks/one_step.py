@@ -53,6 +53,7 @@ from experiments.lib import (
     run_into,
     shown_command,
     shown_path,
+    spread_score,
     training_seconds,
     work_dir,
 )
@@ -113,10 +114,10 @@ class Row(NamedTuple):
 
 
 def row_of(run: str, sampler: str, payload: dict[str, Any], run_dir: Path, ddpm_seconds: float) -> Row:
-    fd = payload["fd"]
+    fd, std, floor = spread_score(payload)
     steps = checkpoint.global_step(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
-    return Row(run, sampler, payload["steps"], payload["nfe"], float(fd["value"]),
-               float(fd.get("std_over_seeds") or 0), fd.get("floor"), training_seconds(run_dir) / ddpm_seconds, steps)
+    return Row(run, sampler, payload["steps"], payload["nfe"], fd, std, floor, training_seconds(run_dir) / ddpm_seconds,
+               steps)
 
 
 def train(overrides: Sequence[str], run_dir: Path) -> Path:

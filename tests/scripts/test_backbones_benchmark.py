@@ -77,9 +77,9 @@ def test_with_several_training_seeds_the_bar_compares_their_means():
         return Row(family, 500_000, "900", 1.0, 100.0, 0.5, None, fds, [0.2] * len(fds), 2.9, 0.0)
 
     rows = [row("U-Net", [4.0, 5.0, 6.0]), row("DiT", [5.0, 7.0, 9.0]), row("U-ViT", [6.0, 11.0, 10.0])]
-    table, checks = report(rows, MNIST)
+    table, checks = report(rows)
     assert "FD per training seed" in table[0] and "over 3 training seeds" in table[0]
     assert "| 5 ± 0.2 / 7 ± 0.2 / 9 ± 0.2 | 7 ± 2 | 1.40x |" in table[3]  # the DiT: mean 7, std 2 over the seeds
     assert [passed for passed, _ in checks[::2]] == [True, False]  # 7 <= 1.5 x 5; 9 > 7.5, though 6 alone would pass
-    single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])], MNIST)
+    single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])])
     assert "FD (mean ± std of 3 sets)" in single[0] and "| 7 ± 0.2 | 1.75x |" in single[3] and not checks[0][0]
