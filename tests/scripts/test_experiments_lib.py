@@ -101,3 +101,11 @@ def test_the_child_runs_this_checkout(monkeypatch):
 def test_write_results_creates_the_folder_and_ends_with_one_newline(tmp_path: Path):
     path = lib.write_results(tmp_path / "a" / "b.md", "text\n\n")
     assert path.read_text() == "text\n"
+
+
+def test_spread_score_prefers_the_spread_over_seed_sets_then_the_standard_error():
+    several = {"fd": {"value": 5.0, "std_over_seeds": 0.4, "std_error": 0.1, "floor": 2.9}}
+    one = {"fd": {"value": 5.0, "std_error": 0.1, "floor": None}, "kid": {"value": 0.2}}
+    assert lib.spread_score(several) == (5.0, 0.4, 2.9)
+    assert lib.spread_score(one) == (5.0, 0.1, None)
+    assert lib.spread_score(one, "kid") == (0.2, 0.0, None)
