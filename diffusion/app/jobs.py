@@ -21,7 +21,7 @@ from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.latent_jobs import run_encode, run_train_autoencoder
 from diffusion.app.reflow_config import reflow_run_config
 from diffusion.app.run_config import (
-    command_line_keys,
+    follow_run_sampler,
     load_source_config,
     require_run_dir,
     sampling_method_config,
@@ -157,7 +157,8 @@ def training_settings(cfg: DictConfig, job: HydraRun, parts: Components, max_ste
 
 def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
     """``task=sample`` / ``task=evaluate``: ``run_dir``'s best checkpoint (or ``run_dir=<file>.safetensors``)
-    sampled (and scored) with this command's sampler, evaluator and, if chosen on this command line, method."""
+    sampled (and scored) with the run's sampler and evaluator under this command line's keys and, if chosen on this
+    command line, method (:func:`~diffusion.app.run_config.follow_run_sampler`)."""
     dist = DistributedContext.from_environment(cfg.sampler.device)
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory holding checkpoints/, or a .safetensors")
@@ -245,21 +246,12 @@ def run_summary(cfg: DictConfig, job: HydraRun) -> None:
 
 
 def source_config(cfg: DictConfig, source: object) -> DictConfig:
-    """The config of the run read (``run_dir``), sampled with the method this command line chose, if any."""
+    """The config of the run read (``run_dir``), sampled with the method this command line chose, if any, and
+    with the run's own sampling settings where this command line leaves them open."""
     run_cfg = load_source_config(source)  # type: ignore[arg-type]
     run_cfg.method = sampling_method_config(cfg, run_cfg)
-    follow_run_precision(cfg, run_cfg)
+    follow_run_sampler(cfg, run_cfg)
     return run_cfg
-
-
-def follow_run_precision(cfg: DictConfig, run_cfg: DictConfig) -> None:
-    """Sample at the run's own ``trainer.precision`` unless this command line sets one: ``auto`` resolves per
-    machine, and a run's samples should not change with the machine that reads it.
-    """
-    keys = command_line_keys()
-    trained = run_cfg.get("trainer", {}).get("precision")
-    if trained is not None and not keys & {"sampler.precision", "trainer.precision"}:
-        cfg.sampler.precision = trained
 
 
 def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object) -> RunSettings:

@@ -21,6 +21,12 @@ from diffusion.storage.safe_load import check_safe_targets
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
 # (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays).
 SAMPLING_METHOD_KEYS = ("clip_denoised", "default_solver")
+# Sampler keys an earlier run's samples were drawn with (its solver, grid, guidance, precision): ``task=sample``,
+# ``evaluate`` and ``posthoc_ema`` follow the run's unless this command line sets them, so scoring a run again without
+# sampler keys draws what the run drew (an MNIST run's guidance w = 2 and trailing grid, not the defaults' w = 1 and
+# leading). Not followed: how this job runs (seed, device, batch size, bar) and how many samples it draws.
+RUN_SAMPLER_KEYS = ("solver", "steps", "eta", "timestep_spacing", "precision", "guidance_scale", "class_labels", "rho",
+                    "s_churn", "s_tmin", "s_tmax", "s_noise", "atol", "rtol", "diffusion", "guide", "guide_scale")
 
 
 def command_line_keys() -> set[str]:
@@ -55,6 +61,29 @@ def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     for key in given:
         method[key] = cfg.method[key]
     return method
+
+
+def follow_run_sampler(cfg: DictConfig, run_cfg: DictConfig) -> None:
+    """Set ``cfg.sampler``'s :data:`RUN_SAMPLER_KEYS` to the run's where this command line leaves them open: not
+    under ``sampler=<option>``, not a ``sampler.<key>`` given here, not the precision under ``trainer.precision``
+    (``auto`` resolves per machine; a run's samples should not change with the machine that reads it), and not the
+    solver and steps under ``method=<preset>``, ``method.default_solver`` or ``sampler.solver`` (a step count belongs
+    to its solver)."""
+    keys = command_line_keys()
+    stored = run_cfg.get("sampler") or {}
+    chosen = {f"sampler.{key}" for key in RUN_SAMPLER_KEYS if f"sampler.{key}" in keys}
+    if "trainer.precision" in keys:
+        chosen.add("sampler.precision")
+    if keys & {"method", "method.default_solver", "sampler.solver"}:
+        chosen |= {"sampler.solver", "sampler.steps"}  # a step count belongs to its solver
+    for key in RUN_SAMPLER_KEYS:
+        if f"sampler.{key}" in chosen or key not in stored or ("sampler" in keys and key != "precision"):
+            continue
+        cfg.sampler[key] = stored[key]
+    if "precision" not in stored and "sampler.precision" not in chosen:  # a run from before the sampler had one
+        trained = run_cfg.get("trainer", {}).get("precision")
+        if trained is not None:
+            cfg.sampler.precision = trained
 
 
 def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:

@@ -24,8 +24,8 @@ from diffusion.tasks.sample_and_score import (
 
 
 def sample_or_evaluate(parts: Components, run: RunSettings, dist: DistributedContext) -> float | None:
-    """Sample ``run.source`` (a run directory or a ``.safetensors``) with this command's sampler and evaluator;
-    returns the first score, if any."""
+    """Sample ``run.source`` (a run directory or a ``.safetensors``) with the sampler and evaluator the app built
+    (the run's own settings under this command line's keys); returns the first score, if any."""
     output_dir = shared_output_dir(dist, run.output_dir)
     source = run.source
     assert source is not None, "the app refuses task=sample without run_dir"
