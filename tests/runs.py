@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIGITS = [
@@ -48,6 +49,12 @@ ONE_EPOCH_MOONS = [
     "method.num_timesteps=20",
     "sampler.num_samples=16",
 ]
+
+
+def compose_config(*overrides: str):
+    """conf/'s ``config`` composed with ``overrides`` through Hydra's compose API (no run, nothing written)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def child_env(**extra: str) -> dict[str, str]:

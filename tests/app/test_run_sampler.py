@@ -7,25 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.run_config import follow_run_sampler
-from runs import ONE_EPOCH_MOONS, ok, run_py
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def composed(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
+from runs import ONE_EPOCH_MOONS, compose_config, ok, run_py
 
 @pytest.fixture(scope="module")
 def mnist_run_config():
     """What an ``experiment=mnist`` run records: DPM-Solver++ 20 trailing steps, guidance w = 2, every class."""
-    recorded = composed(["experiment=mnist", "trainer.precision=bf16"])
+    recorded = compose_config("experiment=mnist", "trainer.precision=bf16")
     return OmegaConf.create(OmegaConf.to_container(recorded, resolve=True))  # as config.yaml is read back
 
 
@@ -33,7 +24,7 @@ def followed(run_cfg, *command: str):
     """This command line's sampler after following the run's: ``task=evaluate run_dir=... <command>``."""
     overrides = ("task=evaluate", "run_dir=somewhere", *command)
     start_job(HydraRun(output_dir=Path("out"), overrides=overrides))
-    cfg = composed(list(overrides))
+    cfg = compose_config(*overrides)
     follow_run_sampler(cfg, run_cfg)
     return cfg.sampler
 

@@ -6,18 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from diffusion.app.build import build_network
 from diffusion.app.hydra_run import HydraRun
 from diffusion.tasks.summary import NetworkSummary, summarize
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from runs import compose_config
 
 
 def summary_of(*overrides: str) -> NetworkSummary:

@@ -10,9 +10,8 @@ import textwrap
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from runs import ROOT, main_in_process
+from runs import ROOT, compose_config, main_in_process
 
 from diffusion.app.method_config import make_method
 
@@ -25,11 +24,6 @@ from diffusion.storage.legacy import upgrade_config
 from diffusion.training.repa import RepresentationAlignment, alignment_loss, token_targets
 
 METHODS = ["ddpm", "edm", "flow_matching", "meanflow", "shortcut"]
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def tiny(backbone: str, two_times: bool = False, image_size: int = 8) -> torch.nn.Module:
