@@ -70,20 +70,18 @@ def follow_run_sampler(cfg: DictConfig, run_cfg: DictConfig) -> None:
     solver and steps under ``method=<preset>``, ``method.default_solver`` or ``sampler.solver`` (a step count belongs
     to its solver)."""
     keys = command_line_keys()
-    stored = run_cfg.get("sampler") or {}
-    chosen = {f"sampler.{key}" for key in RUN_SAMPLER_KEYS if f"sampler.{key}" in keys}
+    recorded = dict(run_cfg.get("sampler") or {})
+    trained = run_cfg.get("trainer", {}).get("precision")
+    if "precision" not in recorded and trained is not None:  # a run from before the sampler had its own
+        recorded["precision"] = trained
+    given = {key for key in RUN_SAMPLER_KEYS if f"sampler.{key}" in keys}
     if "trainer.precision" in keys:
-        chosen.add("sampler.precision")
+        given.add("precision")
     if keys & {"method", "method.default_solver", "sampler.solver"}:
-        chosen |= {"sampler.solver", "sampler.steps"}  # a step count belongs to its solver
-    for key in RUN_SAMPLER_KEYS:
-        if f"sampler.{key}" in chosen or key not in stored or ("sampler" in keys and key != "precision"):
-            continue
-        cfg.sampler[key] = stored[key]
-    if "precision" not in stored and "sampler.precision" not in chosen:  # a run from before the sampler had one
-        trained = run_cfg.get("trainer", {}).get("precision")
-        if trained is not None:
-            cfg.sampler.precision = trained
+        given |= {"solver", "steps"}  # a step count belongs to its solver
+    for key in ("precision",) if "sampler" in keys else RUN_SAMPLER_KEYS:
+        if key in recorded and key not in given:
+            cfg.sampler[key] = recorded[key]
 
 
 def search_hooks(cfg: DictConfig, monitor: str, run_dir: Path) -> list[Any]:
