@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -22,6 +21,7 @@ from diffusion.loggers import BaseLogger
 from diffusion.methods import BaseMethod
 from diffusion.sampling.sampler import Sampler
 from diffusion.training.trainer import Trainer
+from runs import compose_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY_UNET = ["model.base_channels=16", "model.num_res_blocks=1", "model.num_groups=4"]
@@ -33,11 +33,6 @@ LATENT_OPTIONS = {"latents", "mnist_latent", "mnist_autoencoder"}
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +68,7 @@ def test_every_group_has_its_options():
 @pytest.mark.parametrize("method", options("method"))
 @pytest.mark.parametrize("schedule", options("schedule"))
 def test_method_alone_instantiates_ready(method, schedule):
-    cfg = compose_config([f"method={method}", f"schedule={schedule}"])
+    cfg = compose_config(f"method={method}", f"schedule={schedule}")
     built = make_method(cfg.method)  # its repa settings are the Trainer's wrapper's
     if method == "edm":  # sigma space: no betas; the forward process is x0 + sigma n
         x0 = torch.zeros(2, 1, 8, 8)
@@ -97,8 +92,8 @@ def test_method_alone_instantiates_ready(method, schedule):
 
 
 def test_schedule_choice_reaches_the_method():
-    linear = make_method(compose_config(["schedule=linear"]).method)
-    cosine = make_method(compose_config(["schedule=cosine"]).method)
+    linear = make_method(compose_config("schedule=linear").method)
+    cosine = make_method(compose_config("schedule=cosine").method)
     assert not torch.allclose(linear.alphas_cumprod, cosine.alphas_cumprod)
 
 
@@ -110,7 +105,7 @@ def test_every_data_option_builds_with_its_model(data, image_root, cifar_root):
         overrides += [f"data.root={image_root}", "data.image_size=16"]
     if data == "cifar10":
         overrides += [f"data.root={cifar_root}"]
-    parts = build(compose_config(overrides))  # the network's input shape comes from the data
+    parts = build(compose_config(*overrides))  # the network's input shape comes from the data
     dataset, net = parts.data, parts.model
     assert isinstance(dataset, BaseData)
     splits = dataset.load()
@@ -124,7 +119,7 @@ def test_every_data_option_builds_with_its_model(data, image_root, cifar_root):
 
 @pytest.mark.parametrize("experiment", [option for option in options("experiment") if option not in LATENT_OPTIONS])
 def test_every_experiment_composes(experiment, cifar_root):
-    cfg = compose_config([f"experiment={experiment}", *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
+    cfg = compose_config(f"experiment={experiment}", *([f"data.root={cifar_root}"] if "cifar10" in experiment else []))
     assert isinstance(make_method(cfg.method), BaseMethod)
     assert isinstance(instantiate(cfg.data, _convert_="all"), BaseData)
     assert isinstance(build(cfg).model, torch.nn.Module)
@@ -134,23 +129,23 @@ def test_every_experiment_composes(experiment, cifar_root):
 def test_evaluator_none_turns_off_every_presets_scoring(experiment, cifar_root):
     # the presets set evaluator.num_samples (and more): with evaluator=none those keys have nothing to configure,
     # where they once reached NoneEvaluator's constructor as a TypeError
-    cfg = compose_config([f"experiment={experiment}", "evaluator=none",
-                          *([f"data.root={cifar_root}"] if "cifar10" in experiment else [])])
+    cfg = compose_config(f"experiment={experiment}", "evaluator=none",
+                         *([f"data.root={cifar_root}"] if "cifar10" in experiment else []))
     evaluator = make_evaluator(cfg.evaluator)
     assert isinstance(evaluator, NoneEvaluator) and not evaluator.enabled
 
 
 def test_experiment_presets_hold_their_choices():
-    moons = compose_config(["experiment=moons_mlp"])
+    moons = compose_config("experiment=moons_mlp")
     assert moons.data._target_.endswith("MoonsData") and moons.model._target_.endswith("MLP")
-    ddim = compose_config(["experiment=digits_ddim_cosine"])
+    ddim = compose_config("experiment=digits_ddim_cosine")
     assert ddim.method.default_solver == "ddim" and ddim.schedule._target_.endswith("cosine_betas")
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))
 @pytest.mark.parametrize("logger", options("logger"))
 def test_trainer_sampler_logger_checkpoint_build(trainer, logger, tmp_path):
-    cfg = compose_config([f"trainer={trainer}", f"logger={logger}", *TINY_UNET])
+    cfg = compose_config(f"trainer={trainer}", f"logger={logger}", *TINY_UNET)
     parts = build(cfg)
     data, model, method = parts.data, parts.model, parts.method
     file_manager = parts.make_file_manager(tmp_path)

@@ -3,17 +3,11 @@ training run of run.py end to end followed by sampling from it with another solv
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -25,8 +19,8 @@ from diffusion.models import MLP
 from diffusion.sampling.sampler import Sampler
 from diffusion.sampling.solvers import ddim
 from diffusion.runtime.checks import ConfigError
+from runs import compose_config, run_py
 
-ROOT = Path(__file__).resolve().parents[2]
 SIGMAS = torch.tensor([1e-3, 0.002, 0.1, 0.5, 1.0, 5.0, 80.0], dtype=torch.float64)
 
 
@@ -111,12 +105,6 @@ def test_invalid_arguments_name_their_key():
         EDM(schedule=None, prediction="epsilon")  # a Gaussian diffusion's keys
 
 
-@functools.cache
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("option", ["edm", "euler", "heun", "dpmpp_2m_karras"])
 def test_method_options_compose_and_sample_a_run_of_either_kind(option):
     """``task=sample run_dir=<run> method=<option>`` keeps the run's trained method and takes the option's default
@@ -140,12 +128,6 @@ def test_heun_option_trains_like_ddpm():
     assert isinstance(method, GaussianDiffusion) and method.default_solver == "heun"
     loss = method.compute_loss(MLP(dim=2, hidden_dim=8, num_layers=1), torch.randn(4, 2))
     assert torch.isfinite(loss)
-
-
-def run_py(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIFFUSION_DEBUG": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_edm_trains_end_to_end_with_the_unchanged_trainer(tmp_path):
