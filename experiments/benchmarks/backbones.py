@@ -77,9 +77,12 @@ MNIST = Budget(
         # 6e-3; MNIST 8.24 / 5.22 at 3e-3 / 6e-3)
         "DiT": ("experiment=mnist_dit",),  # 0.51M: patch 4, 5 blocks of width 72
         # U-ViT with Xavier / zero-output initialisation and sin-cos-initialised positions (the paper's std-0.02
-        # initialisation, same network and steps: FD 54.5 ± 0.5)
+        # initialisation, same network and steps: FD 54.5 ± 0.5), and min-SNR's gamma at 0.5: at gamma 5 its
+        # denoising error exceeds the U-Net's most (1.2-1.3x) at sigma 0.6-2.5, levels min-SNR-5 weights by SNR < 3
+        # against 5 below; a lower gamma trades low-noise accuracy for them (FD over training seeds 0-2: 9.01 at
+        # gamma 5, 5.90 at 1, 5.05 at 0.5; docs/backbones.md, tools/denoising_error.py)
         "U-ViT": ("experiment=mnist_dit", "model=uvit", "model.hidden_size=88", "model.init=xavier_zero",
-                  "model.position_init=sincos"),  # 0.51M, patch 4, 5 layers
+                  "model.position_init=sincos", "method.snr_gamma=0.5"),  # 0.51M, patch 4, 5 layers
         # 16 / 32 / 48 channels at 28 / 14 / 7. The first shape, 21 / 42 / 42 (0.52M), ran at 0.58x the U-Net's
         # steps/s and reached FD 21.2 in 550 steps: a 3x3 convolution at 21 channels took longer than one at 24 here
         # (oneDNN blocks channels by 8 and 16); this one runs at about 1.05x
