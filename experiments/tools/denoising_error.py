@@ -33,8 +33,8 @@ from diffusion.storage import checkpoint
 from diffusion.storage.file_manager import FileManager, load_checkpoint
 from diffusion.storage.legacy import upgrade_config
 from diffusion.storage.safe_load import check_safe_targets
-from experiments.lib import add_common_flags, describe_machine, markdown_table, non_negative_int, \
-    reproduce_command, set_threads, shown_path, write_results
+from experiments.lib import describe_machine, markdown_table, non_negative_int, reproduce_command, set_threads, \
+    shown_path, write_results
 
 
 class TrainedRun:
@@ -103,11 +103,14 @@ def table(runs: Sequence[TrainedRun], sigmas: Sequence[float], errors: Sequence[
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each with checkpoints/best.pt or last.pt)")
-    parser.add_argument("--levels", type=non_negative_int, default=8, help="noise levels, log-spaced (default 8)")
+    parser.add_argument("--levels", type=non_negative_int, default=8,
+                        help="noise levels (default 8): the first run's schedule at band centres, or log-spaced")
     parser.add_argument("--samples", type=non_negative_int, default=512,
                         help="validation samples per level (default 512)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise, shared by every run")
-    add_common_flags(parser, "a markdown report (default: print the table only)")
+    parser.add_argument("--out", type=Path, help="also write a markdown report here (default: print the table only)")
+    parser.add_argument("--threads", type=non_negative_int, default=None,
+                        help="CPU threads (default: torch's; 1 is fastest on cores other jobs keep busy)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.levels < 1 or args.samples < 1:
