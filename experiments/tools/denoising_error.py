@@ -24,15 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from diffusion.app.build import build
+from diffusion.app.run_config import load_source_config
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.checks import ConfigError
 from diffusion.storage import checkpoint
-from diffusion.storage.file_manager import FileManager, load_checkpoint
-from diffusion.storage.legacy import upgrade_config
-from diffusion.storage.safe_load import check_safe_targets
+from diffusion.storage.file_manager import FileManager
 from experiments.lib import describe_machine, markdown_table, non_negative_int, reproduce_command, set_threads, \
     shown_path, write_results
 
@@ -41,12 +39,8 @@ class TrainedRun:
     """A run's network (best checkpoint, EMA weights), method and validation split, built from its config."""
 
     def __init__(self, run_dir: Path) -> None:
-        path = FileManager(run_dir).best_or_last()
-        ckpt = load_checkpoint(path)
-        config = ckpt.get("config") or {}
-        check_safe_targets(config, path)
-        parts = build(OmegaConf.create(upgrade_config(config)))
-        parts.model.load_state_dict(checkpoint.ema_weights(ckpt))
+        parts = build(load_source_config(run_dir))  # as task=evaluate builds it
+        parts.model.load_state_dict(checkpoint.ema_weights(FileManager(run_dir).load("best")))
         self.name, self.model, self.method, self.data = run_dir.name, parts.model.eval(), parts.method, parts.data
 
     def validation(self, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -13,6 +13,7 @@ from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.run_config import follow_run_sampler
 from runs import ONE_EPOCH_MOONS, compose_config, ok, run_py
 
+
 @pytest.fixture(scope="module")
 def mnist_run_config():
     """What an ``experiment=mnist`` run records: DPM-Solver++ 20 trailing steps, guidance w = 2, every class."""
