@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.app.build import build
+from diffusion.app.build import NO_EVALUATOR, build
 from diffusion.app.run_config import load_source_config
 from diffusion.methods.base import BaseMethod
 from diffusion.runtime.checks import ConfigError
@@ -39,7 +39,7 @@ class TrainedRun:
     """A run's network (best checkpoint, EMA weights), method and validation split, built from its config."""
 
     def __init__(self, run_dir: Path) -> None:
-        parts = build(load_source_config(run_dir))  # as task=evaluate builds it
+        parts = build(load_source_config(run_dir), evaluator=NO_EVALUATOR)  # as task=evaluate, scoring nothing
         parts.model.load_state_dict(checkpoint.ema_weights(FileManager(run_dir).load("best")))
         self.name, self.model, self.method, self.data = run_dir.name, parts.model.eval(), parts.method, parts.data
 
