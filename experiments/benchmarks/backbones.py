@@ -9,9 +9,11 @@ seed sets of 500 samples (FD: mean and standard deviation over the sets). The tr
 recipe (formulation, sampler) at a higher learning rate (on the MNIST budget); the EDM2 U-Net on its paper's (EDM,
 Heun-18, a learning rate for magnitude-preserving weights).
 Also reported: training samples/s and model FLOP/s (forward and backward, counted by ``FlopCounterMode``, one
-multiply-add = 2 FLOPs) as a share of this machine's measured fp32 matmul peak, and for each transformer the share
-its first MLP matmul alone reaches at the training batch's shape (tokens x width x 4 width): the ceiling its
-matmuls put on its FLOP/s share.
+multiply-add = 2 FLOPs) as a share of this machine's measured fp32 matmul peak (the faster of MKL's and oneDNN's
+GEMM: torch runs a dense fp32 matmul in the first and convolutions in the second), for each transformer the share
+its first MLP matmul alone reaches at the training batch's shape (tokens x width x 4 width) in MKL, as the model runs
+it, and in oneDNN: the ceiling its matmuls put on its FLOP/s share; and a control, the U-Net's share with oneDNN off
+(its convolutions as im2col and MKL GEMMs), which shows how much of the U-Net's share is oneDNN's.
 
     python -m experiments.benchmarks.backbones --threads 1 --out experiments/benchmarks/backbones_cpu.md
     python -m experiments.benchmarks.backbones --budget default --threads 1 --out .../backbones_default_cpu.md
@@ -40,7 +42,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleave, matmul_flops_per_second, median, \
-    paired_ratio, timed
+    onednn_gemm_flops_per_second, paired_ratio, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
     step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
@@ -128,13 +130,24 @@ class Throughput:
     rates: list[float]
     flops_per_sample: float
     params: int
-    mlp_gemm_rates: list[float] | None
+    mlp_gemm_rates: list[float] | None  # in MKL, where torch runs a dense fp32 linear
+    onednn_gemm_rates: list[float] | None  # the same matmul in oneDNN, the convolutions' library
 
 
-def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[float]]:
+@dataclass
+class Timing:
+    """The families' throughput, the fp32 peak per round and the control: the U-Net's FLOP/s share with its
+    convolutions in MKL (oneDNN off), the library the transformers' linears run in."""
+
+    families: dict[str, Throughput]
+    peak: list[float]
+    unet_without_onednn: float
+
+
+def measure_throughput(budget: Budget) -> Timing:
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
-    the Trainer around it is the same), interleaved with the fp32 matmul peak and each transformer's MLP matmul
-    (a ceiling on its FLOP/s share); the peak's per-round FLOP/s."""
+    the Trainer around it is the same), interleaved with the fp32 matmul peak, each transformer's MLP matmul in MKL
+    and in oneDNN (a ceiling on its FLOP/s share), and the U-Net's step with oneDNN off (the control)."""
     device = torch.device("cpu")
     steppers, gemms, parts_of, batches = {}, {}, {}, {}
     for name, overrides in budget.families.items():
@@ -159,15 +172,25 @@ def measure_throughput(budget: Budget) -> tuple[dict[str, Throughput], list[floa
             layout = model.token_layout()
             linear = layout.blocks[0].mlp[0]  # the MLP's first layer: width -> mlp_ratio x width
             shape = (budget.batch_size * (layout.prefix + layout.side**2), linear.in_features, linear.out_features)
-            gemms[name] = lambda shape=shape: gemm_flops_per_second(shape, torch.float32, device)
-    runs = interleave({**steppers, **{f"gemm {name}": gemm for name, gemm in gemms.items()},
+            gemms[f"gemm {name}"] = lambda shape=shape: gemm_flops_per_second(shape, torch.float32, device)
+            gemms[f"oneDNN gemm {name}"] = lambda shape=shape: onednn_gemm_flops_per_second(shape)
+    unet_step = steppers["U-Net"]
+
+    def unet_without_onednn() -> float:
+        with torch.backends.mkldnn.flags(enabled=False):  # convolutions as im2col + MKL GEMMs
+            return unet_step()
+
+    unet_without_onednn()  # warm-up: other kernels
+    runs = interleave({**steppers, **gemms, "U-Net without oneDNN": unet_without_onednn,
                        "peak": lambda: matmul_flops_per_second(1024, torch.float32, device)}, budget.rounds)
     result = {}
     for name, parts in parts_of.items():
         flops = step_flops_per_sample(parts.model, parts.method, batches[name], device, "fp32")
         result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()),
-                                  runs.get(f"gemm {name}"))
-    return result, runs["peak"]
+                                  runs.get(f"gemm {name}"), runs.get(f"oneDNN gemm {name}"))
+    unet = result["U-Net"]
+    control = median(runs["U-Net without oneDNN"]) * budget.batch_size * unet.flops_per_sample / median(runs["peak"])
+    return Timing(result, runs["peak"], control)
 
 
 @dataclass
@@ -178,7 +201,8 @@ class Row:
     speed_ratio: float  # steps/s against the U-Net's (median of per-round ratios)
     samples_per_second: float
     flop_share: float  # model FLOP/s over the fp32 matmul peak
-    mlp_gemm_share: float | None  # a transformer's MLP matmul alone over the peak
+    mlp_gemm_share: float | None  # a transformer's MLP matmul alone over the peak (MKL, as the model runs it)
+    onednn_gemm_share: float | None  # the same matmul in oneDNN
     fds: list[float]  # per training seed: the mean over the evaluation's seed sets
     stds: list[float]  # per training seed: the standard deviation over those sets
     floor: float | None
@@ -229,13 +253,15 @@ def seeded_run(work: Path, family: str, seed: int) -> tuple[Path, tuple[str, ...
     return (run_dir, ()) if seed == 0 else (run_dir.with_name(f"{run_dir.name}_seed{seed}"), (f"seed={seed}",))
 
 
-def train_and_score(budget: Budget, work: Path, reuse: bool, train_seeds: Sequence[int] = (0,)) -> list[Row]:
-    """Time the families side by side, then train and score each once per training seed (``seed=``)."""
-    throughput, peak = measure_throughput(budget)
-    reference = throughput["U-Net"].rates
+def train_and_score(budget: Budget, work: Path, reuse: bool,
+                    train_seeds: Sequence[int] = (0,)) -> tuple[list[Row], float]:
+    """Time the families side by side, then train and score each once per training seed (``seed=``); the rows and
+    the control's FLOP/s share (the U-Net with oneDNN off)."""
+    timing = measure_throughput(budget)
+    reference, peak = timing.families["U-Net"].rates, timing.peak
     rows = []
     for name, overrides in budget.families.items():
-        figures = throughput[name]
+        figures = timing.families[name]
         ratio = paired_ratio(figures.rates, reference)
         granted = max(1, round(budget.unet_steps * ratio))
         steps, fds, stds, floor, seconds = set(), [], [], None, 0.0
@@ -250,28 +276,31 @@ def train_and_score(budget: Budget, work: Path, reuse: bool, train_seeds: Sequen
             fds.append(fd)
             stds.append(std)
         samples = median(figures.rates) * budget.batch_size
-        gemm = None if figures.mlp_gemm_rates is None else median(figures.mlp_gemm_rates) / median(peak)
+        gemm, onednn = (None if rates is None else median(rates) / median(peak)
+                        for rates in (figures.mlp_gemm_rates, figures.onednn_gemm_rates))
         rows.append(Row(name, figures.params, "/".join(map(str, sorted(steps))), ratio, samples,
-                        samples * figures.flops_per_sample / median(peak), gemm, fds, stds, floor, seconds / 60))
-    return rows
+                        samples * figures.flops_per_sample / median(peak), gemm, onednn, fds, stds, floor,
+                        seconds / 60))
+    return rows, timing.unet_without_onednn
 
 
-def report(rows: Sequence[Row]) -> tuple[list[str], list[tuple[bool, str]]]:
-    """The table and the checks. With one training seed the FD column is that run's mean ± standard deviation over
-    the evaluation's seed sets; with several, the mean ± standard deviation over the training seeds of the runs'
-    means, each run's own in the column before it."""
+def report(rows: Sequence[Row], unet_without_onednn: float) -> tuple[list[str], list[tuple[bool, str]]]:
+    """The table, the control's line and the checks. With one training seed the FD column is that run's mean ±
+    standard deviation over the evaluation's seed sets; with several, the mean ± standard deviation over the training
+    seeds of the runs' means, each run's own in the column before it."""
     several = len(rows[0].fds) > 1
     fd_header = f"FD over {len(rows[0].fds)} training seeds (mean ± std)" if several else "FD (mean ± std of 3 sets)"
     header = ["family", "params", "steps/s vs U-Net", "optimizer steps", "train samples/s", "FLOP/s share of fp32 peak",
-              "its MLP matmul alone", *(["FD per training seed (each: mean ± std of its sets)"] if several else []),
-              fd_header, "FD / U-Net's", "FD floor", "run minutes"]
+              "its MLP matmul alone: MKL / oneDNN",
+              *(["FD per training seed (each: mean ± std of its sets)"] if several else []), fd_header,
+              "FD / U-Net's", "FD floor", "run minutes"]
     unet = rows[0]
     cells = []
     for r in rows:
         per_seed = [" / ".join(f"{fmt(fd)} ± {fmt(std, '.2g')}" for fd, std in zip(r.fds, r.stds))] if several else []
         spread = statistics.stdev(r.fds) if several else r.stds[0]
         cells.append([r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", r.steps, fmt(r.samples_per_second),
-                      f"{r.flop_share:.1%}", "—" if r.mlp_gemm_share is None else f"{r.mlp_gemm_share:.0%}", *per_seed,
+                      f"{r.flop_share:.1%}", gemm_cell(r), *per_seed,
                       f"{fmt(r.fd)} ± {fmt(spread, '.2g')}", f"{r.fd / unet.fd:.2f}x", fmt(r.floor),
                       f"{r.minutes:.1f}" if r.minutes else "reused"])
     checks = []
@@ -281,7 +310,18 @@ def report(rows: Sequence[Row]) -> tuple[list[str], list[tuple[bool, str]]]:
                        f"and wall time: {r.fd:.3g} vs {unet.fd:.3g} ({r.fd / unet.fd:.2f}x{over})"))
         checks.append((r.flop_share >= unet.flop_share, f"{r.family} training FLOP/s share of the peak no lower than "
                        f"the U-Net's: {r.flop_share:.1%} vs {unet.flop_share:.1%}"))
-    return markdown_table(header, cells), checks
+    control = (f"Control: the U-Net with oneDNN off (`torch.backends.mkldnn.flags(enabled=False)`: its convolutions as "
+               f"im2col and MKL GEMMs, the library a dense fp32 linear runs in, so the transformers' too) reaches "
+               f"{unet_without_onednn:.1%} of the peak against {unet.flop_share:.1%} in oneDNN. The peak is the faster "
+               f"of MKL's and oneDNN's 1024^3 fp32 GEMM in each round.")
+    return [*markdown_table(header, cells), "", control], checks
+
+
+def gemm_cell(row: Row) -> str:
+    """A transformer's MLP matmul's shares of the peak in MKL and in oneDNN (a convolutional family has none)."""
+    if row.mlp_gemm_share is None:
+        return "—"
+    return f"{row.mlp_gemm_share:.0%} / " + ("—" if not row.onednn_gemm_share else f"{row.onednn_gemm_share:.0%}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = QUICK if args.quick else BUDGETS[args.budget]
     start, machine = time.perf_counter(), describe_machine()
     work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
-    rows = train_and_score(budget, work, args.reuse, args.train_seeds)
-    table, checks = report(rows)
+    rows, control = train_and_score(budget, work, args.reuse, args.train_seeds)
+    table, checks = report(rows, control)
     method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''}: the U-Net trains {budget.unet_steps} "
               "optimizer steps; each other family the steps it runs in the same time, from its steps/s measured "
               f"beside the U-Net's ({budget.rounds} interleaved rounds of {budget.steps_per_round} steps, batch "

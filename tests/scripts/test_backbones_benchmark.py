@@ -1,5 +1,6 @@
 """The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration;
-another run trains beside the earlier one, which is kept. --train-seeds: one run per seed, the FD their mean."""
+another run trains beside the earlier one, which is kept. --train-seeds: one run per seed, the FD their mean. The fp32
+peak the FLOP/s shares divide by is the faster of the CPU's two GEMM libraries (MKL, oneDNN)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import argparse
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
 from experiments.benchmarks.backbones import MNIST, Row, report, reusable_steps, seed_list, seeded_run
+from experiments.benchmarks.speed import timing
 from experiments.benchmarks.speed.training import compose_run_config
 from experiments.lib import set_aside
 
@@ -74,12 +77,27 @@ def test_each_training_seed_is_its_own_run_and_reused_only_as_that_seed(tmp_path
 
 def test_with_several_training_seeds_the_bar_compares_their_means():
     def row(family: str, fds: list[float]) -> Row:
-        return Row(family, 500_000, "900", 1.0, 100.0, 0.5, None, fds, [0.2] * len(fds), 2.9, 0.0)
+        gemm = (None, None) if family == "U-Net" else (0.6, 0.85)
+        return Row(family, 500_000, "900", 1.0, 100.0, 0.5, *gemm, fds, [0.2] * len(fds), 2.9, 0.0)
 
     rows = [row("U-Net", [4.0, 5.0, 6.0]), row("DiT", [5.0, 7.0, 9.0]), row("U-ViT", [6.0, 11.0, 10.0])]
-    table, checks = report(rows)
+    table, checks = report(rows, 0.375)
+    assert "| 50.0% | — |" in table[2] and "| 50.0% | 60% / 85% |" in table[3]  # the MLP matmul: MKL / oneDNN
+    assert "with oneDNN off" in table[-1] and "reaches 37.5% of the peak against 50.0%" in table[-1]
     assert "FD per training seed" in table[0] and "over 3 training seeds" in table[0]
     assert "| 5 ± 0.2 / 7 ± 0.2 / 9 ± 0.2 | 7 ± 2 | 1.40x |" in table[3]  # the DiT: mean 7, std 2 over the seeds
     assert [passed for passed, _ in checks[::2]] == [True, False]  # 7 <= 1.5 x 5; 9 > 7.5, though 6 alone would pass
-    single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])])
+    single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])], 0.375)
     assert "FD (mean ± std of 3 sets)" in single[0] and "| 7 ± 0.2 | 1.75x |" in single[3] and not checks[0][0]
+
+
+def test_the_cpu_fp32_peak_is_the_faster_gemm_library(monkeypatch):
+    torch.set_num_threads(1)
+    assert (timing.onednn_gemm_flops_per_second((64, 32, 48)) > 0) == torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(timing, "gemm_flops_per_second", lambda shape, dtype, device, repeats: 1.0)  # MKL's
+    monkeypatch.setattr(timing, "onednn_gemm_flops_per_second", lambda shape, repeats: 2.0)
+    cpu = torch.device("cpu")
+    assert timing.matmul_flops_per_second(64, torch.float32, cpu) == 2.0
+    assert timing.matmul_flops_per_second(64, torch.bfloat16, cpu) == 1.0  # a bf16 a @ b runs in oneDNN already
+    monkeypatch.setattr(timing, "onednn_gemm_flops_per_second", lambda shape, repeats: 0.0)  # no oneDNN here
+    assert timing.matmul_flops_per_second(64, torch.float32, cpu) == 1.0
