@@ -52,9 +52,16 @@ def resolve_precision(precision: str, device: torch.device, key: str) -> Precisi
 
 
 def autocast(device: torch.device, precision: Precision) -> ContextManager[Any]:
-    """Mixed-precision context for forward passes (fp32: none)."""
+    """Mixed-precision context for forward passes (fp32: none).
+
+    Raises:
+        ValueError: a precision not resolved to fp32, bf16 or fp16 (``auto`` goes through :func:`resolve_precision`
+            first; taken as fp16 it would run CPU autocast in float16, slowly and not as asked).
+    """
     if precision == "fp32":
         return nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"autocast takes fp32, bf16 or fp16, got {precision!r}: resolve_precision() it first")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

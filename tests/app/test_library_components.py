@@ -239,3 +239,15 @@ def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert resolve_precision("fp32", cpu, "trainer.precision") == "fp32"  # an explicit choice is kept
     with pytest.raises(ConfigError, match="sampler.precision"):
         resolve_precision("fp8", cpu, "sampler.precision")
+
+
+def test_autocast_takes_only_a_resolved_precision():
+    from diffusion.runtime.devices import autocast
+
+    cpu = torch.device("cpu")
+    with autocast(cpu, "bf16"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with autocast(cpu, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="got 'auto'"):  # once silently float16 autocast on the CPU
+        autocast(cpu, "auto")

@@ -56,9 +56,10 @@ NOTES = {
     "flops": (
         "FLOPs of one training step (forward + backward of matmuls, convolutions, attention) from "
         "`torch.utils.flop_counter.FlopCounterMode`, times the measured steps/s, over the FLOP/s of 2048x2048 "
-        "`torch.matmul` in the same precision measured in the same rounds. fp32 matmuls and the model's "
-        "convolutions run in different libraries (BLAS vs oneDNN), so the fp32 fraction can exceed 100% where the"
-        " convolution kernels are the faster ones."),
+        "matmuls in the same precision measured in the same rounds. On the CPU an fp32 `torch.matmul` runs in MKL "
+        "while the model's convolutions (and bf16 matmuls) run in oneDNN, so the fp32 peak is the faster of MKL's "
+        "and oneDNN's fp32 GEMM in each round (MKL's alone until 2026-12-07, when the fp32 share could exceed 100%)."
+        " The precision named first is the trainer's, `auto` resolved as the Trainer resolves it."),
     "memory": (
         "`python run.py` in a child process; its RSS (`VmRSS`) is read as each epoch's record appears in "
         "`metrics.jsonl`, its peak is its high-water mark `VmHWM`, read every 20 ms until it exits (covers the "

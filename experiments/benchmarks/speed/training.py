@@ -26,7 +26,7 @@ from diffusion.loggers import NullLogger
 from diffusion.methods.base import BaseMethod
 from diffusion.tasks.components import Components
 from diffusion.tasks.summary import flop_counter
-from diffusion.runtime.devices import Precision, autocast
+from diffusion.runtime.devices import Precision, autocast, resolve_precision
 from diffusion.training.trainer import Trainer
 from diffusion.training.optimizer_step import fused_supported
 from experiments.benchmarks.speed.timing import interleave, matmul_flops_per_second, median, synchronize
@@ -123,7 +123,8 @@ class BareLoop:
         self.sqrt_abar = parts.method.sqrt_alphas_cumprod.float().to(device)
         self.sqrt_one_minus_abar = parts.method.sqrt_one_minus_alphas_cumprod.float().to(device)
         self.batch_size, self.grad_clip = int(trainer_cfg.batch_size), float(trainer_cfg.grad_clip)
-        self.ema_decay, self.precision = float(trainer_cfg.ema_decay), trainer_cfg.precision
+        self.ema_decay = float(trainer_cfg.ema_decay)
+        self.precision = resolve_precision(trainer_cfg.precision, device, "trainer.precision")  # as the Trainer
         self.epochs_done = 0
 
     def epoch(self) -> float:
@@ -194,7 +195,7 @@ def measure_training(
     cfg: DictConfig, device: torch.device, run_dir: Path, rounds: int, with_compile: bool, matmul_size: int
 ) -> TrainingFigures:
     """Trainer overhead, precision, compile and FLOP/s, all interleaved in one loop (after one warm-up epoch each)."""
-    precision = cfg.trainer.precision
+    precision = resolve_precision(cfg.trainer.precision, device, "trainer.precision")  # auto: bf16 or fp32 here
     trainer = TimedTrainer(cfg, run_dir / "trainer", device)
     fp32 = TimedTrainer(cfg, run_dir / "fp32", device, precision="fp32")
     bare = BareLoop(cfg, device)
