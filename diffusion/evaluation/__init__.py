@@ -15,6 +15,7 @@ from diffusion.evaluation.feature_stats import (
 from diffusion.evaluation.inception import InceptionEvaluator
 from diffusion.evaluation.metrics import (
     KernelInceptionDistance,
+    PointCloudReference,
     energy_distance,
     frechet_distance,
     frechet_distance_from_features,
@@ -53,6 +54,7 @@ __all__ = [
     "FeatureStatistics",
     "KernelInceptionDistance",
     "Memorization",
+    "PointCloudReference",
     "PrecisionRecall",
     "class_coverage",
     "class_histogram",

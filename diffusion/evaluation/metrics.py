@@ -220,13 +220,25 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, num_projections: int = 256, s
     (Bonneel et al. 2015): a mean over ``num_projections`` seeded directions, each 1-D W2 exact by sorting.
     """
     x, y = as_point_clouds(x, y)
+    theta = _directions(x.shape[1], num_projections, seed)
+    return _sliced_w2(_sorted_projections(x, theta), _sorted_projections(y, theta))
+
+
+def _directions(dim: int, num_projections: int, seed: int) -> torch.Tensor:
+    """``num_projections`` seeded directions uniform on S^{dim-1}: ``(dim, P)``, unit columns."""
     check_int(num_projections, "sliced_wasserstein.num_projections", minimum=1)
     generator = torch.Generator().manual_seed(seed)
-    theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)  # (D, P), unit columns
-    x_proj = (x @ theta).sort(dim=0).values  # (N, P)
-    y_proj = (y @ theta).sort(dim=0).values  # (M, P)
-    return _quantile_w2_squared(x_proj, y_proj).mean().sqrt().item()
+    theta = torch.randn(dim, num_projections, generator=generator, dtype=torch.float64)
+    return theta / theta.norm(dim=0, keepdim=True)
+
+
+def _sorted_projections(points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each direction's projections of ``points`` ``(N, D)``, sorted: ``(N, P)``."""
+    return (points @ theta).sort(dim=0).values
+
+
+def _sliced_w2(x_sorted: torch.Tensor, y_sorted: torch.Tensor) -> float:
+    return _quantile_w2_squared(x_sorted, y_sorted).mean().sqrt().item()
 
 
 # --------------------------------------------------------------------------------------------- MMD and energy
@@ -269,12 +281,19 @@ def mmd_rbf(x: ArrayLike, y: ArrayLike, bandwidth: float | None = None) -> float
     if bandwidth is None:
         bandwidth = median_heuristic_bandwidth(x, y)
     check_float(bandwidth, "mmd_rbf.bandwidth", 0.0, inclusive=False)
-    n, m = len(x), len(y)
-    # The diagonal terms k(x_i, x_i) = 1 drop out of the within-set U-statistics.
-    xx = (_pairwise_distance_sum(x, x, "rbf", bandwidth) - n) / (n * (n - 1))
-    yy = (_pairwise_distance_sum(y, y, "rbf", bandwidth) - m) / (m * (m - 1))
-    xy = _pairwise_distance_sum(x, y, "rbf", bandwidth) / (n * m)
-    return xx + yy - 2 * xy
+    return _mmd(x, y, bandwidth, _within_rbf(y, bandwidth))
+
+
+def _within_rbf(z: torch.Tensor, bandwidth: float) -> float:
+    """The within-set U-statistic mean of k(z_i, z_j), i != j: the diagonal terms k(z_i, z_i) = 1 drop out."""
+    m = len(z)
+    return (_pairwise_distance_sum(z, z, "rbf", bandwidth) - m) / (m * (m - 1))
+
+
+def _mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float, yy: float) -> float:
+    """MMD^2 given ``y``'s within-set term ``yy``."""
+    xy = _pairwise_distance_sum(x, y, "rbf", bandwidth) / (len(x) * len(y))
+    return _within_rbf(x, bandwidth) + yy - 2 * xy
 
 
 def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
@@ -282,8 +301,53 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
     pair including i = j, so it is >= 0, symmetric, and 0 for the same multiset of points.
     """
     x, y = as_point_clouds(x, y)
-    n, m = len(x), len(y)
-    xy = _pairwise_distance_sum(x, y, "identity") / (n * m)
-    xx = _pairwise_distance_sum(x, x, "identity") / (n * n)
-    yy = _pairwise_distance_sum(y, y, "identity") / (m * m)
-    return max(2 * xy - xx - yy, 0.0)
+    return _energy(x, y, _mean_distance(y, y))
+
+
+def _mean_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return _pairwise_distance_sum(a, b, "identity") / (len(a) * len(b))
+
+
+def _energy(x: torch.Tensor, y: torch.Tensor, yy: float) -> float:
+    """Energy distance given ``y``'s within-set mean distance ``yy``."""
+    return max(2 * _mean_distance(x, y) - _mean_distance(x, x) - yy, 0.0)
+
+
+class PointCloudReference:
+    """One reference cloud ``y`` that many clouds ``x`` are scored against (an evaluator scores every chunk of its
+    samples and every bootstrap resample against the same training points): ``y``'s sorted projections and its
+    within-set terms are computed once, the first time a score needs them. Each score equals the function of the same
+    name called with ``(x, y)``, to the bit."""
+
+    def __init__(self, y: ArrayLike, num_projections: int = 256, seed: int = 0, bandwidth: float | None = None) -> None:
+        self.y = _as_float64(y, "y", 2)
+        self.theta = _directions(self.y.shape[1], num_projections, seed)
+        if bandwidth is not None:
+            check_float(bandwidth, "mmd_rbf.bandwidth", 0.0, inclusive=False)
+        self.bandwidth = bandwidth
+        self._y_sorted: torch.Tensor | None = None
+        self._rbf_within: float | None = None
+        self._mean_distance: float | None = None
+
+    def sliced_wasserstein(self, x: ArrayLike) -> float:
+        """:func:`sliced_wasserstein` of ``(x, y)`` at this reference's directions."""
+        x, _ = as_point_clouds(x, self.y)
+        if self._y_sorted is None:
+            self._y_sorted = _sorted_projections(self.y, self.theta)
+        return _sliced_w2(_sorted_projections(x, self.theta), self._y_sorted)
+
+    def mmd(self, x: ArrayLike) -> float:
+        """:func:`mmd_rbf` of ``(x, y)`` at this reference's bandwidth (which must be set)."""
+        x, _ = as_point_clouds(x, self.y, min_points=2)
+        if self.bandwidth is None:
+            raise ValueError("PointCloudReference.mmd needs a bandwidth: pass it, or call mmd_rbf")
+        if self._rbf_within is None:
+            self._rbf_within = _within_rbf(self.y, self.bandwidth)
+        return _mmd(x, self.y, self.bandwidth, self._rbf_within)
+
+    def energy(self, x: ArrayLike) -> float:
+        """:func:`energy_distance` of ``(x, y)``."""
+        x, _ = as_point_clouds(x, self.y)
+        if self._mean_distance is None:
+            self._mean_distance = _mean_distance(self.y, self.y)
+        return _energy(x, self.y, self._mean_distance)

@@ -13,6 +13,7 @@ import torch
 from diffusion.evaluation import metrics
 from diffusion.evaluation.class_metrics import class_coverage, class_histogram, class_kl
 from diffusion.evaluation.metrics import (
+    PointCloudReference,
     energy_distance,
     frechet_distance,
     frechet_distance_from_features,
@@ -202,6 +203,21 @@ def test_energy_distance_matches_scipy_in_one_dimension() -> None:
     x, y = _gaussian(50, 1, seed=0), _gaussian(30, 1, shift=0.7, seed=1)
     expected = scipy.stats.energy_distance(x[:, 0].numpy(), y[:, 0].numpy()) ** 2
     assert energy_distance(x, y) == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_kept_reference_scores_every_cloud_as_the_functions_do_to_the_bit() -> None:
+    # An evaluator scores each chunk and bootstrap resample against one reference: its terms are computed once.
+    y = _gaussian(300, 2, seed=0)
+    reference = PointCloudReference(y, num_projections=64, seed=3, bandwidth=0.7)
+    for x in (_gaussian(20, 2, shift=0.3, seed=1), _gaussian(500, 2, seed=2), y, _gaussian(20, 2, shift=0.3, seed=1)):
+        assert reference.sliced_wasserstein(x) == sliced_wasserstein(x, y, num_projections=64, seed=3)
+        assert reference.mmd(x) == mmd_rbf(x, y, bandwidth=0.7)
+        assert reference.energy(x) == energy_distance(x, y)
+    assert reference.sliced_wasserstein(y) == 0.0 and reference.energy(y) == 0.0
+    with pytest.raises(ValueError, match="feature dimension"):
+        reference.energy(_gaussian(20, 3, seed=1))
+    with pytest.raises(ValueError, match="needs a bandwidth"):
+        PointCloudReference(y).mmd(y)
 
 
 # ------------------------------------------------------------------------------------------------ class histograms
