@@ -10,16 +10,17 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
 
 from diffusion.storage.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Grid padding is white, so tiles stay apart even when their background is black (digits are white-on-black).
 _PAD_VALUE = 1.0
@@ -79,8 +80,7 @@ def save_scatter(
     """Scatter plot of ``points`` ``(N, 2)``, drawn over ``reference`` ``(M, 2)`` (the data) in light grey."""
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must be (N, 2), got shape {tuple(points.shape)}")
-    figure = Figure(figsize=(4, 4), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _figure((4, 4))
     axes = figure.add_subplot()
     if reference is not None:
         ref = reference.detach().cpu().numpy()
@@ -102,8 +102,9 @@ def save_loss_curve(
     log_scale: bool = True,
 ) -> Path:
     """Train and validation loss per epoch (epochs count from 1); log y-axis when asked and all values > 0."""
-    figure = Figure(figsize=(5, 3.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure((5, 3.5))
     axes = figure.add_subplot()
     for name, losses in (("train", train), ("validation", val)):
         if len(losses):
@@ -122,8 +123,7 @@ def save_loss_curve(
 def save_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | os.PathLike[str],
                 xlabel: str) -> Path:
     """One panel per named curve of ``(x, y)`` points (e.g. a score against the EMA length)."""
-    figure = Figure(figsize=(4 * max(1, len(curves)), 3.2), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _figure((4 * max(1, len(curves)), 3.2))
     for index, (name, points) in enumerate(curves.items()):
         axes = figure.add_subplot(1, max(1, len(curves)), index + 1)
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o")
@@ -169,6 +169,17 @@ def _write_png(pixels: np.ndarray, path: str | os.PathLike[str]) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)).save(buffer, "png")
     return atomic_write_bytes(path, buffer.getvalue())  # a failed write (full disk) keeps the previous picture
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure with its own Agg canvas. matplotlib is imported here, at the first plot, not with the module: its
+    ~0.4 s would otherwise start every process, also those that draw nothing (a refused command, a summary)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _write_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:

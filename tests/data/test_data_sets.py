@@ -66,6 +66,19 @@ def test_digits_pixels_and_labels_follow_the_split(digits: DigitsData) -> None:
     assert splits.train_labels.dtype == torch.long
 
 
+def test_digits_read_without_sklearn_datasets_are_load_digits_and_fall_back_to_it(monkeypatch) -> None:
+    import numpy as np
+
+    from diffusion.data import digits as digits_module
+
+    raw = load_digits()
+    images, targets = digits_module.sklearn_digits()  # scikit-learn's CSV read directly (no ~1 s import)
+    assert np.array_equal(images, raw.images) and np.array_equal(targets, raw.target) and targets.dtype == np.int64
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", lambda name: None)  # the file not found
+    images, targets = digits_module.sklearn_digits()
+    assert np.array_equal(images, raw.images) and np.array_equal(targets, raw.target)
+
+
 def test_digits_resized_stays_in_range() -> None:
     data = DigitsData(image_size=16, val_fraction=0.2)
     splits = _assert_image_splits(data, 1797, val_fraction=0.2)
