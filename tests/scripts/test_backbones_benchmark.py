@@ -12,7 +12,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, Row, report, reusable_steps, seed_list, seeded_run
+from experiments.benchmarks.backbones import MNIST, Row, flop_check, report, reusable_steps, seed_list, seeded_run
 from experiments.benchmarks.speed import timing
 from experiments.benchmarks.speed.training import compose_run_config
 from experiments.lib import set_aside
@@ -78,7 +78,8 @@ def test_each_training_seed_is_its_own_run_and_reused_only_as_that_seed(tmp_path
 def test_with_several_training_seeds_the_bar_compares_their_means():
     def row(family: str, fds: list[float]) -> Row:
         gemm = (None, None) if family == "U-Net" else (0.6, 0.85)
-        return Row(family, 500_000, "900", 1.0, 100.0, 0.5, *gemm, fds, [0.2] * len(fds), 2.9, 0.0)
+        rounds = {"U-Net": [1.0] * 3, "DiT": [0.9, 1.0, 1.1], "U-ViT": [1.2, 1.3, 0.9]}[family]
+        return Row(family, 500_000, "900", 1.0, 100.0, 0.5, rounds, *gemm, fds, [0.2] * len(fds), 2.9, 0.0)
 
     rows = [row("U-Net", [4.0, 5.0, 6.0]), row("DiT", [5.0, 7.0, 9.0]), row("U-ViT", [6.0, 11.0, 10.0])]
     table, checks = report(rows, 0.375)
@@ -87,6 +88,12 @@ def test_with_several_training_seeds_the_bar_compares_their_means():
     assert "FD per training seed" in table[0] and "over 3 training seeds" in table[0]
     assert "| 5 ± 0.2 / 7 ± 0.2 / 9 ± 0.2 | 7 ± 2 | 1.40x |" in table[3]  # the DiT: mean 7, std 2 over the seeds
     assert [passed for passed, _ in checks[::2]] == [True, False]  # 7 <= 1.5 x 5; 9 > 7.5, though 6 alone would pass
+    flops = checks[1::2]  # the FLOP/s bar: the median of the paired rounds' ratios at least 1
+    assert [passed for passed, _ in flops] == [True, True] and "1.00x, 0.90-1.10x over 3 rounds; a tie" in flops[0][1]
+    assert "1.20x, 0.90-1.30x over 3 rounds; a tie" in flops[1][1]
+    below = Row("DiT", 500_000, "900", 3.0, 300.0, 0.4, [0.6, 0.7, 0.8], 0.6, 0.85, [5.0], [0.2], 2.9, 0.0)
+    passed, text = flop_check(below, rows[0])
+    assert not passed and text.endswith("0.70x, 0.60-0.80x over 3 rounds")  # every round below: no tie
     single, checks = report([row("U-Net", [4.0]), row("DiT", [7.0])], 0.375)
     assert "FD (mean ± std of 3 sets)" in single[0] and "| 7 ± 0.2 | 1.75x |" in single[3] and not checks[0][0]
 
