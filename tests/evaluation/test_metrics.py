@@ -97,6 +97,19 @@ def _brute_force_unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     return xx + yy - 2 * xy
 
 
+def test_fd_from_features_remembers_the_reference_gaussian_but_not_one_written_in_place() -> None:
+    x, y = _gaussian(40, 4, seed=0), _gaussian(60, 4, shift=0.5, seed=1)
+
+    def direct(a: torch.Tensor, b: torch.Tensor) -> float:
+        return frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+    first = frechet_distance_from_features(x, y)
+    assert first == direct(x, y) and frechet_distance_from_features(x[:20], y) == direct(x[:20], y)  # served kept
+    assert frechet_distance_from_features(x, y.clone()) == first  # an equal reference, another tensor
+    y.mul_(2.0)  # the kept tensor itself changed: its Gaussian is computed again
+    assert frechet_distance_from_features(x, y) == direct(x, y) != first
+
+
 def test_kid_with_one_full_subset_matches_brute_force_formula() -> None:
     x, y = _gaussian(12, 3, seed=0).numpy(), _gaussian(12, 3, shift=0.3, seed=1).numpy()
     kid = kernel_inception_distance(x, y, num_subsets=1, subset_size=12)
