@@ -149,7 +149,8 @@ class Timing:
 def measure_throughput(budget: Budget) -> Timing:
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
     the Trainer around it is the same), interleaved with the fp32 matmul peak, each transformer's MLP matmul in MKL
-    and in oneDNN (a ceiling on its FLOP/s share), and the U-Net's step with oneDNN off (the control)."""
+    (a ceiling on its FLOP/s share as torch runs it) and in oneDNN, and the U-Net's step with oneDNN off (the
+    control)."""
     device = torch.device("cpu")
     steppers, gemms, parts_of, batches = {}, {}, {}, {}
     for name, overrides in budget.families.items():
