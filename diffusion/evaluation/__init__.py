@@ -22,6 +22,7 @@ from diffusion.evaluation.metrics import (
     kernel_inception_distance,
     median_heuristic_bandwidth,
     mmd_rbf,
+    point_cloud_reference,
     sliced_wasserstein,
 )
 from diffusion.evaluation.neighbours import Memorization, PrecisionRecall, memorization_score, precision_recall
@@ -70,6 +71,7 @@ __all__ = [
     "median_heuristic_bandwidth",
     "memorization_score",
     "mmd_rbf",
+    "point_cloud_reference",
     "precision_recall",
     "resize_to_digits",
     "save_feature_statistics",

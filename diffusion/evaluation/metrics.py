@@ -7,7 +7,7 @@ shape or non-finite entry raises ValueError; a bad parameter, ConfigError.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch
 from diffusion.runtime.checks import check_float, check_int
 
 ArrayLike = torch.Tensor | np.ndarray
+_T = TypeVar("_T")
 
 # Pairwise sums are taken over row blocks of this many points so memory stays O(block * N), not O(N^2).
 BLOCK = 1024
@@ -93,24 +94,10 @@ def frechet_distance_from_features(f1: ArrayLike, f2: ArrayLike) -> float:
     return frechet_distance(f1.mean(0), torch.cov(f1.T), mu2, sigma2)
 
 
-# The reference's Gaussian, kept for the last few references: an evaluation scores many sample sets (chunks, seed
-# sets, bootstrap resamples, floor draws) against one reference, whose mean and covariance (R x D^2 work: 60 GFLOP
-# for 50,000 DINOv2 features) do not change.
-_REFERENCE_GAUSSIANS: list[tuple[torch.Tensor, tuple[float, ...], tuple[torch.Tensor, torch.Tensor]]] = []
-_REFERENCE_GAUSSIANS_KEPT = 2
-
-
 def _reference_gaussian(f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, unbiased covariance)`` of features ``f2`` ``(R, D)``; remembered for an equal ``f2``, compared entry
-    by entry and by a fingerprint of the kept tensor's entries (it is not copied, so one written in place since is
-    computed again), as KID's reference terms are."""
-    for reference, fingerprint, gaussian in _REFERENCE_GAUSSIANS:
-        if reference.shape == f2.shape and _fingerprint(reference) == fingerprint and torch.equal(reference, f2):
-            return gaussian
-    gaussian = f2.mean(0), torch.cov(f2.T)
-    _REFERENCE_GAUSSIANS.insert(0, (f2, _fingerprint(f2), gaussian))
-    del _REFERENCE_GAUSSIANS[_REFERENCE_GAUSSIANS_KEPT:]
-    return gaussian
+    """``(mean, unbiased covariance)`` of features ``f2`` ``(R, D)``, remembered (:class:`_ReferenceMemo`): R x D^2
+    work, 60 GFLOP for 50,000 DINOv2 features, that every chunk, seed set, bootstrap resample and floor draw shares."""
+    return _GAUSSIANS.get(f2, (), lambda: (f2.mean(0), torch.cov(f2.T)))
 
 
 # ---------------------------------------------------------------------------------------------------------- KID
@@ -126,27 +113,52 @@ def _offdiagonal_mean(k: torch.Tensor) -> torch.Tensor:
     return (k.sum((-2, -1)) - k.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
 
 
-# The reference's term of KID's subsets, kept for the last few references: an evaluation scores many sample sets
-# (seed sets, bootstrap resamples, floor draws) against one reference, whose term does not change.
-_REFERENCE_TERMS: list[tuple[torch.Tensor, tuple[float, ...], torch.Tensor, tuple[object, ...], torch.Tensor]] = []
-_REFERENCE_TERMS_KEPT = 2
+class _ReferenceMemo:
+    """What one evaluation computes from its reference again and again (many sample sets are scored against one
+    reference), kept for the last ``kept`` references: served for an equal reference (compared entry by entry: a
+    cheap pass next to the work it saves) with equal ``options`` (tensors compared entry by entry too). The tensor
+    kept is not copied: a fingerprint of its entries tells whether it was written in place since (inference tensors
+    have no version counter)."""
+
+    def __init__(self, kept: int = 2) -> None:
+        self.kept = kept
+        self.entries: list[tuple[torch.Tensor, tuple[float, ...], tuple[object, ...], object]] = []
+
+    def get(self, reference: torch.Tensor, options: tuple[object, ...], compute: Callable[[], _T]) -> _T:
+        for known, fingerprint, known_options, value in self.entries:
+            if (known.shape == reference.shape and _same(known_options, options)
+                    and _fingerprint(known) == fingerprint and torch.equal(known, reference)):
+                return value  # type: ignore[return-value]
+        value = compute()
+        self.entries.insert(0, (reference, _fingerprint(reference), options, value))
+        del self.entries[self.kept:]
+        return value
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    def equal(x: object, y: object) -> bool:
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and torch.equal(x, y))
+        return x == y
+
+    return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
+
+
+_GAUSSIANS = _ReferenceMemo()  # FD's reference mean and covariance
+_POINT_CLOUDS = _ReferenceMemo()  # PointCloudReference of a points evaluator's reference
+_KID_TERMS = _ReferenceMemo()  # KID's reference term per subset
 
 
 def _reference_terms(f2: torch.Tensor, y_idx: torch.Tensor, kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                      options: tuple[object, ...]) -> torch.Tensor:
-    """``sum_{i != j} k(y_i, y_j) / (s (s - 1))`` of each subset ``y_idx[b]`` of ``f2`` ``(S,)``; remembered for an
-    equal ``f2`` (compared entry by entry: a cheap pass next to the kernels) with the same subsets and kernel. The
-    tensor kept is not copied: a fingerprint of its entries tells whether it was written in place since (inference
-    tensors have no version counter)."""
-    for reference, fingerprint, subsets, known, terms in _REFERENCE_TERMS:
-        if (known == options and reference.shape == f2.shape and _fingerprint(reference) == fingerprint
-                and subsets.shape == y_idx.shape and torch.equal(subsets, y_idx) and torch.equal(reference, f2)):
-            return terms
-    batch = max(1, _MAX_KERNEL_ENTRIES // y_idx.shape[1] ** 2)
-    terms = torch.cat([_offdiagonal_mean(kernel(f2[rows], f2[rows])) for rows in y_idx.split(batch)])
-    _REFERENCE_TERMS.insert(0, (f2, _fingerprint(f2), y_idx, options, terms))
-    del _REFERENCE_TERMS[_REFERENCE_TERMS_KEPT:]
-    return terms
+    """``sum_{i != j} k(y_i, y_j) / (s (s - 1))`` of each subset ``y_idx[b]`` of ``f2`` ``(S,)``; remembered
+    (:class:`_ReferenceMemo`) for the same subsets and kernel."""
+    def compute() -> torch.Tensor:
+        batch = max(1, _MAX_KERNEL_ENTRIES // y_idx.shape[1] ** 2)
+        return torch.cat([_offdiagonal_mean(kernel(f2[rows], f2[rows])) for rows in y_idx.split(batch)])
+
+    return _KID_TERMS.get(f2, (y_idx, *options), compute)
 
 
 def _fingerprint(x: torch.Tensor) -> tuple[float, ...]:
@@ -373,3 +385,11 @@ class PointCloudReference:
         if self._mean_distance is None:
             self._mean_distance = _mean_distance(self.y, self.y)
         return _energy(x, self.y, self._mean_distance)
+
+
+def point_cloud_reference(y: torch.Tensor, num_projections: int = 256, seed: int = 0,
+                          bandwidth: float | None = None) -> PointCloudReference:
+    """A :class:`PointCloudReference` of ``y``, remembered (:class:`_ReferenceMemo`) with its settings, so every
+    chunk and bootstrap resample of an evaluation scores against terms computed once."""
+    return _POINT_CLOUDS.get(y, (num_projections, seed, bandwidth),
+                             lambda: PointCloudReference(y, num_projections, seed, bandwidth))

@@ -10,7 +10,7 @@ import torch
 from diffusion.data.base import BaseData
 from diffusion.evaluation.evaluators import FeatureEvaluator, MetricValue, chunk_mean
 from diffusion.evaluation.floors import RealSplit
-from diffusion.evaluation.metrics import PointCloudReference, median_heuristic_bandwidth
+from diffusion.evaluation.metrics import median_heuristic_bandwidth, point_cloud_reference
 from diffusion.runtime.checks import ConfigError, check_float, check_int
 
 
@@ -44,7 +44,6 @@ class PointsEvaluator(FeatureEvaluator):
         if bandwidth is not None:
             check_float(bandwidth, "evaluator.bandwidth", 0.0, inclusive=False)
         self.bandwidth = bandwidth
-        self._kept_reference: tuple[torch.Tensor, PointCloudReference] | None = None
 
     def _check_data(self, data: BaseData) -> None:
         if data.kind != "points":
@@ -67,19 +66,10 @@ class PointsEvaluator(FeatureEvaluator):
         return {**super()._floor_key(), "num_projections": self.num_projections, "bandwidth": self.bandwidth}
 
     def _score(self, rows: torch.Tensor, n: int, real: RealSplit) -> dict[str, MetricValue]:
-        reference = self._reference_terms(real.reference)
+        reference = point_cloud_reference(real.reference, self.num_projections, self.seed, self.bandwidth)
         return {
             "sliced_wasserstein": chunk_mean(rows, n, reference.sliced_wasserstein),
             "mmd": chunk_mean(rows, n, reference.mmd),
             "energy": chunk_mean(rows, n, reference.energy),
             **self._neighbour_scores(rows, n, real),
         }
-
-    def _reference_terms(self, reference: torch.Tensor) -> PointCloudReference:
-        """The reference's sorted projections and within-set sums, kept while the same reference tensor is scored
-        against: every chunk and bootstrap resample of one evaluation (the same scores as the metric functions')."""
-        if self._kept_reference is None or self._kept_reference[0] is not reference or \
-                self._kept_reference[1].bandwidth != self.bandwidth:
-            self._kept_reference = reference, PointCloudReference(reference, self.num_projections, self.seed,
-                                                                  self.bandwidth)
-        return self._kept_reference[1]

@@ -231,6 +231,10 @@ def test_a_kept_reference_scores_every_cloud_as_the_functions_do_to_the_bit() ->
         reference.energy(_gaussian(20, 3, seed=1))
     with pytest.raises(ValueError, match="needs a bandwidth"):
         PointCloudReference(y).mmd(y)
+    kept = metrics.point_cloud_reference(y, 64, 3, 0.7)  # remembered for an equal reference and settings
+    assert metrics.point_cloud_reference(y.clone(), 64, 3, 0.7) is kept
+    assert metrics.point_cloud_reference(y, 64, 3, 0.5) is not kept
+    assert metrics.point_cloud_reference(y * 2, 64, 3, 0.7) is not kept
 
 
 # ------------------------------------------------------------------------------------------------ class histograms
