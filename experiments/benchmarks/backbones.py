@@ -19,6 +19,7 @@ it, and in oneDNN: the ceiling its matmuls put on its FLOP/s share; and a contro
     python -m experiments.benchmarks.backbones --budget default --threads 1 --out .../backbones_default_cpu.md
     python -m experiments.benchmarks.backbones --quick --out /tmp/backbones.md     # toy runs: proves it works
     python -m experiments.benchmarks.backbones --threads 1 --train-seeds 0,1,2 --reuse ...  # 3 training seeds each
+    python -m experiments.benchmarks.backbones --threads 1 --width-scale 2 ...  # timing alone, widths 2x (params 4x)
 
 With ``--train-seeds`` each family trains once per seed and its FD is the mean over those runs (each itself a mean
 over the 3 evaluation sets): one training seed says how one run scores, not how the recipe does.
@@ -36,7 +37,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,9 +48,9 @@ from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleav
     onednn_gemm_flops_per_second, paired_ratio, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
     step_flops_per_sample, training_batch
-from experiments.lib import QUICK_RUN, add_common_flags, add_work_flags, checks_report, describe_machine, \
-    finish_report, fmt, markdown_table, non_negative_int, read_eval, reproduce_command, set_threads, shown_command, \
-    spread_score, train_into, work_dir
+from experiments.lib import QUICK_RUN, Machine, add_common_flags, add_work_flags, checks_report, describe_machine, \
+    finish_report, fmt, markdown_table, non_negative_int, positive_int, read_eval, reproduce_command, set_threads, \
+    shown_command, spread_score, train_into, work_dir
 
 FD_BAR = 1.5  # each family's FD at most this multiple of the U-Net's
 _NOT_DIT = ("~model.patch_size", "~model.depth", "~model.hidden_size", "~model.num_heads")  # mnist_dit's DiT keys
@@ -71,6 +72,16 @@ class Budget:
     batch_size: int
     rounds: int  # interleaved timing rounds
     steps_per_round: int
+    # family -> its width keys and values, which --width-scale multiplies (the widths of the families' overrides)
+    widths: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+
+    def widened(self, scale: int) -> Budget:
+        """The same budget with every family's widths ``scale`` times its own (about ``scale``^2 its parameters)."""
+        if set(self.widths) != set(self.families):
+            raise ValueError(f"--width-scale needs every family's width keys; this budget has {sorted(self.widths)}")
+        families = {name: (*overrides, *(f"{key}={width * scale}" for key, width in self.widths[name]))
+                    for name, overrides in self.families.items()}
+        return replace(self, families=families)
 
 
 MNIST = Budget(
@@ -96,7 +107,10 @@ MNIST = Budget(
                        "method.loss_weighting=edm", "sampler.steps=18"),  # 0.50M
     },
     shared=("evaluator.num_samples=500", "evaluator.seeds=[0,1,2]", "trainer.progress=false"),
-    unet_steps=900, batch_size=128, rounds=9, steps_per_round=3)
+    unet_steps=900, batch_size=128, rounds=9, steps_per_round=3,
+    widths={"U-Net": (("model.base_channels", 24),), "DiT": (("model.hidden_size", 72),),
+            "U-ViT": (("model.hidden_size", 88),),
+            "EDM2 U-Net": (("model.model_channels", 16), ("model.channels_per_head", 16))})
 DEFAULT = Budget(
     families={
         # DPM-Solver++(2M) 20 steps for the DDPM-trained families: the default DDPM-1000 would cost minutes per set.
@@ -259,20 +273,35 @@ def seeded_run(work: Path, family: str, seed: int) -> tuple[Path, tuple[str, ...
     return (run_dir, ()) if seed == 0 else (run_dir.with_name(f"{run_dir.name}_seed{seed}"), (f"seed={seed}",))
 
 
+def speed_rows(budget: Budget, timing: Timing) -> list[Row]:
+    """The families' rows with their timing's figures alone (no runs yet: no steps, scores or minutes)."""
+    reference, peak = timing.families["U-Net"].rates, timing.peak
+    rows = []
+    for name in budget.families:
+        figures = timing.families[name]
+        samples = median(figures.rates) * budget.batch_size
+        gemm, onednn = (None if rates is None else median(rates) / median(peak)
+                        for rates in (figures.mlp_gemm_rates, figures.onednn_gemm_rates))
+        per_step = figures.flops_per_sample / timing.families["U-Net"].flops_per_sample
+        flop_rounds = [rate / unet_rate * per_step for rate, unet_rate in zip(figures.rates, reference, strict=True)]
+        rows.append(Row(name, figures.params, "", paired_ratio(figures.rates, reference), samples,
+                        samples * figures.flops_per_sample / median(peak), flop_rounds, gemm, onednn, [], [], None,
+                        0.0))
+    return rows
+
+
 def train_and_score(budget: Budget, work: Path, reuse: bool,
                     train_seeds: Sequence[int] = (0,)) -> tuple[list[Row], float]:
     """Time the families side by side, then train and score each once per training seed (``seed=``); the rows and
     the control's FLOP/s share (the U-Net with oneDNN off)."""
     timing = measure_throughput(budget)
-    reference, peak = timing.families["U-Net"].rates, timing.peak
     rows = []
-    for name, overrides in budget.families.items():
-        figures = timing.families[name]
-        ratio = paired_ratio(figures.rates, reference)
-        granted = max(1, round(budget.unet_steps * ratio))
+    for row in speed_rows(budget, timing):
+        overrides = budget.families[row.family]
+        granted = max(1, round(budget.unet_steps * row.speed_ratio))
         steps, fds, stds, floor, seconds = set(), [], [], None, 0.0
         for seed in train_seeds:
-            run_dir, seeded = seeded_run(work, name, seed)
+            run_dir, seeded = seeded_run(work, row.family, seed)
             command = [*overrides, *seeded, *budget.shared]
             kept = reusable_steps(run_dir, command) if reuse else None
             if kept is None:
@@ -281,14 +310,8 @@ def train_and_score(budget: Budget, work: Path, reuse: bool,
             fd, std, floor = spread_score(read_eval(run_dir))
             fds.append(fd)
             stds.append(std)
-        samples = median(figures.rates) * budget.batch_size
-        gemm, onednn = (None if rates is None else median(rates) / median(peak)
-                        for rates in (figures.mlp_gemm_rates, figures.onednn_gemm_rates))
-        per_step = figures.flops_per_sample / timing.families["U-Net"].flops_per_sample
-        flop_rounds = [rate / unet_rate * per_step for rate, unet_rate in zip(figures.rates, reference, strict=True)]
-        rows.append(Row(name, figures.params, "/".join(map(str, sorted(steps))), ratio, samples,
-                        samples * figures.flops_per_sample / median(peak), flop_rounds, gemm, onednn, fds, stds,
-                        floor, seconds / 60))
+        rows.append(replace(row, steps="/".join(map(str, sorted(steps))), fds=fds, stds=stds, floor=floor,
+                            minutes=seconds / 60))
     return rows, timing.unet_without_onednn
 
 
@@ -317,11 +340,27 @@ def report(rows: Sequence[Row], unet_without_onednn: float) -> tuple[list[str], 
         checks.append((r.fd <= FD_BAR * unet.fd, f"{r.family} FD within {FD_BAR:g}x of the U-Net's at equal parameters "
                        f"and wall time: {r.fd:.3g} vs {unet.fd:.3g} ({r.fd / unet.fd:.2f}x{over})"))
         checks.append(flop_check(r, unet))
-    control = (f"Control: the U-Net with oneDNN off (`torch.backends.mkldnn.flags(enabled=False)`: its convolutions as "
-               f"im2col and MKL GEMMs, the library a dense fp32 linear runs in, so the transformers' too) reaches "
-               f"{unet_without_onednn:.1%} of the peak against {unet.flop_share:.1%} in oneDNN. The peak is the faster "
-               f"of MKL's and oneDNN's 1024^3 fp32 GEMM in each round.")
-    return [*markdown_table(header, cells), "", control], checks
+    return [*markdown_table(header, cells), "", control_line(unet, unet_without_onednn)], checks
+
+
+def timing_report(rows: Sequence[Row], unet_without_onednn: float) -> tuple[list[str], list[tuple[bool, str]]]:
+    """``--width-scale``'s table (speed and FLOP/s figures alone: nothing trains), the control's line and the FLOP/s
+    checks."""
+    header = ["family", "params", "steps/s vs U-Net", "train samples/s", "FLOP/s share of fp32 peak",
+              "its MLP matmul alone: MKL / oneDNN", "FLOP/s / U-Net's, paired rounds: median (range)"]
+    cells = [[r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", fmt(r.samples_per_second),
+              f"{r.flop_share:.1%}", gemm_cell(r),
+              f"{median(r.flop_rounds):.2f}x ({min(r.flop_rounds):.2f}-{max(r.flop_rounds):.2f}x)"] for r in rows]
+    table = [*markdown_table(header, cells), "", control_line(rows[0], unet_without_onednn)]
+    return table, [flop_check(r, rows[0]) for r in rows[1:]]
+
+
+def control_line(unet: Row, unet_without_onednn: float) -> str:
+    """What the control measured: the U-Net's FLOP/s share with its convolutions in MKL, against in oneDNN."""
+    return (f"Control: the U-Net with oneDNN off (`torch.backends.mkldnn.flags(enabled=False)`: its convolutions as "
+            f"im2col and MKL GEMMs, the library a dense fp32 linear runs in, so the transformers' too) reaches "
+            f"{unet_without_onednn:.1%} of the peak against {unet.flop_share:.1%} in oneDNN. The peak is the faster "
+            f"of MKL's and oneDNN's 1024^3 fp32 GEMM in each round.")
 
 
 def flop_check(row: Row, unet: Row) -> tuple[bool, str]:
@@ -351,10 +390,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-seeds", type=seed_list, default=(0,),
                         help="training seeds, comma-separated (default 0): each family trains once per seed "
                              "(seed=<s>, into <family>_seed<s>; seed 0 into <family>) and its FD is the mean over them")
+    parser.add_argument("--width-scale", type=positive_int, default=1,
+                        help="timing alone, nothing trained or scored: every family's widths this many times the "
+                             "budget's (about its square in parameters), to see whether the FLOP/s shares' order "
+                             "holds at larger sizes (mnist budget)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     budget = QUICK if args.quick else BUDGETS[args.budget]
+    if args.width_scale > 1 and not budget.widths:
+        parser.error(f"--width-scale: the {'--quick' if args.quick else args.budget} budget names no width keys; "
+                     "use --budget mnist without --quick")
     start, machine = time.perf_counter(), describe_machine()
+    if args.width_scale > 1:
+        return widened_timing(budget, args, machine, start, argv)
     work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
     rows, control = train_and_score(budget, work, args.reuse, args.train_seeds)
     table, checks = report(rows, control)
@@ -368,6 +416,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                  if len(args.train_seeds) > 1 else "") + "; the families:"
               + "".join(f"\n- {name}: `{' '.join(o) or '(the default run)'}`" for name, o in budget.families.items()))
     text, passed = checks_report(f"Backbones at equal parameters and equal wall time ({args.budget} budget)", machine,
+                                 method, table, checks, time.perf_counter() - start,
+                                 reproduce_command("experiments.benchmarks.backbones", argv))
+    return finish_report(text, passed, args)
+
+
+def widened_timing(budget: Budget, args: argparse.Namespace, machine: Machine, start: float,
+                   argv: Sequence[str] | None) -> int:
+    """``--width-scale``: the budget's timing at widened networks, reported without runs."""
+    widened = budget.widened(args.width_scale)
+    timing = measure_throughput(widened)
+    table, checks = timing_report(speed_rows(widened, timing), timing.unet_without_onednn)
+    method = (f"Budget `{args.budget}` with every family's widths {args.width_scale}x its own, timed alone (nothing "
+              f"trains or scores): {widened.rounds} interleaved rounds of {widened.steps_per_round} steps, batch "
+              f"{widened.batch_size}, fp32; the families:"
+              + "".join(f"\n- {name}: `{' '.join(o)}`" for name, o in widened.families.items()))
+    text, passed = checks_report(f"Backbones' FLOP/s at {args.width_scale}x width ({args.budget} budget)", machine,
                                  method, table, checks, time.perf_counter() - start,
                                  reproduce_command("experiments.benchmarks.backbones", argv))
     return finish_report(text, passed, args)

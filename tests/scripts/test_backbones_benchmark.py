@@ -12,9 +12,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, Row, flop_check, report, reusable_steps, seed_list, seeded_run
+from experiments.benchmarks.backbones import MNIST, QUICK, Row, flop_check, main, report, reusable_steps, seed_list, \
+    seeded_run, timing_report
 from experiments.benchmarks.speed import timing
-from experiments.benchmarks.speed.training import compose_run_config
+from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config
 from experiments.lib import set_aside
 
 
@@ -108,3 +109,27 @@ def test_the_cpu_fp32_peak_is_the_faster_gemm_library(monkeypatch):
     assert timing.matmul_flops_per_second(64, torch.bfloat16, cpu) == 1.0  # a bf16 a @ b runs in oneDNN already
     monkeypatch.setattr(timing, "onednn_gemm_flops_per_second", lambda shape, repeats: 0.0)  # no oneDNN here
     assert timing.matmul_flops_per_second(64, torch.float32, cpu) == 1.0
+
+
+def test_width_scale_widens_every_family_alike_and_reports_the_timing_alone(capsys):
+    widened = MNIST.widened(2)
+    assert widened.families["U-Net"] == ("experiment=mnist", "model.base_channels=48")
+    assert widened.families["EDM2 U-Net"][-2:] == ("model.model_channels=32", "model.channels_per_head=32")
+    params = {name: sum(p.numel() for p in build_parts(compose_config([*overrides, "trainer.precision=fp32"])).model
+                        .parameters()) for name, overrides in widened.families.items()}
+    assert all(1.9e6 < count < 2.1e6 for count in params.values()), params  # each about 4x the budget's 0.5M
+    rows = [Row(family, 2_000_000, "", speed, 100.0 * speed, share, rounds, *gemm, [], [], None, 0.0)
+            for family, speed, share, rounds, gemm in (("U-Net", 1.0, 0.7, [1.0, 1.0, 1.0], (None, None)),
+                                                       ("DiT", 3.0, 0.6, [0.8, 0.9, 0.85], (0.7, 0.8)))]
+    table, checks = timing_report(rows, 0.4)
+    assert "FD" not in table[0] and "| DiT | 2.000M | 3.00x | 300 | 60.0% | 70% / 80% | 0.85x (0.80-0.90x) |" in table
+    assert "reaches 40.0% of the peak against 70.0%" in table[-1]
+    assert [passed for passed, _ in checks] == [False] and checks[0][1].endswith("0.85x, 0.80-0.90x over 3 rounds")
+    with pytest.raises(ValueError, match="width keys"):
+        QUICK.widened(2)
+    for argv, message in ((["--quick", "--width-scale", "2"], "the --quick budget names no width keys"),
+                          (["--budget", "default", "--width-scale", "2"], "the default budget names no width keys"),
+                          (["--width-scale", "0"], "must be a whole number >= 1, got '0'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
