@@ -79,8 +79,11 @@ class Budget:
         """The same budget with every family's widths ``scale`` times its own (about ``scale``^2 its parameters)."""
         if set(self.widths) != set(self.families):
             raise ValueError(f"--width-scale needs every family's width keys; this budget has {sorted(self.widths)}")
-        families = {name: (*overrides, *(f"{key}={width * scale}" for key, width in self.widths[name]))
-                    for name, overrides in self.families.items()}
+        families = {}
+        for name, overrides in self.families.items():
+            keys = dict(self.widths[name])
+            kept = tuple(o for o in overrides if o.split("=")[0] not in keys)  # a width the overrides set: replaced
+            families[name] = (*kept, *(f"{key}={width * scale}" for key, width in keys.items()))
         return replace(self, families=families)
 
 

@@ -114,7 +114,11 @@ def test_the_cpu_fp32_peak_is_the_faster_gemm_library(monkeypatch):
 def test_width_scale_widens_every_family_alike_and_reports_the_timing_alone(capsys):
     widened = MNIST.widened(2)
     assert widened.families["U-Net"] == ("experiment=mnist", "model.base_channels=48")
+    for name, overrides in widened.families.items():  # each width key once: the budget's own replaced
+        keys = [o.split("=")[0] for o in overrides]
+        assert len(keys) == len(set(keys)) and set(keys) >= {key for key, _ in MNIST.widths[name]}, name
     assert widened.families["EDM2 U-Net"][-2:] == ("model.model_channels=32", "model.channels_per_head=32")
+    assert widened.families["U-ViT"][-1] == "model.hidden_size=176"
     params = {name: sum(p.numel() for p in build_parts(compose_config([*overrides, "trainer.precision=fp32"])).model
                         .parameters()) for name, overrides in widened.families.items()}
     assert all(1.9e6 < count < 2.1e6 for count in params.values()), params  # each about 4x the budget's 0.5M
