@@ -137,7 +137,10 @@ QUICK = Budget(
                              "model.num_blocks=1", "model.attention_resolutions=[4]", "model.channels_per_head=8")},
     shared=("evaluator.num_samples=20", "evaluator.seeds=[0,1,2]", "trainer.progress=false", "method.num_timesteps=20",
             "trainer.precision=fp32"),
-    unet_steps=4, batch_size=64, rounds=2, steps_per_round=1)
+    unet_steps=4, batch_size=64, rounds=2, steps_per_round=1,
+    widths={"U-Net": (("model.base_channels", 8),), "DiT": (("model.hidden_size", 32),),
+            "U-ViT": (("model.hidden_size", 32),),
+            "EDM2 U-Net": (("model.model_channels", 8), ("model.channels_per_head", 8))})
 BUDGETS = {"mnist": MNIST, "default": DEFAULT}
 
 
@@ -401,8 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.threads)
     budget = QUICK if args.quick else BUDGETS[args.budget]
     if args.width_scale > 1 and not budget.widths:
-        parser.error(f"--width-scale: the {'--quick' if args.quick else args.budget} budget names no width keys; "
-                     "use --budget mnist without --quick")
+        parser.error(f"--width-scale: the {args.budget} budget names no width keys; use --budget mnist")
     start, machine = time.perf_counter(), describe_machine()
     if args.width_scale > 1:
         return widened_timing(budget, args, machine, start, argv)
@@ -430,9 +432,9 @@ def widened_timing(budget: Budget, args: argparse.Namespace, machine: Machine, s
     widened = budget.widened(args.width_scale)
     timing = measure_throughput(widened)
     table, checks = timing_report(speed_rows(widened, timing), timing.unet_without_onednn)
-    method = (f"Budget `{args.budget}` with every family's widths {args.width_scale}x its own, timed alone (nothing "
-              f"trains or scores): {widened.rounds} interleaved rounds of {widened.steps_per_round} steps, batch "
-              f"{widened.batch_size}, fp32; the families:"
+    method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''} with every family's widths "
+              f"{args.width_scale}x its own, timed alone (nothing trains or scores): {widened.rounds} interleaved "
+              f"rounds of {widened.steps_per_round} steps, batch {widened.batch_size}, fp32; the families:"
               + "".join(f"\n- {name}: `{' '.join(o)}`" for name, o in widened.families.items()))
     text, passed = checks_report(f"Backbones' FLOP/s at {args.width_scale}x width ({args.budget} budget)", machine,
                                  method, table, checks, time.perf_counter() - start,

@@ -1,6 +1,7 @@
 """The backbone benchmark's --reuse: a finished run is reused only when today's command composes its configuration;
 another run trains beside the earlier one, which is kept. --train-seeds: one run per seed, the FD their mean. The fp32
-peak the FLOP/s shares divide by is the faster of the CPU's two GEMM libraries (MKL, oneDNN)."""
+peak the FLOP/s shares divide by is the faster of the CPU's two GEMM libraries (MKL, oneDNN). --width-scale: every
+family widened alike, timed alone."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.benchmarks.backbones import MNIST, QUICK, Row, flop_check, main, report, reusable_steps, seed_list, \
-    seeded_run, timing_report
+from experiments.benchmarks.backbones import DEFAULT, MNIST, QUICK, Row, flop_check, main, report, reusable_steps, \
+    seed_list, seeded_run, timing_report
 from experiments.benchmarks.speed import timing
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config
 from experiments.lib import set_aside
@@ -130,10 +131,25 @@ def test_width_scale_widens_every_family_alike_and_reports_the_timing_alone(caps
     assert "reaches 40.0% of the peak against 70.0%" in table[-1]
     assert [passed for passed, _ in checks] == [False] and checks[0][1].endswith("0.85x, 0.80-0.90x over 3 rounds")
     with pytest.raises(ValueError, match="width keys"):
-        QUICK.widened(2)
-    for argv, message in ((["--quick", "--width-scale", "2"], "the --quick budget names no width keys"),
-                          (["--budget", "default", "--width-scale", "2"], "the default budget names no width keys"),
+        DEFAULT.widened(2)
+    for argv, message in ((["--budget", "default", "--width-scale", "2"], "the default budget names no width keys"),
                           (["--width-scale", "0"], "must be a whole number >= 1, got '0'")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_width_scale_times_the_widened_families_and_writes_their_report(tmp_path: Path, capsys):
+    out = tmp_path / "wide.md"
+    main(["--quick", "--width-scale", "2", "--threads", "1", "--out", str(out)])  # toy sizes: seconds
+    text = out.read_text()
+    assert text.strip() in capsys.readouterr().out
+    assert text.startswith("# Backbones' FLOP/s at 2x width (mnist budget)") and "(--quick) with every" in text
+    assert "nothing trains or scores" in text
+    assert "- U-Net: `model.num_res_blocks=1 model.base_channels=16`" in text  # the quick U-Net's 8 channels, twice
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert [row[0] for row in rows] == ["| U-Net", "| DiT", "| U-ViT", "| EDM2 U-Net"]
+    assert rows[0][-1] == "1.00x (1.00-1.00x) |"  # the U-Net: the reference of the paired rounds
+    assert text.count("training FLOP/s share of the peak no lower than the U-Net's") == 3  # the FLOP/s checks alone
+    assert "FD" not in text and not (tmp_path / "runs").exists()
+    assert QUICK.widened(2).families["EDM2 U-Net"][-2:] == ("model.model_channels=16", "model.channels_per_head=16")
