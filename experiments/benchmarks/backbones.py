@@ -72,8 +72,8 @@ class Budget:
     batch_size: int
     rounds: int  # interleaved timing rounds
     steps_per_round: int
-    # family -> its width keys and values, which --width-scale multiplies (the widths of the families' overrides)
-    widths: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    # family -> the config keys of its widths, which --width-scale multiplies (their values: the composed run's)
+    widths: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def widened(self, scale: int) -> Budget:
         """The same budget with every family's widths ``scale`` times its own (about ``scale``^2 its parameters)."""
@@ -81,9 +81,10 @@ class Budget:
             raise ValueError(f"--width-scale needs every family's width keys; this budget has {sorted(self.widths)}")
         families = {}
         for name, overrides in self.families.items():
-            keys = dict(self.widths[name])
+            keys = self.widths[name]
+            composed = compose_run_config([*overrides, *self.shared])
             kept = tuple(o for o in overrides if o.split("=")[0] not in keys)  # a width the overrides set: replaced
-            families[name] = (*kept, *(f"{key}={width * scale}" for key, width in keys.items()))
+            families[name] = (*kept, *(f"{key}={OmegaConf.select(composed, key) * scale}" for key in keys))
         return replace(self, families=families)
 
 
@@ -111,9 +112,8 @@ MNIST = Budget(
     },
     shared=("evaluator.num_samples=500", "evaluator.seeds=[0,1,2]", "trainer.progress=false"),
     unet_steps=900, batch_size=128, rounds=9, steps_per_round=3,
-    widths={"U-Net": (("model.base_channels", 24),), "DiT": (("model.hidden_size", 72),),
-            "U-ViT": (("model.hidden_size", 88),),
-            "EDM2 U-Net": (("model.model_channels", 16), ("model.channels_per_head", 16))})
+    widths={"U-Net": ("model.base_channels",), "DiT": ("model.hidden_size",), "U-ViT": ("model.hidden_size",),
+            "EDM2 U-Net": ("model.model_channels", "model.channels_per_head")})
 DEFAULT = Budget(
     families={
         # DPM-Solver++(2M) 20 steps for the DDPM-trained families: the default DDPM-1000 would cost minutes per set.
@@ -138,9 +138,8 @@ QUICK = Budget(
     shared=("evaluator.num_samples=20", "evaluator.seeds=[0,1,2]", "trainer.progress=false", "method.num_timesteps=20",
             "trainer.precision=fp32"),
     unet_steps=4, batch_size=64, rounds=2, steps_per_round=1,
-    widths={"U-Net": (("model.base_channels", 8),), "DiT": (("model.hidden_size", 32),),
-            "U-ViT": (("model.hidden_size", 32),),
-            "EDM2 U-Net": (("model.model_channels", 8), ("model.channels_per_head", 8))})
+    widths={"U-Net": ("model.base_channels",), "DiT": ("model.hidden_size",), "U-ViT": ("model.hidden_size",),
+            "EDM2 U-Net": ("model.model_channels", "model.channels_per_head")})
 BUDGETS = {"mnist": MNIST, "default": DEFAULT}
 
 

@@ -117,7 +117,7 @@ def test_width_scale_widens_every_family_alike_and_reports_the_timing_alone(caps
     assert widened.families["U-Net"] == ("experiment=mnist", "model.base_channels=48")
     for name, overrides in widened.families.items():  # each width key once: the budget's own replaced
         keys = [o.split("=")[0] for o in overrides]
-        assert len(keys) == len(set(keys)) and set(keys) >= {key for key, _ in MNIST.widths[name]}, name
+        assert len(keys) == len(set(keys)) and set(keys) >= set(MNIST.widths[name]), name
     assert widened.families["EDM2 U-Net"][-2:] == ("model.model_channels=32", "model.channels_per_head=32")
     assert widened.families["U-ViT"][-1] == "model.hidden_size=176"
     params = {name: sum(p.numel() for p in build_parts(compose_config([*overrides, "trainer.precision=fp32"])).model
