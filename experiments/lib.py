@@ -103,14 +103,17 @@ def parse_checkpoint_benchmark_args(description: str, trained: str, argv: Sequen
 
 
 def non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return int(text)
+    return _whole_number(text, minimum=0)
 
 
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return _whole_number(text, minimum=1)
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    """An argparse type: ``text`` as a whole number of at least ``minimum``."""
+    if not text.isdigit() or int(text) < minimum:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
     return int(text)
 
 
