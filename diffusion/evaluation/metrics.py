@@ -7,6 +7,7 @@ shape or non-finite entry raises ValueError; a bad parameter, ConfigError.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
@@ -359,15 +360,22 @@ class PointCloudReference:
         if bandwidth is not None:
             check_float(bandwidth, "mmd_rbf.bandwidth", 0.0, inclusive=False)
         self.bandwidth = bandwidth
-        self._y_sorted: torch.Tensor | None = None
-        self._rbf_within: float | None = None
-        self._mean_distance: float | None = None
+
+    @cached_property
+    def _y_sorted(self) -> torch.Tensor:
+        return _sorted_projections(self.y, self.theta)
+
+    @cached_property
+    def _y_rbf_within(self) -> float:
+        return _within_rbf(self.y, self.bandwidth)  # type: ignore[arg-type]  # mmd checks it is set
+
+    @cached_property
+    def _y_mean_distance(self) -> float:
+        return _mean_distance(self.y, self.y)
 
     def sliced_wasserstein(self, x: ArrayLike) -> float:
         """:func:`sliced_wasserstein` of ``(x, y)`` at this reference's directions."""
         x, _ = as_point_clouds(x, self.y)
-        if self._y_sorted is None:
-            self._y_sorted = _sorted_projections(self.y, self.theta)
         return _sliced_w2(_sorted_projections(x, self.theta), self._y_sorted)
 
     def mmd(self, x: ArrayLike) -> float:
@@ -375,16 +383,12 @@ class PointCloudReference:
         x, _ = as_point_clouds(x, self.y, min_points=2)
         if self.bandwidth is None:
             raise ValueError("PointCloudReference.mmd needs a bandwidth: pass it, or call mmd_rbf")
-        if self._rbf_within is None:
-            self._rbf_within = _within_rbf(self.y, self.bandwidth)
-        return _mmd(x, self.y, self.bandwidth, self._rbf_within)
+        return _mmd(x, self.y, self.bandwidth, self._y_rbf_within)
 
     def energy(self, x: ArrayLike) -> float:
         """:func:`energy_distance` of ``(x, y)``."""
         x, _ = as_point_clouds(x, self.y)
-        if self._mean_distance is None:
-            self._mean_distance = _mean_distance(self.y, self.y)
-        return _energy(x, self.y, self._mean_distance)
+        return _energy(x, self.y, self._y_mean_distance)
 
 
 def point_cloud_reference(y: torch.Tensor, num_projections: int = 256, seed: int = 0,
