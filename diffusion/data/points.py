@@ -12,7 +12,7 @@ from diffusion.data.base import BaseData, DataSplits
 from diffusion.data.split import train_val_indices
 from diffusion.runtime.checks import check_float, check_int
 
-# sklearn's random_state must fit in an unsigned 32-bit integer.
+# numpy's RandomState seed (the one sklearn's generators take) must fit in an unsigned 32-bit integer.
 _MAX_SEED = 2**32 - 1
 
 
@@ -72,10 +72,7 @@ class MoonsData(PointsData):
         return 2
 
     def _generate(self) -> tuple[np.ndarray, np.ndarray | None]:
-        from sklearn.datasets import make_moons  # imported here: scikit-learn adds ~1 s to start-up
-
-        points, labels = make_moons(n_samples=self.num_samples, noise=self.noise, random_state=self.seed)
-        return points, labels
+        return two_moons(self.num_samples, self.noise, self.seed)
 
 
 class SwissRollData(PointsData):
@@ -84,7 +81,33 @@ class SwissRollData(PointsData):
     default_noise = 0.25
 
     def _generate(self) -> tuple[np.ndarray, np.ndarray | None]:
-        from sklearn.datasets import make_swiss_roll
+        return swiss_roll(self.num_samples, self.noise, self.seed)[:, [0, 2]], None  # the spiral lies in x-z
 
-        points, _ = make_swiss_roll(n_samples=self.num_samples, noise=self.noise, random_state=self.seed)
-        return points[:, [0, 2]], None  # (N, 3) -> (N, 2): the spiral lies in the x-z plane
+
+# The two generators below draw the points scikit-learn's make_moons and make_swiss_roll draw, value for value from
+# the same seed (tests/data/test_data_sets.py holds them equal to scikit-learn's), written here because importing
+# sklearn.datasets (it brings scipy.stats and pandas) takes about 1.3 s, longer than a whole moons run's training.
+def two_moons(num_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaving half circles: points ``(N, 2)`` shuffled, with Gaussian noise of std ``noise``, and their
+    moon ``(N,)``: the first ``N // 2`` points (before the shuffle) on the upper moon, label 0."""
+    rng = np.random.RandomState(seed)
+    upper, lower = num_samples // 2, num_samples - num_samples // 2
+    angle_upper, angle_lower = np.linspace(0, np.pi, upper), np.linspace(0, np.pi, lower)
+    x = np.append(np.cos(angle_upper), 1 - np.cos(angle_lower))
+    y = np.append(np.sin(angle_upper), 1 - np.sin(angle_lower) - 0.5)
+    points = np.stack([x, y], axis=1)
+    labels = np.append(np.zeros(upper, dtype=np.intp), np.ones(lower, dtype=np.intp))
+    order = np.arange(num_samples)
+    rng.shuffle(order)
+    points, labels = points[order], labels[order]
+    return points + rng.normal(scale=noise, size=points.shape), labels
+
+
+def swiss_roll(num_samples: int, noise: float, seed: int) -> np.ndarray:
+    """The 3-D swiss roll ``(N, 3)``: angle t uniform in [1.5 pi, 4.5 pi], points (t cos t, h, t sin t) with the
+    height h uniform in [0, 21], plus Gaussian noise of std ``noise`` on every coordinate."""
+    rng = np.random.RandomState(seed)
+    angle = 1.5 * np.pi * (1 + 2 * rng.uniform(size=num_samples))
+    height = 21 * rng.uniform(size=num_samples)
+    points = np.stack([angle * np.cos(angle), height, angle * np.sin(angle)])  # (3, N)
+    return (points + noise * rng.standard_normal(size=(3, num_samples))).T

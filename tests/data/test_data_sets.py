@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, make_moons, make_swiss_roll
 
 from diffusion.data import (
     BaseData,
@@ -19,6 +19,7 @@ from diffusion.data import (
     SwissRollData,
     train_val_indices,
 )
+from diffusion.data.points import swiss_roll, two_moons
 from diffusion.runtime.checks import ConfigError
 
 
@@ -152,6 +153,19 @@ def test_moons_labels_and_swiss_roll_unlabelled() -> None:
     roll = SwissRollData(num_samples=400)
     assert roll.num_classes == 0 and roll.load().train_labels is None and roll.load().val_labels is None
     assert roll.noise == 0.25 and moons.noise == 0.05
+
+
+@pytest.mark.parametrize(("num_samples", "noise", "seed"),
+                         [(2, 0.0, 0), (7, 0.05, 3), (600, 0.05, 0), (1001, 0.3, 12), (8000, 0.25, 2**32 - 1)])
+def test_points_are_scikit_learns_value_for_value(num_samples: int, noise: float, seed: int) -> None:
+    """The moons and the roll are drawn here without importing sklearn.datasets, as scikit-learn draws them."""
+    points, labels = two_moons(num_samples, noise, seed)
+    expected_points, expected_labels = make_moons(n_samples=num_samples, noise=noise, random_state=seed)
+    assert np.array_equal(points, expected_points) and points.dtype == expected_points.dtype
+    assert np.array_equal(labels, expected_labels) and labels.dtype == expected_labels.dtype
+    roll = swiss_roll(num_samples, noise, seed)
+    expected_roll, _ = make_swiss_roll(n_samples=num_samples, noise=noise, random_state=seed)
+    assert np.array_equal(roll, expected_roll) and roll.dtype == expected_roll.dtype
 
 
 @pytest.mark.parametrize(
