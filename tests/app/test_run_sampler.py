@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.run_config import follow_run_sampler
-from runs import ONE_EPOCH_MOONS, compose_config, ok, run_py
+from runs import ONE_EPOCH_MOONS, compose_config, main_in_process, ok, run_py
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,17 @@ def test_a_run_from_before_the_sampler_precision_key_samples_at_its_training_pre
     assert followed(old).precision == "bf16"
 
 
-def test_sampling_a_run_again_draws_its_samples(tmp_path):
+def test_sampling_a_run_again_draws_its_samples(tmp_path, monkeypatch):
     """A run sampled by DDIM in 5 trailing steps: task=sample of it, with no sampler key, draws the same samples."""
     run = tmp_path / "run"
     ok(run_py(tmp_path, *ONE_EPOCH_MOONS, "evaluator=none", "method=ddim", "sampler.steps=5",
               "sampler.timestep_spacing=trailing", f"hydra.run.dir={run}"))
     again = tmp_path / "again"
-    ok(run_py(tmp_path, "task=sample", f"run_dir={run}", "sampler.num_samples=16", f"hydra.run.dir={again}"))
+    # (sampled in this process, the run trained in its own: nothing but the run directory carries over)
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run}", "sampler.num_samples=16",
+                           f"hydra.run.dir={again}") == 0
     np.testing.assert_array_equal(np.load(again / "samples.npz")["samples"], np.load(run / "samples.npz")["samples"])
     other = tmp_path / "other"
-    ok(run_py(tmp_path, "task=sample", f"run_dir={run}", "sampler.num_samples=16", "sampler.timestep_spacing=leading",
-              f"hydra.run.dir={other}"))
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run}", "sampler.num_samples=16",
+                           "sampler.timestep_spacing=leading", f"hydra.run.dir={other}") == 0
     assert not np.allclose(np.load(other / "samples.npz")["samples"], np.load(run / "samples.npz")["samples"])

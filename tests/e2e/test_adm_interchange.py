@@ -29,8 +29,8 @@ def conditional_run(tmp_path_factory):
 
 
 def test_sample_writes_the_adm_npz_and_evaluate_scores_it(conditional_run, tmp_path, monkeypatch):
-    ok(run_py(tmp_path, "task=sample", f"run_dir={conditional_run}", "sampler.num_samples=16",
-              f"hydra.run.dir={tmp_path / 'adm'}", "sampler.format=adm"))
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={conditional_run}", "sampler.num_samples=16",
+                           f"hydra.run.dir={tmp_path / 'adm'}", "sampler.format=adm") == 0
     path = tmp_path / "adm" / "samples_16x8x8x1.npz"
     assert not (tmp_path / "adm" / "samples.npz").exists()
     with np.load(path) as archive:

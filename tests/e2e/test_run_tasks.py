@@ -38,17 +38,18 @@ def test_digits_run_writes_everything(digits_run):
     assert [r["epoch"] for r in epochs if "epoch" in r] == [1, 2]
 
 
-def test_default_outputs_layout(tmp_path):
+def test_default_outputs_layout(tmp_path, monkeypatch):
     """Without hydra.run.dir, runs land in outputs/<date>/<time>/ of the working directory."""
-    ok(run_py(tmp_path, *TINY_MOONS, "trainer.epochs=1"))
+    monkeypatch.chdir(tmp_path)
+    assert main_in_process(monkeypatch, *TINY_MOONS, "trainer.epochs=1") == 0
     runs = list((tmp_path / "outputs").glob("*/*/checkpoints/last.pt"))
     assert len(runs) == 1
 
 
-def test_moons_run_samples_points(tmp_path):
+def test_moons_run_samples_points(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    result = ok(run_py(tmp_path, f"hydra.run.dir={run_dir}", *TINY_MOONS))
-    assert "run directory" in result.stdout
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *TINY_MOONS) == 0
+    assert "run directory" in capsys.readouterr().out
     samples = np.load(run_dir / "samples.npz")["samples"]
     assert samples.shape == (64, 2) and np.isfinite(samples).all()
     assert (run_dir / "samples.png").is_file()
@@ -74,14 +75,14 @@ def test_resume_continues_step_count_and_histories(tmp_path, monkeypatch, capsys
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] == 4
 
 
-def test_new_run_refuses_to_overwrite(digits_run):
+def test_new_run_refuses_to_overwrite(digits_run, monkeypatch, capsys):
     before = (digits_run / "checkpoints" / "last.pt").read_bytes()
-    result = run_py(digits_run.parent, f"hydra.run.dir={digits_run}", *TINY_DIGITS)
-    assert result.returncode == 2 and "resume=auto" in result.stderr
+    assert main_in_process(monkeypatch, f"hydra.run.dir={digits_run}", *TINY_DIGITS) == 2
+    assert "resume=auto" in capsys.readouterr().err
     assert (digits_run / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
+def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path, monkeypatch):
     # Make best and last differ: last gets perturbed weights, so samples reveal which one was loaded.
     ckpt_dir = digits_run / "checkpoints"
     best = load_checkpoint(ckpt_dir / "best.pt")
@@ -95,7 +96,7 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
         out = tmp_path / "sample"
         args = ["task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8",
                 "evaluator.num_samples=8", "sampler.precision=fp32"]
-        ok(run_py(tmp_path, *args))
+        assert main_in_process(monkeypatch, *args) == 0
         sampled = np.load(out / "samples.npz")["samples"]
         from_train = np.load(digits_run / "samples.npz")["samples"]
         # Same seed, same best checkpoint: the samples the training run wrote.
@@ -104,17 +105,18 @@ def test_sample_task_uses_the_best_checkpoint(digits_run, tmp_path):
         assert best["train_state"]["epoch"] >= 1
         # A sampling method chosen on the command line replaces the run's, keeping its trained schedule.
         ddim = tmp_path / "ddim"
-        ok(run_py(tmp_path, *args[:2], f"hydra.run.dir={ddim}", "sampler.num_samples=8", "method=ddim",
-                  "sampler.steps=10"))
+        assert main_in_process(monkeypatch, *args[:2], f"hydra.run.dir={ddim}", "sampler.num_samples=8",
+                               "method=ddim", "sampler.steps=10") == 0
         assert np.load(ddim / "samples.npz")["samples"].shape == (8, 1, 8, 8)
     finally:
         (ckpt_dir / "last.pt").write_bytes(backup)
 
 
-def test_evaluate_task_writes_eval_json(digits_run, tmp_path):
+def test_evaluate_task_writes_eval_json(digits_run, tmp_path, monkeypatch):
     out = tmp_path / "evaluate"
-    ok(run_py(tmp_path, "task=evaluate", f"run_dir={digits_run}", f"hydra.run.dir={out}",
-              "evaluator.num_samples=16", "method=ddim", "sampler.steps=5", "evaluator.sampler_steps=[2,5]"))
+    assert main_in_process(monkeypatch, "task=evaluate", f"run_dir={digits_run}", f"hydra.run.dir={out}",
+                           "evaluator.num_samples=16", "method=ddim", "sampler.steps=5",
+                           "evaluator.sampler_steps=[2,5]") == 0
     report = json.loads((out / "eval.json").read_text())
     for metric in ("fd", "kid", "class_coverage", "class_kl", "confidence"):
         assert set(report[metric]) >= {"value", "floor"} and math.isfinite(report[metric]["value"])
@@ -163,18 +165,18 @@ def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
     ], result.stderr
 
 
-def test_empty_image_folder_is_reported(tmp_path):
+def test_empty_image_folder_is_reported(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
-    result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "data=image_folder",
-                    f"data.root={tmp_path / 'empty'}")
-    assert result.returncode == 2 and "data.root" in result.stderr
+    assert main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'run'}", "data=image_folder",
+                           f"data.root={tmp_path / 'empty'}") == 2
+    assert "data.root" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_group_option_lists_the_options(tmp_path):
-    result = run_py(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "method=ddpx")
-    assert result.returncode != 0
-    assert "ddim" in result.stderr and "ddpm" in result.stderr  # Hydra's message lists the available options
+def test_unknown_group_option_lists_the_options(tmp_path, monkeypatch, capsys):
+    assert main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'run'}", "method=ddpx") != 0
+    stderr = capsys.readouterr().err
+    assert "ddim" in stderr and "ddpm" in stderr  # Hydra's message lists the available options
 
 
 def test_monitor_an_evaluation_metric(tmp_path, monkeypatch):
@@ -189,10 +191,11 @@ def test_monitor_an_evaluation_metric(tmp_path, monkeypatch):
     assert best["train_state"]["epoch"] == min(values, key=values.get)
 
 
-def test_sampling_takes_clip_denoised_from_the_command_line(digits_run, tmp_path):
+def test_sampling_takes_clip_denoised_from_the_command_line(digits_run, tmp_path, monkeypatch):
     out = tmp_path / "noclip"
-    ok(run_py(tmp_path, "task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}", "sampler.num_samples=8",
-              "evaluator.num_samples=8", "sampler.precision=fp32", "method.clip_denoised=false"))
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={digits_run}", f"hydra.run.dir={out}",
+                           "sampler.num_samples=8", "evaluator.num_samples=8", "sampler.precision=fp32",
+                           "method.clip_denoised=false") == 0
     samples = np.load(out / "samples.npz")["samples"]
     # Same weights, seed and precision as the run's own (clipped) samples: only the clipping differs.
     clipped = np.load(digits_run / "samples.npz")["samples"]

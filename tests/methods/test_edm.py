@@ -19,7 +19,7 @@ from diffusion.models import MLP
 from diffusion.sampling.sampler import Sampler
 from diffusion.sampling.solvers import ddim
 from diffusion.runtime.checks import ConfigError
-from runs import compose_config, run_py
+from runs import compose_config, main_in_process
 
 SIGMAS = torch.tensor([1e-3, 0.002, 0.1, 0.5, 1.0, 5.0, 80.0], dtype=torch.float64)
 
@@ -130,14 +130,14 @@ def test_heun_option_trains_like_ddpm():
     assert torch.isfinite(loss)
 
 
-def test_edm_trains_end_to_end_with_the_unchanged_trainer(tmp_path):
+def test_edm_trains_end_to_end_with_the_unchanged_trainer(tmp_path, monkeypatch):
     """``python run.py method=edm data=moons model=mlp trainer=fast``: trains, validates on the fixed sigma
     quantiles, samples with Heun from the best EMA checkpoint."""
     run_dir = tmp_path / "run"
-    result = run_py(tmp_path, f"hydra.run.dir={run_dir}", "method=edm", "data=moons", "model=mlp", "trainer=fast",
-                    "trainer.epochs=1", "data.num_samples=300", "model.hidden_dim=16", "model.num_layers=1",
-                    "method.sigma_data=1.0", "sampler.num_samples=32", "sampler.steps=6", "evaluator=none")
-    assert result.returncode == 0, f"run.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", "method=edm", "data=moons", "model=mlp",
+                           "trainer=fast", "trainer.epochs=1", "data.num_samples=300", "model.hidden_dim=16",
+                           "model.num_layers=1", "method.sigma_data=1.0", "sampler.num_samples=32", "sampler.steps=6",
+                           "evaluator=none") == 0
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["config"]["method"]["_target_"] == "diffusion.methods.EDM"
     assert all(math.isfinite(v) for v in ckpt["train_state"]["val_losses"]) and len(ckpt["train_state"]["val_losses"]) == 1
