@@ -132,11 +132,12 @@ def assert_killed_run_resumes(tmp_path: Path, monkeypatch: Any, *overrides: str)
     uninterrupted one."""
     from runs import main_in_process
 
-    reference = Session(tmp_path, tmp_path / "reference", *overrides)
-    assert reference.process.wait(timeout=300) == 0, reference.stderr()
+    # The uninterrupted run in this process, the killed one in its own: the resumed run must match a run of another
+    # process bit for bit (so no state that only a fresh interpreter has, or only a used one, may steer training).
+    assert main_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'reference'}", *FAULT_RUN, *overrides) == 0
     run_dir = tmp_path / "run"
     session = Session(tmp_path, run_dir, *overrides)
-    target = random.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
+    target = CHAOS.randint(3, EPOCHS * STEPS_PER_EPOCH - 3)
     reached = session.wait_for_step(target)
     assert session.stop(signal.SIGKILL) == -signal.SIGKILL, f"finished before the kill at {target}"
     assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *FAULT_RUN, *overrides) == 0
