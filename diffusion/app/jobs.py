@@ -24,6 +24,7 @@ from diffusion.app.run_config import (
     follow_run_sampler,
     load_source_config,
     require_run_dir,
+    sampled_config,
     sampling_method_config,
     search_hooks,
 )
@@ -167,7 +168,7 @@ def run_sample(cfg: DictConfig, job: HydraRun) -> float | None:
     run_cfg = source_config(cfg, source)
     evaluator = evaluation_config(cfg, run_cfg, job) if cfg.task == "evaluate" else NO_EVALUATOR
     parts = build(run_cfg, job, command=cfg, evaluator=evaluator)
-    return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source), dist)
+    return sample.sample_or_evaluate(parts, source_settings(cfg, job, parts, source, evaluator), dist)
 
 
 def run_score_file(cfg: DictConfig, job: HydraRun, source: Path) -> float | None:
@@ -206,7 +207,7 @@ def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory trained with trainer.ema=posthoc")
     parts = build(source_config(cfg, source), job, command=cfg)
-    settings = source_settings(cfg, job, parts, source)
+    settings = source_settings(cfg, job, parts, source, cfg.get("evaluator", NO_EVALUATOR))
     settings.ema_stds = [float(s) for s in cfg.ema.std]
     return posthoc_ema.posthoc_ema(parts, settings)
 
@@ -254,11 +255,15 @@ def source_config(cfg: DictConfig, source: object) -> DictConfig:
     return run_cfg
 
 
-def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object) -> RunSettings:
+def source_settings(cfg: DictConfig, job: HydraRun, parts: Components, source: object,
+                    evaluator: DictConfig) -> RunSettings:
+    """The settings of a job that reads an earlier run; its ``config.yaml`` records the run's data, network and
+    method that it sampled (:func:`~diffusion.app.run_config.sampled_config`), not this command's defaults."""
     likelihood, straightness = ode_score_settings(cfg)
+    used = sampled_config(cfg, parts.config, evaluator)
     return RunSettings(
         output_dir=job.output_dir, seed=cfg.seed, source=source, config=parts.config,  # type: ignore[arg-type]
-        save_config=lambda directory: save_run_config(cfg, directory, job.overrides), label=cfg.task,
+        save_config=lambda directory: save_run_config(used, directory, job.overrides), label=cfg.task,
         likelihood=likelihood, straightness=straightness,
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.app.hydra_run import current_job
 from diffusion.app.method_config import make_method
@@ -19,8 +19,9 @@ from diffusion.storage.legacy import upgrade_config
 from diffusion.storage.safe_load import check_safe_targets
 
 # Method keys that change sampling, not what the network learned: taken from the command line when given there
-# (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays).
-SAMPLING_METHOD_KEYS = ("clip_denoised", "default_solver")
+# (a ``method=<preset>`` there brings its ``default_solver``; the run's trained formulation stays). ``shift``: a flow
+# run's sampling-time shift (SD3 eq. 23), which moves the solver's time grid only.
+SAMPLING_METHOD_KEYS = ("clip_denoised", "default_solver", "shift")
 # Sampler keys an earlier run's samples were drawn with (its solver, grid, guidance, precision): ``task=sample``,
 # ``evaluate`` and ``posthoc_ema`` follow the run's unless this command line sets them, so scoring a run again without
 # sampler keys draws what the run drew (an MNIST run's guidance w = 2 and trailing grid, not the defaults' w = 1 and
@@ -61,6 +62,19 @@ def sampling_method_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     for key in given:
         method[key] = cfg.method[key]
     return method
+
+
+def sampled_config(command: DictConfig, built: dict[str, Any], evaluator: DictConfig) -> DictConfig:
+    """What a job that samples an earlier run ran, for its ``config.yaml``: this command line's config (task, seed,
+    run_dir, the sampler as followed) with the run's data, network, method (with this command's sampling keys) and
+    autoencoder, as ``built`` from it, and the evaluator it scored with (``NoneEvaluator`` for ``task=sample``)."""
+    used = command.copy()
+    with open_dict(used):
+        for key in ("data", "model", "method", "autoencoder"):
+            if key in built:
+                used[key] = built[key]
+        used.evaluator = evaluator
+    return used
 
 
 def follow_run_sampler(cfg: DictConfig, run_cfg: DictConfig) -> None:

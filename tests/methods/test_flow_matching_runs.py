@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from kill_resume import assert_killed_run_resumes
 from runs import ONE_EPOCH_MOONS, main_in_process
 
@@ -60,6 +61,38 @@ def test_autoguidance_by_a_shorter_ema_of_a_flow_run(posthoc_flow_run, tmp_path,
         samples[name] = np.load(tmp_path / name / "samples.npz")["samples"]
     np.testing.assert_array_equal(samples["w1"], samples["plain"])  # w = 1: the main model alone
     assert not np.allclose(samples["w3"], samples["w1"])
+
+
+def test_sampling_a_flow_run_takes_a_new_shift_and_records_what_it_sampled(posthoc_flow_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    """method.shift moves only the sampling grid: a command line's shift reaches the run's method (either way of
+    writing it), and the job's config.yaml records the run's method, network and data, not the command's defaults."""
+    samples = {}
+    for name, extra in {"as_trained": [], "preset": ["method=flow_matching", "method.shift=3"],
+                        "added": ["+method.shift=3"]}.items():
+        assert main_in_process(monkeypatch, "task=sample", f"run_dir={posthoc_flow_run}", "sampler.solver=heun",
+                               "sampler.steps=4", f"hydra.run.dir={tmp_path / name}", *extra) == 0
+        samples[name] = np.load(tmp_path / name / "samples.npz")["samples"]
+    np.testing.assert_array_equal(samples["preset"], samples["added"])
+    assert not np.allclose(samples["preset"], samples["as_trained"])
+    recorded = yaml.safe_load((tmp_path / "preset" / "config.yaml").read_text())
+    assert recorded["method"]["_target_"] == "diffusion.methods.FlowMatching" and recorded["method"]["shift"] == 3
+    assert recorded["method"]["coupling"] == "ot" and recorded["method"]["default_solver"] == "euler"
+    assert recorded["model"]["_target_"] == "diffusion.models.MLP" and recorded["model"]["hidden_dim"] == 16
+    assert recorded["data"]["_target_"] == "diffusion.data.MoonsData" and recorded["task"] == "sample"
+    assert recorded["evaluator"] == {"_target_": "diffusion.evaluation.NoneEvaluator"}
+    assert recorded["sampler"]["solver"] == "heun" and recorded["sampler"]["steps"] == 4
+
+
+def test_a_shift_for_a_gaussian_run_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "gaussian"
+    assert main_in_process(monkeypatch, *ONE_EPOCH_MOONS, "evaluator=none", f"hydra.run.dir={run_dir}") == 0
+    capsys.readouterr()
+    out = tmp_path / "shifted"
+    assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "+method.shift=3",
+                           f"hydra.run.dir={out}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.shift" in err[0] and "GaussianDiffusion" in err[0] and not out.exists()
 
 
 @pytest.mark.parametrize(("override", "key"), [("method.path=straight", "method.path"),
