@@ -86,7 +86,9 @@ class SwissRollData(PointsData):
 
 # The two generators below draw the points scikit-learn's make_moons and make_swiss_roll draw, value for value from
 # the same seed (tests/data/test_data_sets.py holds them equal to scikit-learn's), written here because importing
-# sklearn.datasets (it brings scipy.stats and pandas) takes about 1.3 s, longer than a whole moons run's training.
+# sklearn.datasets (it brings scipy.stats and pandas) takes about 1.3 s, longer than a whole moons run's training, and
+# draws from Python's `random`: imported after seeding, it moved the RNG state a run's checkpoints carry, so a run in a
+# fresh process and one in a process that had imported scikit-learn before differed.
 def two_moons(num_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaving half circles: points ``(N, 2)`` shuffled, with Gaussian noise of std ``noise``, and their
     moon ``(N,)``: the first ``N // 2`` points (before the shuffle) on the upper moon, label 0."""
