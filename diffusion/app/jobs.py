@@ -78,13 +78,18 @@ def run_job(cfg: DictConfig) -> float | None:
     return None
 
 
+# Tasks that neither train nor sample (a second or two of work): a busy machine does not slow them enough to warn.
+LIGHT_TASKS = frozenset({"summary", "export", "compare"})
+
+
 def apply_thread_budget(cfg: DictConfig, job: HydraRun) -> None:
     """One intra-op thread count for the process (training, sampling, scoring): the CPUs it may use divided
-    among the jobs a launcher runs at once on this node; said on the console, with a warning on a busy machine."""
+    among the jobs a launcher runs at once on this node; said on the console, with a warning on a busy machine
+    (not for the :data:`LIGHT_TASKS`)."""
     budget = thread_budget(cfg.get("num_threads", "auto"), launcher=job.launcher)
     torch.set_num_threads(budget.threads)
     print(budget.reason)
-    warning = busy_warning(cpu_limit()[0], budget.threads)
+    warning = None if cfg.task in LIGHT_TASKS else busy_warning(cpu_limit()[0], budget.threads)
     if warning:  # on stdout with the run's log, so that stderr keeps one line per error
         print(f"warning: {warning}")
 
