@@ -211,8 +211,9 @@ def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:
     """``task=posthoc_ema run_dir=<run trained with trainer.ema=posthoc> 'ema.std=[...]'``."""
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory trained with trainer.ema=posthoc")
-    parts = build(source_config(cfg, source), job, command=cfg)
-    settings = source_settings(cfg, job, parts, source, cfg.get("evaluator", NO_EVALUATOR))
+    evaluator = cfg.get("evaluator", NO_EVALUATOR)
+    parts = build(source_config(cfg, source), job, command=cfg, evaluator=evaluator)
+    settings = source_settings(cfg, job, parts, source, evaluator)
     settings.ema_stds = [float(s) for s in cfg.ema.std]
     return posthoc_ema.posthoc_ema(parts, settings)
 
