@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from diffusion.models.attention import attention
 from diffusion.models.embeddings import TimeEmbedding
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
 
@@ -57,7 +58,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, D) -> (B, N, D)``."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, D / heads)
+        out = attention(q, k, v)  # (B, heads, N, D / heads)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.models.attention import attention
 from diffusion.models.embeddings import IntervalEmbedding, add_interval
 from diffusion.models.unet import _check_image_size, _check_int_sequence
 from diffusion.runtime.checks import ConfigError, check_choice, check_float, check_int
@@ -146,7 +147,7 @@ class EDM2Block(nn.Module):
         # ones fall back to its slower math path); normalised after the copy, along the contiguous last dimension
         # (along the strided one the norm and its backward took 3% of an MNIST-sized training step)
         q, k, v = normalize(qkv.permute(3, 0, 1, 4, 2).contiguous(), dim=-1).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = attention(q, k, v)
         return self.attn_proj(y.transpose(2, 3).reshape(batch, channels, height, width))  # type: ignore[misc]
 
 
