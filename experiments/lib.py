@@ -86,6 +86,19 @@ def parse_work_args(doc: str, argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def parse_timing_args(doc: str, argv: Sequence[str] | None, rounds: int, quick_rounds: int = 2) -> argparse.Namespace:
+    """The flags of a side-by-side timing (common flags, ``--rounds``), parsed, with the thread count applied and
+    ``args.rounds`` filled in (``rounds``; ``quick_rounds`` with --quick): the description is the first paragraph of
+    the script's ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_common_flags(parser, out_help="also write the markdown report here")
+    parser.add_argument("--rounds", type=positive_int, default=None, help=f"interleaved rounds (default {rounds})")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    args.rounds = args.rounds or (quick_rounds if args.quick else rounds)
+    return args
+
+
 def parse_checkpoint_benchmark_args(description: str, trained: str, argv: Sequence[str] | None,
                                     budgets: Sequence[str] = ()) -> argparse.Namespace:
     """The options of a benchmark that trains ``trained`` (or takes ``--run-dir``) and scores its checkpoint;
@@ -355,6 +368,16 @@ def finish_report(text: str, passed: bool, args: argparse.Namespace) -> int:
     if args.out is not None:
         write_results(args.out, text)
     return 0 if passed or args.quick else 1
+
+
+def finish_timing(args: argparse.Namespace, title: str, method: str, table: Sequence[str],
+                  checks: Sequence[tuple[bool, str]], started: float, module: str, argv: Sequence[str] | None) -> int:
+    """A side-by-side timing's end: its :func:`checks_report` on this machine's CPU (wall time since ``started``, a
+    ``time.perf_counter()``; the command ``python -m <module> <argv>``), printed and written as :func:`finish_report`
+    does; its exit status."""
+    text, passed = checks_report(title, describe_machine(torch.device("cpu")), method, table, checks,
+                                 time.perf_counter() - started, reproduce_command(module, argv))
+    return finish_report(text, passed, args)
 
 
 # ----------------------------------------------------------------------------------------------------

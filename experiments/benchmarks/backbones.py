@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 
 from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleave, matmul_flops_per_second, median, \
     onednn_gemm_flops_per_second, paired_ratio, timed
-from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, \
+from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, optimizer_step, \
     step_flops_per_sample, training_batch
 from experiments.lib import QUICK_RUN, Machine, add_common_flags, add_work_flags, checks_report, describe_machine, \
     finish_report, fmt, markdown_table, non_negative_int, positive_int, read_eval, reproduce_command, set_threads, \
@@ -176,17 +176,9 @@ def measure_throughput(budget: Budget) -> Timing:
         training = [o for o in budget.shared if not o.startswith("evaluator.")]  # timing scores nothing
         cfg = compose_config([*overrides, *training, "trainer.precision=fp32"])
         parts = parts_of[name] = build_parts(cfg)
-        model = parts.model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x0 = batches[name] = training_batch(parts, budget.batch_size)
-        labels = parts.data.load().train_labels
-        kwargs = {"y": labels[: budget.batch_size]} if getattr(model, "num_classes", 0) and labels is not None else {}
-
-        def step(model=model, optimizer=optimizer, method=parts.method, x0=x0, kwargs=kwargs) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            method.compute_loss(model, x0, **kwargs).backward()
-            optimizer.step()
-
+        model = parts.model
+        batches[name] = training_batch(parts, budget.batch_size)
+        step = optimizer_step(parts, budget.batch_size, device)
         step()  # warm-up
         steppers[name] = lambda step=step: budget.steps_per_round / timed(
             lambda: [step() for _ in range(budget.steps_per_round)], device)

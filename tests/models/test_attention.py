@@ -6,23 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from attention_calls import AttentionDtypes
 
 from diffusion.models import DDPMUNet, DiT, EDM2UNet, UNet, UViT
 from diffusion.models.attention import attention
-
-
-class AttentionDtypes(TorchFunctionMode):
-    """Records the dtype of the query of every scaled_dot_product_attention call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dtypes: list[torch.dtype] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            self.dtypes.append(args[0].dtype)
-        return func(*args, **(kwargs or {}))
 
 
 def qkv(dtype: torch.dtype, shape=(4, 2, 24, 8)) -> list[torch.Tensor]:

@@ -17,7 +17,6 @@ diffusers have no autocast of their own, and a trivial network gains nothing fro
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -32,8 +31,7 @@ from torch import nn
 from experiments.benchmarks.speed.sampling import make_sampler
 from experiments.benchmarks.speed.timing import interleave, median, paired_ratio, timed
 from experiments.benchmarks.speed.training import BareLoop, TimedTrainer, build_parts, compose_config
-from experiments.lib import add_common_flags, checks_report, describe_machine, markdown_table, reproduce_command, \
-    finish_report, set_threads
+from experiments.lib import finish_timing, markdown_table, parse_timing_args
 from diffusion.sampling.noise import SampleNoise
 
 FLOW = ("experiment=digits_flow", "trainer.precision=fp32", "sampler.precision=fp32", "trainer.progress=false",
@@ -211,23 +209,16 @@ def report(figures: Figures) -> tuple[list[str], list[tuple[bool, str]]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_flags(parser, out_help="also write the markdown report here")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison (default 15)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    start, device = time.perf_counter(), torch.device("cpu")
-    rounds = args.rounds or (2 if args.quick else 15)
+    args = parse_timing_args(__doc__, argv, rounds=15)
+    start, device, rounds = time.perf_counter(), torch.device("cpu"), args.rounds
     num_samples, steps = (16, 5) if args.quick else (500, 50)
     sampling, agreement = measure_sampling(num_samples, steps, rounds, device)
     figures = Figures(measure_training(rounds, device), sampling, agreement, num_samples, steps)
     table, checks = report(figures)
     method = ("One process, one trivial network (a 1x1 convolution), fp32; variants interleaved, one measurement "
               f"each per round, {rounds} rounds; medians and the median of per-round ratios.")
-    text, passed = checks_report("Flow matching: training step and Euler sampling against bare loops and libraries",
-                                 describe_machine(device), method, table, checks, time.perf_counter() - start,
-                                 reproduce_command("experiments.benchmarks.speed.flow", argv))
-    return finish_report(text, passed, args)
+    return finish_timing(args, "Flow matching: training step and Euler sampling against bare loops and libraries",
+                         method, table, checks, start, "experiments.benchmarks.speed.flow", argv)
 
 
 if __name__ == "__main__":

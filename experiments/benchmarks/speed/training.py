@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,27 @@ def build_parts(cfg: DictConfig, seed: int = 0) -> Components:
     weights."""
     torch.manual_seed(seed)
     return build(cfg)
+
+
+def optimizer_step(parts: Components, batch_size: int, device: torch.device,
+                   precision: Precision = "fp32") -> Callable[[], None]:
+    """One AdamW step of ``parts``' network on the first ``batch_size`` training rows (with their class labels where
+    the network takes them): the loss under ``precision``'s autocast, backward, update. What differs between
+    backbones and precisions; the Trainer around it is the same for all."""
+    model, method = parts.model.to(device).train(), parts.method.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x0 = training_batch(parts, batch_size).to(device)
+    labels = parts.data.load().train_labels
+    kwargs = {"y": labels[:batch_size].to(device)} if getattr(model, "num_classes", 0) and labels is not None else {}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = method.compute_loss(model, x0, **kwargs)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 class TimedTrainer:
