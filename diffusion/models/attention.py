@@ -1,11 +1,11 @@
 """Scaled dot-product attention for every backbone: PyTorch's fused kernels, with float32 on CPU under autocast.
 
-Under bf16 autocast PyTorch 2.13 runs attention in bf16, and its fused CPU kernel in bf16 is far slower than in
-float32 where the CPU has no AMX: forward and backward at the backbones' shapes ((128, 4, 49, 18), (128, 4, 51,
-22), (128, 4, 64, 16)) took 78-83 ms against 16-19 ms in float32 on a 2-core AMD EPYC with AVX-512 BF16, one thread
-(2026-12-07), and a DiT's training step at the MNIST preset's size ran at 0.69x its float32 speed in bf16, attention
-backward 59% of the step. So on CPU the attention runs in float32 (the matmuls around it stay in bf16); on CUDA the
-bf16 flash and memory-efficient kernels are what autocast is for. AMX CPUs were not measured.
+Under bf16 autocast PyTorch 2.13 runs attention in bf16, and its fused CPU kernel's backward in bf16 is far slower
+than in float32 where the CPU has no AMX: on a 2-core AMD EPYC with AVX-512 BF16 it took 59% of a bf16 training step
+of the MNIST-sized DiT, which ran at 0.60x its fp32 steps/s. So on CPU the attention runs in float32 (the matmuls
+around it stay in bf16): a bf16 training step 1.14x (default U-Net) to 2.02x (U-ViT) faster than with the bf16 kernel
+and faster than fp32 for every backbone (experiments/benchmarks/speed/attention.py, one thread, 2026-12-07). On CUDA
+the bf16 flash and memory-efficient kernels are what autocast is for. AMX CPUs were not measured.
 """
 
 from __future__ import annotations

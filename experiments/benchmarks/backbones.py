@@ -20,6 +20,7 @@ it, and in oneDNN: the ceiling its matmuls put on its FLOP/s share; and a contro
     python -m experiments.benchmarks.backbones --quick --out /tmp/backbones.md     # toy runs: proves it works
     python -m experiments.benchmarks.backbones --threads 1 --train-seeds 0,1,2 --reuse ...  # 3 training seeds each
     python -m experiments.benchmarks.backbones --threads 1 --width-scale 2 ...  # timing alone, widths 2x (params 4x)
+    python -m experiments.benchmarks.backbones --threads 1 --precision bf16 ...  # timing alone, bf16 autocast
 
 With ``--train-seeds`` each family trains once per seed and its FD is the mean over those runs (each itself a mean
 over the 3 evaluation sets): one training seed says how one run scores, not how the recipe does.
@@ -44,6 +45,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from diffusion.runtime.devices import Precision
 from experiments.benchmarks.speed.timing import gemm_flops_per_second, interleave, matmul_flops_per_second, median, \
     onednn_gemm_flops_per_second, paired_ratio, timed
 from experiments.benchmarks.speed.training import build_parts, compose_config, compose_run_config, optimizer_step, \
@@ -162,14 +164,14 @@ class Timing:
 
     families: dict[str, Throughput]
     peak: list[float]
-    unet_without_onednn: float
+    unet_without_onednn: float | None  # fp32 only
 
 
-def measure_throughput(budget: Budget) -> Timing:
+def measure_throughput(budget: Budget, precision: Precision = "fp32") -> Timing:
     """Every family's optimizer steps/s on one batch (forward, backward, AdamW step: what differs between families;
-    the Trainer around it is the same), interleaved with the fp32 matmul peak, each transformer's MLP matmul in MKL
-    (a ceiling on its FLOP/s share as torch runs it) and in oneDNN, and the U-Net's step with oneDNN off (the
-    control)."""
+    the Trainer around it is the same), interleaved with the matmul peak in ``precision``; in fp32 also each
+    transformer's MLP matmul in MKL (a ceiling on its FLOP/s share as torch runs it) and in oneDNN, and the U-Net's
+    step with oneDNN off (the control). bf16: autocast, as ``trainer.precision=bf16`` trains."""
     device = torch.device("cpu")
     steppers, gemms, parts_of, batches = {}, {}, {}, {}
     for name, overrides in budget.families.items():
@@ -178,11 +180,11 @@ def measure_throughput(budget: Budget) -> Timing:
         parts = parts_of[name] = build_parts(cfg)
         model = parts.model
         batches[name] = training_batch(parts, budget.batch_size)
-        step = optimizer_step(parts, budget.batch_size, device)
+        step = optimizer_step(parts, budget.batch_size, device, precision)
         step()  # warm-up
         steppers[name] = lambda step=step: budget.steps_per_round / timed(
             lambda: [step() for _ in range(budget.steps_per_round)], device)
-        if hasattr(model, "token_layout"):
+        if hasattr(model, "token_layout") and precision == "fp32":
             layout = model.token_layout()
             linear = layout.blocks[0].mlp[0]  # the MLP's first layer: width -> mlp_ratio x width
             shape = (budget.batch_size * (layout.prefix + layout.side**2), linear.in_features, linear.out_features)
@@ -196,16 +198,19 @@ def measure_throughput(budget: Budget) -> Timing:
             with torch.backends.mkldnn.flags(enabled=False):  # convolutions as im2col + MKL GEMMs
                 return unet_step()
 
-    unet_without_onednn()  # warm-up: other kernels
-    runs = interleave({**steppers, **gemms, "U-Net without oneDNN": unet_without_onednn,
-                       "peak": lambda: matmul_flops_per_second(1024, torch.float32, device)}, budget.rounds)
+    controls = {"U-Net without oneDNN": unet_without_onednn} if precision == "fp32" else {}
+    for warm_up in controls.values():
+        warm_up()  # other kernels
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    runs = interleave({**steppers, **gemms, **controls,
+                       "peak": lambda: matmul_flops_per_second(1024, dtype, device)}, budget.rounds)
     result = {}
     for name, parts in parts_of.items():
         flops = step_flops_per_sample(parts.model, parts.method, batches[name], device, "fp32")
         result[name] = Throughput(runs[name], flops, sum(p.numel() for p in parts.model.parameters()),
                                   runs.get(f"gemm {name}"), runs.get(f"oneDNN gemm {name}"))
-    unet = result["U-Net"]
-    control = median(runs["U-Net without oneDNN"]) * budget.batch_size * unet.flops_per_sample / median(runs["peak"])
+    unet_flops = budget.batch_size * result["U-Net"].flops_per_sample
+    control = median(runs["U-Net without oneDNN"]) * unet_flops / median(runs["peak"]) if controls else None
     return Timing(result, runs["peak"], control)
 
 
@@ -216,7 +221,7 @@ class Row:
     steps: str  # the optimizer steps its runs trained ("2300", or "2300/2322" when reused runs differ)
     speed_ratio: float  # steps/s against the U-Net's (median of per-round ratios)
     samples_per_second: float
-    flop_share: float  # model FLOP/s over the fp32 matmul peak
+    flop_share: float  # model FLOP/s over the matmul peak (fp32; bf16 when timed in bf16)
     flop_rounds: list[float]  # model FLOP/s over the U-Net's, round by round (both measured in each round)
     mlp_gemm_share: float | None  # a transformer's MLP matmul alone over the peak (MKL, as the model runs it)
     onednn_gemm_share: float | None  # the same matmul in oneDNN
@@ -340,16 +345,18 @@ def report(rows: Sequence[Row], unet_without_onednn: float) -> tuple[list[str], 
     return [*markdown_table(header, cells), "", control_line(unet, unet_without_onednn)], checks
 
 
-def timing_report(rows: Sequence[Row], unet_without_onednn: float) -> tuple[list[str], list[tuple[bool, str]]]:
-    """``--width-scale``'s table (speed and FLOP/s figures alone: nothing trains), the control's line and the FLOP/s
-    checks."""
-    header = ["family", "params", "steps/s vs U-Net", "train samples/s", "FLOP/s share of fp32 peak",
+def timing_report(rows: Sequence[Row], unet_without_onednn: float | None,
+                  precision: Precision = "fp32") -> tuple[list[str], list[tuple[bool, str]]]:
+    """The table of a timing alone (``--width-scale``, ``--precision bf16``: nothing trains), the control's line (fp32)
+    or the bf16 peak's, and the FLOP/s checks."""
+    header = ["family", "params", "steps/s vs U-Net", "train samples/s", f"FLOP/s share of {precision} peak",
               "its MLP matmul alone: MKL / oneDNN", "FLOP/s / U-Net's, paired rounds: median (range)"]
     cells = [[r.family, f"{r.params / 1e6:.3f}M", f"{r.speed_ratio:.2f}x", fmt(r.samples_per_second),
               f"{r.flop_share:.1%}", gemm_cell(r),
               f"{median(r.flop_rounds):.2f}x ({min(r.flop_rounds):.2f}-{max(r.flop_rounds):.2f}x)"] for r in rows]
-    table = [*markdown_table(header, cells), "", control_line(rows[0], unet_without_onednn)]
-    return table, [flop_check(r, rows[0]) for r in rows[1:]]
+    peak = (control_line(rows[0], unet_without_onednn) if unet_without_onednn is not None else
+            "The peak is a 1024^3 bf16 matmul's FLOP/s (oneDNN) in each round; the families train under bf16 autocast.")
+    return [*markdown_table(header, cells), "", peak], [flop_check(r, rows[0]) for r in rows[1:]]
 
 
 def control_line(unet: Row, unet_without_onednn: float) -> str:
@@ -387,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-seeds", type=seed_list, default=(0,),
                         help="training seeds, comma-separated (default 0): each family trains once per seed "
                              "(seed=<s>, into <family>_seed<s>; seed 0 into <family>) and its FD is the mean over them")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: timing alone, nothing trained or scored, every family under bf16 autocast and the "
+                             "FLOP/s shares against the bf16 matmul peak (default fp32, as the presets train)")
     parser.add_argument("--width-scale", type=positive_int, default=1,
                         help="timing alone, nothing trained or scored: every family's widths this many times the "
                              "budget's (about its square in parameters), to see whether the FLOP/s shares' order "
@@ -397,8 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.width_scale > 1 and not budget.widths:
         parser.error(f"--width-scale: the {args.budget} budget names no width keys; use --budget mnist")
     start, machine = time.perf_counter(), describe_machine()
-    if args.width_scale > 1:
-        return widened_timing(budget, args, machine, start, argv)
+    if args.width_scale > 1 or args.precision != "fp32":
+        return timing_alone(budget, args, machine, start, argv)
     work = (args.work_dir or work_dir("benchmarks", f"backbones-{args.budget}")).resolve()
     rows, control = train_and_score(budget, work, args.reuse, args.train_seeds)
     table, checks = report(rows, control)
@@ -417,17 +427,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return finish_report(text, passed, args)
 
 
-def widened_timing(budget: Budget, args: argparse.Namespace, machine: Machine, start: float,
-                   argv: Sequence[str] | None) -> int:
-    """``--width-scale``: the budget's timing at widened networks, reported without runs."""
-    widened = budget.widened(args.width_scale)
-    timing = measure_throughput(widened)
-    table, checks = timing_report(speed_rows(widened, timing), timing.unet_without_onednn)
-    method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''} with every family's widths "
-              f"{args.width_scale}x its own, timed alone (nothing trains or scores): {widened.rounds} interleaved "
-              f"rounds of {widened.steps_per_round} steps, batch {widened.batch_size}, fp32; the families:"
+def timing_alone(budget: Budget, args: argparse.Namespace, machine: Machine, start: float,
+                 argv: Sequence[str] | None) -> int:
+    """``--width-scale`` / ``--precision bf16``: the budget's timing (at widened networks, in bf16), without runs."""
+    widened = budget.widened(args.width_scale) if args.width_scale > 1 else budget
+    timing = measure_throughput(widened, args.precision)
+    table, checks = timing_report(speed_rows(widened, timing), timing.unet_without_onednn, args.precision)
+    widths = f" with every family's widths {args.width_scale}x its own" if args.width_scale > 1 else ""
+    method = (f"Budget `{args.budget}`{' (--quick)' if args.quick else ''}{widths}, timed alone (nothing trains or "
+              f"scores): {widened.rounds} interleaved rounds of {widened.steps_per_round} steps, batch "
+              f"{widened.batch_size}, {args.precision}; the families:"
               + "".join(f"\n- {name}: `{' '.join(o)}`" for name, o in widened.families.items()))
-    text, passed = checks_report(f"Backbones' FLOP/s at {args.width_scale}x width ({args.budget} budget)", machine,
+    at = f" at {args.width_scale}x width" if args.width_scale > 1 else ""
+    text, passed = checks_report(f"Backbones' FLOP/s{at} in {args.precision} ({args.budget} budget)", machine,
                                  method, table, checks, time.perf_counter() - start,
                                  reproduce_command("experiments.benchmarks.backbones", argv))
     return finish_report(text, passed, args)

@@ -144,7 +144,7 @@ def test_width_scale_times_the_widened_families_and_writes_their_report(tmp_path
     main(["--quick", "--width-scale", "2", "--threads", "1", "--out", str(out)])  # toy sizes: seconds
     text = out.read_text()
     assert text.strip() in capsys.readouterr().out
-    assert text.startswith("# Backbones' FLOP/s at 2x width (mnist budget)") and "(--quick) with every" in text
+    assert text.startswith("# Backbones' FLOP/s at 2x width in fp32 (mnist budget)") and "(--quick) with every" in text
     assert "nothing trains or scores" in text
     assert "- U-Net: `model.num_res_blocks=1 model.base_channels=16`" in text  # the quick U-Net's 8 channels, twice
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "%" in line]
@@ -153,3 +153,17 @@ def test_width_scale_times_the_widened_families_and_writes_their_report(tmp_path
     assert text.count("training FLOP/s share of the peak no lower than the U-Net's") == 3  # the FLOP/s checks alone
     assert "FD" not in text and not (tmp_path / "runs").exists()
     assert QUICK.widened(2).families["EDM2 U-Net"][-2:] == ("model.model_channels=16", "model.channels_per_head=16")
+
+
+def test_bf16_times_every_family_under_autocast_against_the_bf16_peak(tmp_path: Path, capsys):
+    out = tmp_path / "bf16.md"
+    main(["--quick", "--precision", "bf16", "--threads", "1", "--out", str(out)])  # toy sizes: seconds
+    text = out.read_text()
+    assert text.startswith("# Backbones' FLOP/s in bf16 (mnist budget)") and "batch 64, bf16;" in text
+    assert "FLOP/s share of bf16 peak" in text and "1024^3 bf16 matmul" in text
+    assert "Control:" not in text and "nothing trains or scores" in text  # the oneDNN control is fp32's
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert [row[0] for row in rows] == ["| U-Net", "| DiT", "| U-ViT", "| EDM2 U-Net"]
+    assert all(row[5] == "—" for row in rows)  # no fp32 MLP matmul column in bf16
+    assert text.count("training FLOP/s share of the peak no lower than the U-Net's") == 3
+    assert "FD" not in text and not (tmp_path / "runs").exists()
