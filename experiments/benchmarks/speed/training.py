@@ -97,8 +97,9 @@ class TimedTrainer:
                  **trainer_kwargs: Any) -> None:
         parts = build_parts(cfg)
         self.trainer: Trainer = parts.make_trainer(
-            model=parts.model if model is None else model, method=parts.method, data=parts.data, file_manager=FileManager(run_dir),
-            logger=NullLogger(), epochs=1, device=str(device), progress=False, **trainer_kwargs,
+            model=parts.model if model is None else model, method=parts.method, data=parts.data,
+            file_manager=FileManager(run_dir), logger=NullLogger(), epochs=1, device=str(device), progress=False,
+            **trainer_kwargs,
         )
         self.epoch_seconds = 0.0
         train_epoch = self.trainer._train_epoch
