@@ -1,5 +1,5 @@
-"""Every transformer and EDM2 backbone composes with the Gaussian diffusion and EDM, unconditional and
-class-conditional: it trains two steps and samples through run.py (tiny sizes, synthetic 8x8 data), and a DiT
+"""Every transformer and EDM2 backbone composes with the Gaussian diffusion, EDM and flow matching, unconditional
+and class-conditional: it trains two steps and samples through run.py (tiny sizes, synthetic 8x8 data), and a DiT
 trains under torchrun with two gloo processes. A checkpoint of one backbone resumed as another, and a bad
 backbone setting, are one line naming the key, exit 2, nothing written."""
 
@@ -20,7 +20,8 @@ TINY = {
                   "model.attention_resolutions=[4]", "model.channels_per_head=16"],
 }
 METHODS = {"gaussian": ["method=gaussian", "method.num_timesteps=20", "sampler.steps=4", "sampler.solver=ddim"],
-           "edm": ["method=edm", "sampler.steps=3"]}
+           "edm": ["method=edm", "sampler.steps=3"],
+           "flow_matching": ["method=flow_matching", "sampler.solver=heun", "sampler.steps=3"]}
 CONDITIONAL = ["data.num_classes=3", "method.cond_drop_prob=0.2", "sampler.guidance_scale=2.0",
                "sampler.class_labels=all"]
 RUN = ["data=synthetic", "data.shape=[1,8,8]", "data.num_samples=40", "trainer=fast", "trainer.max_steps=2",
