@@ -40,11 +40,15 @@ def distill_run_config(cfg: DictConfig) -> DistillRun:
     this command's ``distill``, ``trainer``, ``sampler`` and ``logger``; the teacher's evaluator unless chosen here.
 
     Raises:
-        ConfigError: no ``distill=`` option, no ``run_dir``, a run_dir without config.yaml or checkpoints, a
-            teacher of an unsupported method, or a data-parallel launch.
+        ConfigError: no ``distill=`` option, ``trainer.max_steps`` given, no ``run_dir``, a run_dir without
+            config.yaml or checkpoints, a teacher of an unsupported method, or a data-parallel launch.
     """
     if cfg.get("distill") is None:
         raise ConfigError("task=distill needs distill=progressive or distill=consistency")
+    if cfg.trainer.get("max_steps") is not None:  # the distillation sets it; a value given here would be dropped
+        steps = "distill.steps" if "steps" in cfg.distill else "distill.steps_per_round"
+        raise ConfigError(f"trainer.max_steps is set by task=distill from {steps}; drop trainer.max_steps and set "
+                          f"{steps}")
     teacher_dir, teacher_cfg = read_teacher_run(cfg, "the teacher's run directory, a ddpm/ddim run holding "
                                                       "checkpoints/")
     checkpoint = FileManager(teacher_dir).best_or_last()  # CheckpointError: "no checkpoint in ..."

@@ -48,9 +48,13 @@ def tune_run_config(cfg: DictConfig, job: HydraRun) -> TuneRun:
 
     Raises:
         ConfigError: naming ``run_dir`` for a teacher of a formulation the recipe cannot start from, ``method``
-            for a method other than scm, or the ``tune.*`` key out of range.
+            for a method other than scm, ``trainer.max_steps`` (``tune.steps`` sets it), or the ``tune.*`` key out
+            of range.
     """
     distill = tune_student(job)
+    if cfg.trainer.get("max_steps") is not None:  # the tuned run's steps are tune.steps'; this one would be dropped
+        raise ConfigError("trainer.max_steps is set by task=tune from tune.steps (or tune.share); drop "
+                          "trainer.max_steps and set tune.steps")
     teacher_dir, teacher_cfg = read_teacher_run(cfg, "a trained EDM run (ECT), or an EDM or flow run with method=scm")
     check_teacher(get_class(teacher_cfg.method._target_), teacher_dir, distill)
     state = load_checkpoint(FileManager(teacher_dir).best_or_last())  # CheckpointError: "no checkpoint in ..."

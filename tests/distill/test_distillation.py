@@ -198,6 +198,8 @@ def test_consistency_distillation_runs_and_samples_in_one_and_two_steps(teacher_
      "distill.start_steps"),
     (["run_dir={empty}", "distill=progressive"], "no checkpoint"),
     (["task=train", "distill=consistency"], "task=distill"),
+    (["run_dir={teacher}", "distill=progressive", "trainer.max_steps=2"], "distill.steps_per_round"),
+    (["run_dir={teacher}", "distill=consistency", "trainer.max_steps=2"], "from distill.steps;"),
 ])
 def test_bad_distill_options_give_one_line_and_exit_2(overrides, names, teacher_run, tmp_path, monkeypatch, capsys):
     empty = tmp_path / "no_checkpoints"

@@ -91,6 +91,7 @@ def test_bad_settings_and_wrong_teachers_are_one_line_and_write_nothing(tmp_path
         (["task=tune", f"run_dir={flow}"], f"run_dir={flow}"),  # ECT tunes EDM runs only
         (["task=tune", f"run_dir={flow}", "method=ddim"], "method=ddim"),
         (["task=tune", f"run_dir={flow}", "method=scm", "sampler.steps=3"], "sampler.steps"),
+        (["task=tune", f"run_dir={flow}", "method=scm", "trainer.max_steps=2"], "set tune.steps"),
     )
     for overrides, key in cases:
         capsys.readouterr()
