@@ -21,6 +21,8 @@ from diffusion.app.hydra_run import HydraRun, start_job
 from diffusion.app.latent_jobs import run_encode, run_train_autoencoder
 from diffusion.app.reflow_config import reflow_run_config
 from diffusion.app.run_config import (
+    checked_run_config,
+    command_line_keys,
     follow_run_sampler,
     load_source_config,
     require_run_dir,
@@ -208,11 +210,13 @@ def evaluation_config(cfg: DictConfig, run_cfg: DictConfig, job: HydraRun) -> Di
 
 
 def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:
-    """``task=posthoc_ema run_dir=<run trained with trainer.ema=posthoc> 'ema.std=[...]'``."""
+    """``task=posthoc_ema run_dir=<run trained with trainer.ema=posthoc> 'ema.std=[...]'``, each EMA length scored
+    with the run's evaluator unless this command line chooses one (``evaluator=`` or ``data=``)."""
     seed_everything(cfg.seed)
     source = require_run_dir(cfg, "a run directory trained with trainer.ema=posthoc")
-    evaluator = cfg.get("evaluator", NO_EVALUATOR)
-    parts = build(source_config(cfg, source), job, command=cfg, evaluator=evaluator)
+    run_cfg = source_config(cfg, source)
+    evaluator = evaluation_config(cfg, run_cfg, job)  # as task=evaluate: the run's own unless chosen here
+    parts = build(run_cfg, job, command=cfg, evaluator=evaluator)
     settings = source_settings(cfg, job, parts, source, evaluator)
     settings.ema_stds = [float(s) for s in cfg.ema.std]
     return posthoc_ema.posthoc_ema(parts, settings)
@@ -255,7 +259,7 @@ def run_summary(cfg: DictConfig, job: HydraRun) -> None:
 def source_config(cfg: DictConfig, source: object) -> DictConfig:
     """The config of the run read (``run_dir``), sampled with the method this command line chose, if any, and
     with the run's own sampling settings where this command line leaves them open."""
-    run_cfg = load_source_config(source)  # type: ignore[arg-type]
+    run_cfg = checked_run_config(cfg, load_source_config(source), command_line_keys())  # type: ignore[arg-type]
     run_cfg.method = sampling_method_config(cfg, run_cfg)
     follow_run_sampler(cfg, run_cfg)
     return run_cfg

@@ -30,6 +30,57 @@ RUN_SAMPLER_KEYS = ("solver", "steps", "eta", "timestep_spacing", "precision", "
                     "s_churn", "s_tmin", "s_tmax", "s_noise", "atol", "rtol", "diffusion", "guide", "guide_scale")
 
 
+# What a task that reads an earlier run (``run_dir``: sample, evaluate, posthoc_ema, distill, tune, reflow) takes
+# from that run's config.yaml, whole. A command-line key of these groups that asks for something else than the run
+# has would be dropped, so it is refused (one that repeats the run's value passes: a training command line can be
+# reused). ``task=evaluate`` and ``posthoc_ema`` take ``data=`` with its keys as the data to score against (the
+# reference images); without it the run's data is its own there too. Where the data lies is not what it is:
+# :data:`DATA_LOCATION_KEYS` given here replace the run's (data moved since).
+DATA_LOCATION_KEYS = ("data.root", "data.path")
+RUN_OWNED_GROUPS = ("data", "model", "schedule")
+SCORING_TASKS = ("evaluate", "posthoc_ema")  # data=<option> there: the data the samples are scored against
+
+
+def checked_run_config(cfg: DictConfig, run_cfg: DictConfig, keys: set[str]) -> DictConfig:
+    """``run_cfg``, the config of the run ``cfg.task`` reads, checked against this command line's ``keys`` of the
+    groups the task takes from it (:data:`RUN_OWNED_GROUPS`), with this command line's :data:`DATA_LOCATION_KEYS`
+    (not where ``data=<option>`` is the data that ``task=evaluate`` or ``posthoc_ema`` scores against).
+
+    Raises:
+        ConfigError: naming the first key that differs from the run's (``model.depth``; ``model`` for ``model=dit``
+            on a run of another network), or a location key for a run whose data has no such setting.
+    """
+    scoring_data = cfg.task in SCORING_TASKS and "data" in keys
+    owned = tuple(group for group in RUN_OWNED_GROUPS if not (scoring_data and group == "data"))
+    for key in sorted(keys - set(DATA_LOCATION_KEYS)):
+        group = key.split(".")[0]
+        if group not in owned:
+            continue
+        path = key if "." in key else f"{key}._target_"  # model=dit: the network class
+        asked, had = _plain(cfg, path), _plain(run_cfg, path)
+        if asked != had:
+            raise ConfigError(f"{key}: this command line asks for {asked}, run_dir's run has {had}; task={cfg.task} "
+                              f"takes {group} from the run's config.yaml: drop {key} (another {group} is a new run)")
+    if scoring_data:
+        return run_cfg
+    for key in DATA_LOCATION_KEYS:
+        if key in keys:
+            name = key.removeprefix("data.")
+            if name not in run_cfg.data:
+                raise ConfigError(f"{key}: run_dir's data ({run_cfg.data._target_}) has no {name} to replace")
+            run_cfg.data[name] = cfg.data[name]
+    return run_cfg
+
+
+def _plain(cfg: DictConfig, path: str) -> Any:
+    """The value at ``path`` as plain Python (None where it is absent or does not resolve)."""
+    try:
+        value = OmegaConf.select(cfg, path)
+    except Exception:  # an interpolation that does not resolve in this config: no value to compare
+        return None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def command_line_keys() -> set[str]:
     """The keys and groups this command line overrides (``method=ddim`` -> ``method``)."""
     return current_job().keys
@@ -159,8 +210,10 @@ def read_teacher_run(cfg: DictConfig, what: str) -> tuple[Path, DictConfig]:
 
 
 def inherit_teacher(cfg: DictConfig, teacher_cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
-    """A copy of this command's config with the teacher's ``keys`` groups and, unless this command line chose one,
-    its evaluator."""
+    """A copy of this command's config with the teacher's ``keys`` groups (:func:`checked_run_config`: this command
+    line may repeat them, not change them, but for where the data lies) and, unless this command line chose one, its
+    evaluator."""
+    teacher_cfg = checked_run_config(cfg, teacher_cfg.copy(), command_line_keys())
     run_cfg = cfg.copy()
     for key in keys:
         if key in teacher_cfg:

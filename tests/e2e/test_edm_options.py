@@ -3,6 +3,7 @@ checkpoint of the run, and their one-line errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,19 @@ def test_posthoc_sweep_reconstructs_the_tracked_ema_and_writes_its_table(posthoc
     table = (out / "posthoc_ema.md").read_text().splitlines()
     assert len(table) == 2 + 2 and table[2].startswith("| 0.05 |") and (out / "posthoc_ema.png").is_file()
     assert (out / "std_0.05" / "eval.json").is_file()
+
+
+def test_posthoc_sweep_scores_with_the_runs_own_evaluator(tmp_path, monkeypatch):
+    """No data= or evaluator= on the command line: the run's evaluator (points, for moons), as task=evaluate does,
+    not the default data's (digits)."""
+    run_dir = tmp_path / "run"
+    own = [o for o in POSTHOC if o != "evaluator=none"]
+    assert main_in_process(monkeypatch, f"hydra.run.dir={run_dir}", *own, "evaluator.num_samples=16") == 0
+    out = tmp_path / "sweep"
+    assert main_in_process(monkeypatch, "task=posthoc_ema", f"run_dir={run_dir}", "ema.std=[0.05]",
+                           f"hydra.run.dir={out}") == 0
+    scores = json.loads((out / "std_0.05" / "eval.json").read_text())
+    assert "sliced_wasserstein" in scores and scores["num_samples"] == 16, scores
 
 
 def test_autoguidance_from_an_earlier_checkpoint_of_the_run(posthoc_run, tmp_path, monkeypatch):
