@@ -39,6 +39,8 @@ RUN_SAMPLER_KEYS = ("solver", "steps", "eta", "timestep_spacing", "precision", "
 DATA_LOCATION_KEYS = ("data.root", "data.path")
 RUN_OWNED_GROUPS = ("data", "model", "schedule")
 SCORING_TASKS = ("evaluate", "posthoc_ema")  # data=<option> there: the data the samples are scored against
+# Tasks whose method is the run's but for SAMPLING_METHOD_KEYS (task=tune builds its own: ECT's, or sCD's method=scm)
+METHOD_OWNING_TASKS = ("sample", "evaluate", "posthoc_ema", "distill", "reflow")
 
 
 def checked_run_config(cfg: DictConfig, run_cfg: DictConfig, keys: set[str]) -> DictConfig:
@@ -52,10 +54,12 @@ def checked_run_config(cfg: DictConfig, run_cfg: DictConfig, keys: set[str]) -> 
     """
     scoring_data = cfg.task in SCORING_TASKS and "data" in keys
     owned = tuple(group for group in RUN_OWNED_GROUPS if not (scoring_data and group == "data"))
+    if cfg.task in METHOD_OWNING_TASKS:
+        owned += ("method",)
     for key in sorted(keys - set(DATA_LOCATION_KEYS)):
         group = key.split(".")[0]
-        if group not in owned:
-            continue
+        if group not in owned or key == "method" or key.removeprefix("method.") in SAMPLING_METHOD_KEYS:
+            continue  # method=<preset>: its default solver (sampling_method_config); the method's sampling keys
         path = key if "." in key else f"{key}._target_"  # model=dit: the network class
         asked, had = _plain(cfg, path), _plain(run_cfg, path)
         if asked != had:

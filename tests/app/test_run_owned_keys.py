@@ -1,8 +1,8 @@
-"""A task that reads an earlier run (``run_dir``) takes its network, schedule and data from that run (a scoring task
-takes ``data=`` as the data to score against): a command-line key of those groups that asks for something else than
-the run has is refused in one line naming it, exit 2, nothing written, instead of being dropped (one that repeats the
-run's value passes); where the data lies (``+data.root=``: the command's default data has no root) may be given anew,
-for data that moved since the run."""
+"""A task that reads an earlier run (``run_dir``) takes its network, schedule, data and method from that run (a
+scoring task takes ``data=`` as the data to score against; a sampling one the method's sampling keys): a command-line
+key of those groups that asks for something else than the run has is refused in one line naming it, exit 2, nothing
+written, instead of being dropped (one that repeats the run's value passes); where the data lies (``+data.root=``: the
+command's default data has no root) may be given anew, for data that moved since the run."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     ("posthoc_ema", "schedule=cosine", "schedule"),
     ("distill", "model.base_channels=16", "model.base_channels"),
     ("distill", "data.val_fraction=0.5", "data.val_fraction"),
+    ("sample", "method.num_timesteps=4", "method.num_timesteps"),
+    ("distill", "method.prediction=x0", "method.prediction"),
 ])
 def test_a_key_that_changes_the_runs_own_groups_is_refused_in_one_line(folder_run, task, override, named, tmp_path,
                                                                        monkeypatch, capsys):
@@ -57,10 +59,12 @@ def test_a_key_that_changes_the_runs_own_groups_is_refused_in_one_line(folder_ru
 
 
 def test_keys_that_repeat_the_runs_values_pass(folder_run, tmp_path, monkeypatch):
-    """The training command line reused (its model and data keys as the run has them) samples as the run does."""
+    """The training command line reused (its model, data and method keys as the run has them) samples; a method
+    preset (its default solver) and the method's sampling keys are this command line's to choose."""
     run_dir, _ = folder_run
     assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "model.base_channels=8",
-                           "model.num_res_blocks=1", "data.image_size=8", "sampler.num_samples=2",
+                           "model.num_res_blocks=1", "data.image_size=8", "method.num_timesteps=8",
+                           "method=ddim", "method.clip_denoised=false", "sampler.num_samples=2",
                            f"hydra.run.dir={tmp_path / 'new'}") == 0
 
 
