@@ -73,11 +73,31 @@ def run_job(cfg: DictConfig) -> float | None:
     with guard_user_errors(created_dir=job.output_dir):
         check_choice(cfg.task, "task", tuple(TASKS))
         check_distill_option(cfg)
+        check_task_keys(cfg.task, job.keys)
         check_ode_score_task(cfg)
         check_int(cfg.seed, "seed")
         apply_thread_budget(cfg, job)
         return TASKS[cfg.task](cfg, job)
     return None
+
+
+# Top-level keys that only some tasks read (``resume`` is not among them: a requeuing launcher's sweep passes
+# resume=auto to every job, whatever its task).
+TASK_KEYS = {"run_dir": ("sample", "evaluate", "export", "posthoc_ema", "distill", "compare", "reflow", "tune"),
+             "tune": ("tune",), "reflow": ("reflow",), "encode": ("encode",), "ema": ("posthoc_ema",)}
+
+
+def check_task_keys(task: str, keys: set[str]) -> None:
+    """A key of :data:`TASK_KEYS` given on the command line of a task that does not read it.
+
+    Raises:
+        ConfigError: naming the key and the tasks that read it.
+    """
+    for key in sorted(keys):
+        tasks = TASK_KEYS.get(key.split(".")[0], (task,))
+        if task not in tasks:
+            raise ConfigError(f"{key} is read only by task={'|'.join(tasks)} (this command is task={task}); drop "
+                              f"{key}")
 
 
 # Tasks that neither train nor sample (a second or two of work): a busy machine does not slow them enough to warn.

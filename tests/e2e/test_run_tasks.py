@@ -138,6 +138,11 @@ BAD_INPUTS = [
     (["data.image_size=9", "model.channel_mults=[1,2]"], "data.image_size"),  # (the U-Net sizes itself by default)
     (["data=moons"], "model=mlp"),
     (["task=sample"], "run_dir"),
+    (["run_dir=/no/such/run"], "run_dir is read only by task="),  # task=train reads no run_dir: not dropped
+    (["tune.steps=5"], "tune.steps is read only by task=tune"),
+    (["task=sample", "run_dir=/no/such/run", "reflow.num_pairs=8"], "reflow.num_pairs is read only by task=reflow"),
+    (["encode.batch_size=8"], "encode.batch_size is read only by task=encode"),
+    (["task=evaluate", "run_dir=/no/such/run", "ema.std=[0.1]"], "ema.std is read only by task=posthoc_ema"),
     (["task=sample", "run_dir=/no/such/run"], "run_dir"),
     (["resume=/no/such/run"], "resume"),
     (["task=paint"], "task"),
