@@ -34,9 +34,9 @@ RUN_SAMPLER_KEYS = ("solver", "steps", "eta", "timestep_spacing", "precision", "
 # from that run's config.yaml, whole. A command-line key of these groups that asks for something else than the run
 # has would be dropped, so it is refused (one that repeats the run's value passes: a training command line can be
 # reused). ``task=evaluate`` and ``posthoc_ema`` take ``data=`` with its keys as the data to score against (the
-# reference images); without it the run's data is its own there too. Where the data lies is not what it is:
-# :data:`DATA_LOCATION_KEYS` given here replace the run's (data moved since).
-DATA_LOCATION_KEYS = ("data.root", "data.path")
+# reference images); without it the run's data is its own there too. Where the data lies and how it is read are not
+# what it is: :data:`DATA_ACCESS_KEYS` given here replace the run's (data moved since, another machine's CPUs).
+DATA_ACCESS_KEYS = ("data.root", "data.path", "data.num_workers")
 RUN_OWNED_GROUPS = ("data", "model", "schedule")
 SCORING_TASKS = ("evaluate", "posthoc_ema")  # data=<option> there: the data the samples are scored against
 # Tasks whose method is the run's but for SAMPLING_METHOD_KEYS (task=tune builds its own: ECT's, or sCD's method=scm)
@@ -45,18 +45,18 @@ METHOD_OWNING_TASKS = ("sample", "evaluate", "posthoc_ema", "distill", "reflow")
 
 def checked_run_config(cfg: DictConfig, run_cfg: DictConfig, keys: set[str]) -> DictConfig:
     """``run_cfg``, the config of the run ``cfg.task`` reads, checked against this command line's ``keys`` of the
-    groups the task takes from it (:data:`RUN_OWNED_GROUPS`), with this command line's :data:`DATA_LOCATION_KEYS`
+    groups the task takes from it (:data:`RUN_OWNED_GROUPS`), with this command line's :data:`DATA_ACCESS_KEYS`
     (not where ``data=<option>`` is the data that ``task=evaluate`` or ``posthoc_ema`` scores against).
 
     Raises:
         ConfigError: naming the first key that differs from the run's (``model.depth``; ``model`` for ``model=dit``
-            on a run of another network), or a location key for a run whose data has no such setting.
+            on a run of another network), or an access key for a run whose data has no such setting.
     """
     scoring_data = cfg.task in SCORING_TASKS and "data" in keys
     owned = tuple(group for group in RUN_OWNED_GROUPS if not (scoring_data and group == "data"))
     if cfg.task in METHOD_OWNING_TASKS:
         owned += ("method",)
-    for key in sorted(keys - set(DATA_LOCATION_KEYS)):
+    for key in sorted(keys - set(DATA_ACCESS_KEYS)):
         group = key.split(".")[0]
         if group not in owned or key == "method" or key.removeprefix("method.") in SAMPLING_METHOD_KEYS:
             continue  # method=<preset>: its default solver (sampling_method_config); the method's sampling keys
@@ -67,7 +67,7 @@ def checked_run_config(cfg: DictConfig, run_cfg: DictConfig, keys: set[str]) -> 
                               f"takes {group} from the run's config.yaml: drop {key} (another {group} is a new run)")
     if scoring_data:
         return run_cfg
-    for key in DATA_LOCATION_KEYS:
+    for key in DATA_ACCESS_KEYS:
         if key in keys:
             name = key.removeprefix("data.")
             if name not in run_cfg.data:

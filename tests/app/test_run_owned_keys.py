@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from runs import main_in_process
 
@@ -81,6 +82,9 @@ def test_data_that_moved_is_found_through_data_root(folder_run, tmp_path, monkey
                                "sampler.num_samples=2", f"hydra.run.dir={tmp_path / 'b'}") == 0
         assert np.load(tmp_path / "b" / "samples.npz")["samples"].shape == (2, 1, 8, 8)
         assert main_in_process(monkeypatch, "task=sample", f"run_dir={run_dir}", "data=image_folder",
-                               f"data.root={moved}", "sampler.num_samples=2", f"hydra.run.dir={tmp_path / 'c'}") == 0
+                               f"data.root={moved}", "data.num_workers=1", "sampler.num_samples=2",
+                               f"hydra.run.dir={tmp_path / 'c'}") == 0
+        used = OmegaConf.load(tmp_path / "c" / "config.yaml").data
+        assert used.root == str(moved) and used.num_workers == 1 and used.image_size == 8
     finally:
         shutil.move(str(tmp_path / "gone"), str(images))
