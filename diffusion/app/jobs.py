@@ -216,17 +216,29 @@ def run_score_file(cfg: DictConfig, job: HydraRun, source: Path) -> float | None
 
 
 def evaluation_config(cfg: DictConfig, run_cfg: DictConfig, job: HydraRun) -> DictConfig:
-    """The evaluator ``task=evaluate`` scores with: the command line's when it chooses one (``evaluator=`` or
-    ``data=``), else the run's own (it fits the run's data), with this command line's ``evaluator.*`` keys on top."""
+    """The evaluator ``task=evaluate`` (and ``posthoc_ema``) scores with: the command line's when it chooses one
+    (``evaluator=`` or ``data=``), else the run's own (it fits the run's data), with this command line's
+    ``evaluator.*`` keys on top.
+
+    Raises:
+        ConfigError: ``task=evaluate`` with nothing to score with (the run's evaluator, or the one chosen, is none,
+            and neither ``evaluator.likelihood`` nor ``evaluator.straightness`` is asked for).
+    """
     keys = job.keys
     own = run_cfg.get("evaluator")
-    if "evaluator" in keys or "data" in keys or own is None or own.get("_target_") == NO_EVALUATOR._target_:
-        return cfg.get("evaluator", NO_EVALUATOR)
-    own = own.copy()
-    for key in keys:
-        if key.startswith("evaluator."):
-            OmegaConf.update(own, key.removeprefix("evaluator."), OmegaConf.select(cfg, key), force_add=True)
-    return own
+    if "evaluator" in keys or "data" in keys or own is None:  # None: a run saved before its evaluator was
+        chosen = cfg.get("evaluator", NO_EVALUATOR)
+    else:
+        chosen = own.copy()
+        for key in keys:
+            if key.startswith("evaluator."):
+                OmegaConf.update(chosen, key.removeprefix("evaluator."), OmegaConf.select(cfg, key), force_add=True)
+    ode_scores = chosen.get("likelihood") or chosen.get("straightness")  # scored without an evaluator
+    if cfg.task == "evaluate" and str(chosen.get("_target_")).endswith(".NoneEvaluator") and not ode_scores:
+        raise ConfigError("task=evaluate has no evaluator to score with (run_dir's run was trained with "
+                          "evaluator=none, or this command line chose it); choose one, e.g. evaluator=digits, or use "
+                          "task=sample")
+    return chosen
 
 
 def run_posthoc_ema(cfg: DictConfig, job: HydraRun) -> float | None:

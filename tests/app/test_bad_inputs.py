@@ -104,7 +104,8 @@ CASES = [
     (["resume={earlier}/config.yaml"], "resume="),
     (["resume={earlier}", "model.hidden_dim=64"], "resume"),
     (["task=sample", "run_dir={earlier}/checkpoints"], "run_dir="),
-    (["task=evaluate", "run_dir={earlier}", "sampler.steps=0"], "sampler.steps"),
+    (["task=evaluate", "run_dir={earlier}", "evaluator=points", "sampler.steps=0"], "sampler.steps"),
+    (["task=evaluate", "run_dir={earlier}"], "no evaluator to score with"),  # trained with evaluator=none
     (["task=export"], "run_dir"),
     (["hydra.run.dir={earlier}/config.yaml/new"], "hydra.run.dir"),
 ]
