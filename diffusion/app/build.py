@@ -77,11 +77,16 @@ def build_scoring(cfg: DictConfig) -> tuple[BaseData, BaseEvaluator]:
     return data, make_evaluator(cfg.get("evaluator", NO_EVALUATOR))
 
 
+def scores_nothing(node: DictConfig) -> bool:
+    """Whether the evaluator config ``node`` is ``evaluator=none`` (whichever module path its ``_target_`` names)."""
+    return issubclass(get_class(node._target_), NoneEvaluator)
+
+
 def make_evaluator(node: DictConfig) -> BaseEvaluator:
     """The evaluator of ``node``, without the probability-flow ODE scores' keys that every evaluator config holds.
     ``evaluator=none`` drops every other key too: a preset's scoring settings (``experiment=mnist`` sets
     ``evaluator.num_samples``) have nothing to configure when nothing is scored."""
-    if issubclass(get_class(node._target_), NoneEvaluator):
+    if scores_nothing(node):
         return NoneEvaluator()
     own = copy.deepcopy(node)
     with open_dict(own):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.app.build import NO_EVALUATOR, build, build_network, build_scoring
+from diffusion.app.build import NO_EVALUATOR, build, build_network, build_scoring, scores_nothing
 from diffusion.app.distill_config import check_distill_option, distill_run_config
 from diffusion.app.errors import guard_command_line, guard_user_errors
 from diffusion.app.hydra_run import HydraRun, start_job
@@ -233,8 +233,8 @@ def evaluation_config(cfg: DictConfig, run_cfg: DictConfig, job: HydraRun) -> Di
         for key in keys:
             if key.startswith("evaluator."):
                 OmegaConf.update(chosen, key.removeprefix("evaluator."), OmegaConf.select(cfg, key), force_add=True)
-    ode_scores = chosen.get("likelihood") or chosen.get("straightness")  # scored without an evaluator
-    if cfg.task == "evaluate" and str(chosen.get("_target_")).endswith(".NoneEvaluator") and not ode_scores:
+    ode_scores = any(settings.enabled for settings in ode_score_settings(cfg))  # scored without an evaluator
+    if cfg.task == "evaluate" and scores_nothing(chosen) and not ode_scores:
         raise ConfigError("task=evaluate has no evaluator to score with (run_dir's run was trained with "
                           "evaluator=none, or this command line chose it); choose one, e.g. evaluator=digits, or use "
                           "task=sample")

@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from diffusion.app.hydra_run import current_job
 from diffusion.app.method_config import make_method
@@ -80,9 +81,9 @@ def _plain(cfg: DictConfig, path: str) -> Any:
     """The value at ``path`` as plain Python (None where it is absent or does not resolve)."""
     try:
         value = OmegaConf.select(cfg, path)
-    except Exception:  # an interpolation that does not resolve in this config: no value to compare
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except OmegaConfBaseException:  # an interpolation that does not resolve in this config: no value to compare
         return None
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def command_line_keys() -> set[str]:
